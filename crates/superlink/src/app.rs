@@ -1,0 +1,227 @@
+//! Build, then serve: [`App::build`] loads TLS and binds every listener (port 0 works), so that
+//! errors surface before anything serves; [`App::spawn`] starts the servers and returns a
+//! [`Running`] handle that owns every task.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flwr_transport::address::Address;
+use flwr_transport::{grpc, tls};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::service::Routes;
+
+use crate::config::Config;
+
+/// Why the SuperLink could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] grpc::BindError),
+}
+
+/// The addresses the servers are bound to (with the real ports when 0 was asked for).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoundAddresses {
+    /// Control API.
+    pub control: SocketAddr,
+    /// ServerAppIo API.
+    pub serverappio: SocketAddr,
+    /// Fleet API (absent in simulation mode).
+    pub fleet: Option<SocketAddr>,
+    /// Health service.
+    pub health: Option<SocketAddr>,
+}
+
+/// A SuperLink whose listeners are bound, not serving yet.
+pub struct App {
+    config: Config,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    control: TcpListener,
+    serverappio: TcpListener,
+    fleet: Option<TcpListener>,
+    health: Option<TcpListener>,
+}
+
+impl App {
+    /// Loads TLS and binds every listener. Nothing is bound when TLS fails to load.
+    pub async fn build(config: Config) -> Result<App, BuildError> {
+        let tls = match config.tls.clone() {
+            Some(files) => {
+                let loaded = tokio::task::spawn_blocking(move || tls::load_server_config(&files))
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+                Some(loaded.config)
+            }
+            None => None,
+        };
+        let control = grpc::bind("--control-api-address", &config.control_address).await?;
+        let serverappio =
+            grpc::bind("--serverappio-api-address", &config.serverappio_address).await?;
+        let fleet = match &config.fleet_address {
+            Some(a) => Some(grpc::bind("--fleet-api-address", a).await?),
+            None => None,
+        };
+        let health = match &config.health_address {
+            Some(a) => Some(grpc::bind("--health-server-address", a).await?),
+            None => None,
+        };
+        Ok(App {
+            config,
+            tls,
+            control,
+            serverappio,
+            fleet,
+            health,
+        })
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The bound addresses.
+    pub fn addresses(&self) -> BoundAddresses {
+        let local = |l: &TcpListener| {
+            l.local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        };
+        BoundAddresses {
+            control: local(&self.control),
+            serverappio: local(&self.serverappio),
+            fleet: self.fleet.as_ref().map(local),
+            health: self.health.as_ref().map(local),
+        }
+    }
+
+    /// Starts every server.
+    pub fn spawn(self) -> Running {
+        let addresses = self.addresses();
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let failure = Arc::new(Mutex::new(None));
+        let tls_note = if self.tls.is_some() {
+            "TLS"
+        } else {
+            "plaintext"
+        };
+
+        tracing::info!(address = %addresses.control, "Control API serving ({tls_note})");
+        spawn_server(
+            &tracker,
+            &stop,
+            &failure,
+            "Control API",
+            self.control,
+            self.tls.clone(),
+        );
+        tracing::info!(address = %addresses.serverappio, "ServerAppIo API serving (plaintext)");
+        spawn_server(
+            &tracker,
+            &stop,
+            &failure,
+            "ServerAppIo API",
+            self.serverappio,
+            None,
+        );
+        if let Some(l) = self.fleet {
+            if let Some(a) = addresses.fleet {
+                tracing::info!(address = %a, "Fleet API (grpc-rere) serving ({tls_note})");
+            }
+            spawn_server(&tracker, &stop, &failure, "Fleet API", l, self.tls.clone());
+        }
+        if let Some(l) = self.health {
+            if let Some(a) = addresses.health {
+                tracing::info!(address = %a, "Health service serving (plaintext)");
+            }
+            let s = stop.clone();
+            let f = failure.clone();
+            tracker.spawn(async move {
+                if let Err(e) = flwr_transport::health::serve(l, s.clone().cancelled_owned()).await
+                {
+                    record_failure(&f, &s, format!("Health service failed: {e}"));
+                }
+            });
+        }
+        tracker.close();
+        Running {
+            addresses,
+            stop,
+            tracker,
+            failure,
+        }
+    }
+}
+
+fn spawn_server(
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+    failure: &Arc<Mutex<Option<String>>>,
+    name: &'static str,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    // The API services are added here as they are built; until then every call is answered
+    // UNIMPLEMENTED.
+    let router = grpc::server_builder().add_routes(Routes::default());
+    let s = stop.clone();
+    let f = failure.clone();
+    tracker.spawn(async move {
+        if let Err(e) = grpc::serve(router, listener, tls, s.clone().cancelled_owned()).await {
+            record_failure(&f, &s, format!("{name} failed: {e}"));
+        }
+    });
+}
+
+fn record_failure(failure: &Mutex<Option<String>>, stop: &CancellationToken, message: String) {
+    if let Ok(mut f) = failure.lock() {
+        f.get_or_insert(message);
+    }
+    stop.cancel();
+}
+
+/// A serving SuperLink. Dropping it does not stop it: call [`Running::shutdown`].
+pub struct Running {
+    addresses: BoundAddresses,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Running {
+    /// The bound addresses.
+    pub fn addresses(&self) -> &BoundAddresses {
+        &self.addresses
+    }
+
+    /// The address a local ServerApp uses to reach the ServerAppIo API.
+    pub fn serverappio_connect_address(&self) -> Address {
+        Address::from_socket_addr(self.addresses.serverappio).connectable()
+    }
+
+    /// Resolves when a server stopped by itself (a failure); returns its message.
+    pub async fn failed(&self) -> String {
+        self.stop.cancelled().await;
+        self.failure
+            .lock()
+            .ok()
+            .and_then(|f| f.clone())
+            .unwrap_or_else(|| "stopped".to_owned())
+    }
+
+    /// Stops accepting, drains in-flight calls and waits for every task, at most `deadline`.
+    /// Returns false when the deadline passed first.
+    pub async fn shutdown(self, deadline: Duration) -> bool {
+        self.stop.cancel();
+        tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}

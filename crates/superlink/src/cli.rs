@@ -1,0 +1,178 @@
+//! The `superlink` command line: every flag of `flower-superlink` 1.28.0, with the same names,
+//! defaults and value syntax. Parsing only; [`crate::config`] turns the result into a validated
+//! [`crate::config::Config`].
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Default ServerAppIo API address.
+pub const SERVERAPPIO_DEFAULT: &str = "0.0.0.0:9091";
+/// Default Fleet API address (grpc-rere and grpc-adapter).
+pub const FLEET_GRPC_DEFAULT: &str = "0.0.0.0:9092";
+/// Default Fleet API address (REST).
+pub const FLEET_REST_DEFAULT: &str = "0.0.0.0:9095";
+/// Default Control API address.
+pub const CONTROL_DEFAULT: &str = "0.0.0.0:9093";
+/// The `--database` value that selects in-memory state.
+pub const IN_MEMORY_DATABASE: &str = ":flwr-in-memory:";
+
+/// How ServerApps are run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Isolation {
+    /// The SuperLink starts one ServerApp process per run.
+    Subprocess,
+    /// An external process (`flwr-serverapp`, `flower-superexec`) picks runs up.
+    Process,
+}
+
+/// The Fleet API transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FleetApiType {
+    /// gRPC request-response (Flower's default).
+    #[value(name = "grpc-rere")]
+    GrpcRere,
+    /// gRPC adapter.
+    #[value(name = "grpc-adapter")]
+    GrpcAdapter,
+    /// REST (experimental in Flower).
+    #[value(name = "rest")]
+    Rest,
+}
+
+fn positive_int(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(v) if v >= 1 && v <= u32::MAX as i64 => Ok(v as u32),
+        Ok(_) => Err("value must be >= 1".into()),
+        Err(_) => Err(format!("invalid int value: '{s}'")),
+    }
+}
+
+/// Flags of `superlink`, as `flower-superlink` 1.28.0 has them.
+#[derive(Debug, Parser)]
+#[command(
+    name = "superlink",
+    about = "Start a Flower SuperLink (a drop-in replacement for flower-superlink 1.28.0)",
+    disable_version_flag = true
+)]
+pub struct Args {
+    /// Print the version and exit.
+    #[arg(short = 'V', long = "version", action = clap::ArgAction::SetTrue)]
+    pub version: bool,
+
+    /// Serve the Control and Fleet APIs without TLS, even if certificate files are given. Traffic
+    /// is not encrypted: use only on trusted networks.
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// PEM certificate (chain) of the SuperLink, for the Fleet and Control APIs.
+    #[arg(long, value_name = "SSL_CERTFILE")]
+    pub ssl_certfile: Option<PathBuf>,
+
+    /// PEM private key of the SuperLink (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    #[arg(long, value_name = "SSL_KEYFILE")]
+    pub ssl_keyfile: Option<PathBuf>,
+
+    /// PEM certificate of the CA that signed the SuperLink's certificate.
+    #[arg(long, value_name = "SSL_CA_CERTFILE")]
+    pub ssl_ca_certfile: Option<PathBuf>,
+
+    /// How ServerApps run: `subprocess` (the SuperLink starts them) or `process` (started
+    /// elsewhere).
+    #[arg(long, value_enum, default_value = "subprocess")]
+    pub isolation: Isolation,
+
+    /// State storage: `:flwr-in-memory:` (lost at exit) or the path of an SQLite database file.
+    #[arg(long, default_value = IN_MEMORY_DATABASE)]
+    pub database: String,
+
+    /// Directory where FABs are stored [default: $FLWR_HOME/superlink/ffs, FLWR_HOME defaulting
+    /// to ~/.flwr].
+    #[arg(long, value_name = "STORAGE_DIR")]
+    pub storage_dir: Option<PathBuf>,
+
+    /// Deprecated in Flower and no longer supported; use `--enable-supernode-auth` and
+    /// `flwr supernode register`.
+    #[arg(long, value_name = "AUTH_LIST_PUBLIC_KEYS")]
+    pub auth_list_public_keys: Option<String>,
+
+    /// Accept only SuperNodes whose public keys were registered with `flwr supernode register`
+    /// (requires TLS).
+    #[arg(long)]
+    pub enable_supernode_auth: bool,
+
+    /// Also write logs to this file, rotated on a fixed schedule.
+    #[arg(long, value_name = "LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Rotate the log file every N hours.
+    #[arg(long, value_name = "LOG_ROTATION_INTERVAL_HOURS", default_value = "24", value_parser = positive_int)]
+    pub log_rotation_interval_hours: u32,
+
+    /// Keep at most N rotated log files.
+    #[arg(long, value_name = "LOG_ROTATION_BACKUP_COUNT", default_value = "7", value_parser = positive_int)]
+    pub log_rotation_backup_count: u32,
+
+    /// ServerAppIo API address (IPv4, IPv6 or name, with port; port 0 picks a free one).
+    /// `--simulationio-api-address` is a deprecated alias.
+    #[arg(long, visible_alias = "simulationio-api-address", default_value = SERVERAPPIO_DEFAULT, value_name = "SERVERAPPIO_API_ADDRESS")]
+    pub serverappio_api_address: String,
+
+    /// Fleet API transport. Only `grpc-rere` is supported by this SuperLink.
+    #[arg(long, value_enum, default_value = "grpc-rere")]
+    pub fleet_api_type: FleetApiType,
+
+    /// Fleet API address (IPv4, IPv6 or name, with port) [default: 0.0.0.0:9092].
+    #[arg(long, value_name = "FLEET_API_ADDRESS")]
+    pub fleet_api_address: Option<String>,
+
+    /// Number of Fleet API workers; accepted for compatibility (one server uses every core).
+    #[arg(
+        long,
+        default_value = "1",
+        value_name = "FLEET_API_NUM_WORKERS",
+        allow_negative_numbers = true
+    )]
+    pub fleet_api_num_workers: i64,
+
+    /// Control API address (IPv4, IPv6 or name, with port), used by the `flwr` CLI.
+    #[arg(long, default_value = CONTROL_DEFAULT, value_name = "CONTROL_API_ADDRESS")]
+    pub control_api_address: String,
+
+    /// Deprecated alias of `--control-api-address`.
+    #[arg(long, value_name = "EXEC_API_ADDRESS")]
+    pub exec_api_address: Option<String>,
+
+    /// Deprecated in Flower; refused (use `--simulation`).
+    #[arg(long, value_name = "EXECUTOR")]
+    pub executor: Option<String>,
+
+    /// Deprecated in Flower; refused (use `--simulation`).
+    #[arg(long, value_name = "EXECUTOR_DIR")]
+    pub executor_dir: Option<String>,
+
+    /// Deprecated in Flower; refused (use `--simulation`).
+    #[arg(long, value_name = "EXECUTOR_CONFIG")]
+    pub executor_config: Option<String>,
+
+    /// Run the simulation runtime: no Fleet API; runs are executed by `flwr-simulation`.
+    #[arg(long)]
+    pub simulation: bool,
+
+    /// Address of a plaintext gRPC health service (`grpc.health.v1.Health`); off when not set.
+    #[arg(long, value_name = "HEALTH_SERVER_ADDRESS")]
+    pub health_server_address: Option<String>,
+}
+
+/// Parsed `superlink` flags.
+pub type Parsed = flwr_transport::cli::Parsed<Args>;
+
+/// Parses a command line (the first item is the program name).
+pub fn parse_from<I, T>(argv: I) -> Result<Parsed, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    Parsed::parse_from(argv)
+}

@@ -1,0 +1,275 @@
+//! The validated configuration of a SuperLink, built from the command line with Flower's rules.
+
+use std::path::{Path, PathBuf};
+
+use flwr_transport::address::{Address, AddressError};
+use flwr_transport::tls::{self, ServerTlsFiles, TlsError};
+
+use crate::cli::{self, FleetApiType, Isolation, Parsed};
+
+/// Where state lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Database {
+    /// In memory, lost at exit (`:flwr-in-memory:`).
+    InMemory,
+    /// An SQLite database file.
+    Sqlite(PathBuf),
+}
+
+/// `--log-file` and its rotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Rotate every this many hours.
+    pub interval_hours: u32,
+    /// Keep this many rotated files.
+    pub backup_count: u32,
+}
+
+/// Everything a SuperLink needs to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// TLS files for the Fleet and Control APIs; `None` with `--insecure`.
+    pub tls: Option<ServerTlsFiles>,
+    /// How ServerApps run.
+    pub isolation: Isolation,
+    /// Where state lives.
+    pub database: Database,
+    /// Where FABs are stored.
+    pub storage_dir: PathBuf,
+    /// Only CLI-registered SuperNodes may join.
+    pub enable_supernode_auth: bool,
+    /// Optional log file.
+    pub log_file: Option<LogFile>,
+    /// ServerAppIo API address.
+    pub serverappio_address: Address,
+    /// Fleet API address; `None` in simulation mode (no Fleet API).
+    pub fleet_address: Option<Address>,
+    /// Control API address.
+    pub control_address: Address,
+    /// Simulation runtime.
+    pub simulation: bool,
+    /// Health service address.
+    pub health_address: Option<Address>,
+}
+
+/// Why the command line cannot start a SuperLink. Each message names the flag and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag's value is not an address.
+    #[error("`{flag}`: {source}")]
+    Address {
+        /// The flag.
+        flag: &'static str,
+        /// Why.
+        #[source]
+        source: AddressError,
+    },
+    /// TLS flags break Flower's rules.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// `--executor*` were given.
+    #[error(
+        "The arguments `--executor`, `--executor-dir`, and `--executor-config` are deprecated \
+         and no longer supported. To run the SuperLink with the simulation runtime, use \
+         `--simulation`."
+    )]
+    Executor,
+    /// Both control address flags were given.
+    #[error(
+        "Both `--control-api-address` and `--exec-api-address` are set. Use only \
+         `--control-api-address`; `--exec-api-address` is deprecated."
+    )]
+    ControlAndExec,
+    /// `--auth-list-public-keys` was given.
+    #[error(
+        "The `--auth-list-public-keys` argument is no longer supported. To enable SuperNode \
+         authentication, use the `--enable-supernode-auth` flag and register SuperNodes with \
+         `flwr supernode register <public-key-file>`."
+    )]
+    AuthListPublicKeys,
+    /// `--enable-supernode-auth` without TLS.
+    #[error(
+        "The `--enable-supernode-auth` flag requires TLS. Provide the certificates with \
+         `--ssl-certfile`, `--ssl-keyfile` and `--ssl-ca-certfile` instead of `--insecure`."
+    )]
+    AuthNeedsTls,
+    /// `--enable-supernode-auth` with another transport.
+    #[error(
+        "The `--enable-supernode-auth` flag is only supported with `--fleet-api-type grpc-rere`."
+    )]
+    AuthNeedsGrpcRere,
+    /// A Fleet transport other than grpc-rere.
+    #[error(
+        "`--fleet-api-type {0}` is not supported by this SuperLink; use `grpc-rere` (the default), \
+         which Flower's SuperNodes use unless started with `--grpc-adapter` or `--rest`."
+    )]
+    FleetApiType(&'static str),
+    /// A flag whose feature is not built yet.
+    #[error("`--{flag}` is not supported yet by this SuperLink: {what}. Leave it out for now.")]
+    NotSupportedYet {
+        /// The flag, without `--`.
+        flag: &'static str,
+        /// What it would enable.
+        what: &'static str,
+    },
+}
+
+/// Flags whose features are not built yet, with what they would enable. A flag listed here is
+/// refused when given, never silently ignored.
+const NOT_SUPPORTED_YET: &[(&str, &str)] = &[
+    ("database", "persistent SQLite state"),
+    ("storage-dir", "FAB storage (runs are not implemented yet)"),
+    ("isolation", "launching or awaiting ServerApps"),
+    ("enable-supernode-auth", "CLI-registered SuperNodes only"),
+    ("log-file", "a rotated log file"),
+    ("log-rotation-interval-hours", "a rotated log file"),
+    ("log-rotation-backup-count", "a rotated log file"),
+    ("simulation", "the simulation runtime"),
+];
+
+/// Where FABs go by default: `$FLWR_HOME/superlink/ffs`, `FLWR_HOME` defaulting to `~/.flwr`.
+pub fn default_storage_dir() -> PathBuf {
+    flwr_home().join("superlink").join("ffs")
+}
+
+/// Flower's home directory: `$FLWR_HOME`, else `~/.flwr`.
+pub fn flwr_home() -> PathBuf {
+    match std::env::var_os("FLWR_HOME") {
+        Some(h) if !h.is_empty() => PathBuf::from(h),
+        _ => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".flwr"),
+    }
+}
+
+fn address(flag: &'static str, value: &str) -> Result<Address, ConfigError> {
+    value
+        .parse()
+        .map_err(|source| ConfigError::Address { flag, source })
+}
+
+/// The validated configuration, and warnings to log (deprecated or ignored flags).
+pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError> {
+    let a = &parsed.args;
+    let mut warnings = Vec::new();
+
+    if a.executor.is_some() || a.executor_dir.is_some() || a.executor_config.is_some() {
+        return Err(ConfigError::Executor);
+    }
+    if parsed.given("control-api-address") && parsed.given("exec-api-address") {
+        return Err(ConfigError::ControlAndExec);
+    }
+    let control = match &a.exec_api_address {
+        Some(exec) => {
+            warnings.push(
+                "The `--exec-api-address` argument is deprecated; use `--control-api-address`."
+                    .to_owned(),
+            );
+            address("--exec-api-address", exec)?
+        }
+        None => address("--control-api-address", &a.control_api_address)?,
+    };
+    let serverappio = address("--serverappio-api-address", &a.serverappio_api_address)?;
+    let health = a
+        .health_server_address
+        .as_deref()
+        .map(|h| address("--health-server-address", h))
+        .transpose()?;
+
+    let tls = tls::server_tls_choice(
+        a.insecure,
+        a.ssl_ca_certfile.as_deref(),
+        a.ssl_certfile.as_deref(),
+        a.ssl_keyfile.as_deref(),
+    )?;
+    if tls.is_none() {
+        warnings.push(
+            "Option `--insecure` was set: the Control and Fleet APIs run without TLS and traffic is \
+             not encrypted."
+                .to_owned(),
+        );
+    }
+
+    if a.enable_supernode_auth {
+        if a.insecure {
+            return Err(ConfigError::AuthNeedsTls);
+        }
+        if a.fleet_api_type != FleetApiType::GrpcRere {
+            return Err(ConfigError::AuthNeedsGrpcRere);
+        }
+    } else if !a.simulation {
+        warnings.push(
+            "SuperNode authentication is disabled: the SuperLink accepts any SuperNode that signs \
+             its requests."
+                .to_owned(),
+        );
+    }
+    if a.auth_list_public_keys.is_some() {
+        return Err(ConfigError::AuthListPublicKeys);
+    }
+
+    let fleet_address = if a.simulation {
+        None
+    } else {
+        match a.fleet_api_type {
+            FleetApiType::GrpcRere => {}
+            FleetApiType::GrpcAdapter => return Err(ConfigError::FleetApiType("grpc-adapter")),
+            FleetApiType::Rest => return Err(ConfigError::FleetApiType("rest")),
+        }
+        let value = a
+            .fleet_api_address
+            .as_deref()
+            .unwrap_or(cli::FLEET_GRPC_DEFAULT);
+        Some(address("--fleet-api-address", value)?)
+    };
+    if a.fleet_api_num_workers != 1 {
+        warnings.push(format!(
+            "`--fleet-api-num-workers {}` is ignored: this SuperLink serves the Fleet API on all \
+             cores with one server.",
+            a.fleet_api_num_workers
+        ));
+    }
+
+    for (flag, what) in NOT_SUPPORTED_YET {
+        if parsed.given(flag) {
+            return Err(ConfigError::NotSupportedYet { flag, what });
+        }
+    }
+
+    let database = if a.database == cli::IN_MEMORY_DATABASE {
+        Database::InMemory
+    } else {
+        Database::Sqlite(absolute(Path::new(&a.database)))
+    };
+    let config = Config {
+        tls,
+        isolation: a.isolation,
+        database,
+        storage_dir: a.storage_dir.clone().unwrap_or_else(default_storage_dir),
+        enable_supernode_auth: a.enable_supernode_auth,
+        log_file: a.log_file.as_ref().map(|p| LogFile {
+            path: p.clone(),
+            interval_hours: a.log_rotation_interval_hours,
+            backup_count: a.log_rotation_backup_count,
+        }),
+        serverappio_address: serverappio,
+        fleet_address,
+        control_address: control,
+        simulation: a.simulation,
+        health_address: health,
+    };
+    Ok((config, warnings))
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}

@@ -1,0 +1,65 @@
+//! The Flower SuperLink: Fleet API for SuperNodes, ServerAppIo API for ServerApps and Control API
+//! for the `flwr` CLI, wire-compatible with Flower 1.28.0.
+//!
+//! * [`cli`]: the command line, flag for flag as `flower-superlink`.
+//! * [`config`]: validation of the flags into a [`config::Config`].
+//! * [`app`]: build (TLS, listeners), then serve.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+
+use std::time::Duration;
+
+/// How long a graceful shutdown may take before the process exits anyway.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The version line of `--version`.
+pub fn version_line() -> String {
+    flwr_transport::cli::version_line("superlink", env!("CARGO_PKG_VERSION"))
+}
+
+/// Runs a SuperLink from parsed flags until SIGINT, SIGTERM or SIGQUIT.
+pub async fn run(parsed: cli::Parsed) -> anyhow::Result<()> {
+    tracing::info!("Starting Flower SuperLink ({})", version_line());
+    let (config, warnings) = config::from_parsed(&parsed)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let app = app::App::build(config).await?;
+    let running = app.spawn();
+    tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!("Received {signal}, shutting down");
+            if !running.shutdown(SHUTDOWN_DEADLINE).await {
+                tracing::warn!("Shutdown took longer than {SHUTDOWN_DEADLINE:?}; exiting anyway");
+            }
+            tracing::info!("SuperLink terminated gracefully.");
+            Ok(())
+        }
+        failure = running.failed() => {
+            anyhow::bail!("{failure}")
+        }
+    }
+}
+
+/// Resolves at the first SIGINT, SIGTERM or SIGQUIT, with the signal's name.
+pub async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut quit = signal(SignalKind::quit()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    tokio::select! {
+        () = next(&mut int) => "SIGINT",
+        () = next(&mut term) => "SIGTERM",
+        () = next(&mut quit) => "SIGQUIT",
+    }
+}

@@ -1,0 +1,177 @@
+//! The validated configuration of a SuperNode, built from the command line with Flower's rules.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flwr_transport::address::{Address, AddressError};
+use flwr_transport::tls::{self, ClientTlsChoice, TlsError};
+
+use crate::cli::{Isolation, Parsed};
+
+/// Where the SuperNode's identity comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// A fresh P-384 key at every start; the node registers and unregisters itself.
+    Generate,
+    /// An OpenSSH ECDSA key registered with `flwr supernode register`.
+    File(PathBuf),
+}
+
+/// Everything a SuperNode needs to start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The SuperLink's Fleet API.
+    pub superlink: Address,
+    /// How to secure the connection.
+    pub tls: ClientTlsChoice,
+    /// The node's identity.
+    pub key: KeySource,
+    /// Reconnection attempts before giving up (`None`: no limit).
+    pub max_retries: Option<u32>,
+    /// Time spent reconnecting before giving up (`None`: no limit).
+    pub max_wait_time: Option<Duration>,
+    /// Raw `--node-config`.
+    pub node_config: Option<String>,
+    /// How ClientApps run.
+    pub isolation: Isolation,
+    /// ClientAppIo API address.
+    pub clientappio_address: Address,
+    /// Health service address.
+    pub health_address: Option<Address>,
+}
+
+/// Why the command line cannot start a SuperNode. Each message names the flag and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag's value is not an address.
+    #[error("`{flag}`: {source}")]
+    Address {
+        /// The flag.
+        flag: &'static str,
+        /// Why.
+        #[source]
+        source: AddressError,
+    },
+    /// TLS flags break Flower's rules.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A key file without TLS.
+    #[error(
+        "The private key for SuperNode authentication was provided, but TLS is not enabled. \
+         Node authentication can only be used with TLS: remove `--insecure` and give \
+         `--root-certificates` (or rely on the system trust store)."
+    )]
+    KeyWithoutTls,
+    /// A transport other than grpc-rere.
+    #[error("`--{0}` is not supported by this SuperNode; use `--grpc-rere` (the default).")]
+    Transport(&'static str),
+    /// A negative number.
+    #[error("`--{flag}` must be zero or more, got {value}.")]
+    Negative {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// A flag whose feature is not built yet.
+    #[error("`--{flag}` is not supported yet by this SuperNode: {what}. Leave it out for now.")]
+    NotSupportedYet {
+        /// The flag, without `--`.
+        flag: &'static str,
+        /// What it would enable.
+        what: &'static str,
+    },
+}
+
+/// Flags whose features are not built yet. A flag listed here is refused when given, never
+/// silently ignored.
+const NOT_SUPPORTED_YET: &[(&str, &str)] = &[
+    ("trusted-entities", "verification of signed FABs"),
+    ("node-config", "node configuration for ClientApps"),
+    ("isolation", "launching or awaiting ClientApps"),
+    ("clientappio-api-address", "the ClientAppIo API"),
+    ("max-retries", "the reconnection policy"),
+    ("max-wait-time", "the reconnection policy"),
+];
+
+fn address(flag: &'static str, value: &str) -> Result<Address, ConfigError> {
+    value
+        .parse()
+        .map_err(|source| ConfigError::Address { flag, source })
+}
+
+/// The validated configuration, and warnings to log.
+pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError> {
+    let a = &parsed.args;
+    let mut warnings = Vec::new();
+    for (flag, what) in NOT_SUPPORTED_YET {
+        if parsed.given(flag) {
+            return Err(ConfigError::NotSupportedYet { flag, what });
+        }
+    }
+    if a.grpc_adapter {
+        return Err(ConfigError::Transport("grpc-adapter"));
+    }
+    if a.rest {
+        return Err(ConfigError::Transport("rest"));
+    }
+    let tls = tls::client_tls_choice(a.insecure, a.root_certificates.as_deref())?;
+    if tls == ClientTlsChoice::Insecure {
+        warnings.push(format!(
+            "Option `--insecure` was set: the connection to {} is not encrypted.",
+            a.superlink
+        ));
+    }
+    let key = match &a.auth_supernode_private_key {
+        Some(p) => {
+            if tls == ClientTlsChoice::Insecure {
+                return Err(ConfigError::KeyWithoutTls);
+            }
+            KeySource::File(p.clone())
+        }
+        None => KeySource::Generate,
+    };
+    if a.auth_supernode_public_key.is_some() {
+        warnings.push(
+            "`--auth-supernode-public-key` is deprecated and ignored: the public key is derived \
+             from `--auth-supernode-private-key`."
+                .to_owned(),
+        );
+    }
+    let max_retries = match a.max_retries {
+        Some(n) if n < 0 => {
+            return Err(ConfigError::Negative {
+                flag: "max-retries",
+                value: n.to_string(),
+            })
+        }
+        Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+        None => None,
+    };
+    let max_wait_time = match a.max_wait_time {
+        Some(s) if !(s >= 0.0 && s.is_finite()) => {
+            return Err(ConfigError::Negative {
+                flag: "max-wait-time",
+                value: s.to_string(),
+            })
+        }
+        Some(s) => Some(Duration::from_secs_f64(s)),
+        None => None,
+    };
+    let config = Config {
+        superlink: address("--superlink", &a.superlink)?,
+        tls,
+        key,
+        max_retries,
+        max_wait_time,
+        node_config: a.node_config.clone(),
+        isolation: a.isolation,
+        clientappio_address: address("--clientappio-api-address", &a.clientappio_api_address)?,
+        health_address: a
+            .health_server_address
+            .as_deref()
+            .map(|h| address("--health-server-address", h))
+            .transpose()?,
+    };
+    Ok((config, warnings))
+}

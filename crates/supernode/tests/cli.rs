@@ -1,0 +1,136 @@
+//! The `supernode` binary's command line, black-box: Flower's flags, defaults and rules.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+use std::process::Command;
+
+use flwr_supernode::cli::{self, Isolation};
+use flwr_supernode::config::{self, ConfigError, KeySource};
+use flwr_testkit::pki;
+use flwr_testkit::process::run;
+use flwr_transport::tls::{ClientTlsChoice, TlsError};
+
+const BIN: &str = env!("CARGO_BIN_EXE_supernode");
+
+fn supernode(args: &[&str]) -> (i32, String) {
+    let (status, out) = run(Command::new(BIN).args(args).env_remove("RUST_LOG"));
+    (status.code().unwrap_or(-1), out)
+}
+
+fn parse(args: &[&str]) -> Result<config::Config, ConfigError> {
+    let argv = std::iter::once("supernode").chain(args.iter().copied());
+    config::from_parsed(&cli::parse_from(argv).unwrap()).map(|(c, _)| c)
+}
+
+#[test]
+fn defaults_equal_flowers() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.superlink.to_string(), "0.0.0.0:9092");
+    assert_eq!(
+        c.tls,
+        ClientTlsChoice::SystemRoots,
+        "no flag: TLS with the system trust store"
+    );
+    assert_eq!(c.key, KeySource::Generate);
+    assert_eq!((c.max_retries, c.max_wait_time), (None, None));
+    assert_eq!(c.isolation, Isolation::Subprocess);
+    assert_eq!(c.clientappio_address.to_string(), "0.0.0.0:9094");
+    assert_eq!(c.health_address, None);
+    assert_eq!(c.node_config, None);
+}
+
+#[test]
+fn flower_rules() {
+    assert!(matches!(
+        parse(&["--insecure", "--root-certificates", "ca.crt"]),
+        Err(ConfigError::Tls(TlsError::InsecureWithRootCertificates))
+    ));
+    assert!(matches!(
+        parse(&["--insecure", "--auth-supernode-private-key", "k"]),
+        Err(ConfigError::KeyWithoutTls)
+    ));
+    assert!(matches!(
+        parse(&["--grpc-adapter"]),
+        Err(ConfigError::Transport("grpc-adapter"))
+    ));
+    assert!(matches!(
+        parse(&["--rest"]),
+        Err(ConfigError::Transport("rest"))
+    ));
+    let c = parse(&[
+        "--grpc-rere",
+        "--root-certificates",
+        "ca.crt",
+        "--superlink",
+        "[::1]:9092",
+    ])
+    .unwrap();
+    assert_eq!(c.tls, ClientTlsChoice::RootCertificates("ca.crt".into()));
+    assert_eq!(c.superlink.to_string(), "[::1]:9092");
+    let e = parse(&["--superlink", "superlink"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`--superlink`") && e.contains("HOST:PORT"),
+        "{e}"
+    );
+    // The deprecated public key flag is accepted and ignored.
+    parse(&["--auth-supernode-public-key", "k.pub"]).unwrap();
+}
+
+#[test]
+fn unbuilt_features_are_refused_not_ignored() {
+    for args in [
+        &["--node-config", "a=1"][..],
+        &["--isolation", "process"],
+        &["--clientappio-api-address", "127.0.0.1:0"],
+        &["--max-retries", "2"],
+        &["--max-wait-time", "1.5"],
+        &["--trusted-entities", "t.yaml"],
+    ] {
+        match parse(args) {
+            Err(e @ ConfigError::NotSupportedYet { .. }) => {
+                assert!(e.to_string().contains("not supported yet"), "{e}")
+            }
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn binary_messages_and_exit_codes() {
+    let (code, out) = supernode(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("Flower version: 1.28.0"), "{out}");
+    let (code, out) = supernode(&["--grpc-rere", "--rest"]);
+    assert_eq!(code, 2, "mutually exclusive transports: {out}");
+    let (code, out) = supernode(&["--insecure", "--root-certificates", "ca.crt"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("Conflicting options"), "{out}");
+    let (code, out) = supernode(&["--root-certificates", "/nonexistent/ca.crt"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("Path argument `--root-certificates` does not point to a file"),
+        "{out}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, files) = pki::write_tls_files(dir.path(), pki::LOCAL_SANS);
+    let ca = files.ca.to_str().unwrap();
+    // A PEM key where an OpenSSH key is required.
+    let (code, out) = supernode(&[
+        "--root-certificates",
+        ca,
+        "--auth-supernode-private-key",
+        files.key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("Unable to parse the private key file"),
+        "{out}"
+    );
+    // Everything valid: it says clearly that the Fleet client is not built yet.
+    let (code, out) = supernode(&["--root-certificates", ca, "--superlink", "127.0.0.1:9"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("not built yet"), "{out}");
+}

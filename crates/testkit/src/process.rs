@@ -1,0 +1,165 @@
+//! Child processes owned by a test: killed (with their process group) and reaped on drop.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running child with its captured output.
+pub struct Proc {
+    name: String,
+    child: Option<Child>,
+    output: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// A command whose children land in their own process group.
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new(program);
+    c.process_group(0);
+    c
+}
+
+impl Proc {
+    /// Starts `cmd`, capturing stdout and stderr together.
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let output = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for pipe in [
+            Box::new(out) as Box<dyn std::io::Read + Send>,
+            Box::new(err),
+        ] {
+            let buf = output.clone();
+            let tag = name.to_owned();
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if std::env::var_os("TEST_ECHO").is_some() {
+                        eprintln!("[{tag}] {line}");
+                    }
+                    let mut b = buf.lock().unwrap();
+                    b.push_str(&line);
+                    b.push('\n');
+                }
+            }));
+        }
+        Proc {
+            name: name.to_owned(),
+            child: Some(child),
+            output,
+            readers,
+        }
+    }
+
+    /// Everything the child printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Waits until the output contains `needle`, or fails the test after `timeout`.
+    pub fn wait_for_output(&mut self, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.output();
+            if out.contains(needle) {
+                return out;
+            }
+            if let Some(status) = self.try_status() {
+                panic!(
+                    "{} exited ({status}) before printing {needle:?}; output:\n{out}",
+                    self.name
+                );
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "{} did not print {needle:?} within {timeout:?}; output:\n{out}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The exit status if the child has exited.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits for the child to exit (fails the test after `timeout`) and returns its status and
+    /// full output.
+    pub fn wait(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.try_status() {
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                return (s, self.output());
+            }
+            if start.elapsed() > timeout {
+                let out = self.output();
+                panic!("{} still runs after {timeout:?}; output:\n{out}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (for example `"TERM"`, `"INT"`, `"KILL"`) to the child.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                // The whole group: the child and whatever it started.
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(format!("-{}", child.id()))
+                    .status();
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a command to completion and returns (status, stdout+stderr).
+pub fn run(cmd: &mut Command) -> (ExitStatus, String) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status, text)
+}
+
+/// True when `path` is an executable file.
+pub fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}

@@ -1,0 +1,22 @@
+//! What both Flower daemons share on the wire, and nothing about state.
+//!
+//! * [`address`]: Flower's `host:port` addresses.
+//! * [`cli`]: command-line plumbing (explicitly given flags, the version line).
+//! * [`files`]: reading files named by flags, with errors that name the flag and the fix.
+//! * [`tls`]: rustls server and client configurations from PEM files, with Flower's flag rules.
+//! * [`grpc`]: shared gRPC limits and keepalive, binding, serving over TLS, client channels.
+//! * [`health`]: the plaintext `grpc.health.v1.Health` service.
+//! * [`node_auth`]: SuperNode signatures (ECDSA over SHA-256, PEM keys, Flower's timestamps).
+//! * [`logging`]: `tracing` set up from `RUST_LOG` / `FLWR_LOG_LEVEL`.
+
+pub mod address;
+pub mod cli;
+pub mod files;
+pub mod grpc;
+pub mod health;
+pub mod logging;
+pub mod node_auth;
+pub mod tls;
+
+/// The Flower release whose wire protocol and command lines these daemons follow.
+pub const FLOWER_VERSION: &str = "1.28.0";

@@ -1,0 +1,611 @@
+//! SuperNode authentication primitives, as Flower 1.28 puts them on every Fleet call.
+//!
+//! A SuperNode owns an ECDSA key (P-384 generated at start, or an OpenSSH key file given with
+//! `--auth-supernode-private-key`, on P-256, P-384 or P-521). On every Fleet call it sends three
+//! metadata entries: its public key as PEM SubjectPublicKeyInfo text, the current time as
+//! Python's `datetime.isoformat()` writes it, and an ECDSA signature (DER) over the ASCII bytes of
+//! that time string, hashed with SHA-256 whatever the curve. The SuperLink accepts a call when the
+//! signature verifies and the time lies strictly within (-5 s, +305 s) of its clock.
+//!
+//! Keys are compared by their exact PEM bytes elsewhere, so [`NodeSigningKey::public_key_pem`]
+//! produces the same bytes as Python's `cryptography` (LF line endings, 64-column base64 and a
+//! final newline).
+
+use std::path::Path;
+
+use chrono::{DateTime, FixedOffset, Timelike, Utc};
+use ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
+use p384::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
+use sha2::{Digest, Sha256};
+
+use crate::files::{read_flag_file, FileError};
+
+/// Metadata key of the public key (binary header, base64 on the wire).
+pub const PUBLIC_KEY_HEADER: &str = "flwr-public-key-bin";
+/// Metadata key of the timestamp (ASCII).
+pub const TIMESTAMP_HEADER: &str = "flwr-timestamp";
+/// Metadata key of the signature (binary header).
+pub const SIGNATURE_HEADER: &str = "flwr-signature-bin";
+/// How far a SuperNode's clock may run ahead of the SuperLink's, in seconds.
+pub const SYSTEM_TIME_TOLERANCE: f64 = 5.0;
+/// How old a signed timestamp may be, in seconds (plus [`SYSTEM_TIME_TOLERANCE`]).
+pub const TIMESTAMP_TOLERANCE: f64 = 300.0;
+
+/// The curves a node key may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Curve {
+    /// NIST P-256 (secp256r1).
+    P256,
+    /// NIST P-384 (secp384r1), Flower's choice for generated keys.
+    P384,
+    /// NIST P-521 (secp521r1).
+    P521,
+}
+
+/// A node key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key file could not be read.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The key file is not an OpenSSH private key on a supported curve.
+    #[error(
+        "Unable to parse the private key file '{path}': {detail}. Give an unencrypted OpenSSH \
+         ECDSA key, for example one made with `ssh-keygen -t ecdsa -b 384 -N \"\" -f {path}`."
+    )]
+    BadPrivateKey {
+        /// The path as given.
+        path: String,
+        /// Why.
+        detail: String,
+    },
+    /// The bytes are not a PEM public key on a supported curve.
+    #[error("the public key is not a PEM-encoded ECDSA key on P-256, P-384 or P-521")]
+    BadPublicKey,
+}
+
+enum Signing {
+    P256(p256::ecdsa::SigningKey),
+    P384(p384::ecdsa::SigningKey),
+    P521(p521::ecdsa::SigningKey),
+}
+
+/// A SuperNode's private key, with its public key in Flower's wire encoding.
+pub struct NodeSigningKey {
+    key: Signing,
+    public_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for NodeSigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSigningKey")
+            .field("curve", &self.curve())
+            .finish_non_exhaustive()
+    }
+}
+
+/// SHA-256 of `message`, left-padded with zeros to `field_len` bytes.
+///
+/// ECDSA turns a digest shorter than the group order into an integer as it is; padding keeps that
+/// integer and satisfies the length rules of the RustCrypto prehash API (which refuses digests
+/// shorter than half the field, as SHA-256 is for P-521).
+fn padded_digest(message: &[u8], field_len: usize) -> Vec<u8> {
+    let digest = Sha256::digest(message);
+    let mut out = vec![0u8; field_len.saturating_sub(digest.len())];
+    out.extend_from_slice(&digest);
+    out
+}
+
+fn pem_of<K: EncodePublicKey>(key: &K) -> Vec<u8> {
+    // Encoding a valid curve point cannot fail; keep an empty key rather than panic if it did.
+    key.to_public_key_pem(LineEnding::LF)
+        .map(String::into_bytes)
+        .unwrap_or_default()
+}
+
+impl NodeSigningKey {
+    /// A fresh P-384 key, as Flower's SuperNode makes at every start without a key file.
+    pub fn generate() -> Self {
+        let sk = p384::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+        Self::from_signing(Signing::P384(sk))
+    }
+
+    fn from_signing(key: Signing) -> Self {
+        let public_pem = match &key {
+            Signing::P256(k) => pem_of(k.verifying_key()),
+            Signing::P384(k) => pem_of(k.verifying_key()),
+            Signing::P521(k) => pem_of(&p521::PublicKey::from_secret_scalar(k.as_nonzero_scalar())),
+        };
+        Self { key, public_pem }
+    }
+
+    /// Parses an unencrypted OpenSSH private key (`-----BEGIN OPENSSH PRIVATE KEY-----`) on
+    /// P-256, P-384 or P-521, as written by `ssh-keygen` or Python's `cryptography`. `origin`
+    /// names the file in errors.
+    pub fn from_openssh(text: &[u8], origin: &str) -> Result<Self, KeyError> {
+        let bad = |detail: String| KeyError::BadPrivateKey {
+            path: origin.to_owned(),
+            detail,
+        };
+        let (curve, scalar, point) = openssh::parse_ecdsa(text).map_err(|e| bad(e.to_string()))?;
+        let (signing, derived_point) = match curve {
+            Curve::P256 => {
+                let k =
+                    p256::ecdsa::SigningKey::from_slice(&scalar).map_err(|e| bad(e.to_string()))?;
+                let q = k
+                    .verifying_key()
+                    .to_encoded_point(false)
+                    .as_bytes()
+                    .to_vec();
+                (Signing::P256(k), q)
+            }
+            Curve::P384 => {
+                let k =
+                    p384::ecdsa::SigningKey::from_slice(&scalar).map_err(|e| bad(e.to_string()))?;
+                let q = k
+                    .verifying_key()
+                    .to_encoded_point(false)
+                    .as_bytes()
+                    .to_vec();
+                (Signing::P384(k), q)
+            }
+            Curve::P521 => {
+                let k =
+                    p521::ecdsa::SigningKey::from_slice(&scalar).map_err(|e| bad(e.to_string()))?;
+                let q = p521::ecdsa::VerifyingKey::from(&k)
+                    .to_encoded_point(false)
+                    .as_bytes()
+                    .to_vec();
+                (Signing::P521(k), q)
+            }
+        };
+        if derived_point != point {
+            return Err(bad(
+                "its private and public parts do not belong together".into()
+            ));
+        }
+        Ok(Self::from_signing(signing))
+    }
+
+    /// Reads and parses the key file given to `flag`. Blocking.
+    pub fn load_openssh_file(flag: &'static str, path: &Path) -> Result<Self, KeyError> {
+        let text = read_flag_file(flag, path)?;
+        Self::from_openssh(&text, &path.display().to_string())
+    }
+
+    /// The curve of this key.
+    pub fn curve(&self) -> Curve {
+        match self.key {
+            Signing::P256(_) => Curve::P256,
+            Signing::P384(_) => Curve::P384,
+            Signing::P521(_) => Curve::P521,
+        }
+    }
+
+    /// The public key as PEM SubjectPublicKeyInfo bytes, as Flower sends and stores it.
+    pub fn public_key_pem(&self) -> &[u8] {
+        &self.public_pem
+    }
+
+    /// Signs `message` with ECDSA over SHA-256; the signature is DER-encoded.
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        // Signing with a valid key and a digest of the right length does not fail; an empty
+        // signature would simply be refused by the verifier.
+        match &self.key {
+            Signing::P256(k) => {
+                let s: Result<p256::ecdsa::Signature, _> =
+                    k.sign_prehash(&padded_digest(message, 32));
+                s.map(|s| s.to_der().as_bytes().to_vec())
+                    .unwrap_or_default()
+            }
+            Signing::P384(k) => {
+                let s: Result<p384::ecdsa::Signature, _> =
+                    k.sign_prehash(&padded_digest(message, 48));
+                s.map(|s| s.to_der().as_bytes().to_vec())
+                    .unwrap_or_default()
+            }
+            Signing::P521(k) => {
+                let s: Result<p521::ecdsa::Signature, _> =
+                    k.sign_prehash(&padded_digest(message, 66));
+                s.map(|s| s.to_der().as_bytes().to_vec())
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    /// The three metadata values for a call made now.
+    pub fn sign_now(&self) -> SignedTimestamp {
+        let timestamp = format_timestamp(Utc::now());
+        let signature = self.sign(timestamp.as_bytes());
+        SignedTimestamp {
+            public_key: self.public_pem.clone(),
+            timestamp,
+            signature,
+        }
+    }
+}
+
+/// The metadata values of one signed call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedTimestamp {
+    /// `flwr-public-key-bin`.
+    pub public_key: Vec<u8>,
+    /// `flwr-timestamp`.
+    pub timestamp: String,
+    /// `flwr-signature-bin`.
+    pub signature: Vec<u8>,
+}
+
+mod openssh {
+    //! The unencrypted `openssh-key-v1` container (OpenSSH's PROTOCOL.key), ECDSA keys only.
+
+    use super::Curve;
+    use base64ct::Encoding;
+
+    const BEGIN: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
+    const END: &str = "-----END OPENSSH PRIVATE KEY-----";
+    const MAGIC: &[u8] = b"openssh-key-v1\0";
+
+    #[derive(Debug, thiserror::Error)]
+    pub(super) enum Error {
+        #[error("it is not an OpenSSH private key (no `{BEGIN}` block)")]
+        NoBlock,
+        #[error("its base64 text is damaged")]
+        Base64,
+        #[error("it is truncated or malformed")]
+        Malformed,
+        #[error("it is encrypted with a passphrase (cipher `{0}`)")]
+        Encrypted(String),
+        #[error("it holds {0} keys, but exactly one is required")]
+        KeyCount(u32),
+        #[error(
+            "it is a `{0}` key, but an ECDSA key (nistp256, nistp384 or nistp521) is required"
+        )]
+        NotEcdsa(String),
+    }
+
+    struct Reader<'a>(&'a [u8]);
+
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+            if self.0.len() < n {
+                return Err(Error::Malformed);
+            }
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Ok(head)
+        }
+        fn u32(&mut self) -> Result<u32, Error> {
+            let b = self.take(4)?;
+            Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        fn string(&mut self) -> Result<&'a [u8], Error> {
+            let n = self.u32()? as usize;
+            self.take(n)
+        }
+    }
+
+    /// Returns the curve, the private scalar (field-sized, big-endian) and the public point
+    /// (SEC1 uncompressed) of an ECDSA key.
+    pub(super) fn parse_ecdsa(text: &[u8]) -> Result<(Curve, Vec<u8>, Vec<u8>), Error> {
+        let text = std::str::from_utf8(text).map_err(|_| Error::NoBlock)?;
+        let start = text.find(BEGIN).ok_or(Error::NoBlock)? + BEGIN.len();
+        let end = text[start..].find(END).ok_or(Error::NoBlock)? + start;
+        // Line width differs between writers (70 for ssh-keygen, 76 for cryptography).
+        let body: String = text[start..end].split_whitespace().collect();
+        let raw = base64ct::Base64::decode_vec(&body).map_err(|_| Error::Base64)?;
+        let mut r = Reader(&raw);
+        if r.take(MAGIC.len())? != MAGIC {
+            return Err(Error::Malformed);
+        }
+        let cipher = r.string()?;
+        let _kdf = r.string()?;
+        let _kdf_options = r.string()?;
+        if cipher != b"none" {
+            return Err(Error::Encrypted(
+                String::from_utf8_lossy(cipher).into_owned(),
+            ));
+        }
+        let count = r.u32()?;
+        if count != 1 {
+            return Err(Error::KeyCount(count));
+        }
+        let _public_blob = r.string()?;
+        let mut p = Reader(r.string()?);
+        if p.u32()? != p.u32()? {
+            return Err(Error::Malformed);
+        }
+        let key_type = p.string()?;
+        let (curve, size) = match key_type {
+            b"ecdsa-sha2-nistp256" => (Curve::P256, 32),
+            b"ecdsa-sha2-nistp384" => (Curve::P384, 48),
+            b"ecdsa-sha2-nistp521" => (Curve::P521, 66),
+            other => return Err(Error::NotEcdsa(String::from_utf8_lossy(other).into_owned())),
+        };
+        let _curve_name = p.string()?;
+        let point = p.string()?.to_vec();
+        // An mpint: big-endian, possibly with a leading zero byte; pad to the field size.
+        let mpint = p.string()?;
+        let digits: &[u8] = match mpint.iter().position(|b| *b != 0) {
+            Some(i) => &mpint[i..],
+            None => return Err(Error::Malformed),
+        };
+        if digits.len() > size {
+            return Err(Error::Malformed);
+        }
+        let mut scalar = vec![0u8; size - digits.len()];
+        scalar.extend_from_slice(digits);
+        Ok((curve, scalar, point))
+    }
+}
+
+enum Verifying {
+    P256(p256::ecdsa::VerifyingKey),
+    P384(p384::ecdsa::VerifyingKey),
+    P521(p521::ecdsa::VerifyingKey),
+}
+
+/// A parsed node public key.
+pub struct NodePublicKey {
+    key: Verifying,
+}
+
+impl std::fmt::Debug for NodePublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodePublicKey")
+            .field("curve", &self.curve())
+            .finish()
+    }
+}
+
+impl NodePublicKey {
+    /// Parses PEM SubjectPublicKeyInfo bytes of an EC key on P-256, P-384 or P-521.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, KeyError> {
+        let text = std::str::from_utf8(pem).map_err(|_| KeyError::BadPublicKey)?;
+        if let Ok(k) = p384::ecdsa::VerifyingKey::from_public_key_pem(text) {
+            return Ok(Self {
+                key: Verifying::P384(k),
+            });
+        }
+        if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(text) {
+            return Ok(Self {
+                key: Verifying::P256(k),
+            });
+        }
+        if let Ok(k) = p521::PublicKey::from_public_key_pem(text) {
+            let vk = p521::ecdsa::VerifyingKey::from_affine(*k.as_affine())
+                .map_err(|_| KeyError::BadPublicKey)?;
+            return Ok(Self {
+                key: Verifying::P521(vk),
+            });
+        }
+        Err(KeyError::BadPublicKey)
+    }
+
+    /// The curve of this key.
+    pub fn curve(&self) -> Curve {
+        match self.key {
+            Verifying::P256(_) => Curve::P256,
+            Verifying::P384(_) => Curve::P384,
+            Verifying::P521(_) => Curve::P521,
+        }
+    }
+
+    /// Verifies a DER ECDSA signature over SHA-256 of `message`.
+    pub fn verify(&self, message: &[u8], der_signature: &[u8]) -> bool {
+        match &self.key {
+            Verifying::P256(k) => p256::ecdsa::Signature::from_der(der_signature)
+                .is_ok_and(|s| k.verify_prehash(&padded_digest(message, 32), &s).is_ok()),
+            Verifying::P384(k) => p384::ecdsa::Signature::from_der(der_signature)
+                .is_ok_and(|s| k.verify_prehash(&padded_digest(message, 48), &s).is_ok()),
+            Verifying::P521(k) => p521::ecdsa::Signature::from_der(der_signature)
+                .is_ok_and(|s| k.verify_prehash(&padded_digest(message, 66), &s).is_ok()),
+        }
+    }
+}
+
+/// Formats a time as Python's `datetime.isoformat()` does for an aware UTC datetime:
+/// `2026-11-26T08:37:32.721672+00:00`, without the fraction when the microseconds are zero.
+pub fn format_timestamp(t: DateTime<Utc>) -> String {
+    if t.nanosecond() / 1000 == 0 {
+        t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+    } else {
+        t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    }
+}
+
+/// The current time in the format of [`format_timestamp`].
+pub fn timestamp_now() -> String {
+    format_timestamp(Utc::now())
+}
+
+/// Parses an ISO-8601 timestamp with an offset (`+00:00`, `+02:00`, `Z`), with or without a
+/// fraction of a second. A time without offset is refused, as Flower refuses it.
+pub fn parse_timestamp(s: &str) -> Option<DateTime<FixedOffset>> {
+    DateTime::parse_from_rfc3339(s).ok()
+}
+
+/// Why a signed call is refused. The texts are Flower's, which clients match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// One of the three metadata entries is missing.
+    #[error("Missing authentication metadata")]
+    MissingMetadata,
+    /// The key does not parse or the signature does not verify.
+    #[error("Invalid signature")]
+    InvalidSignature,
+    /// The timestamp is malformed or outside the window.
+    #[error("Invalid timestamp")]
+    InvalidTimestamp,
+}
+
+/// True when `timestamp` lies within Flower's window around `now`: −5 s < now − t < 305 s.
+pub fn timestamp_in_window(timestamp: &str, now: DateTime<Utc>) -> bool {
+    let Some(t) = parse_timestamp(timestamp) else {
+        return false;
+    };
+    let age = (now - t.with_timezone(&Utc))
+        .num_microseconds()
+        .map(|us| us as f64 / 1e6);
+    age.is_some_and(|age| {
+        -SYSTEM_TIME_TOLERANCE < age && age < TIMESTAMP_TOLERANCE + SYSTEM_TIME_TOLERANCE
+    })
+}
+
+/// Checks a signed call: the timestamp window first (cheap), then the signature (the costly
+/// part), so that stale replays cost no ECDSA work.
+pub fn verify_signed_timestamp(
+    key: &NodePublicKey,
+    timestamp: &str,
+    signature: &[u8],
+    now: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    if !timestamp_in_window(timestamp, now) {
+        return Err(AuthError::InvalidTimestamp);
+    }
+    if !key.verify(timestamp.as_bytes(), signature) {
+        return Err(AuthError::InvalidSignature);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn generated_key_signs_and_verifies_with_sha256() {
+        let key = NodeSigningKey::generate();
+        assert_eq!(key.curve(), Curve::P384);
+        let pem = key.public_key_pem();
+        let text = std::str::from_utf8(pem).unwrap();
+        assert!(text.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+        assert!(text.ends_with("\n-----END PUBLIC KEY-----\n"));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines.len(),
+            5,
+            "P-384 SPKI is 120 bytes: 64+64+32 base64 characters"
+        );
+        assert_eq!(
+            (lines[1].len(), lines[2].len(), lines[3].len()),
+            (64, 64, 32)
+        );
+
+        let public = NodePublicKey::from_pem(pem).unwrap();
+        let sig = key.sign(b"2026-11-26T08:37:32.721672+00:00");
+        assert!(public.verify(b"2026-11-26T08:37:32.721672+00:00", &sig));
+        assert!(!public.verify(b"2026-11-26T08:37:32.721673+00:00", &sig));
+        assert!(!public.verify(b"2026-11-26T08:37:32.721672+00:00", b"\x30\x00"));
+    }
+
+    #[test]
+    fn timestamps_look_like_python_isoformat() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 26, 8, 37, 32).unwrap();
+        assert_eq!(format_timestamp(t), "2026-11-26T08:37:32+00:00");
+        let t = t + chrono::Duration::microseconds(721_672);
+        assert_eq!(format_timestamp(t), "2026-11-26T08:37:32.721672+00:00");
+        let t = t + chrono::Duration::nanoseconds(999);
+        assert_eq!(format_timestamp(t), "2026-11-26T08:37:32.721672+00:00");
+        assert!(parse_timestamp("2026-11-26T08:37:32+00:00").is_some());
+        assert!(parse_timestamp("2026-11-26T10:37:32.5+02:00").is_some());
+        assert!(parse_timestamp("2026-11-26T08:37:32Z").is_some());
+        assert!(
+            parse_timestamp("2026-11-26T08:37:32").is_none(),
+            "naive times are refused"
+        );
+        assert!(parse_timestamp("yesterday").is_none());
+    }
+
+    #[test]
+    fn the_window_is_strict_minus_5_to_305_seconds() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap();
+        let at = |secs_ago: f64| {
+            format_timestamp(now - chrono::Duration::microseconds((secs_ago * 1e6) as i64))
+        };
+        assert!(timestamp_in_window(&at(0.0), now));
+        assert!(timestamp_in_window(&at(300.0), now));
+        assert!(timestamp_in_window(&at(304.9), now));
+        assert!(!timestamp_in_window(&at(305.0), now));
+        assert!(!timestamp_in_window(&at(306.0), now));
+        assert!(timestamp_in_window(&at(-4.5), now));
+        assert!(!timestamp_in_window(&at(-5.0), now));
+        assert!(!timestamp_in_window(&at(-6.0), now));
+        // Other offsets are the same instant.
+        assert!(timestamp_in_window("2026-11-26T14:00:00+02:00", now));
+        assert!(!timestamp_in_window("2026-11-26T12:00:00", now));
+    }
+
+    #[test]
+    fn verification_checks_signature_then_window() {
+        let key = NodeSigningKey::generate();
+        let public = NodePublicKey::from_pem(key.public_key_pem()).unwrap();
+        let signed = key.sign_now();
+        assert_eq!(
+            verify_signed_timestamp(&public, &signed.timestamp, &signed.signature, Utc::now()),
+            Ok(())
+        );
+        let later = Utc::now() + chrono::Duration::seconds(400);
+        assert_eq!(
+            verify_signed_timestamp(&public, &signed.timestamp, &signed.signature, later),
+            Err(AuthError::InvalidTimestamp)
+        );
+        let other = NodeSigningKey::generate();
+        assert_eq!(
+            verify_signed_timestamp(
+                &public,
+                &signed.timestamp,
+                &other.sign(signed.timestamp.as_bytes()),
+                Utc::now()
+            ),
+            Err(AuthError::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn public_keys_of_other_curves_parse() {
+        let p256 = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+        let k = NodeSigningKey::from_signing(Signing::P256(p256));
+        let pk = NodePublicKey::from_pem(k.public_key_pem()).unwrap();
+        assert_eq!(pk.curve(), Curve::P256);
+        assert!(pk.verify(b"x", &k.sign(b"x")));
+
+        let p521 = p521::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+        let k = NodeSigningKey::from_signing(Signing::P521(p521));
+        let pk = NodePublicKey::from_pem(k.public_key_pem()).unwrap();
+        assert_eq!(pk.curve(), Curve::P521);
+        assert!(pk.verify(b"x", &k.sign(b"x")));
+
+        assert!(NodePublicKey::from_pem(b"not-a-key").is_err());
+    }
+
+    #[test]
+    fn refuses_non_ecdsa_and_garbage_private_keys() {
+        let e = NodeSigningKey::from_openssh(
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            "k",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("Unable to parse the private key file 'k'"),
+            "{e}"
+        );
+        // An Ed25519 OpenSSH key (made with ssh-keygen -t ed25519 -N "").
+        let ed = b"-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACBtVVPEFxMN0nnFr1OHryLCNGNv+vUYDuAKJYFSLedN3QAAAIjDY2oIw2Nq
+CAAAAAtzc2gtZWQyNTUxOQAAACBtVVPEFxMN0nnFr1OHryLCNGNv+vUYDuAKJYFSLedN3Q
+AAAECALQJdYAjZ7i271kmASQEb+CbJay6jGG6NvZ5AqBBZZW1VU8QXEw3SecWvU4evIsI0
+Y2/69RgO4AolgVIt503dAAAABHRlc3QB
+-----END OPENSSH PRIVATE KEY-----
+";
+        let e = NodeSigningKey::from_openssh(ed, "ed").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`ssh-ed25519` key, but an ECDSA key"),
+            "{e}"
+        );
+    }
+}
