@@ -60,12 +60,12 @@ certs="$work/certificates"
 mkdir -p "$certs"
 (
   cd "$certs"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -days 2 \
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -days 90 \
     -subj "/CN=flower-rs federation CA" -keyout ca.key -out ca.crt 2>/dev/null
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
     -subj "/CN=superlink" -keyout server.key -out server.csr 2>/dev/null
   printf 'subjectAltName=DNS:localhost,DNS:superlink,IP:127.0.0.1,IP:::1\nbasicConstraints=CA:FALSE\n' > san.ext
-  openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+  openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 90 \
     -extfile san.ext -out server.pem 2>/dev/null
 )
 

@@ -6,14 +6,25 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flwr_objects::store::{MemoryObjectStore, ObjectStore};
+use flwr_proto::proto as pb;
 use flwr_transport::address::Address;
-use flwr_transport::{grpc, tls};
+use flwr_transport::{grpc, limits, tls};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::service::Routes;
+use tonic::transport::server::Router;
 
-use crate::config::Config;
+use crate::cli::Isolation;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, Database};
+use crate::core::{Core, Settings};
+use crate::ffs::Ffs;
+use crate::launcher::{Launcher, Programs};
+use crate::service::{
+    control::ControlService, fleet::FleetService, serverappio::ServerAppIoService,
+};
+use crate::state::{self, LinkState};
 
 /// Why the SuperLink could not start.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +35,9 @@ pub enum BuildError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] grpc::BindError),
+    /// The state could not be opened.
+    #[error("cannot open the state database: {0}")]
+    State(String),
 }
 
 /// The addresses the servers are bound to (with the real ports when 0 was asked for).
@@ -42,6 +56,9 @@ pub struct BoundAddresses {
 /// A SuperLink whose listeners are bound, not serving yet.
 pub struct App {
     config: Config,
+    clock: Arc<dyn Clock>,
+    state: Arc<dyn LinkState>,
+    objects: Arc<dyn ObjectStore>,
     tls: Option<Arc<rustls::ServerConfig>>,
     control: TcpListener,
     serverappio: TcpListener,
@@ -52,6 +69,14 @@ pub struct App {
 impl App {
     /// Loads TLS and binds every listener. Nothing is bound when TLS fails to load.
     pub async fn build(config: Config) -> Result<App, BuildError> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`App::build`] with a given clock (tests move time by hand).
+    pub async fn build_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<App, BuildError> {
         let tls = match config.tls.clone() {
             Some(files) => {
                 let loaded = tokio::task::spawn_blocking(move || tls::load_server_config(&files))
@@ -60,6 +85,18 @@ impl App {
                 Some(loaded.config)
             }
             None => None,
+        };
+        let (state, objects): (Arc<dyn LinkState>, Arc<dyn ObjectStore>) = match &config.database {
+            Database::InMemory => (
+                state::in_memory(clock.clone()),
+                Arc::new(MemoryObjectStore::new()),
+            ),
+            Database::Sqlite(path) => {
+                return Err(BuildError::State(format!(
+                    "{}: SQLite state is not built yet",
+                    path.display()
+                )))
+            }
         };
         let control = grpc::bind("--control-api-address", &config.control_address).await?;
         let serverappio =
@@ -74,6 +111,9 @@ impl App {
         };
         Ok(App {
             config,
+            clock,
+            state,
+            objects,
             tls,
             control,
             serverappio,
@@ -101,7 +141,7 @@ impl App {
         }
     }
 
-    /// Starts every server.
+    /// Starts every server (and, with `--isolation subprocess`, the ServerApp launcher).
     pub fn spawn(self) -> Running {
         let addresses = self.addresses();
         let stop = CancellationToken::new();
@@ -113,29 +153,71 @@ impl App {
             "plaintext"
         };
 
+        let (launch_tx, launch_rx) = match self.config.isolation {
+            Isolation::Subprocess => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                (Some(tx), Some(rx))
+            }
+            Isolation::Process => (None, None),
+        };
+        let settings = Settings {
+            enable_supernode_auth: self.config.enable_supernode_auth,
+            simulation: self.config.simulation,
+            blocking_state: !matches!(self.config.database, Database::InMemory),
+        };
+        let core = Core::new(
+            self.state.clone(),
+            self.objects.clone(),
+            Ffs::new(self.config.storage_dir.clone()),
+            self.clock.clone(),
+            settings,
+            launch_tx,
+        );
+
+        let control = grpc::server_builder().add_service(limits!(
+            pb::control_server::ControlServer::new(ControlService::new(core.clone()))
+        ));
         tracing::info!(address = %addresses.control, "Control API serving ({tls_note})");
         spawn_server(
             &tracker,
             &stop,
             &failure,
             "Control API",
+            control,
             self.control,
             self.tls.clone(),
         );
+
+        let appio = grpc::server_builder().add_service(limits!(
+            pb::server_app_io_server::ServerAppIoServer::new(ServerAppIoService::new(core.clone()))
+        ));
         tracing::info!(address = %addresses.serverappio, "ServerAppIo API serving (plaintext)");
         spawn_server(
             &tracker,
             &stop,
             &failure,
             "ServerAppIo API",
+            appio,
             self.serverappio,
             None,
         );
+
         if let Some(l) = self.fleet {
             if let Some(a) = addresses.fleet {
                 tracing::info!(address = %a, "Fleet API (grpc-rere) serving ({tls_note})");
             }
-            spawn_server(&tracker, &stop, &failure, "Fleet API", l, self.tls.clone());
+            let fleet = grpc::server_builder().add_service(limits!(
+                pb::fleet_server::FleetServer::new(FleetService::new(core.clone()))
+            ));
+            spawn_server(
+                &tracker,
+                &stop,
+                &failure,
+                "Fleet API",
+                fleet,
+                l,
+                self.tls.clone(),
+            );
         }
         if let Some(l) = self.health {
             if let Some(a) = addresses.health {
@@ -149,6 +231,17 @@ impl App {
                     record_failure(&f, &s, format!("Health service failed: {e}"));
                 }
             });
+        }
+        if let Some(rx) = launch_rx {
+            let target = Address::from_socket_addr(addresses.serverappio)
+                .connectable()
+                .to_string();
+            tracing::info!(serverappio = %target, "ServerApps will be started by this SuperLink (isolation subprocess)");
+            let launcher =
+                Launcher::new(core.clone(), target, Programs::from_env(), rx, stop.clone());
+            tracker.spawn(launcher.run());
+        } else {
+            tracing::info!("Waiting for external ServerApp processes (isolation process)");
         }
         tracker.close();
         Running {
@@ -165,12 +258,10 @@ fn spawn_server(
     stop: &CancellationToken,
     failure: &Arc<Mutex<Option<String>>>,
     name: &'static str,
+    router: Router,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
-    // The API services are added here as they are built; until then every call is answered
-    // UNIMPLEMENTED.
-    let router = grpc::server_builder().add_routes(Routes::default());
     let s = stop.clone();
     let f = failure.clone();
     tracker.spawn(async move {

@@ -119,10 +119,6 @@ pub enum ConfigError {
 /// Flags whose features are not built yet, with what they would enable. A flag listed here is
 /// refused when given, never silently ignored.
 const NOT_SUPPORTED_YET: &[(&str, &str)] = &[
-    ("database", "persistent SQLite state"),
-    ("storage-dir", "FAB storage (runs are not implemented yet)"),
-    ("isolation", "launching or awaiting ServerApps"),
-    ("enable-supernode-auth", "CLI-registered SuperNodes only"),
     ("log-file", "a rotated log file"),
     ("log-rotation-interval-hours", "a rotated log file"),
     ("log-rotation-backup-count", "a rotated log file"),
@@ -239,6 +235,12 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         }
     }
 
+    if a.database != cli::IN_MEMORY_DATABASE {
+        return Err(ConfigError::NotSupportedYet {
+            flag: "database",
+            what: "persistent SQLite state (only :flwr-in-memory: for now)",
+        });
+    }
     let database = if a.database == cli::IN_MEMORY_DATABASE {
         Database::InMemory
     } else {

@@ -3,11 +3,26 @@
 //!
 //! * [`cli`]: the command line, flag for flag as `flower-superlink`.
 //! * [`config`]: validation of the flags into a [`config::Config`].
-//! * [`app`]: build (TLS, listeners), then serve.
+//! * [`app`]: build (TLS, listeners, state), then serve.
+//! * [`core`]: the domain operations behind the three APIs; [`error`]: their errors.
+//! * [`state`]: runs, nodes, tokens, logs and messages behind one trait ([`state::LinkState`]).
+//! * [`service`]: the gRPC edge (Fleet, ServerAppIo, Control); the only code that knows protobuf.
+//! * [`fab`], [`ffs`]: reading FABs and storing them on disk.
+//! * [`launcher`], [`process`]: starting and owning ServerApp processes.
+//! * [`clock`]: time as the state sees it.
 
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod core;
+pub mod error;
+pub mod fab;
+pub mod ffs;
+pub mod launcher;
+pub mod process;
+pub mod service;
+pub mod state;
 
 use std::time::Duration;
 

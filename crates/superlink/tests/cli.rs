@@ -66,6 +66,8 @@ fn value_syntax_is_argparse_like() {
     assert_eq!(c.serverappio_address.to_string(), "127.0.0.1:7");
     let c = parse(&["--insecure", "--exec-api-address", "127.0.0.1:8"]).unwrap();
     assert_eq!(c.control_address.to_string(), "127.0.0.1:8");
+    let c = parse(&["--insecure", "--isolation", "process", "--storage-dir", "/tmp/ffs"]).unwrap();
+    assert_eq!((c.isolation, c.storage_dir.as_path()), (Isolation::Process, Path::new("/tmp/ffs")));
     // The ignored worker count is accepted (with a warning).
     parse(&["--insecure", "--fleet-api-num-workers", "4"]).unwrap();
 }
@@ -115,8 +117,6 @@ fn flower_refusals() {
 fn unbuilt_features_are_refused_not_ignored() {
     for args in [
         &["--database", "state.db"][..],
-        &["--storage-dir", "/tmp/x"],
-        &["--isolation", "process"],
         &["--log-file", "x.log"],
         &["--simulation"],
     ] {

@@ -1,0 +1,809 @@
+//! The SuperLink's domain operations, shared by the three APIs. Everything here works on domain
+//! types; the service layer converts from and to protobuf and maps [`Error`] to gRPC statuses.
+//!
+//! State calls are synchronous; with the SQLite engine they run on the blocking pool, with the
+//! in-memory engine inline (they are short). Large objects are hashed off the async threads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flwr_objects::content::{self, VerifyError};
+use flwr_objects::message::{MessageMeta, SUPERLINK_NODE_ID};
+use flwr_objects::store::{Lookup, ObjectStore};
+use flwr_objects::{ObjectId, ObjectTree};
+use flwr_transport::node_auth::NodePublicKey;
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::fab;
+use crate::ffs::Ffs;
+use crate::state::{
+    heartbeat, ConfigValue, LinkState, NewNode, NewRun, Node, NodeId, NodeRefusal, PulledReply,
+    Run, RunId, RunStatus, RunType, StateError, Status, SubStatus,
+};
+
+/// The account every caller is without account authentication (Flower's no-op plugin).
+pub const NOOP_ACCOUNT_ID: &str = "<id:none>";
+/// Its name.
+pub const NOOP_ACCOUNT_NAME: &str = "none";
+/// The only federation without a federation manager.
+pub const DEFAULT_FEDERATION: &str = "@none/default";
+/// Its description.
+pub const DEFAULT_FEDERATION_DESCRIPTION: &str =
+    "A federation for testing and development purposes.";
+/// Objects at least this large are hashed on the blocking pool.
+const OFFLOAD_HASH_BYTES: usize = 64 * 1024;
+
+/// What the ServerApp launcher is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LaunchEvent {
+    /// A run became pending.
+    RunPending,
+    /// A run was stopped by the user: end its ServerApp.
+    RunStopped(RunId),
+}
+
+/// Settings of the domain.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Only CLI-registered SuperNodes.
+    pub enable_supernode_auth: bool,
+    /// Simulation runtime.
+    pub simulation: bool,
+    /// Run state calls on the blocking pool (SQLite).
+    pub blocking_state: bool,
+}
+
+/// The inputs a ServerApp pulls with its token.
+#[derive(Clone, Debug)]
+pub struct AppInputs {
+    /// Encoded `Context`.
+    pub context: Bytes,
+    /// The run as it was before it turned `running`.
+    pub run: Run,
+    /// FAB bytes.
+    pub fab: Bytes,
+}
+
+/// The SuperLink's domain, shared by all services (cheap to clone).
+#[derive(Clone)]
+pub struct Core {
+    state: Arc<dyn LinkState>,
+    objects: Arc<dyn ObjectStore>,
+    ffs: Ffs,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+    launcher: Option<mpsc::UnboundedSender<LaunchEvent>>,
+    keys: Arc<RwLock<HashMap<Bytes, Arc<NodePublicKey>>>>,
+}
+
+/// Parsed keys kept at most (the cache is cleared when it grows past this).
+const KEY_CACHE_LIMIT: usize = 100_000;
+
+fn check_interval(interval: f64) -> Result<()> {
+    if (heartbeat::MIN_INTERVAL..=heartbeat::MAX_INTERVAL).contains(&interval) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument("Invalid heartbeat interval".into()))
+    }
+}
+
+impl Core {
+    /// A domain over these engines.
+    pub fn new(
+        state: Arc<dyn LinkState>,
+        objects: Arc<dyn ObjectStore>,
+        ffs: Ffs,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+        launcher: Option<mpsc::UnboundedSender<LaunchEvent>>,
+    ) -> Self {
+        Self {
+            state,
+            objects,
+            ffs,
+            clock,
+            settings,
+            launcher,
+            keys: Arc::new(RwLock::new(HashMap::new())),
+        }
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Runs a state call, on the blocking pool when the engine blocks.
+    pub async fn st<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&dyn LinkState) -> std::result::Result<R, StateError> + Send + 'static,
+    {
+        if self.settings.blocking_state {
+            let state = self.state.clone();
+            tokio::task::spawn_blocking(move || f(&*state))
+                .await
+                .map_err(|e| Error::Internal(format!("state task failed: {e}")))?
+                .map_err(Error::from)
+        } else {
+            f(&*self.state).map_err(Error::from)
+        }
+    }
+
+    /// Runs an object store call, on the blocking pool when the engine blocks.
+    async fn obj<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&dyn ObjectStore) -> std::result::Result<R, flwr_objects::store::StoreError>
+            + Send
+            + 'static,
+    {
+        if self.settings.blocking_state {
+            let objects = self.objects.clone();
+            tokio::task::spawn_blocking(move || f(&*objects))
+                .await
+                .map_err(|e| Error::Internal(format!("object store task failed: {e}")))?
+                .map_err(Error::from)
+        } else {
+            f(&*self.objects).map_err(Error::from)
+        }
+    }
+
+    fn notify(&self, e: LaunchEvent) {
+        if let Some(tx) = &self.launcher {
+            let _ = tx.send(e);
+        }
+    }
+
+    // ------------------------------------------------------------------ node authentication
+
+    /// The parsed key for these PEM bytes (cached by the exact bytes).
+    pub fn parse_key(&self, pem: &Bytes) -> Option<Arc<NodePublicKey>> {
+        if let Some(k) = self.keys.read().get(pem) {
+            return Some(k.clone());
+        }
+        let key = Arc::new(NodePublicKey::from_pem(pem).ok()?);
+        let mut keys = self.keys.write();
+        if keys.len() >= KEY_CACHE_LIMIT {
+            keys.clear();
+        }
+        keys.insert(pem.clone(), key.clone());
+        Some(key)
+    }
+
+    /// The node a verified key belongs to (None for unknown or unregistered keys).
+    pub async fn node_for_key(&self, pem: Bytes) -> Result<Option<NodeId>> {
+        self.st(move |s| s.node_id_by_public_key(&pem)).await
+    }
+
+    // ------------------------------------------------------------------ run gate
+
+    /// The run, or the error a gated RPC gives: UNKNOWN for unknown runs, PERMISSION_DENIED for
+    /// runs that are not running.
+    pub async fn gate(&self, run_id: RunId) -> Result<Run> {
+        let run = self
+            .st(move |s| s.run(run_id))
+            .await?
+            .ok_or(Error::UnknownRun(run_id))?;
+        match run.status.not_running_message() {
+            Some(msg) => Err(Error::NotRunning(msg)),
+            None => Ok(run),
+        }
+    }
+
+    // ------------------------------------------------------------------ Fleet
+
+    /// Fleet `RegisterNode`.
+    pub async fn register_node(&self, public_key: Bytes) -> Result<NodeId> {
+        if self.settings.enable_supernode_auth {
+            return Err(Error::FailedPrecondition(
+                "SuperNode authentication is enabled. All SuperNodes must be registered via the CLI.".into(),
+            ));
+        }
+        let node = NewNode {
+            owner_aid: NOOP_ACCOUNT_ID.into(),
+            owner_name: NOOP_ACCOUNT_NAME.into(),
+            public_key,
+            heartbeat_interval: 0.0,
+        };
+        self.st(move |s| s.create_node(node)).await
+    }
+
+    /// Fleet `ActivateNode`.
+    pub async fn activate_node(&self, public_key: Bytes, interval: f64) -> Result<NodeId> {
+        check_interval(interval)?;
+        match self
+            .st(move |s| s.activate_node(&public_key, interval))
+            .await?
+        {
+            Ok(id) => Ok(id),
+            Err(NodeRefusal::AlreadyOnline(id)) => Err(Error::FailedPrecondition(format!(
+                "SuperNode with node ID {id} could not be activated."
+            ))),
+            Err(_) => Err(Error::FailedPrecondition(
+                "No SuperNode found with the given public key.".into(),
+            )),
+        }
+    }
+
+    /// Fleet `DeactivateNode`.
+    pub async fn deactivate_node(&self, node_id: NodeId) -> Result<()> {
+        match self.st(move |s| s.deactivate_node(node_id)).await? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::FailedPrecondition(format!(
+                "SuperNode with node ID {node_id} could not be deactivated."
+            ))),
+        }
+    }
+
+    /// Fleet `UnregisterNode`.
+    pub async fn unregister_node_fleet(&self, node_id: NodeId) -> Result<()> {
+        if self.settings.enable_supernode_auth {
+            return Err(Error::FailedPrecondition(
+                "SuperNode authentication is enabled. All SuperNodes must be unregistered via the CLI.".into(),
+            ));
+        }
+        match self
+            .st(move |s| s.unregister_node(node_id, Some(NOOP_ACCOUNT_ID)))
+            .await?
+        {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::FailedPrecondition(format!(
+                "Node ID {node_id} already unregistered, not found or the request was unauthorized."
+            ))),
+        }
+    }
+
+    /// Fleet `SendNodeHeartbeat`.
+    pub async fn node_heartbeat(&self, node_id: NodeId, interval: f64) -> Result<bool> {
+        check_interval(interval)?;
+        self.st(move |s| s.heartbeat(node_id, interval)).await
+    }
+
+    /// Fleet `PullMessages`: at most one instruction, with its object tree.
+    pub async fn pull_instruction(
+        &self,
+        node_id: NodeId,
+    ) -> Result<Option<(MessageMeta, ObjectTree)>> {
+        loop {
+            let Some(meta) = self.st(move |s| s.pull_instruction(node_id)).await? else {
+                return Ok(None);
+            };
+            let tree = match ObjectId::parse(&meta.message_id) {
+                Ok(id) => self.obj(move |o| o.tree(&id)).await?,
+                Err(_) => None,
+            };
+            match tree {
+                Some(t) => return Ok(Some((meta, t))),
+                None => {
+                    let id = meta.message_id.clone();
+                    tracing::warn!(message_id = %id, "instruction without objects in the store; dropped");
+                    self.st(move |s| s.delete_messages(&[id])).await?;
+                }
+            }
+        }
+    }
+
+    /// Fleet `PushMessages`: the first message is the reply. Returns its id (or `None` when
+    /// Flower would answer `{"None": 0}`) and the objects to push. Stricter than Flower, a node
+    /// may only reply as itself (`src_node_id` = the caller).
+    pub async fn push_reply(
+        &self,
+        caller: NodeId,
+        reply: MessageMeta,
+        trees: Vec<ObjectTree>,
+        runtime: f64,
+    ) -> Result<(Option<String>, Vec<ObjectId>)> {
+        let run_id = reply.run_id;
+        self.gate(run_id).await?;
+        let to_push = self.preregister(run_id, trees).await?;
+        let now = self.clock.now();
+        let mut errors = reply.validate(true, now);
+        if reply.src_node_id != caller {
+            errors.push(format!(
+                "`metadata.src_node_id` is not the calling node {caller}"
+            ));
+        }
+        let stored = if errors.is_empty() {
+            match self.st(move |s| s.store_reply(reply)).await? {
+                Ok(id) => Some(id),
+                Err(why) => {
+                    tracing::warn!(%why, "reply refused");
+                    None
+                }
+            }
+        } else {
+            tracing::warn!(errors = ?errors, "reply refused");
+            None
+        };
+        self.st(move |s| s.add_run_usage(run_id, 0, 0, runtime))
+            .await?;
+        Ok((stored, to_push))
+    }
+
+    async fn preregister(&self, run_id: RunId, trees: Vec<ObjectTree>) -> Result<Vec<ObjectId>> {
+        self.obj(move |o| {
+            let mut out = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for t in &trees {
+                for id in o.preregister(run_id, t)? {
+                    if seen.insert(id) {
+                        out.push(id);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Adds traffic to a run.
+    pub async fn add_traffic(&self, run_id: RunId, sent: u64, recv: u64) -> Result<()> {
+        self.st(move |s| s.add_run_usage(run_id, sent, recv, 0.0))
+            .await
+    }
+
+    /// Fleet `GetRun`: the run, if it exists and runs.
+    pub async fn fleet_get_run(&self, run_id: RunId) -> Result<Run> {
+        let run = self
+            .st(move |s| s.run(run_id))
+            .await?
+            .ok_or_else(|| Error::PermissionDenied(format!("Run ID not found: {run_id}")))?;
+        if let Some(msg) = run.status.not_running_message() {
+            return Err(Error::NotRunning(msg));
+        }
+        Ok(run)
+    }
+
+    /// Fleet `GetFab`.
+    pub async fn fleet_get_fab(&self, run_id: RunId, hash: String) -> Result<Bytes> {
+        self.fleet_get_run(run_id).await?;
+        self.read_fab(hash).await
+    }
+
+    async fn read_fab(&self, hash: String) -> Result<Bytes> {
+        let ffs = self.ffs.clone();
+        let h = hash.clone();
+        tokio::task::spawn_blocking(move || ffs.get(&h))
+            .await
+            .map_err(|e| Error::Internal(format!("FAB read failed: {e}")))??
+            .ok_or_else(|| Error::PermissionDenied(format!("Found no FAB with hash: {hash}")))
+    }
+
+    /// `PushObject` (both APIs, after their own checks). Returns `stored`.
+    pub async fn push_object(&self, run_id: RunId, id: String, content: Bytes) -> Result<bool> {
+        self.gate(run_id).await?;
+        let Ok(id) = ObjectId::parse(&id) else {
+            return Ok(false);
+        };
+        let verified = if content.len() >= OFFLOAD_HASH_BYTES {
+            let c = content.clone();
+            tokio::task::spawn_blocking(move || content::verify(&id, &c).map(|_| ()))
+                .await
+                .map_err(|e| Error::Internal(format!("hashing failed: {e}")))?
+        } else {
+            content::verify(&id, &content).map(|_| ())
+        };
+        match verified {
+            Ok(()) => {}
+            Err(VerifyError::HashMismatch { .. }) => return Ok(false),
+            Err(e @ VerifyError::Structure { .. }) => {
+                return Err(Error::FailedPrecondition(e.to_string()))
+            }
+        }
+        self.obj(move |o| o.put(&id, content)).await
+    }
+
+    /// `PullObject` (both APIs).
+    pub async fn pull_object(&self, run_id: RunId, id: String) -> Result<Lookup> {
+        self.gate(run_id).await?;
+        let Ok(id) = ObjectId::parse(&id) else {
+            return Ok(Lookup::Unknown);
+        };
+        self.obj(move |o| o.get(&id)).await
+    }
+
+    /// `ConfirmMessageReceived` (both APIs): the message's objects go, shared ones stay.
+    pub async fn confirm(&self, run_id: RunId, message_object_id: String) -> Result<()> {
+        self.gate(run_id).await?;
+        if let Ok(id) = ObjectId::parse(&message_object_id) {
+            self.obj(move |o| o.delete(&id)).await?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ ServerAppIo
+
+    /// `ListAppsToLaunch`.
+    pub async fn pending_runs(&self) -> Result<Vec<RunId>> {
+        self.st(|s| s.pending_run_ids()).await
+    }
+
+    /// `RequestToken`: a token and `pending → starting`, or `""` when the run has a token, is
+    /// unknown, or cannot start.
+    pub async fn request_token(&self, run_id: RunId) -> Result<String> {
+        let Some(token) = self.st(move |s| s.create_token(run_id)).await? else {
+            return Ok(String::new());
+        };
+        let started = self
+            .st(move |s| s.update_run_status(run_id, RunStatus::new(Status::Starting)))
+            .await;
+        match started {
+            Ok(true) => Ok(token),
+            Ok(false) | Err(Error::UnknownRun(_)) => {
+                self.st(move |s| s.delete_token(run_id)).await?;
+                Ok(String::new())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GetRun` (ServerAppIo): no gate, `None` for unknown runs.
+    pub async fn get_run(&self, run_id: RunId) -> Result<Option<Run>> {
+        self.st(move |s| s.run(run_id)).await
+    }
+
+    async fn run_of_token(&self, token: String) -> Result<RunId> {
+        self.st(move |s| s.run_id_by_token(&token))
+            .await?
+            .ok_or_else(|| Error::PermissionDenied("Invalid token.".into()))
+    }
+
+    /// `PullAppInputs`: context, run (still `starting`) and FAB; the run turns `running`.
+    pub async fn pull_app_inputs(&self, token: String) -> Result<AppInputs> {
+        let run_id = self.run_of_token(token).await?;
+        let failed = || Error::FailedPrecondition(format!("Failed to start run {run_id}"));
+        let run = self.st(move |s| s.run(run_id)).await?.ok_or_else(failed)?;
+        let context = self
+            .st(move |s| s.context(run_id))
+            .await?
+            .ok_or_else(failed)?;
+        let fab = match self.read_fab(run.fab_hash.clone()).await {
+            Ok(f) => f,
+            Err(Error::PermissionDenied(_)) => return Err(failed()),
+            Err(e) => return Err(e),
+        };
+        if !self
+            .st(move |s| s.update_run_status(run_id, RunStatus::new(Status::Running)))
+            .await?
+        {
+            return Err(failed());
+        }
+        Ok(AppInputs { context, run, fab })
+    }
+
+    /// `PushAppOutputs`: stores the context and ends the token.
+    pub async fn push_app_outputs(
+        &self,
+        token: String,
+        run_id: RunId,
+        context: Bytes,
+    ) -> Result<()> {
+        self.run_of_token(token).await?;
+        self.gate(run_id).await?;
+        self.st(move |s| {
+            s.set_context(run_id, context)?;
+            s.delete_token(run_id)
+        })
+        .await
+    }
+
+    /// `UpdateRunStatus`: refused for finished runs; invalid transitions are ignored.
+    pub async fn update_run_status(&self, run_id: RunId, status: RunStatus) -> Result<()> {
+        let run = self
+            .st(move |s| s.run(run_id))
+            .await?
+            .ok_or(Error::UnknownRun(run_id))?;
+        if run.status.status == Status::Finished {
+            return Err(Error::NotRunning(
+                run.status.not_running_message().unwrap_or_default(),
+            ));
+        }
+        let finishing = status.status == Status::Finished;
+        let applied = self
+            .st(move |s| s.update_run_status(run_id, status))
+            .await?;
+        if finishing {
+            self.obj(move |o| o.delete_objects_in_run(run_id)).await?;
+        }
+        if !applied {
+            tracing::debug!(run_id, "ignored an invalid run status transition");
+        }
+        Ok(())
+    }
+
+    /// `PushLogs`: accepted whatever the run's status.
+    pub async fn push_logs(&self, run_id: RunId, text: String) -> Result<()> {
+        match self.st(move |s| s.add_log(run_id, &text)).await {
+            Err(Error::UnknownRun(id)) => Err(Error::Malformed(format!("Run {id} not found"))),
+            other => other,
+        }
+    }
+
+    /// `SendAppHeartbeat`.
+    pub async fn app_heartbeat(&self, token: String) -> Result<bool> {
+        self.st(move |s| s.app_heartbeat(&token)).await
+    }
+
+    /// `GetNodes`: online nodes.
+    pub async fn get_nodes(&self, run_id: RunId) -> Result<Vec<NodeId>> {
+        self.gate(run_id).await?;
+        self.st(|s| s.online_node_ids()).await
+    }
+
+    /// `PushMessages` (ServerAppIo): stores instructions; returns per message its id or `""`,
+    /// and the objects to push.
+    pub async fn push_instructions(
+        &self,
+        run_id: RunId,
+        messages: Vec<(MessageMeta, ObjectTree)>,
+    ) -> Result<(Vec<String>, Vec<ObjectId>)> {
+        self.gate(run_id).await?;
+        if messages.is_empty() {
+            return Err(Error::Malformed(
+                "Malformed PushMessages: `messages_list` must not be empty".into(),
+            ));
+        }
+        let now = self.clock.now();
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut to_push = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (meta, tree) in messages {
+            let errors = meta.validate(false, now);
+            if !errors.is_empty() {
+                return Err(Error::Malformed(format!(
+                    "Malformed PushMessages: {}",
+                    errors.join(", ")
+                )));
+            }
+            if meta.run_id != run_id {
+                return Err(Error::Malformed(
+                    "Malformed PushMessages: `Message.metadata` has mismatched `run_id`".into(),
+                ));
+            }
+            for id in self.preregister(run_id, vec![tree]).await? {
+                if seen.insert(id) {
+                    to_push.push(id);
+                }
+            }
+            let stored = self.st(move |s| s.store_instruction(meta)).await?;
+            ids.push(stored.unwrap_or_default());
+        }
+        Ok((ids, to_push))
+    }
+
+    /// `PullMessages` (ServerAppIo): the replies available for these instructions, with their
+    /// trees; error replies made here are stored as objects under `run_id`.
+    pub async fn pull_replies(
+        &self,
+        run_id: RunId,
+        message_ids: Vec<String>,
+    ) -> Result<Vec<(MessageMeta, ObjectTree)>> {
+        self.gate(run_id).await?;
+        let pulled = self.st(move |s| s.take_replies(&message_ids)).await?;
+        let mut out = Vec::with_capacity(pulled.len());
+        for p in pulled {
+            match p {
+                PulledReply::Generated(mut meta) => {
+                    let (bytes, id) = meta.seal_error_message();
+                    let tree = ObjectTree::leaf(id);
+                    let t = tree.clone();
+                    self.obj(move |o| {
+                        o.preregister(run_id, &t)?;
+                        o.put(&id, Bytes::from(bytes)).map(|_| ())
+                    })
+                    .await?;
+                    out.push((meta, tree));
+                }
+                PulledReply::Stored(meta) => {
+                    if meta.run_id != run_id {
+                        return Err(Error::Malformed(
+                            "Malformed PullMessages: `message.metadata` has mismatched `run_id`"
+                                .into(),
+                        ));
+                    }
+                    let tree = match ObjectId::parse(&meta.message_id) {
+                        Ok(id) => self.obj(move |o| o.tree(&id)).await?,
+                        Err(_) => None,
+                    };
+                    match tree {
+                        Some(t) => out.push((meta, t)),
+                        None => {
+                            tracing::warn!(message_id = %meta.message_id, "reply without objects; dropped")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------------ Control
+
+    /// `StartRun`: `Ok(None)` for an oversized FAB (Flower answers without a run id).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_run(
+        &self,
+        fab: Bytes,
+        overrides: Vec<(String, ConfigValue)>,
+        federation: String,
+        federation_config: Option<Bytes>,
+        context_for: impl FnOnce(RunId) -> Bytes,
+        flwr_aid: &str,
+    ) -> Result<Option<RunId>> {
+        if fab.len() > fab::FAB_MAX_SIZE {
+            tracing::error!(size = fab.len(), "FAB larger than 10 MiB refused");
+            return Ok(None);
+        }
+        let federation = if federation.is_empty() {
+            DEFAULT_FEDERATION.to_owned()
+        } else {
+            federation
+        };
+        if federation != DEFAULT_FEDERATION {
+            return Err(Error::NotFound(
+                "Federation not found, archived, or you cannot perform this action.".into(),
+            ));
+        }
+        let f = fab.clone();
+        let info = tokio::task::spawn_blocking(move || fab::inspect(&f))
+            .await
+            .map_err(|e| Error::Internal(format!("FAB inspection failed: {e}")))?;
+        let info = match info {
+            Ok(i) => i,
+            Err(fab::FabError::NotZip) => {
+                return Err(Error::Malformed("File is not a zip file".into()))
+            }
+            Err(e) => return Err(Error::FailedPrecondition(e.to_string())),
+        };
+        fab::check_overrides(&info, overrides.iter().map(|(k, _)| k.as_str()))
+            .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        let ffs = self.ffs.clone();
+        let f = fab.clone();
+        let hash = tokio::task::spawn_blocking(move || ffs.put(&f))
+            .await
+            .map_err(|e| Error::Internal(format!("FAB storage failed: {e}")))??;
+        let (run_type, federation_config) = if self.settings.simulation {
+            (RunType::Simulation, federation_config)
+        } else {
+            (RunType::ServerApp, None)
+        };
+        let run = NewRun {
+            fab_id: info.fab_id,
+            fab_version: info.fab_version,
+            fab_hash: hash,
+            override_config: overrides,
+            flwr_aid: flwr_aid.to_owned(),
+            federation,
+            run_type,
+            federation_config,
+            context: Bytes::new(),
+        };
+        let run_id = self.st(move |s| s.create_run(run)).await?;
+        let context = context_for(run_id);
+        self.st(move |s| s.set_context(run_id, context)).await?;
+        self.notify(LaunchEvent::RunPending);
+        Ok(Some(run_id))
+    }
+
+    /// A run the caller owns, or Flower's Control errors.
+    pub async fn owned_run(&self, run_id: RunId, flwr_aid: &str) -> Result<Run> {
+        let run = self
+            .st(move |s| s.run(run_id))
+            .await?
+            .ok_or_else(|| Error::NotFound("Run ID not found".into()))?;
+        if run.flwr_aid.is_empty() {
+            return Err(Error::PermissionDenied(
+                "⛔️ Run is not associated with a `flwr_aid`.".into(),
+            ));
+        }
+        if run.flwr_aid != flwr_aid {
+            return Err(Error::PermissionDenied(
+                "⛔️ Run ID does not belong to the account".into(),
+            ));
+        }
+        Ok(run)
+    }
+
+    /// `StopRun`.
+    pub async fn stop_run(&self, run_id: RunId, flwr_aid: &str) -> Result<bool> {
+        let run = self.owned_run(run_id, flwr_aid).await?;
+        if run.status.status == Status::Finished {
+            return Err(Error::FailedPrecondition(format!(
+                "Run ID {run_id} is already finished"
+            )));
+        }
+        let stopped = self
+            .st(move |s| {
+                let ok =
+                    s.update_run_status(run_id, RunStatus::finished(SubStatus::Stopped, ""))?;
+                s.delete_token(run_id)?;
+                if ok {
+                    s.delete_run_messages(run_id)?;
+                }
+                Ok(ok)
+            })
+            .await?;
+        if stopped {
+            self.obj(move |o| o.delete_objects_in_run(run_id)).await?;
+            self.notify(LaunchEvent::RunStopped(run_id));
+        }
+        Ok(stopped)
+    }
+
+    /// Purges a finished run's objects (Flower does it when listing or streaming it).
+    pub async fn purge_if_finished(&self, run: &Run) -> Result<()> {
+        if run.status.status == Status::Finished {
+            let run_id = run.run_id;
+            self.obj(move |o| o.delete_objects_in_run(run_id)).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs of the caller, newest first.
+    pub async fn runs_of(&self, flwr_aid: &str) -> Result<Vec<Run>> {
+        let aid = flwr_aid.to_owned();
+        self.st(move |s| s.runs_of(&aid)).await
+    }
+
+    /// Logs after `after` and the time of the last entry.
+    pub async fn logs_after(&self, run_id: RunId, after: f64) -> Result<(String, f64)> {
+        self.st(move |s| s.logs_after(run_id, after)).await
+    }
+
+    /// Control `RegisterNode`: a CLI-registered node (heartbeat interval 30).
+    pub async fn register_node_cli(
+        &self,
+        public_key: Bytes,
+        owner_aid: &str,
+        owner_name: &str,
+    ) -> Result<NodeId> {
+        if NodePublicKey::from_pem(&public_key).is_err() {
+            return Err(Error::FailedPrecondition(
+                "The provided public key is not valid".into(),
+            ));
+        }
+        let node = NewNode {
+            owner_aid: owner_aid.to_owned(),
+            owner_name: owner_name.to_owned(),
+            public_key,
+            heartbeat_interval: heartbeat::DEFAULT_INTERVAL,
+        };
+        self.st(move |s| s.create_node(node)).await
+    }
+
+    /// Control `UnregisterNode`.
+    pub async fn unregister_node_cli(&self, node_id: NodeId, owner_aid: &str) -> Result<()> {
+        let aid = owner_aid.to_owned();
+        match self
+            .st(move |s| s.unregister_node(node_id, Some(&aid)))
+            .await?
+        {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::NotFound("Node ID not found for account".into())),
+        }
+    }
+
+    /// Nodes of the caller.
+    pub async fn nodes_of(&self, owner_aid: &str) -> Result<Vec<Node>> {
+        let aid = owner_aid.to_owned();
+        self.st(move |s| s.nodes_of(&aid)).await
+    }
+
+    /// One node.
+    pub async fn node(&self, node_id: NodeId) -> Result<Option<Node>> {
+        self.st(move |s| s.node(node_id)).await
+    }
+
+    /// The SuperLink's own node id in messages.
+    pub const SUPERLINK_NODE_ID: u64 = SUPERLINK_NODE_ID;
+}

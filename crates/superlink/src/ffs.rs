@@ -1,0 +1,124 @@
+//! The FAB store on disk (`--storage-dir`): `<dir>/<sha256>` holds the FAB, `<dir>/<sha256>.META`
+//! its verification metadata (`{}` for FABs sent by the CLI). The same store answers SuperNodes'
+//! `GetFab` and ServerApps' `PullAppInputs`. Blocking I/O: call from blocking tasks.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+/// A FAB store failure, naming the path and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} FAB storage at '{path}': {source}. {hint}")]
+pub struct FfsError {
+    action: &'static str,
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+    hint: &'static str,
+}
+
+fn hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(28) => "Free disk space, or point `--storage-dir` at a larger disk",
+        Some(13) | Some(1) => {
+            "Give this user write access to the directory, or choose another `--storage-dir`"
+        }
+        Some(30) => "The file system is read-only: choose a writable `--storage-dir`",
+        _ => "Check `--storage-dir`",
+    }
+}
+
+/// The store.
+#[derive(Clone, Debug)]
+pub struct Ffs {
+    dir: PathBuf,
+}
+
+/// SHA-256 hex of a FAB.
+pub fn fab_hash(content: &[u8]) -> String {
+    hex::encode(Sha256::digest(content))
+}
+
+impl Ffs {
+    /// A store in `dir` (created on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stores a FAB and returns its hash. Writing is atomic (temporary file, then rename), so a
+    /// full disk never leaves a truncated FAB behind.
+    pub fn put(&self, content: &[u8]) -> Result<String, FfsError> {
+        let hash = fab_hash(content);
+        let path = self.dir.join(&hash);
+        let err = |action, source: std::io::Error| FfsError {
+            action,
+            path: self.dir.clone(),
+            hint: hint(&source),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(|e| err("create", e))?;
+        if !path.exists() {
+            write_atomic(&path, content).map_err(|e| err("write to", e))?;
+        }
+        let meta = self.dir.join(format!("{hash}.META"));
+        if !meta.exists() {
+            write_atomic(&meta, b"{}").map_err(|e| err("write to", e))?;
+        }
+        Ok(hash)
+    }
+
+    /// The FAB with this hash, if stored. A hash that is not 64 hex characters is never a path.
+    pub fn get(&self, hash: &str) -> Result<Option<Bytes>, FfsError> {
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        match std::fs::read(self.dir.join(hash)) {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(FfsError {
+                action: "read from",
+                path: self.dir.clone(),
+                hint: hint(&e),
+                source: e,
+            }),
+        }
+    }
+}
+
+fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(content)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_by_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let ffs = Ffs::new(dir.path().join("ffs"));
+        let h = ffs.put(b"fab bytes").unwrap();
+        assert_eq!(h, fab_hash(b"fab bytes"));
+        assert_eq!(ffs.get(&h).unwrap().as_deref(), Some(&b"fab bytes"[..]));
+        assert_eq!(ffs.get(&"0".repeat(64)).unwrap(), None);
+        assert_eq!(ffs.get("../../etc/passwd").unwrap(), None);
+        assert!(dir.path().join("ffs").join(format!("{h}.META")).exists());
+    }
+}

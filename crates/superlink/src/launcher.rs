@@ -1,0 +1,226 @@
+//! `--isolation subprocess`: the SuperLink starts one ServerApp process per pending run itself.
+//!
+//! As soon as a run becomes pending (and once a second, for runs that were pending before start),
+//! the launcher issues the run's token and starts
+//! `flwr-serverapp --insecure --serverappio-api-address <addr> --token <t> --parent-pid <pid>`
+//! (`flwr-simulation` for simulation runs). `flwr stop` and shutdown end the process group with
+//! SIGTERM, then SIGKILL after a grace period; every child is reaped.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::{Core, LaunchEvent};
+use crate::process::{self, CommandLine};
+use crate::state::{RunId, RunStatus, RunType, SubStatus};
+
+/// Environment variable naming the ServerApp program (default `flwr-serverapp` on `PATH`).
+pub const SERVERAPP_COMMAND_ENV: &str = "FLWR_SERVERAPP_COMMAND";
+/// Environment variable naming the simulation program (default `flwr-simulation` on `PATH`).
+pub const SIMULATION_COMMAND_ENV: &str = "FLWR_SIMULATION_COMMAND";
+/// How long a ServerApp may take to exit after SIGTERM.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+/// A fallback sweep for pending runs (events make launches immediate).
+const SWEEP: Duration = Duration::from_secs(1);
+
+/// Which programs to start.
+#[derive(Clone, Debug)]
+pub struct Programs {
+    /// For deployment runs.
+    pub serverapp: OsString,
+    /// For simulation runs.
+    pub simulation: OsString,
+}
+
+impl Programs {
+    /// From the environment, defaulting to the programs on `PATH`.
+    pub fn from_env() -> Self {
+        Self {
+            serverapp: std::env::var_os(SERVERAPP_COMMAND_ENV)
+                .unwrap_or_else(|| "flwr-serverapp".into()),
+            simulation: std::env::var_os(SIMULATION_COMMAND_ENV)
+                .unwrap_or_else(|| "flwr-simulation".into()),
+        }
+    }
+}
+
+/// The launcher task's inputs.
+pub struct Launcher {
+    core: Core,
+    serverappio: String,
+    programs: Programs,
+    events: mpsc::UnboundedReceiver<LaunchEvent>,
+    stop: CancellationToken,
+}
+
+impl Launcher {
+    /// A launcher whose ServerApps reach ServerAppIo at `serverappio` (host:port).
+    pub fn new(
+        core: Core,
+        serverappio: String,
+        programs: Programs,
+        events: mpsc::UnboundedReceiver<LaunchEvent>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            core,
+            serverappio,
+            programs,
+            events,
+            stop,
+        }
+    }
+
+    /// Runs until `stop` is cancelled, then ends and reaps every child.
+    pub async fn run(mut self) {
+        let mut children: HashMap<RunId, u32> = HashMap::new();
+        let mut waits: JoinSet<(RunId, String)> = JoinSet::new();
+        let mut sweep = tokio::time::interval(SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                ev = self.events.recv() => match ev {
+                    Some(LaunchEvent::RunPending) => self.launch_pending(&mut children, &mut waits).await,
+                    Some(LaunchEvent::RunStopped(run_id)) => {
+                        if let Some(pid) = children.get(&run_id) {
+                            tracing::info!(run_id, pid, "stopping the ServerApp of a stopped run");
+                            process::signal_group(*pid, Signal::SIGTERM);
+                            let pid = *pid;
+                            waits.spawn(async move {
+                                tokio::time::sleep(KILL_GRACE).await;
+                                process::signal_group(pid, Signal::SIGKILL);
+                                (0, String::new())
+                            });
+                        }
+                    }
+                    None => break,
+                },
+                _ = sweep.tick() => self.launch_pending(&mut children, &mut waits).await,
+                Some(done) = waits.join_next(), if !waits.is_empty() => {
+                    if let Ok((run_id, how)) = done {
+                        if run_id != 0 {
+                            children.remove(&run_id);
+                            tracing::info!(run_id, "ServerApp process ended: {how}");
+                        }
+                    }
+                }
+            }
+        }
+        // Shutdown: end every ServerApp group, then reap.
+        for pid in children.values() {
+            process::signal_group(*pid, Signal::SIGTERM);
+        }
+        let reaped = tokio::time::timeout(KILL_GRACE, async {
+            while let Some(done) = waits.join_next().await {
+                if let Ok((run_id, _)) = done {
+                    children.remove(&run_id);
+                }
+                if children.is_empty() {
+                    break;
+                }
+            }
+        })
+        .await;
+        if reaped.is_err() {
+            for pid in children.values() {
+                process::signal_group(*pid, Signal::SIGKILL);
+            }
+        }
+        waits.shutdown().await;
+    }
+
+    async fn launch_pending(
+        &self,
+        children: &mut HashMap<RunId, u32>,
+        waits: &mut JoinSet<(RunId, String)>,
+    ) {
+        let pending = match self.core.pending_runs().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("cannot list pending runs: {e}");
+                return;
+            }
+        };
+        for run_id in pending {
+            if let Err(e) = self.launch(run_id, children, waits).await {
+                tracing::error!(run_id, "{e}");
+            }
+        }
+    }
+
+    async fn launch(
+        &self,
+        run_id: RunId,
+        children: &mut HashMap<RunId, u32>,
+        waits: &mut JoinSet<(RunId, String)>,
+    ) -> Result<(), String> {
+        let token = self
+            .core
+            .request_token(run_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if token.is_empty() {
+            return Ok(()); // someone else (an external executor) took it
+        }
+        let run = self
+            .core
+            .get_run(run_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("run vanished")?;
+        let program = match run.run_type {
+            RunType::ServerApp => self.programs.serverapp.clone(),
+            RunType::Simulation => self.programs.simulation.clone(),
+        };
+        // Both programs take the same flags.
+        let args: Vec<OsString> = vec![
+            "--insecure".into(),
+            "--serverappio-api-address".into(),
+            self.serverappio.clone().into(),
+            "--token".into(),
+            token.into(),
+            "--parent-pid".into(),
+            std::process::id().to_string().into(),
+        ];
+        let cmd = CommandLine {
+            program: program.clone(),
+            args,
+        };
+        match process::spawn(&cmd, format!("run {run_id}")) {
+            Ok(spawned) => {
+                tracing::info!(run_id, pid = spawned.pid, program = %program.to_string_lossy(), "ServerApp process started");
+                children.insert(run_id, spawned.pid);
+                waits.spawn(async move {
+                    let how = match spawned.done.await {
+                        Ok(Ok(status)) => status.to_string(),
+                        Ok(Err(e)) => format!("wait failed: {e}"),
+                        Err(e) => format!("output task failed: {e}"),
+                    };
+                    (run_id, how)
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let details = format!(
+                    "The SuperLink could not start `{}`: {e}. Install flwr in this environment (pip install flwr==1.28.0) or set {} to the ServerApp program.",
+                    program.to_string_lossy(),
+                    SERVERAPP_COMMAND_ENV
+                );
+                let _ = self
+                    .core
+                    .update_run_status(
+                        run_id,
+                        RunStatus::finished(SubStatus::Failed, details.clone()),
+                    )
+                    .await;
+                Err(details)
+            }
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! The Control API for the `flwr` CLI, without account authentication: every caller is Flower's
+//! no-op account, and the only federation is `@none/default`.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use flwr_proto::proto as pb;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{config_from_pb, initial_context, node_to_pb, run_to_pb};
+use super::status::OrStatus;
+use crate::clock::isoformat;
+use crate::core::{
+    Core, DEFAULT_FEDERATION, DEFAULT_FEDERATION_DESCRIPTION, NOOP_ACCOUNT_ID, NOOP_ACCOUNT_NAME,
+};
+use crate::state::Status as RunStatusKind;
+
+/// How often a log stream looks for new output.
+const LOG_POLL: Duration = Duration::from_millis(200);
+
+const NO_FEDERATION: &str =
+    "No federation specified. You must specify a federation to perform this action.";
+const NO_FEDERATION_MANAGEMENT: &str = "SuperLink does not support federation management.";
+const FEDERATION_NOT_FOUND: &str =
+    "Federation not found, archived, or you cannot perform this action.";
+
+/// The Control service.
+#[derive(Clone)]
+pub struct ControlService {
+    core: Core,
+}
+
+impl ControlService {
+    /// A service over the domain.
+    pub fn new(core: Core) -> Self {
+        Self { core }
+    }
+
+    fn now(&self) -> String {
+        isoformat(self.core.clock().now())
+    }
+
+    fn federation(
+        &self,
+        nodes: Vec<pb::NodeInfo>,
+        runs: Vec<pb::Run>,
+        with_members: bool,
+    ) -> pb::Federation {
+        pb::Federation {
+            name: DEFAULT_FEDERATION.to_owned(),
+            nodes,
+            runs,
+            description: DEFAULT_FEDERATION_DESCRIPTION.to_owned(),
+            members: if with_members {
+                vec![pb::Member {
+                    account: Some(pb::Account {
+                        id: NOOP_ACCOUNT_ID.to_owned(),
+                        name: NOOP_ACCOUNT_NAME.to_owned(),
+                    }),
+                    role: "owner".to_owned(),
+                }]
+            } else {
+                Vec::new()
+            },
+            archived: false,
+            simulation: self.core.settings().simulation,
+            config: None,
+        }
+    }
+
+    /// Flower's checks before refusing node membership changes.
+    async fn check_membership_change(&self, federation: &str, node_id: u64) -> Result<(), Status> {
+        if federation.is_empty() {
+            return Err(Status::failed_precondition(NO_FEDERATION));
+        }
+        if federation != DEFAULT_FEDERATION {
+            return Err(Status::failed_precondition(format!(
+                "Federation '{federation}' does not exist"
+            )));
+        }
+        let owned = self
+            .core
+            .node(node_id)
+            .await
+            .or_status()?
+            .is_some_and(|n| n.owner_aid == NOOP_ACCOUNT_ID);
+        if !owned {
+            return Err(Status::failed_precondition(format!(
+                "Node {node_id} not found or you are not its owner."
+            )));
+        }
+        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+    }
+}
+
+type LogStream =
+    Pin<Box<dyn Stream<Item = Result<pb::StreamLogsResponse, Status>> + Send + 'static>>;
+type EventStream =
+    Pin<Box<dyn Stream<Item = Result<pb::StreamRunEventsResponse, Status>> + Send + 'static>>;
+
+struct LogCursor {
+    core: Core,
+    run_id: u64,
+    after: f64,
+    done: bool,
+    first: bool,
+}
+
+/// The next log chunk: the whole backlog first, then new output as it comes; the stream ends
+/// (OK) once the run is finished and everything was sent. The run's status is read before the
+/// logs, so output pushed just before the run finished is never lost.
+async fn next_logs(
+    mut c: LogCursor,
+) -> Option<(Result<pb::StreamLogsResponse, Status>, LogCursor)> {
+    loop {
+        if c.done {
+            return None;
+        }
+        if !c.first {
+            tokio::time::sleep(LOG_POLL).await;
+        }
+        c.first = false;
+        let run = match c.core.get_run(c.run_id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Some((
+                    Err(Status::not_found("Run ID not found")),
+                    LogCursor { done: true, ..c },
+                ))
+            }
+            Err(e) => {
+                return Some((
+                    Err(super::status::to_status(e)),
+                    LogCursor { done: true, ..c },
+                ))
+            }
+        };
+        let finished = run.status.status == RunStatusKind::Finished;
+        let (text, latest) = match c.core.logs_after(c.run_id, c.after).await {
+            Ok(x) => x,
+            Err(e) => {
+                return Some((
+                    Err(super::status::to_status(e)),
+                    LogCursor { done: true, ..c },
+                ))
+            }
+        };
+        if finished {
+            let _ = c.core.purge_if_finished(&run).await;
+            c.done = true;
+        }
+        if !text.is_empty() {
+            c.after = c.after.max(latest + 1e-6);
+            return Some((
+                Ok(pb::StreamLogsResponse {
+                    log_output: text,
+                    latest_timestamp: latest,
+                }),
+                c,
+            ));
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::control_server::Control for ControlService {
+    async fn start_run(
+        &self,
+        request: Request<pb::StartRunRequest>,
+    ) -> Result<Response<pb::StartRunResponse>, Status> {
+        let body = request.into_inner();
+        if !body.app_spec.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "Installing the app '{}' from the Flower platform is not supported by this SuperLink; run the app from a local directory (`flwr run <path>`).",
+                body.app_spec
+            )));
+        }
+        let overrides = config_from_pb(&body.override_config).or_status()?;
+        let fab = body.fab.map(|f| f.content).unwrap_or_default();
+        let federation_config = body
+            .override_federation_config
+            .map(|c| bytes::Bytes::from(prost::Message::encode_to_vec(&c)));
+        let run_id = self
+            .core
+            .start_run(
+                fab,
+                overrides,
+                body.federation,
+                federation_config,
+                initial_context,
+                NOOP_ACCOUNT_ID,
+            )
+            .await
+            .or_status()?;
+        if let Some(id) = run_id {
+            tracing::info!(run_id = id, "run created (pending)");
+        }
+        Ok(Response::new(pb::StartRunResponse { run_id }))
+    }
+
+    async fn stop_run(
+        &self,
+        request: Request<pb::StopRunRequest>,
+    ) -> Result<Response<pb::StopRunResponse>, Status> {
+        let run_id = request.get_ref().run_id;
+        let success = self
+            .core
+            .stop_run(run_id, NOOP_ACCOUNT_ID)
+            .await
+            .or_status()?;
+        tracing::info!(run_id, success, "run stopped by the user");
+        Ok(Response::new(pb::StopRunResponse { success }))
+    }
+
+    type StreamLogsStream = LogStream;
+
+    async fn stream_logs(
+        &self,
+        request: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let body = request.into_inner();
+        self.core
+            .owned_run(body.run_id, NOOP_ACCOUNT_ID)
+            .await
+            .or_status()?;
+        let cursor = LogCursor {
+            core: self.core.clone(),
+            run_id: body.run_id,
+            after: body.after_timestamp + 1e-6,
+            done: false,
+            first: true,
+        };
+        let stream = futures_util::stream::unfold(cursor, next_logs);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let body = request.into_inner();
+        let mut runs = match body.run_id {
+            Some(id) => vec![self.core.owned_run(id, NOOP_ACCOUNT_ID).await.or_status()?],
+            None => self.core.runs_of(NOOP_ACCOUNT_ID).await.or_status()?,
+        };
+        if let Some(limit) = body.limit {
+            runs.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        }
+        for r in &runs {
+            self.core.purge_if_finished(r).await.or_status()?;
+        }
+        Ok(Response::new(pb::ListRunsResponse {
+            run_dict: runs.iter().map(|r| (r.run_id, run_to_pb(r))).collect(),
+            now: self.now(),
+        }))
+    }
+
+    async fn get_login_details(
+        &self,
+        _request: Request<pb::GetLoginDetailsRequest>,
+    ) -> Result<Response<pb::GetLoginDetailsResponse>, Status> {
+        Ok(Response::new(pb::GetLoginDetailsResponse {
+            authn_type: "noop".to_owned(),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_auth_tokens(
+        &self,
+        _request: Request<pb::GetAuthTokensRequest>,
+    ) -> Result<Response<pb::GetAuthTokensResponse>, Status> {
+        Err(Status::unknown(
+            "Exception calling application: NoOp plugin does not support getting auth tokens.",
+        ))
+    }
+
+    async fn pull_artifacts(
+        &self,
+        _request: Request<pb::PullArtifactsRequest>,
+    ) -> Result<Response<pb::PullArtifactsResponse>, Status> {
+        Err(Status::unimplemented(
+            "ControlServicer initialized without artifact provider",
+        ))
+    }
+
+    async fn register_node(
+        &self,
+        request: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+        let key = request.into_inner().public_key;
+        let node_id = self
+            .core
+            .register_node_cli(key, NOOP_ACCOUNT_ID, NOOP_ACCOUNT_NAME)
+            .await
+            .or_status()?;
+        tracing::info!(node_id, "SuperNode registered through the CLI");
+        Ok(Response::new(pb::RegisterNodeResponse {
+            node_id: Some(node_id),
+        }))
+    }
+
+    async fn unregister_node(
+        &self,
+        request: Request<pb::UnregisterNodeRequest>,
+    ) -> Result<Response<pb::UnregisterNodeResponse>, Status> {
+        self.core
+            .unregister_node_cli(request.get_ref().node_id, NOOP_ACCOUNT_ID)
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::UnregisterNodeResponse {}))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let nodes = self.core.nodes_of(NOOP_ACCOUNT_ID).await.or_status()?;
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes_info: nodes.iter().map(node_to_pb).collect(),
+            now: self.now(),
+        }))
+    }
+
+    async fn list_federations(
+        &self,
+        _request: Request<pb::ListFederationsRequest>,
+    ) -> Result<Response<pb::ListFederationsResponse>, Status> {
+        Ok(Response::new(pb::ListFederationsResponse {
+            federations: vec![self.federation(Vec::new(), Vec::new(), false)],
+        }))
+    }
+
+    async fn show_federation(
+        &self,
+        request: Request<pb::ShowFederationRequest>,
+    ) -> Result<Response<pb::ShowFederationResponse>, Status> {
+        let name = request.into_inner().federation_name;
+        if name != DEFAULT_FEDERATION {
+            return Err(Status::unknown(format!(
+                "Exception calling application: Federation '{name}' does not exist."
+            )));
+        }
+        let nodes = self.core.nodes_of(NOOP_ACCOUNT_ID).await.or_status()?;
+        let runs = self.core.runs_of(NOOP_ACCOUNT_ID).await.or_status()?;
+        let federation = self.federation(
+            nodes.iter().map(node_to_pb).collect(),
+            runs.iter().map(run_to_pb).collect(),
+            true,
+        );
+        Ok(Response::new(pb::ShowFederationResponse {
+            federation: Some(federation),
+            now: self.now(),
+        }))
+    }
+
+    async fn create_federation(
+        &self,
+        request: Request<pb::CreateFederationRequest>,
+    ) -> Result<Response<pb::CreateFederationResponse>, Status> {
+        if request.get_ref().federation_name.is_empty() {
+            return Err(Status::failed_precondition(NO_FEDERATION));
+        }
+        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+    }
+
+    async fn archive_federation(
+        &self,
+        request: Request<pb::ArchiveFederationRequest>,
+    ) -> Result<Response<pb::ArchiveFederationResponse>, Status> {
+        if request.get_ref().federation_name.is_empty() {
+            return Err(Status::failed_precondition(NO_FEDERATION));
+        }
+        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+    }
+
+    async fn add_node_to_federation(
+        &self,
+        request: Request<pb::AddNodeToFederationRequest>,
+    ) -> Result<Response<pb::AddNodeToFederationResponse>, Status> {
+        let b = request.into_inner();
+        self.check_membership_change(&b.federation_name, b.node_id)
+            .await
+            .map(|()| Response::new(pb::AddNodeToFederationResponse {}))
+    }
+
+    async fn remove_node_from_federation(
+        &self,
+        request: Request<pb::RemoveNodeFromFederationRequest>,
+    ) -> Result<Response<pb::RemoveNodeFromFederationResponse>, Status> {
+        let b = request.into_inner();
+        self.check_membership_change(&b.federation_name, b.node_id)
+            .await
+            .map(|()| Response::new(pb::RemoveNodeFromFederationResponse {}))
+    }
+
+    async fn remove_account_from_federation(
+        &self,
+        _request: Request<pb::RemoveAccountFromFederationRequest>,
+    ) -> Result<Response<pb::RemoveAccountFromFederationResponse>, Status> {
+        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+    }
+
+    async fn create_invitation(
+        &self,
+        _request: Request<pb::CreateInvitationRequest>,
+    ) -> Result<Response<pb::CreateInvitationResponse>, Status> {
+        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+    }
+
+    async fn list_invitations(
+        &self,
+        _request: Request<pb::ListInvitationsRequest>,
+    ) -> Result<Response<pb::ListInvitationsResponse>, Status> {
+        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+    }
+
+    async fn accept_invitation(
+        &self,
+        _request: Request<pb::AcceptInvitationRequest>,
+    ) -> Result<Response<pb::AcceptInvitationResponse>, Status> {
+        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+    }
+
+    async fn reject_invitation(
+        &self,
+        _request: Request<pb::RejectInvitationRequest>,
+    ) -> Result<Response<pb::RejectInvitationResponse>, Status> {
+        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+    }
+
+    async fn revoke_invitation(
+        &self,
+        _request: Request<pb::RevokeInvitationRequest>,
+    ) -> Result<Response<pb::RevokeInvitationResponse>, Status> {
+        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+    }
+
+    async fn configure_simulation_federation(
+        &self,
+        _request: Request<pb::ConfigureSimulationFederationRequest>,
+    ) -> Result<Response<pb::ConfigureSimulationFederationResponse>, Status> {
+        Err(Status::not_found(FEDERATION_NOT_FOUND))
+    }
+
+    type StreamRunEventsStream = EventStream;
+
+    async fn stream_run_events(
+        &self,
+        _request: Request<pb::StreamRunEventsRequest>,
+    ) -> Result<Response<Self::StreamRunEventsStream>, Status> {
+        Err(Status::unknown(
+            "Exception calling application: StreamRunEvents is not implemented",
+        ))
+    }
+}

@@ -1,0 +1,9 @@
+//! The gRPC edge: the only code that knows protobuf types. Each service converts requests to
+//! domain calls on [`crate::core::Core`] and the results back; errors become statuses in
+//! [`status`].
+
+pub mod control;
+pub mod convert;
+pub mod fleet;
+pub mod serverappio;
+pub mod status;

@@ -1,0 +1,530 @@
+//! The SuperLink's state behind one trait, with two engines: in memory and SQLite.
+//!
+//! The trait is synchronous: each method is one critical section (one lock scope or one SQL
+//! transaction), so a cancelled RPC never leaves half a change behind. Callers run SQLite methods
+//! off the async threads (see [`crate::core::Core`]).
+//!
+//! Time comes from a [`Clock`]; statuses that Flower evaluates lazily (a node going offline, an
+//! app token expiring) are evaluated here on every read, in the same way.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flwr_objects::message::MessageMeta;
+
+use crate::clock::Clock;
+
+/// Run ids and node ids are unsigned 64-bit on the wire.
+pub type RunId = u64;
+/// See [`RunId`].
+pub type NodeId = u64;
+
+/// `Run.status.status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Created by `StartRun`, waiting for a ServerApp.
+    Pending,
+    /// A token was issued.
+    Starting,
+    /// The ServerApp pulled its inputs.
+    Running,
+    /// Done (see the sub-status).
+    Finished,
+}
+
+impl Status {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Finished => "finished",
+        }
+    }
+
+    /// Parses a wire string.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "starting" => Self::Starting,
+            "running" => Self::Running,
+            "finished" => Self::Finished,
+            _ => return None,
+        })
+    }
+}
+
+/// `Run.status.sub_status` of a finished run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SubStatus {
+    /// Not finished.
+    None,
+    /// The ServerApp completed.
+    Completed,
+    /// The ServerApp failed, or stopped sending heartbeats.
+    Failed,
+    /// `flwr stop`.
+    Stopped,
+}
+
+impl SubStatus {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    /// Parses a wire string.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "" => Self::None,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "stopped" => Self::Stopped,
+            _ => return None,
+        })
+    }
+}
+
+/// A run's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunStatus {
+    /// Status.
+    pub status: Status,
+    /// Sub-status (finished runs only).
+    pub sub_status: SubStatus,
+    /// Free text (the failure reason).
+    pub details: String,
+}
+
+impl RunStatus {
+    /// A status without sub-status or details.
+    pub fn new(status: Status) -> Self {
+        Self {
+            status,
+            sub_status: SubStatus::None,
+            details: String::new(),
+        }
+    }
+
+    /// A finished status.
+    pub fn finished(sub_status: SubStatus, details: impl Into<String>) -> Self {
+        Self {
+            status: Status::Finished,
+            sub_status,
+            details: details.into(),
+        }
+    }
+
+    /// Flower's transition rule: pending→starting→running→finished, and pending or starting may
+    /// also end as failed or stopped (never completed). A finished status needs a sub-status;
+    /// others must not have one.
+    pub fn is_valid_transition(&self, to: &RunStatus) -> bool {
+        let sub_ok = match to.status {
+            Status::Finished => to.sub_status != SubStatus::None,
+            _ => to.sub_status == SubStatus::None,
+        };
+        if !sub_ok {
+            return false;
+        }
+        match (self.status, to.status) {
+            (Status::Pending, Status::Starting) | (Status::Starting, Status::Running) => true,
+            (Status::Running, Status::Finished) => true,
+            (Status::Pending | Status::Starting, Status::Finished) => {
+                matches!(to.sub_status, SubStatus::Failed | SubStatus::Stopped)
+            }
+            _ => false,
+        }
+    }
+
+    /// The text a gated RPC answers with when the run is not running, or `None` when it runs.
+    pub fn not_running_message(&self) -> Option<String> {
+        let mut msg = match self.status {
+            Status::Running => return None,
+            Status::Pending => "Run is pending.".to_owned(),
+            Status::Starting => "Run is starting.".to_owned(),
+            Status::Finished => "Run is finished.".to_owned(),
+        };
+        if self.sub_status == SubStatus::Stopped {
+            msg.push_str(" Stopped by user.");
+        }
+        Some(msg)
+    }
+}
+
+/// A configuration value (`flwr.proto.Scalar`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConfigValue {
+    /// double.
+    Double(f64),
+    /// sint64.
+    Int(i64),
+    /// uint64.
+    UInt(u64),
+    /// bool.
+    Bool(bool),
+    /// string.
+    Str(String),
+    /// bytes.
+    Bytes(Vec<u8>),
+}
+
+/// `ServerApp` or simulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunType {
+    /// Deployment: run by `flwr-serverapp` against SuperNodes.
+    ServerApp,
+    /// Simulation: run by `flwr-simulation`.
+    Simulation,
+}
+
+impl RunType {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ServerApp => "serverapp",
+            Self::Simulation => "simulation",
+        }
+    }
+}
+
+/// A run as the state keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    /// Id.
+    pub run_id: RunId,
+    /// `<publisher>/<name>`.
+    pub fab_id: String,
+    /// The app's version.
+    pub fab_version: String,
+    /// SHA-256 of the FAB.
+    pub fab_hash: String,
+    /// Run config overrides, as given.
+    pub override_config: Vec<(String, ConfigValue)>,
+    /// Timestamps (Unix seconds).
+    pub pending_at: Option<f64>,
+    /// See `pending_at`.
+    pub starting_at: Option<f64>,
+    /// See `pending_at`.
+    pub running_at: Option<f64>,
+    /// See `pending_at`.
+    pub finished_at: Option<f64>,
+    /// Status.
+    pub status: RunStatus,
+    /// The account that started it.
+    pub flwr_aid: String,
+    /// Federation name.
+    pub federation: String,
+    /// Bytes the SuperLink sent to SuperNodes for this run.
+    pub bytes_sent: u64,
+    /// Bytes received from SuperNodes.
+    pub bytes_recv: u64,
+    /// Sum of ClientApp runtimes reported by SuperNodes, seconds.
+    pub clientapp_runtime: f64,
+    /// Deployment or simulation.
+    pub run_type: RunType,
+    /// The simulation federation config (encoded `SimulationConfig`), simulation runs only.
+    pub federation_config: Option<Bytes>,
+}
+
+/// What `StartRun` creates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewRun {
+    /// See [`Run`].
+    pub fab_id: String,
+    /// See [`Run`].
+    pub fab_version: String,
+    /// See [`Run`].
+    pub fab_hash: String,
+    /// See [`Run`].
+    pub override_config: Vec<(String, ConfigValue)>,
+    /// See [`Run`].
+    pub flwr_aid: String,
+    /// See [`Run`].
+    pub federation: String,
+    /// See [`Run`].
+    pub run_type: RunType,
+    /// See [`Run`].
+    pub federation_config: Option<Bytes>,
+    /// The ServerApp's initial context (encoded `flwr.proto.Context`).
+    pub context: Bytes,
+}
+
+/// A node's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeStatus {
+    /// Known (registered), never activated.
+    Registered,
+    /// Sending heartbeats.
+    Online,
+    /// Missed its heartbeats or deactivated.
+    Offline,
+    /// Gone for good.
+    Unregistered,
+}
+
+impl NodeStatus {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Registered => "registered",
+            Self::Online => "online",
+            Self::Offline => "offline",
+            Self::Unregistered => "unregistered",
+        }
+    }
+}
+
+/// A node as the state keeps it (statuses already refreshed for "now").
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// Id.
+    pub node_id: NodeId,
+    /// Owner account id.
+    pub owner_aid: String,
+    /// Owner account name.
+    pub owner_name: String,
+    /// Status.
+    pub status: NodeStatus,
+    /// Timestamps (Unix seconds).
+    pub registered_at: f64,
+    /// See `registered_at`.
+    pub last_activated_at: Option<f64>,
+    /// See `registered_at`.
+    pub last_deactivated_at: Option<f64>,
+    /// See `registered_at`.
+    pub unregistered_at: Option<f64>,
+    /// Online until this time.
+    pub online_until: Option<f64>,
+    /// Seconds between heartbeats.
+    pub heartbeat_interval: f64,
+    /// The public key (PEM bytes, as sent).
+    pub public_key: Bytes,
+}
+
+/// How a node joins.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewNode {
+    /// Owner account id.
+    pub owner_aid: String,
+    /// Owner account name.
+    pub owner_name: String,
+    /// PEM bytes.
+    pub public_key: Bytes,
+    /// Initial interval (0 for Fleet registration, 30 for the CLI).
+    pub heartbeat_interval: f64,
+}
+
+/// One pulled reply: one the SuperNode sent, or one the SuperLink makes (an error).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PulledReply {
+    /// Sent by a SuperNode; its objects are in the store.
+    Stored(MessageMeta),
+    /// Made by the SuperLink (MESSAGE_UNAVAILABLE, NODE_UNAVAILABLE, REPLY_MESSAGE_UNAVAILABLE);
+    /// the message id is not set yet.
+    Generated(MessageMeta),
+}
+
+/// Why a reply was not stored (Flower then answers `{"None": 0}`).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ReplyRejected {
+    /// The instruction is gone or expired.
+    #[error("Message with ID {0} does not exist.")]
+    NoInstruction(String),
+    /// The reply comes from another node than the instruction's destination.
+    #[error("the reply's source is not the instruction's destination")]
+    WrongNode,
+    /// The reply would outlive its instruction.
+    #[error("Received Message with TTL {ttl:.2} exceeding the allowed maximum TTL {max:.2}.")]
+    TtlTooLong {
+        /// The reply's TTL.
+        ttl: f64,
+        /// The maximum.
+        max: f64,
+    },
+    /// The reply's run is not the instruction's.
+    #[error("`metadata.run_id` is invalid")]
+    WrongRun,
+    /// The reply is malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// State failures that are not answers (the backend broke).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// No such run.
+    #[error("run {0} not found")]
+    RunNotFound(RunId),
+    /// The public key is registered already (keys are unique forever).
+    #[error("Public key already in use")]
+    PublicKeyInUse,
+    /// The backend failed.
+    #[error("state backend: {0}")]
+    Backend(String),
+}
+
+/// Why a node lifecycle call was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeRefusal {
+    /// No usable node has this key.
+    UnknownKey,
+    /// The node is already online.
+    AlreadyOnline(NodeId),
+    /// The node is not online.
+    NotOnline(NodeId),
+    /// Unknown, unregistered, or owned by someone else.
+    NotFound(NodeId),
+}
+
+/// The SuperLink's state.
+pub trait LinkState: Send + Sync {
+    // ----- nodes -----
+    /// Creates a node with a fresh random id (not 0 or 1), status `registered`.
+    fn create_node(&self, node: NewNode) -> Result<NodeId, StateError>;
+    /// The id of the node with exactly these key bytes, unless it was unregistered.
+    fn node_id_by_public_key(&self, public_key: &[u8]) -> Result<Option<NodeId>, StateError>;
+    /// Activates the node with this key (from `registered` or `offline`), online for
+    /// 2 × interval.
+    fn activate_node(
+        &self,
+        public_key: &[u8],
+        heartbeat_interval: f64,
+    ) -> Result<Result<NodeId, NodeRefusal>, StateError>;
+    /// Deactivates an online node.
+    fn deactivate_node(&self, node_id: NodeId) -> Result<Result<(), NodeRefusal>, StateError>;
+    /// Unregisters a node (for `owner_aid` when given). The row stays; the key stays taken.
+    fn unregister_node(
+        &self,
+        node_id: NodeId,
+        owner_aid: Option<&str>,
+    ) -> Result<Result<(), NodeRefusal>, StateError>;
+    /// A heartbeat: online for 2 × interval. False for unknown or unregistered nodes.
+    fn heartbeat(&self, node_id: NodeId, heartbeat_interval: f64) -> Result<bool, StateError>;
+    /// One node.
+    fn node(&self, node_id: NodeId) -> Result<Option<Node>, StateError>;
+    /// Nodes owned by `owner_aid`, every status.
+    fn nodes_of(&self, owner_aid: &str) -> Result<Vec<Node>, StateError>;
+    /// Ids of online nodes.
+    fn online_node_ids(&self) -> Result<Vec<NodeId>, StateError>;
+
+    // ----- runs -----
+    /// Creates a `pending` run and stores its initial context.
+    fn create_run(&self, run: NewRun) -> Result<RunId, StateError>;
+    /// One run (after token expiry is applied).
+    fn run(&self, run_id: RunId) -> Result<Option<Run>, StateError>;
+    /// Runs started by `flwr_aid`, newest first.
+    fn runs_of(&self, flwr_aid: &str) -> Result<Vec<Run>, StateError>;
+    /// Ids of pending runs, oldest first.
+    fn pending_run_ids(&self) -> Result<Vec<RunId>, StateError>;
+    /// Applies a status transition if it is valid; returns whether it was.
+    fn update_run_status(&self, run_id: RunId, status: RunStatus) -> Result<bool, StateError>;
+    /// Adds traffic and ClientApp runtime to a run.
+    fn add_run_usage(
+        &self,
+        run_id: RunId,
+        sent: u64,
+        recv: u64,
+        clientapp_runtime: f64,
+    ) -> Result<(), StateError>;
+    /// The stored context of a run (encoded `Context`).
+    fn context(&self, run_id: RunId) -> Result<Option<Bytes>, StateError>;
+    /// Replaces the stored context.
+    fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError>;
+
+    // ----- app tokens -----
+    /// A new token for the run (256 hex characters, valid for 30 s), or `None` if the run has one.
+    fn create_token(&self, run_id: RunId) -> Result<Option<String>, StateError>;
+    /// The run of a live token.
+    fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError>;
+    /// Deletes the run's token.
+    fn delete_token(&self, run_id: RunId) -> Result<(), StateError>;
+    /// An app heartbeat: extends a live token to now + 60 s. False for unknown or expired tokens.
+    fn app_heartbeat(&self, token: &str) -> Result<bool, StateError>;
+
+    // ----- logs -----
+    /// Appends ServerApp output, stamped with the server's time.
+    fn add_log(&self, run_id: RunId, text: &str) -> Result<(), StateError>;
+    /// Everything logged after `after` (Unix seconds), and the time of the last entry (0 if none).
+    fn logs_after(&self, run_id: RunId, after: f64) -> Result<(String, f64), StateError>;
+
+    // ----- messages -----
+    /// Stores a validated instruction. `None` when its run is unknown, its source is not the
+    /// SuperLink, or its destination is not a registered-and-activated (online or offline) node.
+    fn store_instruction(&self, message: MessageMeta) -> Result<Option<String>, StateError>;
+    /// The oldest undelivered, unexpired instruction for a node, now marked delivered forever.
+    fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError>;
+    /// Stores a validated reply after checking it against its instruction.
+    fn store_reply(
+        &self,
+        message: MessageMeta,
+    ) -> Result<Result<String, ReplyRejected>, StateError>;
+    /// The replies to these instructions (or errors the SuperLink makes for them). Every
+    /// instruction answered is deleted with its reply.
+    fn take_replies(&self, message_ids: &[String]) -> Result<Vec<PulledReply>, StateError>;
+    /// Deletes these instructions and their replies.
+    fn delete_messages(&self, message_ids: &[String]) -> Result<(), StateError>;
+    /// Deletes every instruction (and reply) of a run.
+    fn delete_run_messages(&self, run_id: RunId) -> Result<(), StateError>;
+}
+
+/// Heartbeat constants (Flower's).
+pub mod heartbeat {
+    /// Default interval, seconds.
+    pub const DEFAULT_INTERVAL: f64 = 30.0;
+    /// Smallest allowed interval.
+    pub const MIN_INTERVAL: f64 = 10.0;
+    /// Largest allowed interval.
+    pub const MAX_INTERVAL: f64 = 1800.0;
+    /// Missed intervals before a node or app counts as gone.
+    pub const PATIENCE: f64 = 2.0;
+}
+
+/// The reason of a run that stopped sending heartbeats.
+pub const NO_HEARTBEAT_DETAILS: &str = "No heartbeat received from the run.";
+
+/// Builds engines; the clock is shared.
+pub fn in_memory(clock: Arc<dyn Clock>) -> Arc<dyn LinkState> {
+    Arc::new(memory::MemoryLinkState::new(clock))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_follow_flower() {
+        let p = RunStatus::new(Status::Pending);
+        let s = RunStatus::new(Status::Starting);
+        let r = RunStatus::new(Status::Running);
+        let done = RunStatus::finished(SubStatus::Completed, "");
+        let failed = RunStatus::finished(SubStatus::Failed, "x");
+        let stopped = RunStatus::finished(SubStatus::Stopped, "");
+        assert!(
+            p.is_valid_transition(&s) && s.is_valid_transition(&r) && r.is_valid_transition(&done)
+        );
+        assert!(p.is_valid_transition(&failed) && s.is_valid_transition(&stopped));
+        assert!(!p.is_valid_transition(&done) && !s.is_valid_transition(&done));
+        assert!(
+            !p.is_valid_transition(&r)
+                && !r.is_valid_transition(&r)
+                && !done.is_valid_transition(&failed)
+        );
+        assert!(
+            !r.is_valid_transition(&RunStatus::new(Status::Finished)),
+            "finished needs a sub-status"
+        );
+        assert_eq!(
+            stopped.not_running_message().as_deref(),
+            Some("Run is finished. Stopped by user.")
+        );
+        assert_eq!(r.not_running_message(), None);
+    }
+}
