@@ -265,7 +265,7 @@ async fn port_zero_tls_serving_health_and_sigterm() {
         "plaintext must not reach the service"
     );
 
-    p.signal("TERM");
+    p.signal(flwr_testkit::process::Signal::SIGTERM);
     let (status, out) = p.wait(Duration::from_secs(10));
     assert!(status.success(), "{out}");
     assert!(out.contains("terminated gracefully"), "{out}");

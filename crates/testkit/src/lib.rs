@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
+pub mod federation;
 pub mod pki;
 pub mod process;
 pub mod python;

@@ -7,6 +7,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
 /// A running child with its captured output.
 pub struct Proc {
     name: String,
@@ -120,12 +123,25 @@ impl Proc {
         }
     }
 
-    /// Sends `signal` (for example `"TERM"`, `"INT"`, `"KILL"`) to the child.
-    pub fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status();
+    /// Sends `signal` to the child (not its group).
+    pub fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.live_pid() {
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    }
+
+    /// Sends `signal` to the child's whole process group.
+    pub fn signal_group(&self, signal: Signal) {
+        if let Some(pid) = self.live_pid() {
+            let _ = nix::sys::signal::killpg(pid, signal);
+        }
+    }
+
+    /// The pid while the child has not been reaped (never 0 or 1).
+    fn live_pid(&self) -> Option<Pid> {
+        let id = self.child.as_ref()?.id();
+        let id = i32::try_from(id).ok().filter(|p| *p > 1)?;
+        Some(Pid::from_raw(id))
     }
 }
 
@@ -133,11 +149,14 @@ impl Drop for Proc {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             if child.try_wait().ok().flatten().is_none() {
-                // The whole group: the child and whatever it started.
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(format!("-{}", child.id()))
-                    .status();
+                // The whole group: the child and whatever it started (signals through the
+                // system call, never through the `kill` program, whose parsing of negative
+                // ids is not to be trusted).
+                if let Ok(pid) = i32::try_from(child.id()) {
+                    if pid > 1 {
+                        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
                 let _ = child.kill();
             }
             let _ = child.wait();

@@ -1,8 +1,12 @@
-"""ServerApp: FedAvg from a zero model; after R rounds every weight must equal R * step.
+"""ServerApp: FedAvg from a known model; after R rounds every weight must have grown by R * step.
 
-The last line of its output is `FEDAVG-CHECK OK ...` when the final model is the predicted one;
-otherwise the app raises, and the run ends `finished:failed`.
+The initial weights are `i % 97` (exact in float32), so every array chunk differs and a swapped,
+lost or corrupted chunk changes the result. The last line of the output is `FEDAVG-CHECK OK ...`
+with a SHA-256 of the final model when it is exactly the predicted one; otherwise the app raises,
+and the run ends `finished:failed`.
 """
+
+import hashlib
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -18,6 +22,8 @@ def main(grid: Grid, context: Context) -> None:
     size = int(context.run_config["model-size"])
     nodes = int(context.run_config["min-nodes"])
     step = float(context.run_config["step"])
+    if size <= 0 or rounds <= 0 or nodes <= 0:
+        raise ValueError(f"model-size, num-server-rounds and min-nodes must be positive (got {size}, {rounds}, {nodes})")
 
     strategy = FedAvg(
         fraction_train=1.0,
@@ -26,7 +32,8 @@ def main(grid: Grid, context: Context) -> None:
         min_evaluate_nodes=nodes,
         min_available_nodes=nodes,
     )
-    initial = ArrayRecord([np.zeros(size, dtype=np.float32)])
+    start = (np.arange(size, dtype=np.int64) % 97).astype(np.float32)
+    initial = ArrayRecord([start])
     result = strategy.start(
         grid=grid,
         initial_arrays=initial,
@@ -37,14 +44,15 @@ def main(grid: Grid, context: Context) -> None:
     for rnd, metrics in sorted(result.train_metrics_clientapp.items()):
         print(f"FEDAVG-ROUND {rnd} train-mean={metrics['train-mean']}", flush=True)
     final = result.arrays.to_numpy_ndarrays()[0]
-    expected = np.float32(rounds * step)
-    if final.shape != (size,) or not np.all(final == expected):
+    expected = start + np.float32(rounds * step)
+    if final.shape != (size,) or not np.array_equal(final, expected):
         raise ValueError(
-            f"FEDAVG-CHECK FAILED: expected every weight == {expected}, "
-            f"got mean {float(final.mean())} over shape {final.shape}"
+            f"FEDAVG-CHECK FAILED: expected start + {rounds * step}, got shape {final.shape}, "
+            f"{int(np.sum(final != expected)) if final.shape == expected.shape else 'all'} weights differ"
         )
+    digest = hashlib.sha256(final.tobytes()).hexdigest()
     print(
         f"FEDAVG-CHECK OK rounds={rounds} size={size} nodes={nodes} "
-        f"final-mean={float(final.mean())} expected={float(expected)}",
+        f"increase={rounds * step} sha256={digest}",
         flush=True,
     )

@@ -7,7 +7,10 @@
 //! Time comes from a [`Clock`]; statuses that Flower evaluates lazily (a node going offline, an
 //! app token expiring) are evaluated here on every read, in the same way.
 
+pub mod codec;
+pub mod conformance;
 pub mod memory;
+pub mod sqlite;
 
 use std::sync::Arc;
 

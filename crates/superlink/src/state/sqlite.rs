@@ -1,0 +1,957 @@
+//! The SQLite engine (`--database PATH`): the same semantics as the in-memory engine, persisted.
+//! Runs, logs, nodes, tokens, messages, FAB metadata (in the FAB store) and objects survive a
+//! restart.
+//!
+//! WAL journal, `synchronous=NORMAL`. The state and the object store use two connections to the
+//! same file, so that writing a large object does not wait for, or hold up, state calls. Every
+//! method is one transaction: a failure (a full disk) rolls back and loses nothing stored. u64 ids
+//! are stored bit-cast to SQLite's signed integers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flwr_objects::message::{error_code, MessageError, MessageMeta, SUPERLINK_NODE_ID};
+use flwr_objects::store::{Lookup, ObjectStore, StoreError};
+use flwr_objects::{ObjectId, ObjectTree};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+
+use super::codec::{decode_config, encode_config};
+use super::memory::{error_reply_for, message_unavailable, random_id, random_token, MESSAGE_TTL_TOLERANCE};
+use super::*;
+use crate::clock::Clock;
+
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const STATE_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS node (
+    node_id INTEGER PRIMARY KEY,
+    owner_aid TEXT NOT NULL,
+    owner_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    last_activated_at REAL,
+    last_deactivated_at REAL,
+    unregistered_at REAL,
+    online_until REAL,
+    heartbeat_interval REAL NOT NULL,
+    public_key BLOB NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS run (
+    run_id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    fab_id TEXT NOT NULL,
+    fab_version TEXT NOT NULL,
+    fab_hash TEXT NOT NULL,
+    override_config BLOB NOT NULL,
+    pending_at REAL,
+    starting_at REAL,
+    running_at REAL,
+    finished_at REAL,
+    status TEXT NOT NULL,
+    sub_status TEXT NOT NULL,
+    details TEXT NOT NULL,
+    flwr_aid TEXT NOT NULL,
+    federation TEXT NOT NULL,
+    bytes_sent INTEGER NOT NULL DEFAULT 0,
+    bytes_recv INTEGER NOT NULL DEFAULT 0,
+    clientapp_runtime REAL NOT NULL DEFAULT 0,
+    run_type TEXT NOT NULL,
+    federation_config BLOB,
+    context BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS token (
+    token TEXT PRIMARY KEY,
+    run_id INTEGER NOT NULL UNIQUE,
+    active_until REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_by_run ON log (run_id, ts);
+CREATE TABLE IF NOT EXISTS message_ins (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    run_id INTEGER NOT NULL,
+    src_node_id INTEGER NOT NULL,
+    dst_node_id INTEGER NOT NULL,
+    reply_to TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    ttl REAL NOT NULL,
+    message_type TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    error_code INTEGER,
+    error_reason TEXT,
+    has_content INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS message_ins_queue ON message_ins (dst_node_id, delivered, seq);
+CREATE INDEX IF NOT EXISTS message_ins_run ON message_ins (run_id);
+CREATE TABLE IF NOT EXISTS message_res (
+    ins_id TEXT PRIMARY KEY,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    run_id INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    src_node_id INTEGER NOT NULL,
+    dst_node_id INTEGER NOT NULL,
+    reply_to TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    ttl REAL NOT NULL,
+    message_type TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    error_code INTEGER,
+    error_reason TEXT,
+    has_content INTEGER NOT NULL
+);
+"#;
+
+const OBJECT_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS object (
+    object_id BLOB PRIMARY KEY,
+    content BLOB,
+    children BLOB NOT NULL,
+    ref_count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS object_run (
+    object_id BLOB NOT NULL,
+    run_id INTEGER NOT NULL,
+    PRIMARY KEY (object_id, run_id)
+);
+CREATE INDEX IF NOT EXISTS object_run_by_run ON object_run (run_id);
+"#;
+
+fn backend(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+    move |e| {
+        let hint = match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => " (the disk is full: free space; nothing was lost)",
+            Some(rusqlite::ErrorCode::ReadOnly) => " (the database is read-only: check its permissions)",
+            Some(rusqlite::ErrorCode::DatabaseBusy) => " (the database is busy: is another SuperLink using it?)",
+            _ => "",
+        };
+        StateError::Backend(format!("{}: {e}{hint}", path.display()))
+    }
+}
+
+fn open_connection(path: &Path, schema: &str) -> Result<Connection, StateError> {
+    let err = backend(path);
+    let conn = Connection::open(path).map_err(&err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(&err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(&err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(&err)?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(&err)?;
+    if version != 0 && version != SCHEMA_VERSION {
+        return Err(StateError::Backend(format!(
+            "{}: the database has schema version {version}, this SuperLink writes version {SCHEMA_VERSION}; use a new --database file",
+            path.display()
+        )));
+    }
+    conn.execute_batch(schema).map_err(&err)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(&err)?;
+    Ok(conn)
+}
+
+/// Opens (or creates) the database: the state engine and the object store engine.
+pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<(Arc<SqliteLinkState>, Arc<SqliteObjectStore>), StateError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| StateError::Backend(format!("{}: cannot create the directory: {e}", dir.display())))?;
+    }
+    let state = open_connection(path, STATE_SCHEMA)?;
+    let objects = open_connection(path, OBJECT_SCHEMA)?;
+    Ok((
+        Arc::new(SqliteLinkState { conn: Mutex::new(state), clock, path: path.to_path_buf() }),
+        Arc::new(SqliteObjectStore { conn: Mutex::new(objects), path: path.to_path_buf() }),
+    ))
+}
+
+/// The state engine.
+pub struct SqliteLinkState {
+    conn: Mutex<Connection>,
+    clock: Arc<dyn Clock>,
+    path: PathBuf,
+}
+
+const META_COLS: &str =
+    "run_id, message_id, src_node_id, dst_node_id, reply_to, group_id, ttl, message_type, created_at, error_code, error_reason, has_content";
+
+fn meta_from_row(r: &Row<'_>, o: usize) -> rusqlite::Result<MessageMeta> {
+    let code: Option<i64> = r.get(o + 9)?;
+    let reason: Option<String> = r.get(o + 10)?;
+    Ok(MessageMeta {
+        run_id: r.get::<_, i64>(o)? as u64,
+        message_id: r.get(o + 1)?,
+        src_node_id: r.get::<_, i64>(o + 2)? as u64,
+        dst_node_id: r.get::<_, i64>(o + 3)? as u64,
+        reply_to_message_id: r.get(o + 4)?,
+        group_id: r.get(o + 5)?,
+        ttl: r.get(o + 6)?,
+        message_type: r.get(o + 7)?,
+        created_at: r.get(o + 8)?,
+        error: code.map(|code| MessageError { code, reason: reason.unwrap_or_default() }),
+        has_content: r.get::<_, i64>(o + 11)? != 0,
+    })
+}
+
+fn node_from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
+    let status: String = r.get(3)?;
+    Ok(Node {
+        node_id: r.get::<_, i64>(0)? as u64,
+        owner_aid: r.get(1)?,
+        owner_name: r.get(2)?,
+        status: match status.as_str() {
+            "online" => NodeStatus::Online,
+            "offline" => NodeStatus::Offline,
+            "unregistered" => NodeStatus::Unregistered,
+            _ => NodeStatus::Registered,
+        },
+        registered_at: r.get(4)?,
+        last_activated_at: r.get(5)?,
+        last_deactivated_at: r.get(6)?,
+        unregistered_at: r.get(7)?,
+        online_until: r.get(8)?,
+        heartbeat_interval: r.get(9)?,
+        public_key: Bytes::from(r.get::<_, Vec<u8>>(10)?),
+    })
+}
+
+const NODE_COLS: &str = "node_id, owner_aid, owner_name, status, registered_at, last_activated_at, last_deactivated_at, unregistered_at, online_until, heartbeat_interval, public_key";
+
+const RUN_COLS: &str = "run_id, fab_id, fab_version, fab_hash, override_config, pending_at, starting_at, running_at, finished_at, status, sub_status, details, flwr_aid, federation, bytes_sent, bytes_recv, clientapp_runtime, run_type, federation_config";
+
+fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
+    let status: String = r.get(9)?;
+    let sub: String = r.get(10)?;
+    let cfg: Vec<u8> = r.get(4)?;
+    let run_type: String = r.get(17)?;
+    Ok(Run {
+        run_id: r.get::<_, i64>(0)? as u64,
+        fab_id: r.get(1)?,
+        fab_version: r.get(2)?,
+        fab_hash: r.get(3)?,
+        override_config: decode_config(&cfg).unwrap_or_default(),
+        pending_at: r.get(5)?,
+        starting_at: r.get(6)?,
+        running_at: r.get(7)?,
+        finished_at: r.get(8)?,
+        status: RunStatus {
+            status: Status::parse(&status).unwrap_or(Status::Pending),
+            sub_status: SubStatus::parse(&sub).unwrap_or(SubStatus::None),
+            details: r.get(11)?,
+        },
+        flwr_aid: r.get(12)?,
+        federation: r.get(13)?,
+        bytes_sent: r.get::<_, i64>(14)? as u64,
+        bytes_recv: r.get::<_, i64>(15)? as u64,
+        clientapp_runtime: r.get(16)?,
+        run_type: if run_type == "simulation" { RunType::Simulation } else { RunType::ServerApp },
+        federation_config: r.get::<_, Option<Vec<u8>>>(18)?.map(Bytes::from),
+    })
+}
+
+fn expire_tokens(tx: &Transaction<'_>, now: f64) -> rusqlite::Result<()> {
+    let expired: Vec<(i64, f64)> = tx
+        .prepare("SELECT run_id, active_until FROM token WHERE active_until < ?1")?
+        .query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (run_id, until) in expired {
+        tx.execute("DELETE FROM token WHERE run_id = ?1", params![run_id])?;
+        tx.execute(
+            "UPDATE run SET status = 'finished', sub_status = 'failed', details = ?2, finished_at = ?3 \
+             WHERE run_id = ?1 AND finished_at IS NULL AND status != 'finished'",
+            params![run_id, NO_HEARTBEAT_DETAILS, until],
+        )?;
+    }
+    Ok(())
+}
+
+fn get_run(tx: &Transaction<'_>, run_id: RunId) -> rusqlite::Result<Option<Run>> {
+    tx.query_row(&format!("SELECT {RUN_COLS} FROM run WHERE run_id = ?1"), params![run_id as i64], run_from_row).optional()
+}
+
+fn get_node(tx: &Transaction<'_>, node_id: NodeId) -> rusqlite::Result<Option<Node>> {
+    tx.query_row(&format!("SELECT {NODE_COLS} FROM node WHERE node_id = ?1"), params![node_id as i64], node_from_row).optional()
+}
+
+fn save_node(tx: &Transaction<'_>, n: &Node) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE node SET status = ?2, last_activated_at = ?3, last_deactivated_at = ?4, unregistered_at = ?5, \
+         online_until = ?6, heartbeat_interval = ?7 WHERE node_id = ?1",
+        params![
+            n.node_id as i64,
+            n.status.as_str(),
+            n.last_activated_at,
+            n.last_deactivated_at,
+            n.unregistered_at,
+            n.online_until,
+            n.heartbeat_interval
+        ],
+    )?;
+    Ok(())
+}
+
+/// Stores (or replaces) the reply to instruction `ins_id`, not yet delivered.
+fn insert_reply(tx: &Transaction<'_>, ins_id: &str, m: &MessageMeta) -> rusqlite::Result<()> {
+    let sql = format!(
+        "INSERT OR REPLACE INTO message_res (ins_id, {META_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+    );
+    tx.execute(
+        &sql,
+        params![
+            ins_id,
+            m.run_id as i64,
+            m.message_id,
+            m.src_node_id as i64,
+            m.dst_node_id as i64,
+            m.reply_to_message_id,
+            m.group_id,
+            m.ttl,
+            m.message_type,
+            m.created_at,
+            m.error.as_ref().map(|e| e.code),
+            m.error.as_ref().map(|e| e.reason.clone()),
+            i64::from(m.has_content)
+        ],
+    )?;
+    Ok(())
+}
+
+fn expired(m: &MessageMeta, now: f64) -> bool {
+    m.created_at + m.ttl <= now
+}
+
+fn delete_message(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM message_ins WHERE message_id = ?1", params![id])?;
+    tx.execute("DELETE FROM message_res WHERE ins_id = ?1", params![id])?;
+    Ok(())
+}
+
+impl SqliteLinkState {
+    /// Runs `f` in one immediate transaction.
+    fn tx<R>(&self, f: impl FnOnce(&Transaction<'_>, f64) -> rusqlite::Result<R>) -> Result<R, StateError> {
+        let now = self.clock.now();
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend(&self.path))?;
+        let r = f(&tx, now).map_err(backend(&self.path))?;
+        tx.commit().map_err(backend(&self.path))?;
+        Ok(r)
+    }
+}
+
+impl LinkState for SqliteLinkState {
+    fn create_node(&self, node: NewNode) -> Result<NodeId, StateError> {
+        let taken = self.tx(|tx, _| {
+            tx.query_row("SELECT 1 FROM node WHERE public_key = ?1", params![node.public_key.as_ref()], |_| Ok(()))
+                .optional()
+                .map(|o| o.is_some())
+        })?;
+        if taken {
+            return Err(StateError::PublicKeyInUse);
+        }
+        self.tx(|tx, now| {
+            let mut id = random_id();
+            while get_node(tx, id)?.is_some() {
+                id = random_id();
+            }
+            tx.execute(
+                "INSERT INTO node (node_id, owner_aid, owner_name, status, registered_at, heartbeat_interval, public_key) \
+                 VALUES (?1, ?2, ?3, 'registered', ?4, ?5, ?6)",
+                params![id as i64, node.owner_aid, node.owner_name, now, node.heartbeat_interval, node.public_key.as_ref()],
+            )?;
+            Ok(id)
+        })
+    }
+
+    fn node_id_by_public_key(&self, public_key: &[u8]) -> Result<Option<NodeId>, StateError> {
+        self.tx(|tx, _| {
+            tx.query_row(
+                "SELECT node_id FROM node WHERE public_key = ?1 AND status != 'unregistered'",
+                params![public_key],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|o| o.map(|v| v as u64))
+        })
+    }
+
+    fn activate_node(&self, public_key: &[u8], heartbeat_interval: f64) -> Result<Result<NodeId, NodeRefusal>, StateError> {
+        self.tx(|tx, now| {
+            let node = tx
+                .query_row(&format!("SELECT {NODE_COLS} FROM node WHERE public_key = ?1"), params![public_key], node_from_row)
+                .optional()?;
+            let Some(node) = node else { return Ok(Err(NodeRefusal::UnknownKey)) };
+            let mut n = memory::effective_node(node, now);
+            match n.status {
+                NodeStatus::Unregistered => Ok(Err(NodeRefusal::UnknownKey)),
+                NodeStatus::Online => Ok(Err(NodeRefusal::AlreadyOnline(n.node_id))),
+                NodeStatus::Registered | NodeStatus::Offline => {
+                    n.status = NodeStatus::Online;
+                    n.last_activated_at = Some(now);
+                    n.online_until = Some(now + heartbeat::PATIENCE * heartbeat_interval);
+                    n.heartbeat_interval = heartbeat_interval;
+                    save_node(tx, &n)?;
+                    Ok(Ok(n.node_id))
+                }
+            }
+        })
+    }
+
+    fn deactivate_node(&self, node_id: NodeId) -> Result<Result<(), NodeRefusal>, StateError> {
+        self.tx(|tx, now| {
+            let Some(node) = get_node(tx, node_id)? else { return Ok(Err(NodeRefusal::NotOnline(node_id))) };
+            let mut n = memory::effective_node(node, now);
+            if n.status != NodeStatus::Online {
+                return Ok(Err(NodeRefusal::NotOnline(node_id)));
+            }
+            n.status = NodeStatus::Offline;
+            n.last_deactivated_at = Some(now);
+            n.online_until = Some(now);
+            save_node(tx, &n)?;
+            Ok(Ok(()))
+        })
+    }
+
+    fn unregister_node(&self, node_id: NodeId, owner_aid: Option<&str>) -> Result<Result<(), NodeRefusal>, StateError> {
+        self.tx(|tx, now| {
+            let Some(node) = get_node(tx, node_id)? else { return Ok(Err(NodeRefusal::NotFound(node_id))) };
+            if node.status == NodeStatus::Unregistered || owner_aid.is_some_and(|o| o != node.owner_aid) {
+                return Ok(Err(NodeRefusal::NotFound(node_id)));
+            }
+            let mut n = memory::effective_node(node, now);
+            n.status = NodeStatus::Unregistered;
+            n.unregistered_at = Some(now);
+            n.online_until = Some(n.online_until.map_or(now, |t| t.min(now)));
+            save_node(tx, &n)?;
+            Ok(Ok(()))
+        })
+    }
+
+    fn heartbeat(&self, node_id: NodeId, heartbeat_interval: f64) -> Result<bool, StateError> {
+        self.tx(|tx, now| {
+            let Some(node) = get_node(tx, node_id)? else { return Ok(false) };
+            if node.status == NodeStatus::Unregistered {
+                return Ok(false);
+            }
+            let mut n = memory::effective_node(node, now);
+            if n.status != NodeStatus::Online {
+                n.status = NodeStatus::Online;
+                n.last_activated_at = Some(now);
+            }
+            n.online_until = Some(now + heartbeat::PATIENCE * heartbeat_interval);
+            n.heartbeat_interval = heartbeat_interval;
+            save_node(tx, &n)?;
+            Ok(true)
+        })
+    }
+
+    fn node(&self, node_id: NodeId) -> Result<Option<Node>, StateError> {
+        self.tx(|tx, now| Ok(get_node(tx, node_id)?.map(|n| memory::effective_node(n, now))))
+    }
+
+    fn nodes_of(&self, owner_aid: &str) -> Result<Vec<Node>, StateError> {
+        self.tx(|tx, now| {
+            let nodes = tx
+                .prepare(&format!("SELECT {NODE_COLS} FROM node WHERE owner_aid = ?1 ORDER BY registered_at"))?
+                .query_map(params![owner_aid], node_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(nodes.into_iter().map(|n| memory::effective_node(n, now)).collect())
+        })
+    }
+
+    fn online_node_ids(&self) -> Result<Vec<NodeId>, StateError> {
+        self.tx(|tx, now| {
+            tx.prepare("SELECT node_id FROM node WHERE status = 'online' AND online_until > ?1 ORDER BY node_id")?
+                .query_map(params![now], |r| r.get::<_, i64>(0).map(|v| v as u64))?
+                .collect()
+        })
+    }
+
+    fn create_run(&self, new: NewRun) -> Result<RunId, StateError> {
+        self.tx(|tx, now| {
+            let mut id = random_id();
+            while get_run(tx, id)?.is_some() {
+                id = random_id();
+            }
+            let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM run", [], |r| r.get(0))?;
+            tx.execute(
+                "INSERT INTO run (run_id, seq, fab_id, fab_version, fab_hash, override_config, pending_at, status, sub_status, \
+                 details, flwr_aid, federation, run_type, federation_config, context) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', '', '', ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    id as i64,
+                    seq,
+                    new.fab_id,
+                    new.fab_version,
+                    new.fab_hash,
+                    encode_config(&new.override_config),
+                    now,
+                    new.flwr_aid,
+                    new.federation,
+                    new.run_type.as_str(),
+                    new.federation_config.as_deref(),
+                    new.context.as_ref()
+                ],
+            )?;
+            Ok(id)
+        })
+    }
+
+    fn run(&self, run_id: RunId) -> Result<Option<Run>, StateError> {
+        self.tx(|tx, now| {
+            expire_tokens(tx, now)?;
+            get_run(tx, run_id)
+        })
+    }
+
+    fn runs_of(&self, flwr_aid: &str) -> Result<Vec<Run>, StateError> {
+        self.tx(|tx, now| {
+            expire_tokens(tx, now)?;
+            tx.prepare(&format!("SELECT {RUN_COLS} FROM run WHERE flwr_aid = ?1 ORDER BY pending_at DESC"))?
+                .query_map(params![flwr_aid], run_from_row)?
+                .collect()
+        })
+    }
+
+    fn pending_run_ids(&self) -> Result<Vec<RunId>, StateError> {
+        self.tx(|tx, now| {
+            expire_tokens(tx, now)?;
+            tx.prepare("SELECT run_id FROM run WHERE status = 'pending' ORDER BY seq")?
+                .query_map([], |r| r.get::<_, i64>(0).map(|v| v as u64))?
+                .collect()
+        })
+    }
+
+    fn update_run_status(&self, run_id: RunId, status: RunStatus) -> Result<bool, StateError> {
+        let r = self.tx(|tx, now| {
+            expire_tokens(tx, now)?;
+            let Some(run) = get_run(tx, run_id)? else { return Ok(None) };
+            if !run.status.is_valid_transition(&status) {
+                return Ok(Some(false));
+            }
+            let column = match status.status {
+                Status::Starting => "starting_at",
+                Status::Running => "running_at",
+                Status::Finished => "finished_at",
+                Status::Pending => "pending_at",
+            };
+            tx.execute(
+                &format!("UPDATE run SET status = ?2, sub_status = ?3, details = ?4, {column} = ?5 WHERE run_id = ?1"),
+                params![run_id as i64, status.status.as_str(), status.sub_status.as_str(), status.details, now],
+            )?;
+            Ok(Some(true))
+        })?;
+        r.ok_or(StateError::RunNotFound(run_id))
+    }
+
+    fn add_run_usage(&self, run_id: RunId, sent: u64, recv: u64, clientapp_runtime: f64) -> Result<(), StateError> {
+        self.tx(|tx, _| {
+            tx.execute(
+                "UPDATE run SET bytes_sent = bytes_sent + ?2, bytes_recv = bytes_recv + ?3, \
+                 clientapp_runtime = clientapp_runtime + ?4 WHERE run_id = ?1",
+                params![run_id as i64, sent as i64, recv as i64, clientapp_runtime],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn context(&self, run_id: RunId) -> Result<Option<Bytes>, StateError> {
+        self.tx(|tx, _| {
+            tx.query_row("SELECT context FROM run WHERE run_id = ?1", params![run_id as i64], |r| r.get::<_, Vec<u8>>(0))
+                .optional()
+                .map(|o| o.map(Bytes::from))
+        })
+    }
+
+    fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError> {
+        let n = self.tx(|tx, _| tx.execute("UPDATE run SET context = ?2 WHERE run_id = ?1", params![run_id as i64, context.as_ref()]))?;
+        if n == 0 {
+            return Err(StateError::RunNotFound(run_id));
+        }
+        Ok(())
+    }
+
+    fn create_token(&self, run_id: RunId) -> Result<Option<String>, StateError> {
+        self.tx(|tx, now| {
+            expire_tokens(tx, now)?;
+            if tx.query_row("SELECT 1 FROM token WHERE run_id = ?1", params![run_id as i64], |_| Ok(())).optional()?.is_some() {
+                return Ok(None);
+            }
+            let token = random_token();
+            tx.execute(
+                "INSERT INTO token (token, run_id, active_until) VALUES (?1, ?2, ?3)",
+                params![token, run_id as i64, now + heartbeat::DEFAULT_INTERVAL],
+            )?;
+            Ok(Some(token))
+        })
+    }
+
+    fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError> {
+        self.tx(|tx, now| {
+            expire_tokens(tx, now)?;
+            tx.query_row("SELECT run_id FROM token WHERE token = ?1", params![token], |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|o| o.map(|v| v as u64))
+        })
+    }
+
+    fn delete_token(&self, run_id: RunId) -> Result<(), StateError> {
+        self.tx(|tx, _| tx.execute("DELETE FROM token WHERE run_id = ?1", params![run_id as i64]).map(|_| ()))
+    }
+
+    fn app_heartbeat(&self, token: &str) -> Result<bool, StateError> {
+        self.tx(|tx, now| {
+            expire_tokens(tx, now)?;
+            let n = tx.execute(
+                "UPDATE token SET active_until = ?2 WHERE token = ?1",
+                params![token, now + heartbeat::PATIENCE * heartbeat::DEFAULT_INTERVAL],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    fn add_log(&self, run_id: RunId, text: &str) -> Result<(), StateError> {
+        let found = self.tx(|tx, now| {
+            if get_run(tx, run_id)?.is_none() {
+                return Ok(false);
+            }
+            let last: Option<f64> = tx.query_row("SELECT MAX(ts) FROM log WHERE run_id = ?1", params![run_id as i64], |r| r.get(0))?;
+            let ts = match last {
+                Some(l) if l >= now => l + 1e-6,
+                _ => now,
+            };
+            tx.execute("INSERT INTO log (run_id, ts, text) VALUES (?1, ?2, ?3)", params![run_id as i64, ts, text])?;
+            Ok(true)
+        })?;
+        if found {
+            Ok(())
+        } else {
+            Err(StateError::RunNotFound(run_id))
+        }
+    }
+
+    fn logs_after(&self, run_id: RunId, after: f64) -> Result<(String, f64), StateError> {
+        let r = self.tx(|tx, _| {
+            if get_run(tx, run_id)?.is_none() {
+                return Ok(None);
+            }
+            let parts: Vec<String> = tx
+                .prepare("SELECT text FROM log WHERE run_id = ?1 AND ts > ?2 ORDER BY ts")?
+                .query_map(params![run_id as i64, after], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let latest: Option<f64> = tx.query_row("SELECT MAX(ts) FROM log WHERE run_id = ?1", params![run_id as i64], |r| r.get(0))?;
+            Ok(Some((parts.concat(), latest.unwrap_or(0.0))))
+        })?;
+        r.ok_or(StateError::RunNotFound(run_id))
+    }
+
+    fn store_instruction(&self, message: MessageMeta) -> Result<Option<String>, StateError> {
+        if message.src_node_id != SUPERLINK_NODE_ID {
+            return Ok(None);
+        }
+        self.tx(|tx, _| {
+            if get_run(tx, message.run_id)?.is_none() {
+                return Ok(None);
+            }
+            let dst_ok = get_node(tx, message.dst_node_id)?.is_some_and(|n| matches!(n.status, NodeStatus::Online | NodeStatus::Offline));
+            if !dst_ok {
+                return Ok(None);
+            }
+            tx.execute(
+                &format!("INSERT OR REPLACE INTO message_ins ({META_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+                params![
+                    message.run_id as i64,
+                    message.message_id,
+                    message.src_node_id as i64,
+                    message.dst_node_id as i64,
+                    message.reply_to_message_id,
+                    message.group_id,
+                    message.ttl,
+                    message.message_type,
+                    message.created_at,
+                    message.error.as_ref().map(|e| e.code),
+                    message.error.as_ref().map(|e| e.reason.clone()),
+                    i64::from(message.has_content)
+                ],
+            )?;
+            Ok(Some(message.message_id.clone()))
+        })
+    }
+
+    fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError> {
+        self.tx(|tx, now| loop {
+            let row = tx
+                .query_row(
+                    &format!("SELECT seq, {META_COLS} FROM message_ins WHERE dst_node_id = ?1 AND delivered = 0 ORDER BY seq LIMIT 1"),
+                    params![node_id as i64],
+                    |r| Ok((r.get::<_, i64>(0)?, meta_from_row(r, 1)?)),
+                )
+                .optional()?;
+            let Some((seq, meta)) = row else { return Ok(None) };
+            if expired(&meta, now) {
+                delete_message(tx, &meta.message_id)?;
+                continue;
+            }
+            tx.execute("UPDATE message_ins SET delivered = 1 WHERE seq = ?1", params![seq])?;
+            return Ok(Some(meta));
+        })
+    }
+
+    fn store_reply(&self, message: MessageMeta) -> Result<Result<String, ReplyRejected>, StateError> {
+        self.tx(|tx, now| {
+            let ins_id = message.reply_to_message_id.clone();
+            let ins = tx
+                .query_row(&format!("SELECT {META_COLS} FROM message_ins WHERE message_id = ?1"), params![ins_id], |r| meta_from_row(r, 0))
+                .optional()?;
+            let ins = match ins {
+                Some(i) if expired(&i, now) => {
+                    delete_message(tx, &ins_id)?;
+                    None
+                }
+                other => other,
+            };
+            let Some(ins) = ins else { return Ok(Err(ReplyRejected::NoInstruction(ins_id))) };
+            if ins.dst_node_id != message.src_node_id {
+                return Ok(Err(ReplyRejected::WrongNode));
+            }
+            let max = ins.created_at + ins.ttl - message.created_at;
+            if message.ttl != 0.0 && message.ttl - max > MESSAGE_TTL_TOLERANCE {
+                return Ok(Err(ReplyRejected::TtlTooLong { ttl: message.ttl, max }));
+            }
+            if message.run_id != ins.run_id {
+                return Ok(Err(ReplyRejected::WrongRun));
+            }
+            insert_reply(tx, &ins_id, &message)?;
+            Ok(Ok(message.message_id.clone()))
+        })
+    }
+
+    fn take_replies(&self, message_ids: &[String]) -> Result<Vec<PulledReply>, StateError> {
+        self.tx(|tx, now| {
+            let mut out = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for id in message_ids {
+                if !seen.insert(id.as_str()) {
+                    continue;
+                }
+                let ins = tx
+                    .query_row(&format!("SELECT {META_COLS} FROM message_ins WHERE message_id = ?1"), params![id], |r| meta_from_row(r, 0))
+                    .optional()?;
+                let Some(ins) = ins else {
+                    out.push(PulledReply::Generated(message_unavailable(id, now)));
+                    continue;
+                };
+                if expired(&ins, now) {
+                    delete_message(tx, id)?;
+                    out.push(PulledReply::Generated(message_unavailable(id, now)));
+                    continue;
+                }
+                let online_until = get_node(tx, ins.dst_node_id)?.filter(|n| n.status != NodeStatus::Unregistered).and_then(|n| n.online_until);
+                if online_until.is_none_or(|t| t < now) {
+                    out.push(PulledReply::Generated(error_reply_for(&ins, error_code::NODE_UNAVAILABLE, now)));
+                    delete_message(tx, id)?;
+                    continue;
+                }
+                let reply = tx
+                    .query_row(
+                        &format!("SELECT {META_COLS} FROM message_res WHERE ins_id = ?1 AND delivered = 0"),
+                        params![id],
+                        |r| meta_from_row(r, 0),
+                    )
+                    .optional()?;
+                if let Some(reply) = reply {
+                    if reply.created_at + reply.ttl < now {
+                        out.push(PulledReply::Generated(error_reply_for(&ins, error_code::REPLY_MESSAGE_UNAVAILABLE, now)));
+                    } else {
+                        out.push(PulledReply::Stored(reply));
+                    }
+                    delete_message(tx, id)?;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn delete_messages(&self, message_ids: &[String]) -> Result<(), StateError> {
+        self.tx(|tx, _| {
+            for id in message_ids {
+                delete_message(tx, id)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_run_messages(&self, run_id: RunId) -> Result<(), StateError> {
+        self.tx(|tx, _| {
+            tx.execute(
+                "DELETE FROM message_res WHERE ins_id IN (SELECT message_id FROM message_ins WHERE run_id = ?1)",
+                params![run_id as i64],
+            )?;
+            tx.execute("DELETE FROM message_ins WHERE run_id = ?1", params![run_id as i64])?;
+            Ok(())
+        })
+    }
+}
+
+/// The object store engine.
+pub struct SqliteObjectStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+fn children_blob(ids: &[ObjectId]) -> Vec<u8> {
+    ids.iter().flat_map(|i| i.as_bytes().iter().copied()).collect()
+}
+
+fn children_of(blob: &[u8]) -> Vec<ObjectId> {
+    blob.chunks_exact(32).filter_map(|c| c.try_into().ok().map(ObjectId::from_bytes)).collect()
+}
+
+impl SqliteObjectStore {
+    fn tx<R>(&self, f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<R>) -> Result<R, StoreError> {
+        let err = |e: rusqlite::Error| StoreError(backend(&self.path)(e).to_string());
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        let r = f(&tx).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(r)
+    }
+}
+
+fn delete_cascading(tx: &Transaction<'_>, id: &ObjectId) -> rusqlite::Result<()> {
+    let mut stack = vec![*id];
+    while let Some(id) = stack.pop() {
+        let row: Option<(i64, Vec<u8>)> = tx
+            .query_row("SELECT ref_count, children FROM object WHERE object_id = ?1", params![id.as_bytes().as_slice()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((refs, children)) = row else { continue };
+        if refs != 0 {
+            continue;
+        }
+        tx.execute("DELETE FROM object WHERE object_id = ?1", params![id.as_bytes().as_slice()])?;
+        tx.execute("DELETE FROM object_run WHERE object_id = ?1", params![id.as_bytes().as_slice()])?;
+        for c in children_of(&children) {
+            tx.execute(
+                "UPDATE object SET ref_count = MAX(ref_count - 1, 0) WHERE object_id = ?1",
+                params![c.as_bytes().as_slice()],
+            )?;
+            stack.push(c);
+        }
+    }
+    Ok(())
+}
+
+impl ObjectStore for SqliteObjectStore {
+    fn preregister(&self, run_id: u64, tree: &ObjectTree) -> Result<Vec<ObjectId>, StoreError> {
+        self.tx(|tx| {
+            let mut to_push = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for node in tree.post_order() {
+                let key = node.id.as_bytes().as_slice();
+                let available: Option<bool> = tx
+                    .query_row("SELECT content IS NOT NULL FROM object WHERE object_id = ?1", params![key], |r| r.get(0))
+                    .optional()?;
+                match available {
+                    None => {
+                        let children: Vec<ObjectId> = node.children.iter().map(|c| c.id).collect();
+                        for c in &children {
+                            tx.execute("UPDATE object SET ref_count = ref_count + 1 WHERE object_id = ?1", params![c.as_bytes().as_slice()])?;
+                        }
+                        tx.execute(
+                            "INSERT INTO object (object_id, content, children, ref_count) VALUES (?1, NULL, ?2, 0)",
+                            params![key, children_blob(&children)],
+                        )?;
+                        if seen.insert(node.id) {
+                            to_push.push(node.id);
+                        }
+                    }
+                    Some(false) => {
+                        if seen.insert(node.id) {
+                            to_push.push(node.id);
+                        }
+                    }
+                    Some(true) => {}
+                }
+                tx.execute("INSERT OR IGNORE INTO object_run (object_id, run_id) VALUES (?1, ?2)", params![key, run_id as i64])?;
+            }
+            Ok(to_push)
+        })
+    }
+
+    fn put(&self, id: &ObjectId, content: Bytes) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                "UPDATE object SET content = ?2 WHERE object_id = ?1 AND content IS NULL",
+                params![id.as_bytes().as_slice(), content.as_ref()],
+            )?;
+            if n > 0 {
+                return Ok(true);
+            }
+            Ok(tx.query_row("SELECT 1 FROM object WHERE object_id = ?1", params![id.as_bytes().as_slice()], |_| Ok(())).optional()?.is_some())
+        })
+    }
+
+    fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
+        self.tx(|tx| {
+            let row: Option<Option<Vec<u8>>> = tx
+                .query_row("SELECT content FROM object WHERE object_id = ?1", params![id.as_bytes().as_slice()], |r| r.get(0))
+                .optional()?;
+            Ok(match row {
+                None => Lookup::Unknown,
+                Some(None) => Lookup::Pending,
+                Some(Some(c)) => Lookup::Available(Bytes::from(c)),
+            })
+        })
+    }
+
+    fn delete(&self, id: &ObjectId) -> Result<(), StoreError> {
+        self.tx(|tx| delete_cascading(tx, id))
+    }
+
+    fn delete_objects_in_run(&self, run_id: u64) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            let ids: Vec<Vec<u8>> = tx
+                .prepare("SELECT object_id FROM object_run WHERE run_id = ?1")?
+                .query_map(params![run_id as i64], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            tx.execute("DELETE FROM object_run WHERE run_id = ?1", params![run_id as i64])?;
+            for raw in ids {
+                if let Ok(b) = <[u8; 32]>::try_from(raw.as_slice()) {
+                    delete_cascading(tx, &ObjectId::from_bytes(b))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn tree(&self, id: &ObjectId) -> Result<Option<ObjectTree>, StoreError> {
+        self.tx(|tx| {
+            fn build(tx: &Transaction<'_>, id: &ObjectId, depth: usize) -> rusqlite::Result<Option<ObjectTree>> {
+                if depth > 64 {
+                    return Ok(None);
+                }
+                let children: Option<Vec<u8>> = tx
+                    .query_row("SELECT children FROM object WHERE object_id = ?1", params![id.as_bytes().as_slice()], |r| r.get(0))
+                    .optional()?;
+                let Some(children) = children else { return Ok(None) };
+                let mut out = Vec::new();
+                for c in children_of(&children) {
+                    match build(tx, &c, depth + 1)? {
+                        Some(t) => out.push(t),
+                        None => return Ok(None),
+                    }
+                }
+                Ok(Some(ObjectTree { id: *id, children: out }))
+            }
+            build(tx, id, 0)
+        })
+    }
+
+    fn len(&self) -> Result<usize, StoreError> {
+        self.tx(|tx| tx.query_row("SELECT COUNT(*) FROM object", [], |r| r.get::<_, i64>(0)).map(|n| n as usize))
+    }
+}

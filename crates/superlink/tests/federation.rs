@@ -1,0 +1,161 @@
+//! Our SuperLink with real Flower 1.28.0 components: Python SuperNodes, `flwr-serverapp`, and the
+//! `flwr` CLI with a `[superlink.local-deployment-tls]` connection, as on the TLS page.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+use std::time::{Duration, Instant};
+
+use flwr_testkit::federation::{self, python_supernode, Cli, SuperLink, CONNECTION};
+use flwr_testkit::pki;
+use flwr_testkit::process::{command, Proc};
+use flwr_testkit::python;
+
+const BIN: &str = env!("CARGO_BIN_EXE_superlink");
+
+struct Federation {
+    _dir: tempfile::TempDir,
+    superlink: SuperLink,
+    nodes: Vec<Proc>,
+    cli: Cli,
+}
+
+fn federation(nodes: usize, superlink_flags: &[&str]) -> Federation {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
+    let superlink = SuperLink::start(BIN.as_ref(), Some(&tls), &dir.path().join("superlink-home"), superlink_flags);
+    let nodes = (0..nodes)
+        .map(|i| {
+            python_supernode(&format!("supernode-{i}"), &superlink.fleet, Some(&tls.ca), &dir.path().join(format!("node-{i}")), &[])
+        })
+        .collect();
+    let cli = Cli::new(&dir.path().join("cli-home"), &superlink.control, Some(&tls.ca));
+    Federation { _dir: dir, superlink, nodes, cli }
+}
+
+fn wait_for_status(cli: &Cli, run_id: u64, want: &str, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let s = cli.status_of(run_id);
+        if s.starts_with(want) {
+            return s;
+        }
+        assert!(start.elapsed() < timeout, "run {run_id} is `{s}`, not `{want}` after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn check_completed_run(f: &Federation, out: &str, rounds: u32, size: usize) -> u64 {
+    let run_id = Cli::run_id_in(out);
+    let sha = federation::expected_model_sha256(size, rounds, 1.0);
+    assert!(out.contains(&format!("sha256={sha}")), "the streamed log must show the predicted model {sha}:\n{out}");
+    assert_eq!(wait_for_status(&f.cli, run_id, "finished:completed", Duration::from_secs(20)), "finished:completed");
+    // `flwr log --show` prints the ServerApp's whole output at once.
+    let (status, log) = f.cli.run(&["log", &run_id.to_string(), CONNECTION, "--show"]);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("FEDAVG-CHECK OK") && log.contains(&sha), "{log}");
+    run_id
+}
+
+#[test]
+fn tls_federation_with_python_supernodes_completes_with_the_predicted_model() {
+    let mut f = federation(2, &[]);
+    let run = f.cli.start_run_streaming(&federation::example_app(), "num-server-rounds=2 model-size=5000");
+    let (status, out) = run.wait(Duration::from_secs(240));
+    assert!(status.success(), "flwr run failed:\n{out}\nsuperlink:\n{}", f.superlink.proc.output());
+    check_completed_run(&f, &out, 2, 5000);
+    // The SuperNodes registered and are listed.
+    let (status, nodes) = f.cli.run(&["supernode", "list", CONNECTION, "--format", "json"]);
+    assert!(status.success(), "{nodes}");
+    assert_eq!(nodes.matches("\"online\"").count(), 2, "{nodes}");
+    f.nodes.clear();
+}
+
+#[test]
+fn isolation_process_with_an_external_serverapp() {
+    let f = federation(2, &["--isolation", "process"]);
+    // Flower's long-running mode: flwr-serverapp without a token polls for runs to launch.
+    let mut exec = command(python::tool("flwr-serverapp"));
+    exec.args(["--insecure", "--serverappio-api-address", &f.superlink.serverappio])
+        .env("PATH", federation::path_with_venv())
+        .env("FLWR_HOME", f._dir.path().join("serverapp-home"));
+    let _executor = Proc::spawn("flwr-serverapp", exec);
+    let run = f.cli.start_run_streaming(&federation::example_app(), "num-server-rounds=1");
+    let (status, out) = run.wait(Duration::from_secs(240));
+    assert!(status.success(), "flwr run failed:\n{out}\nsuperlink:\n{}", f.superlink.proc.output());
+    check_completed_run(&f, &out, 1, 1000);
+    assert!(!f.superlink.proc.output().contains("ServerApp process started"), "process mode launches nothing");
+}
+
+#[test]
+fn stop_and_failures_end_runs_with_the_right_status() {
+    let f = federation(1, &[]);
+    // A long run (many rounds), stopped by the user.
+    let run = f.cli.start_run_streaming(&federation::example_app(), "num-server-rounds=100 min-nodes=1");
+    let mut run = run;
+    let out = run.wait_for_output("Successfully started run", Duration::from_secs(60));
+    let run_id = Cli::run_id_in(&out);
+    wait_for_status(&f.cli, run_id, "running", Duration::from_secs(60));
+    let (status, stop) = f.cli.run(&["stop", &run_id.to_string(), CONNECTION]);
+    assert!(status.success(), "{stop}");
+    assert_eq!(wait_for_status(&f.cli, run_id, "finished:stopped", Duration::from_secs(10)), "finished:stopped");
+    // The ServerApp process is gone within a few seconds.
+    let start = Instant::now();
+    loop {
+        let out = f.superlink.proc.output();
+        if out.contains(&format!("ServerApp process ended")) && out.contains(&format!("run_id={run_id}")) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the ServerApp still runs:\n{out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = run.wait(Duration::from_secs(60));
+
+}
+
+/// The run as the Control API returns it (to check details the CLI does not print).
+async fn control_run(control: &str, ca: &std::path::Path, run_id: u64) -> flwr_proto::proto::Run {
+    use flwr_transport::tls::{load_client_config, ClientTlsChoice};
+    let tls = load_client_config(&ClientTlsChoice::RootCertificates(ca.to_path_buf())).unwrap().unwrap();
+    let channel = flwr_transport::grpc::channel(&control.parse().unwrap(), Some(tls.config));
+    let mut client = flwr_proto::proto::control_client::ControlClient::new(channel);
+    let resp = client.list_runs(flwr_proto::proto::ListRunsRequest { run_id: Some(run_id), limit: None }).await.unwrap();
+    resp.into_inner().run_dict.remove(&run_id).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failure_reasons_and_a_killed_serverapp() {
+    let f = federation(1, &[]);
+    let ca = f._dir.path().join("certificates/ca.crt");
+    // A ServerApp that raises: failed, with the exception as the reason.
+    let (_, out) = f.cli.run(&[
+        "run",
+        federation::example_app().to_str().unwrap(),
+        CONNECTION,
+        "--run-config",
+        "model-size=0 min-nodes=1",
+        "--stream",
+    ]);
+    let run_id = Cli::run_id_in(&out);
+    wait_for_status(&f.cli, run_id, "finished:failed", Duration::from_secs(60));
+    let run = control_run(&f.superlink.control, &ca, run_id).await;
+    let status = run.status.unwrap();
+    assert!(status.details.contains("must be positive"), "{status:?}");
+
+    // A ServerApp killed with SIGKILL: failed once its token expires (no heartbeat for 60 s).
+    let mut run = f.cli.start_run_streaming(&federation::example_app(), "num-server-rounds=100 min-nodes=1");
+    let out = run.wait_for_output("Successfully started run", Duration::from_secs(60));
+    let run_id = Cli::run_id_in(&out);
+    wait_for_status(&f.cli, run_id, "running", Duration::from_secs(60));
+    let log = f.superlink.proc.output();
+    let line = log
+        .lines()
+        .find(|l| l.contains("ServerApp process started") && l.contains(&format!("run_id={run_id}")))
+        .expect("the launcher logs the ServerApp's pid");
+    let pid: i32 = line.split("pid=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let s = wait_for_status(&f.cli, run_id, "finished:failed", Duration::from_secs(100));
+    assert_eq!(s, "finished:failed");
+    let run_pb = control_run(&f.superlink.control, &ca, run_id).await;
+    assert_eq!(run_pb.status.unwrap().details, "No heartbeat received from the run.");
+    let _ = run.wait(Duration::from_secs(30));
+}

@@ -1,0 +1,196 @@
+//! Pieces of a federation on 127.0.0.1 for tests: our SuperLink, Flower's Python SuperNodes and
+//! SuperLink, and the real `flwr` CLI with a private `FLWR_HOME`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use crate::pki::TlsFiles;
+use crate::process::{command, run, Proc};
+use crate::python;
+
+/// The connection name the TLS page uses.
+pub const CONNECTION: &str = "local-deployment-tls";
+
+/// A free TCP port on 127.0.0.1 (bound and released; a small race is accepted in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `PATH` with the venv's `bin` first, so that `flwr-serverapp` and friends are found.
+pub fn path_with_venv() -> std::ffi::OsString {
+    let mut paths = vec![python::venv_bin()];
+    if let Some(p) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(paths).unwrap()
+}
+
+/// The example app.
+pub fn example_app() -> PathBuf {
+    python::repo_root().join("examples/numpy-fedavg")
+}
+
+/// Our SuperLink, with its bound addresses.
+pub struct SuperLink {
+    /// The process.
+    pub proc: Proc,
+    /// Control API address.
+    pub control: String,
+    /// Fleet API address.
+    pub fleet: String,
+    /// ServerAppIo API address.
+    pub serverappio: String,
+}
+
+fn logged_address(output: &str, what: &str) -> String {
+    let line = output.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("no `{what}` in:\n{output}"));
+    let start = line.find("address=").unwrap() + "address=".len();
+    line[start..].split_whitespace().next().unwrap().to_owned()
+}
+
+impl SuperLink {
+    /// Starts `bin` on port-0 addresses, with TLS from `tls` (or `--insecure`), `home` as
+    /// `FLWR_HOME`, and `extra` flags; waits until the Fleet API serves.
+    pub fn start(bin: &Path, tls: Option<&TlsFiles>, home: &Path, extra: &[&str]) -> SuperLink {
+        let mut cmd = command(bin);
+        cmd.env("FLWR_HOME", home).env("PATH", path_with_venv()).env("NO_COLOR", "1");
+        match tls {
+            Some(f) => {
+                cmd.arg("--ssl-ca-certfile").arg(&f.ca).arg("--ssl-certfile").arg(&f.cert).arg("--ssl-keyfile").arg(&f.key);
+            }
+            None => {
+                cmd.arg("--insecure");
+            }
+        }
+        cmd.args([
+            "--serverappio-api-address",
+            "127.0.0.1:0",
+            "--fleet-api-address",
+            "127.0.0.1:0",
+            "--control-api-address",
+            "127.0.0.1:0",
+            "--storage-dir",
+        ])
+        .arg(home.join("ffs"))
+        .args(extra);
+        let mut proc = Proc::spawn("superlink", cmd);
+        let out = proc.wait_for_output("Fleet API (grpc-rere) serving", Duration::from_secs(30));
+        SuperLink {
+            control: logged_address(&out, "Control API serving"),
+            fleet: logged_address(&out, "Fleet API (grpc-rere) serving"),
+            serverappio: logged_address(&out, "ServerAppIo API serving"),
+            proc,
+        }
+    }
+}
+
+/// Flower's Python SuperNode against `fleet`, with `--root-certificates ca` (or `--insecure`).
+pub fn python_supernode(name: &str, fleet: &str, ca: Option<&Path>, home: &Path, extra: &[&str]) -> Proc {
+    std::fs::create_dir_all(home).unwrap();
+    let mut cmd = command(python::tool("flower-supernode"));
+    cmd.env("FLWR_HOME", home).env("PATH", path_with_venv());
+    match ca {
+        Some(ca) => {
+            cmd.arg("--root-certificates").arg(ca);
+        }
+        None => {
+            cmd.arg("--insecure");
+        }
+    }
+    cmd.arg("--superlink").arg(fleet).arg("--clientappio-api-address").arg(format!("127.0.0.1:{}", free_port())).args(extra);
+    Proc::spawn(name, cmd)
+}
+
+/// The `flwr` CLI with a private `FLWR_HOME` holding one TLS connection, as on the TLS page.
+pub struct Cli {
+    home: PathBuf,
+}
+
+impl Cli {
+    /// Writes `config.toml` (through `flwr config list`, then the appended table).
+    pub fn new(home: &Path, control: &str, ca: Option<&Path>) -> Cli {
+        std::fs::create_dir_all(home).unwrap();
+        let cli = Cli { home: home.to_path_buf() };
+        let (status, out) = run(&mut cli.cmd(&["config", "list"]));
+        assert!(status.success(), "flwr config list: {out}");
+        let mut table = format!("\n[superlink.{CONNECTION}]\naddress = \"{control}\"\n");
+        match ca {
+            Some(ca) => table.push_str(&format!("root-certificates = \"{}\"\n", ca.canonicalize().unwrap().display())),
+            None => table.push_str("insecure = true\n"),
+        }
+        let path = home.join("config.toml");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&table);
+        std::fs::write(&path, text).unwrap();
+        cli
+    }
+
+    /// A `flwr` command with this home.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(python::tool("flwr"));
+        c.args(args).env("FLWR_HOME", &self.home).env("PATH", path_with_venv()).env("COLUMNS", "200");
+        c
+    }
+
+    /// Runs a `flwr` command to completion.
+    pub fn run(&self, args: &[&str]) -> (ExitStatus, String) {
+        run(&mut self.cmd(args))
+    }
+
+    /// `flwr run <app> local-deployment-tls --stream --run-config <cfg>` in the background.
+    pub fn start_run_streaming(&self, app: &Path, run_config: &str) -> Proc {
+        let mut c = command(python::tool("flwr"));
+        c.arg("run").arg(app).arg(CONNECTION).arg("--stream").env("FLWR_HOME", &self.home).env("PATH", path_with_venv());
+        if !run_config.is_empty() {
+            c.arg("--run-config").arg(run_config);
+        }
+        Proc::spawn("flwr run", c)
+    }
+
+    /// The run id that `flwr run` printed.
+    pub fn run_id_in(output: &str) -> u64 {
+        let marker = "Successfully started run ";
+        let i = output.find(marker).unwrap_or_else(|| panic!("no run id in:\n{output}")) + marker.len();
+        output[i..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    }
+
+    /// `flwr ls <conn> --format json` parsed into (run id, status) pairs.
+    pub fn run_statuses(&self) -> Vec<(u64, String)> {
+        let (status, out) = self.run(&["ls", CONNECTION, "--format", "json"]);
+        assert!(status.success(), "flwr ls: {out}");
+        let mut res = Vec::new();
+        for chunk in out.split("\"run-id\"").skip(1) {
+            let id: u64 = chunk.split('"').nth(1).unwrap_or("0").parse().unwrap_or(0);
+            let st = chunk.split("\"status\"").nth(1).and_then(|s| s.split('"').nth(1)).unwrap_or("").to_owned();
+            res.push((id, st));
+        }
+        res
+    }
+
+    /// The status `flwr ls` shows for a run.
+    pub fn status_of(&self, run_id: u64) -> String {
+        self.run_statuses().into_iter().find(|(id, _)| *id == run_id).map(|(_, s)| s).unwrap_or_default()
+    }
+}
+
+/// The SHA-256 the example app prints for its final model: weights `i % 97 + rounds * step`.
+pub fn expected_model_sha256(size: usize, rounds: u32, step: f32) -> String {
+    use std::fmt::Write;
+    let mut bytes = Vec::with_capacity(size * 4);
+    for i in 0..size {
+        let w = (i % 97) as f32 + rounds as f32 * step;
+        bytes.extend_from_slice(&w.to_le_bytes());
+    }
+    let digest = sha256(&bytes);
+    let mut s = String::new();
+    for b in digest {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
