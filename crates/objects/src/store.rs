@@ -288,7 +288,7 @@ pub mod conformance {
     }
 
     /// Runs every check against a fresh, empty store made by `make`.
-    pub fn run(make: &dyn Fn() -> Box<dyn ObjectStore>) {
+    pub fn run(make: &dyn Fn() -> std::sync::Arc<dyn ObjectStore>) {
         preregister_put_get(&*make());
         shared_objects_survive(&*make());
         run_cleanup(&*make());
@@ -404,6 +404,6 @@ mod tests {
 
     #[test]
     fn memory_engine_conforms() {
-        conformance::run(&|| Box::new(MemoryObjectStore::new()));
+        conformance::run(&|| std::sync::Arc::new(MemoryObjectStore::new()));
     }
 }

@@ -92,10 +92,16 @@ impl App {
                 Arc::new(MemoryObjectStore::new()),
             ),
             Database::Sqlite(path) => {
-                return Err(BuildError::State(format!(
-                    "{}: SQLite state is not built yet",
-                    path.display()
-                )))
+                let (p, c) = (path.clone(), clock.clone());
+                let opened = tokio::task::spawn_blocking(move || state::sqlite::open(&p, c))
+                    .await
+                    .map_err(|e| BuildError::State(e.to_string()))?
+                    .map_err(|e| BuildError::State(e.to_string()))?;
+                tracing::info!(database = %path.display(), "State in SQLite");
+                (
+                    opened.0 as Arc<dyn LinkState>,
+                    opened.1 as Arc<dyn ObjectStore>,
+                )
             }
         };
         let control = grpc::bind("--control-api-address", &config.control_address).await?;

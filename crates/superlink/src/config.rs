@@ -235,16 +235,16 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         }
     }
 
-    if a.database != cli::IN_MEMORY_DATABASE {
-        return Err(ConfigError::NotSupportedYet {
-            flag: "database",
-            what: "persistent SQLite state (only :flwr-in-memory: for now)",
-        });
-    }
     let database = if a.database == cli::IN_MEMORY_DATABASE {
         Database::InMemory
     } else {
-        Database::Sqlite(absolute(Path::new(&a.database)))
+        // `:memory:` is SQLite in RAM, as in Flower; anything else is a file path.
+        let path = Path::new(&a.database);
+        Database::Sqlite(if a.database == ":memory:" {
+            path.to_path_buf()
+        } else {
+            absolute(path)
+        })
     };
     let config = Config {
         tls,

@@ -66,8 +66,24 @@ fn value_syntax_is_argparse_like() {
     assert_eq!(c.serverappio_address.to_string(), "127.0.0.1:7");
     let c = parse(&["--insecure", "--exec-api-address", "127.0.0.1:8"]).unwrap();
     assert_eq!(c.control_address.to_string(), "127.0.0.1:8");
-    let c = parse(&["--insecure", "--isolation", "process", "--storage-dir", "/tmp/ffs"]).unwrap();
-    assert_eq!((c.isolation, c.storage_dir.as_path()), (Isolation::Process, Path::new("/tmp/ffs")));
+    let c = parse(&["--insecure", "--database", "state.db"]).unwrap();
+    assert!(
+        matches!(c.database, Database::Sqlite(p) if p.is_absolute() && p.ends_with("state.db"))
+    );
+    let c = parse(&["--insecure", "--database", ":memory:"]).unwrap();
+    assert_eq!(c.database, Database::Sqlite(":memory:".into()));
+    let c = parse(&[
+        "--insecure",
+        "--isolation",
+        "process",
+        "--storage-dir",
+        "/tmp/ffs",
+    ])
+    .unwrap();
+    assert_eq!(
+        (c.isolation, c.storage_dir.as_path()),
+        (Isolation::Process, Path::new("/tmp/ffs"))
+    );
     // The ignored worker count is accepted (with a warning).
     parse(&["--insecure", "--fleet-api-num-workers", "4"]).unwrap();
 }
@@ -115,11 +131,7 @@ fn flower_refusals() {
 
 #[test]
 fn unbuilt_features_are_refused_not_ignored() {
-    for args in [
-        &["--database", "state.db"][..],
-        &["--log-file", "x.log"],
-        &["--simulation"],
-    ] {
+    for args in [&["--log-file", "x.log"][..], &["--simulation"]] {
         let mut all = vec!["--insecure"];
         all.extend_from_slice(args);
         match parse(&all) {

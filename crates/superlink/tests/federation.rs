@@ -22,14 +22,34 @@ struct Federation {
 fn federation(nodes: usize, superlink_flags: &[&str]) -> Federation {
     let dir = tempfile::tempdir().unwrap();
     let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
-    let superlink = SuperLink::start(BIN.as_ref(), Some(&tls), &dir.path().join("superlink-home"), superlink_flags);
+    let superlink = SuperLink::start(
+        BIN.as_ref(),
+        Some(&tls),
+        &dir.path().join("superlink-home"),
+        superlink_flags,
+    );
     let nodes = (0..nodes)
         .map(|i| {
-            python_supernode(&format!("supernode-{i}"), &superlink.fleet, Some(&tls.ca), &dir.path().join(format!("node-{i}")), &[])
+            python_supernode(
+                &format!("supernode-{i}"),
+                &superlink.fleet,
+                Some(&tls.ca),
+                &dir.path().join(format!("node-{i}")),
+                &[],
+            )
         })
         .collect();
-    let cli = Cli::new(&dir.path().join("cli-home"), &superlink.control, Some(&tls.ca));
-    Federation { _dir: dir, superlink, nodes, cli }
+    let cli = Cli::new(
+        &dir.path().join("cli-home"),
+        &superlink.control,
+        Some(&tls.ca),
+    );
+    Federation {
+        _dir: dir,
+        superlink,
+        nodes,
+        cli,
+    }
 }
 
 fn wait_for_status(cli: &Cli, run_id: u64, want: &str, timeout: Duration) -> String {
@@ -39,7 +59,10 @@ fn wait_for_status(cli: &Cli, run_id: u64, want: &str, timeout: Duration) -> Str
         if s.starts_with(want) {
             return s;
         }
-        assert!(start.elapsed() < timeout, "run {run_id} is `{s}`, not `{want}` after {timeout:?}");
+        assert!(
+            start.elapsed() < timeout,
+            "run {run_id} is `{s}`, not `{want}` after {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -47,24 +70,49 @@ fn wait_for_status(cli: &Cli, run_id: u64, want: &str, timeout: Duration) -> Str
 fn check_completed_run(f: &Federation, out: &str, rounds: u32, size: usize) -> u64 {
     let run_id = Cli::run_id_in(out);
     let sha = federation::expected_model_sha256(size, rounds, 1.0);
-    assert!(out.contains(&format!("sha256={sha}")), "the streamed log must show the predicted model {sha}:\n{out}");
-    assert_eq!(wait_for_status(&f.cli, run_id, "finished:completed", Duration::from_secs(20)), "finished:completed");
+    assert!(
+        out.contains(&format!("sha256={sha}")),
+        "the streamed log must show the predicted model {sha}:\n{out}"
+    );
+    assert_eq!(
+        wait_for_status(
+            &f.cli,
+            run_id,
+            "finished:completed",
+            Duration::from_secs(20)
+        ),
+        "finished:completed"
+    );
     // `flwr log --show` prints the ServerApp's whole output at once.
-    let (status, log) = f.cli.run(&["log", &run_id.to_string(), CONNECTION, "--show"]);
+    let (status, log) = f
+        .cli
+        .run(&["log", &run_id.to_string(), CONNECTION, "--show"]);
     assert!(status.success(), "{log}");
-    assert!(log.contains("FEDAVG-CHECK OK") && log.contains(&sha), "{log}");
+    assert!(
+        log.contains("FEDAVG-CHECK OK") && log.contains(&sha),
+        "{log}"
+    );
     run_id
 }
 
 #[test]
 fn tls_federation_with_python_supernodes_completes_with_the_predicted_model() {
     let mut f = federation(2, &[]);
-    let run = f.cli.start_run_streaming(&federation::example_app(), "num-server-rounds=2 model-size=5000");
+    let run = f.cli.start_run_streaming(
+        &federation::example_app(),
+        "num-server-rounds=2 model-size=5000",
+    );
     let (status, out) = run.wait(Duration::from_secs(240));
-    assert!(status.success(), "flwr run failed:\n{out}\nsuperlink:\n{}", f.superlink.proc.output());
+    assert!(
+        status.success(),
+        "flwr run failed:\n{out}\nsuperlink:\n{}",
+        f.superlink.proc.output()
+    );
     check_completed_run(&f, &out, 2, 5000);
     // The SuperNodes registered and are listed.
-    let (status, nodes) = f.cli.run(&["supernode", "list", CONNECTION, "--format", "json"]);
+    let (status, nodes) = f
+        .cli
+        .run(&["supernode", "list", CONNECTION, "--format", "json"]);
     assert!(status.success(), "{nodes}");
     assert_eq!(nodes.matches("\"online\"").count(), 2, "{nodes}");
     f.nodes.clear();
@@ -75,50 +123,82 @@ fn isolation_process_with_an_external_serverapp() {
     let f = federation(2, &["--isolation", "process"]);
     // Flower's long-running mode: flwr-serverapp without a token polls for runs to launch.
     let mut exec = command(python::tool("flwr-serverapp"));
-    exec.args(["--insecure", "--serverappio-api-address", &f.superlink.serverappio])
-        .env("PATH", federation::path_with_venv())
-        .env("FLWR_HOME", f._dir.path().join("serverapp-home"));
+    exec.args([
+        "--insecure",
+        "--serverappio-api-address",
+        &f.superlink.serverappio,
+    ])
+    .env("PATH", federation::path_with_venv())
+    .env("FLWR_HOME", f._dir.path().join("serverapp-home"));
     let _executor = Proc::spawn("flwr-serverapp", exec);
-    let run = f.cli.start_run_streaming(&federation::example_app(), "num-server-rounds=1");
+    let run = f
+        .cli
+        .start_run_streaming(&federation::example_app(), "num-server-rounds=1");
     let (status, out) = run.wait(Duration::from_secs(240));
-    assert!(status.success(), "flwr run failed:\n{out}\nsuperlink:\n{}", f.superlink.proc.output());
+    assert!(
+        status.success(),
+        "flwr run failed:\n{out}\nsuperlink:\n{}",
+        f.superlink.proc.output()
+    );
     check_completed_run(&f, &out, 1, 1000);
-    assert!(!f.superlink.proc.output().contains("ServerApp process started"), "process mode launches nothing");
+    assert!(
+        !f.superlink
+            .proc
+            .output()
+            .contains("ServerApp process started"),
+        "process mode launches nothing"
+    );
 }
 
 #[test]
 fn stop_and_failures_end_runs_with_the_right_status() {
     let f = federation(1, &[]);
     // A long run (many rounds), stopped by the user.
-    let run = f.cli.start_run_streaming(&federation::example_app(), "num-server-rounds=100 min-nodes=1");
+    let run = f.cli.start_run_streaming(
+        &federation::example_app(),
+        "num-server-rounds=100 min-nodes=1",
+    );
     let mut run = run;
     let out = run.wait_for_output("Successfully started run", Duration::from_secs(60));
     let run_id = Cli::run_id_in(&out);
     wait_for_status(&f.cli, run_id, "running", Duration::from_secs(60));
     let (status, stop) = f.cli.run(&["stop", &run_id.to_string(), CONNECTION]);
     assert!(status.success(), "{stop}");
-    assert_eq!(wait_for_status(&f.cli, run_id, "finished:stopped", Duration::from_secs(10)), "finished:stopped");
+    assert_eq!(
+        wait_for_status(&f.cli, run_id, "finished:stopped", Duration::from_secs(10)),
+        "finished:stopped"
+    );
     // The ServerApp process is gone within a few seconds.
     let start = Instant::now();
     loop {
         let out = f.superlink.proc.output();
-        if out.contains(&format!("ServerApp process ended")) && out.contains(&format!("run_id={run_id}")) {
+        if out.contains("ServerApp process ended") && out.contains(&format!("run_id={run_id}")) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "the ServerApp still runs:\n{out}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the ServerApp still runs:\n{out}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let _ = run.wait(Duration::from_secs(60));
-
 }
 
 /// The run as the Control API returns it (to check details the CLI does not print).
 async fn control_run(control: &str, ca: &std::path::Path, run_id: u64) -> flwr_proto::proto::Run {
     use flwr_transport::tls::{load_client_config, ClientTlsChoice};
-    let tls = load_client_config(&ClientTlsChoice::RootCertificates(ca.to_path_buf())).unwrap().unwrap();
+    let tls = load_client_config(&ClientTlsChoice::RootCertificates(ca.to_path_buf()))
+        .unwrap()
+        .unwrap();
     let channel = flwr_transport::grpc::channel(&control.parse().unwrap(), Some(tls.config));
     let mut client = flwr_proto::proto::control_client::ControlClient::new(channel);
-    let resp = client.list_runs(flwr_proto::proto::ListRunsRequest { run_id: Some(run_id), limit: None }).await.unwrap();
+    let resp = client
+        .list_runs(flwr_proto::proto::ListRunsRequest {
+            run_id: Some(run_id),
+            limit: None,
+        })
+        .await
+        .unwrap();
     resp.into_inner().run_dict.remove(&run_id).unwrap()
 }
 
@@ -142,20 +222,108 @@ async fn failure_reasons_and_a_killed_serverapp() {
     assert!(status.details.contains("must be positive"), "{status:?}");
 
     // A ServerApp killed with SIGKILL: failed once its token expires (no heartbeat for 60 s).
-    let mut run = f.cli.start_run_streaming(&federation::example_app(), "num-server-rounds=100 min-nodes=1");
+    let mut run = f.cli.start_run_streaming(
+        &federation::example_app(),
+        "num-server-rounds=100 min-nodes=1",
+    );
     let out = run.wait_for_output("Successfully started run", Duration::from_secs(60));
     let run_id = Cli::run_id_in(&out);
     wait_for_status(&f.cli, run_id, "running", Duration::from_secs(60));
     let log = f.superlink.proc.output();
     let line = log
         .lines()
-        .find(|l| l.contains("ServerApp process started") && l.contains(&format!("run_id={run_id}")))
+        .find(|l| {
+            l.contains("ServerApp process started") && l.contains(&format!("run_id={run_id}"))
+        })
         .expect("the launcher logs the ServerApp's pid");
-    let pid: i32 = line.split("pid=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let pid: i32 = line
+        .split("pid=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let s = wait_for_status(&f.cli, run_id, "finished:failed", Duration::from_secs(100));
     assert_eq!(s, "finished:failed");
     let run_pb = control_run(&f.superlink.control, &ca, run_id).await;
-    assert_eq!(run_pb.status.unwrap().details, "No heartbeat received from the run.");
+    assert_eq!(
+        run_pb.status.unwrap().details,
+        "No heartbeat received from the run."
+    );
     let _ = run.wait(Duration::from_secs(30));
+}
+
+#[test]
+fn sqlite_state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
+    let ports: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", federation::free_port()))
+        .collect();
+    let addresses = [ports[0].as_str(), ports[1].as_str(), ports[2].as_str()];
+    let db = dir.path().join("state").join("superlink.db");
+    let home = dir.path().join("superlink-home");
+    let flags = ["--database", db.to_str().unwrap()];
+    let mut superlink = SuperLink::start_at(BIN.as_ref(), Some(&tls), &home, addresses, &flags);
+    let _nodes: Vec<Proc> = (0..2)
+        .map(|i| {
+            python_supernode(
+                &format!("node-{i}"),
+                &superlink.fleet,
+                Some(&tls.ca),
+                &dir.path().join(format!("node-{i}")),
+                &[],
+            )
+        })
+        .collect();
+    let cli = Cli::new(
+        &dir.path().join("cli-home"),
+        &superlink.control,
+        Some(&tls.ca),
+    );
+    let (status, out) = cli
+        .start_run_streaming(&federation::example_app(), "num-server-rounds=1")
+        .wait(Duration::from_secs(240));
+    assert!(status.success(), "{out}");
+    let first = Cli::run_id_in(&out);
+    wait_for_status(&cli, first, "finished:completed", Duration::from_secs(20));
+
+    // Restart on the same addresses and database.
+    superlink
+        .proc
+        .signal(flwr_testkit::process::Signal::SIGTERM);
+    let (status, log) = superlink.proc.wait(Duration::from_secs(15));
+    assert!(status.success(), "{log}");
+    superlink = SuperLink::start_at(BIN.as_ref(), Some(&tls), &home, addresses, &flags);
+
+    assert_eq!(
+        cli.status_of(first),
+        "finished:completed",
+        "the first run is still listed"
+    );
+    let (status, log) = cli.run(&["log", &first.to_string(), CONNECTION, "--show"]);
+    assert!(
+        status.success() && log.contains("FEDAVG-CHECK OK"),
+        "its log survived:\n{log}"
+    );
+
+    // The Python SuperNodes kept their identity (the nodes are in the database) and serve again.
+    let (status, out) = cli
+        .start_run_streaming(&federation::example_app(), "num-server-rounds=1")
+        .wait(Duration::from_secs(240));
+    assert!(
+        status.success(),
+        "second run:\n{out}\nsuperlink:\n{}",
+        superlink.proc.output()
+    );
+    let second = Cli::run_id_in(&out);
+    assert_ne!(first, second);
+    wait_for_status(&cli, second, "finished:completed", Duration::from_secs(20));
 }

@@ -14,7 +14,11 @@ pub const CONNECTION: &str = "local-deployment-tls";
 
 /// A free TCP port on 127.0.0.1 (bound and released; a small race is accepted in tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `PATH` with the venv's `bin` first, so that `flwr-serverapp` and friends are found.
@@ -44,7 +48,10 @@ pub struct SuperLink {
 }
 
 fn logged_address(output: &str, what: &str) -> String {
-    let line = output.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("no `{what}` in:\n{output}"));
+    let line = output
+        .lines()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no `{what}` in:\n{output}"));
     let start = line.find("address=").unwrap() + "address=".len();
     line[start..].split_whitespace().next().unwrap().to_owned()
 }
@@ -53,11 +60,35 @@ impl SuperLink {
     /// Starts `bin` on port-0 addresses, with TLS from `tls` (or `--insecure`), `home` as
     /// `FLWR_HOME`, and `extra` flags; waits until the Fleet API serves.
     pub fn start(bin: &Path, tls: Option<&TlsFiles>, home: &Path, extra: &[&str]) -> SuperLink {
+        Self::start_at(
+            bin,
+            tls,
+            home,
+            ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"],
+            extra,
+        )
+    }
+
+    /// Like [`SuperLink::start`] on fixed addresses: ServerAppIo, Fleet, Control.
+    pub fn start_at(
+        bin: &Path,
+        tls: Option<&TlsFiles>,
+        home: &Path,
+        addresses: [&str; 3],
+        extra: &[&str],
+    ) -> SuperLink {
         let mut cmd = command(bin);
-        cmd.env("FLWR_HOME", home).env("PATH", path_with_venv()).env("NO_COLOR", "1");
+        cmd.env("FLWR_HOME", home)
+            .env("PATH", path_with_venv())
+            .env("NO_COLOR", "1");
         match tls {
             Some(f) => {
-                cmd.arg("--ssl-ca-certfile").arg(&f.ca).arg("--ssl-certfile").arg(&f.cert).arg("--ssl-keyfile").arg(&f.key);
+                cmd.arg("--ssl-ca-certfile")
+                    .arg(&f.ca)
+                    .arg("--ssl-certfile")
+                    .arg(&f.cert)
+                    .arg("--ssl-keyfile")
+                    .arg(&f.key);
             }
             None => {
                 cmd.arg("--insecure");
@@ -65,11 +96,11 @@ impl SuperLink {
         }
         cmd.args([
             "--serverappio-api-address",
-            "127.0.0.1:0",
+            addresses[0],
             "--fleet-api-address",
-            "127.0.0.1:0",
+            addresses[1],
             "--control-api-address",
-            "127.0.0.1:0",
+            addresses[2],
             "--storage-dir",
         ])
         .arg(home.join("ffs"))
@@ -86,7 +117,13 @@ impl SuperLink {
 }
 
 /// Flower's Python SuperNode against `fleet`, with `--root-certificates ca` (or `--insecure`).
-pub fn python_supernode(name: &str, fleet: &str, ca: Option<&Path>, home: &Path, extra: &[&str]) -> Proc {
+pub fn python_supernode(
+    name: &str,
+    fleet: &str,
+    ca: Option<&Path>,
+    home: &Path,
+    extra: &[&str],
+) -> Proc {
     std::fs::create_dir_all(home).unwrap();
     let mut cmd = command(python::tool("flower-supernode"));
     cmd.env("FLWR_HOME", home).env("PATH", path_with_venv());
@@ -98,7 +135,11 @@ pub fn python_supernode(name: &str, fleet: &str, ca: Option<&Path>, home: &Path,
             cmd.arg("--insecure");
         }
     }
-    cmd.arg("--superlink").arg(fleet).arg("--clientappio-api-address").arg(format!("127.0.0.1:{}", free_port())).args(extra);
+    cmd.arg("--superlink")
+        .arg(fleet)
+        .arg("--clientappio-api-address")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(extra);
     Proc::spawn(name, cmd)
 }
 
@@ -111,12 +152,17 @@ impl Cli {
     /// Writes `config.toml` (through `flwr config list`, then the appended table).
     pub fn new(home: &Path, control: &str, ca: Option<&Path>) -> Cli {
         std::fs::create_dir_all(home).unwrap();
-        let cli = Cli { home: home.to_path_buf() };
+        let cli = Cli {
+            home: home.to_path_buf(),
+        };
         let (status, out) = run(&mut cli.cmd(&["config", "list"]));
         assert!(status.success(), "flwr config list: {out}");
         let mut table = format!("\n[superlink.{CONNECTION}]\naddress = \"{control}\"\n");
         match ca {
-            Some(ca) => table.push_str(&format!("root-certificates = \"{}\"\n", ca.canonicalize().unwrap().display())),
+            Some(ca) => table.push_str(&format!(
+                "root-certificates = \"{}\"\n",
+                ca.canonicalize().unwrap().display()
+            )),
             None => table.push_str("insecure = true\n"),
         }
         let path = home.join("config.toml");
@@ -129,7 +175,10 @@ impl Cli {
     /// A `flwr` command with this home.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(python::tool("flwr"));
-        c.args(args).env("FLWR_HOME", &self.home).env("PATH", path_with_venv()).env("COLUMNS", "200");
+        c.args(args)
+            .env("FLWR_HOME", &self.home)
+            .env("PATH", path_with_venv())
+            .env("COLUMNS", "200");
         c
     }
 
@@ -141,7 +190,12 @@ impl Cli {
     /// `flwr run <app> local-deployment-tls --stream --run-config <cfg>` in the background.
     pub fn start_run_streaming(&self, app: &Path, run_config: &str) -> Proc {
         let mut c = command(python::tool("flwr"));
-        c.arg("run").arg(app).arg(CONNECTION).arg("--stream").env("FLWR_HOME", &self.home).env("PATH", path_with_venv());
+        c.arg("run")
+            .arg(app)
+            .arg(CONNECTION)
+            .arg("--stream")
+            .env("FLWR_HOME", &self.home)
+            .env("PATH", path_with_venv());
         if !run_config.is_empty() {
             c.arg("--run-config").arg(run_config);
         }
@@ -151,8 +205,16 @@ impl Cli {
     /// The run id that `flwr run` printed.
     pub fn run_id_in(output: &str) -> u64 {
         let marker = "Successfully started run ";
-        let i = output.find(marker).unwrap_or_else(|| panic!("no run id in:\n{output}")) + marker.len();
-        output[i..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+        let i = output
+            .find(marker)
+            .unwrap_or_else(|| panic!("no run id in:\n{output}"))
+            + marker.len();
+        output[i..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     /// `flwr ls <conn> --format json` parsed into (run id, status) pairs.
@@ -162,7 +224,12 @@ impl Cli {
         let mut res = Vec::new();
         for chunk in out.split("\"run-id\"").skip(1) {
             let id: u64 = chunk.split('"').nth(1).unwrap_or("0").parse().unwrap_or(0);
-            let st = chunk.split("\"status\"").nth(1).and_then(|s| s.split('"').nth(1)).unwrap_or("").to_owned();
+            let st = chunk
+                .split("\"status\"")
+                .nth(1)
+                .and_then(|s| s.split('"').nth(1))
+                .unwrap_or("")
+                .to_owned();
             res.push((id, st));
         }
         res
@@ -170,7 +237,11 @@ impl Cli {
 
     /// The status `flwr ls` shows for a run.
     pub fn status_of(&self, run_id: u64) -> String {
-        self.run_statuses().into_iter().find(|(id, _)| *id == run_id).map(|(_, s)| s).unwrap_or_default()
+        self.run_statuses()
+            .into_iter()
+            .find(|(id, _)| *id == run_id)
+            .map(|(_, s)| s)
+            .unwrap_or_default()
     }
 }
 

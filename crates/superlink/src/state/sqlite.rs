@@ -18,7 +18,9 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 use super::codec::{decode_config, encode_config};
-use super::memory::{error_reply_for, message_unavailable, random_id, random_token, MESSAGE_TTL_TOLERANCE};
+use super::memory::{
+    error_reply_for, message_unavailable, random_id, random_token, MESSAGE_TTL_TOLERANCE,
+};
 use super::*;
 use crate::clock::Clock;
 
@@ -128,9 +130,15 @@ CREATE INDEX IF NOT EXISTS object_run_by_run ON object_run (run_id);
 fn backend(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
     move |e| {
         let hint = match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DiskFull) => " (the disk is full: free space; nothing was lost)",
-            Some(rusqlite::ErrorCode::ReadOnly) => " (the database is read-only: check its permissions)",
-            Some(rusqlite::ErrorCode::DatabaseBusy) => " (the database is busy: is another SuperLink using it?)",
+            Some(rusqlite::ErrorCode::DiskFull) => {
+                " (the disk is full: free space; nothing was lost)"
+            }
+            Some(rusqlite::ErrorCode::ReadOnly) => {
+                " (the database is read-only: check its permissions)"
+            }
+            Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                " (the database is busy: is another SuperLink using it?)"
+            }
             _ => "",
         };
         StateError::Backend(format!("{}: {e}{hint}", path.display()))
@@ -140,10 +148,15 @@ fn backend(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
 fn open_connection(path: &Path, schema: &str) -> Result<Connection, StateError> {
     let err = backend(path);
     let conn = Connection::open(path).map_err(&err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(&err)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(&err)?;
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(&err)?;
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(&err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(&err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(&err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(&err)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(&err)?;
     if version != 0 && version != SCHEMA_VERSION {
         return Err(StateError::Backend(format!(
             "{}: the database has schema version {version}, this SuperLink writes version {SCHEMA_VERSION}; use a new --database file",
@@ -151,20 +164,36 @@ fn open_connection(path: &Path, schema: &str) -> Result<Connection, StateError> 
         )));
     }
     conn.execute_batch(schema).map_err(&err)?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(&err)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(&err)?;
     Ok(conn)
 }
 
 /// Opens (or creates) the database: the state engine and the object store engine.
-pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<(Arc<SqliteLinkState>, Arc<SqliteObjectStore>), StateError> {
+pub fn open(
+    path: &Path,
+    clock: Arc<dyn Clock>,
+) -> Result<(Arc<SqliteLinkState>, Arc<SqliteObjectStore>), StateError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| StateError::Backend(format!("{}: cannot create the directory: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StateError::Backend(format!(
+                "{}: cannot create the directory: {e}",
+                dir.display()
+            ))
+        })?;
     }
     let state = open_connection(path, STATE_SCHEMA)?;
     let objects = open_connection(path, OBJECT_SCHEMA)?;
     Ok((
-        Arc::new(SqliteLinkState { conn: Mutex::new(state), clock, path: path.to_path_buf() }),
-        Arc::new(SqliteObjectStore { conn: Mutex::new(objects), path: path.to_path_buf() }),
+        Arc::new(SqliteLinkState {
+            conn: Mutex::new(state),
+            clock,
+            path: path.to_path_buf(),
+        }),
+        Arc::new(SqliteObjectStore {
+            conn: Mutex::new(objects),
+            path: path.to_path_buf(),
+        }),
     ))
 }
 
@@ -191,7 +220,10 @@ fn meta_from_row(r: &Row<'_>, o: usize) -> rusqlite::Result<MessageMeta> {
         ttl: r.get(o + 6)?,
         message_type: r.get(o + 7)?,
         created_at: r.get(o + 8)?,
-        error: code.map(|code| MessageError { code, reason: reason.unwrap_or_default() }),
+        error: code.map(|code| MessageError {
+            code,
+            reason: reason.unwrap_or_default(),
+        }),
         has_content: r.get::<_, i64>(o + 11)? != 0,
     })
 }
@@ -247,7 +279,11 @@ fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
         bytes_sent: r.get::<_, i64>(14)? as u64,
         bytes_recv: r.get::<_, i64>(15)? as u64,
         clientapp_runtime: r.get(16)?,
-        run_type: if run_type == "simulation" { RunType::Simulation } else { RunType::ServerApp },
+        run_type: if run_type == "simulation" {
+            RunType::Simulation
+        } else {
+            RunType::ServerApp
+        },
         federation_config: r.get::<_, Option<Vec<u8>>>(18)?.map(Bytes::from),
     })
 }
@@ -269,11 +305,21 @@ fn expire_tokens(tx: &Transaction<'_>, now: f64) -> rusqlite::Result<()> {
 }
 
 fn get_run(tx: &Transaction<'_>, run_id: RunId) -> rusqlite::Result<Option<Run>> {
-    tx.query_row(&format!("SELECT {RUN_COLS} FROM run WHERE run_id = ?1"), params![run_id as i64], run_from_row).optional()
+    tx.query_row(
+        &format!("SELECT {RUN_COLS} FROM run WHERE run_id = ?1"),
+        params![run_id as i64],
+        run_from_row,
+    )
+    .optional()
 }
 
 fn get_node(tx: &Transaction<'_>, node_id: NodeId) -> rusqlite::Result<Option<Node>> {
-    tx.query_row(&format!("SELECT {NODE_COLS} FROM node WHERE node_id = ?1"), params![node_id as i64], node_from_row).optional()
+    tx.query_row(
+        &format!("SELECT {NODE_COLS} FROM node WHERE node_id = ?1"),
+        params![node_id as i64],
+        node_from_row,
+    )
+    .optional()
 }
 
 fn save_node(tx: &Transaction<'_>, n: &Node) -> rusqlite::Result<()> {
@@ -331,10 +377,15 @@ fn delete_message(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
 
 impl SqliteLinkState {
     /// Runs `f` in one immediate transaction.
-    fn tx<R>(&self, f: impl FnOnce(&Transaction<'_>, f64) -> rusqlite::Result<R>) -> Result<R, StateError> {
+    fn tx<R>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>, f64) -> rusqlite::Result<R>,
+    ) -> Result<R, StateError> {
         let now = self.clock.now();
         let mut conn = self.conn.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend(&self.path))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend(&self.path))?;
         let r = f(&tx, now).map_err(backend(&self.path))?;
         tx.commit().map_err(backend(&self.path))?;
         Ok(r)
@@ -344,9 +395,13 @@ impl SqliteLinkState {
 impl LinkState for SqliteLinkState {
     fn create_node(&self, node: NewNode) -> Result<NodeId, StateError> {
         let taken = self.tx(|tx, _| {
-            tx.query_row("SELECT 1 FROM node WHERE public_key = ?1", params![node.public_key.as_ref()], |_| Ok(()))
-                .optional()
-                .map(|o| o.is_some())
+            tx.query_row(
+                "SELECT 1 FROM node WHERE public_key = ?1",
+                params![node.public_key.as_ref()],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
         })?;
         if taken {
             return Err(StateError::PublicKeyInUse);
@@ -377,12 +432,22 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn activate_node(&self, public_key: &[u8], heartbeat_interval: f64) -> Result<Result<NodeId, NodeRefusal>, StateError> {
+    fn activate_node(
+        &self,
+        public_key: &[u8],
+        heartbeat_interval: f64,
+    ) -> Result<Result<NodeId, NodeRefusal>, StateError> {
         self.tx(|tx, now| {
             let node = tx
-                .query_row(&format!("SELECT {NODE_COLS} FROM node WHERE public_key = ?1"), params![public_key], node_from_row)
+                .query_row(
+                    &format!("SELECT {NODE_COLS} FROM node WHERE public_key = ?1"),
+                    params![public_key],
+                    node_from_row,
+                )
                 .optional()?;
-            let Some(node) = node else { return Ok(Err(NodeRefusal::UnknownKey)) };
+            let Some(node) = node else {
+                return Ok(Err(NodeRefusal::UnknownKey));
+            };
             let mut n = memory::effective_node(node, now);
             match n.status {
                 NodeStatus::Unregistered => Ok(Err(NodeRefusal::UnknownKey)),
@@ -401,7 +466,9 @@ impl LinkState for SqliteLinkState {
 
     fn deactivate_node(&self, node_id: NodeId) -> Result<Result<(), NodeRefusal>, StateError> {
         self.tx(|tx, now| {
-            let Some(node) = get_node(tx, node_id)? else { return Ok(Err(NodeRefusal::NotOnline(node_id))) };
+            let Some(node) = get_node(tx, node_id)? else {
+                return Ok(Err(NodeRefusal::NotOnline(node_id)));
+            };
             let mut n = memory::effective_node(node, now);
             if n.status != NodeStatus::Online {
                 return Ok(Err(NodeRefusal::NotOnline(node_id)));
@@ -414,10 +481,18 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn unregister_node(&self, node_id: NodeId, owner_aid: Option<&str>) -> Result<Result<(), NodeRefusal>, StateError> {
+    fn unregister_node(
+        &self,
+        node_id: NodeId,
+        owner_aid: Option<&str>,
+    ) -> Result<Result<(), NodeRefusal>, StateError> {
         self.tx(|tx, now| {
-            let Some(node) = get_node(tx, node_id)? else { return Ok(Err(NodeRefusal::NotFound(node_id))) };
-            if node.status == NodeStatus::Unregistered || owner_aid.is_some_and(|o| o != node.owner_aid) {
+            let Some(node) = get_node(tx, node_id)? else {
+                return Ok(Err(NodeRefusal::NotFound(node_id)));
+            };
+            if node.status == NodeStatus::Unregistered
+                || owner_aid.is_some_and(|o| o != node.owner_aid)
+            {
                 return Ok(Err(NodeRefusal::NotFound(node_id)));
             }
             let mut n = memory::effective_node(node, now);
@@ -431,7 +506,9 @@ impl LinkState for SqliteLinkState {
 
     fn heartbeat(&self, node_id: NodeId, heartbeat_interval: f64) -> Result<bool, StateError> {
         self.tx(|tx, now| {
-            let Some(node) = get_node(tx, node_id)? else { return Ok(false) };
+            let Some(node) = get_node(tx, node_id)? else {
+                return Ok(false);
+            };
             if node.status == NodeStatus::Unregistered {
                 return Ok(false);
             }
@@ -454,10 +531,15 @@ impl LinkState for SqliteLinkState {
     fn nodes_of(&self, owner_aid: &str) -> Result<Vec<Node>, StateError> {
         self.tx(|tx, now| {
             let nodes = tx
-                .prepare(&format!("SELECT {NODE_COLS} FROM node WHERE owner_aid = ?1 ORDER BY registered_at"))?
+                .prepare(&format!(
+                    "SELECT {NODE_COLS} FROM node WHERE owner_aid = ?1 ORDER BY registered_at"
+                ))?
                 .query_map(params![owner_aid], node_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(nodes.into_iter().map(|n| memory::effective_node(n, now)).collect())
+            Ok(nodes
+                .into_iter()
+                .map(|n| memory::effective_node(n, now))
+                .collect())
         })
     }
 
@@ -509,9 +591,11 @@ impl LinkState for SqliteLinkState {
     fn runs_of(&self, flwr_aid: &str) -> Result<Vec<Run>, StateError> {
         self.tx(|tx, now| {
             expire_tokens(tx, now)?;
-            tx.prepare(&format!("SELECT {RUN_COLS} FROM run WHERE flwr_aid = ?1 ORDER BY pending_at DESC"))?
-                .query_map(params![flwr_aid], run_from_row)?
-                .collect()
+            tx.prepare(&format!(
+                "SELECT {RUN_COLS} FROM run WHERE flwr_aid = ?1 ORDER BY pending_at DESC"
+            ))?
+            .query_map(params![flwr_aid], run_from_row)?
+            .collect()
         })
     }
 
@@ -546,7 +630,13 @@ impl LinkState for SqliteLinkState {
         r.ok_or(StateError::RunNotFound(run_id))
     }
 
-    fn add_run_usage(&self, run_id: RunId, sent: u64, recv: u64, clientapp_runtime: f64) -> Result<(), StateError> {
+    fn add_run_usage(
+        &self,
+        run_id: RunId,
+        sent: u64,
+        recv: u64,
+        clientapp_runtime: f64,
+    ) -> Result<(), StateError> {
         self.tx(|tx, _| {
             tx.execute(
                 "UPDATE run SET bytes_sent = bytes_sent + ?2, bytes_recv = bytes_recv + ?3, \
@@ -559,14 +649,23 @@ impl LinkState for SqliteLinkState {
 
     fn context(&self, run_id: RunId) -> Result<Option<Bytes>, StateError> {
         self.tx(|tx, _| {
-            tx.query_row("SELECT context FROM run WHERE run_id = ?1", params![run_id as i64], |r| r.get::<_, Vec<u8>>(0))
-                .optional()
-                .map(|o| o.map(Bytes::from))
+            tx.query_row(
+                "SELECT context FROM run WHERE run_id = ?1",
+                params![run_id as i64],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+            .map(|o| o.map(Bytes::from))
         })
     }
 
     fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError> {
-        let n = self.tx(|tx, _| tx.execute("UPDATE run SET context = ?2 WHERE run_id = ?1", params![run_id as i64, context.as_ref()]))?;
+        let n = self.tx(|tx, _| {
+            tx.execute(
+                "UPDATE run SET context = ?2 WHERE run_id = ?1",
+                params![run_id as i64, context.as_ref()],
+            )
+        })?;
         if n == 0 {
             return Err(StateError::RunNotFound(run_id));
         }
@@ -576,7 +675,15 @@ impl LinkState for SqliteLinkState {
     fn create_token(&self, run_id: RunId) -> Result<Option<String>, StateError> {
         self.tx(|tx, now| {
             expire_tokens(tx, now)?;
-            if tx.query_row("SELECT 1 FROM token WHERE run_id = ?1", params![run_id as i64], |_| Ok(())).optional()?.is_some() {
+            if tx
+                .query_row(
+                    "SELECT 1 FROM token WHERE run_id = ?1",
+                    params![run_id as i64],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some()
+            {
                 return Ok(None);
             }
             let token = random_token();
@@ -591,14 +698,24 @@ impl LinkState for SqliteLinkState {
     fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError> {
         self.tx(|tx, now| {
             expire_tokens(tx, now)?;
-            tx.query_row("SELECT run_id FROM token WHERE token = ?1", params![token], |r| r.get::<_, i64>(0))
-                .optional()
-                .map(|o| o.map(|v| v as u64))
+            tx.query_row(
+                "SELECT run_id FROM token WHERE token = ?1",
+                params![token],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|o| o.map(|v| v as u64))
         })
     }
 
     fn delete_token(&self, run_id: RunId) -> Result<(), StateError> {
-        self.tx(|tx, _| tx.execute("DELETE FROM token WHERE run_id = ?1", params![run_id as i64]).map(|_| ()))
+        self.tx(|tx, _| {
+            tx.execute(
+                "DELETE FROM token WHERE run_id = ?1",
+                params![run_id as i64],
+            )
+            .map(|_| ())
+        })
     }
 
     fn app_heartbeat(&self, token: &str) -> Result<bool, StateError> {
@@ -606,7 +723,10 @@ impl LinkState for SqliteLinkState {
             expire_tokens(tx, now)?;
             let n = tx.execute(
                 "UPDATE token SET active_until = ?2 WHERE token = ?1",
-                params![token, now + heartbeat::PATIENCE * heartbeat::DEFAULT_INTERVAL],
+                params![
+                    token,
+                    now + heartbeat::PATIENCE * heartbeat::DEFAULT_INTERVAL
+                ],
             )?;
             Ok(n > 0)
         })
@@ -617,12 +737,19 @@ impl LinkState for SqliteLinkState {
             if get_run(tx, run_id)?.is_none() {
                 return Ok(false);
             }
-            let last: Option<f64> = tx.query_row("SELECT MAX(ts) FROM log WHERE run_id = ?1", params![run_id as i64], |r| r.get(0))?;
+            let last: Option<f64> = tx.query_row(
+                "SELECT MAX(ts) FROM log WHERE run_id = ?1",
+                params![run_id as i64],
+                |r| r.get(0),
+            )?;
             let ts = match last {
                 Some(l) if l >= now => l + 1e-6,
                 _ => now,
             };
-            tx.execute("INSERT INTO log (run_id, ts, text) VALUES (?1, ?2, ?3)", params![run_id as i64, ts, text])?;
+            tx.execute(
+                "INSERT INTO log (run_id, ts, text) VALUES (?1, ?2, ?3)",
+                params![run_id as i64, ts, text],
+            )?;
             Ok(true)
         })?;
         if found {
@@ -641,7 +768,11 @@ impl LinkState for SqliteLinkState {
                 .prepare("SELECT text FROM log WHERE run_id = ?1 AND ts > ?2 ORDER BY ts")?
                 .query_map(params![run_id as i64, after], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
-            let latest: Option<f64> = tx.query_row("SELECT MAX(ts) FROM log WHERE run_id = ?1", params![run_id as i64], |r| r.get(0))?;
+            let latest: Option<f64> = tx.query_row(
+                "SELECT MAX(ts) FROM log WHERE run_id = ?1",
+                params![run_id as i64],
+                |r| r.get(0),
+            )?;
             Ok(Some((parts.concat(), latest.unwrap_or(0.0))))
         })?;
         r.ok_or(StateError::RunNotFound(run_id))
@@ -699,11 +830,18 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn store_reply(&self, message: MessageMeta) -> Result<Result<String, ReplyRejected>, StateError> {
+    fn store_reply(
+        &self,
+        message: MessageMeta,
+    ) -> Result<Result<String, ReplyRejected>, StateError> {
         self.tx(|tx, now| {
             let ins_id = message.reply_to_message_id.clone();
             let ins = tx
-                .query_row(&format!("SELECT {META_COLS} FROM message_ins WHERE message_id = ?1"), params![ins_id], |r| meta_from_row(r, 0))
+                .query_row(
+                    &format!("SELECT {META_COLS} FROM message_ins WHERE message_id = ?1"),
+                    params![ins_id],
+                    |r| meta_from_row(r, 0),
+                )
                 .optional()?;
             let ins = match ins {
                 Some(i) if expired(&i, now) => {
@@ -712,13 +850,18 @@ impl LinkState for SqliteLinkState {
                 }
                 other => other,
             };
-            let Some(ins) = ins else { return Ok(Err(ReplyRejected::NoInstruction(ins_id))) };
+            let Some(ins) = ins else {
+                return Ok(Err(ReplyRejected::NoInstruction(ins_id)));
+            };
             if ins.dst_node_id != message.src_node_id {
                 return Ok(Err(ReplyRejected::WrongNode));
             }
             let max = ins.created_at + ins.ttl - message.created_at;
             if message.ttl != 0.0 && message.ttl - max > MESSAGE_TTL_TOLERANCE {
-                return Ok(Err(ReplyRejected::TtlTooLong { ttl: message.ttl, max }));
+                return Ok(Err(ReplyRejected::TtlTooLong {
+                    ttl: message.ttl,
+                    max,
+                }));
             }
             if message.run_id != ins.run_id {
                 return Ok(Err(ReplyRejected::WrongRun));
@@ -802,18 +945,27 @@ pub struct SqliteObjectStore {
 }
 
 fn children_blob(ids: &[ObjectId]) -> Vec<u8> {
-    ids.iter().flat_map(|i| i.as_bytes().iter().copied()).collect()
+    ids.iter()
+        .flat_map(|i| i.as_bytes().iter().copied())
+        .collect()
 }
 
 fn children_of(blob: &[u8]) -> Vec<ObjectId> {
-    blob.chunks_exact(32).filter_map(|c| c.try_into().ok().map(ObjectId::from_bytes)).collect()
+    blob.chunks_exact(32)
+        .filter_map(|c| c.try_into().ok().map(ObjectId::from_bytes))
+        .collect()
 }
 
 impl SqliteObjectStore {
-    fn tx<R>(&self, f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<R>) -> Result<R, StoreError> {
+    fn tx<R>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<R>,
+    ) -> Result<R, StoreError> {
         let err = |e: rusqlite::Error| StoreError(backend(&self.path)(e).to_string());
         let mut conn = self.conn.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
         let r = f(&tx).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(r)
@@ -824,16 +976,26 @@ fn delete_cascading(tx: &Transaction<'_>, id: &ObjectId) -> rusqlite::Result<()>
     let mut stack = vec![*id];
     while let Some(id) = stack.pop() {
         let row: Option<(i64, Vec<u8>)> = tx
-            .query_row("SELECT ref_count, children FROM object WHERE object_id = ?1", params![id.as_bytes().as_slice()], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT ref_count, children FROM object WHERE object_id = ?1",
+                params![id.as_bytes().as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
-        let Some((refs, children)) = row else { continue };
+        let Some((refs, children)) = row else {
+            continue;
+        };
         if refs != 0 {
             continue;
         }
-        tx.execute("DELETE FROM object WHERE object_id = ?1", params![id.as_bytes().as_slice()])?;
-        tx.execute("DELETE FROM object_run WHERE object_id = ?1", params![id.as_bytes().as_slice()])?;
+        tx.execute(
+            "DELETE FROM object WHERE object_id = ?1",
+            params![id.as_bytes().as_slice()],
+        )?;
+        tx.execute(
+            "DELETE FROM object_run WHERE object_id = ?1",
+            params![id.as_bytes().as_slice()],
+        )?;
         for c in children_of(&children) {
             tx.execute(
                 "UPDATE object SET ref_count = MAX(ref_count - 1, 0) WHERE object_id = ?1",
@@ -891,14 +1053,25 @@ impl ObjectStore for SqliteObjectStore {
             if n > 0 {
                 return Ok(true);
             }
-            Ok(tx.query_row("SELECT 1 FROM object WHERE object_id = ?1", params![id.as_bytes().as_slice()], |_| Ok(())).optional()?.is_some())
+            Ok(tx
+                .query_row(
+                    "SELECT 1 FROM object WHERE object_id = ?1",
+                    params![id.as_bytes().as_slice()],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some())
         })
     }
 
     fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
         self.tx(|tx| {
             let row: Option<Option<Vec<u8>>> = tx
-                .query_row("SELECT content FROM object WHERE object_id = ?1", params![id.as_bytes().as_slice()], |r| r.get(0))
+                .query_row(
+                    "SELECT content FROM object WHERE object_id = ?1",
+                    params![id.as_bytes().as_slice()],
+                    |r| r.get(0),
+                )
                 .optional()?;
             Ok(match row {
                 None => Lookup::Unknown,
@@ -918,7 +1091,10 @@ impl ObjectStore for SqliteObjectStore {
                 .prepare("SELECT object_id FROM object_run WHERE run_id = ?1")?
                 .query_map(params![run_id as i64], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
-            tx.execute("DELETE FROM object_run WHERE run_id = ?1", params![run_id as i64])?;
+            tx.execute(
+                "DELETE FROM object_run WHERE run_id = ?1",
+                params![run_id as i64],
+            )?;
             for raw in ids {
                 if let Ok(b) = <[u8; 32]>::try_from(raw.as_slice()) {
                     delete_cascading(tx, &ObjectId::from_bytes(b))?;
@@ -930,14 +1106,24 @@ impl ObjectStore for SqliteObjectStore {
 
     fn tree(&self, id: &ObjectId) -> Result<Option<ObjectTree>, StoreError> {
         self.tx(|tx| {
-            fn build(tx: &Transaction<'_>, id: &ObjectId, depth: usize) -> rusqlite::Result<Option<ObjectTree>> {
+            fn build(
+                tx: &Transaction<'_>,
+                id: &ObjectId,
+                depth: usize,
+            ) -> rusqlite::Result<Option<ObjectTree>> {
                 if depth > 64 {
                     return Ok(None);
                 }
                 let children: Option<Vec<u8>> = tx
-                    .query_row("SELECT children FROM object WHERE object_id = ?1", params![id.as_bytes().as_slice()], |r| r.get(0))
+                    .query_row(
+                        "SELECT children FROM object WHERE object_id = ?1",
+                        params![id.as_bytes().as_slice()],
+                        |r| r.get(0),
+                    )
                     .optional()?;
-                let Some(children) = children else { return Ok(None) };
+                let Some(children) = children else {
+                    return Ok(None);
+                };
                 let mut out = Vec::new();
                 for c in children_of(&children) {
                     match build(tx, &c, depth + 1)? {
@@ -945,13 +1131,19 @@ impl ObjectStore for SqliteObjectStore {
                         None => return Ok(None),
                     }
                 }
-                Ok(Some(ObjectTree { id: *id, children: out }))
+                Ok(Some(ObjectTree {
+                    id: *id,
+                    children: out,
+                }))
             }
             build(tx, id, 0)
         })
     }
 
     fn len(&self) -> Result<usize, StoreError> {
-        self.tx(|tx| tx.query_row("SELECT COUNT(*) FROM object", [], |r| r.get::<_, i64>(0)).map(|n| n as usize))
+        self.tx(|tx| {
+            tx.query_row("SELECT COUNT(*) FROM object", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as usize)
+        })
     }
 }
