@@ -119,9 +119,6 @@ pub enum ConfigError {
 /// Flags whose features are not built yet, with what they would enable. A flag listed here is
 /// refused when given, never silently ignored.
 const NOT_SUPPORTED_YET: &[(&str, &str)] = &[
-    ("log-file", "a rotated log file"),
-    ("log-rotation-interval-hours", "a rotated log file"),
-    ("log-rotation-backup-count", "a rotated log file"),
     ("simulation", "the simulation runtime"),
 ];
 

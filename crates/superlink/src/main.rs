@@ -14,7 +14,22 @@ async fn main() -> ExitCode {
         println!("{}", version_line());
         return ExitCode::SUCCESS;
     }
-    flwr_transport::logging::init();
+    if let Some(path) = &parsed.args.log_file {
+        let rotation = flwr_transport::logfile::Rotation {
+            path: path.clone(),
+            interval: std::time::Duration::from_secs(3600 * u64::from(parsed.args.log_rotation_interval_hours)),
+            backups: parsed.args.log_rotation_backup_count as usize,
+        };
+        if let Err(e) = flwr_transport::logging::init_with_file(rotation) {
+            eprintln!(
+                "error: cannot open `--log-file` '{}': {e}. Choose a writable path (the Docker images run as UID 49999).",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    } else {
+        flwr_transport::logging::init();
+    }
     match run(parsed).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -7,13 +7,15 @@
 //! * [`grpc`]: shared gRPC limits and keepalive, binding, serving over TLS, client channels.
 //! * [`health`]: the plaintext `grpc.health.v1.Health` service.
 //! * [`node_auth`]: SuperNode signatures (ECDSA over SHA-256, PEM keys, Flower's timestamps).
-//! * [`logging`]: `tracing` set up from `RUST_LOG` / `FLWR_LOG_LEVEL`.
+//! * [`logging`], [`logfile`]: `tracing` set up from `RUST_LOG` / `FLWR_LOG_LEVEL`, and the
+//!   rotated `--log-file`.
 
 pub mod address;
 pub mod cli;
 pub mod files;
 pub mod grpc;
 pub mod health;
+pub mod logfile;
 pub mod logging;
 pub mod node_auth;
 pub mod tls;

@@ -46,6 +46,21 @@ pub fn init() {
         .try_init();
 }
 
+/// Installs the global subscriber writing to standard error and to a rotated log file.
+pub fn init_with_file(rotation: crate::logfile::Rotation) -> std::io::Result<()> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let file = crate::logfile::RotatingFile::open(rotation)?;
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let to_file = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(file).with_target(false);
+    let _ = tracing_subscriber::registry().with(env_filter()).with(stderr).with(to_file).try_init();
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
