@@ -327,3 +327,52 @@ fn sqlite_state_survives_a_restart() {
     assert_ne!(first, second);
     wait_for_status(&cli, second, "finished:completed", Duration::from_secs(20));
 }
+
+#[test]
+fn supernode_auth_admits_only_cli_registered_keys() {
+    let f = federation(0, &["--enable-supernode-auth"]);
+    let dir = f._dir.path();
+    let keygen = |name: &str| {
+        let key = dir.join(name);
+        let (status, out) = flwr_testkit::process::run(
+            std::process::Command::new("ssh-keygen").args(["-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", name, "-f"]).arg(&key),
+        );
+        assert!(status.success(), "{out}");
+        key
+    };
+    let key = keygen("registered");
+    let stranger = keygen("stranger");
+    let (status, out) = f.cli.run(&["supernode", "register", &format!("{}.pub", key.display()), CONNECTION]);
+    assert!(status.success(), "flwr supernode register: {out}");
+    let (status, again) = f.cli.run(&["supernode", "register", &format!("{}.pub", key.display()), CONNECTION]);
+    assert!(!status.success() && again.contains("already in use"), "{again}");
+
+    let _node = python_supernode(
+        "registered",
+        &f.superlink.fleet,
+        Some(&dir.join("certificates/ca.crt")),
+        &dir.join("node-registered"),
+        &["--auth-supernode-private-key", key.to_str().unwrap()],
+    );
+    let (status, out) = f.cli.start_run_streaming(&federation::example_app(), "num-server-rounds=1 min-nodes=1").wait(Duration::from_secs(240));
+    assert!(status.success(), "{out}\nsuperlink:\n{}", f.superlink.proc.output());
+    check_completed_run(&f, &out, 1, 1000);
+    let (status, nodes) = f.cli.run(&["supernode", "list", CONNECTION, "--format", "json"]);
+    assert!(status.success() && nodes.contains("\"online\""), "{nodes}");
+
+    // A key that was never registered, and a SuperNode that tries to register itself: refused.
+    let (status, out) = python_supernode(
+        "stranger",
+        &f.superlink.fleet,
+        Some(&dir.join("certificates/ca.crt")),
+        &dir.join("node-stranger"),
+        &["--auth-supernode-private-key", stranger.to_str().unwrap()],
+    )
+    .wait(Duration::from_secs(60));
+    assert!(!status.success(), "an unregistered key must not join:\n{out}");
+    assert!(out.contains("No SuperNode found with the given public key"), "{out}");
+    let (status, out) = python_supernode("self-registering", &f.superlink.fleet, Some(&dir.join("certificates/ca.crt")), &dir.join("node-self"), &[])
+        .wait(Duration::from_secs(60));
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("must be registered via the CLI"), "{out}");
+}
