@@ -8,7 +8,7 @@
 #   flwr run examples/numpy-fedavg local-deployment-tls --stream
 #
 # Which implementation runs each daemon:
-#   SUPERLINK=ours|flower   (default: flower until our SuperLink serves runs)
+#   SUPERLINK=ours|flower   (default: ours)
 #   SUPERNODE=ours|flower   (default: flower until our SuperNode serves runs)
 # Other knobs: ROUNDS (3), MODEL_SIZE (1000), BASE_PORT (9091), KEEP=1 keeps the work directory.
 #
@@ -16,7 +16,7 @@
 # completed and the final model equals the predicted one.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SUPERLINK="${SUPERLINK:-flower}"
+SUPERLINK="${SUPERLINK:-ours}"
 SUPERNODE="${SUPERNODE:-flower}"
 ROUNDS="${ROUNDS:-3}"
 MODEL_SIZE="${MODEL_SIZE:-1000}"

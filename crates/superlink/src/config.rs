@@ -118,9 +118,7 @@ pub enum ConfigError {
 
 /// Flags whose features are not built yet, with what they would enable. A flag listed here is
 /// refused when given, never silently ignored.
-const NOT_SUPPORTED_YET: &[(&str, &str)] = &[
-    ("simulation", "the simulation runtime"),
-];
+const NOT_SUPPORTED_YET: &[(&str, &str)] = &[("simulation", "the simulation runtime")];
 
 /// Where FABs go by default: `$FLWR_HOME/superlink/ffs`, `FLWR_HOME` defaulting to `~/.flwr`.
 pub fn default_storage_dir() -> PathBuf {

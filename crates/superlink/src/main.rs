@@ -17,7 +17,9 @@ async fn main() -> ExitCode {
     if let Some(path) = &parsed.args.log_file {
         let rotation = flwr_transport::logfile::Rotation {
             path: path.clone(),
-            interval: std::time::Duration::from_secs(3600 * u64::from(parsed.args.log_rotation_interval_hours)),
+            interval: std::time::Duration::from_secs(
+                3600 * u64::from(parsed.args.log_rotation_interval_hours),
+            ),
             backups: parsed.args.log_rotation_backup_count as usize,
         };
         if let Err(e) = flwr_transport::logging::init_with_file(rotation) {

@@ -373,16 +373,35 @@ fn log_file_receives_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("logs").join("superlink.log");
     let mut cmd = command(BIN);
-    cmd.env("NO_COLOR", "1").args(["--insecure", "--serverappio-api-address", "127.0.0.1:0", "--fleet-api-address", "127.0.0.1:0"]);
-    cmd.args(["--control-api-address", "127.0.0.1:0", "--log-rotation-interval-hours", "1", "--log-rotation-backup-count", "2"]);
-    cmd.arg("--log-file").arg(&log).arg("--storage-dir").arg(dir.path().join("ffs"));
+    cmd.env("NO_COLOR", "1").args([
+        "--insecure",
+        "--serverappio-api-address",
+        "127.0.0.1:0",
+        "--fleet-api-address",
+        "127.0.0.1:0",
+    ]);
+    cmd.args([
+        "--control-api-address",
+        "127.0.0.1:0",
+        "--log-rotation-interval-hours",
+        "1",
+        "--log-rotation-backup-count",
+        "2",
+    ]);
+    cmd.arg("--log-file")
+        .arg(&log)
+        .arg("--storage-dir")
+        .arg(dir.path().join("ffs"));
     let mut p = Proc::spawn("superlink", cmd);
     p.wait_for_output("Fleet API (grpc-rere) serving", Duration::from_secs(20));
     p.signal(flwr_testkit::process::Signal::SIGTERM);
     let (status, _) = p.wait(Duration::from_secs(10));
     assert!(status.success());
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("Starting Flower SuperLink") && text.contains("terminated gracefully"), "{text}");
+    assert!(
+        text.contains("Starting Flower SuperLink") && text.contains("terminated gracefully"),
+        "{text}"
+    );
     assert!(!text.contains('\u{1b}'), "no colour codes in the file");
 
     let (code, out) = superlink(&["--insecure", "--log-file", "/proc/no/such/dir/x.log"]);

@@ -335,17 +335,32 @@ fn supernode_auth_admits_only_cli_registered_keys() {
     let keygen = |name: &str| {
         let key = dir.join(name);
         let (status, out) = flwr_testkit::process::run(
-            std::process::Command::new("ssh-keygen").args(["-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", name, "-f"]).arg(&key),
+            std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", name, "-f"])
+                .arg(&key),
         );
         assert!(status.success(), "{out}");
         key
     };
     let key = keygen("registered");
     let stranger = keygen("stranger");
-    let (status, out) = f.cli.run(&["supernode", "register", &format!("{}.pub", key.display()), CONNECTION]);
+    let (status, out) = f.cli.run(&[
+        "supernode",
+        "register",
+        &format!("{}.pub", key.display()),
+        CONNECTION,
+    ]);
     assert!(status.success(), "flwr supernode register: {out}");
-    let (status, again) = f.cli.run(&["supernode", "register", &format!("{}.pub", key.display()), CONNECTION]);
-    assert!(!status.success() && again.contains("already in use"), "{again}");
+    let (status, again) = f.cli.run(&[
+        "supernode",
+        "register",
+        &format!("{}.pub", key.display()),
+        CONNECTION,
+    ]);
+    assert!(
+        !status.success() && again.contains("already in use"),
+        "{again}"
+    );
 
     let _node = python_supernode(
         "registered",
@@ -354,10 +369,22 @@ fn supernode_auth_admits_only_cli_registered_keys() {
         &dir.join("node-registered"),
         &["--auth-supernode-private-key", key.to_str().unwrap()],
     );
-    let (status, out) = f.cli.start_run_streaming(&federation::example_app(), "num-server-rounds=1 min-nodes=1").wait(Duration::from_secs(240));
-    assert!(status.success(), "{out}\nsuperlink:\n{}", f.superlink.proc.output());
+    let (status, out) = f
+        .cli
+        .start_run_streaming(
+            &federation::example_app(),
+            "num-server-rounds=1 min-nodes=1",
+        )
+        .wait(Duration::from_secs(240));
+    assert!(
+        status.success(),
+        "{out}\nsuperlink:\n{}",
+        f.superlink.proc.output()
+    );
     check_completed_run(&f, &out, 1, 1000);
-    let (status, nodes) = f.cli.run(&["supernode", "list", CONNECTION, "--format", "json"]);
+    let (status, nodes) = f
+        .cli
+        .run(&["supernode", "list", CONNECTION, "--format", "json"]);
     assert!(status.success() && nodes.contains("\"online\""), "{nodes}");
 
     // A key that was never registered, and a SuperNode that tries to register itself: refused.
@@ -369,10 +396,92 @@ fn supernode_auth_admits_only_cli_registered_keys() {
         &["--auth-supernode-private-key", stranger.to_str().unwrap()],
     )
     .wait(Duration::from_secs(60));
-    assert!(!status.success(), "an unregistered key must not join:\n{out}");
-    assert!(out.contains("No SuperNode found with the given public key"), "{out}");
-    let (status, out) = python_supernode("self-registering", &f.superlink.fleet, Some(&dir.join("certificates/ca.crt")), &dir.join("node-self"), &[])
-        .wait(Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "an unregistered key must not join:\n{out}"
+    );
+    assert!(
+        out.contains("No SuperNode found with the given public key"),
+        "{out}"
+    );
+    let (status, out) = python_supernode(
+        "self-registering",
+        &f.superlink.fleet,
+        Some(&dir.join("certificates/ca.crt")),
+        &dir.join("node-self"),
+        &[],
+    )
+    .wait(Duration::from_secs(60));
     assert!(!status.success(), "{out}");
     assert!(out.contains("must be registered via the CLI"), "{out}");
+}
+
+#[test]
+fn a_supernode_killed_mid_round_becomes_node_unavailable_and_the_run_finishes() {
+    let f = federation(2, &[]);
+    // Each training ClientApp takes 8 s, so the node is killed while it works on its reply.
+    let mut run = f.cli.start_run_streaming(
+        &federation::example_app(),
+        "num-server-rounds=1 min-nodes=1 client-delay=8.0",
+    );
+    let out = run.wait_for_output("Successfully started run", Duration::from_secs(60));
+    let run_id = Cli::run_id_in(&out);
+    run.wait_for_output("configure_train: Sampled 2 nodes", Duration::from_secs(60));
+    // Both nodes poll every 3 s: give them time to take their instruction, then kill one.
+    std::thread::sleep(Duration::from_secs(4));
+    f.nodes[1].signal_group(flwr_testkit::process::Signal::SIGKILL);
+    let (status, out) = run.wait(Duration::from_secs(200));
+    assert!(
+        status.success(),
+        "{out}\nsuperlink:\n{}",
+        f.superlink.proc.output()
+    );
+    assert!(
+        out.contains("Received 1 results and 1 failures"),
+        "the killed node's reply is a NODE_UNAVAILABLE error:\n{out}"
+    );
+    assert!(out.contains("FEDAVG-CHECK OK"), "{out}");
+    wait_for_status(
+        &f.cli,
+        run_id,
+        "finished:completed",
+        Duration::from_secs(20),
+    );
+}
+
+/// Peak resident memory of a process (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_200_mb_model_goes_down_and_up_through_tls_bit_identical() {
+    let f = federation(1, &[]);
+    // 52,428,800 float32 weights = 200 MiB: 40 chunks of 5 MiB per transfer, all different.
+    let size = 52_428_800usize;
+    let started = Instant::now();
+    let run = f.cli.start_run_streaming(
+        &federation::example_app(),
+        &format!("num-server-rounds=1 min-nodes=1 model-size={size}"),
+    );
+    let (status, out) = run.wait(Duration::from_secs(600));
+    assert!(
+        status.success(),
+        "{out}\nsuperlink:\n{}",
+        f.superlink.proc.output()
+    );
+    check_completed_run(&f, &out, 1, size);
+    let rss = peak_rss_mib(f.superlink.proc.pid());
+    eprintln!(
+        "200 MiB model, 1 round (train + evaluate), TLS, 1 Python SuperNode: {:.1} s; superlink peak RSS {rss:.0} MiB",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(rss > 0.0, "the superlink's peak RSS is read from /proc");
 }

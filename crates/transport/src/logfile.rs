@@ -41,14 +41,22 @@ fn open(path: &Path) -> io::Result<File> {
 }
 
 fn suffix(t: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(t).format("%Y-%m-%d_%H").to_string()
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%Y-%m-%d_%H")
+        .to_string()
 }
 
 impl RotatingFile {
     /// Opens (appending) the log file.
     pub fn open(spec: Rotation) -> io::Result<Self> {
         let file = open(&spec.path)?;
-        Ok(Self { inner: Arc::new(Mutex::new(Inner { spec, file, period_start: SystemTime::now() })) })
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Inner {
+                spec,
+                file,
+                period_start: SystemTime::now(),
+            })),
+        })
     }
 
     fn rotate_if_due(inner: &mut Inner, now: SystemTime) -> io::Result<()> {
@@ -56,7 +64,11 @@ impl RotatingFile {
             return Ok(());
         }
         let _ = inner.file.flush();
-        let rotated = PathBuf::from(format!("{}.{}", inner.spec.path.display(), suffix(inner.period_start)));
+        let rotated = PathBuf::from(format!(
+            "{}.{}",
+            inner.spec.path.display(),
+            suffix(inner.period_start)
+        ));
         if rotated.exists() {
             std::fs::remove_file(&rotated)?;
         }
@@ -74,12 +86,21 @@ impl RotatingFile {
 
 /// Deletes rotated files beyond the newest `backups`.
 fn prune(spec: &Rotation) -> io::Result<()> {
-    let dir = spec.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let Some(name) = spec.path.file_name().and_then(|n| n.to_str()) else { return Ok(()) };
+    let dir = spec
+        .path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Some(name) = spec.path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(());
+    };
     let prefix = format!("{name}.");
     let mut rotated: Vec<String> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.strip_prefix(&prefix).is_some_and(|s| s.len() == 13 && s.as_bytes()[10] == b'_'))
+        .filter(|n| {
+            n.strip_prefix(&prefix)
+                .is_some_and(|s| s.len() == 13 && s.as_bytes()[10] == b'_')
+        })
         .collect();
     rotated.sort();
     let excess = rotated.len().saturating_sub(spec.backups);
@@ -118,22 +139,32 @@ mod tests {
     fn rotates_and_keeps_the_newest_backups() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs").join("superlink.log");
-        let spec = Rotation { path: path.clone(), interval: Duration::from_secs(3600), backups: 2 };
+        let spec = Rotation {
+            path: path.clone(),
+            interval: Duration::from_secs(3600),
+            backups: 2,
+        };
         let mut f = RotatingFile::open(spec).unwrap();
         f.write_all(b"first\n").unwrap();
         let start = SystemTime::now();
         for h in 1..=4u64 {
-            f.rotate_at(start + Duration::from_secs(3600 * h + 1)).unwrap();
+            f.rotate_at(start + Duration::from_secs(3600 * h + 1))
+                .unwrap();
             f.write_all(format!("line {h}\n").as_bytes()).unwrap();
         }
-        let mut names: Vec<String> =
-            std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         names.sort();
         assert_eq!(names.len(), 3, "the live file and two backups: {names:?}");
         assert!(names.contains(&"superlink.log".to_owned()));
         assert!(std::fs::read_to_string(&path).unwrap().contains("line 4"));
         // Not yet due: nothing happens.
         f.rotate_at(SystemTime::now()).unwrap();
-        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 3);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            3
+        );
     }
 }

@@ -56,8 +56,15 @@ pub fn init_with_file(rotation: crate::logfile::Rotation) -> std::io::Result<()>
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false);
-    let to_file = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(file).with_target(false);
-    let _ = tracing_subscriber::registry().with(env_filter()).with(stderr).with(to_file).try_init();
+    let to_file = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(file)
+        .with_target(false);
+    let _ = tracing_subscriber::registry()
+        .with(env_filter())
+        .with(stderr)
+        .with(to_file)
+        .try_init();
     Ok(())
 }
 

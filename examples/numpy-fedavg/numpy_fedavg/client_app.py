@@ -1,5 +1,7 @@
 """ClientApp: each training round adds `step` to every weight; evaluation reports the mean."""
 
+import time
+
 import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -10,6 +12,7 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     step = float(msg.content["config"]["step"])
+    time.sleep(float(context.run_config.get("client-delay", 0.0)))
     weights = msg.content["arrays"].to_numpy_ndarrays()[0]
     updated = (weights + np.float32(step)).astype(np.float32)
     # Every node counts as one example, so FedAvg is the plain mean of the updates.
