@@ -106,19 +106,7 @@ pub enum ConfigError {
          which Flower's SuperNodes use unless started with `--grpc-adapter` or `--rest`."
     )]
     FleetApiType(&'static str),
-    /// A flag whose feature is not built yet.
-    #[error("`--{flag}` is not supported yet by this SuperLink: {what}. Leave it out for now.")]
-    NotSupportedYet {
-        /// The flag, without `--`.
-        flag: &'static str,
-        /// What it would enable.
-        what: &'static str,
-    },
 }
-
-/// Flags whose features are not built yet, with what they would enable. A flag listed here is
-/// refused when given, never silently ignored.
-const NOT_SUPPORTED_YET: &[(&str, &str)] = &[("simulation", "the simulation runtime")];
 
 /// Where FABs go by default: `$FLWR_HOME/superlink/ffs`, `FLWR_HOME` defaulting to `~/.flwr`.
 pub fn default_storage_dir() -> PathBuf {
@@ -222,12 +210,6 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
              cores with one server.",
             a.fleet_api_num_workers
         ));
-    }
-
-    for (flag, what) in NOT_SUPPORTED_YET {
-        if parsed.given(flag) {
-            return Err(ConfigError::NotSupportedYet { flag, what });
-        }
     }
 
     let database = if a.database == cli::IN_MEMORY_DATABASE {

@@ -2,7 +2,11 @@
 //! no-op account, and the only federation is `@none/default`.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
+use prost::Message as _;
 
 use flwr_proto::proto as pb;
 use tokio_stream::Stream;
@@ -29,12 +33,42 @@ const FEDERATION_NOT_FOUND: &str =
 #[derive(Clone)]
 pub struct ControlService {
     core: Core,
+    /// The federation's simulation settings (`--simulation` only), changed by
+    /// `ConfigureSimulationFederation`, copied into every new run.
+    simulation: Option<Arc<Mutex<pb::SimulationConfig>>>,
+}
+
+/// Flower's default simulation settings.
+pub fn default_simulation_config() -> pb::SimulationConfig {
+    pb::SimulationConfig {
+        num_supernodes: Some(10),
+        client_resources_num_cpus: Some(2),
+        client_resources_num_gpus: Some(0.0),
+        backend: Some("ray".to_owned()),
+        verbose: Some(false),
+        init_args_num_cpus: None,
+        init_args_num_gpus: None,
+        init_args_logging_level: Some("WARNING".to_owned()),
+        init_args_log_to_driver: Some(true),
+    }
+}
+
+/// Protobuf merge: the fields set in `update` win.
+fn merged(mut base: pb::SimulationConfig, update: &pb::SimulationConfig) -> pb::SimulationConfig {
+    if base.merge(update.encode_to_vec().as_slice()).is_err() {
+        tracing::warn!("could not merge a simulation config");
+    }
+    base
 }
 
 impl ControlService {
     /// A service over the domain.
     pub fn new(core: Core) -> Self {
-        Self { core }
+        let simulation = core
+            .settings()
+            .simulation
+            .then(|| Arc::new(Mutex::new(default_simulation_config())));
+        Self { core, simulation }
     }
 
     fn now(&self) -> String {
@@ -64,8 +98,12 @@ impl ControlService {
                 Vec::new()
             },
             archived: false,
-            simulation: self.core.settings().simulation,
-            config: None,
+            simulation: self.simulation.is_some(),
+            config: if with_members {
+                self.simulation.as_ref().map(|c| c.lock().clone())
+            } else {
+                None
+            },
         }
     }
 
@@ -438,9 +476,24 @@ impl pb::control_server::Control for ControlService {
 
     async fn configure_simulation_federation(
         &self,
-        _request: Request<pb::ConfigureSimulationFederationRequest>,
+        request: Request<pb::ConfigureSimulationFederationRequest>,
     ) -> Result<Response<pb::ConfigureSimulationFederationResponse>, Status> {
-        Err(Status::not_found(FEDERATION_NOT_FOUND))
+        let body = request.into_inner();
+        let name = if body.federation_name.is_empty() {
+            DEFAULT_FEDERATION
+        } else {
+            body.federation_name.as_str()
+        };
+        match &self.simulation {
+            Some(cfg) if name == DEFAULT_FEDERATION => {
+                if let Some(update) = &body.config {
+                    let mut current = cfg.lock();
+                    *current = merged(current.clone(), update);
+                }
+                Ok(Response::new(pb::ConfigureSimulationFederationResponse {}))
+            }
+            _ => Err(Status::not_found(FEDERATION_NOT_FOUND)),
+        }
     }
 
     type StreamRunEventsStream = EventStream;
