@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use flwr_objects::content::{self, VerifyError};
-use flwr_objects::message::{MessageMeta, SUPERLINK_NODE_ID};
+use flwr_objects::message::MessageMeta;
 use flwr_objects::store::{Lookup, ObjectStore};
 use flwr_objects::{ObjectId, ObjectTree};
 use flwr_transport::node_auth::NodePublicKey;
@@ -379,9 +379,8 @@ impl Core {
             .ok_or_else(|| Error::PermissionDenied(format!("Found no FAB with hash: {hash}")))
     }
 
-    /// `PushObject` (both APIs, after their own checks). Returns `stored`.
-    pub async fn push_object(&self, run_id: RunId, id: String, content: Bytes) -> Result<bool> {
-        self.gate(run_id).await?;
+    /// `PushObject` (both APIs, after their gate and checks). Returns `stored`.
+    pub async fn push_object(&self, id: String, content: Bytes) -> Result<bool> {
         let Ok(id) = ObjectId::parse(&id) else {
             return Ok(false);
         };
@@ -403,18 +402,17 @@ impl Core {
         self.obj(move |o| o.put(&id, content)).await
     }
 
-    /// `PullObject` (both APIs).
-    pub async fn pull_object(&self, run_id: RunId, id: String) -> Result<Lookup> {
-        self.gate(run_id).await?;
+    /// `PullObject` (both APIs, after their gate).
+    pub async fn pull_object(&self, id: String) -> Result<Lookup> {
         let Ok(id) = ObjectId::parse(&id) else {
             return Ok(Lookup::Unknown);
         };
         self.obj(move |o| o.get(&id)).await
     }
 
-    /// `ConfirmMessageReceived` (both APIs): the message's objects go, shared ones stay.
-    pub async fn confirm(&self, run_id: RunId, message_object_id: String) -> Result<()> {
-        self.gate(run_id).await?;
+    /// `ConfirmMessageReceived` (both APIs, after their gate): the message's objects go, shared
+    /// ones stay.
+    pub async fn confirm(&self, message_object_id: String) -> Result<()> {
         if let Ok(id) = ObjectId::parse(&message_object_id) {
             self.obj(move |o| o.delete(&id)).await?;
         }
@@ -803,7 +801,4 @@ impl Core {
     pub async fn node(&self, node_id: NodeId) -> Result<Option<Node>> {
         self.st(move |s| s.node(node_id)).await
     }
-
-    /// The SuperLink's own node id in messages.
-    pub const SUPERLINK_NODE_ID: u64 = SUPERLINK_NODE_ID;
 }

@@ -44,28 +44,40 @@ pub fn spawn(cmd: &CommandLine, label: String) -> std::io::Result<Spawned> {
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let done = tokio::spawn(async move {
-        let out_label = label.clone();
-        let pump_out = async move {
-            if let Some(s) = stdout {
-                let mut lines = BufReader::new(s).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::info!(target: "serverapp", "[{out_label}] {line}");
-                }
-            }
-        };
-        let err_label = label;
-        let pump_err = async move {
-            if let Some(s) = stderr {
-                let mut lines = BufReader::new(s).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::info!(target: "serverapp", "[{err_label}] {line}");
-                }
-            }
-        };
-        let (status, (), ()) = tokio::join!(child.wait(), pump_out, pump_err);
+        let (status, (), ()) =
+            tokio::join!(child.wait(), pump(stdout, &label), pump(stderr, &label));
         status
     });
     Ok(Spawned { pid, done })
+}
+
+/// Logs every line of a child's output stream until it closes.
+async fn pump(stream: Option<impl tokio::io::AsyncRead + Unpin>, label: &str) {
+    if let Some(s) = stream {
+        let mut lines = BufReader::new(s).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(target: "serverapp", "[{label}] {}", strip_ansi(&line));
+        }
+    }
+}
+
+/// Removes terminal colour sequences (`ESC [ ... letter`), which Flower's apps print.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Sends `signal` to the process group `pid` leads. Errors (the group is gone) are ignored.
@@ -74,5 +86,19 @@ pub fn signal_group(pid: u32, signal: Signal) {
         if p > 0 {
             let _ = killpg(Pid::from_raw(p), signal);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_colours() {
+        assert_eq!(
+            strip_ansi("\u{1b}[92mINFO \u{1b}[0m:      Start"),
+            "INFO :      Start"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
     }
 }

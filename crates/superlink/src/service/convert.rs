@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use flwr_objects::message::{MessageError, MessageMeta};
+use flwr_objects::store::Lookup;
 use flwr_objects::{ObjectId, ObjectTree};
 use flwr_proto::proto as pb;
 use prost::Message as _;
@@ -97,6 +98,20 @@ pub fn tree_to_pb(t: &ObjectTree) -> pb::ObjectTree {
     pb::ObjectTree {
         object_id: t.id.to_hex(),
         children: t.children.iter().map(tree_to_pb).collect(),
+    }
+}
+
+/// A `PullObject` answer: unknown, registered but not pushed yet, or the bytes.
+pub fn pull_object_response(lookup: Lookup) -> pb::PullObjectResponse {
+    let (object_found, object_available, object_content) = match lookup {
+        Lookup::Unknown => (false, false, Bytes::new()),
+        Lookup::Pending => (true, false, Bytes::new()),
+        Lookup::Available(c) => (true, true, c),
+    };
+    pb::PullObjectResponse {
+        object_found,
+        object_available,
+        object_content,
     }
 }
 

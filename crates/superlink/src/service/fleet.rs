@@ -10,7 +10,9 @@ use prost::Message as _;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use super::convert::{message_from_pb, message_to_pb, run_to_pb, tree_from_pb, tree_to_pb};
+use super::convert::{
+    message_from_pb, message_to_pb, pull_object_response, run_to_pb, tree_from_pb, tree_to_pb,
+};
 use super::status::OrStatus;
 use crate::core::Core;
 use crate::state::NodeId;
@@ -261,10 +263,11 @@ impl pb::fleet_server::Fleet for FleetService {
         self.authenticate_node(request.metadata(), node_of(&request.get_ref().node))
             .await?;
         let body = request.into_inner();
+        self.core.gate(body.run_id).await.or_status()?;
         let len = body.object_content.len() as u64;
         let stored = self
             .core
-            .push_object(body.run_id, body.object_id, body.object_content)
+            .push_object(body.object_id, body.object_content)
             .await
             .or_status()?;
         if stored {
@@ -283,34 +286,15 @@ impl pb::fleet_server::Fleet for FleetService {
         self.authenticate_node(request.metadata(), node_of(&request.get_ref().node))
             .await?;
         let body = request.into_inner();
-        let resp = match self
-            .core
-            .pull_object(body.run_id, body.object_id)
-            .await
-            .or_status()?
-        {
-            Lookup::Unknown => pb::PullObjectResponse {
-                object_found: false,
-                object_available: false,
-                object_content: Bytes::new(),
-            },
-            Lookup::Pending => pb::PullObjectResponse {
-                object_found: true,
-                object_available: false,
-                object_content: Bytes::new(),
-            },
-            Lookup::Available(content) => {
-                self.core
-                    .add_traffic(body.run_id, content.len() as u64, 0)
-                    .await
-                    .or_status()?;
-                pb::PullObjectResponse {
-                    object_found: true,
-                    object_available: true,
-                    object_content: content,
-                }
-            }
-        };
+        self.core.gate(body.run_id).await.or_status()?;
+        let lookup = self.core.pull_object(body.object_id).await.or_status()?;
+        if let Lookup::Available(content) = &lookup {
+            self.core
+                .add_traffic(body.run_id, content.len() as u64, 0)
+                .await
+                .or_status()?;
+        }
+        let resp = pull_object_response(lookup);
         Ok(Response::new(resp))
     }
 
@@ -321,8 +305,9 @@ impl pb::fleet_server::Fleet for FleetService {
         self.authenticate_node(request.metadata(), node_of(&request.get_ref().node))
             .await?;
         let body = request.into_inner();
+        self.core.gate(body.run_id).await.or_status()?;
         self.core
-            .confirm(body.run_id, body.message_object_id)
+            .confirm(body.message_object_id)
             .await
             .or_status()?;
         Ok(Response::new(pb::ConfirmMessageReceivedResponse {}))

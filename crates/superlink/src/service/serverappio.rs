@@ -3,14 +3,13 @@
 
 use bytes::Bytes;
 use flwr_objects::message::SUPERLINK_NODE_ID;
-use flwr_objects::store::Lookup;
 use flwr_proto::proto as pb;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    context_from_bytes, message_from_pb, message_to_pb, run_status_from_pb, run_to_pb,
-    tree_from_pb, tree_to_pb,
+    context_from_bytes, message_from_pb, message_to_pb, pull_object_response, run_status_from_pb,
+    run_to_pb, tree_from_pb, tree_to_pb,
 };
 use super::status::OrStatus;
 use crate::core::Core;
@@ -138,7 +137,7 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
         check_superlink_node(&body.node)?;
         let stored = self
             .core
-            .push_object(body.run_id, body.object_id, body.object_content)
+            .push_object(body.object_id, body.object_content)
             .await
             .or_status()?;
         Ok(Response::new(pb::PushObjectResponse { stored }))
@@ -151,28 +150,8 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
         let body = request.into_inner();
         self.core.gate(body.run_id).await.or_status()?;
         check_superlink_node(&body.node)?;
-        let resp = match self
-            .core
-            .pull_object(body.run_id, body.object_id)
-            .await
-            .or_status()?
-        {
-            Lookup::Unknown => pb::PullObjectResponse {
-                object_found: false,
-                object_available: false,
-                object_content: Bytes::new(),
-            },
-            Lookup::Pending => pb::PullObjectResponse {
-                object_found: true,
-                object_available: false,
-                object_content: Bytes::new(),
-            },
-            Lookup::Available(c) => pb::PullObjectResponse {
-                object_found: true,
-                object_available: true,
-                object_content: c,
-            },
-        };
+        let lookup = self.core.pull_object(body.object_id).await.or_status()?;
+        let resp = pull_object_response(lookup);
         Ok(Response::new(resp))
     }
 
@@ -184,7 +163,7 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
         self.core.gate(body.run_id).await.or_status()?;
         check_superlink_node(&body.node)?;
         self.core
-            .confirm(body.run_id, body.message_object_id)
+            .confirm(body.message_object_id)
             .await
             .or_status()?;
         Ok(Response::new(pb::ConfirmMessageReceivedResponse {}))
