@@ -9,7 +9,7 @@
 #
 # Which implementation runs each daemon:
 #   SUPERLINK=ours|flower   (default: ours)
-#   SUPERNODE=ours|flower   (default: flower until our SuperNode serves runs)
+#   SUPERNODE=ours|flower   (default: ours)
 # Other knobs: ROUNDS (3), MODEL_SIZE (1000), BASE_PORT (9091), KEEP=1 keeps the work directory.
 #
 # Everything it starts is stopped when it ends, also on Ctrl-C. Exit status 0 means the run
@@ -17,7 +17,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SUPERLINK="${SUPERLINK:-ours}"
-SUPERNODE="${SUPERNODE:-flower}"
+SUPERNODE="${SUPERNODE:-ours}"
 ROUNDS="${ROUNDS:-3}"
 MODEL_SIZE="${MODEL_SIZE:-1000}"
 BASE_PORT="${BASE_PORT:-9091}"
@@ -33,8 +33,11 @@ pids=()
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
-  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do
+  # Newest first: the SuperNodes leave the SuperLink before it stops.
+  local i pid
+  for (( i=${#pids[@]}-1; i>=0; i-- )); do
+    pid=${pids[$i]}
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true

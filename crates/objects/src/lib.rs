@@ -7,12 +7,14 @@
 //! messages a daemon must author itself ([`message`]), and keeps them with Flower's reference
 //! counting ([`store`]). It knows nothing of protobuf or gRPC.
 
+pub mod config;
 pub mod content;
 pub mod id;
 pub mod message;
 pub mod store;
 pub mod tree;
 
+pub use config::ConfigValue;
 pub use content::{ObjectType, StructureError};
 pub use id::{InvalidObjectId, ObjectId};
 pub use tree::ObjectTree;

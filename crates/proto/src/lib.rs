@@ -2,11 +2,10 @@
 //! `proto/flwr/proto/*.proto`.
 //!
 //! Only the service layer of each daemon may depend on this crate: domain code works on its
-//! own types and converts at the edge.
-
-#![allow(clippy::all, missing_docs, unreachable_pub)]
+//! own types and converts at the edge, with [`convert`] for what both daemons share.
 
 /// Everything in protobuf package `flwr.proto`.
+#[allow(clippy::all, missing_docs, unreachable_pub)]
 pub mod flwr {
     pub mod proto {
         tonic::include_proto!("flwr.proto");
@@ -14,3 +13,5 @@ pub mod flwr {
 }
 
 pub use flwr::proto;
+
+pub mod convert;

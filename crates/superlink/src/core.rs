@@ -18,12 +18,12 @@ use tokio::sync::mpsc;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::fab;
 use crate::ffs::Ffs;
 use crate::state::{
     heartbeat, ConfigValue, LinkState, NewNode, NewRun, Node, NodeId, NodeRefusal, PulledReply,
     Run, RunId, RunStatus, RunType, StateError, Status, SubStatus,
 };
+use flwr_fab as fab;
 
 /// The account every caller is without account authentication (Flower's no-op plugin).
 pub const NOOP_ACCOUNT_ID: &str = "<id:none>";

@@ -16,8 +16,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, LaunchEvent};
-use crate::process::{self, CommandLine};
 use crate::state::{RunId, RunStatus, RunType, SubStatus};
+use flwr_transport::process::{self, CommandLine};
 
 /// Environment variable naming the ServerApp program (default `flwr-serverapp` on `PATH`).
 pub const SERVERAPP_COMMAND_ENV: &str = "FLWR_SERVERAPP_COMMAND";

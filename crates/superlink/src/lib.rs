@@ -7,8 +7,8 @@
 //! * [`core`]: the domain operations behind the three APIs; [`error`]: their errors.
 //! * [`state`]: runs, nodes, tokens, logs and messages behind one trait ([`state::LinkState`]).
 //! * [`service`]: the gRPC edge (Fleet, ServerAppIo, Control); the only code that knows protobuf.
-//! * [`fab`], [`ffs`]: reading FABs and storing them on disk.
-//! * [`launcher`], [`process`]: starting and owning ServerApp processes.
+//! * [`ffs`]: storing FABs on disk (reading them is `flwr_fab`'s).
+//! * [`launcher`]: starting and owning ServerApp processes.
 //! * [`clock`]: time as the state sees it.
 
 pub mod app;
@@ -17,10 +17,8 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod error;
-pub mod fab;
 pub mod ffs;
 pub mod launcher;
-pub mod process;
 pub mod service;
 pub mod state;
 
@@ -44,7 +42,7 @@ pub async fn run(parsed: cli::Parsed) -> anyhow::Result<()> {
     let app = app::App::build(config).await?;
     let running = app.spawn();
     tokio::select! {
-        signal = shutdown_signal() => {
+        signal = flwr_transport::signals::shutdown_signal() => {
             tracing::info!("Received {signal}, shutting down");
             if !running.shutdown(SHUTDOWN_DEADLINE).await {
                 tracing::warn!("Shutdown took longer than {SHUTDOWN_DEADLINE:?}; exiting anyway");
@@ -55,26 +53,5 @@ pub async fn run(parsed: cli::Parsed) -> anyhow::Result<()> {
         failure = running.failed() => {
             anyhow::bail!("{failure}")
         }
-    }
-}
-
-/// Resolves at the first SIGINT, SIGTERM or SIGQUIT, with the signal's name.
-pub async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let mut quit = signal(SignalKind::quit()).ok();
-    let mut int = signal(SignalKind::interrupt()).ok();
-    async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
-        match s {
-            Some(s) => {
-                s.recv().await;
-            }
-            None => std::future::pending().await,
-        }
-    }
-    tokio::select! {
-        () = next(&mut int) => "SIGINT",
-        () = next(&mut term) => "SIGTERM",
-        () = next(&mut quit) => "SIGQUIT",
     }
 }

@@ -85,14 +85,7 @@ pub enum ConfigError {
 
 /// Flags whose features are not built yet. A flag listed here is refused when given, never
 /// silently ignored.
-const NOT_SUPPORTED_YET: &[(&str, &str)] = &[
-    ("trusted-entities", "verification of signed FABs"),
-    ("node-config", "node configuration for ClientApps"),
-    ("isolation", "launching or awaiting ClientApps"),
-    ("clientappio-api-address", "the ClientAppIo API"),
-    ("max-retries", "the reconnection policy"),
-    ("max-wait-time", "the reconnection policy"),
-];
+const NOT_SUPPORTED_YET: &[(&str, &str)] = &[("trusted-entities", "verification of signed FABs")];
 
 fn address(flag: &'static str, value: &str) -> Result<Address, ConfigError> {
     value

@@ -4,59 +4,58 @@
 //! * [`cli`]: the command line, flag for flag as `flower-supernode`.
 //! * [`config`]: validation of the flags into a [`config::Config`].
 
+pub mod app;
 pub mod cli;
+pub mod clientappio;
 pub mod config;
+pub mod fleet;
+pub mod node;
+pub mod node_config;
+pub mod state;
 
-use flwr_transport::node_auth::NodeSigningKey;
-use flwr_transport::tls;
+use std::time::Duration;
+
+/// How long leaving the SuperLink may take at shutdown.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The version line of `--version`.
 pub fn version_line() -> String {
     flwr_transport::cli::version_line("supernode", env!("CARGO_PKG_VERSION"))
 }
 
-/// Why the SuperNode stopped before serving.
+/// Why the SuperNode stopped with an error.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum RunError {
     /// The flags are not valid.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    /// TLS could not be set up.
+    /// The files the flags name could not be used, or a port could not be bound.
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
-    /// The key file could not be used.
-    #[error(transparent)]
-    Key(#[from] flwr_transport::node_auth::KeyError),
-    /// The Fleet client is not part of this build yet.
-    #[error(
-        "the SuperNode's Fleet client is not built yet: this build checks the flags, the TLS \
-         files and the key, then stops. Use flower-supernode 1.28.0 until it lands."
-    )]
-    NotBuiltYet,
+    Build(#[from] app::BuildError),
+    /// The node lost the SuperLink for good.
+    #[error("{0}")]
+    Node(String),
 }
 
-/// Loads everything the flags name (certificates, key), failing before any network activity.
-pub fn prepare(parsed: &cli::Parsed) -> Result<(config::Config, NodeSigningKey), StartError> {
-    let (config, warnings) = config::from_parsed(parsed)?;
+/// Runs a SuperNode from parsed flags until SIGINT/SIGTERM/SIGQUIT (exit 0) or until the
+/// SuperLink is lost for good.
+pub async fn run(parsed: cli::Parsed) -> Result<(), RunError> {
+    tracing::info!("Starting Flower SuperNode ({})", version_line());
+    let (config, warnings) = config::from_parsed(&parsed)?;
     for w in warnings {
         tracing::warn!("{w}");
     }
-    let _client_tls = tls::load_client_config(&config.tls)?;
-    let key = match &config.key {
-        config::KeySource::Generate => NodeSigningKey::generate(),
-        config::KeySource::File(p) => {
-            NodeSigningKey::load_openssh_file("--auth-supernode-private-key", p)?
+    let app = app::App::build(config).await?;
+    let running = app.spawn();
+    tokio::select! {
+        signal = flwr_transport::signals::shutdown_signal() => {
+            tracing::info!("Received {signal}, leaving the SuperLink");
+            running.shutdown(SHUTDOWN_DEADLINE).await.map_err(RunError::Node)?;
+            tracing::info!("SuperNode terminated gracefully.");
+            Ok(())
         }
-    };
-    Ok((config, key))
-}
-
-/// Runs a SuperNode from parsed flags.
-pub async fn run(parsed: cli::Parsed) -> Result<(), StartError> {
-    tracing::info!("Starting Flower SuperNode ({})", version_line());
-    let parsed = tokio::task::spawn_blocking(move || prepare(&parsed).map(|_| ()))
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    parsed?;
-    Err(StartError::NotBuiltYet)
+        () = running.finished() => {
+            running.shutdown(SHUTDOWN_DEADLINE).await.map_err(RunError::Node)
+        }
+    }
 }

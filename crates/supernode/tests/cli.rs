@@ -80,21 +80,32 @@ fn flower_rules() {
 
 #[test]
 fn unbuilt_features_are_refused_not_ignored() {
-    for args in [
-        &["--node-config", "a=1"][..],
-        &["--isolation", "process"],
-        &["--clientappio-api-address", "127.0.0.1:0"],
-        &["--max-retries", "2"],
-        &["--max-wait-time", "1.5"],
-        &["--trusted-entities", "t.yaml"],
-    ] {
-        match parse(args) {
-            Err(e @ ConfigError::NotSupportedYet { .. }) => {
-                assert!(e.to_string().contains("not supported yet"), "{e}")
-            }
-            other => panic!("{args:?}: {other:?}"),
+    match parse(&["--trusted-entities", "t.yaml"]) {
+        Err(e @ ConfigError::NotSupportedYet { .. }) => {
+            assert!(e.to_string().contains("not supported yet"), "{e}")
         }
+        other => panic!("{other:?}"),
     }
+    let c = parse(&[
+        "--node-config",
+        "a=1",
+        "--isolation",
+        "process",
+        "--max-retries",
+        "2",
+        "--max-wait-time",
+        "1.5",
+    ])
+    .unwrap();
+    assert_eq!((c.isolation, c.max_retries), (Isolation::Process, Some(2)));
+    assert_eq!(
+        c.max_wait_time,
+        Some(std::time::Duration::from_millis(1500))
+    );
+    assert!(matches!(
+        parse(&["--max-retries", "-1"]),
+        Err(ConfigError::Negative { .. })
+    ));
 }
 
 #[test]
@@ -129,8 +140,14 @@ fn binary_messages_and_exit_codes() {
         out.contains("Unable to parse the private key file"),
         "{out}"
     );
-    // Everything valid: it says clearly that the Fleet client is not built yet.
-    let (code, out) = supernode(&["--root-certificates", ca, "--superlink", "127.0.0.1:9"]);
+    // A bad node config names the pair.
+    let (code, out) = supernode(&[
+        "--insecure",
+        "--node-config",
+        "name=abc",
+        "--clientappio-api-address",
+        "127.0.0.1:0",
+    ]);
     assert_eq!(code, 1);
-    assert!(out.contains("not built yet"), "{out}");
+    assert!(out.contains("`name=abc`"), "{out}");
 }

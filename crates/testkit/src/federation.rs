@@ -265,3 +265,111 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(data).into()
 }
+
+/// Waits until something accepts TCP connections on `addr`, or fails the test.
+pub fn wait_for_port(addr: &str, proc: &mut Proc, timeout: Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        if let Some(status) = proc.try_status() {
+            panic!(
+                "process exited ({status}) before listening on {addr}:\n{}",
+                proc.output()
+            );
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "nothing listens on {addr} after {timeout:?}:\n{}",
+            proc.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl SuperLink {
+    /// Flower's Python `flower-superlink` 1.28.0 on free ports, with TLS from `tls` (or
+    /// `--insecure`); waits until the Fleet and Control APIs listen.
+    pub fn start_python(tls: Option<&TlsFiles>, home: &Path, extra: &[&str]) -> SuperLink {
+        let [serverappio, fleet, control] =
+            [free_port(), free_port(), free_port()].map(|p| format!("127.0.0.1:{p}"));
+        let mut cmd = command(python::tool("flower-superlink"));
+        cmd.env("FLWR_HOME", home).env("PATH", path_with_venv());
+        match tls {
+            Some(f) => {
+                cmd.arg("--ssl-ca-certfile")
+                    .arg(&f.ca)
+                    .arg("--ssl-certfile")
+                    .arg(&f.cert)
+                    .arg("--ssl-keyfile")
+                    .arg(&f.key);
+            }
+            None => {
+                cmd.arg("--insecure");
+            }
+        }
+        cmd.args([
+            "--serverappio-api-address",
+            &serverappio,
+            "--fleet-api-address",
+            &fleet,
+            "--control-api-address",
+            &control,
+        ])
+        .arg("--storage-dir")
+        .arg(home.join("ffs"))
+        .args(extra);
+        let mut proc = Proc::spawn("flower-superlink", cmd);
+        wait_for_port(&fleet, &mut proc, Duration::from_secs(60));
+        wait_for_port(&control, &mut proc, Duration::from_secs(60));
+        SuperLink {
+            proc,
+            control,
+            fleet,
+            serverappio,
+        }
+    }
+}
+
+/// Our SuperNode (`bin`) against `fleet`, with `--root-certificates ca` (or `--insecure`).
+/// Returns the process and its ClientAppIo address.
+pub fn our_supernode(
+    bin: &Path,
+    name: &str,
+    fleet: &str,
+    ca: Option<&Path>,
+    home: &Path,
+    extra: &[&str],
+) -> (Proc, String) {
+    std::fs::create_dir_all(home).unwrap();
+    let mut cmd = command(bin);
+    cmd.env("FLWR_HOME", home)
+        .env("PATH", path_with_venv())
+        .env("NO_COLOR", "1");
+    match ca {
+        Some(ca) => {
+            cmd.arg("--root-certificates").arg(ca);
+        }
+        None => {
+            cmd.arg("--insecure");
+        }
+    }
+    let appio = format!("127.0.0.1:{}", free_port());
+    cmd.arg("--superlink")
+        .arg(fleet)
+        .arg("--clientappio-api-address")
+        .arg(&appio)
+        .args(extra);
+    (Proc::spawn(name, cmd), appio)
+}
+
+/// An external ClientApp executor for a SuperNode in `--isolation process`: Flower's
+/// `flwr-clientapp` in its long-running mode (no token).
+pub fn clientapp_executor(clientappio: &str, home: &Path) -> Proc {
+    let mut cmd = command(python::tool("flwr-clientapp"));
+    cmd.args(["--insecure", "--clientappio-api-address", clientappio])
+        .env("FLWR_HOME", home)
+        .env("PATH", path_with_venv());
+    Proc::spawn("flwr-clientapp", cmd)
+}

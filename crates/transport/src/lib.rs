@@ -6,6 +6,9 @@
 //! * [`tls`]: rustls server and client configurations from PEM files, with Flower's flag rules.
 //! * [`grpc`]: shared gRPC limits and keepalive, binding, serving over TLS, client channels.
 //! * [`health`]: the plaintext `grpc.health.v1.Health` service.
+//! * [`signals`]: SIGINT/SIGTERM/SIGQUIT for graceful shutdown.
+//! * [`process`]: child processes (ServerApps, ClientApps) in their own process groups, logged
+//!   and reaped.
 //! * [`node_auth`]: SuperNode signatures (ECDSA over SHA-256, PEM keys, Flower's timestamps).
 //! * [`logging`], [`logfile`]: `tracing` set up from `RUST_LOG` / `FLWR_LOG_LEVEL`, and the
 //!   rotated `--log-file`.
@@ -18,6 +21,8 @@ pub mod health;
 pub mod logfile;
 pub mod logging;
 pub mod node_auth;
+pub mod process;
+pub mod signals;
 pub mod tls;
 
 /// The Flower release whose wire protocol and command lines these daemons follow.

@@ -162,22 +162,7 @@ impl RunStatus {
     }
 }
 
-/// A configuration value (`flwr.proto.Scalar`).
-#[derive(Clone, Debug, PartialEq)]
-pub enum ConfigValue {
-    /// double.
-    Double(f64),
-    /// sint64.
-    Int(i64),
-    /// uint64.
-    UInt(u64),
-    /// bool.
-    Bool(bool),
-    /// string.
-    Str(String),
-    /// bytes.
-    Bytes(Vec<u8>),
-}
+pub use flwr_objects::ConfigValue;
 
 /// `ServerApp` or simulation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

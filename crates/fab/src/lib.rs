@@ -1,14 +1,17 @@
-//! FABs (Flower App Bundles): zip files with a `pyproject.toml`. The SuperLink reads only what it
-//! needs: the app's id and version, and the keys of its run config, to check overrides.
+//! FABs (Flower App Bundles): zip files with a `pyproject.toml`. The daemons read only what they
+//! need: the app's id and version, its run config (flattened, typed) and its keys, to check and
+//! apply overrides.
 
 use std::collections::BTreeSet;
 use std::io::Read;
 
+use flwr_objects::ConfigValue;
+
 /// The largest FAB `StartRun` accepts (10 MiB, as Flower).
 pub const FAB_MAX_SIZE: usize = 10 * 1024 * 1024;
 
-/// What the SuperLink learns from a FAB.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a FAB says about itself.
+#[derive(Clone, Debug, PartialEq)]
 pub struct FabInfo {
     /// `<tool.flwr.app.publisher>/<project.name>`.
     pub fab_id: String,
@@ -16,6 +19,9 @@ pub struct FabInfo {
     pub fab_version: String,
     /// Keys of `[tool.flwr.app.config]`, nested tables flattened with `.`.
     pub config_keys: BTreeSet<String>,
+    /// `[tool.flwr.app.config]` flattened, by key: TOML integers are `Int`, floats
+    /// `Double`, booleans `Bool`, strings `Str`.
+    pub config: Vec<(String, ConfigValue)>,
 }
 
 /// Why a FAB is refused. Texts follow Flower's, which the CLI prints.
@@ -86,7 +92,7 @@ fn validate(doc: &toml::Table) -> Result<FabInfo, FabError> {
         }
     }
     let app = get(doc, &["tool", "flwr", "app"]).and_then(|v| v.as_table());
-    let mut config_keys = BTreeSet::new();
+    let mut config = Vec::new();
     match app {
         None => errors.push("Missing [tool.flwr.app] section".to_owned()),
         Some(app) => {
@@ -95,7 +101,7 @@ fn validate(doc: &toml::Table) -> Result<FabInfo, FabError> {
             }
             if let Some(cfg) = app.get("config") {
                 match cfg.as_table() {
-                    Some(t) => flatten_keys(t, "", &mut config_keys, &mut errors),
+                    Some(t) => flatten(t, "", &mut config, &mut errors),
                     None => errors.push("[tool.flwr.app.config] must be a table".to_owned()),
                 }
             }
@@ -129,17 +135,19 @@ fn validate(doc: &toml::Table) -> Result<FabInfo, FabError> {
     let name = text(get(doc, &["project", "name"]));
     let version = text(get(doc, &["project", "version"]));
     let publisher = text(get(doc, &["tool", "flwr", "app", "publisher"]));
+    let config_keys = config.iter().map(|(k, _)| k.clone()).collect();
     Ok(FabInfo {
         fab_id: format!("{publisher}/{name}"),
         fab_version: version,
         config_keys,
+        config,
     })
 }
 
-fn flatten_keys(
+fn flatten(
     t: &toml::Table,
     prefix: &str,
-    out: &mut BTreeSet<String>,
+    out: &mut Vec<(String, ConfigValue)>,
     errors: &mut Vec<String>,
 ) {
     for (k, v) in t {
@@ -148,16 +156,39 @@ fn flatten_keys(
         } else {
             format!("{prefix}.{k}")
         };
-        match v {
-            toml::Value::Table(inner) => flatten_keys(inner, &key, out, errors),
-            toml::Value::String(_) | toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
-                out.insert(key);
+        let value = match v {
+            toml::Value::Table(inner) => {
+                flatten(inner, &key, out, errors);
+                continue;
             }
-            _ => errors.push(format!(
-                "The value for key {k} needs to be of type `int`, `float`, `bool, `str`, or  a `dict` of those."
-            )),
+            toml::Value::String(s) => ConfigValue::Str(s.clone()),
+            toml::Value::Integer(i) => ConfigValue::Int(*i),
+            toml::Value::Float(f) => ConfigValue::Double(*f),
+            toml::Value::Boolean(b) => ConfigValue::Bool(*b),
+            _ => {
+                errors.push(format!(
+                    "The value for key {k} needs to be of type `int`, `float`, `bool, `str`, or  a `dict` of those."
+                ));
+                continue;
+            }
+        };
+        out.push((key, value));
+    }
+}
+
+/// The run config an app sees: the FAB's config with the overrides applied (overrides of keys
+/// the app does not have are ignored; the SuperLink refuses them when the run starts).
+pub fn run_config(
+    info: &FabInfo,
+    overrides: &[(String, ConfigValue)],
+) -> Vec<(String, ConfigValue)> {
+    let mut out = info.config.clone();
+    for (k, v) in overrides {
+        if let Some(slot) = out.iter_mut().find(|(key, _)| key == k) {
+            slot.1 = v.clone();
         }
     }
+    out
 }
 
 /// Every override key must exist in the app's config (values are not compared, as in Flower).
@@ -174,12 +205,12 @@ pub fn check_overrides<'a>(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use std::io::Write;
 
     /// A FAB zip with this pyproject.
-    pub(crate) fn fab_with(pyproject: &str) -> Vec<u8> {
+    fn fab_with(pyproject: &str) -> Vec<u8> {
         let mut buf = std::io::Cursor::new(Vec::new());
         {
             let mut z = zip::ZipWriter::new(&mut buf);
@@ -192,7 +223,7 @@ pub(crate) mod tests {
         buf.into_inner()
     }
 
-    pub(crate) const GOOD: &str = r#"
+    const GOOD: &str = r#"
 [project]
 name = "numpy-fedavg"
 version = "1.0.0"
@@ -214,6 +245,20 @@ nested.value = "x"
         assert_eq!(info.fab_version, "1.0.0");
         assert!(info.config_keys.contains("nested.value") && info.config_keys.contains("step"));
         check_overrides(&info, ["step", "nested.value"]).unwrap();
+        assert_eq!(
+            info.config[0],
+            ("num-server-rounds".to_owned(), ConfigValue::Int(3))
+        );
+        let cfg = run_config(
+            &info,
+            &[
+                ("step".to_owned(), ConfigValue::Double(0.5)),
+                ("x".to_owned(), ConfigValue::Int(1)),
+            ],
+        );
+        assert!(cfg.contains(&("step".to_owned(), ConfigValue::Double(0.5))));
+        assert!(cfg.contains(&("nested.value".to_owned(), ConfigValue::Str("x".into()))));
+        assert_eq!(cfg.len(), 3);
         assert_eq!(
             check_overrides(&info, ["nope"]).unwrap_err().to_string(),
             "Key 'nope' is not present in the main dictionary"

@@ -56,7 +56,7 @@ async fn pump(stream: Option<impl tokio::io::AsyncRead + Unpin>, label: &str) {
     if let Some(s) = stream {
         let mut lines = BufReader::new(s).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            tracing::info!(target: "serverapp", "[{label}] {}", strip_ansi(&line));
+            tracing::info!(target: "app", "[{label}] {}", strip_ansi(&line));
         }
     }
 }

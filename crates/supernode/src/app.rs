@@ -1,0 +1,194 @@
+//! Build, then serve: [`App::build`] checks the configuration, loads TLS and the key and binds
+//! the ClientAppIo (and health) listeners; [`App::spawn`] starts the servers and the node.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flwr_proto::proto as pb;
+use flwr_transport::address::Address;
+use flwr_transport::node_auth::NodeSigningKey;
+use flwr_transport::{grpc, limits, tls};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cli::Isolation;
+use crate::clientappio::ClientAppIoService;
+use crate::config::{Config, KeySource};
+use crate::fleet::{Fleet, RetryPolicy};
+use crate::node::{self, Node, Settings};
+use crate::node_config;
+use crate::state::NodeState;
+
+/// Why the SuperNode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The key file could not be used.
+    #[error(transparent)]
+    Key(#[from] flwr_transport::node_auth::KeyError),
+    /// `--node-config` is not valid.
+    #[error(transparent)]
+    NodeConfig(#[from] node_config::NodeConfigError),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] grpc::BindError),
+}
+
+/// A SuperNode whose listeners are bound, not running yet.
+pub struct App {
+    config: Config,
+    key: Arc<NodeSigningKey>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    node_config: Vec<(String, flwr_objects::ConfigValue)>,
+    clientappio: TcpListener,
+    health: Option<TcpListener>,
+}
+
+impl App {
+    /// Loads the files the flags name and binds the listeners.
+    pub async fn build(config: Config) -> Result<App, BuildError> {
+        let cfg = config.clone();
+        let (tls, key, node_config) =
+            tokio::task::spawn_blocking(move || -> Result<_, BuildError> {
+                let tls = tls::load_client_config(&cfg.tls)?.map(|l| l.config);
+                let key = match &cfg.key {
+                    KeySource::Generate => NodeSigningKey::generate(),
+                    KeySource::File(p) => {
+                        NodeSigningKey::load_openssh_file("--auth-supernode-private-key", p)?
+                    }
+                };
+                let node_config = match &cfg.node_config {
+                    Some(v) => node_config::parse(v)?,
+                    None => Vec::new(),
+                };
+                Ok((tls, key, node_config))
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let clientappio =
+            grpc::bind("--clientappio-api-address", &config.clientappio_address).await?;
+        let health = match &config.health_address {
+            Some(a) => Some(grpc::bind("--health-server-address", a).await?),
+            None => None,
+        };
+        Ok(App {
+            config,
+            key: Arc::new(key),
+            tls,
+            node_config,
+            clientappio,
+            health,
+        })
+    }
+
+    /// The ClientAppIo address bound.
+    pub fn clientappio_address(&self) -> SocketAddr {
+        self.clientappio
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Starts the ClientAppIo server, the health server and the node.
+    pub fn spawn(self) -> Running {
+        let stop = CancellationToken::new();
+        let servers_stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let appio_addr = self.clientappio_address();
+        let state = NodeState::new();
+
+        let router = grpc::server_builder().add_service(limits!(
+            pb::client_app_io_server::ClientAppIoServer::new(ClientAppIoService::new(
+                state.clone()
+            ))
+        ));
+        tracing::info!(address = %appio_addr, "ClientAppIo API serving (plaintext)");
+        let s = servers_stop.clone();
+        let listener = self.clientappio;
+        tracker.spawn(async move {
+            if let Err(e) = grpc::serve(router, listener, None, s.cancelled_owned()).await {
+                tracing::error!("ClientAppIo API failed: {e}");
+            }
+        });
+        if let Some(l) = self.health {
+            let s = servers_stop.clone();
+            tracker.spawn(async move {
+                if let Err(e) = flwr_transport::health::serve(l, s.cancelled_owned()).await {
+                    tracing::error!("health service failed: {e}");
+                }
+            });
+        }
+
+        let retry = RetryPolicy {
+            max_tries: self.config.max_retries.map(|n| n.saturating_add(1)),
+            max_time: self.config.max_wait_time,
+        };
+        let channel = grpc::channel(&self.config.superlink, self.tls);
+        let fleet = Fleet::new(channel, self.key, retry, stop.clone());
+        let clientappio = Address::from_socket_addr(appio_addr)
+            .connectable()
+            .to_string();
+        let settings = Settings {
+            own_key: self.config.key == KeySource::Generate,
+            node_config: self.node_config,
+            launch_apps: self.config.isolation == Isolation::Subprocess,
+            clientappio,
+            clientapp_program: std::env::var_os(node::CLIENTAPP_COMMAND_ENV)
+                .unwrap_or_else(|| "flwr-clientapp".into()),
+        };
+        tracing::info!(superlink = %self.config.superlink, "joining the SuperLink");
+        let node = Node::new(fleet, state, settings, stop.clone());
+        let result = Arc::new(Mutex::new(None));
+        let r = result.clone();
+        let done = CancellationToken::new();
+        let d = done.clone();
+        tracker.spawn(async move {
+            let outcome = node.run().await;
+            if let Ok(mut slot) = r.lock() {
+                *slot = Some(outcome.map_err(|e| e.to_string()));
+            }
+            d.cancel();
+        });
+        tracker.close();
+        Running {
+            stop,
+            servers_stop,
+            done,
+            tracker,
+            result,
+        }
+    }
+}
+
+/// A running SuperNode.
+pub struct Running {
+    stop: CancellationToken,
+    servers_stop: CancellationToken,
+    done: CancellationToken,
+    tracker: TaskTracker,
+    result: Arc<Mutex<Option<Result<(), String>>>>,
+}
+
+impl Running {
+    /// Resolves when the node stopped by itself.
+    pub async fn finished(&self) {
+        self.done.cancelled().await;
+    }
+
+    /// Leaves the SuperLink (deactivate, unregister), stops the servers and waits, at most
+    /// `deadline`. Returns the node's outcome.
+    pub async fn shutdown(self, deadline: Duration) -> Result<(), String> {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(deadline, self.done.cancelled()).await;
+        self.servers_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
+        self.result
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or(Ok(()))
+    }
+}

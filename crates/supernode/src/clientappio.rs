@@ -1,0 +1,226 @@
+//! The ClientAppIo API (plaintext) that `flwr-clientapp` processes, and `flower-superexec` in
+//! `--isolation process`, talk to. Tokens travel in request bodies.
+
+use bytes::Bytes;
+use flwr_objects::content::{self, VerifyError};
+use flwr_objects::store::ObjectStore;
+use flwr_objects::ObjectId;
+use flwr_proto::convert::{
+    message_from_pb, message_to_pb, pull_object_response, tree_from_pb, tree_to_pb,
+};
+use flwr_proto::proto as pb;
+use prost::Message as _;
+use tonic::{Request, Response, Status};
+
+use crate::state::{AppError, NodeState};
+
+/// Objects at least this large are hashed on the blocking pool.
+const OFFLOAD_HASH_BYTES: usize = 64 * 1024;
+
+/// The ClientAppIo service.
+#[derive(Clone)]
+pub struct ClientAppIoService {
+    state: NodeState,
+}
+
+impl ClientAppIoService {
+    /// A service over the node's state.
+    pub fn new(state: NodeState) -> Self {
+        Self { state }
+    }
+}
+
+fn app_status(e: AppError) -> Status {
+    match e {
+        AppError::InvalidToken => Status::permission_denied(e.to_string()),
+        AppError::NoFab => Status::not_found(e.to_string()),
+        AppError::NoMessage | AppError::UnknownInstruction => {
+            Status::unknown(format!("Exception calling application: {e}"))
+        }
+    }
+}
+
+fn malformed(e: String) -> Status {
+    Status::unknown(format!("Exception calling application: {e}"))
+}
+
+#[tonic::async_trait]
+impl pb::client_app_io_server::ClientAppIo for ClientAppIoService {
+    async fn list_apps_to_launch(
+        &self,
+        _request: Request<pb::ListAppsToLaunchRequest>,
+    ) -> Result<Response<pb::ListAppsToLaunchResponse>, Status> {
+        Ok(Response::new(pb::ListAppsToLaunchResponse {
+            run_ids: self.state.runs_to_launch(),
+        }))
+    }
+
+    async fn request_token(
+        &self,
+        request: Request<pb::RequestTokenRequest>,
+    ) -> Result<Response<pb::RequestTokenResponse>, Status> {
+        let token = self
+            .state
+            .create_token(request.get_ref().run_id)
+            .unwrap_or_default();
+        Ok(Response::new(pb::RequestTokenResponse { token }))
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::GetRunResponse>, Status> {
+        let run = match self.state.run(request.get_ref().run_id) {
+            Some(e) => {
+                Some(pb::Run::decode(e.run.as_ref()).map_err(|e| Status::internal(e.to_string()))?)
+            }
+            None => None,
+        };
+        Ok(Response::new(pb::GetRunResponse { run }))
+    }
+
+    async fn send_app_heartbeat(
+        &self,
+        request: Request<pb::SendAppHeartbeatRequest>,
+    ) -> Result<Response<pb::SendAppHeartbeatResponse>, Status> {
+        Ok(Response::new(pb::SendAppHeartbeatResponse {
+            success: self.state.app_heartbeat(&request.get_ref().token),
+        }))
+    }
+
+    async fn pull_app_inputs(
+        &self,
+        request: Request<pb::PullAppInputsRequest>,
+    ) -> Result<Response<pb::PullAppInputsResponse>, Status> {
+        let (_, entry) = self
+            .state
+            .app_inputs(&request.get_ref().token)
+            .map_err(app_status)?;
+        let decode =
+            |e: prost::DecodeError| Status::internal(format!("cached run is corrupt: {e}"));
+        Ok(Response::new(pb::PullAppInputsResponse {
+            context: Some(pb::Context::decode(entry.context.as_ref()).map_err(decode)?),
+            run: Some(pb::Run::decode(entry.run.as_ref()).map_err(decode)?),
+            fab: Some(pb::Fab {
+                hash_str: entry.fab_hash,
+                content: entry.fab,
+                verifications: Default::default(),
+            }),
+            federation_config: None,
+        }))
+    }
+
+    async fn push_app_outputs(
+        &self,
+        request: Request<pb::PushAppOutputsRequest>,
+    ) -> Result<Response<pb::PushAppOutputsResponse>, Status> {
+        let body = request.into_inner();
+        let context = Bytes::from(body.context.unwrap_or_default().encode_to_vec());
+        self.state
+            .put_outputs(&body.token, body.run_id, context)
+            .map_err(app_status)?;
+        Ok(Response::new(pb::PushAppOutputsResponse {}))
+    }
+
+    async fn push_object(
+        &self,
+        request: Request<pb::PushObjectRequest>,
+    ) -> Result<Response<pb::PushObjectResponse>, Status> {
+        let body = request.into_inner();
+        let Ok(id) = ObjectId::parse(&body.object_id) else {
+            return Ok(Response::new(pb::PushObjectResponse { stored: false }));
+        };
+        let content = body.object_content;
+        let verified = if content.len() >= OFFLOAD_HASH_BYTES {
+            let c = content.clone();
+            tokio::task::spawn_blocking(move || content::verify(&id, &c).map(|_| ()))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+        } else {
+            content::verify(&id, &content).map(|_| ())
+        };
+        match verified {
+            Ok(()) => {}
+            Err(VerifyError::HashMismatch { .. }) => {
+                return Ok(Response::new(pb::PushObjectResponse { stored: false }))
+            }
+            Err(e) => return Err(Status::failed_precondition(e.to_string())),
+        }
+        let stored = self
+            .state
+            .objects()
+            .put(&id, content)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::PushObjectResponse { stored }))
+    }
+
+    async fn pull_object(
+        &self,
+        request: Request<pb::PullObjectRequest>,
+    ) -> Result<Response<pb::PullObjectResponse>, Status> {
+        let lookup = match ObjectId::parse(&request.get_ref().object_id) {
+            Ok(id) => self
+                .state
+                .objects()
+                .get(&id)
+                .map_err(|e| Status::internal(e.to_string()))?,
+            Err(_) => flwr_objects::store::Lookup::Unknown,
+        };
+        Ok(Response::new(pull_object_response(lookup)))
+    }
+
+    async fn confirm_message_received(
+        &self,
+        request: Request<pb::ConfirmMessageReceivedRequest>,
+    ) -> Result<Response<pb::ConfirmMessageReceivedResponse>, Status> {
+        if let Ok(id) = ObjectId::parse(&request.get_ref().message_object_id) {
+            self.state
+                .objects()
+                .delete(&id)
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        Ok(Response::new(pb::ConfirmMessageReceivedResponse {}))
+    }
+
+    async fn push_message(
+        &self,
+        request: Request<pb::PushAppMessagesRequest>,
+    ) -> Result<Response<pb::PushAppMessagesResponse>, Status> {
+        let body = request.into_inner();
+        let (Some(m), Some(t)) = (
+            body.messages_list.first(),
+            body.message_object_trees.first(),
+        ) else {
+            return Err(malformed("list index out of range".into()));
+        };
+        let reply = message_from_pb(m).map_err(malformed)?;
+        let tree = tree_from_pb(t).map_err(malformed)?;
+        let run_id = reply.run_id;
+        let to_push = self
+            .state
+            .objects()
+            .preregister(run_id, &tree)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.state
+            .put_reply(&body.token, reply, tree)
+            .map_err(app_status)?;
+        Ok(Response::new(pb::PushAppMessagesResponse {
+            message_ids: Vec::new(),
+            objects_to_push: to_push.iter().map(|id| id.to_hex()).collect(),
+        }))
+    }
+
+    async fn pull_message(
+        &self,
+        request: Request<pb::PullAppMessagesRequest>,
+    ) -> Result<Response<pb::PullAppMessagesResponse>, Status> {
+        let (meta, tree) = self
+            .state
+            .take_instruction(&request.get_ref().token)
+            .map_err(app_status)?;
+        Ok(Response::new(pb::PullAppMessagesResponse {
+            messages_list: vec![message_to_pb(&meta)],
+            message_object_trees: vec![tree_to_pb(&tree)],
+        }))
+    }
+}

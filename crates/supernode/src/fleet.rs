@@ -1,0 +1,389 @@
+//! The Fleet API client: every call signed as Flower's SuperNode signs it, and retried with
+//! Flower's policy (exponential backoff with full jitter, capped at 20 s, within
+//! `--max-retries` / `--max-wait-time`; a TLS handshake failure ends at once).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flwr_proto::proto as pb;
+use flwr_transport::node_auth::{self, NodeSigningKey};
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+/// Largest wait between attempts.
+const MAX_BACKOFF: f64 = 20.0;
+
+/// How long and how often to retry.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all (`--max-retries` + 1); `None`: no limit.
+    pub max_tries: Option<u32>,
+    /// Time spent retrying; `None`: no limit.
+    pub max_time: Option<Duration>,
+}
+
+/// Why a Fleet call failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// PERMISSION_DENIED: the run is not running (the message is dropped).
+    #[error("run not running: {0}")]
+    RunNotRunning(String),
+    /// The SuperLink does not know this node (it restarted without its state).
+    #[error("the SuperLink does not know this node (Invalid node ID)")]
+    InvalidNodeId,
+    /// The TLS handshake failed: retrying cannot help.
+    #[error(
+        "SSL/TLS handshake error detected: {0}. Check that `--root-certificates` holds the CA that signed the \
+         SuperLink's certificate and that the certificate names the host of `--superlink` (or use `--insecure` \
+         for a plaintext SuperLink)."
+    )]
+    Handshake(String),
+    /// Retries ran out.
+    #[error(
+        "Giving up reconnection after {seconds:.2} seconds and {tries} tries. Last error: {last}"
+    )]
+    GaveUp {
+        /// Time spent.
+        seconds: f64,
+        /// Attempts made.
+        tries: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// Shutdown was requested while waiting.
+    #[error("shutting down")]
+    Cancelled,
+    /// Any other status: not retried.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(Status),
+}
+
+fn is_transport_failure(s: &Status) -> bool {
+    use std::error::Error as _;
+    s.code() == Code::Unavailable || (s.code() == Code::Unknown && s.source().is_some())
+}
+
+/// A signed, retrying Fleet client.
+#[derive(Clone)]
+pub struct Fleet {
+    client: pb::fleet_client::FleetClient<Channel>,
+    key: Arc<NodeSigningKey>,
+    retry: RetryPolicy,
+    node_id: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+impl Fleet {
+    /// A client over `channel`, signing with `key`.
+    pub fn new(
+        channel: Channel,
+        key: Arc<NodeSigningKey>,
+        retry: RetryPolicy,
+        stop: CancellationToken,
+    ) -> Self {
+        let client = flwr_transport::limits!(pb::fleet_client::FleetClient::new(channel));
+        Self {
+            client,
+            key,
+            retry,
+            node_id: Arc::new(AtomicU64::new(0)),
+            stop,
+        }
+    }
+
+    /// This client with another retry policy (sharing the node id).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The node id once activated (0 before).
+    pub fn node_id(&self) -> u64 {
+        self.node_id.load(Ordering::SeqCst)
+    }
+
+    fn node(&self) -> Option<pb::Node> {
+        Some(pb::Node {
+            node_id: self.node_id(),
+        })
+    }
+
+    fn signed<T>(&self, body: T) -> Request<T> {
+        let s = self.key.sign_now();
+        let mut r = Request::new(body);
+        let md = r.metadata_mut();
+        md.insert_bin(
+            node_auth::PUBLIC_KEY_HEADER,
+            MetadataValue::from_bytes(&s.public_key),
+        );
+        if let Ok(v) = s.timestamp.parse() {
+            md.insert(node_auth::TIMESTAMP_HEADER, v);
+        }
+        md.insert_bin(
+            node_auth::SIGNATURE_HEADER,
+            MetadataValue::from_bytes(&s.signature),
+        );
+        r
+    }
+
+    /// One call with the retry policy; `rpc` is re-run (and re-signed) per attempt.
+    async fn call<T, R, F, Fut>(&self, name: &str, body: T, rpc: F) -> Result<R, FleetError>
+    where
+        T: Clone,
+        F: Fn(pb::fleet_client::FleetClient<Channel>, Request<T>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let start = Instant::now();
+        let mut tries: u32 = 0;
+        let mut ceiling = 1.0f64;
+        loop {
+            tries += 1;
+            let status = match rpc(self.client.clone(), self.signed(body.clone())).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => s,
+            };
+            if let Some(ce) = flwr_transport::grpc::find_connect_error(&status) {
+                if ce.is_handshake() {
+                    return Err(FleetError::Handshake(ce.to_string()));
+                }
+            }
+            if !is_transport_failure(&status) {
+                return Err(match status.code() {
+                    Code::PermissionDenied => {
+                        FleetError::RunNotRunning(status.message().to_owned())
+                    }
+                    Code::Unauthenticated if status.message() == "Invalid node ID" => {
+                        FleetError::InvalidNodeId
+                    }
+                    _ => FleetError::Status(status),
+                });
+            }
+            let elapsed = start.elapsed();
+            let out_of_tries = self.retry.max_tries.is_some_and(|m| tries >= m);
+            let remaining = self
+                .retry
+                .max_time
+                .map(|m| m.saturating_sub(elapsed).as_secs_f64());
+            if out_of_tries || remaining.is_some_and(|r| r <= 0.0) {
+                let e = FleetError::GaveUp {
+                    seconds: elapsed.as_secs_f64(),
+                    tries,
+                    last: status.message().to_owned(),
+                };
+                tracing::error!("{e}");
+                return Err(e);
+            }
+            let cap = ceiling.min(MAX_BACKOFF).min(remaining.unwrap_or(f64::MAX));
+            let wait = rand_unit() * cap;
+            ceiling *= 2.0;
+            tracing::warn!(
+                "{name}: connection attempt failed ({}), retrying in {wait:.2} seconds",
+                status.message()
+            );
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+                () = self.stop.cancelled() => return Err(FleetError::Cancelled),
+            }
+        }
+    }
+
+    /// RegisterNode with this node's key.
+    pub async fn register(&self) -> Result<u64, FleetError> {
+        let body = pb::RegisterNodeFleetRequest {
+            public_key: bytes::Bytes::copy_from_slice(self.key.public_key_pem()),
+        };
+        let r = self
+            .call("RegisterNode", body, |mut c, req| async move {
+                c.register_node(req).await
+            })
+            .await?;
+        Ok(r.node_id)
+    }
+
+    /// ActivateNode; remembers the node id.
+    pub async fn activate(&self, heartbeat_interval: f64) -> Result<u64, FleetError> {
+        let body = pb::ActivateNodeRequest {
+            public_key: bytes::Bytes::copy_from_slice(self.key.public_key_pem()),
+            heartbeat_interval,
+        };
+        let r = self
+            .call("ActivateNode", body, |mut c, req| async move {
+                c.activate_node(req).await
+            })
+            .await?;
+        self.node_id.store(r.node_id, Ordering::SeqCst);
+        Ok(r.node_id)
+    }
+
+    /// DeactivateNode.
+    pub async fn deactivate(&self) -> Result<(), FleetError> {
+        let body = pb::DeactivateNodeRequest {
+            node_id: self.node_id(),
+        };
+        self.call("DeactivateNode", body, |mut c, req| async move {
+            c.deactivate_node(req).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// UnregisterNode.
+    pub async fn unregister(&self) -> Result<(), FleetError> {
+        let body = pb::UnregisterNodeFleetRequest {
+            node_id: self.node_id(),
+        };
+        self.call("UnregisterNode", body, |mut c, req| async move {
+            c.unregister_node(req).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// SendNodeHeartbeat.
+    pub async fn heartbeat(&self, interval: f64) -> Result<bool, FleetError> {
+        let body = pb::SendNodeHeartbeatRequest {
+            node: self.node(),
+            heartbeat_interval: interval,
+        };
+        let r = self
+            .call("SendNodeHeartbeat", body, |mut c, req| async move {
+                c.send_node_heartbeat(req).await
+            })
+            .await?;
+        Ok(r.success)
+    }
+
+    /// PullMessages: at most one instruction and its tree.
+    pub async fn pull_messages(&self) -> Result<pb::PullMessagesResponse, FleetError> {
+        let body = pb::PullMessagesRequest {
+            node: self.node(),
+            message_ids: Vec::new(),
+        };
+        self.call("PullMessages", body, |mut c, req| async move {
+            c.pull_messages(req).await
+        })
+        .await
+    }
+
+    /// GetRun.
+    pub async fn get_run(&self, run_id: u64) -> Result<pb::Run, FleetError> {
+        let body = pb::GetRunRequest {
+            node: self.node(),
+            run_id,
+        };
+        let r = self
+            .call(
+                "GetRun",
+                body,
+                |mut c, req| async move { c.get_run(req).await },
+            )
+            .await?;
+        r.run.ok_or_else(|| {
+            FleetError::Status(Status::not_found(format!(
+                "the SuperLink sent no run {run_id}"
+            )))
+        })
+    }
+
+    /// GetFab.
+    pub async fn get_fab(&self, run_id: u64, hash: &str) -> Result<pb::Fab, FleetError> {
+        let body = pb::GetFabRequest {
+            node: self.node(),
+            hash_str: hash.to_owned(),
+            run_id,
+        };
+        let r = self
+            .call(
+                "GetFab",
+                body,
+                |mut c, req| async move { c.get_fab(req).await },
+            )
+            .await?;
+        r.fab.ok_or_else(|| {
+            FleetError::Status(Status::not_found(format!(
+                "the SuperLink sent no FAB {hash}"
+            )))
+        })
+    }
+
+    /// PullObject.
+    pub async fn pull_object(
+        &self,
+        run_id: u64,
+        object_id: String,
+    ) -> Result<pb::PullObjectResponse, FleetError> {
+        let body = pb::PullObjectRequest {
+            node: self.node(),
+            run_id,
+            object_id,
+        };
+        self.call("PullObject", body, |mut c, req| async move {
+            c.pull_object(req).await
+        })
+        .await
+    }
+
+    /// ConfirmMessageReceived.
+    pub async fn confirm(&self, run_id: u64, message_object_id: String) -> Result<(), FleetError> {
+        let body = pb::ConfirmMessageReceivedRequest {
+            node: self.node(),
+            run_id,
+            message_object_id,
+        };
+        self.call("ConfirmMessageReceived", body, |mut c, req| async move {
+            c.confirm_message_received(req).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// PushMessages with one reply.
+    pub async fn push_messages(
+        &self,
+        message: pb::Message,
+        tree: pb::ObjectTree,
+        clientapp_runtime: f64,
+    ) -> Result<pb::PushMessagesResponse, FleetError> {
+        let body = pb::PushMessagesRequest {
+            node: self.node(),
+            messages_list: vec![message],
+            message_object_trees: vec![tree],
+            clientapp_runtime_list: vec![clientapp_runtime],
+        };
+        self.call("PushMessages", body, |mut c, req| async move {
+            c.push_messages(req).await
+        })
+        .await
+    }
+
+    /// PushObject.
+    pub async fn push_object(
+        &self,
+        run_id: u64,
+        object_id: String,
+        content: bytes::Bytes,
+    ) -> Result<bool, FleetError> {
+        let body = pb::PushObjectRequest {
+            node: self.node(),
+            run_id,
+            object_id,
+            object_content: content,
+        };
+        let r = self
+            .call("PushObject", body, |mut c, req| async move {
+                c.push_object(req).await
+            })
+            .await?;
+        Ok(r.stored)
+    }
+}
+
+/// A uniform random number in [0, 1).
+pub fn rand_unit() -> f64 {
+    use rand_core::RngCore;
+    (rand_core::OsRng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}

@@ -1,0 +1,507 @@
+//! The SuperNode's work: join the SuperLink, keep heartbeats going, and handle one instruction
+//! at a time (pull it and its objects, hand it to a ClientApp, push the reply and its objects).
+//!
+//! Beyond Flower 1.28: a SuperLink that forgot the node ("Invalid node ID" after a restart without
+//! its database) is joined again instead of exiting; replies the SuperNode makes itself (a
+//! ClientApp that crashed or stopped sending heartbeats) reach the SuperLink.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flwr_objects::content;
+use flwr_objects::message::{error_code, MessageError, MessageMeta, SUPERLINK_NODE_ID};
+use flwr_objects::store::{Lookup, ObjectStore};
+use flwr_objects::{ConfigValue, ObjectId, ObjectTree};
+use flwr_proto::convert::{config_to_pb, message_from_pb, message_to_pb, tree_from_pb, tree_to_pb};
+use flwr_proto::proto as pb;
+use flwr_transport::process::{self, CommandLine};
+use nix::sys::signal::Signal;
+use prost::Message as _;
+use sha2::Digest;
+use tokio_util::sync::CancellationToken;
+
+use crate::fleet::{rand_unit, Fleet, FleetError, RetryPolicy};
+use crate::state::{NodeState, RunEntry};
+
+/// The heartbeat interval the node announces (Flower's default).
+pub const HEARTBEAT_INTERVAL: f64 = 30.0;
+/// How long to wait between empty pulls.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Environment variable naming the ClientApp program (default `flwr-clientapp` on `PATH`).
+pub const CLIENTAPP_COMMAND_ENV: &str = "FLWR_CLIENTAPP_COMMAND";
+/// Object pulls that may run at once.
+const PULL_CONCURRENCY: usize = 4;
+/// Longest wait between pulls of an object that is not there yet.
+const PULL_BACKOFF_CAP: f64 = 10.0;
+/// Give up on an object after this long.
+const PULL_MAX_TIME: Duration = Duration::from_secs(7200);
+/// The reason of CLIENT_APP_CRASHED replies.
+const CRASHED_REASON: &str = "ClientApp stopped responding.";
+
+/// How the node runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The node registers (and unregisters) itself: it made its own key.
+    pub own_key: bool,
+    /// `--node-config`.
+    pub node_config: Vec<(String, ConfigValue)>,
+    /// Start `flwr-clientapp` per message (`--isolation subprocess`).
+    pub launch_apps: bool,
+    /// The ClientAppIo address ClientApps connect to.
+    pub clientappio: String,
+    /// The ClientApp program.
+    pub clientapp_program: OsString,
+}
+
+/// Why the node stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The SuperLink could not be reached or refused the node.
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+}
+
+/// Why one message could not be handled (the node goes on with the next).
+#[derive(Debug, thiserror::Error)]
+enum HandleError {
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    #[error("{0}")]
+    Bad(String),
+}
+
+/// The node.
+pub struct Node {
+    fleet: Fleet,
+    state: NodeState,
+    settings: Settings,
+    stop: CancellationToken,
+}
+
+impl Node {
+    /// A node that talks to the SuperLink through `fleet`.
+    pub fn new(
+        fleet: Fleet,
+        state: NodeState,
+        settings: Settings,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            fleet,
+            state,
+            settings,
+            stop,
+        }
+    }
+
+    async fn join(&self) -> Result<u64, FleetError> {
+        if self.settings.own_key {
+            let id = self.fleet.register().await?;
+            tracing::info!(node_id = id, "registered with the SuperLink");
+        }
+        let id = self.fleet.activate(HEARTBEAT_INTERVAL).await?;
+        tracing::info!(node_id = id, "activated; pulling messages");
+        Ok(id)
+    }
+
+    /// Runs until `stop` is cancelled (then leaves the SuperLink) or the SuperLink is lost.
+    pub async fn run(self) -> Result<(), NodeError> {
+        match self.join().await {
+            Ok(_) => {}
+            Err(FleetError::Cancelled) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let heartbeat = tokio::spawn(heartbeats(self.fleet.clone(), self.stop.clone()));
+        let result = self.serve().await;
+        heartbeat.abort();
+        let _ = heartbeat.await;
+        self.leave().await;
+        result
+    }
+
+    async fn serve(&self) -> Result<(), NodeError> {
+        loop {
+            let pulled = tokio::select! {
+                () = self.stop.cancelled() => return Ok(()),
+                r = self.fleet.pull_messages() => r,
+            };
+            match pulled {
+                Ok(resp) => match (
+                    resp.messages_list.first(),
+                    resp.message_object_trees.first(),
+                ) {
+                    (Some(m), Some(t)) => {
+                        let (m, t) = (m.clone(), t.clone());
+                        match self.handle(m, t).await {
+                            Ok(()) => {}
+                            Err(HandleError::Fleet(FleetError::Cancelled)) => return Ok(()),
+                            Err(HandleError::Fleet(FleetError::InvalidNodeId)) => {
+                                self.rejoin().await?
+                            }
+                            Err(HandleError::Fleet(
+                                e @ (FleetError::Handshake(_) | FleetError::GaveUp { .. }),
+                            )) => return Err(e.into()),
+                            Err(e) => tracing::warn!("message dropped: {e}"),
+                        }
+                    }
+                    _ => {
+                        tokio::select! {
+                            () = self.stop.cancelled() => return Ok(()),
+                            () = tokio::time::sleep(POLL_INTERVAL) => {}
+                        }
+                    }
+                },
+                Err(FleetError::Cancelled) => return Ok(()),
+                Err(FleetError::InvalidNodeId) => self.rejoin().await?,
+                Err(FleetError::RunNotRunning(m)) => tracing::debug!("pull refused: {m}"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The SuperLink forgot this node (it restarted without state): join again.
+    async fn rejoin(&self) -> Result<(), NodeError> {
+        tracing::warn!("the SuperLink no longer knows this node (it restarted without its state); joining again");
+        match self.join().await {
+            Ok(_) | Err(FleetError::Cancelled) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn leave(&self) {
+        // One attempt each, as Flower: the process is ending.
+        let once = self.fleet.clone().with_retry(RetryPolicy {
+            max_tries: Some(1),
+            max_time: None,
+        });
+        match once.deactivate().await {
+            Ok(()) => tracing::info!("deactivated"),
+            Err(e) => tracing::warn!("could not deactivate: {e}"),
+        }
+        if self.settings.own_key {
+            match once.unregister().await {
+                Ok(()) => tracing::info!("unregistered"),
+                Err(e) => tracing::warn!("could not unregister: {e}"),
+            }
+        }
+    }
+
+    async fn handle(&self, message: pb::Message, tree: pb::ObjectTree) -> Result<(), HandleError> {
+        let meta = message_from_pb(&message).map_err(HandleError::Bad)?;
+        let tree = tree_from_pb(&tree).map_err(HandleError::Bad)?;
+        let run_id = meta.run_id;
+        tracing::info!(run_id, message_id = %meta.message_id, message_type = %meta.message_type, "received a message");
+        let outcome = self.process(&meta, tree).await;
+        match outcome {
+            Err(HandleError::Fleet(FleetError::RunNotRunning(why))) => {
+                tracing::info!(run_id, "run not running ({why}); message ignored");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn process(&self, ins: &MessageMeta, tree: ObjectTree) -> Result<(), HandleError> {
+        let run_id = ins.run_id;
+        self.ensure_run(run_id).await?;
+        self.pull_tree(run_id, &tree).await?;
+        self.fleet.confirm(run_id, ins.message_id.clone()).await?;
+        self.state.add_instruction(ins.clone(), tree);
+        let reply = self.wait_for_reply(ins).await;
+        self.state.remove_instruction(&ins.message_id);
+        let (reply, reply_tree, runtime) = reply?;
+        let pushed = self.push_reply(&reply, &reply_tree, runtime).await;
+        let _ = self.state.objects().delete(&reply_tree.id);
+        pushed
+    }
+
+    /// Fetches the run and its FAB the first time the node sees the run, and builds the context
+    /// its ClientApps start from.
+    async fn ensure_run(&self, run_id: u64) -> Result<(), HandleError> {
+        if self.state.run(run_id).is_some() {
+            return Ok(());
+        }
+        let run = self.fleet.get_run(run_id).await?;
+        let fab = self.fleet.get_fab(run_id, &run.fab_hash).await?;
+        let hash = hex::encode(sha2::Sha256::digest(&fab.content));
+        if hash != run.fab_hash {
+            return Err(HandleError::Bad(format!(
+                "the FAB of run {run_id} does not match its hash {}",
+                run.fab_hash
+            )));
+        }
+        let content = fab.content.clone();
+        let info = tokio::task::spawn_blocking(move || flwr_fab::inspect(&content))
+            .await
+            .map_err(|e| HandleError::Bad(e.to_string()))?
+            .map_err(|e| HandleError::Bad(format!("the FAB of run {run_id} is not usable: {e}")))?;
+        let overrides =
+            flwr_proto::convert::config_from_pb(&run.override_config).map_err(HandleError::Bad)?;
+        let run_config = flwr_fab::run_config(&info, &overrides);
+        let context = pb::Context {
+            run_id,
+            node_id: self.fleet.node_id(),
+            node_config: config_to_pb(&self.settings.node_config),
+            state: Some(pb::RecordDict::default()),
+            run_config: config_to_pb(&run_config),
+        };
+        self.state.add_run(
+            run_id,
+            RunEntry {
+                run: Bytes::from(run.encode_to_vec()),
+                fab: fab.content,
+                fab_hash: run.fab_hash.clone(),
+                context: Bytes::from(context.encode_to_vec()),
+            },
+        );
+        tracing::info!(run_id, fab_id = %run.fab_id, "new run");
+        Ok(())
+    }
+
+    /// Pulls every object of the tree the node does not have yet, checking each one.
+    async fn pull_tree(&self, run_id: u64, tree: &ObjectTree) -> Result<(), HandleError> {
+        let missing = self
+            .state
+            .objects()
+            .preregister(run_id, tree)
+            .map_err(|e| HandleError::Bad(e.to_string()))?;
+        let mut pending = missing.into_iter();
+        let mut set = tokio::task::JoinSet::new();
+        loop {
+            while set.len() < PULL_CONCURRENCY {
+                let Some(id) = pending.next() else { break };
+                set.spawn(pull_one(self.fleet.clone(), self.state.clone(), run_id, id));
+            }
+            match set.join_next().await {
+                None => return Ok(()),
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(e)) => return Err(HandleError::Bad(e.to_string())),
+            }
+        }
+    }
+
+    /// Waits for the ClientApp's reply, launching the ClientApp when the node does so itself. A
+    /// ClientApp that exits without replying, or whose token expires, gets a CLIENT_APP_CRASHED
+    /// reply made here.
+    async fn wait_for_reply(
+        &self,
+        ins: &MessageMeta,
+    ) -> Result<(MessageMeta, ObjectTree, f64), HandleError> {
+        let run_id = ins.run_id;
+        let mut child = None;
+        if self.settings.launch_apps {
+            match self.state.create_token(run_id) {
+                Some(token) => match self.launch(run_id, token) {
+                    Ok(c) => child = Some(c),
+                    Err(e) => {
+                        tracing::error!(run_id, "{e}");
+                        self.state.end_token(run_id);
+                        return self.crashed_reply(ins);
+                    }
+                },
+                None => tracing::debug!(run_id, "a ClientApp already serves this run"),
+            }
+        }
+        let mut token_seen = false;
+        let mut exited_at: Option<Instant> = None;
+        loop {
+            if let Some((reply, tree, runtime)) = self.state.reply_to(&ins.message_id) {
+                if self.all_available(&tree) {
+                    return Ok((reply, tree, runtime));
+                }
+            }
+            let has_token = self.state.has_token(run_id);
+            token_seen |= has_token;
+            if token_seen && !has_token && self.state.reply_to(&ins.message_id).is_none() {
+                tracing::warn!(
+                    run_id,
+                    "the ClientApp stopped responding (its token expired)"
+                );
+                return self.crashed_reply(ins);
+            }
+            if let Some(c) = &child {
+                if c.done.is_finished() && exited_at.is_none() {
+                    exited_at = Some(Instant::now());
+                }
+            }
+            if exited_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2))
+                && self.state.reply_to(&ins.message_id).is_none()
+            {
+                tracing::warn!(run_id, "the ClientApp exited without replying");
+                self.state.end_token(run_id);
+                return self.crashed_reply(ins);
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => {
+                    if let Some(c) = &child {
+                        process::signal_group(c.pid, Signal::SIGTERM);
+                    }
+                    return Err(FleetError::Cancelled.into());
+                }
+                () = self.state.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+
+    fn all_available(&self, tree: &ObjectTree) -> bool {
+        tree.post_order()
+            .iter()
+            .all(|n| matches!(self.state.objects().get(&n.id), Ok(Lookup::Available(_))))
+    }
+
+    fn launch(&self, run_id: u64, token: String) -> std::io::Result<process::Spawned> {
+        let cmd = CommandLine {
+            program: self.settings.clientapp_program.clone(),
+            args: vec![
+                "--insecure".into(),
+                "--clientappio-api-address".into(),
+                self.settings.clientappio.clone().into(),
+                "--token".into(),
+                token.into(),
+                "--parent-pid".into(),
+                std::process::id().to_string().into(),
+            ],
+        };
+        let spawned = process::spawn(&cmd, format!("clientapp run {run_id}"))?;
+        tracing::info!(run_id, pid = spawned.pid, "ClientApp process started");
+        Ok(spawned)
+    }
+
+    /// A CLIENT_APP_CRASHED reply to `ins`, stored as an object like any reply.
+    fn crashed_reply(
+        &self,
+        ins: &MessageMeta,
+    ) -> Result<(MessageMeta, ObjectTree, f64), HandleError> {
+        let now = now();
+        let mut reply = MessageMeta {
+            run_id: ins.run_id,
+            message_id: String::new(),
+            src_node_id: self.fleet.node_id(),
+            dst_node_id: SUPERLINK_NODE_ID,
+            reply_to_message_id: ins.message_id.clone(),
+            group_id: ins.group_id.clone(),
+            ttl: (ins.created_at + ins.ttl - now).max(0.001),
+            message_type: ins.message_type.clone(),
+            created_at: now,
+            error: Some(MessageError {
+                code: error_code::CLIENT_APP_CRASHED,
+                reason: CRASHED_REASON.to_owned(),
+            }),
+            has_content: false,
+        };
+        let (bytes, id) = reply.seal_error_message();
+        let tree = ObjectTree::leaf(id);
+        let store = self.state.objects();
+        store
+            .preregister(ins.run_id, &tree)
+            .map_err(|e| HandleError::Bad(e.to_string()))?;
+        store
+            .put(&id, Bytes::from(bytes))
+            .map_err(|e| HandleError::Bad(e.to_string()))?;
+        Ok((reply, tree, 0.0))
+    }
+
+    async fn push_reply(
+        &self,
+        reply: &MessageMeta,
+        tree: &ObjectTree,
+        runtime: f64,
+    ) -> Result<(), HandleError> {
+        let resp = self
+            .fleet
+            .push_messages(message_to_pb(reply), tree_to_pb(tree), runtime)
+            .await?;
+        let accepted = !resp.results.contains_key("None");
+        let wanted: HashSet<String> = resp.objects_to_push.into_iter().collect();
+        for node in tree.post_order() {
+            let hex = node.id.to_hex();
+            if !wanted.contains(&hex) {
+                continue;
+            }
+            let Ok(Lookup::Available(bytes)) = self.state.objects().get(&node.id) else {
+                return Err(HandleError::Bad(format!(
+                    "reply object {hex} is missing locally"
+                )));
+            };
+            self.fleet.push_object(reply.run_id, hex, bytes).await?;
+        }
+        if accepted {
+            tracing::info!(run_id = reply.run_id, reply_to = %reply.reply_to_message_id, "reply sent");
+        } else {
+            tracing::warn!(
+                run_id = reply.run_id,
+                "the SuperLink did not accept the reply (instruction gone or expired)"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Pulls one object until it is available, checks it, stores it.
+async fn pull_one(
+    fleet: Fleet,
+    state: NodeState,
+    run_id: u64,
+    id: ObjectId,
+) -> Result<(), HandleError> {
+    let start = Instant::now();
+    let mut delay = 1.0f64;
+    loop {
+        let r = fleet.pull_object(run_id, id.to_hex()).await?;
+        if r.object_available {
+            let content = r.object_content;
+            let c = content.clone();
+            tokio::task::spawn_blocking(move || content::verify(&id, &c).map(|_| ()))
+                .await
+                .map_err(|e| HandleError::Bad(e.to_string()))?
+                .map_err(|e| HandleError::Bad(format!("object from the SuperLink refused: {e}")))?;
+            state
+                .objects()
+                .put(&id, content)
+                .map_err(|e| HandleError::Bad(e.to_string()))?;
+            return Ok(());
+        }
+        if !r.object_found {
+            return Err(HandleError::Bad(format!(
+                "the SuperLink does not know object {id}"
+            )));
+        }
+        if start.elapsed() > PULL_MAX_TIME {
+            return Err(HandleError::Bad(format!(
+                "object {id} did not become available"
+            )));
+        }
+        let wait = delay * (0.8 + 0.4 * rand_unit());
+        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        delay = (delay * 2.0).min(PULL_BACKOFF_CAP);
+    }
+}
+
+/// Heartbeats on Flower's schedule: at once, then every (interval − 5 s) × U(0.7, 0.9).
+async fn heartbeats(fleet: Fleet, stop: CancellationToken) {
+    loop {
+        match fleet.heartbeat(HEARTBEAT_INTERVAL).await {
+            Ok(true) => tracing::debug!("heartbeat sent"),
+            Ok(false) => tracing::warn!("the SuperLink refused a heartbeat"),
+            Err(FleetError::Cancelled) => return,
+            Err(e) => tracing::warn!("heartbeat failed: {e}"),
+        }
+        let wait = (HEARTBEAT_INTERVAL - 5.0) * (0.7 + 0.2 * rand_unit());
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+        }
+    }
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

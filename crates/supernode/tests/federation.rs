@@ -1,0 +1,249 @@
+//! Our SuperNode with Flower 1.28.0's SuperLink, with ours, and beside Python SuperNodes; with
+//! TLS, in both isolation modes, with registered keys, across SuperLink restarts; and its
+//! retry policy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flwr_testkit::federation::{
+    self, clientapp_executor, our_supernode, python_supernode, Cli, SuperLink,
+};
+use flwr_testkit::pki::{self, TlsFiles};
+use flwr_testkit::process::{run, Proc, Signal};
+
+const SUPERNODE: &str = env!("CARGO_BIN_EXE_supernode");
+
+/// Our SuperLink binary, built by `cargo test --workspace` beside this one.
+fn our_superlink() -> PathBuf {
+    let p = Path::new(SUPERNODE).with_file_name("superlink");
+    assert!(
+        p.exists(),
+        "{} is missing: run the workspace's tests (cargo test --workspace) or cargo build --bins",
+        p.display()
+    );
+    p
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    tls: TlsFiles,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
+    Setup { dir, tls }
+}
+
+impl Setup {
+    fn home(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn our_node(&self, name: &str, fleet: &str, extra: &[&str]) -> (Proc, String) {
+        our_supernode(
+            SUPERNODE.as_ref(),
+            name,
+            fleet,
+            Some(&self.tls.ca),
+            &self.home(name),
+            extra,
+        )
+    }
+
+    fn cli(&self, control: &str) -> Cli {
+        Cli::new(&self.home("cli"), control, Some(&self.tls.ca))
+    }
+}
+
+fn run_app(cli: &Cli, run_config: &str, rounds: u32) -> u64 {
+    let (status, out) = cli
+        .start_run_streaming(&federation::example_app(), run_config)
+        .wait(Duration::from_secs(240));
+    assert!(status.success(), "flwr run failed:\n{out}");
+    let sha = federation::expected_model_sha256(1000, rounds, 1.0);
+    assert!(
+        out.contains(&format!("sha256={sha}")),
+        "the predicted model {sha} must be reached:\n{out}"
+    );
+    let run_id = Cli::run_id_in(&out);
+    let start = Instant::now();
+    while cli.status_of(run_id) != "finished:completed" {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "run {run_id}: {}",
+            cli.status_of(run_id)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    run_id
+}
+
+#[test]
+fn python_superlink_with_our_supernodes_in_both_isolation_modes() {
+    let s = setup();
+    let superlink = SuperLink::start_python(Some(&s.tls), &s.home("superlink"), &[]);
+    let (_a, _) = s.our_node("node-a", &superlink.fleet, &[]);
+    let (_b, appio_b) = s.our_node(
+        "node-b",
+        &superlink.fleet,
+        &["--isolation", "process", "--node-config", "partition-id=1"],
+    );
+    let _executor = clientapp_executor(&appio_b, &s.home("executor-b"));
+    let cli = s.cli(&superlink.control);
+    run_app(&cli, "num-server-rounds=2", 2);
+}
+
+#[test]
+fn all_ours_and_a_mixed_federation() {
+    let s = setup();
+    let superlink = SuperLink::start(&our_superlink(), Some(&s.tls), &s.home("superlink"), &[]);
+    let (_a, _) = s.our_node("node-a", &superlink.fleet, &[]);
+    let (_b, appio_b) = s.our_node("node-b", &superlink.fleet, &["--isolation", "process"]);
+    let _executor = clientapp_executor(&appio_b, &s.home("executor-b"));
+    let cli = s.cli(&superlink.control);
+    run_app(&cli, "num-server-rounds=1", 1);
+
+    // Mixed: a Python SuperNode joins ours; the next run needs all three.
+    let _python = python_supernode(
+        "python-node",
+        &superlink.fleet,
+        Some(&s.tls.ca),
+        &s.home("python-node"),
+        &[],
+    );
+    run_app(&cli, "num-server-rounds=1 min-nodes=3", 1);
+}
+
+#[test]
+fn registered_key_with_python_superlink_auth() {
+    let s = setup();
+    let superlink = SuperLink::start_python(
+        Some(&s.tls),
+        &s.home("superlink"),
+        &["--enable-supernode-auth"],
+    );
+    let key = s.dir.path().join("node-key");
+    let (status, out) = run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f"])
+        .arg(&key));
+    assert!(status.success(), "{out}");
+    let cli = s.cli(&superlink.control);
+    let (status, out) = cli.run(&[
+        "supernode",
+        "register",
+        &format!("{}.pub", key.display()),
+        federation::CONNECTION,
+    ]);
+    assert!(status.success(), "{out}");
+    let (_node, _) = s.our_node(
+        "registered",
+        &superlink.fleet,
+        &["--auth-supernode-private-key", key.to_str().unwrap()],
+    );
+    run_app(&cli, "num-server-rounds=1 min-nodes=1", 1);
+    let (status, nodes) = cli.run(&[
+        "supernode",
+        "list",
+        federation::CONNECTION,
+        "--format",
+        "json",
+    ]);
+    assert!(status.success() && nodes.contains("\"online\""), "{nodes}");
+}
+
+fn restart_keeps_serving(database: bool) {
+    let s = setup();
+    let ports: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", federation::free_port()))
+        .collect();
+    let addresses = [ports[0].as_str(), ports[1].as_str(), ports[2].as_str()];
+    let db = s.dir.path().join("superlink.db");
+    let flags: Vec<&str> = if database {
+        vec!["--database", db.to_str().unwrap()]
+    } else {
+        vec![]
+    };
+    let mut superlink = SuperLink::start_at(
+        &our_superlink(),
+        Some(&s.tls),
+        &s.home("superlink"),
+        addresses,
+        &flags,
+    );
+    let (mut a, _) = s.our_node("node-a", &superlink.fleet, &[]);
+    let (_b, _) = s.our_node("node-b", &superlink.fleet, &[]);
+    let cli = s.cli(&superlink.control);
+    run_app(&cli, "num-server-rounds=1", 1);
+
+    superlink.proc.signal(Signal::SIGTERM);
+    let _ = superlink.proc.wait(Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(2));
+    superlink = SuperLink::start_at(
+        &our_superlink(),
+        Some(&s.tls),
+        &s.home("superlink"),
+        addresses,
+        &flags,
+    );
+    // Both nodes come back by themselves: the next run needs two of them.
+    run_app(&cli, "num-server-rounds=1", 1);
+    if !database {
+        assert!(a.output().contains("joining again"), "{}", a.output());
+    }
+    assert!(a.try_status().is_none(), "the node keeps running");
+    drop(superlink);
+    let _ = &mut a;
+}
+
+#[test]
+fn our_supernodes_survive_a_superlink_restart_with_database() {
+    restart_keeps_serving(true);
+}
+
+#[test]
+fn our_supernodes_rejoin_a_superlink_restarted_in_memory() {
+    restart_keeps_serving(false);
+}
+
+#[test]
+fn retry_policy_gives_up_like_flower() {
+    let s = setup();
+    // A closed port: 3 tries with --max-retries 2, then exit 1 with Flower's words.
+    let closed = format!("127.0.0.1:{}", federation::free_port());
+    let (p, _) = s.our_node("closed", &closed, &["--max-retries", "2"]);
+    let (status, out) = p.wait(Duration::from_secs(90));
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("Giving up reconnection after") && out.contains("and 3 tries"),
+        "{out}"
+    );
+    assert_eq!(out.matches("retrying in").count(), 2, "{out}");
+
+    // A SuperLink whose certificate another CA signed: gives up at once, naming the problem.
+    let superlink = SuperLink::start(&our_superlink(), Some(&s.tls), &s.home("superlink"), &[]);
+    let other = tempfile::tempdir().unwrap();
+    let (_ca, other_tls) = pki::write_tls_files(other.path(), pki::LOCAL_SANS);
+    let started = Instant::now();
+    let (p, _) = our_supernode(
+        SUPERNODE.as_ref(),
+        "wrong-ca",
+        &superlink.fleet,
+        Some(&other_tls.ca),
+        &s.home("wrong-ca"),
+        &[],
+    );
+    let (status, out) = p.wait(Duration::from_secs(30));
+    assert!(!status.success(), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no retries on a certificate problem"
+    );
+    assert!(
+        out.contains("TLS handshake") && out.to_lowercase().contains("certificate"),
+        "{out}"
+    );
+}
