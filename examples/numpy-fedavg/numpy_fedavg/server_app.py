@@ -1,9 +1,11 @@
 """ServerApp: FedAvg from a known model; after R rounds every weight must have grown by R * step.
 
 The initial weights are `i % 97` (exact in float32), so every array chunk differs and a swapped,
-lost or corrupted chunk changes the result. The last line of the output is `FEDAVG-CHECK OK ...`
-with a SHA-256 of the final model when it is exactly the predicted one; otherwise the app raises,
-and the run ends `finished:failed`.
+lost or corrupted chunk changes the result. With one, two or four nodes FedAvg's average is exact
+and the final model equals the prediction bit for bit (`exact=True`); with other counts the
+average may differ in the last bit, and the check allows 1e-3. The last line of the output is
+`FEDAVG-CHECK OK ...` with a SHA-256 of the final model; otherwise the app raises, and the run ends
+`finished:failed`.
 """
 
 import hashlib
@@ -45,14 +47,16 @@ def main(grid: Grid, context: Context) -> None:
         print(f"FEDAVG-ROUND {rnd} train-mean={metrics['train-mean']}", flush=True)
     final = result.arrays.to_numpy_ndarrays()[0]
     expected = start + np.float32(rounds * step)
-    if final.shape != (size,) or not np.array_equal(final, expected):
+    if final.shape != (size,) or not np.allclose(final, expected, rtol=0.0, atol=1e-3):
+        differ = int(np.sum(np.abs(final - expected) > 1e-3)) if final.shape == expected.shape else "all"
         raise ValueError(
             f"FEDAVG-CHECK FAILED: expected start + {rounds * step}, got shape {final.shape}, "
-            f"{int(np.sum(final != expected)) if final.shape == expected.shape else 'all'} weights differ"
+            f"{differ} weights differ"
         )
+    exact = bool(np.array_equal(final, expected))
     digest = hashlib.sha256(final.tobytes()).hexdigest()
     print(
         f"FEDAVG-CHECK OK rounds={rounds} size={size} nodes={nodes} "
-        f"increase={rounds * step} sha256={digest}",
+        f"increase={rounds * step} exact={exact} sha256={digest}",
         flush=True,
     )
