@@ -18,4 +18,4 @@ fi
 
 FLWR_VENV="$("$repo/scripts/python-env.sh")"
 export FLWR_VENV
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"

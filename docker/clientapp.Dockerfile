@@ -1,0 +1,24 @@
+# flwr-clientapp 1.28.0 for `--isolation process`: run it with `--insecure` beside the
+# SuperNode. Runs as user `app` (UID/GID 49999) in /app; the venv belongs to `app`, so an
+# app's own dependencies take one line in a derived image:
+#
+#   FROM flower-rs/clientapp:1.28.0
+#   RUN pip install numpy
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
+ARG FLWR_VERSION=1.28.0
+# build-ca.crt: extra CA certificates pip needs behind a TLS-inspecting proxy (may be empty).
+COPY build-ca.crt /tmp/build-ca.crt
+RUN groupadd --gid 49999 app \
+ && useradd --uid 49999 --gid 49999 --home-dir /app --create-home --shell /usr/sbin/nologin app \
+ && if [ -s /tmp/build-ca.crt ]; then export PIP_CERT=/tmp/build-ca.crt; fi \
+ && python3 -m venv /opt/flwr \
+ && /opt/flwr/bin/pip install --no-cache-dir --disable-pip-version-check "flwr==${FLWR_VERSION}" \
+ && chown -R app:app /opt/flwr
+ENV PATH=/opt/flwr/bin:$PATH HOME=/app FLWR_DISABLE_UPDATE_CHECK=1
+WORKDIR /app
+ARG APP_DEPS=""
+RUN if [ -s /tmp/build-ca.crt ]; then export PIP_CERT=/tmp/build-ca.crt; fi \
+ && if [ -n "$APP_DEPS" ]; then /opt/flwr/bin/pip install --no-cache-dir --disable-pip-version-check $APP_DEPS; fi
+USER app
+ENTRYPOINT ["flwr-clientapp"]
