@@ -7,12 +7,17 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
 missing=()
-for tool in cargo openssl ssh-keygen setpriv python3; do
+for tool in cargo openssl ssh-keygen setpriv python3 docker docker-compose debootstrap; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test: missing tools: ${missing[*]}" >&2
-  echo "test: on Debian: apt-get install openssl openssh-client util-linux python3 python3-venv" >&2
+  echo "test: on Debian: apt-get install openssl openssh-client util-linux python3 python3-venv docker.io docker-compose debootstrap" >&2
+  exit 1
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  echo "test: the Docker engine is not reachable (the image tests need it): start dockerd" >&2
   exit 1
 fi
 

@@ -1,0 +1,401 @@
+//! The Flower TLS page, word for word, with our images: the `subprocess` tab, the `process` tab,
+//! file permissions for UID 49999, and the Compose federation. Every container and network a test
+//! creates is removed when it ends, also when it fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use flwr_testkit::federation::{self, free_port, Cli, CONNECTION};
+use flwr_testkit::process::run;
+use flwr_testkit::python;
+
+const TAG: &str = "test";
+
+/// Builds the base images and our images once per test run.
+fn images() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let (status, out) = run(Command::new("docker").arg("info"));
+        assert!(
+            status.success(),
+            "the Docker engine is required for these tests and is not reachable:\n{out}"
+        );
+        let repo = python::repo_root();
+        let (status, out) = run(&mut Command::new(
+            repo.join("docker/base/make-base-image.sh"),
+        ));
+        assert!(status.success(), "making the base images failed:\n{out}");
+        // The tests use the debug binaries that `cargo test` just built (release builds would
+        // double the CI time); the README reports the sizes of release images.
+        let (status, out) = run(Command::new(repo.join("docker/build-images.sh"))
+            .env("BASE_PYTHON", "flower-rs/python:bookworm")
+            .env("BASE_DEBIAN", "flower-rs/debian:bookworm")
+            .env("PROFILE", "debug")
+            .env("TAG", TAG)
+            .env("APP_DEPS", "numpy"));
+        assert!(status.success(), "building the images failed:\n{out}");
+    });
+}
+
+fn image(name: &str) -> String {
+    format!("flower-rs/{name}:{TAG}")
+}
+
+/// Containers and a network, removed on drop.
+struct Docker {
+    prefix: String,
+    network: String,
+    containers: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Docker {
+    fn new(test: &str) -> Docker {
+        images();
+        let prefix = format!("flwrrs-{test}-{}", std::process::id());
+        let network = format!("{prefix}-net");
+        let (status, out) = run(Command::new("docker").args(["network", "create", &network]));
+        assert!(status.success(), "{out}");
+        Docker {
+            prefix,
+            network,
+            containers: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `docker run --rm -d --name <prefix-name> --network <net> [--network-alias alias] ARGS`, run
+    /// in the test's directory so that the page's relative `./superlink-certificates` works.
+    fn run(&mut self, name: &str, alias: Option<&str>, args: &[&str]) -> String {
+        let container = format!("{}-{name}", self.prefix);
+        let mut cmd = Command::new("docker");
+        cmd.current_dir(self.dir()).args([
+            "run",
+            "--rm",
+            "-d",
+            "--name",
+            &container,
+            "--network",
+            &self.network,
+        ]);
+        if let Some(a) = alias {
+            cmd.args(["--network-alias", a]);
+        }
+        let (status, out) = run(cmd.args(args));
+        assert!(status.success(), "docker run {args:?}:\n{out}");
+        self.containers.push(container.clone());
+        container
+    }
+
+    fn logs(&self, container: &str) -> String {
+        run(Command::new("docker").args(["logs", container])).1
+    }
+
+    fn wait_for_log(&self, container: &str, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let logs = self.logs(container);
+            if logs.contains(needle) {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{container} did not log {needle:?}:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The page's certificates, made with the project's script (owned by UID 49999).
+    fn certificates(&self) -> PathBuf {
+        let dir = self.dir().join("superlink-certificates");
+        let script = python::repo_root().join("docker/compose/make-certificates.sh");
+        let (status, out) = run(Command::new(script).arg(&dir));
+        assert!(status.success(), "{out}");
+        dir
+    }
+
+    /// The `flwr` CLI with the page's `[superlink.local-deployment-tls]` table.
+    fn cli(&self, control_port: u16, ca: &Path) -> Cli {
+        Cli::new(
+            &self.dir().join("flwr-home"),
+            &format!("127.0.0.1:{control_port}"),
+            Some(ca),
+        )
+    }
+
+    fn diagnostics(&self) -> String {
+        self.containers
+            .iter()
+            .map(|c| format!("--- {c}\n{}", self.logs(c)))
+            .collect()
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = run(Command::new("docker").args(["rm", "-f", c]));
+        }
+        let _ = run(Command::new("docker").args(["network", "rm", &self.network]));
+    }
+}
+
+fn run_example(d: &Docker, cli: &Cli, rounds: u32) {
+    let (status, out) = cli
+        .start_run_streaming(
+            &federation::example_app(),
+            &format!("num-server-rounds={rounds}"),
+        )
+        .wait(Duration::from_secs(300));
+    assert!(
+        status.success(),
+        "flwr run failed:\n{out}\n{}",
+        d.diagnostics()
+    );
+    let sha = federation::expected_model_sha256(1000, rounds, 1.0);
+    assert!(out.contains(&format!("sha256={sha}")), "{out}");
+}
+
+const SUPERLINK_TLS: [&str; 6] = [
+    "--ssl-ca-certfile",
+    "certificates/ca.crt",
+    "--ssl-certfile",
+    "certificates/server.pem",
+    "--ssl-keyfile",
+    "certificates/server.key",
+];
+
+#[test]
+fn tls_page_subprocess_tab() {
+    let mut d = Docker::new("subprocess");
+    let certs = d.certificates();
+    let port = free_port();
+    let published = format!("127.0.0.1:{port}:9093");
+    let image_superlink = image("superlink");
+    let mut args = vec![
+        "-p",
+        &published,
+        "--volume",
+        "./superlink-certificates/:/app/certificates/:ro",
+        &image_superlink,
+    ];
+    args.extend(SUPERLINK_TLS);
+    let superlink = d.run("superlink", Some("superlink"), &args);
+    d.wait_for_log(
+        &superlink,
+        "Fleet API (grpc-rere) serving",
+        Duration::from_secs(30),
+    );
+    let image_supernode = image("supernode");
+    for i in 0..2 {
+        let node_config = format!("partition-id={i} num-partitions=2");
+        d.run(
+            &format!("supernode-{i}"),
+            None,
+            &[
+                "--volume",
+                "./superlink-certificates/ca.crt:/app/ca.crt/:ro",
+                &image_supernode,
+                "--root-certificates",
+                "ca.crt",
+                "--superlink",
+                "superlink:9092",
+                "--node-config",
+                &node_config,
+            ],
+        );
+    }
+    let cli = d.cli(port, &certs.join("ca.crt"));
+    let (status, list) = cli.run(&["config", "list"]);
+    assert!(status.success() && list.contains(CONNECTION), "{list}");
+    run_example(&d, &cli, 2);
+}
+
+#[test]
+fn tls_page_process_tab() {
+    let mut d = Docker::new("process");
+    let certs = d.certificates();
+    let port = free_port();
+    let published = format!("127.0.0.1:{port}:9093");
+    let image_superlink = image("superlink-slim");
+    let mut args = vec![
+        "-p",
+        &published,
+        "--volume",
+        "./superlink-certificates/:/app/certificates/:ro",
+        &image_superlink,
+    ];
+    args.extend(SUPERLINK_TLS);
+    args.extend(["--isolation", "process"]);
+    let superlink = d.run("superlink", Some("superlink"), &args);
+    d.wait_for_log(
+        &superlink,
+        "Fleet API (grpc-rere) serving",
+        Duration::from_secs(30),
+    );
+    d.run(
+        "serverapp",
+        None,
+        &[
+            &image("serverapp"),
+            "--insecure",
+            "--serverappio-api-address",
+            "superlink:9091",
+        ],
+    );
+    let image_supernode = image("supernode-slim");
+    for i in 0..2 {
+        let alias = format!("supernode-{i}");
+        d.run(
+            &alias,
+            Some(&alias),
+            &[
+                "--volume",
+                "./superlink-certificates/ca.crt:/app/ca.crt/:ro",
+                &image_supernode,
+                "--root-certificates",
+                "ca.crt",
+                "--isolation",
+                "process",
+                "--superlink",
+                "superlink:9092",
+            ],
+        );
+        let appio = format!("{alias}:9094");
+        d.run(
+            &format!("clientapp-{i}"),
+            None,
+            &[
+                &image("clientapp"),
+                "--insecure",
+                "--clientappio-api-address",
+                &appio,
+            ],
+        );
+    }
+    let cli = d.cli(port, &certs.join("ca.crt"));
+    run_example(&d, &cli, 1);
+}
+
+#[test]
+fn a_key_uid_49999_cannot_read_is_named_with_the_chown_fix() {
+    let mut d = Docker::new("permissions");
+    let certs = d.certificates();
+    // As a user copies them without the chown step: owned by root, key readable by root only.
+    let (status, out) = run(Command::new("chown").arg("-R").arg("0:0").arg(&certs));
+    assert!(status.success(), "{out}");
+    let (status, out) = run(Command::new("chmod")
+        .arg("600")
+        .arg(certs.join("server.key")));
+    assert!(status.success(), "{out}");
+    let started = Instant::now();
+    let mut cmd = Command::new("docker");
+    cmd.current_dir(d.dir()).args([
+        "run",
+        "--rm",
+        "--network",
+        &d.network,
+        "--volume",
+        "./superlink-certificates/:/app/certificates/:ro",
+    ]);
+    cmd.arg(image("superlink"));
+    let (status, out) = run(cmd.args(SUPERLINK_TLS));
+    assert!(!status.success(), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it exits at once"
+    );
+    assert!(
+        out.contains("certificates/server.key") && out.contains("UID 49999"),
+        "{out}"
+    );
+    assert!(out.contains("chown -R 49999:49999"), "{out}");
+
+    // The page's fix; the certificates stay a read-only mount.
+    let (status, out) = run(Command::new("chown")
+        .arg("-R")
+        .arg("49999:49999")
+        .arg(&certs));
+    assert!(status.success(), "{out}");
+    let mut args = vec![
+        "--volume",
+        "./superlink-certificates/:/app/certificates/:ro",
+    ];
+    let img = image("superlink");
+    args.push(&img);
+    args.extend(SUPERLINK_TLS);
+    let superlink = d.run("superlink", None, &args);
+    d.wait_for_log(
+        &superlink,
+        "Fleet API (grpc-rere) serving",
+        Duration::from_secs(30),
+    );
+}
+
+/// A Compose project, taken down (with its volumes) on drop.
+struct Compose {
+    file: PathBuf,
+    project: String,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Compose {
+    fn run(&self, args: &[&str]) -> (std::process::ExitStatus, String) {
+        let mut c = Command::new("docker-compose");
+        c.arg("-f")
+            .arg(&self.file)
+            .args(["-p", &self.project])
+            .args(args);
+        c.envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
+        run(&mut c)
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let _ = self.run(&["down", "-v", "--remove-orphans"]);
+    }
+}
+
+#[test]
+fn compose_runs_the_tls_federation() {
+    let d = Docker::new("compose");
+    let certs = d.certificates();
+    let port = free_port();
+    let compose = Compose {
+        file: python::repo_root().join("docker/compose/compose.yml"),
+        project: format!("{}-compose", d.prefix),
+        env: vec![
+            ("CERTS", certs.display().to_string()),
+            ("TAG", TAG.to_owned()),
+            ("CONTROL_PORT", port.to_string()),
+        ],
+    };
+    let (status, out) = compose.run(&["up", "-d"]);
+    assert!(status.success(), "docker-compose up:\n{out}");
+    let cli = d.cli(port, &certs.join("ca.crt"));
+    let (status, out) = cli
+        .start_run_streaming(&federation::example_app(), "num-server-rounds=1")
+        .wait(Duration::from_secs(300));
+    assert!(
+        status.success(),
+        "flwr run failed:\n{out}\n{}",
+        compose.run(&["logs"]).1
+    );
+    assert!(
+        out.contains(&format!(
+            "sha256={}",
+            federation::expected_model_sha256(1000, 1, 1.0)
+        )),
+        "{out}"
+    );
+}
