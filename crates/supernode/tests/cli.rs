@@ -151,3 +151,28 @@ fn binary_messages_and_exit_codes() {
     assert_eq!(code, 1);
     assert!(out.contains("`name=abc`"), "{out}");
 }
+
+#[tokio::test]
+async fn health_service_and_sigterm_while_connecting() {
+    let health = format!("127.0.0.1:{}", flwr_testkit::federation::free_port());
+    let closed = format!("127.0.0.1:{}", flwr_testkit::federation::free_port());
+    let mut cmd = flwr_testkit::process::command(BIN);
+    cmd.args([
+        "--insecure",
+        "--superlink",
+        &closed,
+        "--health-server-address",
+        &health,
+    ]);
+    cmd.args(["--clientappio-api-address", "127.0.0.1:0"]);
+    let mut p = flwr_testkit::process::Proc::spawn("supernode", cmd);
+    p.wait_for_output("retrying in", std::time::Duration::from_secs(20));
+    let channel = flwr_transport::grpc::channel(&health.parse().unwrap(), None);
+    assert!(flwr_transport::health::check(channel).await.unwrap());
+    p.signal(flwr_testkit::process::Signal::SIGTERM);
+    let (status, out) = p.wait(std::time::Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "SIGTERM ends the SuperNode cleanly:\n{out}"
+    );
+}
