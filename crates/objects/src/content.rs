@@ -154,6 +154,9 @@ pub enum VerifyError {
         /// Why.
         reason: StructureError,
     },
+    /// The check could not finish (the runtime is shutting down).
+    #[error("the object check was interrupted")]
+    Interrupted,
 }
 
 /// Checks pushed bytes as Flower does: the hash first, then the structure. CPU-bound for large
@@ -164,6 +167,23 @@ pub fn verify(claimed: &ObjectId, content: &[u8]) -> Result<Head, VerifyError> {
         return Err(VerifyError::HashMismatch { claimed: *claimed });
     }
     parse(content).map_err(|reason| VerifyError::Structure { id: actual, reason })
+}
+
+/// Objects at least this large are checked on the blocking pool.
+pub const OFFLOAD_BYTES: usize = 64 * 1024;
+
+/// [`verify`] for bytes that arrived over the network, without holding an async thread while a
+/// large object is hashed (a 5 MiB chunk takes milliseconds). The bytes are shared, not copied.
+pub async fn verify_shared(claimed: ObjectId, content: &bytes::Bytes) -> Result<(), VerifyError> {
+    if content.len() < OFFLOAD_BYTES {
+        return verify(&claimed, content).map(|_| ());
+    }
+    let c = content.clone();
+    match tokio::task::spawn_blocking(move || verify(&claimed, &c).map(|_| ())).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(VerifyError::Interrupted),
+    }
 }
 
 #[cfg(test)]

@@ -34,8 +34,6 @@ pub const DEFAULT_FEDERATION: &str = "@none/default";
 /// Its description.
 pub const DEFAULT_FEDERATION_DESCRIPTION: &str =
     "A federation for testing and development purposes.";
-/// Objects at least this large are hashed on the blocking pool.
-const OFFLOAD_HASH_BYTES: usize = 64 * 1024;
 
 /// What the ServerApp launcher is told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -384,20 +382,14 @@ impl Core {
         let Ok(id) = ObjectId::parse(&id) else {
             return Ok(false);
         };
-        let verified = if content.len() >= OFFLOAD_HASH_BYTES {
-            let c = content.clone();
-            tokio::task::spawn_blocking(move || content::verify(&id, &c).map(|_| ()))
-                .await
-                .map_err(|e| Error::Internal(format!("hashing failed: {e}")))?
-        } else {
-            content::verify(&id, &content).map(|_| ())
-        };
+        let verified = content::verify_shared(id, &content).await;
         match verified {
             Ok(()) => {}
             Err(VerifyError::HashMismatch { .. }) => return Ok(false),
             Err(e @ VerifyError::Structure { .. }) => {
                 return Err(Error::FailedPrecondition(e.to_string()))
             }
+            Err(e @ VerifyError::Interrupted) => return Err(Error::Internal(e.to_string())),
         }
         self.obj(move |o| o.put(&id, content)).await
     }

@@ -14,9 +14,6 @@ use tonic::{Request, Response, Status};
 
 use crate::state::{AppError, NodeState};
 
-/// Objects at least this large are hashed on the blocking pool.
-const OFFLOAD_HASH_BYTES: usize = 64 * 1024;
-
 /// The ClientAppIo service.
 #[derive(Clone)]
 pub struct ClientAppIoService {
@@ -131,14 +128,7 @@ impl pb::client_app_io_server::ClientAppIo for ClientAppIoService {
             return Ok(Response::new(pb::PushObjectResponse { stored: false }));
         };
         let content = body.object_content;
-        let verified = if content.len() >= OFFLOAD_HASH_BYTES {
-            let c = content.clone();
-            tokio::task::spawn_blocking(move || content::verify(&id, &c).map(|_| ()))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-        } else {
-            content::verify(&id, &content).map(|_| ())
-        };
+        let verified = content::verify_shared(id, &content).await;
         match verified {
             Ok(()) => {}
             Err(VerifyError::HashMismatch { .. }) => {

@@ -455,10 +455,8 @@ async fn pull_one(
         let r = fleet.pull_object(run_id, id.to_hex()).await?;
         if r.object_available {
             let content = r.object_content;
-            let c = content.clone();
-            tokio::task::spawn_blocking(move || content::verify(&id, &c).map(|_| ()))
+            content::verify_shared(id, &content)
                 .await
-                .map_err(|e| HandleError::Bad(e.to_string()))?
                 .map_err(|e| HandleError::Bad(format!("object from the SuperLink refused: {e}")))?;
             state
                 .objects()
