@@ -75,6 +75,14 @@ pub struct Fleet {
     retry: RetryPolicy,
     node_id: Arc<AtomicU64>,
     stop: CancellationToken,
+    reuse: Option<SignatureReuse>,
+}
+
+/// A signature kept for reuse (see [`Fleet::with_signature_reuse`]).
+#[derive(Clone)]
+struct SignatureReuse {
+    max_age: Duration,
+    last: Arc<parking_lot::Mutex<Option<(Instant, node_auth::SignedTimestamp)>>>,
 }
 
 impl Fleet {
@@ -92,6 +100,34 @@ impl Fleet {
             retry,
             node_id: Arc::new(AtomicU64::new(0)),
             stop,
+            reuse: None,
+        }
+    }
+
+    /// This client signing once per `max_age` and sending the same signed timestamp until then.
+    /// Flower's SuperNode (and ours) signs every call; load generators use this to keep their
+    /// own CPU out of the measurement. The SuperLink still verifies every call in full, since
+    /// the protocol has no replay protection and so no reason to remember signatures.
+    pub fn with_signature_reuse(mut self, max_age: Duration) -> Self {
+        self.reuse = Some(SignatureReuse {
+            max_age,
+            last: Arc::default(),
+        });
+        self
+    }
+
+    fn signature(&self) -> node_auth::SignedTimestamp {
+        let Some(reuse) = &self.reuse else {
+            return self.key.sign_now();
+        };
+        let mut last = reuse.last.lock();
+        match &*last {
+            Some((at, s)) if at.elapsed() < reuse.max_age => s.clone(),
+            _ => {
+                let s = self.key.sign_now();
+                *last = Some((Instant::now(), s.clone()));
+                s
+            }
         }
     }
 
@@ -113,7 +149,7 @@ impl Fleet {
     }
 
     fn signed<T>(&self, body: T) -> Request<T> {
-        let s = self.key.sign_now();
+        let s = self.signature();
         let mut r = Request::new(body);
         let md = r.metadata_mut();
         md.insert_bin(
