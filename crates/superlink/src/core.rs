@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::ffs::Ffs;
+use crate::lane::Lane;
 use crate::state::{
     heartbeat, ConfigValue, LinkState, NewNode, NewRun, Node, NodeId, NodeRefusal, PulledReply,
     Run, RunId, RunStatus, RunType, StateError, Status, SubStatus,
@@ -76,6 +77,13 @@ pub struct Core {
     settings: Settings,
     launcher: Option<mpsc::UnboundedSender<LaunchEvent>>,
     keys: Arc<RwLock<HashMap<Bytes, Arc<NodePublicKey>>>>,
+    /// Where blocking engines run: one lane per database connection.
+    lanes: Option<Arc<Lanes>>,
+}
+
+struct Lanes {
+    state: Lane,
+    objects: Lane,
 }
 
 /// Parsed keys kept at most (the cache is cleared when it grows past this).
@@ -99,6 +107,19 @@ impl Core {
         settings: Settings,
         launcher: Option<mpsc::UnboundedSender<LaunchEvent>>,
     ) -> Self {
+        let lanes = if settings.blocking_state {
+            match (Lane::start("state-db"), Lane::start("object-db")) {
+                (Ok(state), Ok(objects)) => Some(Arc::new(Lanes { state, objects })),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(
+                        "cannot start the database threads ({e}); database calls use the blocking pool"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Self {
             state,
             objects,
@@ -107,6 +128,7 @@ impl Core {
             settings,
             launcher,
             keys: Arc::new(RwLock::new(HashMap::new())),
+            lanes,
         }
     }
 
@@ -126,7 +148,15 @@ impl Core {
         R: Send + 'static,
         F: FnOnce(&dyn LinkState) -> std::result::Result<R, StateError> + Send + 'static,
     {
-        if self.settings.blocking_state {
+        if let Some(lanes) = &self.lanes {
+            let state = self.state.clone();
+            lanes
+                .state
+                .run(move || f(&*state))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(Error::from)
+        } else if self.settings.blocking_state {
             let state = self.state.clone();
             tokio::task::spawn_blocking(move || f(&*state))
                 .await
@@ -145,7 +175,15 @@ impl Core {
             + Send
             + 'static,
     {
-        if self.settings.blocking_state {
+        if let Some(lanes) = &self.lanes {
+            let objects = self.objects.clone();
+            lanes
+                .objects
+                .run(move || f(&*objects))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(Error::from)
+        } else if self.settings.blocking_state {
             let objects = self.objects.clone();
             tokio::task::spawn_blocking(move || f(&*objects))
                 .await
@@ -180,6 +218,9 @@ impl Core {
 
     /// The node a verified key belongs to (None for unknown or unregistered keys).
     pub async fn node_for_key(&self, pem: Bytes) -> Result<Option<NodeId>> {
+        if let Some(id) = self.state.cached_node_id(&pem) {
+            return Ok(Some(id));
+        }
         self.st(move |s| s.node_id_by_public_key(&pem)).await
     }
 
@@ -273,6 +314,9 @@ impl Core {
         node_id: NodeId,
     ) -> Result<Option<(MessageMeta, ObjectTree)>> {
         loop {
+            if !self.state.may_have_instruction(node_id) {
+                return Ok(None);
+            }
             let Some(meta) = self.st(move |s| s.pull_instruction(node_id)).await? else {
                 return Ok(None);
             };

@@ -18,6 +18,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod ffs;
+pub mod lane;
 pub mod launcher;
 pub mod service;
 pub mod state;

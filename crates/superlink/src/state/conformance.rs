@@ -142,7 +142,17 @@ fn node_lifecycle(make: Factory<'_>) {
         s.unregister_node(id, Some("someone else")).unwrap(),
         Err(NodeRefusal::NotFound(id))
     );
+    assert_eq!(
+        s.cached_node_id(b"k1").unwrap_or(id),
+        id,
+        "a remembered key names its node"
+    );
     assert_eq!(s.unregister_node(id, Some("<id:none>")).unwrap(), Ok(()));
+    assert_eq!(
+        s.cached_node_id(b"k1"),
+        None,
+        "an unregistered key is forgotten"
+    );
     assert_eq!(
         s.unregister_node(id, None).unwrap(),
         Err(NodeRefusal::NotFound(id))
@@ -324,7 +334,12 @@ fn instructions_are_delivered_once_in_order(make: Factory<'_>) {
         None
     );
 
+    assert!(
+        s.may_have_instruction(node),
+        "queued instructions are hinted"
+    );
     assert_eq!(s.pull_instruction(node).unwrap(), Some(first));
+    assert!(s.may_have_instruction(node));
     assert_eq!(s.pull_instruction(node).unwrap(), Some(second));
     assert_eq!(
         s.pull_instruction(node).unwrap(),
@@ -338,6 +353,12 @@ fn instructions_are_delivered_once_in_order(make: Factory<'_>) {
     s.store_instruction(short).unwrap();
     clock.advance(6.0);
     assert_eq!(s.pull_instruction(node).unwrap(), None);
+
+    // A hint may say "maybe" for nothing, never "no" for something.
+    let third = instruction(run, node, "8", clock.now(), 600.0);
+    s.store_instruction(third.clone()).unwrap();
+    assert!(s.may_have_instruction(node));
+    assert_eq!(s.pull_instruction(node).unwrap(), Some(third));
 }
 
 fn replies_and_generated_errors(make: Factory<'_>) {

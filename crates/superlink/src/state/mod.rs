@@ -402,6 +402,11 @@ pub trait LinkState: Send + Sync {
     fn nodes_of(&self, owner_aid: &str) -> Result<Vec<Node>, StateError>;
     /// Ids of online nodes.
     fn online_node_ids(&self) -> Result<Vec<NodeId>, StateError>;
+    /// `node_id_by_public_key` answered from memory, without blocking, when the engine knows the
+    /// answer is current: `Some(id)` for a registered key, `None` when it must be asked.
+    fn cached_node_id(&self, _public_key: &[u8]) -> Option<NodeId> {
+        None
+    }
 
     // ----- runs -----
     /// Creates a `pending` run and stores its initial context.
@@ -449,6 +454,11 @@ pub trait LinkState: Send + Sync {
     fn store_instruction(&self, message: MessageMeta) -> Result<Option<String>, StateError>;
     /// The oldest undelivered, unexpired instruction for a node, now marked delivered forever.
     fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError>;
+    /// False only when the node certainly has no undelivered instruction, answered from memory
+    /// without blocking: most pulls find nothing, and then need no call to `pull_instruction`.
+    fn may_have_instruction(&self, _node_id: NodeId) -> bool {
+        true
+    }
     /// Stores a validated reply after checking it against its instruction.
     fn store_reply(
         &self,

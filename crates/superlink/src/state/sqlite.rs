@@ -3,9 +3,11 @@
 //! restart.
 //!
 //! WAL journal, `synchronous=NORMAL`. The state and the object store use two connections to the
-//! same file, so that writing a large object does not wait for, or hold up, state calls. Every
-//! method is one transaction: a failure (a full disk) rolls back and loses nothing stored. u64 ids
-//! are stored bit-cast to SQLite's signed integers.
+//! same file, so that reading either never waits for the other. SQLite lets one connection write
+//! at a time and makes the others sleep and retry (milliseconds) when they collide; the two take
+//! turns on a shared [`Writer`] lock instead, which hands over at once. Every method is one
+//! transaction: a failure (a full disk) rolls back and loses nothing stored. u64 ids are stored
+//! bit-cast to SQLite's signed integers.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +28,9 @@ use crate::clock::Clock;
 
 /// The schema version this build writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
+
+/// Keys remembered by the node-key hint before it starts over (a bound on its memory).
+const KEY_HINT_LIMIT: usize = 100_000;
 
 const STATE_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS node (
@@ -150,6 +155,8 @@ fn open_connection(path: &Path, schema: &str) -> Result<Connection, StateError> 
     let conn = Connection::open(path).map_err(&err)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(&err)?;
+    // Every statement is prepared once per connection (`prepare_cached`); keep them all.
+    conn.set_prepared_statement_cache_capacity(128);
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(&err)?;
     conn.pragma_update(None, "synchronous", "NORMAL")
@@ -184,15 +191,31 @@ pub fn open(
     }
     let state = open_connection(path, STATE_SCHEMA)?;
     let objects = open_connection(path, OBJECT_SCHEMA)?;
+    let writer = Writer::default();
+    let hints = Hints::default();
+    {
+        let queued = state
+            .prepare("SELECT DISTINCT dst_node_id FROM message_ins WHERE delivered = 0")
+            .and_then(|mut q| {
+                q.query_map([], |r| r.get::<_, i64>(0))?
+                    .map(|r| r.map(|v| v as NodeId))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(backend(path))?;
+        hints.queued.write().extend(queued);
+    }
     Ok((
         Arc::new(SqliteLinkState {
             conn: Mutex::new(state),
             clock,
             path: path.to_path_buf(),
+            hints,
+            writer: writer.clone(),
         }),
         Arc::new(SqliteObjectStore {
             conn: Mutex::new(objects),
             path: path.to_path_buf(),
+            writer,
         }),
     ))
 }
@@ -202,6 +225,26 @@ pub struct SqliteLinkState {
     conn: Mutex<Connection>,
     clock: Arc<dyn Clock>,
     path: PathBuf,
+    /// Memory of the database that lets the Fleet API's most frequent calls (a poll that finds
+    /// nothing, signed by a known key) skip the database. Written only while `conn` is locked,
+    /// in the same critical section as the rows they describe, so they never run behind.
+    hints: Hints,
+    writer: Writer,
+}
+
+/// The right to write, shared by this process's connections to one database file. Taken after
+/// the connection's own lock, before `BEGIN IMMEDIATE`, and held until the commit.
+#[derive(Clone, Default)]
+struct Writer(Arc<Mutex<()>>);
+
+#[derive(Default)]
+struct Hints {
+    /// Keys of registered (not unregistered) nodes seen so far. A key's node never changes and
+    /// an unregistered key is never registered again, so an entry is only ever removed.
+    keys: parking_lot::RwLock<std::collections::HashMap<Vec<u8>, NodeId>>,
+    /// Nodes that may have undelivered instructions: a superset of the truth (added when an
+    /// instruction is stored, removed when a pull finds none).
+    queued: parking_lot::RwLock<std::collections::HashSet<NodeId>>,
 }
 
 const META_COLS: &str =
@@ -290,14 +333,14 @@ fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
 
 fn expire_tokens(tx: &Transaction<'_>, now: f64) -> rusqlite::Result<()> {
     let expired: Vec<(i64, f64)> = tx
-        .prepare("SELECT run_id, active_until FROM token WHERE active_until < ?1")?
+        .prepare_cached("SELECT run_id, active_until FROM token WHERE active_until < ?1")?
         .query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     for (run_id, until) in expired {
-        tx.execute("DELETE FROM token WHERE run_id = ?1", params![run_id])?;
-        tx.execute(
-            "UPDATE run SET status = 'finished', sub_status = 'failed', details = ?2, finished_at = ?3 \
-             WHERE run_id = ?1 AND finished_at IS NULL AND status != 'finished'",
+        tx.prepare_cached("DELETE FROM token WHERE run_id = ?1")?
+            .execute(params![run_id])?;
+        tx.prepare_cached("UPDATE run SET status = 'finished', sub_status = 'failed', details = ?2, finished_at = ?3 \
+             WHERE run_id = ?1 AND finished_at IS NULL AND status != 'finished'")?.execute(
             params![run_id, NO_HEARTBEAT_DETAILS, until],
         )?;
     }
@@ -305,27 +348,20 @@ fn expire_tokens(tx: &Transaction<'_>, now: f64) -> rusqlite::Result<()> {
 }
 
 fn get_run(tx: &Transaction<'_>, run_id: RunId) -> rusqlite::Result<Option<Run>> {
-    tx.query_row(
-        &format!("SELECT {RUN_COLS} FROM run WHERE run_id = ?1"),
-        params![run_id as i64],
-        run_from_row,
-    )
-    .optional()
+    tx.prepare_cached(&format!("SELECT {RUN_COLS} FROM run WHERE run_id = ?1"))?
+        .query_row(params![run_id as i64], run_from_row)
+        .optional()
 }
 
 fn get_node(tx: &Transaction<'_>, node_id: NodeId) -> rusqlite::Result<Option<Node>> {
-    tx.query_row(
-        &format!("SELECT {NODE_COLS} FROM node WHERE node_id = ?1"),
-        params![node_id as i64],
-        node_from_row,
-    )
-    .optional()
+    tx.prepare_cached(&format!("SELECT {NODE_COLS} FROM node WHERE node_id = ?1"))?
+        .query_row(params![node_id as i64], node_from_row)
+        .optional()
 }
 
 fn save_node(tx: &Transaction<'_>, n: &Node) -> rusqlite::Result<()> {
-    tx.execute(
-        "UPDATE node SET status = ?2, last_activated_at = ?3, last_deactivated_at = ?4, unregistered_at = ?5, \
-         online_until = ?6, heartbeat_interval = ?7 WHERE node_id = ?1",
+    tx.prepare_cached("UPDATE node SET status = ?2, last_activated_at = ?3, last_deactivated_at = ?4, unregistered_at = ?5, \
+         online_until = ?6, heartbeat_interval = ?7 WHERE node_id = ?1")?.execute(
         params![
             n.node_id as i64,
             n.status.as_str(),
@@ -344,24 +380,21 @@ fn insert_reply(tx: &Transaction<'_>, ins_id: &str, m: &MessageMeta) -> rusqlite
     let sql = format!(
         "INSERT OR REPLACE INTO message_res (ins_id, {META_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
     );
-    tx.execute(
-        &sql,
-        params![
-            ins_id,
-            m.run_id as i64,
-            m.message_id,
-            m.src_node_id as i64,
-            m.dst_node_id as i64,
-            m.reply_to_message_id,
-            m.group_id,
-            m.ttl,
-            m.message_type,
-            m.created_at,
-            m.error.as_ref().map(|e| e.code),
-            m.error.as_ref().map(|e| e.reason.clone()),
-            i64::from(m.has_content)
-        ],
-    )?;
+    tx.prepare_cached(&sql)?.execute(params![
+        ins_id,
+        m.run_id as i64,
+        m.message_id,
+        m.src_node_id as i64,
+        m.dst_node_id as i64,
+        m.reply_to_message_id,
+        m.group_id,
+        m.ttl,
+        m.message_type,
+        m.created_at,
+        m.error.as_ref().map(|e| e.code),
+        m.error.as_ref().map(|e| e.reason.clone()),
+        i64::from(m.has_content)
+    ])?;
     Ok(())
 }
 
@@ -370,8 +403,10 @@ fn expired(m: &MessageMeta, now: f64) -> bool {
 }
 
 fn delete_message(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
-    tx.execute("DELETE FROM message_ins WHERE message_id = ?1", params![id])?;
-    tx.execute("DELETE FROM message_res WHERE ins_id = ?1", params![id])?;
+    tx.prepare_cached("DELETE FROM message_ins WHERE message_id = ?1")?
+        .execute(params![id])?;
+    tx.prepare_cached("DELETE FROM message_res WHERE ins_id = ?1")?
+        .execute(params![id])?;
     Ok(())
 }
 
@@ -383,8 +418,24 @@ impl SqliteLinkState {
     ) -> Result<R, StateError> {
         let now = self.clock.now();
         let mut conn = self.conn.lock();
+        let _writing = self.writer.0.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend(&self.path))?;
+        let r = f(&tx, now).map_err(backend(&self.path))?;
+        tx.commit().map_err(backend(&self.path))?;
+        Ok(r)
+    }
+    /// Runs `f`, which only reads, in one deferred transaction: a consistent snapshot that takes
+    /// no write lock (the Fleet API looks up the caller's node on every call).
+    fn read<R>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>, f64) -> rusqlite::Result<R>,
+    ) -> Result<R, StateError> {
+        let now = self.clock.now();
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
             .map_err(backend(&self.path))?;
         let r = f(&tx, now).map_err(backend(&self.path))?;
         tx.commit().map_err(backend(&self.path))?;
@@ -395,13 +446,10 @@ impl SqliteLinkState {
 impl LinkState for SqliteLinkState {
     fn create_node(&self, node: NewNode) -> Result<NodeId, StateError> {
         let taken = self.tx(|tx, _| {
-            tx.query_row(
-                "SELECT 1 FROM node WHERE public_key = ?1",
-                params![node.public_key.as_ref()],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|o| o.is_some())
+            tx.prepare_cached("SELECT 1 FROM node WHERE public_key = ?1")?
+                .query_row(params![node.public_key.as_ref()], |_| Ok(()))
+                .optional()
+                .map(|o| o.is_some())
         })?;
         if taken {
             return Err(StateError::PublicKeyInUse);
@@ -411,9 +459,8 @@ impl LinkState for SqliteLinkState {
             while get_node(tx, id)?.is_some() {
                 id = random_id();
             }
-            tx.execute(
-                "INSERT INTO node (node_id, owner_aid, owner_name, status, registered_at, heartbeat_interval, public_key) \
-                 VALUES (?1, ?2, ?3, 'registered', ?4, ?5, ?6)",
+            tx.prepare_cached("INSERT INTO node (node_id, owner_aid, owner_name, status, registered_at, heartbeat_interval, public_key) \
+                 VALUES (?1, ?2, ?3, 'registered', ?4, ?5, ?6)")?.execute(
                 params![id as i64, node.owner_aid, node.owner_name, now, node.heartbeat_interval, node.public_key.as_ref()],
             )?;
             Ok(id)
@@ -421,15 +468,27 @@ impl LinkState for SqliteLinkState {
     }
 
     fn node_id_by_public_key(&self, public_key: &[u8]) -> Result<Option<NodeId>, StateError> {
-        self.tx(|tx, _| {
-            tx.query_row(
-                "SELECT node_id FROM node WHERE public_key = ?1 AND status != 'unregistered'",
-                params![public_key],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map(|o| o.map(|v| v as u64))
+        self.read(|tx, _| {
+            let id = tx
+                .prepare_cached(
+                    "SELECT node_id FROM node WHERE public_key = ?1 AND status != 'unregistered'",
+                )?
+                .query_row(params![public_key], |r| r.get::<_, i64>(0))
+                .optional()?
+                .map(|v| v as NodeId);
+            if let Some(id) = id {
+                let mut keys = self.hints.keys.write();
+                if keys.len() >= KEY_HINT_LIMIT {
+                    keys.clear();
+                }
+                keys.insert(public_key.to_vec(), id);
+            }
+            Ok(id)
         })
+    }
+
+    fn cached_node_id(&self, public_key: &[u8]) -> Option<NodeId> {
+        self.hints.keys.read().get(public_key).copied()
     }
 
     fn activate_node(
@@ -439,11 +498,10 @@ impl LinkState for SqliteLinkState {
     ) -> Result<Result<NodeId, NodeRefusal>, StateError> {
         self.tx(|tx, now| {
             let node = tx
-                .query_row(
-                    &format!("SELECT {NODE_COLS} FROM node WHERE public_key = ?1"),
-                    params![public_key],
-                    node_from_row,
-                )
+                .prepare_cached(&format!(
+                    "SELECT {NODE_COLS} FROM node WHERE public_key = ?1"
+                ))?
+                .query_row(params![public_key], node_from_row)
                 .optional()?;
             let Some(node) = node else {
                 return Ok(Err(NodeRefusal::UnknownKey));
@@ -500,6 +558,8 @@ impl LinkState for SqliteLinkState {
             n.unregistered_at = Some(now);
             n.online_until = Some(n.online_until.map_or(now, |t| t.min(now)));
             save_node(tx, &n)?;
+            // Forgotten before the commit: a failed commit only costs a lookup later.
+            self.hints.keys.write().retain(|_, id| *id != node_id);
             Ok(Ok(()))
         })
     }
@@ -525,13 +585,13 @@ impl LinkState for SqliteLinkState {
     }
 
     fn node(&self, node_id: NodeId) -> Result<Option<Node>, StateError> {
-        self.tx(|tx, now| Ok(get_node(tx, node_id)?.map(|n| memory::effective_node(n, now))))
+        self.read(|tx, now| Ok(get_node(tx, node_id)?.map(|n| memory::effective_node(n, now))))
     }
 
     fn nodes_of(&self, owner_aid: &str) -> Result<Vec<Node>, StateError> {
-        self.tx(|tx, now| {
+        self.read(|tx, now| {
             let nodes = tx
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT {NODE_COLS} FROM node WHERE owner_aid = ?1 ORDER BY registered_at"
                 ))?
                 .query_map(params![owner_aid], node_from_row)?
@@ -544,8 +604,8 @@ impl LinkState for SqliteLinkState {
     }
 
     fn online_node_ids(&self) -> Result<Vec<NodeId>, StateError> {
-        self.tx(|tx, now| {
-            tx.prepare("SELECT node_id FROM node WHERE status = 'online' AND online_until > ?1 ORDER BY node_id")?
+        self.read(|tx, now| {
+            tx.prepare_cached("SELECT node_id FROM node WHERE status = 'online' AND online_until > ?1 ORDER BY node_id")?
                 .query_map(params![now], |r| r.get::<_, i64>(0).map(|v| v as u64))?
                 .collect()
         })
@@ -557,11 +617,10 @@ impl LinkState for SqliteLinkState {
             while get_run(tx, id)?.is_some() {
                 id = random_id();
             }
-            let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM run", [], |r| r.get(0))?;
-            tx.execute(
-                "INSERT INTO run (run_id, seq, fab_id, fab_version, fab_hash, override_config, pending_at, status, sub_status, \
+            let seq: i64 = tx.prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM run")?.query_row( [], |r| r.get(0))?;
+            tx.prepare_cached("INSERT INTO run (run_id, seq, fab_id, fab_version, fab_hash, override_config, pending_at, status, sub_status, \
                  details, flwr_aid, federation, run_type, federation_config, context) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', '', '', ?8, ?9, ?10, ?11, ?12)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', '', '', ?8, ?9, ?10, ?11, ?12)")?.execute(
                 params![
                     id as i64,
                     seq,
@@ -591,7 +650,7 @@ impl LinkState for SqliteLinkState {
     fn runs_of(&self, flwr_aid: &str) -> Result<Vec<Run>, StateError> {
         self.tx(|tx, now| {
             expire_tokens(tx, now)?;
-            tx.prepare(&format!(
+            tx.prepare_cached(&format!(
                 "SELECT {RUN_COLS} FROM run WHERE flwr_aid = ?1 ORDER BY pending_at DESC"
             ))?
             .query_map(params![flwr_aid], run_from_row)?
@@ -602,7 +661,7 @@ impl LinkState for SqliteLinkState {
     fn pending_run_ids(&self) -> Result<Vec<RunId>, StateError> {
         self.tx(|tx, now| {
             expire_tokens(tx, now)?;
-            tx.prepare("SELECT run_id FROM run WHERE status = 'pending' ORDER BY seq")?
+            tx.prepare_cached("SELECT run_id FROM run WHERE status = 'pending' ORDER BY seq")?
                 .query_map([], |r| r.get::<_, i64>(0).map(|v| v as u64))?
                 .collect()
         })
@@ -621,8 +680,7 @@ impl LinkState for SqliteLinkState {
                 Status::Finished => "finished_at",
                 Status::Pending => "pending_at",
             };
-            tx.execute(
-                &format!("UPDATE run SET status = ?2, sub_status = ?3, details = ?4, {column} = ?5 WHERE run_id = ?1"),
+            tx.prepare_cached(&format!("UPDATE run SET status = ?2, sub_status = ?3, details = ?4, {column} = ?5 WHERE run_id = ?1"))?.execute(
                 params![run_id as i64, status.status.as_str(), status.sub_status.as_str(), status.details, now],
             )?;
             Ok(Some(true))
@@ -638,33 +696,33 @@ impl LinkState for SqliteLinkState {
         clientapp_runtime: f64,
     ) -> Result<(), StateError> {
         self.tx(|tx, _| {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE run SET bytes_sent = bytes_sent + ?2, bytes_recv = bytes_recv + ?3, \
                  clientapp_runtime = clientapp_runtime + ?4 WHERE run_id = ?1",
-                params![run_id as i64, sent as i64, recv as i64, clientapp_runtime],
-            )?;
+            )?
+            .execute(params![
+                run_id as i64,
+                sent as i64,
+                recv as i64,
+                clientapp_runtime
+            ])?;
             Ok(())
         })
     }
 
     fn context(&self, run_id: RunId) -> Result<Option<Bytes>, StateError> {
-        self.tx(|tx, _| {
-            tx.query_row(
-                "SELECT context FROM run WHERE run_id = ?1",
-                params![run_id as i64],
-                |r| r.get::<_, Vec<u8>>(0),
-            )
-            .optional()
-            .map(|o| o.map(Bytes::from))
+        self.read(|tx, _| {
+            tx.prepare_cached("SELECT context FROM run WHERE run_id = ?1")?
+                .query_row(params![run_id as i64], |r| r.get::<_, Vec<u8>>(0))
+                .optional()
+                .map(|o| o.map(Bytes::from))
         })
     }
 
     fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError> {
         let n = self.tx(|tx, _| {
-            tx.execute(
-                "UPDATE run SET context = ?2 WHERE run_id = ?1",
-                params![run_id as i64, context.as_ref()],
-            )
+            tx.prepare_cached("UPDATE run SET context = ?2 WHERE run_id = ?1")?
+                .execute(params![run_id as i64, context.as_ref()])
         })?;
         if n == 0 {
             return Err(StateError::RunNotFound(run_id));
@@ -676,21 +734,22 @@ impl LinkState for SqliteLinkState {
         self.tx(|tx, now| {
             expire_tokens(tx, now)?;
             if tx
-                .query_row(
-                    "SELECT 1 FROM token WHERE run_id = ?1",
-                    params![run_id as i64],
-                    |_| Ok(()),
-                )
+                .prepare_cached("SELECT 1 FROM token WHERE run_id = ?1")?
+                .query_row(params![run_id as i64], |_| Ok(()))
                 .optional()?
                 .is_some()
             {
                 return Ok(None);
             }
             let token = random_token();
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO token (token, run_id, active_until) VALUES (?1, ?2, ?3)",
-                params![token, run_id as i64, now + heartbeat::DEFAULT_INTERVAL],
-            )?;
+            )?
+            .execute(params![
+                token,
+                run_id as i64,
+                now + heartbeat::DEFAULT_INTERVAL
+            ])?;
             Ok(Some(token))
         })
     }
@@ -698,36 +757,30 @@ impl LinkState for SqliteLinkState {
     fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError> {
         self.tx(|tx, now| {
             expire_tokens(tx, now)?;
-            tx.query_row(
-                "SELECT run_id FROM token WHERE token = ?1",
-                params![token],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map(|o| o.map(|v| v as u64))
+            tx.prepare_cached("SELECT run_id FROM token WHERE token = ?1")?
+                .query_row(params![token], |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|o| o.map(|v| v as u64))
         })
     }
 
     fn delete_token(&self, run_id: RunId) -> Result<(), StateError> {
         self.tx(|tx, _| {
-            tx.execute(
-                "DELETE FROM token WHERE run_id = ?1",
-                params![run_id as i64],
-            )
-            .map(|_| ())
+            tx.prepare_cached("DELETE FROM token WHERE run_id = ?1")?
+                .execute(params![run_id as i64])
+                .map(|_| ())
         })
     }
 
     fn app_heartbeat(&self, token: &str) -> Result<bool, StateError> {
         self.tx(|tx, now| {
             expire_tokens(tx, now)?;
-            let n = tx.execute(
-                "UPDATE token SET active_until = ?2 WHERE token = ?1",
-                params![
+            let n = tx
+                .prepare_cached("UPDATE token SET active_until = ?2 WHERE token = ?1")?
+                .execute(params![
                     token,
                     now + heartbeat::PATIENCE * heartbeat::DEFAULT_INTERVAL
-                ],
-            )?;
+                ])?;
             Ok(n > 0)
         })
     }
@@ -737,19 +790,15 @@ impl LinkState for SqliteLinkState {
             if get_run(tx, run_id)?.is_none() {
                 return Ok(false);
             }
-            let last: Option<f64> = tx.query_row(
-                "SELECT MAX(ts) FROM log WHERE run_id = ?1",
-                params![run_id as i64],
-                |r| r.get(0),
-            )?;
+            let last: Option<f64> = tx
+                .prepare_cached("SELECT MAX(ts) FROM log WHERE run_id = ?1")?
+                .query_row(params![run_id as i64], |r| r.get(0))?;
             let ts = match last {
                 Some(l) if l >= now => l + 1e-6,
                 _ => now,
             };
-            tx.execute(
-                "INSERT INTO log (run_id, ts, text) VALUES (?1, ?2, ?3)",
-                params![run_id as i64, ts, text],
-            )?;
+            tx.prepare_cached("INSERT INTO log (run_id, ts, text) VALUES (?1, ?2, ?3)")?
+                .execute(params![run_id as i64, ts, text])?;
             Ok(true)
         })?;
         if found {
@@ -765,14 +814,12 @@ impl LinkState for SqliteLinkState {
                 return Ok(None);
             }
             let parts: Vec<String> = tx
-                .prepare("SELECT text FROM log WHERE run_id = ?1 AND ts > ?2 ORDER BY ts")?
+                .prepare_cached("SELECT text FROM log WHERE run_id = ?1 AND ts > ?2 ORDER BY ts")?
                 .query_map(params![run_id as i64, after], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
-            let latest: Option<f64> = tx.query_row(
-                "SELECT MAX(ts) FROM log WHERE run_id = ?1",
-                params![run_id as i64],
-                |r| r.get(0),
-            )?;
+            let latest: Option<f64> = tx
+                .prepare_cached("SELECT MAX(ts) FROM log WHERE run_id = ?1")?
+                .query_row(params![run_id as i64], |r| r.get(0))?;
             Ok(Some((parts.concat(), latest.unwrap_or(0.0))))
         })?;
         r.ok_or(StateError::RunNotFound(run_id))
@@ -790,8 +837,7 @@ impl LinkState for SqliteLinkState {
             if !dst_ok {
                 return Ok(None);
             }
-            tx.execute(
-                &format!("INSERT OR REPLACE INTO message_ins ({META_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            tx.prepare_cached(&format!("INSERT OR REPLACE INTO message_ins ({META_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"))?.execute(
                 params![
                     message.run_id as i64,
                     message.message_id,
@@ -807,25 +853,31 @@ impl LinkState for SqliteLinkState {
                     i64::from(message.has_content)
                 ],
             )?;
+            self.hints.queued.write().insert(message.dst_node_id);
             Ok(Some(message.message_id.clone()))
         })
     }
 
+    fn may_have_instruction(&self, node_id: NodeId) -> bool {
+        self.hints.queued.read().contains(&node_id)
+    }
+
     fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError> {
         self.tx(|tx, now| loop {
-            let row = tx
-                .query_row(
-                    &format!("SELECT seq, {META_COLS} FROM message_ins WHERE dst_node_id = ?1 AND delivered = 0 ORDER BY seq LIMIT 1"),
+            let row = tx.prepare_cached(&format!("SELECT seq, {META_COLS} FROM message_ins WHERE dst_node_id = ?1 AND delivered = 0 ORDER BY seq LIMIT 1"))?.query_row(
                     params![node_id as i64],
                     |r| Ok((r.get::<_, i64>(0)?, meta_from_row(r, 1)?)),
                 )
                 .optional()?;
-            let Some((seq, meta)) = row else { return Ok(None) };
+            let Some((seq, meta)) = row else {
+                self.hints.queued.write().remove(&node_id);
+                return Ok(None);
+            };
             if expired(&meta, now) {
                 delete_message(tx, &meta.message_id)?;
                 continue;
             }
-            tx.execute("UPDATE message_ins SET delivered = 1 WHERE seq = ?1", params![seq])?;
+            tx.prepare_cached("UPDATE message_ins SET delivered = 1 WHERE seq = ?1")?.execute( params![seq])?;
             return Ok(Some(meta));
         })
     }
@@ -837,11 +889,10 @@ impl LinkState for SqliteLinkState {
         self.tx(|tx, now| {
             let ins_id = message.reply_to_message_id.clone();
             let ins = tx
-                .query_row(
-                    &format!("SELECT {META_COLS} FROM message_ins WHERE message_id = ?1"),
-                    params![ins_id],
-                    |r| meta_from_row(r, 0),
-                )
+                .prepare_cached(&format!(
+                    "SELECT {META_COLS} FROM message_ins WHERE message_id = ?1"
+                ))?
+                .query_row(params![ins_id], |r| meta_from_row(r, 0))
                 .optional()?;
             let ins = match ins {
                 Some(i) if expired(&i, now) => {
@@ -880,7 +931,10 @@ impl LinkState for SqliteLinkState {
                     continue;
                 }
                 let ins = tx
-                    .query_row(&format!("SELECT {META_COLS} FROM message_ins WHERE message_id = ?1"), params![id], |r| meta_from_row(r, 0))
+                    .prepare_cached(&format!(
+                        "SELECT {META_COLS} FROM message_ins WHERE message_id = ?1"
+                    ))?
+                    .query_row(params![id], |r| meta_from_row(r, 0))
                     .optional()?;
                 let Some(ins) = ins else {
                     out.push(PulledReply::Generated(message_unavailable(id, now)));
@@ -891,22 +945,31 @@ impl LinkState for SqliteLinkState {
                     out.push(PulledReply::Generated(message_unavailable(id, now)));
                     continue;
                 }
-                let online_until = get_node(tx, ins.dst_node_id)?.filter(|n| n.status != NodeStatus::Unregistered).and_then(|n| n.online_until);
+                let online_until = get_node(tx, ins.dst_node_id)?
+                    .filter(|n| n.status != NodeStatus::Unregistered)
+                    .and_then(|n| n.online_until);
                 if online_until.is_none_or(|t| t < now) {
-                    out.push(PulledReply::Generated(error_reply_for(&ins, error_code::NODE_UNAVAILABLE, now)));
+                    out.push(PulledReply::Generated(error_reply_for(
+                        &ins,
+                        error_code::NODE_UNAVAILABLE,
+                        now,
+                    )));
                     delete_message(tx, id)?;
                     continue;
                 }
                 let reply = tx
-                    .query_row(
-                        &format!("SELECT {META_COLS} FROM message_res WHERE ins_id = ?1 AND delivered = 0"),
-                        params![id],
-                        |r| meta_from_row(r, 0),
-                    )
+                    .prepare_cached(&format!(
+                        "SELECT {META_COLS} FROM message_res WHERE ins_id = ?1 AND delivered = 0"
+                    ))?
+                    .query_row(params![id], |r| meta_from_row(r, 0))
                     .optional()?;
                 if let Some(reply) = reply {
                     if reply.created_at + reply.ttl < now {
-                        out.push(PulledReply::Generated(error_reply_for(&ins, error_code::REPLY_MESSAGE_UNAVAILABLE, now)));
+                        out.push(PulledReply::Generated(error_reply_for(
+                            &ins,
+                            error_code::REPLY_MESSAGE_UNAVAILABLE,
+                            now,
+                        )));
                     } else {
                         out.push(PulledReply::Stored(reply));
                     }
@@ -928,11 +991,10 @@ impl LinkState for SqliteLinkState {
 
     fn delete_run_messages(&self, run_id: RunId) -> Result<(), StateError> {
         self.tx(|tx, _| {
-            tx.execute(
-                "DELETE FROM message_res WHERE ins_id IN (SELECT message_id FROM message_ins WHERE run_id = ?1)",
+            tx.prepare_cached("DELETE FROM message_res WHERE ins_id IN (SELECT message_id FROM message_ins WHERE run_id = ?1)")?.execute(
                 params![run_id as i64],
             )?;
-            tx.execute("DELETE FROM message_ins WHERE run_id = ?1", params![run_id as i64])?;
+            tx.prepare_cached("DELETE FROM message_ins WHERE run_id = ?1")?.execute( params![run_id as i64])?;
             Ok(())
         })
     }
@@ -942,6 +1004,7 @@ impl LinkState for SqliteLinkState {
 pub struct SqliteObjectStore {
     conn: Mutex<Connection>,
     path: PathBuf,
+    writer: Writer,
 }
 
 fn children_blob(ids: &[ObjectId]) -> Vec<u8> {
@@ -963,8 +1026,23 @@ impl SqliteObjectStore {
     ) -> Result<R, StoreError> {
         let err = |e: rusqlite::Error| StoreError(backend(&self.path)(e).to_string());
         let mut conn = self.conn.lock();
+        let _writing = self.writer.0.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let r = f(&tx).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(r)
+    }
+    /// Runs `f`, which only reads, in one deferred transaction (no write lock).
+    fn read<R>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<R>,
+    ) -> Result<R, StoreError> {
+        let err = |e: rusqlite::Error| StoreError(backend(&self.path)(e).to_string());
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
             .map_err(err)?;
         let r = f(&tx).map_err(err)?;
         tx.commit().map_err(err)?;
@@ -976,11 +1054,10 @@ fn delete_cascading(tx: &Transaction<'_>, id: &ObjectId) -> rusqlite::Result<()>
     let mut stack = vec![*id];
     while let Some(id) = stack.pop() {
         let row: Option<(i64, Vec<u8>)> = tx
-            .query_row(
-                "SELECT ref_count, children FROM object WHERE object_id = ?1",
-                params![id.as_bytes().as_slice()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT ref_count, children FROM object WHERE object_id = ?1")?
+            .query_row(params![id.as_bytes().as_slice()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         let Some((refs, children)) = row else {
             continue;
@@ -988,19 +1065,15 @@ fn delete_cascading(tx: &Transaction<'_>, id: &ObjectId) -> rusqlite::Result<()>
         if refs != 0 {
             continue;
         }
-        tx.execute(
-            "DELETE FROM object WHERE object_id = ?1",
-            params![id.as_bytes().as_slice()],
-        )?;
-        tx.execute(
-            "DELETE FROM object_run WHERE object_id = ?1",
-            params![id.as_bytes().as_slice()],
-        )?;
+        tx.prepare_cached("DELETE FROM object WHERE object_id = ?1")?
+            .execute(params![id.as_bytes().as_slice()])?;
+        tx.prepare_cached("DELETE FROM object_run WHERE object_id = ?1")?
+            .execute(params![id.as_bytes().as_slice()])?;
         for c in children_of(&children) {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE object SET ref_count = MAX(ref_count - 1, 0) WHERE object_id = ?1",
-                params![c.as_bytes().as_slice()],
-            )?;
+            )?
+            .execute(params![c.as_bytes().as_slice()])?;
             stack.push(c);
         }
     }
@@ -1014,17 +1087,15 @@ impl ObjectStore for SqliteObjectStore {
             let mut seen = std::collections::HashSet::new();
             for node in tree.post_order() {
                 let key = node.id.as_bytes().as_slice();
-                let available: Option<bool> = tx
-                    .query_row("SELECT content IS NOT NULL FROM object WHERE object_id = ?1", params![key], |r| r.get(0))
+                let available: Option<bool> = tx.prepare_cached("SELECT content IS NOT NULL FROM object WHERE object_id = ?1")?.query_row( params![key], |r| r.get(0))
                     .optional()?;
                 match available {
                     None => {
                         let children: Vec<ObjectId> = node.children.iter().map(|c| c.id).collect();
                         for c in &children {
-                            tx.execute("UPDATE object SET ref_count = ref_count + 1 WHERE object_id = ?1", params![c.as_bytes().as_slice()])?;
+                            tx.prepare_cached("UPDATE object SET ref_count = ref_count + 1 WHERE object_id = ?1")?.execute( params![c.as_bytes().as_slice()])?;
                         }
-                        tx.execute(
-                            "INSERT INTO object (object_id, content, children, ref_count) VALUES (?1, NULL, ?2, 0)",
+                        tx.prepare_cached("INSERT INTO object (object_id, content, children, ref_count) VALUES (?1, NULL, ?2, 0)")?.execute(
                             params![key, children_blob(&children)],
                         )?;
                         if seen.insert(node.id) {
@@ -1038,7 +1109,7 @@ impl ObjectStore for SqliteObjectStore {
                     }
                     Some(true) => {}
                 }
-                tx.execute("INSERT OR IGNORE INTO object_run (object_id, run_id) VALUES (?1, ?2)", params![key, run_id as i64])?;
+                tx.prepare_cached("INSERT OR IGNORE INTO object_run (object_id, run_id) VALUES (?1, ?2)")?.execute( params![key, run_id as i64])?;
             }
             Ok(to_push)
         })
@@ -1046,32 +1117,27 @@ impl ObjectStore for SqliteObjectStore {
 
     fn put(&self, id: &ObjectId, content: Bytes) -> Result<bool, StoreError> {
         self.tx(|tx| {
-            let n = tx.execute(
-                "UPDATE object SET content = ?2 WHERE object_id = ?1 AND content IS NULL",
-                params![id.as_bytes().as_slice(), content.as_ref()],
-            )?;
+            let n = tx
+                .prepare_cached(
+                    "UPDATE object SET content = ?2 WHERE object_id = ?1 AND content IS NULL",
+                )?
+                .execute(params![id.as_bytes().as_slice(), content.as_ref()])?;
             if n > 0 {
                 return Ok(true);
             }
             Ok(tx
-                .query_row(
-                    "SELECT 1 FROM object WHERE object_id = ?1",
-                    params![id.as_bytes().as_slice()],
-                    |_| Ok(()),
-                )
+                .prepare_cached("SELECT 1 FROM object WHERE object_id = ?1")?
+                .query_row(params![id.as_bytes().as_slice()], |_| Ok(()))
                 .optional()?
                 .is_some())
         })
     }
 
     fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
-        self.tx(|tx| {
+        self.read(|tx| {
             let row: Option<Option<Vec<u8>>> = tx
-                .query_row(
-                    "SELECT content FROM object WHERE object_id = ?1",
-                    params![id.as_bytes().as_slice()],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT content FROM object WHERE object_id = ?1")?
+                .query_row(params![id.as_bytes().as_slice()], |r| r.get(0))
                 .optional()?;
             Ok(match row {
                 None => Lookup::Unknown,
@@ -1088,13 +1154,11 @@ impl ObjectStore for SqliteObjectStore {
     fn delete_objects_in_run(&self, run_id: u64) -> Result<(), StoreError> {
         self.tx(|tx| {
             let ids: Vec<Vec<u8>> = tx
-                .prepare("SELECT object_id FROM object_run WHERE run_id = ?1")?
+                .prepare_cached("SELECT object_id FROM object_run WHERE run_id = ?1")?
                 .query_map(params![run_id as i64], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
-            tx.execute(
-                "DELETE FROM object_run WHERE run_id = ?1",
-                params![run_id as i64],
-            )?;
+            tx.prepare_cached("DELETE FROM object_run WHERE run_id = ?1")?
+                .execute(params![run_id as i64])?;
             for raw in ids {
                 if let Ok(b) = <[u8; 32]>::try_from(raw.as_slice()) {
                     delete_cascading(tx, &ObjectId::from_bytes(b))?;
@@ -1105,7 +1169,7 @@ impl ObjectStore for SqliteObjectStore {
     }
 
     fn tree(&self, id: &ObjectId) -> Result<Option<ObjectTree>, StoreError> {
-        self.tx(|tx| {
+        self.read(|tx| {
             fn build(
                 tx: &Transaction<'_>,
                 id: &ObjectId,
@@ -1115,11 +1179,8 @@ impl ObjectStore for SqliteObjectStore {
                     return Ok(None);
                 }
                 let children: Option<Vec<u8>> = tx
-                    .query_row(
-                        "SELECT children FROM object WHERE object_id = ?1",
-                        params![id.as_bytes().as_slice()],
-                        |r| r.get(0),
-                    )
+                    .prepare_cached("SELECT children FROM object WHERE object_id = ?1")?
+                    .query_row(params![id.as_bytes().as_slice()], |r| r.get(0))
                     .optional()?;
                 let Some(children) = children else {
                     return Ok(None);
@@ -1141,9 +1202,80 @@ impl ObjectStore for SqliteObjectStore {
     }
 
     fn len(&self) -> Result<usize, StoreError> {
-        self.tx(|tx| {
-            tx.query_row("SELECT COUNT(*) FROM object", [], |r| r.get::<_, i64>(0))
+        self.read(|tx| {
+            tx.prepare_cached("SELECT COUNT(*) FROM object")?
+                .query_row([], |r| r.get::<_, i64>(0))
                 .map(|n| n as usize)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    /// The hints of a reopened database start from what it holds: an instruction stored before a
+    /// restart is still pulled, and known keys are looked up again.
+    #[test]
+    fn hints_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let clock = Arc::new(ManualClock::new());
+        let (node, message) = {
+            let (s, _) = open(&path, clock.clone()).unwrap();
+            let node = s
+                .create_node(NewNode {
+                    owner_aid: "<id:none>".into(),
+                    owner_name: "none".into(),
+                    public_key: Bytes::from_static(b"key"),
+                    heartbeat_interval: 30.0,
+                })
+                .unwrap();
+            s.activate_node(b"key", 30.0).unwrap().unwrap();
+            assert_eq!(s.node_id_by_public_key(b"key").unwrap(), Some(node));
+            assert_eq!(s.cached_node_id(b"key"), Some(node));
+            let run = s
+                .create_run(NewRun {
+                    fab_id: "p/app".into(),
+                    fab_version: "1.0".into(),
+                    fab_hash: "ab".repeat(32),
+                    override_config: vec![],
+                    flwr_aid: "<id:none>".into(),
+                    federation: "@none/default".into(),
+                    run_type: RunType::ServerApp,
+                    federation_config: None,
+                    context: Bytes::new(),
+                })
+                .unwrap();
+            let message = MessageMeta {
+                run_id: run,
+                message_id: "a".repeat(64),
+                src_node_id: SUPERLINK_NODE_ID,
+                dst_node_id: node,
+                reply_to_message_id: String::new(),
+                group_id: "1".into(),
+                ttl: 600.0,
+                message_type: "train".into(),
+                created_at: clock.now(),
+                error: None,
+                has_content: true,
+            };
+            assert!(s.store_instruction(message.clone()).unwrap().is_some());
+            (node, message)
+        };
+        let (s, _) = open(&path, clock).unwrap();
+        assert_eq!(s.cached_node_id(b"key"), None, "a new process starts cold");
+        assert_eq!(s.node_id_by_public_key(b"key").unwrap(), Some(node));
+        assert!(s.may_have_instruction(node));
+        assert!(!s.may_have_instruction(node + 1));
+        assert_eq!(s.pull_instruction(node).unwrap(), Some(message));
+        assert_eq!(s.pull_instruction(node).unwrap(), None);
+        assert!(
+            !s.may_have_instruction(node),
+            "an empty pull clears the hint"
+        );
     }
 }
