@@ -1,9 +1,15 @@
-//! A load generator for Flower SuperLinks (ours or Flower's), speaking the real protocol.
+//! Benchmarks for Flower 1.28 daemons, ours and Flower's own.
 //!
 //! * [`payload`]: messages deflated into objects as Flower's Python does.
 //! * [`sim`]: simulated SuperNodes ([`sim::SimNode`]) and a simulated ServerApp ([`sim::Driver`]).
-//! * [`workload`]: workloads built from them (fan-out rounds).
+//! * [`workload`]: workloads built from them (fan-out rounds, idle fleets).
+//! * [`daemon`]: the daemons under test as sampled child processes.
+//! * [`echo`]: the bare tonic + rustls service that gives the ceiling.
+//! * [`compare`]: the side-by-side comparison and its table.
 
+pub mod compare;
+pub mod daemon;
+pub mod echo;
 pub mod payload;
 pub mod sim;
 pub mod workload;

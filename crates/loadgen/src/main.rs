@@ -1,26 +1,63 @@
-//! `flwr-bench`: drives a SuperLink with simulated SuperNodes and a simulated ServerApp.
+//! `flwr-bench`: drives SuperLinks with simulated SuperNodes and a simulated ServerApp, and
+//! compares our daemons with Flower 1.28.0's side by side.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use flwr_loadgen::compare::{Comparison, Plan, Programs, Sections};
 use flwr_loadgen::workload::{fan_out, FanOut, Target};
-use flwr_transport::tls::{load_client_config, ClientTlsChoice};
+use flwr_transport::tls::{
+    load_client_config, load_server_config, ClientTlsChoice, ServerTlsFiles,
+};
 
 #[derive(Parser)]
 #[command(
     name = "flwr-bench",
-    about = "Load generator for Flower 1.28 SuperLinks"
+    about = "Benchmarks for Flower 1.28 SuperLinks and SuperNodes, ours against Flower's"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Section {
+    Startup,
+    Fanout,
+    Idle,
+    Supernode,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Fan-out rounds: one instruction per node per round, replies of the same size.
+    /// Starts our daemons and Flower 1.28.0's in turn, drives both with the same workloads and
+    /// prints one table (Markdown) with both figures and their ratio.
+    Compare {
+        /// Tiny sizes (a smoke run of every code path, about a minute).
+        #[arg(long)]
+        smoke: bool,
+        /// Only these sections (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<Section>,
+        /// Also write the rows as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Our superlink (default: next to this program).
+        #[arg(long)]
+        superlink: Option<PathBuf>,
+        /// Our supernode (default: next to this program).
+        #[arg(long)]
+        supernode: Option<PathBuf>,
+        /// A venv with flwr==1.28.0 (as made by scripts/python-env.sh).
+        #[arg(long, env = "FLWR_VENV", default_value = ".venv")]
+        venv: PathBuf,
+        /// Seconds after which a fan-out's rounds (or an idle fleet's joining) count as failed.
+        #[arg(long)]
+        row_timeout: Option<u64>,
+    },
+    /// Fan-out rounds against a running SuperLink (started with `--isolation process`).
     Fanout {
         /// Control API address.
         #[arg(long, default_value = "127.0.0.1:9093")]
@@ -38,21 +75,89 @@ enum Command {
         #[arg(long, default_value = "10")]
         nodes: usize,
         /// Payload bytes per message.
-        #[arg(long, default_value = "1024")]
+        #[arg(long, default_value = "1000")]
         bytes: usize,
         /// Rounds.
         #[arg(long, default_value = "5")]
         rounds: u32,
-        /// Milliseconds between a node's empty pulls.
-        #[arg(long, default_value = "50")]
-        poll_ms: u64,
+        /// Milliseconds between a node's empty pulls (default: 2,000 pulls a second in all, at
+        /// most one per node every 50 ms).
+        #[arg(long)]
+        poll_ms: Option<u64>,
     },
+    /// The bare echo service of the ceiling (the comparison starts it itself).
+    EchoServer {
+        /// Where the echo service listens.
+        #[arg(long)]
+        address: String,
+        /// Where the plaintext health service listens.
+        #[arg(long)]
+        health_server_address: String,
+        /// CA certificate (PEM).
+        #[arg(long)]
+        ssl_ca_certfile: PathBuf,
+        /// Server certificate chain (PEM).
+        #[arg(long)]
+        ssl_certfile: PathBuf,
+        /// Server private key (PEM).
+        #[arg(long)]
+        ssl_keyfile: PathBuf,
+    },
+}
+
+fn sibling(name: &str) -> Result<PathBuf> {
+    let me = std::env::current_exe().context("locating flwr-bench")?;
+    Ok(me.with_file_name(name))
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     flwr_transport::logging::init();
     match Cli::parse().command {
+        Command::Compare {
+            smoke,
+            only,
+            json,
+            superlink,
+            supernode,
+            venv,
+            row_timeout,
+        } => {
+            let programs = Programs {
+                superlink: superlink.map_or_else(|| sibling("superlink"), Ok)?,
+                supernode: supernode.map_or_else(|| sibling("supernode"), Ok)?,
+                bench: std::env::current_exe()?,
+                venv_bin: venv.join("bin"),
+            };
+            let mut plan = if smoke { Plan::smoke() } else { Plan::full() };
+            if let Some(s) = row_timeout {
+                plan.row_timeout = Duration::from_secs(s);
+            }
+            let all = only.is_empty();
+            let sections = Sections {
+                startup: all || only.contains(&Section::Startup),
+                fanout: all || only.contains(&Section::Fanout),
+                idle: all || only.contains(&Section::Idle),
+                supernode: all || only.contains(&Section::Supernode),
+            };
+            let mut cmp = Comparison::new(programs, plan)?;
+            let result = cmp.run(sections).await;
+            println!("Machine: {}\n", flwr_loadgen::compare::machine());
+            println!("{}", cmp.table());
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&cmp.json())?;
+                std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Err(e) = result {
+                let logs = cmp.keep();
+                eprintln!(
+                    "the comparison stopped early; the logs of every daemon are in {}",
+                    logs.display()
+                );
+                return Err(e);
+            }
+        }
         Command::Fanout {
             control,
             fleet,
@@ -75,22 +180,41 @@ async fn main() -> Result<()> {
                 serverappio: serverappio.parse()?,
                 tls,
             };
-            let w = FanOut {
-                nodes,
-                bytes,
-                rounds,
-                node_poll: Duration::from_millis(poll_ms),
-            };
+            let mut w = FanOut::new(nodes, bytes, rounds);
+            if let Some(ms) = poll_ms {
+                w.node_poll = Duration::from_millis(ms);
+            }
             let results = fan_out(&target, w).await?;
             for (i, r) in results.iter().enumerate() {
                 println!(
-                    "round {}: {:.3} s, {} messages, {:.1} MB",
+                    "round {}: {:.3} s, {} messages, {:.1} MB, {} error replies",
                     i + 1,
                     r.latency.as_secs_f64(),
                     r.messages,
-                    r.payload_bytes as f64 / 1e6
+                    r.payload_bytes as f64 / 1e6,
+                    r.errors
                 );
             }
+        }
+        Command::EchoServer {
+            address,
+            health_server_address,
+            ssl_ca_certfile,
+            ssl_certfile,
+            ssl_keyfile,
+        } => {
+            let files = ServerTlsFiles {
+                ca_certfile: ssl_ca_certfile,
+                certfile: ssl_certfile,
+                keyfile: ssl_keyfile,
+            };
+            let tls = load_server_config(&files)?.config;
+            flwr_loadgen::echo::serve(
+                &address.parse()?,
+                &health_server_address.parse()?,
+                Some(tls),
+            )
+            .await?;
         }
     }
     Ok(())

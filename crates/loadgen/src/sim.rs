@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+
+use sha2::Digest as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,16 +33,49 @@ pub fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A FAB the SuperLinks accept (`StartRun` reads its `pyproject.toml`); nothing executes it.
+/// The ClientApp of [`bench_fab`]: answers every instruction with its own content.
+const ECHO_APP: &str = "\"\"\"Answers each instruction with its own content (flwr-bench).\"\"\"
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return Message(content=msg.content, reply_to=msg)
+";
+
+/// A FAB the SuperLinks accept (`StartRun` reads its `pyproject.toml`). Its ClientApp echoes
+/// every instruction, for SuperNode measurements with real `flwr-clientapp` processes; the
+/// ServerApp side is this load generator.
 pub fn bench_fab() -> Bytes {
     let mut buf = std::io::Cursor::new(Vec::new());
     {
         let mut z = zip::ZipWriter::new(&mut buf);
         let opts = zip::write::SimpleFileOptions::default();
-        let pyproject = "[project]\nname = \"loadgen\"\nversion = \"1.0.0\"\n[tool.flwr.app]\npublisher = \"flower-rs\"\n\
-                         [tool.flwr.app.components]\nserverapp = \"loadgen:app\"\nclientapp = \"loadgen:app\"\n";
-        if z.start_file("pyproject.toml", opts).is_ok() {
-            let _ = z.write_all(pyproject.as_bytes());
+        let pyproject = "[build-system]\nrequires = [\"hatchling\"]\nbuild-backend = \"hatchling.build\"\n\n\
+                         [project]\nname = \"flwrbench\"\nversion = \"1.0.0\"\ndependencies = [\"flwr==1.28.0\"]\n\n\
+                         [tool.hatch.build.targets.wheel]\npackages = [\".\"]\n\n\
+                         [tool.flwr.app]\npublisher = \"flower-rs\"\n\n\
+                         [tool.flwr.app.components]\nserverapp = \"flwrbench.app:app\"\nclientapp = \"flwrbench.app:app\"\n";
+        // `flwr-clientapp` installs a FAB only with its `.info/CONTENT` manifest: one
+        // "path,sha256,size in bits" line per file, as `flwr build` writes it.
+        let mut manifest = Vec::new();
+        for (name, text) in [
+            ("pyproject.toml", pyproject),
+            ("flwrbench/__init__.py", ""),
+            ("flwrbench/app.py", ECHO_APP),
+        ] {
+            if z.start_file(name, opts).is_ok() {
+                let _ = z.write_all(text.as_bytes());
+            }
+            let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+            manifest.push(format!("{name},{digest},{}", text.len() * 8));
+        }
+        if z.start_file(".info/CONTENT", opts).is_ok() {
+            let _ = z.write_all(manifest.join("\n").as_bytes());
         }
         let _ = z.finish();
     }
@@ -79,14 +114,16 @@ pub struct SimNode {
 }
 
 impl SimNode {
-    /// Registers and activates a node with a fresh P-384 key.
+    /// Registers and activates a node with a fresh P-384 key. With `sig_reuse`, the node signs
+    /// once per that time instead of on every call (see [`Fleet::with_signature_reuse`]).
     pub async fn join(
         channel: Channel,
         heartbeat_interval: f64,
+        sig_reuse: Option<Duration>,
         stop: CancellationToken,
     ) -> Result<SimNode> {
         let key = Arc::new(NodeSigningKey::generate());
-        let fleet = Fleet::new(
+        let mut fleet = Fleet::new(
             channel,
             key,
             RetryPolicy {
@@ -95,6 +132,9 @@ impl SimNode {
             },
             stop,
         );
+        if let Some(d) = sig_reuse {
+            fleet = fleet.with_signature_reuse(d);
+        }
         fleet.register().await.context("RegisterNode")?;
         fleet
             .activate(heartbeat_interval)
@@ -169,6 +209,9 @@ impl SimNode {
         let ins = message_from_pb(&resp.messages_list[0]).map_err(|e| anyhow!(e))?;
         let tree = tree_from_pb(&resp.message_object_trees[0]).map_err(|e| anyhow!(e))?;
         for node in tree.post_order() {
+            // Backs off as Flower's SuperNode does (doubling, jittered), from 20 ms up to 1 s
+            // instead of from 1 s up to 10 s, so that the waits do not hide the server's speed.
+            let mut delay = OBJECT_RETRY_FIRST;
             loop {
                 let r = self.fleet.pull_object(ins.run_id, node.id.to_hex()).await?;
                 if r.object_available {
@@ -178,7 +221,9 @@ impl SimNode {
                 if !r.object_found {
                     bail!("object {} unknown to the SuperLink", node.id);
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let jitter = 0.8 + 0.4 * flwr_supernode::fleet::rand_unit();
+                tokio::time::sleep(delay.mul_f64(jitter)).await;
+                delay = (delay * 2).min(OBJECT_RETRY_CAP);
             }
         }
         self.fleet
@@ -223,6 +268,11 @@ impl SimNode {
     }
 }
 
+/// First wait before asking again for an object the ServerApp has not pushed yet.
+const OBJECT_RETRY_FIRST: Duration = Duration::from_millis(20);
+/// Longest wait between such requests.
+const OBJECT_RETRY_CAP: Duration = Duration::from_secs(1);
+
 /// What one round took.
 #[derive(Clone, Copy, Debug)]
 pub struct Round {
@@ -232,6 +282,8 @@ pub struct Round {
     pub messages: usize,
     /// Payload bytes moved (instructions and replies).
     pub payload_bytes: u64,
+    /// Replies that carried an error (NODE_UNAVAILABLE from an overloaded SuperLink, say).
+    pub errors: usize,
 }
 
 /// A simulated ServerApp with a running run.
@@ -242,6 +294,20 @@ pub struct Driver {
     pub run_id: u64,
     /// Wait between polls for replies.
     pub poll: Duration,
+    /// Keeps the token alive, as a ServerApp does (aborted when the driver is dropped).
+    _heartbeat: AbortOnDrop,
+}
+
+/// Seconds between the simulated ServerApp's heartbeats (the SuperLink expires a token after
+/// 30 s without one).
+const APP_HEARTBEAT_SECS: u64 = 10;
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Driver {
@@ -280,11 +346,31 @@ impl Driver {
             })
             .await
             .context("PullAppInputs")?;
+        let heartbeat = {
+            let mut appio = appio.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(APP_HEARTBEAT_SECS));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let sent = appio
+                        .send_app_heartbeat(pb::SendAppHeartbeatRequest {
+                            token: token.clone(),
+                        })
+                        .await;
+                    if let Err(e) = sent {
+                        tracing::warn!("ServerApp heartbeat failed: {e}");
+                    }
+                }
+            })
+        };
         Ok(Driver {
             appio,
             token,
             run_id,
             poll: Duration::from_millis(20),
+            _heartbeat: AbortOnDrop(heartbeat),
         })
     }
 
@@ -361,6 +447,7 @@ impl Driver {
 
         let mut waiting: Vec<String> = pushed.message_ids;
         let mut received = 0usize;
+        let mut errors = 0usize;
         let mut reply_bytes = 0u64;
         while !waiting.is_empty() {
             let resp = self
@@ -380,15 +467,17 @@ impl Driver {
             for (m, t) in resp.messages_list.iter().zip(&resp.message_object_trees) {
                 let meta = message_from_pb(m).map_err(|e| anyhow!(e))?;
                 if let Some(e) = &meta.error {
-                    bail!(
-                        "node {} answered with error {}: {}",
-                        meta.src_node_id,
+                    tracing::debug!(
+                        node_id = meta.src_node_id,
+                        "error reply {}: {}",
                         e.code,
                         e.reason
                     );
+                    errors += 1;
+                } else {
+                    let tree = tree_from_pb(t).map_err(|e| anyhow!(e))?;
+                    reply_bytes += self.pull_objects(&tree).await?;
                 }
-                let tree = tree_from_pb(t).map_err(|e| anyhow!(e))?;
-                reply_bytes += self.pull_objects(&tree).await?;
                 let node1 = Some(pb::Node {
                     node_id: SUPERLINK_NODE_ID,
                 });
@@ -409,8 +498,9 @@ impl Driver {
             .sum();
         Ok(Round {
             latency: started.elapsed(),
-            messages: nodes.len() + received,
+            messages: nodes.len() + received - errors,
             payload_bytes: sent + reply_bytes,
+            errors,
         })
     }
 

@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
-use std::time::Duration;
-
 use flwr_loadgen::workload::{fan_out, FanOut, Target};
 use flwr_testkit::federation::SuperLink;
 use flwr_testkit::pki;
@@ -22,12 +20,14 @@ fn target(s: &SuperLink, ca: &std::path::Path) -> Target {
     }
 }
 
-const SMOKE: FanOut = FanOut {
-    nodes: 3,
-    bytes: 6 * 1024 * 1024,
-    rounds: 2,
-    node_poll: Duration::from_millis(50),
-};
+/// Three nodes, 6 MiB (two chunks per array), two rounds; every call signed afresh, as
+/// Flower's SuperNode signs.
+fn smoke() -> FanOut {
+    FanOut {
+        sig_reuse: None,
+        ..FanOut::new(3, 6 * 1024 * 1024, 2)
+    }
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fan_out_smoke_against_our_superlink() {
@@ -40,7 +40,7 @@ async fn fan_out_smoke_against_our_superlink() {
         bin.display()
     );
     let s = SuperLink::start(&bin, Some(&tls), dir.path(), &["--isolation", "process"]);
-    let rounds = fan_out(&target(&s, &tls.ca), SMOKE).await.unwrap();
+    let rounds = fan_out(&target(&s, &tls.ca), smoke()).await.unwrap();
     assert_eq!(rounds.len(), 2);
     assert!(rounds
         .iter()
@@ -52,7 +52,7 @@ async fn fan_out_smoke_against_flowers_superlink() {
     let dir = tempfile::tempdir().unwrap();
     let (_ca, tls) = pki::write_tls_files(&dir.path().join("certs"), pki::LOCAL_SANS);
     let s = SuperLink::start_python(Some(&tls), dir.path(), &["--isolation", "process"]);
-    let rounds = fan_out(&target(&s, &tls.ca), SMOKE).await.unwrap();
+    let rounds = fan_out(&target(&s, &tls.ca), smoke()).await.unwrap();
     assert_eq!(rounds.len(), 2);
     assert!(rounds.iter().all(|r| r.messages == 6));
 }

@@ -1,0 +1,1018 @@
+//! The side-by-side comparison: our daemons and Flower 1.28.0's, started in turn with the same
+//! flags (TLS on, `--isolation process`, in-memory state, then SQLite), driven by the same
+//! workloads, sampled from `/proc`, and reported as one table (and JSON) with both figures and
+//! how many times better ours is.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use flwr_testkit::pki::{self, TlsFiles};
+
+use crate::daemon::{self, free_port, Daemon, ProcSample};
+use crate::echo;
+use crate::sim::{Driver, Round};
+use crate::workload::{FanOut, FanOutSession, IdleFleet, Target};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Which implementation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// Flower 1.28.0's Python daemons.
+    Flower,
+    /// Ours.
+    Ours,
+}
+
+impl Flavor {
+    fn name(self) -> &'static str {
+        match self {
+            Flavor::Flower => "flower",
+            Flavor::Ours => "ours",
+        }
+    }
+}
+
+/// The SuperLink's state engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// `--database :flwr-in-memory:` (the default).
+    Memory,
+    /// `--database <file>`.
+    Sqlite,
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Memory => "in-memory",
+            Engine::Sqlite => "SQLite",
+        }
+    }
+}
+
+/// The programs under test.
+#[derive(Clone, Debug)]
+pub struct Programs {
+    /// Our `superlink`.
+    pub superlink: PathBuf,
+    /// Our `supernode`.
+    pub supernode: PathBuf,
+    /// `flwr-bench` itself (it serves the echo ceiling).
+    pub bench: PathBuf,
+    /// The `bin` directory of a venv with `flwr==1.28.0`.
+    pub venv_bin: PathBuf,
+}
+
+impl Programs {
+    /// Checks that every program exists, saying how to get it when one does not.
+    pub fn check(&self) -> Result<()> {
+        for (p, fix) in [
+            (
+                &self.superlink,
+                "build it with `cargo build --release --bins` or pass --superlink",
+            ),
+            (
+                &self.supernode,
+                "build it with `cargo build --release --bins` or pass --supernode",
+            ),
+            (&self.bench, "build it with `cargo build --release --bins`"),
+        ] {
+            if !p.is_file() {
+                bail!("{} is missing: {fix}", p.display());
+            }
+        }
+        for tool in ["flower-superlink", "flower-supernode", "flwr-clientapp"] {
+            let p = self.venv_bin.join(tool);
+            if !p.is_file() {
+                bail!(
+                    "{} is missing: make the venv with `scripts/python-env.sh` (flwr==1.28.0) or pass --venv",
+                    p.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sizes of the workloads.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Fan-out (nodes, payload bytes) on the in-memory engine.
+    pub fanout: Vec<(usize, usize)>,
+    /// Fan-out (nodes, payload bytes) on the SQLite engine.
+    pub fanout_sqlite: Vec<(usize, usize)>,
+    /// Rounds per fan-out.
+    pub rounds: u32,
+    /// Idle fleet sizes.
+    pub idle: Vec<usize>,
+    /// How long an idle fleet is measured.
+    pub idle_time: Duration,
+    /// Heartbeat interval of the idle fleet (seconds).
+    pub idle_interval: f64,
+    /// Starts per daemon for the start-up figures (the median is reported).
+    pub starts: usize,
+    /// Instructions sent to each SuperNode.
+    pub supernode_rounds: u32,
+    /// A fan-out's rounds (or an idle fleet's joining) that take longer than this fail.
+    pub row_timeout: Duration,
+}
+
+const KB: usize = 1000;
+const MB: usize = 1000 * 1000;
+
+impl Plan {
+    /// The workloads of the issue: fan-out N ∈ {10, 100, 1000} with 1 KB and 1 MB, 50 MB with
+    /// N = 10, 5 rounds; SQLite on the 1 KB rows; idle fleets of 1,000 and 10,000 nodes for
+    /// 60 s.
+    pub fn full() -> Plan {
+        Plan {
+            fanout: vec![
+                (10, KB),
+                (100, KB),
+                (1000, KB),
+                (10, MB),
+                (100, MB),
+                (1000, MB),
+                (10, 50 * MB),
+            ],
+            fanout_sqlite: vec![(10, KB), (100, KB), (1000, KB)],
+            rounds: 5,
+            idle: vec![1000, 10_000],
+            idle_time: Duration::from_secs(60),
+            idle_interval: 10.0,
+            starts: 5,
+            supernode_rounds: 5,
+            row_timeout: Duration::from_secs(180),
+        }
+    }
+
+    /// Tiny sizes that exercise every code path in about a minute (the test suite runs this).
+    pub fn smoke() -> Plan {
+        Plan {
+            fanout: vec![(3, KB), (2, MB)],
+            fanout_sqlite: vec![(3, KB)],
+            rounds: 2,
+            idle: vec![20],
+            idle_time: Duration::from_secs(3),
+            idle_interval: 10.0,
+            starts: 1,
+            supernode_rounds: 1,
+            row_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Which parts run.
+#[derive(Clone, Copy, Debug)]
+pub struct Sections {
+    /// Fan-out rounds (and the echo ceiling).
+    pub fanout: bool,
+    /// Idle fleets.
+    pub idle: bool,
+    /// Start-up time and idle memory.
+    pub startup: bool,
+    /// SuperNodes under one SuperLink.
+    pub supernode: bool,
+}
+
+/// Which way is better for a metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Better {
+    /// More is better (throughput).
+    Higher,
+    /// Less is better (latency, CPU, memory).
+    Lower,
+    /// A count to read, not to compare.
+    Neither,
+}
+
+/// One implementation's figure: a value, maybe with a remark, or why there is none.
+#[derive(Clone, Debug, Default)]
+pub struct Figure {
+    /// The value.
+    pub value: Option<f64>,
+    /// A remark ("3 of 5 rounds") or, without a value, the failure.
+    pub note: Option<String>,
+}
+
+impl Figure {
+    fn of(value: f64) -> Figure {
+        Figure {
+            value: Some(value),
+            note: None,
+        }
+    }
+
+    fn failed(why: impl Into<String>) -> Figure {
+        Figure {
+            value: None,
+            note: Some(why.into()),
+        }
+    }
+
+    fn with_note(mut self, note: Option<String>) -> Figure {
+        self.note = note;
+        self
+    }
+
+    fn cell(&self) -> String {
+        match (self.value, &self.note) {
+            (Some(v), None) => fmt_num(v),
+            (Some(v), Some(n)) => format!("{} ({n})", fmt_num(v)),
+            (None, Some(n)) => format!("failed: {n}"),
+            (None, None) => "—".into(),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "value": self.value, "note": self.note })
+    }
+}
+
+/// A row of the table.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// The workload ("fan-out 1 KB, N=100, in-memory").
+    pub workload: String,
+    /// The metric with its unit ("msg/s").
+    pub metric: String,
+    /// Which way is better.
+    pub better: Better,
+    /// Flower 1.28.0's figure.
+    pub flower: Figure,
+    /// Ours.
+    pub ours: Figure,
+    /// For ceiling rows: ours as a share of this (the bare echo service).
+    pub ceiling: Option<f64>,
+}
+
+impl Row {
+    /// How many times better ours is (None when it cannot be said).
+    pub fn better_by(&self) -> Option<f64> {
+        let (Some(f), Some(o)) = (self.flower.value, self.ours.value) else {
+            return None;
+        };
+        match self.better {
+            Better::Higher if f > 0.0 => Some(o / f),
+            Better::Lower if o > 0.0 => Some(f / o),
+            _ => None,
+        }
+    }
+
+    fn verdict(&self) -> String {
+        if let (Some(c), Some(o)) = (self.ceiling, self.ours.value) {
+            return format!("ours = {:.0}% of the ceiling", 100.0 * o / c);
+        }
+        match (self.better_by(), self.flower.value, self.ours.value) {
+            (Some(x), _, _) if (0.995..1.005).contains(&x) => "same".into(),
+            (Some(x), _, _) if x >= 1.0 => format!("{}× better", fmt_num(x)),
+            (Some(x), _, _) => format!("{}× worse", fmt_num(1.0 / x)),
+            (None, None, Some(_)) if self.flower.note.is_some() => "Flower failed".into(),
+            (None, Some(_), None) if self.ours.note.is_some() => "ours failed".into(),
+            _ => "—".into(),
+        }
+    }
+}
+
+/// Formats a figure with about three significant digits.
+pub fn fmt_num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1000.0 {
+        let s = format!("{v:.0}");
+        let (sign, digits) = s.strip_prefix('-').map(|d| ("-", d)).unwrap_or(("", &s));
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        format!("{sign}{out}")
+    } else if a >= 100.0 || v == v.trunc() {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn fmt_bytes(b: usize) -> String {
+    if b >= MB {
+        format!("{} MB", b / MB)
+    } else {
+        format!("{} KB", b / KB)
+    }
+}
+
+/// The machine the figures come from.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: f64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    format!(
+        "{cores} cores ({model}), {:.0} GiB RAM, Linux {}",
+        mem_kib / 1024.0 / 1024.0,
+        kernel()
+    )
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// A comparison in progress: its scratch directory, TLS files and rows so far.
+pub struct Comparison {
+    programs: Programs,
+    plan: Plan,
+    dir: tempfile::TempDir,
+    tls: TlsFiles,
+    client_tls: Arc<rustls::ClientConfig>,
+    starts: usize,
+    /// Rows so far.
+    pub rows: Vec<Row>,
+}
+
+impl Comparison {
+    /// Prepares a scratch directory and fresh TLS files.
+    pub fn new(programs: Programs, plan: Plan) -> Result<Comparison> {
+        programs.check()?;
+        let dir = tempfile::Builder::new().prefix("flwr-bench.").tempdir()?;
+        let (_ca, tls) = pki::write_tls_files(&dir.path().join("certs"), pki::LOCAL_SANS);
+        let client_tls = flwr_transport::tls::load_client_config(
+            &flwr_transport::tls::ClientTlsChoice::RootCertificates(tls.ca.clone()),
+        )?
+        .map(|l| l.config)
+        .ok_or_else(|| anyhow!("no client TLS configuration"))?;
+        Ok(Comparison {
+            programs,
+            plan,
+            dir,
+            tls,
+            client_tls,
+            starts: 0,
+            rows: Vec::new(),
+        })
+    }
+
+    fn push(&mut self, workload: &str, metric: &str, better: Better, flower: Figure, ours: Figure) {
+        let row = Row {
+            workload: workload.into(),
+            metric: metric.into(),
+            better,
+            flower,
+            ours,
+            ceiling: None,
+        };
+        eprintln!(
+            "  {} | {} | {} | {} | {}",
+            row.workload,
+            row.metric,
+            row.flower.cell(),
+            row.ours.cell(),
+            row.verdict()
+        );
+        self.rows.push(row);
+    }
+
+    fn tls_args(&self, cmd: &mut Command) {
+        cmd.arg("--ssl-ca-certfile")
+            .arg(&self.tls.ca)
+            .arg("--ssl-certfile")
+            .arg(&self.tls.cert)
+            .arg("--ssl-keyfile")
+            .arg(&self.tls.key);
+    }
+
+    fn path_env(&self) -> std::ffi::OsString {
+        let mut paths = vec![self.programs.venv_bin.clone()];
+        if let Some(p) = std::env::var_os("PATH") {
+            paths.extend(std::env::split_paths(&p));
+        }
+        std::env::join_paths(paths).unwrap_or_default()
+    }
+
+    /// Starts a SuperLink of `flavor` with TLS, `--isolation process` and `engine`.
+    pub async fn superlink(&mut self, flavor: Flavor, engine: Engine) -> Result<(Daemon, Target)> {
+        self.starts += 1;
+        let home = self
+            .dir
+            .path()
+            .join(format!("superlink-{}-{}", flavor.name(), self.starts));
+        std::fs::create_dir_all(&home)?;
+        let [appio, fleet, control, health] =
+            [free_port()?, free_port()?, free_port()?, free_port()?]
+                .map(|p| format!("127.0.0.1:{p}"));
+        let program = match flavor {
+            Flavor::Flower => self.programs.venv_bin.join("flower-superlink"),
+            Flavor::Ours => self.programs.superlink.clone(),
+        };
+        let mut cmd = daemon::command(program);
+        cmd.env("FLWR_HOME", &home)
+            .env("PATH", self.path_env())
+            .env("NO_COLOR", "1");
+        self.tls_args(&mut cmd);
+        cmd.args([
+            "--serverappio-api-address",
+            &appio,
+            "--fleet-api-address",
+            &fleet,
+            "--control-api-address",
+            &control,
+        ])
+        .args(["--health-server-address", &health, "--isolation", "process"])
+        .arg("--storage-dir")
+        .arg(home.join("ffs"));
+        if engine == Engine::Sqlite {
+            cmd.arg("--database").arg(home.join("state.db"));
+        }
+        let name = format!("{} superlink", flavor.name());
+        let daemon = Daemon::start(&name, cmd, &health, &home.join("superlink.log")).await?;
+        let target = Target {
+            control: control.parse()?,
+            fleet: fleet.parse()?,
+            serverappio: appio.parse()?,
+            tls: Some(self.client_tls.clone()),
+        };
+        Ok((daemon, target))
+    }
+
+    /// Starts a SuperNode of `flavor` against `fleet`, with TLS and subprocess isolation.
+    pub async fn supernode(&mut self, flavor: Flavor, fleet: &str) -> Result<Daemon> {
+        self.starts += 1;
+        let home = self
+            .dir
+            .path()
+            .join(format!("supernode-{}-{}", flavor.name(), self.starts));
+        std::fs::create_dir_all(&home)?;
+        let [appio, health] = [free_port()?, free_port()?].map(|p| format!("127.0.0.1:{p}"));
+        let program = match flavor {
+            Flavor::Flower => self.programs.venv_bin.join("flower-supernode"),
+            Flavor::Ours => self.programs.supernode.clone(),
+        };
+        let mut cmd = daemon::command(program);
+        cmd.env("FLWR_HOME", &home)
+            .env("PATH", self.path_env())
+            .env("NO_COLOR", "1");
+        cmd.args([
+            "--superlink",
+            fleet,
+            "--clientappio-api-address",
+            &appio,
+            "--health-server-address",
+            &health,
+        ])
+        .arg("--root-certificates")
+        .arg(&self.tls.ca);
+        let name = format!("{} supernode", flavor.name());
+        Daemon::start(&name, cmd, &health, &home.join("supernode.log")).await
+    }
+
+    /// Runs the chosen sections.
+    pub async fn run(&mut self, sections: Sections) -> Result<()> {
+        if sections.startup {
+            eprintln!("start-up and idle memory");
+            self.startup().await?;
+        }
+        if sections.fanout {
+            for (nodes, bytes) in self.plan.fanout.clone() {
+                eprintln!("fan-out {} N={nodes} (in-memory)", fmt_bytes(bytes));
+                self.fanout(nodes, bytes, Engine::Memory).await?;
+                if bytes >= MB {
+                    self.ceiling(nodes, bytes).await?;
+                }
+            }
+            for (nodes, bytes) in self.plan.fanout_sqlite.clone() {
+                eprintln!("fan-out {} N={nodes} (SQLite)", fmt_bytes(bytes));
+                self.fanout(nodes, bytes, Engine::Sqlite).await?;
+            }
+        }
+        if sections.idle {
+            for n in self.plan.idle.clone() {
+                eprintln!("idle fleet of {n} nodes");
+                self.idle(n).await?;
+            }
+        }
+        if sections.supernode {
+            eprintln!("SuperNodes");
+            self.supernodes().await?;
+        }
+        Ok(())
+    }
+
+    async fn fanout_one(&mut self, flavor: Flavor, w: FanOut, engine: Engine) -> Result<FanOutRun> {
+        let (mut daemon, target) = self.superlink(flavor, engine).await?;
+        let timeout = self.plan.row_timeout;
+        let run = async {
+            let mut session =
+                match tokio::time::timeout(timeout, FanOutSession::prepare(&target, w)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return FanOutRun::failed(format!("setting up: {e:#}")),
+                    Err(_) => {
+                        return FanOutRun::failed(format!("setting up took over {timeout:?}"))
+                    }
+                };
+            let before = daemon.sample().unwrap_or_default();
+            let mut rounds = Vec::new();
+            let outcome = tokio::time::timeout(timeout, session.rounds(|r| rounds.push(r))).await;
+            let after = daemon.sample().unwrap_or_default();
+            let failure = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("{e:#}")),
+                Err(_) => Some(format!(
+                    "{} of {} rounds within {timeout:?}",
+                    rounds.len(),
+                    w.rounds
+                )),
+            };
+            if tokio::time::timeout(Duration::from_secs(30), session.finish())
+                .await
+                .is_err()
+            {
+                tracing::warn!("ending the run took over 30 s");
+            }
+            FanOutRun {
+                rounds,
+                before,
+                after,
+                failure,
+            }
+        }
+        .await;
+        daemon.stop(Duration::from_secs(10)).await;
+        Ok(run)
+    }
+
+    async fn fanout(&mut self, nodes: usize, bytes: usize, engine: Engine) -> Result<()> {
+        let w = FanOut::new(nodes, bytes, self.plan.rounds);
+        let flower = self.fanout_one(Flavor::Flower, w, engine).await?;
+        let ours = self.fanout_one(Flavor::Ours, w, engine).await?;
+        let name = format!("fan-out {}, N={nodes}, {}", fmt_bytes(bytes), engine.name());
+        let total = self.plan.rounds;
+        for (metric, better, get) in FANOUT_METRICS {
+            let f = flower.figure(get, total);
+            let o = ours.figure(get, total);
+            self.push(&name, metric, *better, f, o);
+        }
+        Ok(())
+    }
+
+    async fn ceiling(&mut self, nodes: usize, bytes: usize) -> Result<()> {
+        self.starts += 1;
+        let home = self.dir.path().join(format!("echo-{}", self.starts));
+        std::fs::create_dir_all(&home)?;
+        let [address, health] = [free_port()?, free_port()?].map(|p| format!("127.0.0.1:{p}"));
+        let mut cmd = daemon::command(&self.programs.bench);
+        cmd.args([
+            "echo-server",
+            "--address",
+            &address,
+            "--health-server-address",
+            &health,
+        ]);
+        self.tls_args(&mut cmd);
+        let mut daemon = Daemon::start("echo server", cmd, &health, &home.join("echo.log")).await?;
+        let addr: flwr_transport::address::Address = address.parse()?;
+        let channels: Vec<_> = (0..nodes)
+            .map(|_| flwr_transport::grpc::channel(&addr, Some(self.client_tls.clone())))
+            .collect();
+        let mut moved = 0u64;
+        let mut took = Duration::ZERO;
+        for _ in 0..self.plan.rounds {
+            let (m, t) = echo::round(&channels, bytes).await?;
+            moved += m;
+            took += t;
+        }
+        daemon.stop(Duration::from_secs(5)).await;
+        let mbps = moved as f64 / MB as f64 / took.as_secs_f64();
+        let workload = format!("fan-out {}, N={nodes}, in-memory", fmt_bytes(bytes));
+        let ours_mbps = self
+            .rows
+            .iter()
+            .rev()
+            .find(|r| r.workload == workload && r.metric == "payload MB/s")
+            .and_then(|r| r.ours.value);
+        let row = Row {
+            workload,
+            metric: "ceiling MB/s (bare tonic+rustls echo, same payloads)".into(),
+            better: Better::Neither,
+            flower: Figure::default(),
+            ours: Figure {
+                value: ours_mbps,
+                note: None,
+            },
+            ceiling: Some(mbps),
+        };
+        eprintln!(
+            "  {} | ceiling {} MB/s | {}",
+            row.workload,
+            fmt_num(mbps),
+            row.verdict()
+        );
+        self.rows.push(row);
+        Ok(())
+    }
+
+    async fn idle_one(&mut self, flavor: Flavor, n: usize) -> Result<IdleRun> {
+        let (mut daemon, target) = self.superlink(flavor, Engine::Memory).await?;
+        let interval = self.plan.idle_interval;
+        let timeout = self.plan.row_timeout.max(Duration::from_secs(600));
+        let started = tokio::time::timeout(
+            timeout,
+            IdleFleet::start(&target, n, interval, Some(Duration::from_secs(30))),
+        )
+        .await;
+        let fleet = match started {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                daemon.stop(Duration::from_secs(10)).await;
+                return Ok(IdleRun::failed(format!("joining: {e:#}")));
+            }
+            Err(_) => {
+                daemon.stop(Duration::from_secs(10)).await;
+                return Ok(IdleRun::failed(format!("joining took over {timeout:?}")));
+            }
+        };
+        let before = daemon.sample().unwrap_or_default();
+        let t0 = Instant::now();
+        let outcome = fleet.measure(self.plan.idle_time).await;
+        let seconds = t0.elapsed().as_secs_f64();
+        let after = daemon.sample().unwrap_or_default();
+        daemon.stop(Duration::from_secs(10)).await;
+        Ok(match outcome {
+            Ok(o) => IdleRun {
+                outcome: Some(o),
+                before,
+                after,
+                seconds,
+                failure: None,
+            },
+            Err(e) => IdleRun::failed(format!("{e:#}")),
+        })
+    }
+
+    async fn idle(&mut self, n: usize) -> Result<()> {
+        let flower = self.idle_one(Flavor::Flower, n).await?;
+        let ours = self.idle_one(Flavor::Ours, n).await?;
+        let name = format!(
+            "idle fleet, {n} nodes, heartbeat {}s, {}s",
+            self.plan.idle_interval,
+            self.plan.idle_time.as_secs()
+        );
+        for (metric, better, get) in IDLE_METRICS {
+            self.push(&name, metric, *better, flower.figure(get), ours.figure(get));
+        }
+        Ok(())
+    }
+
+    async fn startup(&mut self) -> Result<()> {
+        let mut figures = Vec::new();
+        for flavor in [Flavor::Flower, Flavor::Ours] {
+            let mut times = Vec::new();
+            let mut rss = Vec::new();
+            for _ in 0..self.plan.starts {
+                let (mut d, _) = self.superlink(flavor, Engine::Memory).await?;
+                times.push(d.started_in.as_secs_f64() * 1000.0);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                rss.push(d.sample()?.rss as f64 / MIB);
+                d.stop(Duration::from_secs(10)).await;
+            }
+            figures.push((median(&mut times), median(&mut rss)));
+        }
+        self.push(
+            "SuperLink start-up (TLS, in-memory)",
+            "exec → health SERVING (ms)",
+            Better::Lower,
+            Figure::of(figures[0].0),
+            Figure::of(figures[1].0),
+        );
+        self.push(
+            "SuperLink start-up (TLS, in-memory)",
+            "idle RSS (MiB)",
+            Better::Lower,
+            Figure::of(figures[0].1),
+            Figure::of(figures[1].1),
+        );
+
+        let (mut link, target) = self.superlink(Flavor::Ours, Engine::Memory).await?;
+        let fleet = target.fleet.to_string();
+        let mut figures = Vec::new();
+        for flavor in [Flavor::Flower, Flavor::Ours] {
+            let mut times = Vec::new();
+            let mut rss = Vec::new();
+            for _ in 0..self.plan.starts {
+                let mut d = self.supernode(flavor, &fleet).await?;
+                times.push(d.started_in.as_secs_f64() * 1000.0);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                rss.push(d.sample()?.rss as f64 / MIB);
+                d.stop(Duration::from_secs(10)).await;
+            }
+            figures.push((median(&mut times), median(&mut rss)));
+        }
+        link.stop(Duration::from_secs(10)).await;
+        self.push(
+            "SuperNode start-up (TLS, subprocess isolation)",
+            "exec → health SERVING (ms)",
+            Better::Lower,
+            Figure::of(figures[0].0),
+            Figure::of(figures[1].0),
+        );
+        self.push(
+            "SuperNode start-up (TLS, subprocess isolation)",
+            "idle RSS, connected (MiB)",
+            Better::Lower,
+            Figure::of(figures[0].1),
+            Figure::of(figures[1].1),
+        );
+        Ok(())
+    }
+
+    async fn supernodes(&mut self) -> Result<()> {
+        let mut latency = Vec::new();
+        for flavor in [Flavor::Flower, Flavor::Ours] {
+            let (mut link, target) = self.superlink(Flavor::Ours, Engine::Memory).await?;
+            let fleet = target.fleet.to_string();
+            let mut node = self.supernode(flavor, &fleet).await?;
+            let result = async {
+                let control = flwr_transport::grpc::channel(&target.control, target.tls.clone());
+                let appio = flwr_transport::grpc::channel(&target.serverappio, None);
+                let mut driver = Driver::start(control, appio).await?;
+                let ids = driver.wait_for_nodes(1, Duration::from_secs(60)).await?;
+                let mut times = Vec::new();
+                for r in 1..=self.plan.supernode_rounds {
+                    let round: Round =
+                        tokio::time::timeout(Duration::from_secs(120), driver.round(&ids, KB, r))
+                            .await
+                            .map_err(|_| anyhow!("no reply within 120 s"))??;
+                    if round.errors > 0 {
+                        bail!(
+                            "the SuperNode answered with an error (see {})",
+                            node.log_tail()
+                        );
+                    }
+                    times.push(round.latency.as_secs_f64());
+                }
+                let _ = driver.finish().await;
+                anyhow::Ok(times)
+            }
+            .await;
+            node.stop(Duration::from_secs(10)).await;
+            link.stop(Duration::from_secs(10)).await;
+            latency.push(match result {
+                Ok(mut t) => Figure::of(median(&mut t)),
+                Err(e) => Figure::failed(format!("{e:#}")),
+            });
+        }
+        let ours = latency.pop().unwrap_or_default();
+        let flower = latency.pop().unwrap_or_default();
+        self.push(
+            "SuperNode, 1 KB instruction, our SuperLink",
+            "instruction stored → reply stored, median (s)",
+            Better::Lower,
+            flower,
+            ours,
+        );
+        // Both SuperNodes launch the same Python program per message; its cost, measured alone:
+        let mut launches = Vec::new();
+        for _ in 0..3 {
+            let took =
+                daemon::time_run(&self.programs.venv_bin.join("flwr-clientapp"), &["--help"])?;
+            launches.push(took.as_secs_f64());
+        }
+        let launch = median(&mut launches);
+        let note = Some("same program for both".to_owned());
+        self.push(
+            "SuperNode, 1 KB instruction, our SuperLink",
+            "of which: flwr-clientapp launch (python + imports, --help) (s)",
+            Better::Neither,
+            Figure::of(launch).with_note(note.clone()),
+            Figure::of(launch).with_note(note),
+        );
+        Ok(())
+    }
+
+    /// The table as Markdown.
+    pub fn table(&self) -> String {
+        let mut out = String::from("| workload | metric | Flower 1.28.0 | ours | ours vs Flower |\n|---|---|---:|---:|---|\n");
+        for r in &self.rows {
+            let flower = if r.ceiling.is_some() {
+                "—".to_owned()
+            } else {
+                r.flower.cell()
+            };
+            let ours = match r.ceiling {
+                Some(c) => format!("{} (ceiling {})", r.ours.cell(), fmt_num(c)),
+                None => r.ours.cell(),
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                r.workload,
+                r.metric,
+                flower,
+                ours,
+                r.verdict()
+            ));
+        }
+        out
+    }
+
+    /// The rows as JSON, with the machine and the time.
+    pub fn json(&self) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "workload": r.workload,
+                    "metric": r.metric,
+                    "better": format!("{:?}", r.better).to_lowercase(),
+                    "flower": r.flower.json(),
+                    "ours": r.ours.json(),
+                    "ceiling": r.ceiling,
+                    "better_by": r.better_by(),
+                    "verdict": r.verdict(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "machine": machine(),
+            "finished_at": chrono::Utc::now().to_rfc3339(),
+            "rows": rows,
+        })
+    }
+
+    /// The scratch directory (logs of every daemon).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Keeps the scratch directory (for its logs) instead of deleting it; returns its path.
+    pub fn keep(self) -> PathBuf {
+        self.dir.keep()
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = (p / 100.0 * (v.len() - 1) as f64).round() as usize;
+    v[rank.min(v.len() - 1)]
+}
+
+struct FanOutRun {
+    rounds: Vec<Round>,
+    before: ProcSample,
+    after: ProcSample,
+    failure: Option<String>,
+}
+
+impl FanOutRun {
+    fn failed(why: String) -> FanOutRun {
+        FanOutRun {
+            rounds: Vec::new(),
+            before: ProcSample::default(),
+            after: ProcSample::default(),
+            failure: Some(why),
+        }
+    }
+
+    fn figure(&self, get: &Metric<FanOutRun>, total: u32) -> Figure {
+        if self.rounds.is_empty() {
+            return Figure::failed(self.failure.clone().unwrap_or_else(|| "no round".into()));
+        }
+        let note = (self.rounds.len() < total as usize)
+            .then(|| format!("{} of {total} rounds", self.rounds.len()));
+        match get(self) {
+            Some(v) => Figure::of(v).with_note(note),
+            None => Figure::failed(note.unwrap_or_default()),
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        self.rounds.iter().map(|r| r.latency.as_secs_f64()).sum()
+    }
+}
+
+type Metric<T> = fn(&T) -> Option<f64>;
+
+const FANOUT_METRICS: &[(&str, Better, Metric<FanOutRun>)] = &[
+    ("msg/s", Better::Higher, |r| {
+        Some(r.rounds.iter().map(|x| x.messages).sum::<usize>() as f64 / r.seconds())
+    }),
+    ("payload MB/s", Better::Higher, |r| {
+        Some(r.rounds.iter().map(|x| x.payload_bytes).sum::<u64>() as f64 / MB as f64 / r.seconds())
+    }),
+    ("round p50 (s)", Better::Lower, |r| {
+        Some(percentile(
+            &mut r
+                .rounds
+                .iter()
+                .map(|x| x.latency.as_secs_f64())
+                .collect::<Vec<_>>(),
+            50.0,
+        ))
+    }),
+    ("round p99 (s)", Better::Lower, |r| {
+        Some(percentile(
+            &mut r
+                .rounds
+                .iter()
+                .map(|x| x.latency.as_secs_f64())
+                .collect::<Vec<_>>(),
+            99.0,
+        ))
+    }),
+    ("server CPU (s)", Better::Lower, |r| {
+        Some(r.after.cpu_seconds - r.before.cpu_seconds)
+    }),
+    ("server peak RSS (MiB)", Better::Lower, |r| {
+        Some(r.after.peak_rss as f64 / MIB)
+    }),
+    ("error replies", Better::Neither, |r| {
+        Some(r.rounds.iter().map(|x| x.errors).sum::<usize>() as f64)
+    }),
+];
+
+struct IdleRun {
+    outcome: Option<crate::workload::IdleOutcome>,
+    before: ProcSample,
+    after: ProcSample,
+    seconds: f64,
+    failure: Option<String>,
+}
+
+impl IdleRun {
+    fn failed(why: String) -> IdleRun {
+        IdleRun {
+            outcome: None,
+            before: ProcSample::default(),
+            after: ProcSample::default(),
+            seconds: 0.0,
+            failure: Some(why),
+        }
+    }
+
+    fn figure(&self, get: &Metric<IdleRun>) -> Figure {
+        if self.outcome.is_none() {
+            return Figure::failed(self.failure.clone().unwrap_or_default());
+        }
+        get(self).map(Figure::of).unwrap_or_default()
+    }
+}
+
+const IDLE_METRICS: &[(&str, Better, Metric<IdleRun>)] = &[
+    ("nodes online at the end", Better::Higher, |r| {
+        r.outcome.map(|o| o.online_at_end as f64)
+    }),
+    ("heartbeats/s accepted", Better::Higher, |r| {
+        r.outcome.map(|o| o.heartbeats as f64 / r.seconds)
+    }),
+    ("failed heartbeats", Better::Neither, |r| {
+        r.outcome.map(|o| o.failed_heartbeats as f64)
+    }),
+    ("server CPU (% of one core)", Better::Lower, |r| {
+        Some(100.0 * (r.after.cpu_seconds - r.before.cpu_seconds) / r.seconds)
+    }),
+    ("server RSS at the end (MiB)", Better::Lower, |r| {
+        Some(r.after.rss as f64 / MIB)
+    }),
+];

@@ -1,0 +1,218 @@
+//! The daemons under test as child processes: started in their own process group, timed from
+//! exec to a SERVING health check, sampled from `/proc`, stopped and reaped (also on drop).
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+/// Linux reports CPU times in `USER_HZ` ticks, which is 100 on every architecture it supports.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// What `/proc` says about a process at one moment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcSample {
+    /// User plus system CPU time so far, in seconds.
+    pub cpu_seconds: f64,
+    /// Resident set size now, in bytes.
+    pub rss: u64,
+    /// Peak resident set size so far (`VmHWM`), in bytes.
+    pub peak_rss: u64,
+}
+
+/// Reads the CPU time and memory of `pid`.
+pub fn sample(pid: u32) -> Result<ProcSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("malformed /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let cpu_seconds = (ticks(11) + ticks(12)) as f64 / TICKS_PER_SECOND;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    Ok(ProcSample {
+        cpu_seconds,
+        rss: kib("VmRSS:"),
+        peak_rss: kib("VmHWM:"),
+    })
+}
+
+/// A command for [`Daemon::start`], which owns, reaps and logs the child.
+#[allow(clippy::disallowed_methods)]
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    Command::new(program)
+}
+
+/// Runs `program args` to its end with no output and returns how long it took.
+#[allow(clippy::disallowed_methods)]
+pub fn time_run(program: &Path, args: &[&str]) -> Result<Duration> {
+    let started = Instant::now();
+    let status = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", program.display()))?;
+    if !status.success() {
+        bail!("{} {} failed: {status}", program.display(), args.join(" "));
+    }
+    Ok(started.elapsed())
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until the gRPC health service at `address` answers SERVING.
+pub async fn wait_serving(
+    address: &str,
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let uri = format!("http://{address}");
+    loop {
+        alive()?;
+        if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(uri.clone()) {
+            if let Ok(channel) = endpoint.connect().await {
+                if let Ok(true) = flwr_transport::health::check(channel).await {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the health service at {address} did not answer SERVING within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+    /// From exec to the first SERVING health check.
+    pub started_in: Duration,
+}
+
+impl Daemon {
+    /// Starts `cmd` (output to `log`) and waits until its health service at `health` serves.
+    pub async fn start(name: &str, mut cmd: Command, health: &str, log: &Path) -> Result<Daemon> {
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        cmd.process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
+        let mut daemon = Daemon {
+            name: name.to_owned(),
+            child: Some(child),
+            log: log.to_owned(),
+            started_in: Duration::ZERO,
+        };
+        let child = daemon.child.as_mut().ok_or_else(|| anyhow!("no child"))?;
+        let serving = wait_serving(health, Duration::from_secs(120), || {
+            match child.try_wait() {
+                Ok(Some(status)) => Err(anyhow!("{name} exited ({status}) before serving")),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        if let Err(e) = serving {
+            bail!(
+                "{e:#}; the end of its log ({}):\n{}",
+                log.display(),
+                tail(log)
+            );
+        }
+        daemon.started_in = started.elapsed();
+        Ok(daemon)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// CPU time and memory now.
+    pub fn sample(&self) -> Result<ProcSample> {
+        sample(self.pid()).with_context(|| format!("sampling {}", self.name))
+    }
+
+    /// Where its output goes.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The end of the log, for error messages.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+
+    /// SIGTERM to the group, SIGKILL after `grace`, and reap.
+    pub async fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let group = Pid::from_raw(child.id() as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The leader is gone or overdue; make sure nothing of the group lingers.
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The last 20 lines of a log file.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}

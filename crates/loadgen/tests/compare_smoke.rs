@@ -1,0 +1,90 @@
+//! A smoke run of the comparison with tiny sizes: every section runs against both
+//! implementations and every compared figure comes out (a failure of either side fails here).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+use std::process::Command;
+
+#[test]
+fn the_comparison_runs_every_section_with_tiny_sizes() {
+    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_flwr-bench"));
+    for sibling in ["superlink", "supernode"] {
+        let p = bench.with_file_name(sibling);
+        assert!(
+            p.exists(),
+            "{} missing: run the workspace's tests",
+            p.display()
+        );
+    }
+    let venv = flwr_testkit::python::venv_bin()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(bench)
+        .args(["compare", "--smoke", "--json"])
+        .arg(&json)
+        .arg("--venv")
+        .arg(&venv)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "flwr-bench compare --smoke failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("| workload | metric | Flower 1.28.0 | ours | ours vs Flower |"),
+        "{stdout}"
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let workloads: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .map(|r| r["workload"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "SuperLink start-up (TLS, in-memory)",
+        "SuperNode start-up (TLS, subprocess isolation)",
+        "fan-out 1 KB, N=3, in-memory",
+        "fan-out 1 MB, N=2, in-memory",
+        "fan-out 1 KB, N=3, SQLite",
+        "SuperNode, 1 KB instruction, our SuperLink",
+    ] {
+        assert!(
+            workloads.contains(expected),
+            "no `{expected}` rows in {workloads:?}"
+        );
+    }
+    assert!(
+        workloads
+            .iter()
+            .any(|w| w.starts_with("idle fleet, 20 nodes")),
+        "{workloads:?}"
+    );
+    for row in rows {
+        if row["ceiling"].is_number() {
+            assert!(row["ours"]["value"].as_f64().unwrap() > 0.0, "{row}");
+            continue;
+        }
+        for side in ["flower", "ours"] {
+            assert!(
+                row[side]["value"].is_number(),
+                "{side} has no figure in {row}"
+            );
+            assert!(
+                row[side]["note"].is_null() || row["better"] == "neither",
+                "{side} is partial in {row}"
+            );
+        }
+    }
+    let fanout_msgs = rows
+        .iter()
+        .find(|r| r["workload"] == "fan-out 1 KB, N=3, in-memory" && r["metric"] == "msg/s")
+        .unwrap();
+    assert!(fanout_msgs["ours"]["value"].as_f64().unwrap() > 0.0);
+}
