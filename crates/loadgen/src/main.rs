@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use flwr_loadgen::compare::{Comparison, Plan, Programs, Sections};
-use flwr_loadgen::workload::{fan_out, FanOut, Target};
+use flwr_loadgen::workload::{fan_out, FanOut, IdleFleet, Target};
 use flwr_transport::tls::{
     load_client_config, load_server_config, ClientTlsChoice, ServerTlsFiles,
 };
@@ -84,6 +84,27 @@ enum Command {
         /// most one per node every 50 ms).
         #[arg(long)]
         poll_ms: Option<u64>,
+    },
+    /// An idle fleet against a running SuperLink: nodes join, heartbeat, and are counted.
+    Idle {
+        /// Control API address.
+        #[arg(long, default_value = "127.0.0.1:9093")]
+        control: String,
+        /// Fleet API address.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        fleet: String,
+        /// CA certificate of the SuperLink (omit for a plaintext SuperLink).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Simulated nodes.
+        #[arg(long, default_value = "1000")]
+        nodes: usize,
+        /// Heartbeat interval announced (seconds).
+        #[arg(long, default_value = "10")]
+        interval: f64,
+        /// Seconds measured once every node has joined.
+        #[arg(long, default_value = "60")]
+        seconds: u64,
     },
     /// The bare echo service of the ceiling (the comparison starts it itself).
     EchoServer {
@@ -195,6 +216,43 @@ async fn main() -> Result<()> {
                     r.errors
                 );
             }
+        }
+        Command::Idle {
+            control,
+            fleet,
+            ca,
+            nodes,
+            interval,
+            seconds,
+        } => {
+            let tls = match ca {
+                Some(ca) => {
+                    load_client_config(&ClientTlsChoice::RootCertificates(ca))?.map(|l| l.config)
+                }
+                None => None,
+            };
+            let target = Target {
+                control: control.parse()?,
+                fleet: fleet.parse()?,
+                serverappio: fleet.parse()?,
+                tls,
+            };
+            let started = std::time::Instant::now();
+            let fleet =
+                IdleFleet::start(&target, nodes, interval, Some(Duration::from_secs(30))).await?;
+            println!(
+                "{nodes} nodes joined in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            let o = fleet.measure(Duration::from_secs(seconds)).await?;
+            println!(
+                "{} heartbeats accepted ({:.0}/s), {} failed, {} of {} online at the end",
+                o.heartbeats,
+                o.heartbeats as f64 / seconds as f64,
+                o.failed_heartbeats,
+                o.online_at_end,
+                o.nodes
+            );
         }
         Command::EchoServer {
             address,

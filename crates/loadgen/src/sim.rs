@@ -276,7 +276,7 @@ const OBJECT_RETRY_CAP: Duration = Duration::from_secs(1);
 /// What one round took.
 #[derive(Clone, Copy, Debug)]
 pub struct Round {
-    /// From the first instruction pushed to the last reply pulled with its objects.
+    /// From building the instructions' payloads to the last reply pulled with its objects.
     pub latency: Duration,
     /// Instructions and replies moved.
     pub messages: usize,
