@@ -208,23 +208,10 @@ impl SimNode {
     async fn answer(&self, resp: &pb::PullMessagesResponse, reply_bytes: usize) -> Result<()> {
         let ins = message_from_pb(&resp.messages_list[0]).map_err(|e| anyhow!(e))?;
         let tree = tree_from_pb(&resp.message_object_trees[0]).map_err(|e| anyhow!(e))?;
+        // One object at a time: an instruction reaches the node before the ServerApp has pushed
+        // its objects, and pulling ahead only multiplies the retries.
         for node in tree.post_order() {
-            // Backs off as Flower's SuperNode does (doubling, jittered), from 20 ms up to 1 s
-            // instead of from 1 s up to 10 s, so that the waits do not hide the server's speed.
-            let mut delay = OBJECT_RETRY_FIRST;
-            loop {
-                let r = self.fleet.pull_object(ins.run_id, node.id.to_hex()).await?;
-                if r.object_available {
-                    flwr_objects::content::verify_shared(node.id, &r.object_content).await?;
-                    break;
-                }
-                if !r.object_found {
-                    bail!("object {} unknown to the SuperLink", node.id);
-                }
-                let jitter = 0.8 + 0.4 * flwr_supernode::fleet::rand_unit();
-                tokio::time::sleep(delay.mul_f64(jitter)).await;
-                delay = (delay * 2).min(OBJECT_RETRY_CAP);
-            }
+            pull_instruction_object(&self.fleet, ins.run_id, node.id).await?;
         }
         self.fleet
             .confirm(ins.run_id, ins.message_id.clone())
@@ -268,6 +255,26 @@ impl SimNode {
     }
 }
 
+/// Pulls one object of an instruction and checks it. Backs off as Flower's SuperNode does
+/// (doubling, jittered) while the ServerApp has not pushed it yet, but from 20 ms up to 1 s
+/// instead of from 1 s up to 10 s, so that the waits do not hide the server's speed.
+async fn pull_instruction_object(fleet: &Fleet, run_id: u64, id: ObjectId) -> Result<()> {
+    let mut delay = OBJECT_RETRY_FIRST;
+    loop {
+        let r = fleet.pull_object(run_id, id.to_hex()).await?;
+        if r.object_available {
+            flwr_objects::content::verify_shared(id, &r.object_content).await?;
+            return Ok(());
+        }
+        if !r.object_found {
+            bail!("object {id} unknown to the SuperLink");
+        }
+        let jitter = 0.8 + 0.4 * flwr_supernode::fleet::rand_unit();
+        tokio::time::sleep(delay.mul_f64(jitter)).await;
+        delay = (delay * 2).min(OBJECT_RETRY_CAP);
+    }
+}
+
 /// First wait before asking again for an object the ServerApp has not pushed yet.
 const OBJECT_RETRY_FIRST: Duration = Duration::from_millis(20);
 /// Longest wait between such requests.
@@ -276,7 +283,8 @@ const OBJECT_RETRY_CAP: Duration = Duration::from_secs(1);
 /// What one round took.
 #[derive(Clone, Copy, Debug)]
 pub struct Round {
-    /// From building the instructions' payloads to the last reply pulled with its objects.
+    /// From the first instruction pushed (its payload built beforehand) to the last reply
+    /// pulled with its objects.
     pub latency: Duration,
     /// Instructions and replies moved.
     pub messages: usize,
@@ -402,7 +410,6 @@ impl Driver {
     /// One round: an instruction of `bytes` payload to every node, then every reply and its
     /// objects back.
     pub async fn round(&mut self, nodes: &[u64], bytes: usize, round: u32) -> Result<Round> {
-        let started = Instant::now();
         let created = now();
         let mut built: Vec<Built> = Vec::with_capacity(nodes.len());
         for (i, node) in nodes.iter().enumerate() {
@@ -424,6 +431,8 @@ impl Driver {
                 &payload::floats(bytes, round.wrapping_mul(100_003) ^ i as u32),
             ));
         }
+        // The clock starts once the payloads are built, as a ServerApp's would be by then.
+        let started = Instant::now();
         let req = pb::PushAppMessagesRequest {
             token: self.token.clone(),
             messages_list: built.iter().map(|b| message_to_pb(&b.meta)).collect(),
@@ -542,33 +551,43 @@ impl Driver {
         Ok(())
     }
 
+    /// Pulls and checks a reply's objects, up to 8 at once (as the ServerApp's pushes).
     async fn pull_objects(&mut self, tree: &ObjectTree) -> Result<u64> {
         let mut total = 0;
-        let ids: Vec<ObjectId> = tree.post_order().iter().map(|n| n.id).collect();
-        for id in ids {
-            loop {
-                let node = Some(pb::Node {
-                    node_id: SUPERLINK_NODE_ID,
-                });
-                let r = self
-                    .appio
-                    .pull_object(pb::PullObjectRequest {
-                        node,
-                        run_id: self.run_id,
-                        object_id: id.to_hex(),
-                    })
-                    .await?
-                    .into_inner();
-                if r.object_available {
-                    flwr_objects::content::verify_shared(id, &r.object_content).await?;
-                    total += r.object_content.len() as u64;
-                    break;
+        let mut pulls = JoinSet::new();
+        for node in tree.post_order() {
+            let (mut appio, run_id, id, poll) =
+                (self.appio.clone(), self.run_id, node.id, self.poll);
+            pulls.spawn(async move {
+                loop {
+                    let r = appio
+                        .pull_object(pb::PullObjectRequest {
+                            node: Some(pb::Node {
+                                node_id: SUPERLINK_NODE_ID,
+                            }),
+                            run_id,
+                            object_id: id.to_hex(),
+                        })
+                        .await?
+                        .into_inner();
+                    if r.object_available {
+                        flwr_objects::content::verify_shared(id, &r.object_content).await?;
+                        return anyhow::Ok(r.object_content.len() as u64);
+                    }
+                    if !r.object_found {
+                        bail!("reply object {id} unknown");
+                    }
+                    tokio::time::sleep(poll).await;
                 }
-                if !r.object_found {
-                    bail!("reply object {id} unknown");
+            });
+            while pulls.len() >= 8 {
+                if let Some(r) = pulls.join_next().await {
+                    total += r.context("object pull task")??;
                 }
-                tokio::time::sleep(self.poll).await;
             }
+        }
+        while let Some(r) = pulls.join_next().await {
+            total += r.context("object pull task")??;
         }
         Ok(total)
     }
