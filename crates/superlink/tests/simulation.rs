@@ -64,9 +64,11 @@ fn flwr_local_mode_runs_a_simulation_on_our_superlink() {
         Proc::spawn("flwr run (local)", c).wait(Duration::from_secs(300))
     };
     let (mut status, mut out) = attempt();
-    if !status.success() && out.contains("gcs_server") {
-        // Ray's very first start on a fresh machine can miss its own log files; it is Ray's
-        // start-up, not the SuperLink: try once more.
+    let ray_failed_to_start =
+        |out: &str| out.contains("gcs_server") || out.contains("timed out during startup");
+    if !status.success() && ray_failed_to_start(&out) {
+        // Ray's very first start on a fresh or busy machine can miss its own log files or time
+        // out starting its raylet; it is Ray's start-up, not the SuperLink: try once more.
         signal_matching(&home.display().to_string(), Signal::SIGTERM);
         std::thread::sleep(Duration::from_secs(2));
         (status, out) = attempt();
