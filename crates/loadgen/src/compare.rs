@@ -703,19 +703,10 @@ impl Comparison {
             }
             figures.push((median(&mut times), median(&mut rss)));
         }
-        self.push(
-            "SuperLink start-up (TLS, in-memory)",
-            "exec → health SERVING (ms)",
-            Better::Lower,
-            Figure::of(figures[0].0),
-            Figure::of(figures[1].0),
-        );
-        self.push(
+        self.push_startup(
             "SuperLink start-up (TLS, in-memory)",
             "idle RSS (MiB)",
-            Better::Lower,
-            Figure::of(figures[0].1),
-            Figure::of(figures[1].1),
+            &figures,
         );
 
         let (mut link, target) = self.superlink(Flavor::Ours, Engine::Memory).await?;
@@ -734,21 +725,32 @@ impl Comparison {
             figures.push((median(&mut times), median(&mut rss)));
         }
         link.stop(Duration::from_secs(10)).await;
-        self.push(
-            "SuperNode start-up (TLS, subprocess isolation)",
-            "exec → health SERVING (ms)",
-            Better::Lower,
-            Figure::of(figures[0].0),
-            Figure::of(figures[1].0),
-        );
-        self.push(
+        self.push_startup(
             "SuperNode start-up (TLS, subprocess isolation)",
             "idle RSS, connected (MiB)",
-            Better::Lower,
-            Figure::of(figures[0].1),
-            Figure::of(figures[1].1),
+            &figures,
         );
         Ok(())
+    }
+
+    /// The two start-up rows of a daemon from (median ms to SERVING, median idle RSS) of
+    /// Flower's and ours, in that order.
+    fn push_startup(&mut self, workload: &str, rss_metric: &str, figures: &[(f64, f64)]) {
+        let (flower, ours) = (figures[0], figures[1]);
+        self.push(
+            workload,
+            "exec → health SERVING (ms)",
+            Better::Lower,
+            Figure::of(flower.0),
+            Figure::of(ours.0),
+        );
+        self.push(
+            workload,
+            rss_metric,
+            Better::Lower,
+            Figure::of(flower.1),
+            Figure::of(ours.1),
+        );
     }
 
     async fn supernodes(&mut self) -> Result<()> {

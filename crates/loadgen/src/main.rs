@@ -131,6 +131,20 @@ fn sibling(name: &str) -> Result<PathBuf> {
     Ok(me.with_file_name(name))
 }
 
+/// A running SuperLink's addresses, with TLS from its CA certificate (plaintext without one).
+fn target(control: &str, fleet: &str, serverappio: &str, ca: Option<PathBuf>) -> Result<Target> {
+    let tls = match ca {
+        Some(ca) => load_client_config(&ClientTlsChoice::RootCertificates(ca))?.map(|l| l.config),
+        None => None,
+    };
+    Ok(Target {
+        control: control.parse()?,
+        fleet: fleet.parse()?,
+        serverappio: serverappio.parse()?,
+        tls,
+    })
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     flwr_transport::logging::init();
@@ -189,18 +203,7 @@ async fn main() -> Result<()> {
             rounds,
             poll_ms,
         } => {
-            let tls = match ca {
-                Some(ca) => {
-                    load_client_config(&ClientTlsChoice::RootCertificates(ca))?.map(|l| l.config)
-                }
-                None => None,
-            };
-            let target = Target {
-                control: control.parse()?,
-                fleet: fleet.parse()?,
-                serverappio: serverappio.parse()?,
-                tls,
-            };
+            let target = target(&control, &fleet, &serverappio, ca)?;
             let mut w = FanOut::new(nodes, bytes, rounds);
             if let Some(ms) = poll_ms {
                 w.node_poll = Duration::from_millis(ms);
@@ -225,18 +228,8 @@ async fn main() -> Result<()> {
             interval,
             seconds,
         } => {
-            let tls = match ca {
-                Some(ca) => {
-                    load_client_config(&ClientTlsChoice::RootCertificates(ca))?.map(|l| l.config)
-                }
-                None => None,
-            };
-            let target = Target {
-                control: control.parse()?,
-                fleet: fleet.parse()?,
-                serverappio: fleet.parse()?,
-                tls,
-            };
+            // An idle fleet never uses ServerAppIo.
+            let target = target(&control, &fleet, &fleet, ca)?;
             let started = std::time::Instant::now();
             let fleet =
                 IdleFleet::start(&target, nodes, interval, Some(Duration::from_secs(30))).await?;

@@ -142,32 +142,39 @@ impl Core {
         &self.settings
     }
 
-    /// Runs a state call, on the blocking pool when the engine blocks.
+    /// Runs `job` where the engine's calls belong: on its connection's lane, else (lanes could
+    /// not start) on the blocking pool, or inline for an engine that never blocks.
+    async fn offload<R, J>(&self, lane: Option<&Lane>, what: &str, job: J) -> Result<R>
+    where
+        R: Send + 'static,
+        J: FnOnce() -> R + Send + 'static,
+    {
+        match lane {
+            Some(lane) => lane
+                .run(job)
+                .await
+                .map_err(|e| Error::Internal(e.to_string())),
+            None if self.settings.blocking_state => tokio::task::spawn_blocking(job)
+                .await
+                .map_err(|e| Error::Internal(format!("{what} task failed: {e}"))),
+            None => Ok(job()),
+        }
+    }
+
+    /// Runs a state call (see [`Core::offload`]).
     pub async fn st<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&dyn LinkState) -> std::result::Result<R, StateError> + Send + 'static,
     {
-        if let Some(lanes) = &self.lanes {
-            let state = self.state.clone();
-            lanes
-                .state
-                .run(move || f(&*state))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?
-                .map_err(Error::from)
-        } else if self.settings.blocking_state {
-            let state = self.state.clone();
-            tokio::task::spawn_blocking(move || f(&*state))
-                .await
-                .map_err(|e| Error::Internal(format!("state task failed: {e}")))?
-                .map_err(Error::from)
-        } else {
-            f(&*self.state).map_err(Error::from)
-        }
+        let state = self.state.clone();
+        let lane = self.lanes.as_deref().map(|l| &l.state);
+        self.offload(lane, "state", move || f(&*state))
+            .await?
+            .map_err(Error::from)
     }
 
-    /// Runs an object store call, on the blocking pool when the engine blocks.
+    /// Runs an object store call (see [`Core::offload`]).
     async fn obj<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
@@ -175,23 +182,11 @@ impl Core {
             + Send
             + 'static,
     {
-        if let Some(lanes) = &self.lanes {
-            let objects = self.objects.clone();
-            lanes
-                .objects
-                .run(move || f(&*objects))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?
-                .map_err(Error::from)
-        } else if self.settings.blocking_state {
-            let objects = self.objects.clone();
-            tokio::task::spawn_blocking(move || f(&*objects))
-                .await
-                .map_err(|e| Error::Internal(format!("object store task failed: {e}")))?
-                .map_err(Error::from)
-        } else {
-            f(&*self.objects).map_err(Error::from)
-        }
+        let objects = self.objects.clone();
+        let lane = self.lanes.as_deref().map(|l| &l.objects);
+        self.offload(lane, "object store", move || f(&*objects))
+            .await?
+            .map_err(Error::from)
     }
 
     fn notify(&self, e: LaunchEvent) {
