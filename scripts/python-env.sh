@@ -36,5 +36,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
 "$venv/bin/flwr" --version >/dev/null
+# Start Ray once (the simulation test's engine): its first start on a new venv is the slowest, and
+# its raylet has a fixed 30 s to come up.
+echo "python-env: starting Ray once to warm it up" >&2
+"$venv/bin/python" -c 'import ray; ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False); ray.shutdown()' >&2 \
+  || echo "python-env: warning: Ray did not start; the simulation test will say why" >&2
 echo "$want" > "$stamp"
 echo "$venv"

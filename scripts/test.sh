@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # The project's test command: prepares the Python side (a venv with flwr==1.28.0), checks the
-# system tools the tests use, and runs every test of the workspace. Extra arguments go to
-# `cargo test` (for example a test name filter).
+# system tools the tests use, builds every test of the workspace, and runs them in parallel lanes:
+# the slow suites (Docker images, the federations) each in a lane of their own, everything else
+# (unit tests, in-process tests, the remaining integration tests, doc tests) in one more. Every
+# test binary runs even when another fails; the exit status is non-zero if any failed. Extra
+# arguments go to every test binary (for example a test name filter).
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh restart         # only tests whose name contains "restart"
+#   TEST_LANES=1 scripts/test.sh    # one lane: the binaries one after another
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -23,4 +30,83 @@ fi
 
 FLWR_VENV="$("$repo/scripts/python-env.sh")"
 export FLWR_VENV
-cargo test --workspace --no-fail-fast "$@"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/flwr-test.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+
+echo "test: building every test target"
+cargo test --workspace --no-run --message-format=json-render-diagnostics >"$work/build.json"
+
+# Lanes: "<lane> <package> <target>" for the slow suites; every other test binary goes to lane
+# "rest". Assigned from cargo's own list of what it built, so a new test file always runs.
+python3 - "$work" "${TEST_LANES:-}" <<'EOF'
+import json, os, sys
+work, one_lane = sys.argv[1], sys.argv[2] == "1"
+slow = {
+    ("flwr-docker-tests", "docker"): "docker",
+    ("flwr-superlink", "federation"): "superlink",
+    # After the image tests, in the lane that ends first: Ray starts best on a quieter machine.
+    ("flwr-superlink", "simulation"): "docker",
+    ("flwr-supernode", "federation"): "supernode",
+}
+lanes = {}
+with open(os.path.join(work, "build.json")) as f:
+    for line in f:
+        m = json.loads(line)
+        if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+            continue
+        if not m["profile"]["test"]:
+            continue
+        with open(m["manifest_path"]) as toml:
+            pkg = next(l.split('"')[1] for l in toml if l.startswith("name"))
+        target = m["target"]["name"]
+        lane = "rest" if one_lane else slow.get((pkg, target), "rest")
+        where = os.path.dirname(m["manifest_path"])
+        lanes.setdefault(lane, []).append(f"{pkg}:{target}\t{where}\t{m['executable']}")
+for lane, binaries in lanes.items():
+    with open(os.path.join(work, f"lane-{lane}"), "w") as f:
+        f.write("\n".join(sorted(binaries)) + "\n")
+EOF
+
+# Runs the binaries of one lane, one after another, as `cargo test` would (from the package's
+# directory); writes the lane's output to its log and the names of failed binaries to its list.
+run_lane() {
+  local lane="$1"; shift
+  local log="$work/log-$lane" failed="$work/failed-$lane" start=$SECONDS
+  : >"$failed"
+  while IFS=$'\t' read -r name dir exe; do
+    echo "=== $name ($exe)" >>"$log"
+    if ! (cd "$dir" && "$exe" "$@") >>"$log" 2>&1; then
+      echo "$name" >>"$failed"
+    fi
+  done <"$work/lane-$lane"
+  [ "$lane" != rest ] || cargo test --workspace --doc --quiet >>"$log" 2>&1 || echo "doc tests" >>"$failed"
+  echo "test: lane $lane finished in $((SECONDS - start)) s" >>"$log"
+}
+
+pids=()
+for lane_file in "$work"/lane-*; do
+  lane="${lane_file##*/lane-}"
+  echo "test: lane $lane: $(cut -f1 "$lane_file" | xargs)"
+  run_lane "$lane" "$@" &
+  pids+=("$!")
+done
+for pid in "${pids[@]}"; do wait "$pid" || true; done
+
+status=0
+for lane_file in "$work"/lane-*; do
+  lane="${lane_file##*/lane-}"
+  echo
+  echo "================ lane $lane"
+  cat "$work/log-$lane"
+  if [ -s "$work/failed-$lane" ]; then
+    status=1
+  fi
+done
+echo
+if [ "$status" -ne 0 ]; then
+  echo "test: FAILED: $(cat "$work"/failed-* | xargs)" >&2
+else
+  echo "test: every test binary passed"
+fi
+exit "$status"

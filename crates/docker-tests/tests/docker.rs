@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use flwr_testkit::federation::{self, free_port, Cli, CONNECTION};
+use flwr_testkit::federation::{self, Cli, CONNECTION};
 use flwr_testkit::process::run;
 use flwr_testkit::python;
 
@@ -124,12 +124,13 @@ impl Docker {
     }
 
     /// The `flwr` CLI with the page's `[superlink.local-deployment-tls]` table.
-    fn cli(&self, control_port: u16, ca: &Path) -> Cli {
-        Cli::new(
-            &self.dir().join("flwr-home"),
-            &format!("127.0.0.1:{control_port}"),
-            Some(ca),
-        )
+    fn cli(&self, control: &str, ca: &Path) -> Cli {
+        Cli::new(&self.dir().join("flwr-home"), control, Some(ca))
+    }
+
+    /// The host address where Docker published a container's Control port (`PUBLISH_CONTROL`).
+    fn published_control(&self, container: &str) -> String {
+        published(Command::new("docker").args(["port", container, "9093/tcp"]))
     }
 
     fn diagnostics(&self) -> String {
@@ -165,6 +166,21 @@ fn run_example(d: &Docker, cli: &Cli, rounds: u32) {
     assert!(out.contains(&format!("sha256={sha}")), "{out}");
 }
 
+/// The Control port published on the loopback, on a host port Docker chooses (tests run in
+/// parallel: a fixed or pre-picked port could be taken).
+const PUBLISH_CONTROL: &str = "127.0.0.1::9093";
+
+/// The `127.0.0.1:<port>` line that `docker port` or `docker-compose port` prints.
+fn published(cmd: &mut Command) -> String {
+    let (status, out) = run(cmd);
+    assert!(status.success(), "{cmd:?}: {out}");
+    out.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no 127.0.0.1 address in `{cmd:?}`: {out}"))
+        .to_owned()
+}
+
 const SUPERLINK_TLS: [&str; 6] = [
     "--ssl-ca-certfile",
     "certificates/ca.crt",
@@ -178,12 +194,10 @@ const SUPERLINK_TLS: [&str; 6] = [
 fn tls_page_subprocess_tab() {
     let mut d = Docker::new("subprocess");
     let certs = d.certificates();
-    let port = free_port();
-    let published = format!("127.0.0.1:{port}:9093");
     let image_superlink = image("superlink");
     let mut args = vec![
         "-p",
-        &published,
+        PUBLISH_CONTROL,
         "--volume",
         "./superlink-certificates/:/app/certificates/:ro",
         &image_superlink,
@@ -214,7 +228,7 @@ fn tls_page_subprocess_tab() {
             ],
         );
     }
-    let cli = d.cli(port, &certs.join("ca.crt"));
+    let cli = d.cli(&d.published_control(&superlink), &certs.join("ca.crt"));
     let (status, list) = cli.run(&["config", "list"]);
     assert!(status.success() && list.contains(CONNECTION), "{list}");
     run_example(&d, &cli, 2);
@@ -224,12 +238,10 @@ fn tls_page_subprocess_tab() {
 fn tls_page_process_tab() {
     let mut d = Docker::new("process");
     let certs = d.certificates();
-    let port = free_port();
-    let published = format!("127.0.0.1:{port}:9093");
     let image_superlink = image("superlink-slim");
     let mut args = vec![
         "-p",
-        &published,
+        PUBLISH_CONTROL,
         "--volume",
         "./superlink-certificates/:/app/certificates/:ro",
         &image_superlink,
@@ -282,7 +294,7 @@ fn tls_page_process_tab() {
             ],
         );
     }
-    let cli = d.cli(port, &certs.join("ca.crt"));
+    let cli = d.cli(&d.published_control(&superlink), &certs.join("ca.crt"));
     run_example(&d, &cli, 1);
 }
 
@@ -370,19 +382,25 @@ impl Drop for Compose {
 fn compose_runs_the_tls_federation() {
     let d = Docker::new("compose");
     let certs = d.certificates();
-    let port = free_port();
     let compose = Compose {
         file: python::repo_root().join("docker/compose/compose.yml"),
         project: format!("{}-compose", d.prefix),
         env: vec![
             ("CERTS", certs.display().to_string()),
             ("TAG", TAG.to_owned()),
-            ("CONTROL_PORT", port.to_string()),
+            // Docker chooses the host port.
+            ("CONTROL_PUBLISH", "127.0.0.1:".to_owned()),
         ],
     };
     let (status, out) = compose.run(&["up", "-d"]);
     assert!(status.success(), "docker-compose up:\n{out}");
-    let cli = d.cli(port, &certs.join("ca.crt"));
+    let control = published(
+        Command::new("docker-compose")
+            .arg("-f")
+            .arg(&compose.file)
+            .args(["-p", &compose.project, "port", "superlink", "9093"]),
+    );
+    let cli = d.cli(&control, &certs.join("ca.crt"));
     let (status, out) = cli
         .start_run_streaming(&federation::example_app(), "num-server-rounds=1")
         .wait(Duration::from_secs(300));

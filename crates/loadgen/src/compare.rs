@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use flwr_testkit::pki::{self, TlsFiles};
 
-use crate::daemon::{self, free_port, Daemon, ProcSample};
+use crate::daemon::{self, Daemon, Health, ProcSample};
 use crate::echo;
 use crate::sim::{Driver, Round};
 use crate::workload::{FanOut, FanOutSession, IdleFleet, Target};
@@ -424,34 +424,43 @@ impl Comparison {
             .path()
             .join(format!("superlink-{}-{}", flavor.name(), self.starts));
         std::fs::create_dir_all(&home)?;
-        let [appio, fleet, control, health] =
-            [free_port()?, free_port()?, free_port()?, free_port()?]
-                .map(|p| format!("127.0.0.1:{p}"));
         let program = match flavor {
             Flavor::Flower => self.programs.venv_bin.join("flower-superlink"),
             Flavor::Ours => self.programs.superlink.clone(),
         };
-        let mut cmd = daemon::command(program);
-        cmd.env("FLWR_HOME", &home)
-            .env("PATH", self.path_env())
-            .env("NO_COLOR", "1");
-        self.tls_args(&mut cmd);
-        cmd.args([
-            "--serverappio-api-address",
-            &appio,
-            "--fleet-api-address",
-            &fleet,
-            "--control-api-address",
-            &control,
-        ])
-        .args(["--health-server-address", &health, "--isolation", "process"])
-        .arg("--storage-dir")
-        .arg(home.join("ffs"));
-        if engine == Engine::Sqlite {
-            cmd.arg("--database").arg(home.join("state.db"));
-        }
         let name = format!("{} superlink", flavor.name());
-        let daemon = Daemon::start(&name, cmd, &health, &home.join("superlink.log")).await?;
+        let (daemon, [appio, fleet, control]) = start_on_ports(
+            flavor,
+            &name,
+            |[appio, fleet, control, health]| {
+                let mut cmd = daemon::command(&program);
+                cmd.env("FLWR_HOME", &home)
+                    .env("PATH", self.path_env())
+                    .env("NO_COLOR", "1");
+                self.tls_args(&mut cmd);
+                cmd.args([
+                    "--serverappio-api-address",
+                    appio,
+                    "--fleet-api-address",
+                    fleet,
+                    "--control-api-address",
+                    control,
+                ])
+                .args(["--health-server-address", health, "--isolation", "process"])
+                .arg("--storage-dir")
+                .arg(home.join("ffs"));
+                if engine == Engine::Sqlite {
+                    cmd.arg("--database").arg(home.join("state.db"));
+                }
+                (cmd, home.join("superlink.log"))
+            },
+            [
+                "ServerAppIo API serving",
+                "Fleet API (grpc-rere) serving",
+                "Control API serving",
+            ],
+        )
+        .await?;
         let target = Target {
             control: control.parse()?,
             fleet: fleet.parse()?,
@@ -469,27 +478,35 @@ impl Comparison {
             .path()
             .join(format!("supernode-{}-{}", flavor.name(), self.starts));
         std::fs::create_dir_all(&home)?;
-        let [appio, health] = [free_port()?, free_port()?].map(|p| format!("127.0.0.1:{p}"));
         let program = match flavor {
             Flavor::Flower => self.programs.venv_bin.join("flower-supernode"),
             Flavor::Ours => self.programs.supernode.clone(),
         };
-        let mut cmd = daemon::command(program);
-        cmd.env("FLWR_HOME", &home)
-            .env("PATH", self.path_env())
-            .env("NO_COLOR", "1");
-        cmd.args([
-            "--superlink",
-            fleet,
-            "--clientappio-api-address",
-            &appio,
-            "--health-server-address",
-            &health,
-        ])
-        .arg("--root-certificates")
-        .arg(&self.tls.ca);
         let name = format!("{} supernode", flavor.name());
-        Daemon::start(&name, cmd, &health, &home.join("supernode.log")).await
+        let (daemon, []) = start_on_ports(
+            flavor,
+            &name,
+            |[appio, health]| {
+                let mut cmd = daemon::command(&program);
+                cmd.env("FLWR_HOME", &home)
+                    .env("PATH", self.path_env())
+                    .env("NO_COLOR", "1");
+                cmd.args([
+                    "--superlink",
+                    fleet,
+                    "--clientappio-api-address",
+                    appio,
+                    "--health-server-address",
+                    health,
+                ])
+                .arg("--root-certificates")
+                .arg(&self.tls.ca);
+                (cmd, home.join("supernode.log"))
+            },
+            [],
+        )
+        .await?;
+        Ok(daemon)
     }
 
     /// Runs the chosen sections.
@@ -585,17 +602,18 @@ impl Comparison {
         self.starts += 1;
         let home = self.dir.path().join(format!("echo-{}", self.starts));
         std::fs::create_dir_all(&home)?;
-        let [address, health] = [free_port()?, free_port()?].map(|p| format!("127.0.0.1:{p}"));
         let mut cmd = daemon::command(&self.programs.bench);
         cmd.args([
             "echo-server",
             "--address",
-            &address,
+            "127.0.0.1:0",
             "--health-server-address",
-            &health,
+            "127.0.0.1:0",
         ]);
         self.tls_args(&mut cmd);
-        let mut daemon = Daemon::start("echo server", cmd, &health, &home.join("echo.log")).await?;
+        let mut daemon =
+            Daemon::start("echo server", cmd, Health::Logged, &home.join("echo.log")).await?;
+        let address = daemon.logged_address(echo::SERVING)?;
         let addr: flwr_transport::address::Address = address.parse()?;
         let channels: Vec<_> = (0..nodes)
             .map(|_| flwr_transport::grpc::channel(&addr, Some(self.client_tls.clone())))
@@ -1018,3 +1036,51 @@ const IDLE_METRICS: &[(&str, Better, Metric<IdleRun>)] = &[
         Some(r.after.rss as f64 / MIB)
     }),
 ];
+
+/// Starts a daemon of `flavor` that needs `N` listening addresses (the last one its health
+/// service) and returns it with the `M` addresses named by `logged` (the first `M` of the `N`,
+/// in order). Ours gets port 0 everywhere
+/// and says what it bound in its log. Flower's gets reserved ports, and is started again on new
+/// ones when it says a port is taken (see `flwr_testkit::ports`).
+async fn start_on_ports<const N: usize, const M: usize>(
+    flavor: Flavor,
+    name: &str,
+    mut command: impl FnMut([&str; N]) -> (Command, PathBuf),
+    logged: [&str; M],
+) -> Result<(Daemon, [String; M])> {
+    if flavor == Flavor::Ours {
+        let (cmd, log) = command(["127.0.0.1:0"; N]);
+        let daemon = Daemon::start(name, cmd, Health::Logged, &log).await?;
+        let mut addresses = Vec::with_capacity(M);
+        for what in logged {
+            addresses.push(daemon.logged_address(what)?);
+        }
+        let addresses = addresses
+            .try_into()
+            .map_err(|_| anyhow!("{name}: not every address was logged"))?;
+        return Ok((daemon, addresses));
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let addresses: [String; N] =
+            std::array::from_fn(|_| flwr_testkit::ports::reserve_address());
+        let (cmd, log) = command(std::array::from_fn(|i| addresses[i].as_str()));
+        let health = Health::At(&addresses[N - 1]);
+        match Daemon::start(name, cmd, health, &log).await {
+            Ok(daemon) => {
+                let named = std::array::from_fn(|i| addresses[i].clone());
+                return Ok((daemon, named));
+            }
+            Err(e)
+                if attempt < flwr_testkit::ports::START_ATTEMPTS
+                    && flwr_testkit::ports::says_address_in_use(&format!("{e:#}")) =>
+            {
+                eprintln!(
+                    "{name}: a port was taken (attempt {attempt}); starting again on new ports"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -82,11 +82,25 @@ pub fn time_run(program: &Path, args: &[&str]) -> Result<Duration> {
     Ok(started.elapsed())
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released).
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// Waits until `log` has a line with `what` and an `address=`, and returns that address.
+async fn wait_logged(
+    log: &Path,
+    what: &str,
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(a) = flwr_testkit::federation::find_logged_address(&text, what) {
+            return Ok(a);
+        }
+        alive()?;
+        if Instant::now() > deadline {
+            bail!("no `{what}` address in the log within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Waits until the gRPC health service at `address` answers SERVING.
@@ -113,6 +127,18 @@ pub async fn wait_serving(
     }
 }
 
+/// Where a daemon's health service is.
+#[derive(Clone, Copy, Debug)]
+pub enum Health<'a> {
+    /// At an address chosen before the start (Flower's daemons).
+    At(&'a str),
+    /// Wherever the daemon says it bound it, in its log (ours, on port 0).
+    Logged,
+}
+
+/// The line on which our daemons log their health service's bound `address=`.
+const HEALTH_LOGGED: &str = "Health service serving";
+
 /// A running daemon.
 pub struct Daemon {
     name: String,
@@ -123,8 +149,13 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `cmd` (output to `log`) and waits until its health service at `health` serves.
-    pub async fn start(name: &str, mut cmd: Command, health: &str, log: &Path) -> Result<Daemon> {
+    /// Starts `cmd` (output to `log`) and waits until its health service serves.
+    pub async fn start(
+        name: &str,
+        mut cmd: Command,
+        health: Health<'_>,
+        log: &Path,
+    ) -> Result<Daemon> {
         let out =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
@@ -143,12 +174,18 @@ impl Daemon {
             started_in: Duration::ZERO,
         };
         let child = daemon.child.as_mut().ok_or_else(|| anyhow!("no child"))?;
-        let serving = wait_serving(health, Duration::from_secs(120), || {
-            match child.try_wait() {
-                Ok(Some(status)) => Err(anyhow!("{name} exited ({status}) before serving")),
-                _ => Ok(()),
-            }
-        })
+        let mut alive = || match child.try_wait() {
+            Ok(Some(status)) => Err(anyhow!("{name} exited ({status}) before serving")),
+            _ => Ok(()),
+        };
+        let timeout = Duration::from_secs(120);
+        let serving = async {
+            let address = match health {
+                Health::At(a) => a.to_owned(),
+                Health::Logged => wait_logged(log, HEALTH_LOGGED, timeout, &mut alive).await?,
+            };
+            wait_serving(&address, timeout, &mut alive).await
+        }
         .await;
         if let Err(e) = serving {
             bail!(
@@ -159,6 +196,19 @@ impl Daemon {
         }
         daemon.started_in = started.elapsed();
         Ok(daemon)
+    }
+
+    /// The address the daemon logged on the line that contains `what` (ours log every address
+    /// they bound).
+    pub fn logged_address(&self, what: &str) -> Result<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        flwr_testkit::federation::find_logged_address(&text, what).ok_or_else(|| {
+            anyhow!(
+                "{} logged no `{what}` address; the end of its log:\n{}",
+                self.name,
+                tail(&self.log)
+            )
+        })
     }
 
     /// The process id.

@@ -27,8 +27,11 @@ impl pb::echo_server::Echo for EchoService {
     }
 }
 
+/// What the echo server prints, with `address=`, once its echo service listens.
+pub const SERVING: &str = "Echo service serving";
+
 /// Serves the echo service on `address` (TLS from `tls`) and a plaintext health service on
-/// `health`, until SIGTERM or SIGINT.
+/// `health`, until SIGTERM or SIGINT; prints both bound addresses (port 0 works).
 pub async fn serve(
     address: &Address,
     health: &Address,
@@ -36,6 +39,11 @@ pub async fn serve(
 ) -> Result<()> {
     let listener = flwr_transport::grpc::bind("--address", address).await?;
     let health_listener = flwr_transport::grpc::bind("--health-server-address", health).await?;
+    eprintln!("{SERVING} address={}", listener.local_addr()?);
+    eprintln!(
+        "Health service serving address={}",
+        health_listener.local_addr()?
+    );
     let stop = tokio_util::sync::CancellationToken::new();
     let signal_stop = stop.clone();
     let signals = tokio::spawn(async move {

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::io::Write;
-use std::time::Duration;
 
 use bytes::Bytes;
 use flwr_objects::content::{serialize, ObjectType};
@@ -761,7 +760,6 @@ async fn every_api_refuses_bad_input_cleanly() {
         .output()
         .lines()
         .all(|l| !l.contains("panicked")));
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
 fn now() -> f64 {

@@ -271,7 +271,7 @@ async fn port_zero_tls_serving_health_and_sigterm() {
     );
 
     p.signal(flwr_testkit::process::Signal::SIGTERM);
-    let (status, out) = p.wait(Duration::from_secs(10));
+    let (status, out) = p.wait(Duration::from_secs(30));
     assert!(status.success(), "{out}");
     assert!(out.contains("terminated gracefully"), "{out}");
 }
@@ -388,7 +388,7 @@ fn log_file_receives_the_logs() {
     let mut p = Proc::spawn("superlink", cmd);
     p.wait_for_output("Fleet API (grpc-rere) serving", Duration::from_secs(20));
     p.signal(flwr_testkit::process::Signal::SIGTERM);
-    let (status, _) = p.wait(Duration::from_secs(10));
+    let (status, _) = p.wait(Duration::from_secs(30));
     assert!(status.success());
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(

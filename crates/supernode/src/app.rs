@@ -114,6 +114,9 @@ impl App {
             }
         });
         if let Some(l) = self.health {
+            if let Ok(a) = l.local_addr() {
+                tracing::info!(address = %a, "Health service serving (plaintext)");
+            }
             let s = servers_stop.clone();
             tracker.spawn(async move {
                 if let Err(e) = flwr_transport::health::serve(l, s.cancelled_owned()).await {

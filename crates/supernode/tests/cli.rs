@@ -154,19 +154,20 @@ fn binary_messages_and_exit_codes() {
 
 #[tokio::test]
 async fn health_service_and_sigterm_while_connecting() {
-    let health = format!("127.0.0.1:{}", flwr_testkit::federation::free_port());
-    let closed = format!("127.0.0.1:{}", flwr_testkit::federation::free_port());
+    // Nothing listens on a reserved port; the health service binds port 0 and logs its address.
+    let closed = flwr_testkit::ports::reserve_address();
     let mut cmd = flwr_testkit::process::command(BIN);
     cmd.args([
         "--insecure",
         "--superlink",
         &closed,
         "--health-server-address",
-        &health,
+        "127.0.0.1:0",
     ]);
     cmd.args(["--clientappio-api-address", "127.0.0.1:0"]);
     let mut p = flwr_testkit::process::Proc::spawn("supernode", cmd);
-    p.wait_for_output("retrying in", std::time::Duration::from_secs(20));
+    let out = p.wait_for_output("retrying in", std::time::Duration::from_secs(20));
+    let health = flwr_testkit::federation::logged_address(&out, "Health service serving");
     let channel = flwr_transport::grpc::channel(&health.parse().unwrap(), None);
     assert!(flwr_transport::health::check(channel).await.unwrap());
     p.signal(flwr_testkit::process::Signal::SIGTERM);

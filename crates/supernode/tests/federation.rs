@@ -12,6 +12,7 @@ use flwr_testkit::federation::{
     self, clientapp_executor, our_supernode, python_supernode, Cli, SuperLink,
 };
 use flwr_testkit::pki::{self, TlsFiles};
+use flwr_testkit::ports;
 use flwr_testkit::process::{run, Proc, Signal};
 
 const SUPERNODE: &str = env!("CARGO_BIN_EXE_supernode");
@@ -149,8 +150,7 @@ fn a_crashed_clientapp_gets_an_error_reply_to_the_superlink() {
         .arg(&s.tls.ca)
         .arg("--superlink")
         .arg(&superlink.fleet);
-    cmd.arg("--clientappio-api-address")
-        .arg(format!("127.0.0.1:{}", federation::free_port()));
+    cmd.args(["--clientappio-api-address", "127.0.0.1:0"]);
     let bad = Proc::spawn("crashing", cmd);
     let cli = s.cli(&superlink.control);
     let (status, out) = cli
@@ -209,9 +209,9 @@ fn registered_key_with_python_superlink_auth() {
 
 fn restart_keeps_serving(database: bool) {
     let s = setup();
-    let ports: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", federation::free_port()))
-        .collect();
+    // The restarted SuperLink must come back where the nodes look for it: reserved ports, which
+    // nothing else in the test run takes meanwhile.
+    let ports: Vec<String> = (0..3).map(|_| ports::reserve_address()).collect();
     let addresses = [ports[0].as_str(), ports[1].as_str(), ports[2].as_str()];
     let db = s.dir.path().join("superlink.db");
     let flags: Vec<&str> = if database {
@@ -233,7 +233,6 @@ fn restart_keeps_serving(database: bool) {
 
     superlink.proc.signal(Signal::SIGTERM);
     let _ = superlink.proc.wait(Duration::from_secs(15));
-    std::thread::sleep(Duration::from_secs(2));
     superlink = SuperLink::start_at(
         &our_superlink(),
         Some(&s.tls),
@@ -264,8 +263,9 @@ fn our_supernodes_rejoin_a_superlink_restarted_in_memory() {
 #[test]
 fn retry_policy_gives_up_like_flower() {
     let s = setup();
-    // A closed port: 3 tries with --max-retries 2, then exit 1 with Flower's words.
-    let closed = format!("127.0.0.1:{}", federation::free_port());
+    // A closed port (reserved: nothing listens there): 3 tries with --max-retries 2, then exit 1
+    // with Flower's words.
+    let closed = ports::reserve_address();
     let (p, _) = s.our_node("closed", &closed, &["--max-retries", "2"]);
     let (status, out) = p.wait(Duration::from_secs(90));
     assert!(!status.success(), "{out}");

@@ -6,20 +6,12 @@ use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use crate::pki::TlsFiles;
+use crate::ports;
 use crate::process::{command, run, Proc};
 use crate::python;
 
 /// The connection name the TLS page uses.
 pub const CONNECTION: &str = "local-deployment-tls";
-
-/// A free TCP port on 127.0.0.1 (bound and released; a small race is accepted in tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `PATH` with the venv's `bin` first, so that `flwr-serverapp` and friends are found.
 pub fn path_with_venv() -> std::ffi::OsString {
@@ -47,13 +39,18 @@ pub struct SuperLink {
     pub serverappio: String,
 }
 
-fn logged_address(output: &str, what: &str) -> String {
-    let line = output
-        .lines()
-        .find(|l| l.contains(what))
-        .unwrap_or_else(|| panic!("no `{what}` in:\n{output}"));
-    let start = line.find("address=").unwrap() + "address=".len();
-    line[start..].split_whitespace().next().unwrap().to_owned()
+/// The `address=` that our daemons log on the line that contains `what`, if there is one.
+pub fn find_logged_address(output: &str, what: &str) -> Option<String> {
+    let line = output.lines().find(|l| l.contains(what))?;
+    let start = line.find("address=")? + "address=".len();
+    line[start..].split_whitespace().next().map(str::to_owned)
+}
+
+/// The `address=` that our daemons log on the line that contains `what`; fails the test when
+/// there is none.
+pub fn logged_address(output: &str, what: &str) -> String {
+    find_logged_address(output, what)
+        .unwrap_or_else(|| panic!("no `{what}` with an address in:\n{output}"))
 }
 
 impl SuperLink {
@@ -116,7 +113,9 @@ impl SuperLink {
     }
 }
 
-/// Flower's Python SuperNode against `fleet`, with `--root-certificates ca` (or `--insecure`).
+/// Flower's Python SuperNode against `fleet`, with `--root-certificates ca` (or `--insecure`);
+/// waits until its ClientAppIo API listens (on a reserved port, started again on new ports when
+/// that one turns out to be taken).
 pub fn python_supernode(
     name: &str,
     fleet: &str,
@@ -125,22 +124,27 @@ pub fn python_supernode(
     extra: &[&str],
 ) -> Proc {
     std::fs::create_dir_all(home).unwrap();
-    let mut cmd = command(python::tool("flower-supernode"));
-    cmd.env("FLWR_HOME", home).env("PATH", path_with_venv());
-    match ca {
-        Some(ca) => {
-            cmd.arg("--root-certificates").arg(ca);
+    ports::start_with_fresh_ports(name, 1, |ports| {
+        let appio = format!("127.0.0.1:{}", ports[0]);
+        let mut cmd = command(python::tool("flower-supernode"));
+        cmd.env("FLWR_HOME", home).env("PATH", path_with_venv());
+        match ca {
+            Some(ca) => {
+                cmd.arg("--root-certificates").arg(ca);
+            }
+            None => {
+                cmd.arg("--insecure");
+            }
         }
-        None => {
-            cmd.arg("--insecure");
-        }
-    }
-    cmd.arg("--superlink")
-        .arg(fleet)
-        .arg("--clientappio-api-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .args(extra);
-    Proc::spawn(name, cmd)
+        cmd.arg("--superlink")
+            .arg(fleet)
+            .arg("--clientappio-api-address")
+            .arg(&appio)
+            .args(extra);
+        let mut proc = Proc::spawn(name, cmd);
+        proc.await_port(&appio, Duration::from_secs(60))?;
+        Ok(proc)
+    })
 }
 
 /// The `flwr` CLI with a private `FLWR_HOME` holding one TLS connection, as on the TLS page.
@@ -266,74 +270,56 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(data).into()
 }
 
-/// Waits until something accepts TCP connections on `addr`, or fails the test.
-pub fn wait_for_port(addr: &str, proc: &mut Proc, timeout: Duration) {
-    let start = std::time::Instant::now();
-    loop {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return;
-        }
-        if let Some(status) = proc.try_status() {
-            panic!(
-                "process exited ({status}) before listening on {addr}:\n{}",
-                proc.output()
-            );
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "nothing listens on {addr} after {timeout:?}:\n{}",
-            proc.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 impl SuperLink {
-    /// Flower's Python `flower-superlink` 1.28.0 on free ports, with TLS from `tls` (or
-    /// `--insecure`); waits until the Fleet and Control APIs listen.
+    /// Flower's Python `flower-superlink` 1.28.0 on reserved ports (started again on new ones when
+    /// a port turns out to be taken), with TLS from `tls` (or `--insecure`); waits until its three
+    /// APIs listen.
     pub fn start_python(tls: Option<&TlsFiles>, home: &Path, extra: &[&str]) -> SuperLink {
-        let [serverappio, fleet, control] =
-            [free_port(), free_port(), free_port()].map(|p| format!("127.0.0.1:{p}"));
-        let mut cmd = command(python::tool("flower-superlink"));
-        cmd.env("FLWR_HOME", home).env("PATH", path_with_venv());
-        match tls {
-            Some(f) => {
-                cmd.arg("--ssl-ca-certfile")
-                    .arg(&f.ca)
-                    .arg("--ssl-certfile")
-                    .arg(&f.cert)
-                    .arg("--ssl-keyfile")
-                    .arg(&f.key);
+        ports::start_with_fresh_ports("flower-superlink", 3, |ports| {
+            let [serverappio, fleet, control] =
+                [ports[0], ports[1], ports[2]].map(|p| format!("127.0.0.1:{p}"));
+            let mut cmd = command(python::tool("flower-superlink"));
+            cmd.env("FLWR_HOME", home).env("PATH", path_with_venv());
+            match tls {
+                Some(f) => {
+                    cmd.arg("--ssl-ca-certfile")
+                        .arg(&f.ca)
+                        .arg("--ssl-certfile")
+                        .arg(&f.cert)
+                        .arg("--ssl-keyfile")
+                        .arg(&f.key);
+                }
+                None => {
+                    cmd.arg("--insecure");
+                }
             }
-            None => {
-                cmd.arg("--insecure");
+            cmd.args([
+                "--serverappio-api-address",
+                &serverappio,
+                "--fleet-api-address",
+                &fleet,
+                "--control-api-address",
+                &control,
+            ])
+            .arg("--storage-dir")
+            .arg(home.join("ffs"))
+            .args(extra);
+            let mut proc = Proc::spawn("flower-superlink", cmd);
+            for address in [&serverappio, &fleet, &control] {
+                proc.await_port(address, Duration::from_secs(60))?;
             }
-        }
-        cmd.args([
-            "--serverappio-api-address",
-            &serverappio,
-            "--fleet-api-address",
-            &fleet,
-            "--control-api-address",
-            &control,
-        ])
-        .arg("--storage-dir")
-        .arg(home.join("ffs"))
-        .args(extra);
-        let mut proc = Proc::spawn("flower-superlink", cmd);
-        wait_for_port(&fleet, &mut proc, Duration::from_secs(60));
-        wait_for_port(&control, &mut proc, Duration::from_secs(60));
-        SuperLink {
-            proc,
-            control,
-            fleet,
-            serverappio,
-        }
+            Ok(SuperLink {
+                proc,
+                control,
+                fleet,
+                serverappio,
+            })
+        })
     }
 }
 
-/// Our SuperNode (`bin`) against `fleet`, with `--root-certificates ca` (or `--insecure`).
-/// Returns the process and its ClientAppIo address.
+/// Our SuperNode (`bin`) against `fleet`, with `--root-certificates ca` (or `--insecure`), its
+/// ClientAppIo API on port 0. Returns the process and the ClientAppIo address it bound.
 pub fn our_supernode(
     bin: &Path,
     name: &str,
@@ -355,13 +341,15 @@ pub fn our_supernode(
             cmd.arg("--insecure");
         }
     }
-    let appio = format!("127.0.0.1:{}", free_port());
     cmd.arg("--superlink")
         .arg(fleet)
-        .arg("--clientappio-api-address")
-        .arg(&appio)
+        .args(["--clientappio-api-address", "127.0.0.1:0"])
         .args(extra);
-    (Proc::spawn(name, cmd), appio)
+    let mut proc = Proc::spawn(name, cmd);
+    let serving = "ClientAppIo API serving";
+    let out = proc.wait_for_output(serving, Duration::from_secs(30));
+    let appio = logged_address(&out, serving);
+    (proc, appio)
 }
 
 /// An external ClientApp executor for a SuperNode in `--isolation process`: Flower's

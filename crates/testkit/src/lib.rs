@@ -1,9 +1,10 @@
-//! Helpers for the project's tests. Not part of either daemon.
+//! Helpers for the project's tests and its benchmark. Not part of either daemon.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 pub mod federation;
 pub mod pki;
+pub mod ports;
 pub mod process;
 pub mod python;
 

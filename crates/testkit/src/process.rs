@@ -75,26 +75,59 @@ impl Proc {
 
     /// Waits until the output contains `needle`, or fails the test after `timeout`.
     pub fn wait_for_output(&mut self, needle: &str, timeout: Duration) -> String {
+        self.await_output(needle, timeout)
+            .unwrap_or_else(|failure| panic!("{failure}"))
+    }
+
+    /// Waits until the output contains `needle`; on exit or timeout, says which, with the output
+    /// (for callers that start again, see [`crate::ports::start_with_fresh_ports`]).
+    pub fn await_output(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
         let start = Instant::now();
         loop {
             let out = self.output();
             if out.contains(needle) {
-                return out;
+                return Ok(out);
             }
-            if let Some(status) = self.try_status() {
-                panic!(
-                    "{} exited ({status}) before printing {needle:?}; output:\n{out}",
-                    self.name
-                );
-            }
-            if start.elapsed() > timeout {
-                panic!(
-                    "{} did not print {needle:?} within {timeout:?}; output:\n{out}",
-                    self.name
-                );
-            }
+            self.check_alive(&format!("the output {needle:?}"), start, timeout)?;
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until something accepts TCP connections on `addr`; on exit or timeout, says which,
+    /// with the output.
+    pub fn await_port(&mut self, addr: &str, timeout: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Ok(());
+            }
+            self.check_alive(&format!("a listener on {addr}"), start, timeout)?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn check_alive(&mut self, what: &str, start: Instant, timeout: Duration) -> Result<(), String> {
+        if let Some(status) = self.try_status() {
+            // Give the readers a moment for the last lines (a grandchild may keep the pipes
+            // open, so never wait for them to end).
+            let until = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < until && !self.readers.iter().all(|r| r.is_finished()) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            return Err(format!(
+                "{} exited ({status}) while waiting for {what}; output:\n{}",
+                self.name,
+                self.output()
+            ));
+        }
+        if start.elapsed() > timeout {
+            return Err(format!(
+                "{}: still waiting for {what} after {timeout:?}; output:\n{}",
+                self.name,
+                self.output()
+            ));
+        }
+        Ok(())
     }
 
     /// The exit status if the child has exited.
