@@ -55,15 +55,19 @@ pub async fn serve(
         signal_stop.cancel();
         std::io::Result::Ok(())
     });
-    let router = flwr_transport::grpc::server_builder().add_service(flwr_transport::limits!(
+    let routes = tonic::service::Routes::new(flwr_transport::limits!(
         pb::echo_server::EchoServer::new(EchoService)
     ));
-    let echo = flwr_transport::grpc::serve(router, listener, tls, stop.clone().cancelled_owned());
-    let health = flwr_transport::health::serve(health_listener, stop.clone().cancelled_owned());
-    let (a, b) = tokio::join!(echo, health);
+    let echo = flwr_transport::server::serve(
+        routes,
+        listener,
+        tls,
+        flwr_transport::server::ServeOptions::default(),
+        stop.clone(),
+    );
+    let health = flwr_transport::health::serve(health_listener, stop.clone());
+    tokio::join!(echo, health);
     signals.abort();
-    a?;
-    b?;
     Ok(())
 }
 

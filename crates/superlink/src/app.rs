@@ -9,11 +9,12 @@ use std::time::Duration;
 use flwr_objects::store::{MemoryObjectStore, ObjectStore};
 use flwr_proto::proto as pb;
 use flwr_transport::address::Address;
+use flwr_transport::server::{self, ServeOptions};
 use flwr_transport::{grpc, limits, tls};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::Router;
+use tonic::service::Routes;
 
 use crate::cli::Isolation;
 use crate::clock::{Clock, SystemClock};
@@ -180,9 +181,9 @@ impl App {
             launch_tx,
         );
 
-        let control = grpc::server_builder().add_service(limits!(
-            pb::control_server::ControlServer::new(ControlService::new(core.clone()))
-        ));
+        let control = Routes::new(limits!(pb::control_server::ControlServer::new(
+            ControlService::new(core.clone())
+        )));
         tracing::info!(address = %addresses.control, "Control API serving ({tls_note})");
         spawn_server(
             &tracker,
@@ -192,9 +193,10 @@ impl App {
             control,
             self.control,
             self.tls.clone(),
+            ServeOptions::default(),
         );
 
-        let appio = grpc::server_builder().add_service(limits!(
+        let appio = Routes::new(limits!(
             pb::server_app_io_server::ServerAppIoServer::new(ServerAppIoService::new(core.clone()))
         ));
         tracing::info!(address = %addresses.serverappio, "ServerAppIo API serving (plaintext)");
@@ -206,15 +208,16 @@ impl App {
             appio,
             self.serverappio,
             None,
+            ServeOptions::default(),
         );
 
         if let Some(l) = self.fleet {
             if let Some(a) = addresses.fleet {
                 tracing::info!(address = %a, "Fleet API (grpc-rere) serving ({tls_note})");
             }
-            let fleet = grpc::server_builder().add_service(limits!(
-                pb::fleet_server::FleetServer::new(FleetService::new(core.clone()))
-            ));
+            let fleet = Routes::new(limits!(pb::fleet_server::FleetServer::new(
+                FleetService::new(core.clone())
+            )));
             spawn_server(
                 &tracker,
                 &stop,
@@ -223,20 +226,15 @@ impl App {
                 fleet,
                 l,
                 self.tls.clone(),
+                ServeOptions::default(),
             );
         }
         if let Some(l) = self.health {
             if let Some(a) = addresses.health {
                 tracing::info!(address = %a, "Health service serving (plaintext)");
             }
-            let s = stop.clone();
-            let f = failure.clone();
-            tracker.spawn(async move {
-                if let Err(e) = flwr_transport::health::serve(l, s.clone().cancelled_owned()).await
-                {
-                    record_failure(&f, &s, format!("Health service failed: {e}"));
-                }
-            });
+            let health = flwr_transport::health::serve(l, stop.clone());
+            watch_task(&tracker, &stop, &failure, "Health service", health);
         }
         if let Some(rx) = launch_rx {
             let target = Address::from_socket_addr(addresses.serverappio)
@@ -245,7 +243,7 @@ impl App {
             tracing::info!(serverappio = %target, "ServerApps will be started by this SuperLink (isolation subprocess)");
             let launcher =
                 Launcher::new(core.clone(), target, Programs::from_env(), rx, stop.clone());
-            tracker.spawn(launcher.run());
+            watch_task(&tracker, &stop, &failure, "ServerApp launcher", launcher.run());
         } else {
             tracing::info!("Waiting for external ServerApp processes (isolation process)");
         }
@@ -259,20 +257,37 @@ impl App {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn_server(
     tracker: &TaskTracker,
     stop: &CancellationToken,
     failure: &Arc<Mutex<Option<String>>>,
     name: &'static str,
-    router: Router,
+    routes: Routes,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    options: ServeOptions,
 ) {
-    let s = stop.clone();
-    let f = failure.clone();
+    let serving = server::serve(routes.prepare(), listener, tls, options, stop.clone());
+    watch_task(tracker, stop, failure, name, serving);
+}
+
+/// Runs `task` (owned by `tracker`); if it panics, or ends before `stop`, the whole daemon stops
+/// with a message that says so, rather than living on half alive.
+fn watch_task(
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+    failure: &Arc<Mutex<Option<String>>>,
+    name: &'static str,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (s, f) = (stop.clone(), failure.clone());
+    let inner = tracker.spawn(task);
     tracker.spawn(async move {
-        if let Err(e) = grpc::serve(router, listener, tls, s.clone().cancelled_owned()).await {
-            record_failure(&f, &s, format!("{name} failed: {e}"));
+        match inner.await {
+            Err(e) if e.is_panic() => record_failure(&f, &s, format!("{name} panicked: {e}")),
+            _ if !s.is_cancelled() => record_failure(&f, &s, format!("{name} stopped by itself")),
+            _ => {}
         }
     });
 }

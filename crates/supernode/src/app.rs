@@ -12,6 +12,7 @@ use flwr_transport::{grpc, limits, tls};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::service::Routes;
 
 use crate::cli::Isolation;
 use crate::clientappio::ClientAppIoService;
@@ -100,29 +101,24 @@ impl App {
         let appio_addr = self.clientappio_address();
         let state = NodeState::new();
 
-        let router = grpc::server_builder().add_service(limits!(
+        let routes = Routes::new(limits!(
             pb::client_app_io_server::ClientAppIoServer::new(ClientAppIoService::new(
                 state.clone()
             ))
         ));
         tracing::info!(address = %appio_addr, "ClientAppIo API serving (plaintext)");
-        let s = servers_stop.clone();
-        let listener = self.clientappio;
-        tracker.spawn(async move {
-            if let Err(e) = grpc::serve(router, listener, None, s.cancelled_owned()).await {
-                tracing::error!("ClientAppIo API failed: {e}");
-            }
-        });
+        tracker.spawn(flwr_transport::server::serve(
+            routes.prepare(),
+            self.clientappio,
+            None,
+            flwr_transport::server::ServeOptions::default(),
+            servers_stop.clone(),
+        ));
         if let Some(l) = self.health {
             if let Ok(a) = l.local_addr() {
                 tracing::info!(address = %a, "Health service serving (plaintext)");
             }
-            let s = servers_stop.clone();
-            tracker.spawn(async move {
-                if let Err(e) = flwr_transport::health::serve(l, s.cancelled_owned()).await {
-                    tracing::error!("health service failed: {e}");
-                }
-            });
+            tracker.spawn(flwr_transport::health::serve(l, servers_stop.clone()));
         }
 
         let retry = RetryPolicy {

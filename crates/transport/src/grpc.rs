@@ -5,19 +5,14 @@
 //! most 10 MiB, an array chunk of 5 MiB plus its head) while bounding what one request may make a
 //! server buffer.
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Router, TcpIncoming};
-use tonic::transport::{Channel, Endpoint, Server};
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::address::Address;
 
@@ -32,20 +27,8 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 1000;
 /// A TLS handshake that takes longer than this is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 flow-control windows: large enough that multi-megabyte objects stream at line rate.
-const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-
-/// A server builder with the shared settings. Add services with the generated
-/// `...Server::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES)` (see [`limits`]).
-pub fn server_builder() -> Server {
-    Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
-        .initial_stream_window_size(Some(STREAM_WINDOW))
-        .initial_connection_window_size(Some(CONNECTION_WINDOW))
-        .tcp_nodelay(true)
-}
+pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub(crate) const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Applies [`MAX_MESSAGE_BYTES`] to a generated server or client type.
 #[macro_export]
@@ -99,91 +82,6 @@ pub async fn bind(flag: &'static str, address: &Address) -> Result<TcpListener, 
     Err(fail(last.unwrap_or_else(|| {
         std::io::Error::other("no address to bind")
     })))
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, over TLS when `tls` is given.
-pub async fn serve<F>(
-    router: Router,
-    listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: F,
-) -> Result<(), tonic::transport::Error>
-where
-    F: Future<Output = ()> + Send,
-{
-    match tls {
-        None => {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-        }
-        Some(config) => {
-            let (tx, rx) = tokio::sync::mpsc::channel(64);
-            let acceptor = tokio::spawn(accept_tls(listener, TlsAcceptor::from(config), tx));
-            let result = router
-                .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
-                .await;
-            // The receiver is gone, so the accept loop ends; it owns nothing else.
-            acceptor.abort();
-            let _ = acceptor.await;
-            result
-        }
-    }
-}
-
-type TlsServerStream = tokio_rustls::server::TlsStream<TcpStream>;
-
-/// Accepts connections and runs their TLS handshakes concurrently, so that one slow or broken
-/// client never holds up the others. Ends when the server drops the receiving side.
-async fn accept_tls(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    tx: tokio::sync::mpsc::Sender<Result<TlsServerStream, std::io::Error>>,
-) {
-    let mut handshakes: JoinSet<Option<TlsServerStream>> = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    let acceptor = acceptor.clone();
-                    handshakes.spawn(handshake(acceptor, tcp, peer));
-                }
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
-                if let Ok(Some(stream)) = done {
-                    if tx.send(Ok(stream)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            () = tx.closed() => return,
-        }
-    }
-}
-
-async fn handshake(
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    peer: SocketAddr,
-) -> Option<TlsServerStream> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => Some(stream),
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
-            None
-        }
-    }
 }
 
 /// A failure to reach the server, kept typed so that callers can tell a TLS problem (which will

@@ -43,13 +43,16 @@ pub fn service() -> HealthServer<AlwaysServing> {
     HealthServer::new(AlwaysServing)
 }
 
-/// Serves the health service alone on `listener` (plaintext) until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let router = crate::grpc::server_builder().add_service(service());
-    crate::grpc::serve(router, listener, None, shutdown).await
+/// Serves the health service alone on `listener` (plaintext) until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, shutdown: tokio_util::sync::CancellationToken) {
+    crate::server::serve(
+        tonic::service::Routes::new(service()),
+        listener,
+        None,
+        crate::server::ServeOptions::default(),
+        shutdown,
+    )
+    .await;
 }
 
 /// Asks a health service whether it serves (used by tests and readiness probes).

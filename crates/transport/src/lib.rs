@@ -4,7 +4,9 @@
 //! * [`cli`]: command-line plumbing (explicitly given flags, the version line).
 //! * [`files`]: reading files named by flags, with errors that name the flag and the fix.
 //! * [`tls`]: rustls server and client configurations from PEM files, with Flower's flag rules.
-//! * [`grpc`]: shared gRPC limits and keepalive, binding, serving over TLS, client channels.
+//! * [`grpc`]: shared gRPC limits and keepalive, binding, client channels.
+//! * [`server`]: serving gRPC services (plaintext or TLS) with bounded connections, idle
+//!   timeouts, peer allow-lists and per-connection body budgets.
 //! * [`health`]: the plaintext `grpc.health.v1.Health` service.
 //! * [`signals`]: SIGINT/SIGTERM/SIGQUIT for graceful shutdown.
 //! * [`process`]: child processes (ServerApps, ClientApps) in their own process groups, logged
@@ -22,6 +24,7 @@ pub mod logfile;
 pub mod logging;
 pub mod node_auth;
 pub mod process;
+pub mod server;
 pub mod signals;
 pub mod tls;
 

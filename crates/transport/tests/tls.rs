@@ -25,12 +25,14 @@ impl Server {
         let bound = Address::from_socket_addr(listener.local_addr().unwrap());
         let stop = CancellationToken::new();
         let s = stop.clone();
-        let router = grpc::server_builder().add_service(flwr_transport::health::service());
-        let task = tokio::spawn(async move {
-            grpc::serve(router, listener, tls, s.cancelled_owned())
-                .await
-                .unwrap();
-        });
+        let routes = tonic::service::Routes::new(flwr_transport::health::service());
+        let task = tokio::spawn(flwr_transport::server::serve(
+            routes,
+            listener,
+            tls,
+            flwr_transport::server::ServeOptions::default(),
+            s,
+        ));
         Server {
             addr: bound,
             stop,
