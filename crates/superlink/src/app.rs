@@ -196,9 +196,9 @@ impl App {
             ServeOptions::default(),
         );
 
-        let appio = Routes::new(limits!(
-            pb::server_app_io_server::ServerAppIoServer::new(ServerAppIoService::new(core.clone()))
-        ));
+        let appio = Routes::new(limits!(pb::server_app_io_server::ServerAppIoServer::new(
+            ServerAppIoService::new(core.clone())
+        )));
         tracing::info!(address = %addresses.serverappio, "ServerAppIo API serving (plaintext)");
         spawn_server(
             &tracker,
@@ -215,9 +215,7 @@ impl App {
             if let Some(a) = addresses.fleet {
                 tracing::info!(address = %a, "Fleet API (grpc-rere) serving ({tls_note})");
             }
-            let fleet = Routes::new(limits!(pb::fleet_server::FleetServer::new(
-                FleetService::new(core.clone())
-            )));
+            let fleet = Routes::new(FleetService::guarded(core.clone()));
             spawn_server(
                 &tracker,
                 &stop,
@@ -243,7 +241,13 @@ impl App {
             tracing::info!(serverappio = %target, "ServerApps will be started by this SuperLink (isolation subprocess)");
             let launcher =
                 Launcher::new(core.clone(), target, Programs::from_env(), rx, stop.clone());
-            watch_task(&tracker, &stop, &failure, "ServerApp launcher", launcher.run());
+            watch_task(
+                &tracker,
+                &stop,
+                &failure,
+                "ServerApp launcher",
+                launcher.run(),
+            );
         } else {
             tracing::info!("Waiting for external ServerApp processes (isolation process)");
         }

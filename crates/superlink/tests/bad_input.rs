@@ -3,71 +3,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
-use std::io::Write;
-
 use bytes::Bytes;
 use flwr_objects::content::{serialize, ObjectType};
 use flwr_objects::ObjectId;
 use flwr_proto::proto as pb;
 use flwr_testkit::federation::SuperLink;
 use flwr_transport::node_auth::{self, NodeSigningKey};
-use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::Code;
+
+mod common;
+use common::{channel, code, fab, signed, PYPROJECT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_superlink");
-
-fn channel(addr: &str) -> Channel {
-    flwr_transport::grpc::channel(&addr.parse().unwrap(), None)
-}
-
-fn fab(pyproject: &str) -> Bytes {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut z = zip::ZipWriter::new(&mut buf);
-        z.start_file("pyproject.toml", zip::write::SimpleFileOptions::default())
-            .unwrap();
-        z.write_all(pyproject.as_bytes()).unwrap();
-        z.finish().unwrap();
-    }
-    Bytes::from(buf.into_inner())
-}
-
-const PYPROJECT: &str = r#"
-[project]
-name = "app"
-version = "1.0.0"
-[tool.flwr.app]
-publisher = "tests"
-[tool.flwr.app.components]
-serverapp = "a:app"
-clientapp = "b:app"
-[tool.flwr.app.config]
-rounds = 3
-"#;
-
-/// Signs a Fleet request as `key`, at `timestamp` (now when `None`).
-fn signed<T>(key: &NodeSigningKey, body: T, timestamp: Option<String>) -> Request<T> {
-    let mut r = Request::new(body);
-    let ts = timestamp.unwrap_or_else(node_auth::timestamp_now);
-    let md = r.metadata_mut();
-    md.insert_bin(
-        node_auth::PUBLIC_KEY_HEADER,
-        tonic::metadata::MetadataValue::from_bytes(key.public_key_pem()),
-    );
-    md.insert(node_auth::TIMESTAMP_HEADER, ts.parse().unwrap());
-    md.insert_bin(
-        node_auth::SIGNATURE_HEADER,
-        tonic::metadata::MetadataValue::from_bytes(&key.sign(ts.as_bytes())),
-    );
-    r
-}
-
-fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(s) => (s.code(), s.message().to_owned()),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_api_refuses_bad_input_cleanly() {

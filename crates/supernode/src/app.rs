@@ -101,11 +101,9 @@ impl App {
         let appio_addr = self.clientappio_address();
         let state = NodeState::new();
 
-        let routes = Routes::new(limits!(
-            pb::client_app_io_server::ClientAppIoServer::new(ClientAppIoService::new(
-                state.clone()
-            ))
-        ));
+        let routes = Routes::new(limits!(pb::client_app_io_server::ClientAppIoServer::new(
+            ClientAppIoService::new(state.clone())
+        )));
         tracing::info!(address = %appio_addr, "ClientAppIo API serving (plaintext)");
         tracker.spawn(flwr_transport::server::serve(
             routes.prepare(),

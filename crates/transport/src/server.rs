@@ -9,11 +9,11 @@
 //! - **Idle connections**: a connection with no request in flight for
 //!   [`ServeOptions::idle_timeout`] is closed gracefully (GOAWAY; clients reconnect when they
 //!   need to).
-//! - **Body bytes**: request bodies pass through a per-connection budget. Each gRPC message's
-//!   length prefix is read first and the message may only flow once the connection's budget holds
-//!   that many bytes ([`LARGE_BUDGET`] for messages over [`SMALL_MESSAGE`], a separate
-//!   [`SMALL_BUDGET`] for small ones, so that a heartbeat never waits behind an upload). Until
-//!   then HTTP/2 flow control holds the peer back. A service that refuses a request from its
+//! - **Body bytes**: request bodies pass through a per-connection [`BodyBudget`]. Each gRPC
+//!   message's length prefix is read first and the message may only flow once the connection's
+//!   budget holds that many bytes (small messages have a budget of their own, so that a heartbeat
+//!   never waits behind an upload). Until then HTTP/2 flow control holds the peer back; the bytes
+//!   stay counted until the response is done. A service that refuses a request from its
 //!   headers (see the SuperLink's Fleet guard) never reads its body at all.
 //! - **HTTP/2**: hyper's limits against rapid resets, header floods and oversized header lists.
 //!
@@ -48,12 +48,26 @@ use crate::grpc::{
     MAX_CONCURRENT_STREAMS, MAX_MESSAGE_BYTES, STREAM_WINDOW,
 };
 
-/// Budget of large message bytes in flight per connection: one message of the largest size.
-pub const LARGE_BUDGET: usize = MAX_MESSAGE_BYTES;
-/// A message at most this long counts against [`SMALL_BUDGET`].
-pub const SMALL_MESSAGE: usize = 1024 * 1024;
-/// Budget of small message bytes in flight per connection.
-pub const SMALL_BUDGET: usize = 64 * 1024 * 1024;
+/// How many request body bytes one connection may have in flight (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyBudget {
+    /// Bytes of large messages: by default one message of the largest size.
+    pub large: usize,
+    /// A message at most this long counts against `small`.
+    pub small_message: usize,
+    /// Bytes of small messages.
+    pub small: usize,
+}
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        Self {
+            large: MAX_MESSAGE_BYTES,
+            small_message: 1024 * 1024,
+            small: 64 * 1024 * 1024,
+        }
+    }
+}
 /// The largest header list a peer may send (hyper's default, stated): Flower's metadata is a few
 /// hundred bytes.
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
@@ -72,6 +86,8 @@ pub struct ServeOptions {
     pub idle_timeout: Option<Duration>,
     /// Only peers in these networks may connect; `None`: everyone.
     pub allow: Option<Arc<PeerFilter>>,
+    /// Request body bytes in flight per connection.
+    pub body_budget: BodyBudget,
 }
 
 impl Default for ServeOptions {
@@ -80,6 +96,7 @@ impl Default for ServeOptions {
             max_connections: 10_000,
             idle_timeout: None,
             allow: None,
+            body_budget: BodyBudget::default(),
         }
     }
 }
@@ -101,7 +118,9 @@ pub struct PeerFilter {
 
 /// A network in an allow-list could not be parsed.
 #[derive(Debug, thiserror::Error)]
-#[error("`{flag}`: `{value}` is not a network (write it as an address, `10.0.0.0/8` or `fd00::/8`)")]
+#[error(
+    "`{flag}`: `{value}` is not a network (write it as an address, `10.0.0.0/8` or `fd00::/8`)"
+)]
 pub struct PeerFilterError {
     flag: &'static str,
     value: String,
@@ -265,7 +284,7 @@ fn spawn_connection<S, B>(
         io,
         connection,
         service.clone(),
-        options.idle_timeout,
+        options.clone(),
         shutdown.clone(),
         slot,
     ));
@@ -275,7 +294,7 @@ async fn serve_connection<S, B>(
     io: Box<dyn Io>,
     connection: Connection,
     service: S,
-    idle_timeout: Option<Duration>,
+    options: ServeOptions,
     shutdown: CancellationToken,
     _slot: OwnedSemaphorePermit,
 ) where
@@ -291,7 +310,7 @@ async fn serve_connection<S, B>(
         in_flight: 0,
         idle_since: Instant::now(),
     }));
-    let budget = Budget::new();
+    let budget = Budget::new(options.body_budget);
     let peer = connection.peer;
     let id = connection.id;
     let per_request = {
@@ -337,7 +356,7 @@ async fn serve_connection<S, B>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = idle(&mut idle_watch, idle_timeout), if !closing => {
+            () = idle(&mut idle_watch, options.idle_timeout), if !closing => {
                 tracing::debug!(%peer, connection = id, "closing an idle connection");
                 closing = true;
                 conn.as_mut().graceful_shutdown();
@@ -415,21 +434,26 @@ impl Drop for RequestSlot {
 /// A connection's body budget.
 #[derive(Clone)]
 struct Budget {
+    limits: BodyBudget,
     large: Arc<Semaphore>,
     small: Arc<Semaphore>,
 }
 
 impl Budget {
-    fn new() -> Self {
+    fn new(limits: BodyBudget) -> Self {
         Self {
-            large: Arc::new(Semaphore::new(LARGE_BUDGET)),
-            small: Arc::new(Semaphore::new(SMALL_BUDGET)),
+            limits,
+            large: Arc::new(Semaphore::new(limits.large)),
+            small: Arc::new(Semaphore::new(limits.small)),
         }
     }
 }
 
 type Acquiring = Pin<
-    Box<dyn std::future::Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>,
+    Box<
+        dyn std::future::Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>>
+            + Send,
+    >,
 >;
 
 /// A request body that lets each gRPC message through only once the connection's budget holds
@@ -488,14 +512,18 @@ impl BudgetBody {
                 ]);
                 self.message_left = u64::from(len);
                 let len = len as usize;
-                // Oversized messages are refused by the codec from their prefix alone.
-                if len > 0 && len <= LARGE_BUDGET {
-                    let pool = if len <= SMALL_MESSAGE {
-                        self.budget.small.clone()
-                    } else {
-                        self.budget.large.clone()
-                    };
-                    let next: Acquiring = Box::pin(pool.acquire_many_owned(len as u32));
+                let limits = self.budget.limits;
+                // A message larger than a budget takes all of it (the codec refuses messages over
+                // the size limit from their prefix alone).
+                let (pool, take) = if len <= limits.small_message {
+                    (&self.budget.small, len.min(limits.small))
+                } else {
+                    (&self.budget.large, len.min(limits.large))
+                };
+                if take > 0 {
+                    let pool = pool.clone();
+                    let take = u32::try_from(take).unwrap_or(u32::MAX);
+                    let next: Acquiring = Box::pin(pool.acquire_many_owned(take));
                     acquire = Some(match acquire.take() {
                         None => next,
                         // Two messages start in one frame: take both budgets in turn.

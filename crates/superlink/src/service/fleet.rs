@@ -1,18 +1,18 @@
 //! The Fleet API (grpc-rere) for SuperNodes, with node authentication always on, as in Flower:
 //! every call carries a PEM public key, a timestamp and an ECDSA signature of the timestamp;
 //! every call but RegisterNode and ActivateNode must also name the node that key belongs to.
+//! [`super::fleet_guard`] checks the signature before the body is read; the handlers here check
+//! that the node named is the caller's.
 
-use bytes::Bytes;
 use flwr_objects::store::Lookup;
 use flwr_proto::proto as pb;
-use flwr_transport::node_auth::{self, AuthError};
 use prost::Message as _;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
     message_from_pb, message_to_pb, pull_object_response, run_to_pb, tree_from_pb, tree_to_pb,
 };
+use super::fleet_guard::{Caller, FleetGuard};
 use super::status::OrStatus;
 use crate::core::Core;
 use crate::state::NodeId;
@@ -23,56 +23,32 @@ pub struct FleetService {
     core: Core,
 }
 
-/// The public key of a caller whose signature checked out.
-struct Caller {
-    public_key: Bytes,
-}
-
-fn unauthenticated(e: AuthError) -> Status {
-    Status::unauthenticated(e.to_string())
-}
-
 impl FleetService {
-    /// A service over the domain.
-    pub fn new(core: Core) -> Self {
-        Self { core }
+    /// The Fleet API over the domain, behind [`FleetGuard`], which authenticates every call
+    /// before its body is read, with the shared message size limits.
+    pub fn guarded(core: Core) -> FleetGuard<pb::fleet_server::FleetServer<FleetService>> {
+        let server = flwr_transport::limits!(pb::fleet_server::FleetServer::new(Self {
+            core: core.clone()
+        }));
+        FleetGuard::new(server, core)
     }
+}
 
-    /// Checks the signed metadata: the time window first (cheap), then the signature.
-    fn authenticate(&self, md: &MetadataMap) -> Result<Caller, Status> {
-        let key = md
-            .get_bin(node_auth::PUBLIC_KEY_HEADER)
-            .and_then(|v| v.to_bytes().ok());
-        let ts = md
-            .get(node_auth::TIMESTAMP_HEADER)
-            .and_then(|v| v.to_str().ok());
-        let sig = md
-            .get_bin(node_auth::SIGNATURE_HEADER)
-            .and_then(|v| v.to_bytes().ok());
-        let (Some(public_key), Some(ts), Some(sig)) = (key, ts, sig) else {
-            return Err(unauthenticated(AuthError::MissingMetadata));
-        };
-        let parsed = self
-            .core
-            .parse_key(&public_key)
-            .ok_or_else(|| unauthenticated(AuthError::InvalidSignature))?;
-        let now = chrono::Utc::now();
-        node_auth::verify_signed_timestamp(&parsed, ts, &sig, now).map_err(unauthenticated)?;
-        Ok(Caller { public_key })
-    }
+/// The caller [`FleetGuard`] verified.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("Missing authentication metadata"))
+}
 
-    /// Authenticates and checks that the key belongs to `claimed` (Flower's "Invalid node ID").
-    async fn authenticate_node(&self, md: &MetadataMap, claimed: NodeId) -> Result<NodeId, Status> {
-        let caller = self.authenticate(md)?;
-        match self
-            .core
-            .node_for_key(caller.public_key)
-            .await
-            .or_status()?
-        {
-            Some(actual) if actual == claimed => Ok(actual),
-            _ => Err(Status::unauthenticated("Invalid node ID")),
-        }
+/// The verified caller's node, which must be the node the request names (Flower's "Invalid node
+/// ID").
+fn authenticated_node<T>(request: &Request<T>, claimed: NodeId) -> Result<NodeId, Status> {
+    match caller(request)?.node {
+        Some(actual) if actual == claimed => Ok(actual),
+        _ => Err(Status::unauthenticated("Invalid node ID")),
     }
 }
 
@@ -86,7 +62,7 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::RegisterNodeFleetRequest>,
     ) -> Result<Response<pb::RegisterNodeFleetResponse>, Status> {
-        let caller = self.authenticate(request.metadata())?;
+        let caller = caller(&request)?;
         let body = request.into_inner();
         // Stricter than Flower, which stores any bytes: the key registered is the signing key.
         if body.public_key != caller.public_key {
@@ -103,7 +79,7 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::ActivateNodeRequest>,
     ) -> Result<Response<pb::ActivateNodeResponse>, Status> {
-        let caller = self.authenticate(request.metadata())?;
+        let caller = caller(&request)?;
         let body = request.into_inner();
         if body.public_key != caller.public_key {
             return Err(Status::failed_precondition(
@@ -123,9 +99,7 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::DeactivateNodeRequest>,
     ) -> Result<Response<pb::DeactivateNodeResponse>, Status> {
-        let node_id = self
-            .authenticate_node(request.metadata(), request.get_ref().node_id)
-            .await?;
+        let node_id = authenticated_node(&request, request.get_ref().node_id)?;
         self.core.deactivate_node(node_id).await.or_status()?;
         tracing::info!(node_id, "SuperNode deactivated");
         Ok(Response::new(pb::DeactivateNodeResponse {}))
@@ -135,9 +109,7 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::UnregisterNodeFleetRequest>,
     ) -> Result<Response<pb::UnregisterNodeFleetResponse>, Status> {
-        let node_id = self
-            .authenticate_node(request.metadata(), request.get_ref().node_id)
-            .await?;
+        let node_id = authenticated_node(&request, request.get_ref().node_id)?;
         self.core.unregister_node_fleet(node_id).await.or_status()?;
         tracing::info!(node_id, "SuperNode unregistered");
         Ok(Response::new(pb::UnregisterNodeFleetResponse {}))
@@ -147,9 +119,7 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::SendNodeHeartbeatRequest>,
     ) -> Result<Response<pb::SendNodeHeartbeatResponse>, Status> {
-        let node_id = self
-            .authenticate_node(request.metadata(), node_of(&request.get_ref().node))
-            .await?;
+        let node_id = authenticated_node(&request, node_of(&request.get_ref().node))?;
         let success = self
             .core
             .node_heartbeat(node_id, request.get_ref().heartbeat_interval)
@@ -162,9 +132,7 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::PullMessagesRequest>,
     ) -> Result<Response<pb::PullMessagesResponse>, Status> {
-        let node_id = self
-            .authenticate_node(request.metadata(), node_of(&request.get_ref().node))
-            .await?;
+        let node_id = authenticated_node(&request, node_of(&request.get_ref().node))?;
         let request_len = request.get_ref().encoded_len() as u64;
         let mut resp = pb::PullMessagesResponse::default();
         if let Some((meta, tree)) = self.core.pull_instruction(node_id).await.or_status()? {
@@ -183,9 +151,7 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::PushMessagesRequest>,
     ) -> Result<Response<pb::PushMessagesResponse>, Status> {
-        let node_id = self
-            .authenticate_node(request.metadata(), node_of(&request.get_ref().node))
-            .await?;
+        let node_id = authenticated_node(&request, node_of(&request.get_ref().node))?;
         let request_len = request.get_ref().encoded_len() as u64;
         let body = request.into_inner();
         let first = body.messages_list.first().ok_or_else(|| {
@@ -223,8 +189,7 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
-        self.authenticate_node(request.metadata(), node_of(&request.get_ref().node))
-            .await?;
+        authenticated_node(&request, node_of(&request.get_ref().node))?;
         let run = self
             .core
             .fleet_get_run(request.get_ref().run_id)
@@ -239,8 +204,7 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::GetFabRequest>,
     ) -> Result<Response<pb::GetFabResponse>, Status> {
-        self.authenticate_node(request.metadata(), node_of(&request.get_ref().node))
-            .await?;
+        authenticated_node(&request, node_of(&request.get_ref().node))?;
         let body = request.into_inner();
         let content = self
             .core
@@ -260,8 +224,7 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::PushObjectRequest>,
     ) -> Result<Response<pb::PushObjectResponse>, Status> {
-        self.authenticate_node(request.metadata(), node_of(&request.get_ref().node))
-            .await?;
+        authenticated_node(&request, node_of(&request.get_ref().node))?;
         let body = request.into_inner();
         self.core.gate(body.run_id).await.or_status()?;
         let len = body.object_content.len() as u64;
@@ -283,8 +246,7 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::PullObjectRequest>,
     ) -> Result<Response<pb::PullObjectResponse>, Status> {
-        self.authenticate_node(request.metadata(), node_of(&request.get_ref().node))
-            .await?;
+        authenticated_node(&request, node_of(&request.get_ref().node))?;
         let body = request.into_inner();
         self.core.gate(body.run_id).await.or_status()?;
         let lookup = self.core.pull_object(body.object_id).await.or_status()?;
@@ -302,8 +264,7 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::ConfirmMessageReceivedRequest>,
     ) -> Result<Response<pb::ConfirmMessageReceivedResponse>, Status> {
-        self.authenticate_node(request.metadata(), node_of(&request.get_ref().node))
-            .await?;
+        authenticated_node(&request, node_of(&request.get_ref().node))?;
         let body = request.into_inner();
         self.core.gate(body.run_id).await.or_status()?;
         self.core

@@ -5,5 +5,6 @@
 pub mod control;
 pub mod convert;
 pub mod fleet;
+pub mod fleet_guard;
 pub mod serverappio;
 pub mod status;

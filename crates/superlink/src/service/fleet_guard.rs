@@ -1,0 +1,148 @@
+//! Node authentication before the body: every Fleet call's signed metadata (public key,
+//! timestamp, signature) is checked from its HTTP/2 headers, and for every call but RegisterNode
+//! and ActivateNode the key must belong to a node, before a byte of the request body is read. A
+//! caller that cannot sign, or signs with a key no node has, costs its headers and nothing more,
+//! however large the body it announces. The handlers find the verified caller in the request's
+//! extensions ([`Caller`]) and never verify again.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use flwr_transport::node_auth::{self, AuthError};
+use http::{Request, Response};
+use tonic::body::Body;
+use tonic::metadata::MetadataMap;
+use tonic::server::NamedService;
+use tower::{Service, ServiceExt};
+
+use crate::core::Core;
+use crate::state::NodeId;
+
+/// The verified caller of a Fleet call.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The public key (PEM bytes, as sent) whose signature checked out.
+    pub public_key: Bytes,
+    /// The node that key belongs to (`None` only for RegisterNode and ActivateNode).
+    pub node: Option<NodeId>,
+}
+
+/// Why a call was refused from its headers; each is UNAUTHENTICATED with Flower's text.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The metadata is missing, the signature or the timestamp is wrong.
+    #[error(transparent)]
+    Signature(#[from] AuthError),
+    /// The key belongs to no node.
+    #[error("Invalid node ID")]
+    UnknownNode,
+    /// The node lookup failed.
+    #[error(transparent)]
+    State(#[from] crate::error::Error),
+}
+
+/// Methods that a key with no node yet may call.
+fn joins(path: &str) -> bool {
+    matches!(
+        path.rsplit('/').next(),
+        Some("RegisterNode" | "ActivateNode")
+    )
+}
+
+/// Checks the signed metadata in `headers` (time window first, then the signature) and, unless
+/// the method joins, finds the key's node.
+pub async fn authenticate(
+    core: &Core,
+    path: &str,
+    headers: &http::HeaderMap,
+) -> Result<Caller, Refusal> {
+    let md = MetadataMap::from_headers(headers.clone());
+    let key = md
+        .get_bin(node_auth::PUBLIC_KEY_HEADER)
+        .and_then(|v| v.to_bytes().ok());
+    let ts = md
+        .get(node_auth::TIMESTAMP_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let sig = md
+        .get_bin(node_auth::SIGNATURE_HEADER)
+        .and_then(|v| v.to_bytes().ok());
+    let (Some(public_key), Some(ts), Some(sig)) = (key, ts, sig) else {
+        return Err(AuthError::MissingMetadata.into());
+    };
+    let parsed = core
+        .parse_key(&public_key)
+        .ok_or(AuthError::InvalidSignature)?;
+    node_auth::verify_signed_timestamp(&parsed, ts, &sig, chrono::Utc::now())?;
+    let node = if joins(path) {
+        None
+    } else {
+        Some(
+            core.node_for_key(public_key.clone())
+                .await?
+                .ok_or(Refusal::UnknownNode)?,
+        )
+    };
+    Ok(Caller { public_key, node })
+}
+
+/// The Fleet service behind [`authenticate`].
+#[derive(Clone)]
+pub struct FleetGuard<S> {
+    inner: S,
+    core: Core,
+}
+
+impl<S> FleetGuard<S> {
+    /// Guards `inner`.
+    pub fn new(inner: S, core: Core) -> Self {
+        Self { inner, core }
+    }
+}
+
+impl<S: NamedService> NamedService for FleetGuard<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> Service<Request<Body>> for FleetGuard<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The inner service is made ready per call (`oneshot`).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> <Self as Service<Request<Body>>>::Future {
+        let inner = self.inner.clone();
+        let core = self.core.clone();
+        Box::pin(async move {
+            match authenticate(&core, request.uri().path(), request.headers()).await {
+                Ok(caller) => {
+                    request.extensions_mut().insert(caller);
+                    inner.oneshot(request).await
+                }
+                Err(refusal) => {
+                    let status = match refusal {
+                        Refusal::State(e) => super::status::to_status(e),
+                        other => tonic::Status::unauthenticated(other.to_string()),
+                    };
+                    // The body is dropped unread: HTTP/2 resets the stream.
+                    Ok(status.into_http())
+                }
+            }
+        })
+    }
+}

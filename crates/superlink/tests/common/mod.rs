@@ -1,0 +1,64 @@
+//! Helpers the SuperLink's black-box tests share: plaintext channels, signed Fleet requests,
+//! FABs.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+
+use bytes::Bytes;
+use flwr_transport::node_auth::{self, NodeSigningKey};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+pub fn channel(addr: &str) -> Channel {
+    flwr_transport::grpc::channel(&addr.parse().unwrap(), None)
+}
+
+pub fn fab(pyproject: &str) -> Bytes {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut z = zip::ZipWriter::new(&mut buf);
+        z.start_file("pyproject.toml", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(pyproject.as_bytes()).unwrap();
+        z.finish().unwrap();
+    }
+    Bytes::from(buf.into_inner())
+}
+
+pub const PYPROJECT: &str = r#"
+[project]
+name = "app"
+version = "1.0.0"
+[tool.flwr.app]
+publisher = "tests"
+[tool.flwr.app.components]
+serverapp = "a:app"
+clientapp = "b:app"
+[tool.flwr.app.config]
+rounds = 3
+"#;
+
+/// Signs a Fleet request as `key`, at `timestamp` (now when `None`).
+pub fn signed<T>(key: &NodeSigningKey, body: T, timestamp: Option<String>) -> Request<T> {
+    let mut r = Request::new(body);
+    let ts = timestamp.unwrap_or_else(node_auth::timestamp_now);
+    let md = r.metadata_mut();
+    md.insert_bin(
+        node_auth::PUBLIC_KEY_HEADER,
+        tonic::metadata::MetadataValue::from_bytes(key.public_key_pem()),
+    );
+    md.insert(node_auth::TIMESTAMP_HEADER, ts.parse().unwrap());
+    md.insert_bin(
+        node_auth::SIGNATURE_HEADER,
+        tonic::metadata::MetadataValue::from_bytes(&key.sign(ts.as_bytes())),
+    );
+    r
+}
+
+pub fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(s) => (s.code(), s.message().to_owned()),
+    }
+}
