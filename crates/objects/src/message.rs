@@ -192,10 +192,14 @@ impl MessageMeta {
         if self.message_id.is_empty() {
             e.push("empty `metadata.message_id`".to_owned());
         }
-        if self.created_at < MIN_CREATED_AT {
+        // NaN and infinities compare false with everything: refuse them by name, so that no
+        // engine ever sees them.
+        if !self.created_at.is_finite() || self.created_at < MIN_CREATED_AT {
             e.push("`metadata.created_at` must be a float that records the unix timestamp in seconds when the message was created.".to_owned());
         }
-        if self.ttl <= 0.0 {
+        if !self.ttl.is_finite() {
+            e.push("`metadata.ttl` must be a finite number of seconds".to_owned());
+        } else if self.ttl <= 0.0 {
             e.push("`metadata.ttl` must be higher than zero".to_owned());
         }
         if self.created_at + self.ttl <= now {

@@ -181,6 +181,14 @@ impl App {
             launch_tx,
         );
 
+        let open_files = flwr_transport::connections::raise_open_file_limit();
+        let options = ServeOptions {
+            max_connections: self.config.max_connections.unwrap_or_else(|| {
+                flwr_transport::connections::default_max_connections(open_files)
+            }),
+            idle_timeout: self.config.idle_timeout,
+            ..ServeOptions::default()
+        };
         let control = Routes::new(limits!(pb::control_server::ControlServer::new(
             ControlService::new(core.clone())
         )));
@@ -193,13 +201,19 @@ impl App {
             control,
             self.control,
             self.tls.clone(),
-            ServeOptions::default(),
+            options.clone(),
         );
 
         let appio = Routes::new(limits!(pb::server_app_io_server::ServerAppIoServer::new(
             ServerAppIoService::new(core.clone())
         )));
         tracing::info!(address = %addresses.serverappio, "ServerAppIo API serving (plaintext)");
+        server::warn_if_exposed(
+            "ServerAppIo API",
+            addresses.serverappio,
+            self.config.serverappio_allow.is_some(),
+            "--serverappio-api-allowed-networks",
+        );
         spawn_server(
             &tracker,
             &stop,
@@ -208,7 +222,10 @@ impl App {
             appio,
             self.serverappio,
             None,
-            ServeOptions::default(),
+            ServeOptions {
+                allow: self.config.serverappio_allow.clone(),
+                ..options.clone()
+            },
         );
 
         if let Some(l) = self.fleet {
@@ -224,7 +241,7 @@ impl App {
                 fleet,
                 l,
                 self.tls.clone(),
-                ServeOptions::default(),
+                options.clone(),
             );
         }
         if let Some(l) = self.health {

@@ -163,6 +163,23 @@ pub struct Args {
     /// Address of a plaintext gRPC health service (`grpc.health.v1.Health`); off when not set.
     #[arg(long, value_name = "HEALTH_SERVER_ADDRESS")]
     pub health_server_address: Option<String>,
+
+    /// Only peers in these networks may connect to the ServerAppIo API, which has no
+    /// authentication (comma-separated addresses or networks, e.g. `127.0.0.1,10.0.0.0/8`)
+    /// [default: every peer]. Not in Flower.
+    #[arg(long, value_name = "NETWORKS")]
+    pub serverappio_api_allowed_networks: Option<String>,
+
+    /// Close a client connection that has had no request in flight for this many seconds; 0
+    /// never closes one. Not in Flower.
+    #[arg(long, value_name = "SECONDS", default_value = "3600")]
+    pub connection_idle_timeout: String,
+
+    /// The most client connections each API holds at once; further ones are closed at once (a
+    /// client sees UNAVAILABLE and retries) [default: from the open-file limit, at most 100000].
+    /// Not in Flower.
+    #[arg(long, value_name = "N", value_parser = positive_int)]
+    pub max_connections: Option<u32>,
 }
 
 /// Parsed `superlink` flags.

@@ -1,8 +1,11 @@
 //! The validated configuration of a SuperLink, built from the command line with Flower's rules.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use flwr_transport::address::{Address, AddressError};
+use flwr_transport::server::{PeerFilter, PeerFilterError};
 use flwr_transport::tls::{self, ServerTlsFiles, TlsError};
 
 use crate::cli::{self, FleetApiType, Isolation, Parsed};
@@ -52,6 +55,12 @@ pub struct Config {
     pub simulation: bool,
     /// Health service address.
     pub health_address: Option<Address>,
+    /// Peers allowed on the ServerAppIo API; `None`: every peer.
+    pub serverappio_allow: Option<Arc<PeerFilter>>,
+    /// Close connections idle this long; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Connections per API; `None`: from the open-file limit.
+    pub max_connections: Option<usize>,
 }
 
 /// Why the command line cannot start a SuperLink. Each message names the flag and the fix.
@@ -100,6 +109,17 @@ pub enum ConfigError {
         "The `--enable-supernode-auth` flag is only supported with `--fleet-api-type grpc-rere`."
     )]
     AuthNeedsGrpcRere,
+    /// An allow-list does not parse.
+    #[error(transparent)]
+    Networks(#[from] PeerFilterError),
+    /// A number of seconds does not parse.
+    #[error("`{flag}`: `{value}` is not a number of seconds (write for example `3600`, or `0` for never)")]
+    Seconds {
+        /// The flag.
+        flag: &'static str,
+        /// The value.
+        value: String,
+    },
     /// A Fleet transport other than grpc-rere.
     #[error(
         "`--fleet-api-type {0}` is not supported by this SuperLink; use `grpc-rere` (the default), \
@@ -122,6 +142,21 @@ pub fn flwr_home() -> PathBuf {
             .unwrap_or_else(|| PathBuf::from("."))
             .join(".flwr"),
     }
+}
+
+/// Seconds given to `flag`, `0` meaning never (`None`).
+fn seconds_or_never(flag: &'static str, value: &str) -> Result<Option<Duration>, ConfigError> {
+    let bad = || ConfigError::Seconds {
+        flag,
+        value: value.to_owned(),
+    };
+    let secs: f64 = value.trim().parse().map_err(|_| bad())?;
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| bad())
 }
 
 fn address(flag: &'static str, value: &str) -> Result<Address, ConfigError> {
@@ -223,6 +258,13 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
             absolute(path)
         })
     };
+    let serverappio_allow = a
+        .serverappio_api_allowed_networks
+        .as_deref()
+        .map(|list| PeerFilter::parse("--serverappio-api-allowed-networks", list))
+        .transpose()?
+        .map(Arc::new);
+    let idle_timeout = seconds_or_never("--connection-idle-timeout", &a.connection_idle_timeout)?;
     let config = Config {
         tls,
         isolation: a.isolation,
@@ -239,6 +281,9 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         control_address: control,
         simulation: a.simulation,
         health_address: health,
+        serverappio_allow,
+        idle_timeout,
+        max_connections: a.max_connections.map(|n| n as usize),
     };
     Ok((config, warnings))
 }

@@ -77,6 +77,8 @@ pub struct Core {
     settings: Settings,
     launcher: Option<mpsc::UnboundedSender<LaunchEvent>>,
     keys: Arc<RwLock<HashMap<Bytes, Arc<NodePublicKey>>>>,
+    /// What each node may pull and confirm: the instruction last delivered to it here.
+    scopes: Arc<parking_lot::Mutex<HashMap<NodeId, Scope>>>,
     /// Where blocking engines run: one lane per database connection.
     lanes: Option<Arc<Lanes>>,
 }
@@ -88,6 +90,26 @@ struct Lanes {
 
 /// Parsed keys kept at most (the cache is cleared when it grows past this).
 const KEY_CACHE_LIMIT: usize = 100_000;
+/// Node scopes kept at most (likewise).
+const SCOPE_CACHE_LIMIT: usize = 100_000;
+
+/// An instruction delivered to a node: the node may pull its objects and confirm it; no other
+/// node may.
+struct Scope {
+    run_id: RunId,
+    message_id: String,
+    objects: std::collections::HashSet<ObjectId>,
+}
+
+impl Scope {
+    fn of(run_id: RunId, message_id: String, tree: &ObjectTree) -> Self {
+        Self {
+            run_id,
+            message_id,
+            objects: tree.post_order().iter().map(|n| n.id).collect(),
+        }
+    }
+}
 
 fn check_interval(interval: f64) -> Result<()> {
     if (heartbeat::MIN_INTERVAL..=heartbeat::MAX_INTERVAL).contains(&interval) {
@@ -128,6 +150,7 @@ impl Core {
             settings,
             launcher,
             keys: Arc::new(RwLock::new(HashMap::new())),
+            scopes: Arc::new(parking_lot::Mutex::new(HashMap::new())),
             lanes,
         }
     }
@@ -320,7 +343,13 @@ impl Core {
                 Err(_) => None,
             };
             match tree {
-                Some(t) => return Ok(Some((meta, t))),
+                Some(t) => {
+                    self.remember_scope(
+                        node_id,
+                        Scope::of(meta.run_id, meta.message_id.clone(), &t),
+                    );
+                    return Ok(Some((meta, t)));
+                }
                 None => {
                     let id = meta.message_id.clone();
                     tracing::warn!(message_id = %id, "instruction without objects in the store; dropped");
@@ -433,7 +462,100 @@ impl Core {
         self.obj(move |o| o.put(&id, content)).await
     }
 
-    /// `PullObject` (both APIs, after their gate).
+    fn remember_scope(&self, node_id: NodeId, scope: Scope) {
+        let mut scopes = self.scopes.lock();
+        if scopes.len() >= SCOPE_CACHE_LIMIT {
+            scopes.clear();
+        }
+        scopes.insert(node_id, scope);
+    }
+
+    /// True when `node` may touch something of `run_id` that `allowed` accepts in the scope of
+    /// an instruction delivered to it: the one remembered here, else (delivered by another
+    /// replica, or an older one) each instruction the state says it holds.
+    async fn in_scope(
+        &self,
+        node: NodeId,
+        run_id: RunId,
+        allowed: impl Fn(&Scope) -> bool,
+    ) -> Result<bool> {
+        if let Some(scope) = self.scopes.lock().get(&node) {
+            if scope.run_id == run_id && allowed(scope) {
+                return Ok(true);
+            }
+        }
+        for message_id in self
+            .st(move |s| s.delivered_instructions(node, run_id))
+            .await?
+        {
+            let Ok(root) = ObjectId::parse(&message_id) else {
+                continue;
+            };
+            let tree = self.obj(move |o| o.tree(&root)).await?;
+            let scope = match tree {
+                Some(t) => Scope::of(run_id, message_id, &t),
+                None => Scope {
+                    run_id,
+                    message_id,
+                    objects: Default::default(),
+                },
+            };
+            if allowed(&scope) {
+                self.remember_scope(node, scope);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Fleet `PullObject` (after the gate): only objects of an instruction delivered to `node`;
+    /// any other object looks unknown, as if it did not exist.
+    pub async fn fleet_pull_object(
+        &self,
+        node: NodeId,
+        run_id: RunId,
+        id: String,
+    ) -> Result<Lookup> {
+        let Ok(oid) = ObjectId::parse(&id) else {
+            return Ok(Lookup::Unknown);
+        };
+        if !self
+            .in_scope(node, run_id, |s| s.objects.contains(&oid))
+            .await?
+        {
+            tracing::debug!(node_id = node, run_id, object_id = %id, "object outside the node's instructions: answered as unknown");
+            return Ok(Lookup::Unknown);
+        }
+        self.pull_object(id).await
+    }
+
+    /// Fleet `ConfirmMessageReceived` (after the gate): only for an instruction delivered to
+    /// `node`. Any other id changes nothing and is answered as Flower answers every confirm, so
+    /// that a node can neither delete another's instruction nor learn that it exists.
+    pub async fn fleet_confirm(
+        &self,
+        node: NodeId,
+        run_id: RunId,
+        message_id: String,
+    ) -> Result<()> {
+        let m = message_id.clone();
+        if !self.in_scope(node, run_id, |s| s.message_id == m).await? {
+            tracing::warn!(node_id = node, run_id, %message_id, "confirm of an instruction not delivered to this node: ignored");
+            return Ok(());
+        }
+        {
+            let mut scopes = self.scopes.lock();
+            if scopes
+                .get(&node)
+                .is_some_and(|s| s.message_id == message_id)
+            {
+                scopes.remove(&node);
+            }
+        }
+        self.confirm(message_id).await
+    }
+
+    /// `PullObject` (ServerAppIo, after its gate).
     pub async fn pull_object(&self, id: String) -> Result<Lookup> {
         let Ok(id) = ObjectId::parse(&id) else {
             return Ok(Lookup::Unknown);
@@ -441,8 +563,8 @@ impl Core {
         self.obj(move |o| o.get(&id)).await
     }
 
-    /// `ConfirmMessageReceived` (both APIs, after their gate): the message's objects go, shared
-    /// ones stay.
+    /// `ConfirmMessageReceived` (ServerAppIo after its gate, Fleet through [`Core::fleet_confirm`]):
+    /// the message's objects go, shared ones stay.
     pub async fn confirm(&self, message_object_id: String) -> Result<()> {
         if let Ok(id) = ObjectId::parse(&message_object_id) {
             self.obj(move |o| o.delete(&id)).await?;

@@ -12,7 +12,7 @@ use flwr_transport::node_auth::{self, NodeSigningKey};
 use tonic::Code;
 
 mod common;
-use common::{channel, code, fab, signed, PYPROJECT};
+use common::{channel, code, fab, now, signed, PYPROJECT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_superlink");
 
@@ -707,11 +707,4 @@ async fn every_api_refuses_bad_input_cleanly() {
         .output()
         .lines()
         .all(|l| !l.contains("panicked")));
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{channel, signed};
+use common::{channel, fleet_client, join, now, running_run, signed};
 use flwr_proto::proto as pb;
 use flwr_testkit::federation::SuperLink;
 use flwr_transport::node_auth::NodeSigningKey;
@@ -28,10 +28,6 @@ fn memory(pid: u32) -> (u64, u64) {
             * 1024
     };
     (kib("VmRSS:"), kib("VmHWM:"))
-}
-
-fn fleet_client(addr: &str) -> pb::fleet_client::FleetClient<tonic::transport::Channel> {
-    flwr_transport::limits!(pb::fleet_client::FleetClient::new(channel(addr)))
 }
 
 fn push_object(bytes: usize) -> pb::PushObjectRequest {
@@ -94,31 +90,136 @@ async fn unauthenticated_bodies_are_never_read() {
     assert!(superlink.proc.try_status().is_none(), "still serving");
 }
 
-/// Registers and activates a node for `key` through the Fleet API; returns its id.
-async fn join(fleet: &str, key: &NodeSigningKey) -> u64 {
-    let mut client = fleet_client(fleet);
-    let public_key = Bytes::copy_from_slice(key.public_key_pem());
-    client
-        .register_node(signed(
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_touches_only_its_own_instructions() {
+    use flwr_objects::content::{serialize, ObjectType};
+    use flwr_objects::ObjectId;
+
+    let dir = tempfile::tempdir().unwrap();
+    let superlink = SuperLink::start(BIN.as_ref(), None, dir.path(), &["--isolation", "process"]);
+    let (key_a, key_b) = (NodeSigningKey::generate(), NodeSigningKey::generate());
+    let a = join(&superlink.fleet, &key_a).await;
+    let b = join(&superlink.fleet, &key_b).await;
+    let (run_id, token) = running_run(&superlink.control, &superlink.serverappio).await;
+
+    // An instruction for A: a message object with one child.
+    let chunk = serialize(ObjectType::ArrayChunk, &[], b"for A only");
+    let chunk_id = ObjectId::of(&chunk);
+    let message = serialize(ObjectType::Message, &[chunk_id], b"instruction");
+    let message_id = ObjectId::of(&message);
+    let mut appio =
+        pb::server_app_io_client::ServerAppIoClient::new(channel(&superlink.serverappio));
+    let pushed = appio
+        .push_messages(pb::PushAppMessagesRequest {
+            token,
+            run_id,
+            messages_list: vec![pb::Message {
+                metadata: Some(pb::Metadata {
+                    run_id,
+                    message_id: message_id.to_hex(),
+                    src_node_id: 1,
+                    dst_node_id: a,
+                    ttl: 600.0,
+                    message_type: "train".into(),
+                    created_at: now(),
+                    ..Default::default()
+                }),
+                content: Some(pb::RecordDict::default()),
+                error: None,
+            }],
+            message_object_trees: vec![pb::ObjectTree {
+                object_id: message_id.to_hex(),
+                children: vec![pb::ObjectTree {
+                    object_id: chunk_id.to_hex(),
+                    children: vec![],
+                }],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pushed.message_ids, vec![message_id.to_hex()]);
+    for (id, content) in [(chunk_id, chunk), (message_id, message)] {
+        let stored = appio
+            .push_object(pb::PushObjectRequest {
+                node: Some(pb::Node { node_id: 1 }),
+                run_id,
+                object_id: id.to_hex(),
+                object_content: Bytes::from(content),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stored;
+        assert!(stored);
+    }
+
+    let mut fleet = fleet_client(&superlink.fleet);
+    let pull = |key: &NodeSigningKey, node_id: u64, id: ObjectId| {
+        signed(
             key,
-            pb::RegisterNodeFleetRequest {
-                public_key: public_key.clone(),
+            pb::PullObjectRequest {
+                node: Some(pb::Node { node_id }),
+                run_id,
+                object_id: id.to_hex(),
             },
             None,
-        ))
-        .await
-        .unwrap();
-    client
-        .activate_node(signed(
+        )
+    };
+    let confirm = |key: &NodeSigningKey, node_id: u64| {
+        signed(
             key,
-            pb::ActivateNodeRequest {
-                public_key,
-                heartbeat_interval: 30.0,
+            pb::ConfirmMessageReceivedRequest {
+                node: Some(pb::Node { node_id }),
+                run_id,
+                message_object_id: message_id.to_hex(),
+            },
+            None,
+        )
+    };
+    let unknown = |r: pb::PullObjectResponse| !r.object_found && !r.object_available;
+
+    // B sees nothing of A's instruction, before and after A takes it.
+    let r = fleet.pull_object(pull(&key_b, b, chunk_id)).await.unwrap();
+    assert!(unknown(r.into_inner()));
+    let pulled = fleet
+        .pull_messages(signed(
+            &key_a,
+            pb::PullMessagesRequest {
+                node: Some(pb::Node { node_id: a }),
+                message_ids: vec![],
             },
             None,
         ))
         .await
         .unwrap()
-        .into_inner()
-        .node_id
+        .into_inner();
+    assert_eq!(pulled.messages_list.len(), 1);
+    for id in [chunk_id, message_id] {
+        let r = fleet.pull_object(pull(&key_b, b, id)).await.unwrap();
+        assert!(
+            unknown(r.into_inner()),
+            "B pulled an object of A's instruction"
+        );
+    }
+    // B's confirm is answered as any confirm, and changes nothing.
+    fleet
+        .confirm_message_received(confirm(&key_b, b))
+        .await
+        .unwrap();
+    for id in [chunk_id, message_id] {
+        let r = fleet
+            .pull_object(pull(&key_a, a, id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.object_available, "A's objects survive B's confirm");
+    }
+    // A's own confirm deletes them.
+    fleet
+        .confirm_message_received(confirm(&key_a, a))
+        .await
+        .unwrap();
+    let r = fleet.pull_object(pull(&key_a, a, chunk_id)).await.unwrap();
+    assert!(unknown(r.into_inner()));
 }

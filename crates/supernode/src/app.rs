@@ -105,11 +105,20 @@ impl App {
             ClientAppIoService::new(state.clone())
         )));
         tracing::info!(address = %appio_addr, "ClientAppIo API serving (plaintext)");
+        flwr_transport::server::warn_if_exposed(
+            "ClientAppIo API",
+            appio_addr,
+            self.config.clientappio_allow.is_some(),
+            "--clientappio-api-allowed-networks",
+        );
         tracker.spawn(flwr_transport::server::serve(
             routes.prepare(),
             self.clientappio,
             None,
-            flwr_transport::server::ServeOptions::default(),
+            flwr_transport::server::ServeOptions {
+                allow: self.config.clientappio_allow.clone(),
+                ..flwr_transport::server::ServeOptions::default()
+            },
             servers_stop.clone(),
         ));
         if let Some(l) = self.health {

@@ -97,6 +97,12 @@ pub struct Args {
     /// Address of a plaintext gRPC health service (`grpc.health.v1.Health`); off when not set.
     #[arg(long, value_name = "HEALTH_SERVER_ADDRESS")]
     pub health_server_address: Option<String>,
+
+    /// Only peers in these networks may connect to the ClientAppIo API, which has no
+    /// authentication beyond its per-message tokens (comma-separated addresses or networks, e.g.
+    /// `127.0.0.1,10.0.0.0/8`) [default: every peer]. Not in Flower.
+    #[arg(long, value_name = "NETWORKS")]
+    pub clientappio_api_allowed_networks: Option<String>,
 }
 
 /// Parsed `supernode` flags.

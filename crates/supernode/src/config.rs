@@ -1,9 +1,11 @@
 //! The validated configuration of a SuperNode, built from the command line with Flower's rules.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use flwr_transport::address::{Address, AddressError};
+use flwr_transport::server::{PeerFilter, PeerFilterError};
 use flwr_transport::tls::{self, ClientTlsChoice, TlsError};
 
 use crate::cli::{Isolation, Parsed};
@@ -38,6 +40,8 @@ pub struct Config {
     pub clientappio_address: Address,
     /// Health service address.
     pub health_address: Option<Address>,
+    /// Peers allowed on the ClientAppIo API; `None`: every peer.
+    pub clientappio_allow: Option<Arc<PeerFilter>>,
 }
 
 /// Why the command line cannot start a SuperNode. Each message names the flag and the fix.
@@ -73,6 +77,9 @@ pub enum ConfigError {
         /// The value given.
         value: String,
     },
+    /// An allow-list does not parse.
+    #[error(transparent)]
+    Networks(#[from] PeerFilterError),
     /// A flag whose feature is not built yet.
     #[error("`--{flag}` is not supported yet by this SuperNode: {what}. Leave it out for now.")]
     NotSupportedYet {
@@ -148,7 +155,8 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
                 value: s.to_string(),
             })
         }
-        Some(s) => Some(Duration::from_secs_f64(s)),
+        // Beyond what a Duration holds is as good as no limit.
+        Some(s) => Some(Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX)),
         None => None,
     };
     let config = Config {
@@ -165,6 +173,12 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
             .as_deref()
             .map(|h| address("--health-server-address", h))
             .transpose()?,
+        clientappio_allow: a
+            .clientappio_api_allowed_networks
+            .as_deref()
+            .map(|list| PeerFilter::parse("--clientappio-api-allowed-networks", list))
+            .transpose()?
+            .map(Arc::new),
     };
     Ok((config, warnings))
 }

@@ -2,6 +2,7 @@
 //!
 //! * [`address`]: Flower's `host:port` addresses.
 //! * [`cli`]: command-line plumbing (explicitly given flags, the version line).
+//! * [`connections`]: the open-file limit and the default connection cap.
 //! * [`files`]: reading files named by flags, with errors that name the flag and the fix.
 //! * [`tls`]: rustls server and client configurations from PEM files, with Flower's flag rules.
 //! * [`grpc`]: shared gRPC limits and keepalive, binding, client channels.
@@ -17,6 +18,7 @@
 
 pub mod address;
 pub mod cli;
+pub mod connections;
 pub mod files;
 pub mod grpc;
 pub mod health;

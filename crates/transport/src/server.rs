@@ -156,6 +156,19 @@ impl PeerFilter {
     }
 }
 
+/// Warns when an API without authentication listens beyond the loopback with no allow-list.
+pub fn warn_if_exposed(api: &str, bound: SocketAddr, restricted: bool, flag: &str) {
+    if bound.ip().is_loopback() || restricted {
+        return;
+    }
+    tracing::warn!(
+        address = %bound,
+        "The {api} has no authentication and listens beyond this machine: whoever reaches it can \
+         read and change every run. Keep it on a private network or behind a firewall, bind it \
+         to 127.0.0.1, or name the allowed clients with `{flag}`."
+    );
+}
+
 /// Serves `service` on `listener` (over TLS when `tls` is given) until `shutdown` is cancelled,
 /// then lets open connections finish their requests and returns when they are closed.
 pub async fn serve<S, B>(

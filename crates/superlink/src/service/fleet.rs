@@ -246,10 +246,14 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::PullObjectRequest>,
     ) -> Result<Response<pb::PullObjectResponse>, Status> {
-        authenticated_node(&request, node_of(&request.get_ref().node))?;
+        let node_id = authenticated_node(&request, node_of(&request.get_ref().node))?;
         let body = request.into_inner();
         self.core.gate(body.run_id).await.or_status()?;
-        let lookup = self.core.pull_object(body.object_id).await.or_status()?;
+        let lookup = self
+            .core
+            .fleet_pull_object(node_id, body.run_id, body.object_id)
+            .await
+            .or_status()?;
         if let Lookup::Available(content) = &lookup {
             self.core
                 .add_traffic(body.run_id, content.len() as u64, 0)
@@ -264,11 +268,11 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::ConfirmMessageReceivedRequest>,
     ) -> Result<Response<pb::ConfirmMessageReceivedResponse>, Status> {
-        authenticated_node(&request, node_of(&request.get_ref().node))?;
+        let node_id = authenticated_node(&request, node_of(&request.get_ref().node))?;
         let body = request.into_inner();
         self.core.gate(body.run_id).await.or_status()?;
         self.core
-            .confirm(body.message_object_id)
+            .fleet_confirm(node_id, body.run_id, body.message_object_id)
             .await
             .or_status()?;
         Ok(Response::new(pb::ConfirmMessageReceivedResponse {}))

@@ -22,6 +22,7 @@ pub fn run(make: Factory<'_>) {
     tokens_expire_into_failed_runs(make);
     logs_in_order(make);
     instructions_are_delivered_once_in_order(make);
+    delivered_instructions_belong_to_their_node(make);
     replies_and_generated_errors(make);
     stopping_a_run_drops_its_messages(make);
 }
@@ -359,6 +360,37 @@ fn instructions_are_delivered_once_in_order(make: Factory<'_>) {
     s.store_instruction(third.clone()).unwrap();
     assert!(s.may_have_instruction(node));
     assert_eq!(s.pull_instruction(node).unwrap(), Some(third));
+}
+
+fn delivered_instructions_belong_to_their_node(make: Factory<'_>) {
+    let clock = Arc::new(ManualClock::new());
+    let s = make(clock.clone());
+    let (a, run) = setup(&*s, "a");
+    let b = s.create_node(new_node("b", 0.0)).unwrap();
+    assert_eq!(s.activate_node(b"b", 30.0).unwrap(), Ok(b));
+    let now = clock.now();
+    let for_a = instruction(run, a, "1", now, 600.0);
+    let for_b = instruction(run, b, "2", now, 600.0);
+    s.store_instruction(for_a.clone()).unwrap();
+    s.store_instruction(for_b.clone()).unwrap();
+    assert!(
+        s.delivered_instructions(a, run).unwrap().is_empty(),
+        "not delivered yet"
+    );
+    assert_eq!(s.pull_instruction(a).unwrap(), Some(for_a.clone()));
+    assert_eq!(
+        s.delivered_instructions(a, run).unwrap(),
+        vec![for_a.message_id.clone()]
+    );
+    assert!(s.delivered_instructions(b, run).unwrap().is_empty());
+    assert!(s.delivered_instructions(a, run + 1).unwrap().is_empty());
+    // Answered and taken: gone.
+    s.store_reply(reply_to(&for_a, "r1", clock.now()))
+        .unwrap()
+        .unwrap();
+    s.take_replies(std::slice::from_ref(&for_a.message_id))
+        .unwrap();
+    assert!(s.delivered_instructions(a, run).unwrap().is_empty());
 }
 
 fn replies_and_generated_errors(make: Factory<'_>) {

@@ -625,6 +625,23 @@ impl LinkState for MemoryLinkState {
         Ok(found)
     }
 
+    fn delivered_instructions(
+        &self,
+        node_id: NodeId,
+        run_id: RunId,
+    ) -> Result<Vec<String>, StateError> {
+        Ok(self
+            .messages
+            .lock()
+            .by_id
+            .iter()
+            .filter(|(_, i)| {
+                i.delivered && i.meta.dst_node_id == node_id && i.meta.run_id == run_id
+            })
+            .map(|(id, _)| id.clone())
+            .collect())
+    }
+
     fn store_reply(
         &self,
         message: MessageMeta,

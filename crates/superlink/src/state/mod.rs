@@ -459,6 +459,13 @@ pub trait LinkState: Send + Sync {
     fn may_have_instruction(&self, _node_id: NodeId) -> bool {
         true
     }
+    /// Ids of the instructions of `run_id` that were delivered to `node_id` and are still kept
+    /// (a node may pull their objects and confirm them; no other node may).
+    fn delivered_instructions(
+        &self,
+        node_id: NodeId,
+        run_id: RunId,
+    ) -> Result<Vec<String>, StateError>;
     /// Stores a validated reply after checking it against its instruction.
     fn store_reply(
         &self,

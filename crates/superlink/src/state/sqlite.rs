@@ -882,6 +882,20 @@ impl LinkState for SqliteLinkState {
         })
     }
 
+    fn delivered_instructions(
+        &self,
+        node_id: NodeId,
+        run_id: RunId,
+    ) -> Result<Vec<String>, StateError> {
+        self.read(|tx, _| {
+            tx.prepare_cached(
+                "SELECT message_id FROM message_ins WHERE dst_node_id = ?1 AND run_id = ?2 AND delivered = 1",
+            )?
+            .query_map(params![node_id as i64, run_id as i64], |r| r.get(0))?
+            .collect()
+        })
+    }
+
     fn store_reply(
         &self,
         message: MessageMeta,

@@ -6,6 +6,7 @@
 use std::io::Write;
 
 use bytes::Bytes;
+use flwr_proto::proto as pb;
 use flwr_transport::node_auth::{self, NodeSigningKey};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
@@ -61,4 +62,79 @@ pub fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) ->
         Ok(v) => panic!("expected an error, got {v:?}"),
         Err(s) => (s.code(), s.message().to_owned()),
     }
+}
+
+/// Now, in Unix seconds.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// A Fleet client with the daemons' message size limits.
+pub fn fleet_client(addr: &str) -> pb::fleet_client::FleetClient<Channel> {
+    flwr_transport::limits!(pb::fleet_client::FleetClient::new(channel(addr)))
+}
+
+/// Registers and activates a node for `key` through the Fleet API; returns its id.
+pub async fn join(fleet: &str, key: &NodeSigningKey) -> u64 {
+    let mut client = fleet_client(fleet);
+    let public_key = Bytes::copy_from_slice(key.public_key_pem());
+    client
+        .register_node(signed(
+            key,
+            pb::RegisterNodeFleetRequest {
+                public_key: public_key.clone(),
+            },
+            None,
+        ))
+        .await
+        .unwrap();
+    client
+        .activate_node(signed(
+            key,
+            pb::ActivateNodeRequest {
+                public_key,
+                heartbeat_interval: 30.0,
+            },
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .node_id
+}
+
+/// A run started through Control and made running through the ServerApp's token flow; returns
+/// its id and the token.
+pub async fn running_run(control: &str, serverappio: &str) -> (u64, String) {
+    let mut control = pb::control_client::ControlClient::new(channel(control));
+    let mut appio = pb::server_app_io_client::ServerAppIoClient::new(channel(serverappio));
+    let run_id = control
+        .start_run(pb::StartRunRequest {
+            fab: Some(pb::Fab {
+                content: fab(PYPROJECT),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_id
+        .unwrap();
+    let token = appio
+        .request_token(pb::RequestTokenRequest { run_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    appio
+        .pull_app_inputs(pb::PullAppInputsRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap();
+    (run_id, token)
 }
