@@ -9,6 +9,8 @@ use flwr_objects::ConfigValue;
 
 /// The largest FAB `StartRun` accepts (10 MiB, as Flower).
 pub const FAB_MAX_SIZE: usize = 10 * 1024 * 1024;
+/// The largest `pyproject.toml` read from a FAB (real ones are a few kilobytes).
+pub const PYPROJECT_MAX_SIZE: u64 = 1024 * 1024;
 
 /// What a FAB says about itself.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,6 +38,12 @@ pub enum FabError {
     /// `pyproject.toml` is not TOML.
     #[error("Invalid TOML content in pyproject.toml")]
     InvalidToml,
+    /// `pyproject.toml` is larger than any real one.
+    #[error(
+        "pyproject.toml in the FAB is larger than {} MiB: this SuperLink refuses it rather than read part of it",
+        PYPROJECT_MAX_SIZE >> 20
+    )]
+    PyprojectTooLarge,
     /// Required fields are missing or malformed (a Python-style list of problems).
     #[error("{}", python_list(.0))]
     Invalid(Vec<String>),
@@ -57,12 +65,16 @@ pub fn inspect(fab: &[u8]) -> Result<FabInfo, FabError> {
     let mut file = archive
         .by_name("pyproject.toml")
         .map_err(|_| FabError::NoPyproject)?;
-    // A pyproject larger than a megabyte is not a real one; do not inflate bombs.
+    // A pyproject larger than a megabyte is not a real one: refuse it whole (never read part of
+    // it), and read at most one byte past the limit whatever the archive claims (zip bombs).
     let mut text = String::new();
     file.by_ref()
-        .take(1 << 20)
+        .take(PYPROJECT_MAX_SIZE + 1)
         .read_to_string(&mut text)
         .map_err(|_| FabError::InvalidToml)?;
+    if text.len() as u64 > PYPROJECT_MAX_SIZE {
+        return Err(FabError::PyprojectTooLarge);
+    }
     let doc: toml::Table = text.parse().map_err(|_| FabError::InvalidToml)?;
     validate(&doc)
 }
@@ -237,6 +249,24 @@ num-server-rounds = 3
 step = 1.0
 nested.value = "x"
 "#;
+
+    #[test]
+    fn an_oversized_pyproject_is_refused_not_truncated() {
+        // Valid TOML up to the limit, then a comment that pushes it over.
+        let mut big = GOOD.to_owned();
+        big.push('#');
+        big.push_str(&"x".repeat(PYPROJECT_MAX_SIZE as usize - big.len()));
+        assert_eq!(big.len() as u64, PYPROJECT_MAX_SIZE);
+        assert!(
+            inspect(&fab_with(&big)).is_ok(),
+            "exactly the limit is read"
+        );
+        big.push('x');
+        assert_eq!(
+            inspect(&fab_with(&big)).unwrap_err(),
+            FabError::PyprojectTooLarge
+        );
+    }
 
     #[test]
     fn reads_identity_and_config_keys() {

@@ -391,6 +391,18 @@ impl Core {
             tracing::warn!(errors = ?errors, "reply refused");
             None
         };
+        // A number no engine should store (NaN, infinite, negative) counts as nothing.
+        let runtime = if runtime.is_finite() && runtime >= 0.0 {
+            runtime
+        } else {
+            tracing::debug!(
+                node_id = caller,
+                run_id,
+                runtime,
+                "ClientApp runtime ignored"
+            );
+            0.0
+        };
         self.st(move |s| s.add_run_usage(run_id, 0, 0, runtime))
             .await?;
         Ok((stored, to_push))

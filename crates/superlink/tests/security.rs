@@ -223,3 +223,134 @@ async fn a_node_touches_only_its_own_instructions() {
     let r = fleet.pull_object(pull(&key_a, a, chunk_id)).await.unwrap();
     assert!(unknown(r.into_inner()));
 }
+
+/// What each engine answers to instructions whose numbers no engine can store.
+async fn answers_to_impossible_numbers(engine: &[&str]) -> Vec<(Code, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = vec!["--isolation", "process"];
+    flags.extend_from_slice(engine);
+    let superlink = SuperLink::start(BIN.as_ref(), None, dir.path(), &flags);
+    let key = NodeSigningKey::generate();
+    let node = join(&superlink.fleet, &key).await;
+    let (run_id, token) = running_run(&superlink.control, &superlink.serverappio).await;
+    let mut appio =
+        pb::server_app_io_client::ServerAppIoClient::new(channel(&superlink.serverappio));
+    let mut answers = Vec::new();
+    for (ttl, created_at) in [
+        (f64::NAN, now()),
+        (f64::INFINITY, now()),
+        (600.0, f64::NAN),
+        (600.0, f64::NEG_INFINITY),
+    ] {
+        let status = appio
+            .push_messages(pb::PushAppMessagesRequest {
+                token: token.clone(),
+                run_id,
+                messages_list: vec![pb::Message {
+                    metadata: Some(pb::Metadata {
+                        run_id,
+                        message_id: "a".repeat(64),
+                        src_node_id: 1,
+                        dst_node_id: node,
+                        ttl,
+                        message_type: "train".into(),
+                        created_at,
+                        ..Default::default()
+                    }),
+                    content: Some(pb::RecordDict::default()),
+                    error: None,
+                }],
+                message_object_trees: vec![pb::ObjectTree {
+                    object_id: "a".repeat(64),
+                    children: vec![],
+                }],
+            })
+            .await
+            .unwrap_err();
+        let dir_text = dir.path().display().to_string();
+        assert!(
+            !status.message().contains(&dir_text),
+            "a server path reached the caller: {status:?}"
+        );
+        answers.push((status.code(), status.message().to_owned()));
+    }
+    // A reply reporting an impossible ClientApp runtime is no server error either.
+    let mut fleet = fleet_client(&superlink.fleet);
+    let r = fleet
+        .push_messages(signed(
+            &key,
+            pb::PushMessagesRequest {
+                node: Some(pb::Node { node_id: node }),
+                messages_list: vec![pb::Message {
+                    metadata: Some(pb::Metadata {
+                        run_id,
+                        message_id: "b".repeat(64),
+                        src_node_id: node,
+                        dst_node_id: 1,
+                        reply_to_message_id: "c".repeat(64),
+                        ttl: f64::NAN,
+                        message_type: "train".into(),
+                        created_at: now(),
+                        ..Default::default()
+                    }),
+                    content: Some(pb::RecordDict::default()),
+                    error: None,
+                }],
+                message_object_trees: vec![pb::ObjectTree {
+                    object_id: "b".repeat(64),
+                    children: vec![],
+                }],
+                clientapp_runtime_list: vec![f64::NAN],
+            },
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.results.keys().collect::<Vec<_>>(),
+        vec!["None"],
+        "refused, not stored"
+    );
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn impossible_numbers_are_refused_alike_by_every_engine() {
+    let memory = answers_to_impossible_numbers(&[]).await;
+    let db = tempfile::tempdir().unwrap();
+    let path = db.path().join("state.db");
+    let sqlite = answers_to_impossible_numbers(&["--database", path.to_str().unwrap()]).await;
+    assert_eq!(memory, sqlite);
+    for (code, message) in &memory {
+        assert_eq!(*code, Code::Unknown, "{message}");
+        assert!(
+            message.contains("metadata.ttl") || message.contains("metadata.created_at"),
+            "{message}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fab_with_an_oversized_pyproject_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let superlink = SuperLink::start(BIN.as_ref(), None, dir.path(), &["--isolation", "process"]);
+    let mut control = pb::control_client::ControlClient::new(channel(&superlink.control));
+    // A real pyproject followed by 2 MiB of comment: Flower read the first MiB and went on.
+    let pyproject = format!("{}#{}\n", common::PYPROJECT, "x".repeat(2 * MIB as usize));
+    let status = control
+        .start_run(pb::StartRunRequest {
+            fab: Some(pb::Fab {
+                content: common::fab(&pyproject),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("pyproject.toml") && status.message().contains("larger than"),
+        "{status:?}"
+    );
+}

@@ -177,6 +177,8 @@ impl pb::client_app_io_server::ClientAppIo for ClientAppIoService {
         request: Request<pb::PushAppMessagesRequest>,
     ) -> Result<Response<pb::PushAppMessagesResponse>, Status> {
         let body = request.into_inner();
+        // The token first, as Flower does: a caller without one learns nothing about the body.
+        self.state.run_of_token(&body.token).map_err(app_status)?;
         let (Some(m), Some(t)) = (
             body.messages_list.first(),
             body.message_object_trees.first(),

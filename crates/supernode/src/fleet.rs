@@ -67,6 +67,30 @@ fn is_transport_failure(s: &Status) -> bool {
     s.code() == Code::Unavailable || (s.code() == Code::Unknown && s.source().is_some())
 }
 
+/// Codes a SuperLink answers when it failed, not the request: a hiccup (a database restart, an
+/// overloaded replica) that polling calls retry like a lost connection, where Flower's SuperNode
+/// would exit. Refusals (PERMISSION_DENIED, UNAUTHENTICATED, INVALID_ARGUMENT, ...) stay final.
+fn is_server_failure(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unknown
+            | Code::Internal
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+    )
+}
+
+/// Which failures a call retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// Lost connections (UNAVAILABLE), as Flower.
+    Connection,
+    /// Those and the SuperLink's own failures ([`is_server_failure`]): for the polling calls,
+    /// whose failure would otherwise end the node.
+    ConnectionAndServer,
+}
+
 /// A signed, retrying Fleet client.
 #[derive(Clone)]
 pub struct Fleet {
@@ -166,8 +190,24 @@ impl Fleet {
         r
     }
 
-    /// One call with the retry policy; `rpc` is re-run (and re-signed) per attempt.
+    /// One call with the retry policy, retrying lost connections; `rpc` is re-run (and
+    /// re-signed) per attempt.
     async fn call<T, R, F, Fut>(&self, name: &str, body: T, rpc: F) -> Result<R, FleetError>
+    where
+        T: Clone,
+        F: Fn(pb::fleet_client::FleetClient<Channel>, Request<T>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        self.call_retrying(Retry::Connection, name, body, rpc).await
+    }
+
+    async fn call_retrying<T, R, F, Fut>(
+        &self,
+        retry: Retry,
+        name: &str,
+        body: T,
+        rpc: F,
+    ) -> Result<R, FleetError>
     where
         T: Clone,
         F: Fn(pb::fleet_client::FleetClient<Channel>, Request<T>) -> Fut,
@@ -187,7 +227,9 @@ impl Fleet {
                     return Err(FleetError::Handshake(ce.to_string()));
                 }
             }
-            if !is_transport_failure(&status) {
+            let retried = is_transport_failure(&status)
+                || (retry == Retry::ConnectionAndServer && is_server_failure(&status));
+            if !retried {
                 return Err(match status.code() {
                     Code::PermissionDenied => {
                         FleetError::RunNotRunning(status.message().to_owned())
@@ -216,10 +258,18 @@ impl Fleet {
             let cap = ceiling.min(MAX_BACKOFF).min(remaining.unwrap_or(f64::MAX));
             let wait = rand_unit() * cap;
             ceiling *= 2.0;
-            tracing::warn!(
-                "{name}: connection attempt failed ({}), retrying in {wait:.2} seconds",
-                status.message()
-            );
+            if is_transport_failure(&status) {
+                tracing::warn!(
+                    "{name}: connection attempt failed ({}), retrying in {wait:.2} seconds",
+                    status.message()
+                );
+            } else {
+                tracing::warn!(
+                    "{name}: the SuperLink failed ({:?}: {}), retrying in {wait:.2} seconds",
+                    status.code(),
+                    status.message()
+                );
+            }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
                 () = self.stop.cancelled() => return Err(FleetError::Cancelled),
@@ -286,9 +336,12 @@ impl Fleet {
             heartbeat_interval: interval,
         };
         let r = self
-            .call("SendNodeHeartbeat", body, |mut c, req| async move {
-                c.send_node_heartbeat(req).await
-            })
+            .call_retrying(
+                Retry::ConnectionAndServer,
+                "SendNodeHeartbeat",
+                body,
+                |mut c, req| async move { c.send_node_heartbeat(req).await },
+            )
             .await?;
         Ok(r.success)
     }
@@ -299,9 +352,12 @@ impl Fleet {
             node: self.node(),
             message_ids: Vec::new(),
         };
-        self.call("PullMessages", body, |mut c, req| async move {
-            c.pull_messages(req).await
-        })
+        self.call_retrying(
+            Retry::ConnectionAndServer,
+            "PullMessages",
+            body,
+            |mut c, req| async move { c.pull_messages(req).await },
+        )
         .await
     }
 

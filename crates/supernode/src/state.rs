@@ -192,6 +192,11 @@ impl NodeState {
         Some(t)
     }
 
+    /// The run of a live token, or [`AppError::InvalidToken`].
+    pub fn run_of_token(&self, token: &str) -> Result<u64, AppError> {
+        self.inner.lock().run_of(token)
+    }
+
     /// True while the run has a live token.
     pub fn has_token(&self, run_id: u64) -> bool {
         let mut inner = self.inner.lock();

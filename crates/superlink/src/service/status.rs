@@ -17,10 +17,21 @@ pub fn to_status(e: Error) -> Status {
         Error::Unauthenticated(_) => Status::unauthenticated(text),
         Error::Unimplemented(_) => Status::unimplemented(text),
         Error::Internal(_) => {
-            tracing::error!("{text}");
-            Status::internal(text)
+            // The cause (paths, SQL, engine texts) goes to the log only; the caller gets an id
+            // to quote.
+            let incident = incident_id();
+            tracing::error!(incident = %incident, "{text}");
+            Status::internal(format!(
+                "The SuperLink failed to handle this request (incident {incident}; its log has the cause)."
+            ))
         }
     }
+}
+
+/// A short random id that ties an INTERNAL answer to its log line.
+fn incident_id() -> String {
+    use rand_core::RngCore;
+    format!("{:08x}", rand_core::OsRng.next_u32())
 }
 
 /// `?`-friendly conversion for handlers.
@@ -62,5 +73,15 @@ mod tests {
             to_status(Error::NotFound("Run ID not found".into())).code(),
             Code::NotFound
         );
+        let internal = to_status(Error::Internal(
+            "SuperLink state error: /srv/state.db: NOT NULL constraint failed: run.x".into(),
+        ));
+        assert_eq!(internal.code(), Code::Internal);
+        assert!(
+            !internal.message().contains("/srv") && !internal.message().contains("NOT NULL"),
+            "{}",
+            internal.message()
+        );
+        assert!(internal.message().contains("incident "));
     }
 }
