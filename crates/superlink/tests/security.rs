@@ -354,3 +354,307 @@ async fn a_fab_with_an_oversized_pyproject_is_refused() {
         "{status:?}"
     );
 }
+
+// ------------------------------------------------------------------ HTTP/2 abuse
+
+/// HTTP/2 frames, written by hand: the attacks below are what a well-behaved client library
+/// refuses to send.
+mod h2raw {
+    pub const DATA: u8 = 0;
+    pub const HEADERS: u8 = 1;
+    pub const RST_STREAM: u8 = 3;
+    pub const SETTINGS: u8 = 4;
+    pub const PING: u8 = 6;
+    pub const CONTINUATION: u8 = 9;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    pub fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = payload.len() as u32;
+        out.extend_from_slice(&len.to_be_bytes()[1..]);
+        out.push(kind);
+        out.push(flags);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    /// A literal header field without indexing, new name (HPACK, no Huffman coding).
+    pub fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+        assert!(name.len() < 127 && value.len() < 127);
+        out.push(0x00);
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.push(value.len() as u8);
+        out.extend_from_slice(value.as_bytes());
+    }
+
+    /// The header block of a Fleet call.
+    pub fn request_block() -> Vec<u8> {
+        let mut b = vec![0x83, 0x86]; // :method POST, :scheme http
+        let path = "/flwr.proto.Fleet/PullMessages";
+        b.push(0x04); // :path, literal value
+        b.push(path.len() as u8);
+        b.extend_from_slice(path.as_bytes());
+        b.extend_from_slice(&[0x01, 9]); // :authority
+        b.extend_from_slice(b"localhost");
+        literal(&mut b, "content-type", "application/grpc");
+        literal(&mut b, "te", "trailers");
+        b
+    }
+
+    /// The client preface and an empty SETTINGS frame.
+    pub fn start() -> Vec<u8> {
+        let mut out = PREFACE.to_vec();
+        frame(&mut out, SETTINGS, 0, 0, &[]);
+        out
+    }
+}
+
+/// What happened to an abusive connection.
+#[derive(Debug)]
+struct Abuse {
+    /// Bytes of the attack written before the server stopped taking them.
+    written: usize,
+    /// The server closed the connection (or stopped reading) before the end of the attack.
+    cut_short: bool,
+}
+
+/// Writes `attack` after the client preface, in chunks, while discarding whatever the server
+/// sends (when `read`), and stops when the server closes the connection or stops reading.
+async fn abuse(addr: &str, attack: Vec<u8>, read: bool) -> Abuse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rx, mut tx) = tcp.into_split();
+    let drain = read.then(|| {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while matches!(rx.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+    });
+    let mut all = h2raw::start();
+    all.extend_from_slice(&attack);
+    let mut written = 0;
+    let mut cut_short = false;
+    for chunk in all.chunks(64 * 1024) {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), tx.write_all(chunk)).await {
+            Ok(Ok(())) => written += chunk.len(),
+            _ => {
+                cut_short = true;
+                break;
+            }
+        }
+    }
+    if let Some(d) = drain {
+        d.abort();
+    }
+    Abuse {
+        written: written.saturating_sub(h2raw::start().len()),
+        cut_short,
+    }
+}
+
+/// Starts a SuperLink, runs `attack` against its plaintext Fleet port, then checks that a
+/// well-behaved client is served and that the SuperLink's peak memory stayed within 50 MiB of
+/// idle. Returns what happened to the attack.
+async fn survives(name: &str, attack: impl FnOnce(&str) -> Vec<u8>, read: bool) -> Abuse {
+    let dir = tempfile::tempdir().unwrap();
+    let mut superlink =
+        SuperLink::start(BIN.as_ref(), None, dir.path(), &["--isolation", "process"]);
+    let pid = superlink.proc.pid();
+    let mut fleet = fleet_client(&superlink.fleet);
+    let _ = fleet.push_object(push_object(10)).await;
+    let (idle, _) = memory(pid);
+    let bytes = attack(&superlink.fleet);
+    let outcome = abuse(&superlink.fleet, bytes, read).await;
+    // Another client is served, on a new connection.
+    let mut other = fleet_client(&superlink.fleet);
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        other.push_object(push_object(10)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name}: another client was not served"))
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{name}: {status:?}");
+    let (_, peak) = memory(pid);
+    assert!(
+        peak < idle + 50 * MIB,
+        "{name}: peak RSS {} MiB against {} MiB idle ({outcome:?})",
+        peak / MIB,
+        idle / MIB
+    );
+    assert!(
+        superlink.proc.try_status().is_none(),
+        "{name}: still running"
+    );
+    eprintln!(
+        "{name}: {outcome:?}, peak {} MiB, idle {} MiB",
+        peak / MIB,
+        idle / MIB
+    );
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_rapid_reset_is_cut_off() {
+    // CVE-2023-44487: open a stream and cancel it at once, 20,000 times.
+    let outcome = survives(
+        "rapid reset",
+        |_| {
+            let block = h2raw::request_block();
+            let mut out = Vec::new();
+            for i in 0..20_000u32 {
+                let stream = 2 * i + 1;
+                h2raw::frame(&mut out, h2raw::HEADERS, h2raw::END_HEADERS, stream, &block);
+                h2raw::frame(&mut out, h2raw::RST_STREAM, 0, stream, &8u32.to_be_bytes());
+            }
+            out
+        },
+        true,
+    )
+    .await;
+    assert!(outcome.cut_short, "the connection was closed: {outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_continuation_flood_is_cut_off() {
+    // A header block that never ends: 16 KiB CONTINUATION frames, 10,000 of them (160 MiB).
+    let outcome = survives(
+        "CONTINUATION flood",
+        |_| {
+            let mut out = Vec::new();
+            h2raw::frame(&mut out, h2raw::HEADERS, 0, 1, &h2raw::request_block());
+            let mut filler = Vec::new();
+            while filler.len() < 16 * 1024 - 130 {
+                h2raw::literal(&mut filler, "x-filler", &"f".repeat(100));
+            }
+            for _ in 0..10_000 {
+                h2raw::frame(&mut out, h2raw::CONTINUATION, 0, 1, &filler);
+            }
+            out
+        },
+        true,
+    )
+    .await;
+    assert!(
+        outcome.cut_short && outcome.written < 160 * MIB as usize,
+        "the connection was closed: {outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_huge_header_list_is_refused() {
+    // One complete request whose header list is 1 MiB.
+    survives(
+        "huge header list",
+        |_| {
+            let mut block = h2raw::request_block();
+            while block.len() < 1024 * 1024 {
+                h2raw::literal(&mut block, "x-filler", &"f".repeat(120));
+            }
+            let mut out = Vec::new();
+            let mut chunks = block.chunks(16 * 1024).peekable();
+            let first = chunks.next().unwrap();
+            h2raw::frame(&mut out, h2raw::HEADERS, 0, 1, first);
+            while let Some(c) = chunks.next() {
+                let flags = if chunks.peek().is_none() {
+                    h2raw::END_HEADERS
+                } else {
+                    0
+                };
+                h2raw::frame(&mut out, h2raw::CONTINUATION, flags, 1, c);
+            }
+            h2raw::frame(
+                &mut out,
+                h2raw::DATA,
+                h2raw::END_STREAM,
+                1,
+                &[0, 0, 0, 0, 0],
+            );
+            out
+        },
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_settings_and_ping_floods_stay_bounded() {
+    // 200,000 SETTINGS and 200,000 PINGs, never reading the acknowledgements.
+    survives(
+        "SETTINGS flood",
+        |_| {
+            let mut out = Vec::new();
+            for _ in 0..200_000 {
+                h2raw::frame(&mut out, h2raw::SETTINGS, 0, 0, &[0, 4, 0, 0, 0xff, 0xff]);
+            }
+            out
+        },
+        false,
+    )
+    .await;
+    survives(
+        "PING flood",
+        |_| {
+            let mut out = Vec::new();
+            for i in 0..200_000u64 {
+                h2raw::frame(&mut out, h2raw::PING, 0, 0, &i.to_be_bytes());
+            }
+            out
+        },
+        false,
+    )
+    .await;
+}
+
+/// Reads from a fresh connection that sent only the HTTP/2 preface until the server closes it;
+/// returns how long that took, or `None` if it stayed open for `within`.
+async fn closed_within(addr: &str, within: std::time::Duration) -> Option<std::time::Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&h2raw::start()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    tokio::time::timeout(within, async {
+        while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await
+    .ok()
+    .map(|()| started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_closed_and_the_connection_cap_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--isolation",
+        "process",
+        "--connection-idle-timeout",
+        "1",
+        "--max-connections",
+        "3",
+    ];
+    let superlink = SuperLink::start(BIN.as_ref(), None, dir.path(), &flags);
+    // An idle connection goes after about a second.
+    let took = closed_within(&superlink.fleet, std::time::Duration::from_secs(20))
+        .await
+        .expect("the idle connection is closed");
+    assert!(took >= std::time::Duration::from_millis(900), "{took:?}");
+    // Three connections are held; a fourth is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut tcp = tokio::net::TcpStream::connect(&superlink.fleet)
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, &h2raw::start())
+            .await
+            .unwrap();
+        held.push(tcp);
+    }
+    let took = closed_within(&superlink.fleet, std::time::Duration::from_millis(800))
+        .await
+        .expect("a connection over the cap is closed before the idle timeout");
+    assert!(took < std::time::Duration::from_millis(800), "{took:?}");
+    drop(held);
+}

@@ -76,6 +76,9 @@ const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 const MAX_PENDING_RESETS: usize = 20;
 /// Streams the server may have to reset because of a peer's errors, then the connection closes.
 const MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// An idle connection asked to close (GOAWAY) is dropped after this long, also when the peer
+/// never answers the closing handshake.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Limits of one server.
 #[derive(Clone, Debug)]
@@ -357,6 +360,9 @@ async fn serve_connection<S, B>(
     tokio::pin!(conn);
     let mut idle_watch = activity.subscribe();
     let mut closing = false;
+    let drop_at = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(drop_at);
+    let mut dropping = false;
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -373,6 +379,13 @@ async fn serve_connection<S, B>(
                 tracing::debug!(%peer, connection = id, "closing an idle connection");
                 closing = true;
                 conn.as_mut().graceful_shutdown();
+                // Nothing is in flight: a peer that does not take part in the close is dropped.
+                drop_at.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
+                dropping = true;
+            }
+            () = drop_at.as_mut(), if dropping => {
+                tracing::debug!(%peer, connection = id, "dropping an idle connection that did not close");
+                break;
             }
         }
     }
