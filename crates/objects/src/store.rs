@@ -1,6 +1,7 @@
-//! The object store: content-addressed objects with Flower's reference counting.
+//! The object store: content-addressed objects with Flower's reference counting, in memory (the
+//! SuperNode's store, and the SuperLink's in-memory engine through `flwr-state`).
 //!
-//! Semantics (both engines, both daemons):
+//! Semantics (every engine, both daemons; `flwr-state`'s conformance suite checks them):
 //! * `preregister(run, tree)` walks the tree in post-order; an unknown id gets an empty,
 //!   unavailable entry with the tree's child list, and each of its children one more reference.
 //!   Ids that are new or still unavailable are returned: those are the objects to push.
@@ -31,30 +32,6 @@ pub enum Lookup {
     Pending,
     /// Pushed.
     Available(Bytes),
-}
-
-/// A content-addressed, reference-counted object store.
-pub trait ObjectStore: Send + Sync {
-    /// Pre-registers `tree` for `run_id`; returns the ids still to push (deduplicated, in
-    /// post-order).
-    fn preregister(&self, run_id: u64, tree: &ObjectTree) -> Result<Vec<ObjectId>, StoreError>;
-    /// Stores verified bytes; false when the id was never pre-registered. A second put of an
-    /// available object changes nothing and returns true.
-    fn put(&self, id: &ObjectId, content: Bytes) -> Result<bool, StoreError>;
-    /// Looks an id up.
-    fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError>;
-    /// Deletes an unreferenced object and, recursively, children nothing else references.
-    fn delete(&self, id: &ObjectId) -> Result<(), StoreError>;
-    /// Deletes every unreferenced object of a run (cascading) and forgets the run.
-    fn delete_objects_in_run(&self, run_id: u64) -> Result<(), StoreError>;
-    /// The tree rooted at `id`, from the registered child lists; `None` if any node is missing.
-    fn tree(&self, id: &ObjectId) -> Result<Option<ObjectTree>, StoreError>;
-    /// Number of objects held (available or not).
-    fn len(&self) -> Result<usize, StoreError>;
-    /// True when the store holds nothing.
-    fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok(self.len()? == 0)
-    }
 }
 
 #[derive(Debug)]
@@ -111,8 +88,11 @@ impl Inner {
     }
 }
 
-impl ObjectStore for MemoryObjectStore {
-    fn preregister(&self, run_id: u64, tree: &ObjectTree) -> Result<Vec<ObjectId>, StoreError> {
+/// The store's operations (the SuperLink's async `ObjectStore` trait wraps these).
+impl MemoryObjectStore {
+    /// Pre-registers `tree` for `run_id`; returns the ids still to push (deduplicated, in
+    /// post-order).
+    pub fn preregister(&self, run_id: u64, tree: &ObjectTree) -> Result<Vec<ObjectId>, StoreError> {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
         let mut to_push = Vec::new();
@@ -154,7 +134,9 @@ impl ObjectStore for MemoryObjectStore {
         Ok(to_push)
     }
 
-    fn put(&self, id: &ObjectId, content: Bytes) -> Result<bool, StoreError> {
+    /// Stores verified bytes; false when the id was never pre-registered. A second put of an
+    /// available object changes nothing and returns true.
+    pub fn put(&self, id: &ObjectId, content: Bytes) -> Result<bool, StoreError> {
         let mut inner = self.inner.lock();
         match inner.objects.get_mut(id) {
             None => Ok(false),
@@ -167,7 +149,8 @@ impl ObjectStore for MemoryObjectStore {
         }
     }
 
-    fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
+    /// Looks an id up.
+    pub fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
         let inner = self.inner.lock();
         Ok(match inner.objects.get(id) {
             None => Lookup::Unknown,
@@ -178,12 +161,14 @@ impl ObjectStore for MemoryObjectStore {
         })
     }
 
-    fn delete(&self, id: &ObjectId) -> Result<(), StoreError> {
+    /// Deletes an unreferenced object and, recursively, children nothing else references.
+    pub fn delete(&self, id: &ObjectId) -> Result<(), StoreError> {
         self.inner.lock().delete_cascading(id);
         Ok(())
     }
 
-    fn delete_objects_in_run(&self, run_id: u64) -> Result<(), StoreError> {
+    /// Deletes every unreferenced object of a run (cascading) and forgets the run.
+    pub fn delete_objects_in_run(&self, run_id: u64) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
         let Some(ids) = inner.runs.get(&run_id).cloned() else {
             return Ok(());
@@ -200,7 +185,8 @@ impl ObjectStore for MemoryObjectStore {
         Ok(())
     }
 
-    fn tree(&self, id: &ObjectId) -> Result<Option<ObjectTree>, StoreError> {
+    /// The tree rooted at `id`, from the registered child lists; `None` if any node is missing.
+    pub fn tree(&self, id: &ObjectId) -> Result<Option<ObjectTree>, StoreError> {
         let inner = self.inner.lock();
         fn build(inner: &Inner, id: &ObjectId, depth: usize) -> Option<ObjectTree> {
             // Trees are shallow (Message → RecordDict → record → Array → chunk); a deep one is
@@ -219,191 +205,13 @@ impl ObjectStore for MemoryObjectStore {
         Ok(build(&inner, id, 0))
     }
 
-    fn len(&self) -> Result<usize, StoreError> {
+    /// Number of objects held (available or not).
+    pub fn len(&self) -> Result<usize, StoreError> {
         Ok(self.inner.lock().objects.len())
     }
-}
 
-/// The conformance suite every engine must pass: call it from each engine's tests.
-#[allow(clippy::unwrap_used)]
-pub mod conformance {
-    use super::*;
-    use crate::content::{serialize, ObjectType};
-
-    fn obj(t: ObjectType, children: &[ObjectId], body: &[u8]) -> (ObjectId, Bytes) {
-        let b = serialize(t, children, body);
-        (ObjectId::of(&b), Bytes::from(b))
-    }
-
-    /// A message with a RecordDict holding two records that share one Array.
-    struct Fixture {
-        chunk: (ObjectId, Bytes),
-        array: (ObjectId, Bytes),
-        rec: (ObjectId, Bytes),
-        cfg: (ObjectId, Bytes),
-        dict: (ObjectId, Bytes),
-        msg: (ObjectId, Bytes),
-    }
-
-    fn fixture(tag: &[u8]) -> Fixture {
-        let chunk = obj(ObjectType::ArrayChunk, &[], b"\x93NUMPY data");
-        let array = obj(ObjectType::Array, &[chunk.0], b"{\"arraychunk_ids\": [0]}");
-        let rec = obj(ObjectType::ArrayRecord, &[array.0], b"{\"w\": \"...\"}");
-        let cfg = obj(ObjectType::ConfigRecord, &[], tag);
-        let dict = obj(ObjectType::RecordDict, &[rec.0, cfg.0], b"{}");
-        let msg = obj(ObjectType::Message, &[dict.0], tag);
-        Fixture {
-            chunk,
-            array,
-            rec,
-            cfg,
-            dict,
-            msg,
-        }
-    }
-
-    fn tree(f: &Fixture) -> ObjectTree {
-        ObjectTree {
-            id: f.msg.0,
-            children: vec![ObjectTree {
-                id: f.dict.0,
-                children: vec![
-                    ObjectTree {
-                        id: f.rec.0,
-                        children: vec![ObjectTree {
-                            id: f.array.0,
-                            children: vec![ObjectTree::leaf(f.chunk.0)],
-                        }],
-                    },
-                    ObjectTree::leaf(f.cfg.0),
-                ],
-            }],
-        }
-    }
-
-    fn push_all(s: &dyn ObjectStore, f: &Fixture) {
-        for (id, b) in [&f.chunk, &f.array, &f.rec, &f.cfg, &f.dict, &f.msg] {
-            assert!(s.put(id, b.clone()).unwrap());
-        }
-    }
-
-    /// Runs every check against a fresh, empty store made by `make`.
-    pub fn run(make: &dyn Fn() -> std::sync::Arc<dyn ObjectStore>) {
-        preregister_put_get(&*make());
-        shared_objects_survive(&*make());
-        run_cleanup(&*make());
-        trees(&*make());
-    }
-
-    fn preregister_put_get(s: &dyn ObjectStore) {
-        let f = fixture(b"one");
-        let t = tree(&f);
-        let ids: Vec<ObjectId> = t.post_order().iter().map(|n| n.id).collect();
-        assert_eq!(
-            s.preregister(1, &t).unwrap(),
-            ids,
-            "everything is new, in post-order"
-        );
-        assert_eq!(s.get(&f.chunk.0).unwrap(), Lookup::Pending);
-        assert_eq!(s.get(&ObjectId::of(b"never")).unwrap(), Lookup::Unknown);
-        assert!(
-            !s.put(&ObjectId::of(b"never"), Bytes::from_static(b"never"))
-                .unwrap(),
-            "not pre-registered"
-        );
-        assert!(s.put(&f.chunk.0, f.chunk.1.clone()).unwrap());
-        assert_eq!(
-            s.get(&f.chunk.0).unwrap(),
-            Lookup::Available(f.chunk.1.clone())
-        );
-        assert!(
-            s.put(&f.chunk.0, f.chunk.1.clone()).unwrap(),
-            "a second put is a no-op"
-        );
-        // Pre-registering again reports only what is still missing.
-        let again = s.preregister(1, &t).unwrap();
-        assert!(!again.contains(&f.chunk.0) && again.len() == 5, "{again:?}");
-        push_all(s, &f);
-        assert_eq!(
-            s.preregister(2, &t).unwrap(),
-            Vec::<ObjectId>::new(),
-            "available objects are not asked for"
-        );
-        assert_eq!(s.len().unwrap(), 6);
-    }
-
-    fn shared_objects_survive(s: &dyn ObjectStore) {
-        // Two messages share the ArrayRecord subtree; confirming one keeps the shared part.
-        let a = fixture(b"a");
-        let b = fixture(b"b");
-        assert_eq!(a.rec.0, b.rec.0);
-        s.preregister(1, &tree(&a)).unwrap();
-        let to_push_b = s.preregister(1, &tree(&b)).unwrap();
-        assert!(
-            to_push_b.contains(&b.chunk.0),
-            "still unavailable objects are asked for again"
-        );
-        push_all(s, &a);
-        push_all(s, &b);
-        s.delete(&a.dict.0).unwrap();
-        assert!(
-            matches!(s.get(&a.dict.0).unwrap(), Lookup::Available(_)),
-            "referenced objects stay"
-        );
-        s.delete(&a.msg.0).unwrap();
-        assert_eq!(s.get(&a.msg.0).unwrap(), Lookup::Unknown);
-        assert_eq!(s.get(&a.dict.0).unwrap(), Lookup::Unknown);
-        assert_eq!(s.get(&a.cfg.0).unwrap(), Lookup::Unknown);
-        assert!(
-            matches!(s.get(&a.rec.0).unwrap(), Lookup::Available(_)),
-            "shared with message b"
-        );
-        assert!(matches!(s.get(&a.chunk.0).unwrap(), Lookup::Available(_)));
-        s.delete(&b.msg.0).unwrap();
-        assert_eq!(s.len().unwrap(), 0, "everything released");
-        s.delete(&b.msg.0).unwrap();
-    }
-
-    fn run_cleanup(s: &dyn ObjectStore) {
-        let a = fixture(b"run-a");
-        let b = fixture(b"run-b");
-        s.preregister(10, &tree(&a)).unwrap();
-        s.preregister(11, &tree(&b)).unwrap();
-        push_all(s, &a);
-        s.delete_objects_in_run(10).unwrap();
-        assert_eq!(s.get(&a.msg.0).unwrap(), Lookup::Unknown);
-        assert_eq!(
-            s.get(&b.msg.0).unwrap(),
-            Lookup::Pending,
-            "other runs are untouched"
-        );
-        assert!(
-            matches!(s.get(&b.chunk.0).unwrap(), Lookup::Available(_)),
-            "shared objects of other runs stay"
-        );
-        s.delete_objects_in_run(11).unwrap();
-        assert_eq!(s.len().unwrap(), 0);
-        s.delete_objects_in_run(12).unwrap();
-    }
-
-    fn trees(s: &dyn ObjectStore) {
-        let f = fixture(b"tree");
-        let t = tree(&f);
-        s.preregister(3, &t).unwrap();
-        assert_eq!(s.tree(&f.msg.0).unwrap(), Some(t));
-        assert_eq!(s.tree(&ObjectId::of(b"none")).unwrap(), None);
-        let leaf = ObjectTree::leaf(ObjectId::of(b"single"));
-        s.preregister(3, &leaf).unwrap();
-        assert_eq!(s.tree(&leaf.id).unwrap(), Some(leaf));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn memory_engine_conforms() {
-        conformance::run(&|| std::sync::Arc::new(MemoryObjectStore::new()));
+    /// True when the store holds nothing.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
     }
 }

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flwr_objects::store::{MemoryObjectStore, ObjectStore};
 use flwr_proto::proto as pb;
 use flwr_transport::address::Address;
 use flwr_transport::server::{self, ServeOptions};
@@ -17,7 +16,6 @@ use tokio_util::task::TaskTracker;
 use tonic::service::Routes;
 
 use crate::cli::Isolation;
-use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Database};
 use crate::core::{Core, Settings};
 use crate::ffs::Ffs;
@@ -25,7 +23,7 @@ use crate::launcher::{Launcher, Programs};
 use crate::service::{
     control::ControlService, fleet::FleetService, serverappio::ServerAppIoService,
 };
-use crate::state::{self, LinkState};
+use flwr_state::{Clock, Stores, SystemClock};
 
 /// Why the SuperLink could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +56,7 @@ pub struct BoundAddresses {
 pub struct App {
     config: Config,
     clock: Arc<dyn Clock>,
-    state: Arc<dyn LinkState>,
-    objects: Arc<dyn ObjectStore>,
+    stores: Stores,
     tls: Option<Arc<rustls::ServerConfig>>,
     control: TcpListener,
     serverappio: TcpListener,
@@ -87,22 +84,16 @@ impl App {
             }
             None => None,
         };
-        let (state, objects): (Arc<dyn LinkState>, Arc<dyn ObjectStore>) = match &config.database {
-            Database::InMemory => (
-                state::in_memory(clock.clone()),
-                Arc::new(MemoryObjectStore::new()),
-            ),
+        let stores = match &config.database {
+            Database::InMemory => flwr_state::in_memory(clock.clone()),
             Database::Sqlite(path) => {
                 let (p, c) = (path.clone(), clock.clone());
-                let opened = tokio::task::spawn_blocking(move || state::sqlite::open(&p, c))
+                let opened = tokio::task::spawn_blocking(move || flwr_state::sqlite::open(&p, c))
                     .await
                     .map_err(|e| BuildError::State(e.to_string()))?
                     .map_err(|e| BuildError::State(e.to_string()))?;
                 tracing::info!(database = %path.display(), "State in SQLite");
-                (
-                    opened.0 as Arc<dyn LinkState>,
-                    opened.1 as Arc<dyn ObjectStore>,
-                )
+                opened
             }
         };
         let control = grpc::bind("--control-api-address", &config.control_address).await?;
@@ -119,8 +110,7 @@ impl App {
         Ok(App {
             config,
             clock,
-            state,
-            objects,
+            stores,
             tls,
             control,
             serverappio,
@@ -170,11 +160,10 @@ impl App {
         let settings = Settings {
             enable_supernode_auth: self.config.enable_supernode_auth,
             simulation: self.config.simulation,
-            blocking_state: !matches!(self.config.database, Database::InMemory),
         };
         let core = Core::new(
-            self.state.clone(),
-            self.objects.clone(),
+            self.stores.state.clone(),
+            self.stores.objects.clone(),
             Ffs::new(self.config.storage_dir.clone()),
             self.clock.clone(),
             settings,

@@ -1,8 +1,8 @@
 //! The SuperLink's domain operations, shared by the three APIs. Everything here works on domain
 //! types; the service layer converts from and to protobuf and maps [`Error`] to gRPC statuses.
 //!
-//! State calls are synchronous; with the SQLite engine they run on the blocking pool, with the
-//! in-memory engine inline (they are short). Large objects are hashed off the async threads.
+//! State and object calls go through the engines' async traits; each engine does its own
+//! scheduling (see `flwr-state`). Large objects are hashed off the async threads.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,20 +10,19 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flwr_objects::content::{self, VerifyError};
 use flwr_objects::message::MessageMeta;
-use flwr_objects::store::{Lookup, ObjectStore};
+use flwr_objects::store::Lookup;
 use flwr_objects::{ObjectId, ObjectTree};
 use flwr_transport::node_auth::NodePublicKey;
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
-use crate::clock::Clock;
+use flwr_state::{
+    heartbeat, Clock, ConfigValue, LinkState, NewNode, NewRun, Node, NodeId, NodeRefusal,
+    ObjectStore, PulledReply, Run, RunId, RunStatus, RunType, Status, SubStatus,
+};
+
 use crate::error::{Error, Result};
 use crate::ffs::Ffs;
-use crate::lane::Lane;
-use crate::state::{
-    heartbeat, ConfigValue, LinkState, NewNode, NewRun, Node, NodeId, NodeRefusal, PulledReply,
-    Run, RunId, RunStatus, RunType, StateError, Status, SubStatus,
-};
 use flwr_fab as fab;
 
 /// The account every caller is without account authentication (Flower's no-op plugin).
@@ -52,8 +51,6 @@ pub struct Settings {
     pub enable_supernode_auth: bool,
     /// Simulation runtime.
     pub simulation: bool,
-    /// Run state calls on the blocking pool (SQLite).
-    pub blocking_state: bool,
 }
 
 /// The inputs a ServerApp pulls with its token.
@@ -79,13 +76,6 @@ pub struct Core {
     keys: Arc<RwLock<HashMap<Bytes, Arc<NodePublicKey>>>>,
     /// What each node may pull and confirm: the instruction last delivered to it here.
     scopes: Arc<parking_lot::Mutex<HashMap<NodeId, Scope>>>,
-    /// Where blocking engines run: one lane per database connection.
-    lanes: Option<Arc<Lanes>>,
-}
-
-struct Lanes {
-    state: Lane,
-    objects: Lane,
 }
 
 /// Parsed keys kept at most (the cache is cleared when it grows past this).
@@ -129,19 +119,6 @@ impl Core {
         settings: Settings,
         launcher: Option<mpsc::UnboundedSender<LaunchEvent>>,
     ) -> Self {
-        let lanes = if settings.blocking_state {
-            match (Lane::start("state-db"), Lane::start("object-db")) {
-                (Ok(state), Ok(objects)) => Some(Arc::new(Lanes { state, objects })),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(
-                        "cannot start the database threads ({e}); database calls use the blocking pool"
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
         Self {
             state,
             objects,
@@ -151,7 +128,6 @@ impl Core {
             launcher,
             keys: Arc::new(RwLock::new(HashMap::new())),
             scopes: Arc::new(parking_lot::Mutex::new(HashMap::new())),
-            lanes,
         }
     }
 
@@ -163,53 +139,6 @@ impl Core {
     /// The settings.
     pub fn settings(&self) -> &Settings {
         &self.settings
-    }
-
-    /// Runs `job` where the engine's calls belong: on its connection's lane, else (lanes could
-    /// not start) on the blocking pool, or inline for an engine that never blocks.
-    async fn offload<R, J>(&self, lane: Option<&Lane>, what: &str, job: J) -> Result<R>
-    where
-        R: Send + 'static,
-        J: FnOnce() -> R + Send + 'static,
-    {
-        match lane {
-            Some(lane) => lane
-                .run(job)
-                .await
-                .map_err(|e| Error::Internal(e.to_string())),
-            None if self.settings.blocking_state => tokio::task::spawn_blocking(job)
-                .await
-                .map_err(|e| Error::Internal(format!("{what} task failed: {e}"))),
-            None => Ok(job()),
-        }
-    }
-
-    /// Runs a state call (see [`Core::offload`]).
-    pub async fn st<R, F>(&self, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&dyn LinkState) -> std::result::Result<R, StateError> + Send + 'static,
-    {
-        let state = self.state.clone();
-        let lane = self.lanes.as_deref().map(|l| &l.state);
-        self.offload(lane, "state", move || f(&*state))
-            .await?
-            .map_err(Error::from)
-    }
-
-    /// Runs an object store call (see [`Core::offload`]).
-    async fn obj<R, F>(&self, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&dyn ObjectStore) -> std::result::Result<R, flwr_objects::store::StoreError>
-            + Send
-            + 'static,
-    {
-        let objects = self.objects.clone();
-        let lane = self.lanes.as_deref().map(|l| &l.objects);
-        self.offload(lane, "object store", move || f(&*objects))
-            .await?
-            .map_err(Error::from)
     }
 
     fn notify(&self, e: LaunchEvent) {
@@ -239,7 +168,10 @@ impl Core {
         if let Some(id) = self.state.cached_node_id(&pem) {
             return Ok(Some(id));
         }
-        self.st(move |s| s.node_id_by_public_key(&pem)).await
+        self.state
+            .node_id_by_public_key(&pem)
+            .await
+            .map_err(Error::from)
     }
 
     // ------------------------------------------------------------------ run gate
@@ -248,7 +180,8 @@ impl Core {
     /// runs that are not running.
     pub async fn gate(&self, run_id: RunId) -> Result<Run> {
         let run = self
-            .st(move |s| s.run(run_id))
+            .state
+            .run(run_id)
             .await?
             .ok_or(Error::UnknownRun(run_id))?;
         match run.status.not_running_message() {
@@ -272,16 +205,13 @@ impl Core {
             public_key,
             heartbeat_interval: 0.0,
         };
-        self.st(move |s| s.create_node(node)).await
+        self.state.create_node(node).await.map_err(Error::from)
     }
 
     /// Fleet `ActivateNode`.
     pub async fn activate_node(&self, public_key: Bytes, interval: f64) -> Result<NodeId> {
         check_interval(interval)?;
-        match self
-            .st(move |s| s.activate_node(&public_key, interval))
-            .await?
-        {
+        match self.state.activate_node(&public_key, interval).await? {
             Ok(id) => Ok(id),
             Err(NodeRefusal::AlreadyOnline(id)) => Err(Error::FailedPrecondition(format!(
                 "SuperNode with node ID {id} could not be activated."
@@ -294,7 +224,7 @@ impl Core {
 
     /// Fleet `DeactivateNode`.
     pub async fn deactivate_node(&self, node_id: NodeId) -> Result<()> {
-        match self.st(move |s| s.deactivate_node(node_id)).await? {
+        match self.state.deactivate_node(node_id).await? {
             Ok(()) => Ok(()),
             Err(_) => Err(Error::FailedPrecondition(format!(
                 "SuperNode with node ID {node_id} could not be deactivated."
@@ -310,7 +240,8 @@ impl Core {
             ));
         }
         match self
-            .st(move |s| s.unregister_node(node_id, Some(NOOP_ACCOUNT_ID)))
+            .state
+            .unregister_node(node_id, Some(NOOP_ACCOUNT_ID))
             .await?
         {
             Ok(()) => Ok(()),
@@ -323,7 +254,10 @@ impl Core {
     /// Fleet `SendNodeHeartbeat`.
     pub async fn node_heartbeat(&self, node_id: NodeId, interval: f64) -> Result<bool> {
         check_interval(interval)?;
-        self.st(move |s| s.heartbeat(node_id, interval)).await
+        self.state
+            .heartbeat(node_id, interval)
+            .await
+            .map_err(Error::from)
     }
 
     /// Fleet `PullMessages`: at most one instruction, with its object tree.
@@ -335,11 +269,11 @@ impl Core {
             if !self.state.may_have_instruction(node_id) {
                 return Ok(None);
             }
-            let Some(meta) = self.st(move |s| s.pull_instruction(node_id)).await? else {
+            let Some(meta) = self.state.pull_instruction(node_id).await? else {
                 return Ok(None);
             };
             let tree = match ObjectId::parse(&meta.message_id) {
-                Ok(id) => self.obj(move |o| o.tree(&id)).await?,
+                Ok(id) => self.objects.tree(&id).await?,
                 Err(_) => None,
             };
             match tree {
@@ -351,9 +285,8 @@ impl Core {
                     return Ok(Some((meta, t)));
                 }
                 None => {
-                    let id = meta.message_id.clone();
-                    tracing::warn!(message_id = %id, "instruction without objects in the store; dropped");
-                    self.st(move |s| s.delete_messages(&[id])).await?;
+                    tracing::warn!(message_id = %meta.message_id, "instruction without objects in the store; dropped");
+                    self.state.delete_messages(&[meta.message_id]).await?;
                 }
             }
         }
@@ -380,7 +313,7 @@ impl Core {
             ));
         }
         let stored = if errors.is_empty() {
-            match self.st(move |s| s.store_reply(reply)).await? {
+            match self.state.store_reply(reply).await? {
                 Ok(id) => Some(id),
                 Err(why) => {
                     tracing::warn!(%why, "reply refused");
@@ -403,37 +336,36 @@ impl Core {
             );
             0.0
         };
-        self.st(move |s| s.add_run_usage(run_id, 0, 0, runtime))
-            .await?;
+        self.state.add_run_usage(run_id, 0, 0, runtime).await?;
         Ok((stored, to_push))
     }
 
     async fn preregister(&self, run_id: RunId, trees: Vec<ObjectTree>) -> Result<Vec<ObjectId>> {
-        self.obj(move |o| {
-            let mut out = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            for t in &trees {
-                for id in o.preregister(run_id, t)? {
-                    if seen.insert(id) {
-                        out.push(id);
-                    }
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for t in &trees {
+            for id in self.objects.preregister(run_id, t).await? {
+                if seen.insert(id) {
+                    out.push(id);
                 }
             }
-            Ok(out)
-        })
-        .await
+        }
+        Ok(out)
     }
 
     /// Adds traffic to a run.
     pub async fn add_traffic(&self, run_id: RunId, sent: u64, recv: u64) -> Result<()> {
-        self.st(move |s| s.add_run_usage(run_id, sent, recv, 0.0))
+        self.state
+            .add_run_usage(run_id, sent, recv, 0.0)
             .await
+            .map_err(Error::from)
     }
 
     /// Fleet `GetRun`: the run, if it exists and runs.
     pub async fn fleet_get_run(&self, run_id: RunId) -> Result<Run> {
         let run = self
-            .st(move |s| s.run(run_id))
+            .state
+            .run(run_id)
             .await?
             .ok_or_else(|| Error::PermissionDenied(format!("Run ID not found: {run_id}")))?;
         if let Some(msg) = run.status.not_running_message() {
@@ -471,7 +403,7 @@ impl Core {
             }
             Err(e @ VerifyError::Interrupted) => return Err(Error::Internal(e.to_string())),
         }
-        self.obj(move |o| o.put(&id, content)).await
+        self.objects.put(&id, content).await.map_err(Error::from)
     }
 
     fn remember_scope(&self, node_id: NodeId, scope: Scope) {
@@ -496,14 +428,11 @@ impl Core {
                 return Ok(true);
             }
         }
-        for message_id in self
-            .st(move |s| s.delivered_instructions(node, run_id))
-            .await?
-        {
+        for message_id in self.state.delivered_instructions(node, run_id).await? {
             let Ok(root) = ObjectId::parse(&message_id) else {
                 continue;
             };
-            let tree = self.obj(move |o| o.tree(&root)).await?;
+            let tree = self.objects.tree(&root).await?;
             let scope = match tree {
                 Some(t) => Scope::of(run_id, message_id, &t),
                 None => Scope {
@@ -572,14 +501,14 @@ impl Core {
         let Ok(id) = ObjectId::parse(&id) else {
             return Ok(Lookup::Unknown);
         };
-        self.obj(move |o| o.get(&id)).await
+        self.objects.get(&id).await.map_err(Error::from)
     }
 
     /// `ConfirmMessageReceived` (ServerAppIo after its gate, Fleet through [`Core::fleet_confirm`]):
     /// the message's objects go, shared ones stay.
     pub async fn confirm(&self, message_object_id: String) -> Result<()> {
         if let Ok(id) = ObjectId::parse(&message_object_id) {
-            self.obj(move |o| o.delete(&id)).await?;
+            self.objects.delete(&id).await?;
         }
         Ok(())
     }
@@ -588,22 +517,24 @@ impl Core {
 
     /// `ListAppsToLaunch`.
     pub async fn pending_runs(&self) -> Result<Vec<RunId>> {
-        self.st(|s| s.pending_run_ids()).await
+        self.state.pending_run_ids().await.map_err(Error::from)
     }
 
     /// `RequestToken`: a token and `pending → starting`, or `""` when the run has a token, is
     /// unknown, or cannot start.
     pub async fn request_token(&self, run_id: RunId) -> Result<String> {
-        let Some(token) = self.st(move |s| s.create_token(run_id)).await? else {
+        let Some(token) = self.state.create_token(run_id).await? else {
             return Ok(String::new());
         };
         let started = self
-            .st(move |s| s.update_run_status(run_id, RunStatus::new(Status::Starting)))
-            .await;
+            .state
+            .update_run_status(run_id, RunStatus::new(Status::Starting))
+            .await
+            .map_err(Error::from);
         match started {
             Ok(true) => Ok(token),
             Ok(false) | Err(Error::UnknownRun(_)) => {
-                self.st(move |s| s.delete_token(run_id)).await?;
+                self.state.delete_token(run_id).await?;
                 Ok(String::new())
             }
             Err(e) => Err(e),
@@ -612,11 +543,12 @@ impl Core {
 
     /// `GetRun` (ServerAppIo): no gate, `None` for unknown runs.
     pub async fn get_run(&self, run_id: RunId) -> Result<Option<Run>> {
-        self.st(move |s| s.run(run_id)).await
+        self.state.run(run_id).await.map_err(Error::from)
     }
 
     async fn run_of_token(&self, token: String) -> Result<RunId> {
-        self.st(move |s| s.run_id_by_token(&token))
+        self.state
+            .run_id_by_token(&token)
             .await?
             .ok_or_else(|| Error::PermissionDenied("Invalid token.".into()))
     }
@@ -625,18 +557,16 @@ impl Core {
     pub async fn pull_app_inputs(&self, token: String) -> Result<AppInputs> {
         let run_id = self.run_of_token(token).await?;
         let failed = || Error::FailedPrecondition(format!("Failed to start run {run_id}"));
-        let run = self.st(move |s| s.run(run_id)).await?.ok_or_else(failed)?;
-        let context = self
-            .st(move |s| s.context(run_id))
-            .await?
-            .ok_or_else(failed)?;
+        let run = self.state.run(run_id).await?.ok_or_else(failed)?;
+        let context = self.state.context(run_id).await?.ok_or_else(failed)?;
         let fab = match self.read_fab(run.fab_hash.clone()).await {
             Ok(f) => f,
             Err(Error::PermissionDenied(_)) => return Err(failed()),
             Err(e) => return Err(e),
         };
         if !self
-            .st(move |s| s.update_run_status(run_id, RunStatus::new(Status::Running)))
+            .state
+            .update_run_status(run_id, RunStatus::new(Status::Running))
             .await?
         {
             return Err(failed());
@@ -653,17 +583,15 @@ impl Core {
     ) -> Result<()> {
         self.run_of_token(token).await?;
         self.gate(run_id).await?;
-        self.st(move |s| {
-            s.set_context(run_id, context)?;
-            s.delete_token(run_id)
-        })
-        .await
+        self.state.set_context(run_id, context).await?;
+        Ok(self.state.delete_token(run_id).await?)
     }
 
     /// `UpdateRunStatus`: refused for finished runs; invalid transitions are ignored.
     pub async fn update_run_status(&self, run_id: RunId, status: RunStatus) -> Result<()> {
         let run = self
-            .st(move |s| s.run(run_id))
+            .state
+            .run(run_id)
             .await?
             .ok_or(Error::UnknownRun(run_id))?;
         if run.status.status == Status::Finished {
@@ -672,11 +600,9 @@ impl Core {
             ));
         }
         let finishing = status.status == Status::Finished;
-        let applied = self
-            .st(move |s| s.update_run_status(run_id, status))
-            .await?;
+        let applied = self.state.update_run_status(run_id, status).await?;
         if finishing {
-            self.obj(move |o| o.delete_objects_in_run(run_id)).await?;
+            self.objects.delete_objects_in_run(run_id).await?;
         }
         if !applied {
             tracing::debug!(run_id, "ignored an invalid run status transition");
@@ -686,7 +612,7 @@ impl Core {
 
     /// `PushLogs`: accepted whatever the run's status.
     pub async fn push_logs(&self, run_id: RunId, text: String) -> Result<()> {
-        match self.st(move |s| s.add_log(run_id, &text)).await {
+        match self.state.add_log(run_id, &text).await.map_err(Error::from) {
             Err(Error::UnknownRun(id)) => Err(Error::Malformed(format!("Run {id} not found"))),
             other => other,
         }
@@ -694,13 +620,13 @@ impl Core {
 
     /// `SendAppHeartbeat`.
     pub async fn app_heartbeat(&self, token: String) -> Result<bool> {
-        self.st(move |s| s.app_heartbeat(&token)).await
+        self.state.app_heartbeat(&token).await.map_err(Error::from)
     }
 
     /// `GetNodes`: online nodes.
     pub async fn get_nodes(&self, run_id: RunId) -> Result<Vec<NodeId>> {
         self.gate(run_id).await?;
-        self.st(|s| s.online_node_ids()).await
+        self.state.online_node_ids().await.map_err(Error::from)
     }
 
     /// `PushMessages` (ServerAppIo): stores instructions; returns per message its id or `""`,
@@ -738,7 +664,7 @@ impl Core {
                     to_push.push(id);
                 }
             }
-            let stored = self.st(move |s| s.store_instruction(meta)).await?;
+            let stored = self.state.store_instruction(meta).await?;
             ids.push(stored.unwrap_or_default());
         }
         Ok((ids, to_push))
@@ -752,19 +678,15 @@ impl Core {
         message_ids: Vec<String>,
     ) -> Result<Vec<(MessageMeta, ObjectTree)>> {
         self.gate(run_id).await?;
-        let pulled = self.st(move |s| s.take_replies(&message_ids)).await?;
+        let pulled = self.state.take_replies(&message_ids).await?;
         let mut out = Vec::with_capacity(pulled.len());
         for p in pulled {
             match p {
                 PulledReply::Generated(mut meta) => {
                     let (bytes, id) = meta.seal_error_message();
                     let tree = ObjectTree::leaf(id);
-                    let t = tree.clone();
-                    self.obj(move |o| {
-                        o.preregister(run_id, &t)?;
-                        o.put(&id, Bytes::from(bytes)).map(|_| ())
-                    })
-                    .await?;
+                    self.objects.preregister(run_id, &tree).await?;
+                    self.objects.put(&id, Bytes::from(bytes)).await?;
                     out.push((meta, tree));
                 }
                 PulledReply::Stored(meta) => {
@@ -775,7 +697,7 @@ impl Core {
                         ));
                     }
                     let tree = match ObjectId::parse(&meta.message_id) {
-                        Ok(id) => self.obj(move |o| o.tree(&id)).await?,
+                        Ok(id) => self.objects.tree(&id).await?,
                         Err(_) => None,
                     };
                     match tree {
@@ -851,9 +773,9 @@ impl Core {
             federation_config,
             context: Bytes::new(),
         };
-        let run_id = self.st(move |s| s.create_run(run)).await?;
+        let run_id = self.state.create_run(run).await?;
         let context = context_for(run_id);
-        self.st(move |s| s.set_context(run_id, context)).await?;
+        self.state.set_context(run_id, context).await?;
         self.notify(LaunchEvent::RunPending);
         Ok(Some(run_id))
     }
@@ -861,7 +783,8 @@ impl Core {
     /// A run the caller owns, or Flower's Control errors.
     pub async fn owned_run(&self, run_id: RunId, flwr_aid: &str) -> Result<Run> {
         let run = self
-            .st(move |s| s.run(run_id))
+            .state
+            .run(run_id)
             .await?
             .ok_or_else(|| Error::NotFound("Run ID not found".into()))?;
         if run.flwr_aid.is_empty() {
@@ -886,18 +809,15 @@ impl Core {
             )));
         }
         let stopped = self
-            .st(move |s| {
-                let ok =
-                    s.update_run_status(run_id, RunStatus::finished(SubStatus::Stopped, ""))?;
-                s.delete_token(run_id)?;
-                if ok {
-                    s.delete_run_messages(run_id)?;
-                }
-                Ok(ok)
-            })
+            .state
+            .update_run_status(run_id, RunStatus::finished(SubStatus::Stopped, ""))
             .await?;
+        self.state.delete_token(run_id).await?;
         if stopped {
-            self.obj(move |o| o.delete_objects_in_run(run_id)).await?;
+            self.state.delete_run_messages(run_id).await?;
+        }
+        if stopped {
+            self.objects.delete_objects_in_run(run_id).await?;
             self.notify(LaunchEvent::RunStopped(run_id));
         }
         Ok(stopped)
@@ -907,20 +827,22 @@ impl Core {
     pub async fn purge_if_finished(&self, run: &Run) -> Result<()> {
         if run.status.status == Status::Finished {
             let run_id = run.run_id;
-            self.obj(move |o| o.delete_objects_in_run(run_id)).await?;
+            self.objects.delete_objects_in_run(run_id).await?;
         }
         Ok(())
     }
 
     /// Runs of the caller, newest first.
     pub async fn runs_of(&self, flwr_aid: &str) -> Result<Vec<Run>> {
-        let aid = flwr_aid.to_owned();
-        self.st(move |s| s.runs_of(&aid)).await
+        self.state.runs_of(flwr_aid).await.map_err(Error::from)
     }
 
     /// Logs after `after` and the time of the last entry.
     pub async fn logs_after(&self, run_id: RunId, after: f64) -> Result<(String, f64)> {
-        self.st(move |s| s.logs_after(run_id, after)).await
+        self.state
+            .logs_after(run_id, after)
+            .await
+            .map_err(Error::from)
     }
 
     /// Control `RegisterNode`: a CLI-registered node (heartbeat interval 30).
@@ -941,16 +863,12 @@ impl Core {
             public_key,
             heartbeat_interval: heartbeat::DEFAULT_INTERVAL,
         };
-        self.st(move |s| s.create_node(node)).await
+        self.state.create_node(node).await.map_err(Error::from)
     }
 
     /// Control `UnregisterNode`.
     pub async fn unregister_node_cli(&self, node_id: NodeId, owner_aid: &str) -> Result<()> {
-        let aid = owner_aid.to_owned();
-        match self
-            .st(move |s| s.unregister_node(node_id, Some(&aid)))
-            .await?
-        {
+        match self.state.unregister_node(node_id, Some(owner_aid)).await? {
             Ok(()) => Ok(()),
             Err(_) => Err(Error::NotFound("Node ID not found for account".into())),
         }
@@ -958,12 +876,11 @@ impl Core {
 
     /// Nodes of the caller.
     pub async fn nodes_of(&self, owner_aid: &str) -> Result<Vec<Node>> {
-        let aid = owner_aid.to_owned();
-        self.st(move |s| s.nodes_of(&aid)).await
+        self.state.nodes_of(owner_aid).await.map_err(Error::from)
     }
 
     /// One node.
     pub async fn node(&self, node_id: NodeId) -> Result<Option<Node>> {
-        self.st(move |s| s.node(node_id)).await
+        self.state.node(node_id).await.map_err(Error::from)
     }
 }

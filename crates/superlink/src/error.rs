@@ -1,7 +1,7 @@
 //! The SuperLink's domain errors. Each variant carries the exact text Flower's clients see; the
 //! service layer maps variants to gRPC codes in one `match` (`service::status`).
 
-use crate::state::{RunId, StateError};
+use flwr_state::{RunId, StateError};
 
 /// An error answer of the SuperLink.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, LaunchEvent};
-use crate::state::{RunId, RunStatus, RunType, SubStatus};
+use flwr_state::{RunId, RunStatus, RunType, SubStatus};
 use flwr_transport::process::{self, CommandLine};
 
 /// Environment variable naming the ServerApp program (default `flwr-serverapp` on `PATH`).

@@ -13,15 +13,12 @@
 
 pub mod app;
 pub mod cli;
-pub mod clock;
 pub mod config;
 pub mod core;
 pub mod error;
 pub mod ffs;
-pub mod lane;
 pub mod launcher;
 pub mod service;
-pub mod state;
 
 use std::time::Duration;
 

@@ -3,7 +3,6 @@
 
 use bytes::Bytes;
 use flwr_objects::content::{self, VerifyError};
-use flwr_objects::store::ObjectStore;
 use flwr_objects::ObjectId;
 use flwr_proto::convert::{
     message_from_pb, message_to_pb, pull_object_response, tree_from_pb, tree_to_pb,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use flwr_objects::content;
 use flwr_objects::message::{error_code, MessageError, MessageMeta, SUPERLINK_NODE_ID};
-use flwr_objects::store::{Lookup, ObjectStore};
+use flwr_objects::store::Lookup;
 use flwr_objects::{ConfigValue, ObjectId, ObjectTree};
 use flwr_proto::convert::{config_to_pb, message_from_pb, message_to_pb, tree_from_pb, tree_to_pb};
 use flwr_proto::proto as pb;

@@ -12,13 +12,13 @@ use flwr_proto::proto as pb;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::convert::isoformat;
 use super::convert::{config_from_pb, initial_context, node_to_pb, run_to_pb};
 use super::status::OrStatus;
-use crate::clock::isoformat;
 use crate::core::{
     Core, DEFAULT_FEDERATION, DEFAULT_FEDERATION_DESCRIPTION, NOOP_ACCOUNT_ID, NOOP_ACCOUNT_NAME,
 };
-use crate::state::Status as RunStatusKind;
+use flwr_state::Status as RunStatusKind;
 
 /// How often a log stream looks for new output.
 const LOG_POLL: Duration = Duration::from_millis(200);

@@ -9,9 +9,8 @@ use flwr_objects::ObjectTree;
 use flwr_proto::proto as pb;
 use prost::Message as _;
 
-use crate::clock::isoformat;
 use crate::error::Error;
-use crate::state::{ConfigValue, Node, Run, RunStatus, Status, SubStatus};
+use flwr_state::{ConfigValue, Node, Run, RunStatus, Status, SubStatus};
 
 pub use flwr_proto::convert::{message_to_pb, pull_object_response, scalar_to_pb, tree_to_pb};
 
@@ -30,6 +29,14 @@ pub fn config_from_pb(
     m: &HashMap<String, pb::Scalar>,
 ) -> Result<Vec<(String, ConfigValue)>, Error> {
     flwr_proto::convert::config_from_pb(m).map_err(Error::Malformed)
+}
+
+/// Formats Unix seconds as Python's `datetime.isoformat()` writes an aware UTC time
+/// (`2026-11-26T08:30:43.561965+00:00`; no fraction when it is zero).
+pub fn isoformat(unix_seconds: f64) -> String {
+    let micros = (unix_seconds * 1e6).round() as i64;
+    let t = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros).unwrap_or_default();
+    flwr_transport::node_auth::format_timestamp(t)
 }
 
 fn iso(t: Option<f64>) -> String {
@@ -113,6 +120,15 @@ pub fn context_from_bytes(b: &[u8]) -> Result<pb::Context, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn isoformat_is_pythons() {
+        assert_eq!(isoformat(0.0), "1970-01-01T00:00:00+00:00");
+        assert_eq!(
+            isoformat(1_764_145_843.561_965),
+            "2025-11-26T08:30:43.561965+00:00"
+        );
+    }
 
     #[test]
     fn bad_trees_are_malformed_requests() {

@@ -15,7 +15,7 @@ use super::convert::{
 use super::fleet_guard::{Caller, FleetGuard};
 use super::status::OrStatus;
 use crate::core::Core;
-use crate::state::NodeId;
+use flwr_state::NodeId;
 
 /// The Fleet service.
 #[derive(Clone)]

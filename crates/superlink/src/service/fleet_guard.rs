@@ -19,7 +19,7 @@ use tonic::server::NamedService;
 use tower::{Service, ServiceExt};
 
 use crate::core::Core;
-use crate::state::NodeId;
+use flwr_state::NodeId;
 
 /// The verified caller of a Fleet call.
 #[derive(Clone, Debug)]

@@ -193,7 +193,7 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
                 if let Some(msg) = run
                     .status
                     .not_running_message()
-                    .filter(|_| run.status.status == crate::state::Status::Finished)
+                    .filter(|_| run.status.status == flwr_state::Status::Finished)
                 {
                     return Err(Status::permission_denied(msg));
                 }

@@ -1,6 +1,6 @@
 //! The in-memory engine (`--database :flwr-in-memory:`).
 //!
-//! Three independent locks, never held across `.await` (the trait is synchronous): nodes (hot:
+//! Three independent locks, never held across `.await` (no method awaits anything): nodes (hot:
 //! every Fleet call authenticates against it, every heartbeat writes it), runs (with tokens,
 //! contexts and logs), and messages. Lock order, where two are needed: messages, then nodes.
 //! Each node has a FIFO of undelivered instruction ids, so an empty poll is a map lookup.
@@ -194,8 +194,9 @@ impl Messages {
     }
 }
 
+#[async_trait::async_trait]
 impl LinkState for MemoryLinkState {
-    fn create_node(&self, node: NewNode) -> Result<NodeId, StateError> {
+    async fn create_node(&self, node: NewNode) -> Result<NodeId, StateError> {
         let now = self.clock.now();
         let mut nodes = self.nodes.write();
         if nodes.by_key.contains_key(&node.public_key) {
@@ -225,7 +226,7 @@ impl LinkState for MemoryLinkState {
         Ok(id)
     }
 
-    fn node_id_by_public_key(&self, public_key: &[u8]) -> Result<Option<NodeId>, StateError> {
+    async fn node_id_by_public_key(&self, public_key: &[u8]) -> Result<Option<NodeId>, StateError> {
         let nodes = self.nodes.read();
         Ok(nodes
             .by_key
@@ -239,7 +240,7 @@ impl LinkState for MemoryLinkState {
             .copied())
     }
 
-    fn activate_node(
+    async fn activate_node(
         &self,
         public_key: &[u8],
         heartbeat_interval: f64,
@@ -267,7 +268,10 @@ impl LinkState for MemoryLinkState {
         }
     }
 
-    fn deactivate_node(&self, node_id: NodeId) -> Result<Result<(), NodeRefusal>, StateError> {
+    async fn deactivate_node(
+        &self,
+        node_id: NodeId,
+    ) -> Result<Result<(), NodeRefusal>, StateError> {
         let now = self.clock.now();
         let mut nodes = self.nodes.write();
         let Some(node) = nodes.by_id.get_mut(&node_id) else {
@@ -283,7 +287,7 @@ impl LinkState for MemoryLinkState {
         Ok(Ok(()))
     }
 
-    fn unregister_node(
+    async fn unregister_node(
         &self,
         node_id: NodeId,
         owner_aid: Option<&str>,
@@ -304,7 +308,11 @@ impl LinkState for MemoryLinkState {
         Ok(Ok(()))
     }
 
-    fn heartbeat(&self, node_id: NodeId, heartbeat_interval: f64) -> Result<bool, StateError> {
+    async fn heartbeat(
+        &self,
+        node_id: NodeId,
+        heartbeat_interval: f64,
+    ) -> Result<bool, StateError> {
         let now = self.clock.now();
         let mut nodes = self.nodes.write();
         let Some(node) = nodes.by_id.get_mut(&node_id) else {
@@ -324,7 +332,7 @@ impl LinkState for MemoryLinkState {
         Ok(true)
     }
 
-    fn node(&self, node_id: NodeId) -> Result<Option<Node>, StateError> {
+    async fn node(&self, node_id: NodeId) -> Result<Option<Node>, StateError> {
         let now = self.clock.now();
         Ok(self
             .nodes
@@ -334,7 +342,7 @@ impl LinkState for MemoryLinkState {
             .map(|n| effective_node(n.clone(), now)))
     }
 
-    fn nodes_of(&self, owner_aid: &str) -> Result<Vec<Node>, StateError> {
+    async fn nodes_of(&self, owner_aid: &str) -> Result<Vec<Node>, StateError> {
         let now = self.clock.now();
         let nodes = self.nodes.read();
         let mut out: Vec<Node> = nodes
@@ -347,7 +355,7 @@ impl LinkState for MemoryLinkState {
         Ok(out)
     }
 
-    fn online_node_ids(&self) -> Result<Vec<NodeId>, StateError> {
+    async fn online_node_ids(&self) -> Result<Vec<NodeId>, StateError> {
         let now = self.clock.now();
         let nodes = self.nodes.read();
         let mut ids: Vec<NodeId> = nodes
@@ -360,7 +368,7 @@ impl LinkState for MemoryLinkState {
         Ok(ids)
     }
 
-    fn create_run(&self, new: NewRun) -> Result<RunId, StateError> {
+    async fn create_run(&self, new: NewRun) -> Result<RunId, StateError> {
         let now = self.clock.now();
         let mut runs = self.runs.lock();
         let mut id = random_id();
@@ -398,14 +406,14 @@ impl LinkState for MemoryLinkState {
         Ok(id)
     }
 
-    fn run(&self, run_id: RunId) -> Result<Option<Run>, StateError> {
+    async fn run(&self, run_id: RunId) -> Result<Option<Run>, StateError> {
         let now = self.clock.now();
         let mut runs = self.runs.lock();
         runs.expire_tokens(now);
         Ok(runs.runs.get(&run_id).map(|e| e.run.clone()))
     }
 
-    fn runs_of(&self, flwr_aid: &str) -> Result<Vec<Run>, StateError> {
+    async fn runs_of(&self, flwr_aid: &str) -> Result<Vec<Run>, StateError> {
         let now = self.clock.now();
         let mut runs = self.runs.lock();
         runs.expire_tokens(now);
@@ -423,7 +431,7 @@ impl LinkState for MemoryLinkState {
         Ok(out)
     }
 
-    fn pending_run_ids(&self) -> Result<Vec<RunId>, StateError> {
+    async fn pending_run_ids(&self) -> Result<Vec<RunId>, StateError> {
         let now = self.clock.now();
         let mut runs = self.runs.lock();
         runs.expire_tokens(now);
@@ -439,7 +447,11 @@ impl LinkState for MemoryLinkState {
             .collect())
     }
 
-    fn update_run_status(&self, run_id: RunId, status: RunStatus) -> Result<bool, StateError> {
+    async fn update_run_status(
+        &self,
+        run_id: RunId,
+        status: RunStatus,
+    ) -> Result<bool, StateError> {
         let now = self.clock.now();
         let mut runs = self.runs.lock();
         runs.expire_tokens(now);
@@ -459,7 +471,7 @@ impl LinkState for MemoryLinkState {
         Ok(true)
     }
 
-    fn add_run_usage(
+    async fn add_run_usage(
         &self,
         run_id: RunId,
         sent: u64,
@@ -475,7 +487,7 @@ impl LinkState for MemoryLinkState {
         Ok(())
     }
 
-    fn context(&self, run_id: RunId) -> Result<Option<Bytes>, StateError> {
+    async fn context(&self, run_id: RunId) -> Result<Option<Bytes>, StateError> {
         Ok(self
             .runs
             .lock()
@@ -484,7 +496,7 @@ impl LinkState for MemoryLinkState {
             .map(|e| e.context.clone()))
     }
 
-    fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError> {
+    async fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError> {
         let mut runs = self.runs.lock();
         let e = runs
             .runs
@@ -494,7 +506,7 @@ impl LinkState for MemoryLinkState {
         Ok(())
     }
 
-    fn create_token(&self, run_id: RunId) -> Result<Option<String>, StateError> {
+    async fn create_token(&self, run_id: RunId) -> Result<Option<String>, StateError> {
         let now = self.clock.now();
         let mut runs = self.runs.lock();
         runs.expire_tokens(now);
@@ -508,7 +520,7 @@ impl LinkState for MemoryLinkState {
         Ok(Some(token))
     }
 
-    fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError> {
+    async fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError> {
         let now = self.clock.now();
         let mut runs = self.runs.lock();
         runs.expire_tokens(now);
@@ -519,12 +531,12 @@ impl LinkState for MemoryLinkState {
             .filter(|r| runs.token_of_run.get(r).is_some_and(|t| t == token)))
     }
 
-    fn delete_token(&self, run_id: RunId) -> Result<(), StateError> {
+    async fn delete_token(&self, run_id: RunId) -> Result<(), StateError> {
         self.runs.lock().remove_token_of(run_id);
         Ok(())
     }
 
-    fn app_heartbeat(&self, token: &str) -> Result<bool, StateError> {
+    async fn app_heartbeat(&self, token: &str) -> Result<bool, StateError> {
         let now = self.clock.now();
         let mut runs = self.runs.lock();
         runs.expire_tokens(now);
@@ -537,7 +549,7 @@ impl LinkState for MemoryLinkState {
         }
     }
 
-    fn add_log(&self, run_id: RunId, text: &str) -> Result<(), StateError> {
+    async fn add_log(&self, run_id: RunId, text: &str) -> Result<(), StateError> {
         let now = self.clock.now();
         let mut runs = self.runs.lock();
         let e = runs
@@ -553,7 +565,7 @@ impl LinkState for MemoryLinkState {
         Ok(())
     }
 
-    fn logs_after(&self, run_id: RunId, after: f64) -> Result<(String, f64), StateError> {
+    async fn logs_after(&self, run_id: RunId, after: f64) -> Result<(String, f64), StateError> {
         let runs = self.runs.lock();
         let e = runs
             .runs
@@ -565,7 +577,7 @@ impl LinkState for MemoryLinkState {
         Ok((text, latest))
     }
 
-    fn store_instruction(&self, message: MessageMeta) -> Result<Option<String>, StateError> {
+    async fn store_instruction(&self, message: MessageMeta) -> Result<Option<String>, StateError> {
         if message.src_node_id != SUPERLINK_NODE_ID {
             return Ok(None);
         }
@@ -596,7 +608,7 @@ impl LinkState for MemoryLinkState {
         Ok(Some(id))
     }
 
-    fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError> {
+    async fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError> {
         let now = self.clock.now();
         let mut guard = self.messages.lock();
         let msgs = &mut *guard;
@@ -625,7 +637,7 @@ impl LinkState for MemoryLinkState {
         Ok(found)
     }
 
-    fn delivered_instructions(
+    async fn delivered_instructions(
         &self,
         node_id: NodeId,
         run_id: RunId,
@@ -642,7 +654,7 @@ impl LinkState for MemoryLinkState {
             .collect())
     }
 
-    fn store_reply(
+    async fn store_reply(
         &self,
         message: MessageMeta,
     ) -> Result<Result<String, ReplyRejected>, StateError> {
@@ -677,7 +689,7 @@ impl LinkState for MemoryLinkState {
         Ok(Ok(id))
     }
 
-    fn take_replies(&self, message_ids: &[String]) -> Result<Vec<PulledReply>, StateError> {
+    async fn take_replies(&self, message_ids: &[String]) -> Result<Vec<PulledReply>, StateError> {
         let now = self.clock.now();
         let mut msgs = self.messages.lock();
         let mut out = Vec::new();
@@ -733,7 +745,7 @@ impl LinkState for MemoryLinkState {
         Ok(out)
     }
 
-    fn delete_messages(&self, message_ids: &[String]) -> Result<(), StateError> {
+    async fn delete_messages(&self, message_ids: &[String]) -> Result<(), StateError> {
         let mut msgs = self.messages.lock();
         for id in message_ids {
             msgs.delete(id);
@@ -741,7 +753,7 @@ impl LinkState for MemoryLinkState {
         Ok(())
     }
 
-    fn delete_run_messages(&self, run_id: RunId) -> Result<(), StateError> {
+    async fn delete_run_messages(&self, run_id: RunId) -> Result<(), StateError> {
         self.messages
             .lock()
             .by_id

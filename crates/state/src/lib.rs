@@ -1,23 +1,33 @@
-//! The SuperLink's state behind one trait, with two engines: in memory and SQLite.
+//! The SuperLink's state: runs, nodes, tokens, logs and messages ([`LinkState`]) and the
+//! content-addressed objects of messages ([`ObjectStore`]), each behind an async trait with
+//! engines in memory and in SQLite.
 //!
-//! The trait is synchronous: each method is one critical section (one lock scope or one SQL
-//! transaction), so a cancelled RPC never leaves half a change behind. Callers run SQLite methods
-//! off the async threads (see [`crate::core::Core`]).
+//! Each method is one critical section (one lock scope or one SQL transaction), so a cancelled
+//! RPC never leaves half a change behind, and each engine does its own scheduling: the in-memory
+//! engine answers at once, the SQLite engine runs every call on its connection's [`lane`] (one
+//! thread with a queue), never on the caller's thread. This crate knows nothing of protobuf or
+//! gRPC.
 //!
 //! Time comes from a [`Clock`]; statuses that Flower evaluates lazily (a node going offline, an
 //! app token expiring) are evaluated here on every read, in the same way.
 
+pub mod clock;
 pub mod codec;
 pub mod conformance;
+pub mod lane;
 pub mod memory;
+pub mod objects;
 pub mod sqlite;
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use flwr_objects::message::MessageMeta;
 
-use crate::clock::Clock;
+pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::objects::ObjectStore;
+pub use flwr_objects::store::{Lookup, StoreError};
 
 /// Run ids and node ids are unsigned 64-bit on the wire.
 pub type RunId = u64;
@@ -373,35 +383,38 @@ pub enum NodeRefusal {
 }
 
 /// The SuperLink's state.
+#[async_trait]
 pub trait LinkState: Send + Sync {
     // ----- nodes -----
     /// Creates a node with a fresh random id (not 0 or 1), status `registered`.
-    fn create_node(&self, node: NewNode) -> Result<NodeId, StateError>;
+    async fn create_node(&self, node: NewNode) -> Result<NodeId, StateError>;
     /// The id of the node with exactly these key bytes, unless it was unregistered.
-    fn node_id_by_public_key(&self, public_key: &[u8]) -> Result<Option<NodeId>, StateError>;
+    async fn node_id_by_public_key(&self, public_key: &[u8]) -> Result<Option<NodeId>, StateError>;
     /// Activates the node with this key (from `registered` or `offline`), online for
     /// 2 × interval.
-    fn activate_node(
+    async fn activate_node(
         &self,
         public_key: &[u8],
         heartbeat_interval: f64,
     ) -> Result<Result<NodeId, NodeRefusal>, StateError>;
     /// Deactivates an online node.
-    fn deactivate_node(&self, node_id: NodeId) -> Result<Result<(), NodeRefusal>, StateError>;
+    async fn deactivate_node(&self, node_id: NodeId)
+        -> Result<Result<(), NodeRefusal>, StateError>;
     /// Unregisters a node (for `owner_aid` when given). The row stays; the key stays taken.
-    fn unregister_node(
+    async fn unregister_node(
         &self,
         node_id: NodeId,
         owner_aid: Option<&str>,
     ) -> Result<Result<(), NodeRefusal>, StateError>;
     /// A heartbeat: online for 2 × interval. False for unknown or unregistered nodes.
-    fn heartbeat(&self, node_id: NodeId, heartbeat_interval: f64) -> Result<bool, StateError>;
+    async fn heartbeat(&self, node_id: NodeId, heartbeat_interval: f64)
+        -> Result<bool, StateError>;
     /// One node.
-    fn node(&self, node_id: NodeId) -> Result<Option<Node>, StateError>;
+    async fn node(&self, node_id: NodeId) -> Result<Option<Node>, StateError>;
     /// Nodes owned by `owner_aid`, every status.
-    fn nodes_of(&self, owner_aid: &str) -> Result<Vec<Node>, StateError>;
+    async fn nodes_of(&self, owner_aid: &str) -> Result<Vec<Node>, StateError>;
     /// Ids of online nodes.
-    fn online_node_ids(&self) -> Result<Vec<NodeId>, StateError>;
+    async fn online_node_ids(&self) -> Result<Vec<NodeId>, StateError>;
     /// `node_id_by_public_key` answered from memory, without blocking, when the engine knows the
     /// answer is current: `Some(id)` for a registered key, `None` when it must be asked.
     fn cached_node_id(&self, _public_key: &[u8]) -> Option<NodeId> {
@@ -410,17 +423,18 @@ pub trait LinkState: Send + Sync {
 
     // ----- runs -----
     /// Creates a `pending` run and stores its initial context.
-    fn create_run(&self, run: NewRun) -> Result<RunId, StateError>;
+    async fn create_run(&self, run: NewRun) -> Result<RunId, StateError>;
     /// One run (after token expiry is applied).
-    fn run(&self, run_id: RunId) -> Result<Option<Run>, StateError>;
+    async fn run(&self, run_id: RunId) -> Result<Option<Run>, StateError>;
     /// Runs started by `flwr_aid`, newest first.
-    fn runs_of(&self, flwr_aid: &str) -> Result<Vec<Run>, StateError>;
+    async fn runs_of(&self, flwr_aid: &str) -> Result<Vec<Run>, StateError>;
     /// Ids of pending runs, oldest first.
-    fn pending_run_ids(&self) -> Result<Vec<RunId>, StateError>;
+    async fn pending_run_ids(&self) -> Result<Vec<RunId>, StateError>;
     /// Applies a status transition if it is valid; returns whether it was.
-    fn update_run_status(&self, run_id: RunId, status: RunStatus) -> Result<bool, StateError>;
+    async fn update_run_status(&self, run_id: RunId, status: RunStatus)
+        -> Result<bool, StateError>;
     /// Adds traffic and ClientApp runtime to a run.
-    fn add_run_usage(
+    async fn add_run_usage(
         &self,
         run_id: RunId,
         sent: u64,
@@ -428,32 +442,32 @@ pub trait LinkState: Send + Sync {
         clientapp_runtime: f64,
     ) -> Result<(), StateError>;
     /// The stored context of a run (encoded `Context`).
-    fn context(&self, run_id: RunId) -> Result<Option<Bytes>, StateError>;
+    async fn context(&self, run_id: RunId) -> Result<Option<Bytes>, StateError>;
     /// Replaces the stored context.
-    fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError>;
+    async fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError>;
 
     // ----- app tokens -----
     /// A new token for the run (256 hex characters, valid for 30 s), or `None` if the run has one.
-    fn create_token(&self, run_id: RunId) -> Result<Option<String>, StateError>;
+    async fn create_token(&self, run_id: RunId) -> Result<Option<String>, StateError>;
     /// The run of a live token.
-    fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError>;
+    async fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError>;
     /// Deletes the run's token.
-    fn delete_token(&self, run_id: RunId) -> Result<(), StateError>;
+    async fn delete_token(&self, run_id: RunId) -> Result<(), StateError>;
     /// An app heartbeat: extends a live token to now + 60 s. False for unknown or expired tokens.
-    fn app_heartbeat(&self, token: &str) -> Result<bool, StateError>;
+    async fn app_heartbeat(&self, token: &str) -> Result<bool, StateError>;
 
     // ----- logs -----
     /// Appends ServerApp output, stamped with the server's time.
-    fn add_log(&self, run_id: RunId, text: &str) -> Result<(), StateError>;
+    async fn add_log(&self, run_id: RunId, text: &str) -> Result<(), StateError>;
     /// Everything logged after `after` (Unix seconds), and the time of the last entry (0 if none).
-    fn logs_after(&self, run_id: RunId, after: f64) -> Result<(String, f64), StateError>;
+    async fn logs_after(&self, run_id: RunId, after: f64) -> Result<(String, f64), StateError>;
 
     // ----- messages -----
     /// Stores a validated instruction. `None` when its run is unknown, its source is not the
     /// SuperLink, or its destination is not a registered-and-activated (online or offline) node.
-    fn store_instruction(&self, message: MessageMeta) -> Result<Option<String>, StateError>;
+    async fn store_instruction(&self, message: MessageMeta) -> Result<Option<String>, StateError>;
     /// The oldest undelivered, unexpired instruction for a node, now marked delivered forever.
-    fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError>;
+    async fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError>;
     /// False only when the node certainly has no undelivered instruction, answered from memory
     /// without blocking: most pulls find nothing, and then need no call to `pull_instruction`.
     fn may_have_instruction(&self, _node_id: NodeId) -> bool {
@@ -461,23 +475,23 @@ pub trait LinkState: Send + Sync {
     }
     /// Ids of the instructions of `run_id` that were delivered to `node_id` and are still kept
     /// (a node may pull their objects and confirm them; no other node may).
-    fn delivered_instructions(
+    async fn delivered_instructions(
         &self,
         node_id: NodeId,
         run_id: RunId,
     ) -> Result<Vec<String>, StateError>;
     /// Stores a validated reply after checking it against its instruction.
-    fn store_reply(
+    async fn store_reply(
         &self,
         message: MessageMeta,
     ) -> Result<Result<String, ReplyRejected>, StateError>;
     /// The replies to these instructions (or errors the SuperLink makes for them). Every
     /// instruction answered is deleted with its reply.
-    fn take_replies(&self, message_ids: &[String]) -> Result<Vec<PulledReply>, StateError>;
+    async fn take_replies(&self, message_ids: &[String]) -> Result<Vec<PulledReply>, StateError>;
     /// Deletes these instructions and their replies.
-    fn delete_messages(&self, message_ids: &[String]) -> Result<(), StateError>;
+    async fn delete_messages(&self, message_ids: &[String]) -> Result<(), StateError>;
     /// Deletes every instruction (and reply) of a run.
-    fn delete_run_messages(&self, run_id: RunId) -> Result<(), StateError>;
+    async fn delete_run_messages(&self, run_id: RunId) -> Result<(), StateError>;
 }
 
 /// Heartbeat constants (Flower's).
@@ -495,9 +509,21 @@ pub mod heartbeat {
 /// The reason of a run that stopped sending heartbeats.
 pub const NO_HEARTBEAT_DETAILS: &str = "No heartbeat received from the run.";
 
-/// Builds engines; the clock is shared.
-pub fn in_memory(clock: Arc<dyn Clock>) -> Arc<dyn LinkState> {
-    Arc::new(memory::MemoryLinkState::new(clock))
+/// The two engines of one database.
+#[derive(Clone)]
+pub struct Stores {
+    /// Runs, nodes, tokens, logs, messages.
+    pub state: Arc<dyn LinkState>,
+    /// Objects.
+    pub objects: Arc<dyn ObjectStore>,
+}
+
+/// Both engines in memory (`--database :flwr-in-memory:`); the clock is shared.
+pub fn in_memory(clock: Arc<dyn Clock>) -> Stores {
+    Stores {
+        state: Arc::new(memory::MemoryLinkState::new(clock)),
+        objects: Arc::new(objects::MemoryObjects::default()),
+    }
 }
 
 #[cfg(test)]

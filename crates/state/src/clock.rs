@@ -56,26 +56,9 @@ impl Clock for ManualClock {
     }
 }
 
-/// Formats Unix seconds as Python's `datetime.isoformat()` writes an aware UTC time
-/// (`2026-11-26T08:30:43.561965+00:00`; no fraction when it is zero).
-pub fn isoformat(unix_seconds: f64) -> String {
-    let micros = (unix_seconds * 1e6).round() as i64;
-    let t = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros).unwrap_or_default();
-    flwr_transport::node_auth::format_timestamp(t)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn isoformat_is_pythons() {
-        assert_eq!(isoformat(0.0), "1970-01-01T00:00:00+00:00");
-        assert_eq!(
-            isoformat(1_764_145_843.561_965),
-            "2025-11-26T08:30:43.561965+00:00"
-        );
-    }
 
     #[test]
     fn manual_clock_advances() {

@@ -14,17 +14,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use flwr_objects::message::{error_code, MessageError, MessageMeta, SUPERLINK_NODE_ID};
-use flwr_objects::store::{Lookup, ObjectStore, StoreError};
+use flwr_objects::store::{Lookup, StoreError};
 use flwr_objects::{ObjectId, ObjectTree};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use super::codec::{decode_config, encode_config};
-use super::memory::{
-    error_reply_for, message_unavailable, random_id, random_token, MESSAGE_TTL_TOLERANCE,
-};
 use super::*;
 use crate::clock::Clock;
+use crate::codec::{decode_config, encode_config};
+use crate::lane::Lane;
+use crate::memory::{
+    error_reply_for, message_unavailable, random_id, random_token, MESSAGE_TTL_TOLERANCE,
+};
 
 /// The schema version this build writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
@@ -176,11 +177,9 @@ fn open_connection(path: &Path, schema: &str) -> Result<Connection, StateError> 
     Ok(conn)
 }
 
-/// Opens (or creates) the database: the state engine and the object store engine.
-pub fn open(
-    path: &Path,
-    clock: Arc<dyn Clock>,
-) -> Result<(Arc<SqliteLinkState>, Arc<SqliteObjectStore>), StateError> {
+/// Opens (or creates) the database: the state engine and the object store engine, each on a
+/// connection of its own served by its own lane. Blocking: call it off the async threads.
+pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Stores, StateError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
             StateError::Backend(format!(
@@ -204,24 +203,259 @@ pub fn open(
             .map_err(backend(path))?;
         hints.queued.write().extend(queued);
     }
-    Ok((
-        Arc::new(SqliteLinkState {
-            conn: Mutex::new(state),
-            clock,
-            path: path.to_path_buf(),
-            hints,
-            writer: writer.clone(),
+    let lane = |name| {
+        Lane::start(name)
+            .map_err(|e| StateError::Backend(format!("cannot start the {name} thread: {e}")))
+    };
+    Ok(Stores {
+        state: Arc::new(SqliteLinkState {
+            db: Arc::new(StateDb {
+                conn: Mutex::new(state),
+                clock,
+                path: path.to_path_buf(),
+                hints,
+                writer: writer.clone(),
+            }),
+            lane: lane("state-db")?,
         }),
-        Arc::new(SqliteObjectStore {
-            conn: Mutex::new(objects),
-            path: path.to_path_buf(),
-            writer,
+        objects: Arc::new(SqliteObjects {
+            db: Arc::new(ObjectDb {
+                conn: Mutex::new(objects),
+                path: path.to_path_buf(),
+                writer,
+            }),
+            lane: lane("object-db")?,
         }),
-    ))
+    })
 }
 
-/// The state engine.
+/// The SQLite state engine: every call runs on the lane of its connection.
 pub struct SqliteLinkState {
+    db: Arc<StateDb>,
+    lane: Lane,
+}
+
+impl SqliteLinkState {
+    /// Runs `f` with the database on the lane and waits for it without blocking.
+    async fn on_lane<R, F>(&self, f: F) -> Result<R, StateError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&StateDb) -> Result<R, StateError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        self.lane
+            .run(move || f(&db))
+            .await
+            .map_err(|e| StateError::Backend(e.to_string()))?
+    }
+}
+
+#[async_trait::async_trait]
+impl LinkState for SqliteLinkState {
+    async fn create_node(&self, node: NewNode) -> Result<NodeId, StateError> {
+        self.on_lane(move |db| db.create_node(node)).await
+    }
+    async fn node_id_by_public_key(&self, public_key: &[u8]) -> Result<Option<NodeId>, StateError> {
+        let key = public_key.to_vec();
+        self.on_lane(move |db| db.node_id_by_public_key(&key)).await
+    }
+    fn cached_node_id(&self, public_key: &[u8]) -> Option<NodeId> {
+        self.db.cached_node_id(public_key)
+    }
+    async fn activate_node(
+        &self,
+        public_key: &[u8],
+        heartbeat_interval: f64,
+    ) -> Result<Result<NodeId, NodeRefusal>, StateError> {
+        let key = public_key.to_vec();
+        self.on_lane(move |db| db.activate_node(&key, heartbeat_interval))
+            .await
+    }
+    async fn deactivate_node(
+        &self,
+        node_id: NodeId,
+    ) -> Result<Result<(), NodeRefusal>, StateError> {
+        self.on_lane(move |db| db.deactivate_node(node_id)).await
+    }
+    async fn unregister_node(
+        &self,
+        node_id: NodeId,
+        owner_aid: Option<&str>,
+    ) -> Result<Result<(), NodeRefusal>, StateError> {
+        let owner = owner_aid.map(str::to_owned);
+        self.on_lane(move |db| db.unregister_node(node_id, owner.as_deref()))
+            .await
+    }
+    async fn heartbeat(
+        &self,
+        node_id: NodeId,
+        heartbeat_interval: f64,
+    ) -> Result<bool, StateError> {
+        self.on_lane(move |db| db.heartbeat(node_id, heartbeat_interval))
+            .await
+    }
+    async fn node(&self, node_id: NodeId) -> Result<Option<Node>, StateError> {
+        self.on_lane(move |db| db.node(node_id)).await
+    }
+    async fn nodes_of(&self, owner_aid: &str) -> Result<Vec<Node>, StateError> {
+        let owner = owner_aid.to_owned();
+        self.on_lane(move |db| db.nodes_of(&owner)).await
+    }
+    async fn online_node_ids(&self) -> Result<Vec<NodeId>, StateError> {
+        self.on_lane(|db| db.online_node_ids()).await
+    }
+    async fn create_run(&self, run: NewRun) -> Result<RunId, StateError> {
+        self.on_lane(move |db| db.create_run(run)).await
+    }
+    async fn run(&self, run_id: RunId) -> Result<Option<Run>, StateError> {
+        self.on_lane(move |db| db.run(run_id)).await
+    }
+    async fn runs_of(&self, flwr_aid: &str) -> Result<Vec<Run>, StateError> {
+        let aid = flwr_aid.to_owned();
+        self.on_lane(move |db| db.runs_of(&aid)).await
+    }
+    async fn pending_run_ids(&self) -> Result<Vec<RunId>, StateError> {
+        self.on_lane(|db| db.pending_run_ids()).await
+    }
+    async fn update_run_status(
+        &self,
+        run_id: RunId,
+        status: RunStatus,
+    ) -> Result<bool, StateError> {
+        self.on_lane(move |db| db.update_run_status(run_id, status))
+            .await
+    }
+    async fn add_run_usage(
+        &self,
+        run_id: RunId,
+        sent: u64,
+        recv: u64,
+        clientapp_runtime: f64,
+    ) -> Result<(), StateError> {
+        self.on_lane(move |db| db.add_run_usage(run_id, sent, recv, clientapp_runtime))
+            .await
+    }
+    async fn context(&self, run_id: RunId) -> Result<Option<Bytes>, StateError> {
+        self.on_lane(move |db| db.context(run_id)).await
+    }
+    async fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError> {
+        self.on_lane(move |db| db.set_context(run_id, context))
+            .await
+    }
+    async fn create_token(&self, run_id: RunId) -> Result<Option<String>, StateError> {
+        self.on_lane(move |db| db.create_token(run_id)).await
+    }
+    async fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError> {
+        let token = token.to_owned();
+        self.on_lane(move |db| db.run_id_by_token(&token)).await
+    }
+    async fn delete_token(&self, run_id: RunId) -> Result<(), StateError> {
+        self.on_lane(move |db| db.delete_token(run_id)).await
+    }
+    async fn app_heartbeat(&self, token: &str) -> Result<bool, StateError> {
+        let token = token.to_owned();
+        self.on_lane(move |db| db.app_heartbeat(&token)).await
+    }
+    async fn add_log(&self, run_id: RunId, text: &str) -> Result<(), StateError> {
+        let text = text.to_owned();
+        self.on_lane(move |db| db.add_log(run_id, &text)).await
+    }
+    async fn logs_after(&self, run_id: RunId, after: f64) -> Result<(String, f64), StateError> {
+        self.on_lane(move |db| db.logs_after(run_id, after)).await
+    }
+    async fn store_instruction(&self, message: MessageMeta) -> Result<Option<String>, StateError> {
+        self.on_lane(move |db| db.store_instruction(message)).await
+    }
+    fn may_have_instruction(&self, node_id: NodeId) -> bool {
+        self.db.may_have_instruction(node_id)
+    }
+    async fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError> {
+        self.on_lane(move |db| db.pull_instruction(node_id)).await
+    }
+    async fn delivered_instructions(
+        &self,
+        node_id: NodeId,
+        run_id: RunId,
+    ) -> Result<Vec<String>, StateError> {
+        self.on_lane(move |db| db.delivered_instructions(node_id, run_id))
+            .await
+    }
+    async fn store_reply(
+        &self,
+        message: MessageMeta,
+    ) -> Result<Result<String, ReplyRejected>, StateError> {
+        self.on_lane(move |db| db.store_reply(message)).await
+    }
+    async fn take_replies(&self, message_ids: &[String]) -> Result<Vec<PulledReply>, StateError> {
+        let ids = message_ids.to_vec();
+        self.on_lane(move |db| db.take_replies(&ids)).await
+    }
+    async fn delete_messages(&self, message_ids: &[String]) -> Result<(), StateError> {
+        let ids = message_ids.to_vec();
+        self.on_lane(move |db| db.delete_messages(&ids)).await
+    }
+    async fn delete_run_messages(&self, run_id: RunId) -> Result<(), StateError> {
+        self.on_lane(move |db| db.delete_run_messages(run_id)).await
+    }
+}
+
+/// The SQLite object store engine: every call runs on the lane of its connection.
+pub struct SqliteObjects {
+    db: Arc<ObjectDb>,
+    lane: Lane,
+}
+
+impl SqliteObjects {
+    async fn on_lane<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&ObjectDb) -> Result<R, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        self.lane
+            .run(move || f(&db))
+            .await
+            .map_err(|e| StoreError(e.to_string()))?
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for SqliteObjects {
+    async fn preregister(
+        &self,
+        run_id: u64,
+        tree: &ObjectTree,
+    ) -> Result<Vec<ObjectId>, StoreError> {
+        let tree = tree.clone();
+        self.on_lane(move |db| db.preregister(run_id, &tree)).await
+    }
+    async fn put(&self, id: &ObjectId, content: Bytes) -> Result<bool, StoreError> {
+        let id = *id;
+        self.on_lane(move |db| db.put(&id, content)).await
+    }
+    async fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
+        let id = *id;
+        self.on_lane(move |db| db.get(&id)).await
+    }
+    async fn delete(&self, id: &ObjectId) -> Result<(), StoreError> {
+        let id = *id;
+        self.on_lane(move |db| db.delete(&id)).await
+    }
+    async fn delete_objects_in_run(&self, run_id: u64) -> Result<(), StoreError> {
+        self.on_lane(move |db| db.delete_objects_in_run(run_id))
+            .await
+    }
+    async fn tree(&self, id: &ObjectId) -> Result<Option<ObjectTree>, StoreError> {
+        let id = *id;
+        self.on_lane(move |db| db.tree(&id)).await
+    }
+    async fn len(&self) -> Result<usize, StoreError> {
+        self.on_lane(|db| db.len()).await
+    }
+}
+
+/// The state database: one connection, used on its lane's thread only.
+pub struct StateDb {
     conn: Mutex<Connection>,
     clock: Arc<dyn Clock>,
     path: PathBuf,
@@ -410,7 +644,7 @@ fn delete_message(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-impl SqliteLinkState {
+impl StateDb {
     /// Runs `f` in one immediate transaction.
     fn tx<R>(
         &self,
@@ -443,8 +677,9 @@ impl SqliteLinkState {
     }
 }
 
-impl LinkState for SqliteLinkState {
-    fn create_node(&self, node: NewNode) -> Result<NodeId, StateError> {
+/// The state methods, synchronous: [`SqliteLinkState`] runs each on the lane.
+impl StateDb {
+    pub(crate) fn create_node(&self, node: NewNode) -> Result<NodeId, StateError> {
         let taken = self.tx(|tx, _| {
             tx.prepare_cached("SELECT 1 FROM node WHERE public_key = ?1")?
                 .query_row(params![node.public_key.as_ref()], |_| Ok(()))
@@ -467,7 +702,10 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn node_id_by_public_key(&self, public_key: &[u8]) -> Result<Option<NodeId>, StateError> {
+    pub(crate) fn node_id_by_public_key(
+        &self,
+        public_key: &[u8],
+    ) -> Result<Option<NodeId>, StateError> {
         self.read(|tx, _| {
             let id = tx
                 .prepare_cached(
@@ -487,11 +725,11 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn cached_node_id(&self, public_key: &[u8]) -> Option<NodeId> {
+    pub(crate) fn cached_node_id(&self, public_key: &[u8]) -> Option<NodeId> {
         self.hints.keys.read().get(public_key).copied()
     }
 
-    fn activate_node(
+    pub(crate) fn activate_node(
         &self,
         public_key: &[u8],
         heartbeat_interval: f64,
@@ -522,7 +760,10 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn deactivate_node(&self, node_id: NodeId) -> Result<Result<(), NodeRefusal>, StateError> {
+    pub(crate) fn deactivate_node(
+        &self,
+        node_id: NodeId,
+    ) -> Result<Result<(), NodeRefusal>, StateError> {
         self.tx(|tx, now| {
             let Some(node) = get_node(tx, node_id)? else {
                 return Ok(Err(NodeRefusal::NotOnline(node_id)));
@@ -539,7 +780,7 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn unregister_node(
+    pub(crate) fn unregister_node(
         &self,
         node_id: NodeId,
         owner_aid: Option<&str>,
@@ -564,7 +805,11 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn heartbeat(&self, node_id: NodeId, heartbeat_interval: f64) -> Result<bool, StateError> {
+    pub(crate) fn heartbeat(
+        &self,
+        node_id: NodeId,
+        heartbeat_interval: f64,
+    ) -> Result<bool, StateError> {
         self.tx(|tx, now| {
             let Some(node) = get_node(tx, node_id)? else {
                 return Ok(false);
@@ -584,11 +829,11 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn node(&self, node_id: NodeId) -> Result<Option<Node>, StateError> {
+    pub(crate) fn node(&self, node_id: NodeId) -> Result<Option<Node>, StateError> {
         self.read(|tx, now| Ok(get_node(tx, node_id)?.map(|n| memory::effective_node(n, now))))
     }
 
-    fn nodes_of(&self, owner_aid: &str) -> Result<Vec<Node>, StateError> {
+    pub(crate) fn nodes_of(&self, owner_aid: &str) -> Result<Vec<Node>, StateError> {
         self.read(|tx, now| {
             let nodes = tx
                 .prepare_cached(&format!(
@@ -603,7 +848,7 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn online_node_ids(&self) -> Result<Vec<NodeId>, StateError> {
+    pub(crate) fn online_node_ids(&self) -> Result<Vec<NodeId>, StateError> {
         self.read(|tx, now| {
             tx.prepare_cached("SELECT node_id FROM node WHERE status = 'online' AND online_until > ?1 ORDER BY node_id")?
                 .query_map(params![now], |r| r.get::<_, i64>(0).map(|v| v as u64))?
@@ -611,7 +856,7 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn create_run(&self, new: NewRun) -> Result<RunId, StateError> {
+    pub(crate) fn create_run(&self, new: NewRun) -> Result<RunId, StateError> {
         self.tx(|tx, now| {
             let mut id = random_id();
             while get_run(tx, id)?.is_some() {
@@ -640,14 +885,14 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn run(&self, run_id: RunId) -> Result<Option<Run>, StateError> {
+    pub(crate) fn run(&self, run_id: RunId) -> Result<Option<Run>, StateError> {
         self.tx(|tx, now| {
             expire_tokens(tx, now)?;
             get_run(tx, run_id)
         })
     }
 
-    fn runs_of(&self, flwr_aid: &str) -> Result<Vec<Run>, StateError> {
+    pub(crate) fn runs_of(&self, flwr_aid: &str) -> Result<Vec<Run>, StateError> {
         self.tx(|tx, now| {
             expire_tokens(tx, now)?;
             tx.prepare_cached(&format!(
@@ -658,7 +903,7 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn pending_run_ids(&self) -> Result<Vec<RunId>, StateError> {
+    pub(crate) fn pending_run_ids(&self) -> Result<Vec<RunId>, StateError> {
         self.tx(|tx, now| {
             expire_tokens(tx, now)?;
             tx.prepare_cached("SELECT run_id FROM run WHERE status = 'pending' ORDER BY seq")?
@@ -667,7 +912,11 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn update_run_status(&self, run_id: RunId, status: RunStatus) -> Result<bool, StateError> {
+    pub(crate) fn update_run_status(
+        &self,
+        run_id: RunId,
+        status: RunStatus,
+    ) -> Result<bool, StateError> {
         let r = self.tx(|tx, now| {
             expire_tokens(tx, now)?;
             let Some(run) = get_run(tx, run_id)? else { return Ok(None) };
@@ -688,7 +937,7 @@ impl LinkState for SqliteLinkState {
         r.ok_or(StateError::RunNotFound(run_id))
     }
 
-    fn add_run_usage(
+    pub(crate) fn add_run_usage(
         &self,
         run_id: RunId,
         sent: u64,
@@ -710,7 +959,7 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn context(&self, run_id: RunId) -> Result<Option<Bytes>, StateError> {
+    pub(crate) fn context(&self, run_id: RunId) -> Result<Option<Bytes>, StateError> {
         self.read(|tx, _| {
             tx.prepare_cached("SELECT context FROM run WHERE run_id = ?1")?
                 .query_row(params![run_id as i64], |r| r.get::<_, Vec<u8>>(0))
@@ -719,7 +968,7 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError> {
+    pub(crate) fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError> {
         let n = self.tx(|tx, _| {
             tx.prepare_cached("UPDATE run SET context = ?2 WHERE run_id = ?1")?
                 .execute(params![run_id as i64, context.as_ref()])
@@ -730,7 +979,7 @@ impl LinkState for SqliteLinkState {
         Ok(())
     }
 
-    fn create_token(&self, run_id: RunId) -> Result<Option<String>, StateError> {
+    pub(crate) fn create_token(&self, run_id: RunId) -> Result<Option<String>, StateError> {
         self.tx(|tx, now| {
             expire_tokens(tx, now)?;
             if tx
@@ -754,7 +1003,7 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError> {
+    pub(crate) fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError> {
         self.tx(|tx, now| {
             expire_tokens(tx, now)?;
             tx.prepare_cached("SELECT run_id FROM token WHERE token = ?1")?
@@ -764,7 +1013,7 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn delete_token(&self, run_id: RunId) -> Result<(), StateError> {
+    pub(crate) fn delete_token(&self, run_id: RunId) -> Result<(), StateError> {
         self.tx(|tx, _| {
             tx.prepare_cached("DELETE FROM token WHERE run_id = ?1")?
                 .execute(params![run_id as i64])
@@ -772,7 +1021,7 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn app_heartbeat(&self, token: &str) -> Result<bool, StateError> {
+    pub(crate) fn app_heartbeat(&self, token: &str) -> Result<bool, StateError> {
         self.tx(|tx, now| {
             expire_tokens(tx, now)?;
             let n = tx
@@ -785,7 +1034,7 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn add_log(&self, run_id: RunId, text: &str) -> Result<(), StateError> {
+    pub(crate) fn add_log(&self, run_id: RunId, text: &str) -> Result<(), StateError> {
         let found = self.tx(|tx, now| {
             if get_run(tx, run_id)?.is_none() {
                 return Ok(false);
@@ -808,7 +1057,11 @@ impl LinkState for SqliteLinkState {
         }
     }
 
-    fn logs_after(&self, run_id: RunId, after: f64) -> Result<(String, f64), StateError> {
+    pub(crate) fn logs_after(
+        &self,
+        run_id: RunId,
+        after: f64,
+    ) -> Result<(String, f64), StateError> {
         let r = self.tx(|tx, _| {
             if get_run(tx, run_id)?.is_none() {
                 return Ok(None);
@@ -825,7 +1078,10 @@ impl LinkState for SqliteLinkState {
         r.ok_or(StateError::RunNotFound(run_id))
     }
 
-    fn store_instruction(&self, message: MessageMeta) -> Result<Option<String>, StateError> {
+    pub(crate) fn store_instruction(
+        &self,
+        message: MessageMeta,
+    ) -> Result<Option<String>, StateError> {
         if message.src_node_id != SUPERLINK_NODE_ID {
             return Ok(None);
         }
@@ -858,11 +1114,14 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn may_have_instruction(&self, node_id: NodeId) -> bool {
+    pub(crate) fn may_have_instruction(&self, node_id: NodeId) -> bool {
         self.hints.queued.read().contains(&node_id)
     }
 
-    fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError> {
+    pub(crate) fn pull_instruction(
+        &self,
+        node_id: NodeId,
+    ) -> Result<Option<MessageMeta>, StateError> {
         self.tx(|tx, now| loop {
             let row = tx.prepare_cached(&format!("SELECT seq, {META_COLS} FROM message_ins WHERE dst_node_id = ?1 AND delivered = 0 ORDER BY seq LIMIT 1"))?.query_row(
                     params![node_id as i64],
@@ -882,7 +1141,7 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn delivered_instructions(
+    pub(crate) fn delivered_instructions(
         &self,
         node_id: NodeId,
         run_id: RunId,
@@ -896,7 +1155,7 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn store_reply(
+    pub(crate) fn store_reply(
         &self,
         message: MessageMeta,
     ) -> Result<Result<String, ReplyRejected>, StateError> {
@@ -936,7 +1195,10 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn take_replies(&self, message_ids: &[String]) -> Result<Vec<PulledReply>, StateError> {
+    pub(crate) fn take_replies(
+        &self,
+        message_ids: &[String],
+    ) -> Result<Vec<PulledReply>, StateError> {
         self.tx(|tx, now| {
             let mut out = Vec::new();
             let mut seen = std::collections::HashSet::new();
@@ -994,7 +1256,7 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn delete_messages(&self, message_ids: &[String]) -> Result<(), StateError> {
+    pub(crate) fn delete_messages(&self, message_ids: &[String]) -> Result<(), StateError> {
         self.tx(|tx, _| {
             for id in message_ids {
                 delete_message(tx, id)?;
@@ -1003,7 +1265,7 @@ impl LinkState for SqliteLinkState {
         })
     }
 
-    fn delete_run_messages(&self, run_id: RunId) -> Result<(), StateError> {
+    pub(crate) fn delete_run_messages(&self, run_id: RunId) -> Result<(), StateError> {
         self.tx(|tx, _| {
             tx.prepare_cached("DELETE FROM message_res WHERE ins_id IN (SELECT message_id FROM message_ins WHERE run_id = ?1)")?.execute(
                 params![run_id as i64],
@@ -1015,7 +1277,8 @@ impl LinkState for SqliteLinkState {
 }
 
 /// The object store engine.
-pub struct SqliteObjectStore {
+/// The object database: one connection, used on its lane's thread only.
+pub struct ObjectDb {
     conn: Mutex<Connection>,
     path: PathBuf,
     writer: Writer,
@@ -1033,7 +1296,7 @@ fn children_of(blob: &[u8]) -> Vec<ObjectId> {
         .collect()
 }
 
-impl SqliteObjectStore {
+impl ObjectDb {
     fn tx<R>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<R>,
@@ -1094,8 +1357,13 @@ fn delete_cascading(tx: &Transaction<'_>, id: &ObjectId) -> rusqlite::Result<()>
     Ok(())
 }
 
-impl ObjectStore for SqliteObjectStore {
-    fn preregister(&self, run_id: u64, tree: &ObjectTree) -> Result<Vec<ObjectId>, StoreError> {
+/// The object store methods, synchronous: [`SqliteObjects`] runs each on the lane.
+impl ObjectDb {
+    pub(crate) fn preregister(
+        &self,
+        run_id: u64,
+        tree: &ObjectTree,
+    ) -> Result<Vec<ObjectId>, StoreError> {
         self.tx(|tx| {
             let mut to_push = Vec::new();
             let mut seen = std::collections::HashSet::new();
@@ -1129,7 +1397,7 @@ impl ObjectStore for SqliteObjectStore {
         })
     }
 
-    fn put(&self, id: &ObjectId, content: Bytes) -> Result<bool, StoreError> {
+    pub(crate) fn put(&self, id: &ObjectId, content: Bytes) -> Result<bool, StoreError> {
         self.tx(|tx| {
             let n = tx
                 .prepare_cached(
@@ -1147,7 +1415,7 @@ impl ObjectStore for SqliteObjectStore {
         })
     }
 
-    fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
+    pub(crate) fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
         self.read(|tx| {
             let row: Option<Option<Vec<u8>>> = tx
                 .prepare_cached("SELECT content FROM object WHERE object_id = ?1")?
@@ -1161,11 +1429,11 @@ impl ObjectStore for SqliteObjectStore {
         })
     }
 
-    fn delete(&self, id: &ObjectId) -> Result<(), StoreError> {
+    pub(crate) fn delete(&self, id: &ObjectId) -> Result<(), StoreError> {
         self.tx(|tx| delete_cascading(tx, id))
     }
 
-    fn delete_objects_in_run(&self, run_id: u64) -> Result<(), StoreError> {
+    pub(crate) fn delete_objects_in_run(&self, run_id: u64) -> Result<(), StoreError> {
         self.tx(|tx| {
             let ids: Vec<Vec<u8>> = tx
                 .prepare_cached("SELECT object_id FROM object_run WHERE run_id = ?1")?
@@ -1182,7 +1450,7 @@ impl ObjectStore for SqliteObjectStore {
         })
     }
 
-    fn tree(&self, id: &ObjectId) -> Result<Option<ObjectTree>, StoreError> {
+    pub(crate) fn tree(&self, id: &ObjectId) -> Result<Option<ObjectTree>, StoreError> {
         self.read(|tx| {
             fn build(
                 tx: &Transaction<'_>,
@@ -1215,7 +1483,7 @@ impl ObjectStore for SqliteObjectStore {
         })
     }
 
-    fn len(&self) -> Result<usize, StoreError> {
+    pub(crate) fn len(&self) -> Result<usize, StoreError> {
         self.read(|tx| {
             tx.prepare_cached("SELECT COUNT(*) FROM object")?
                 .query_row([], |r| r.get::<_, i64>(0))
@@ -1233,13 +1501,13 @@ mod tests {
 
     /// The hints of a reopened database start from what it holds: an instruction stored before a
     /// restart is still pulled, and known keys are looked up again.
-    #[test]
-    fn hints_survive_a_restart() {
+    #[tokio::test]
+    async fn hints_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let clock = Arc::new(ManualClock::new());
         let (node, message) = {
-            let (s, _) = open(&path, clock.clone()).unwrap();
+            let s = open(&path, clock.clone()).unwrap().state;
             let node = s
                 .create_node(NewNode {
                     owner_aid: "<id:none>".into(),
@@ -1247,9 +1515,10 @@ mod tests {
                     public_key: Bytes::from_static(b"key"),
                     heartbeat_interval: 30.0,
                 })
+                .await
                 .unwrap();
-            s.activate_node(b"key", 30.0).unwrap().unwrap();
-            assert_eq!(s.node_id_by_public_key(b"key").unwrap(), Some(node));
+            s.activate_node(b"key", 30.0).await.unwrap().unwrap();
+            assert_eq!(s.node_id_by_public_key(b"key").await.unwrap(), Some(node));
             assert_eq!(s.cached_node_id(b"key"), Some(node));
             let run = s
                 .create_run(NewRun {
@@ -1263,6 +1532,7 @@ mod tests {
                     federation_config: None,
                     context: Bytes::new(),
                 })
+                .await
                 .unwrap();
             let message = MessageMeta {
                 run_id: run,
@@ -1277,16 +1547,20 @@ mod tests {
                 error: None,
                 has_content: true,
             };
-            assert!(s.store_instruction(message.clone()).unwrap().is_some());
+            assert!(s
+                .store_instruction(message.clone())
+                .await
+                .unwrap()
+                .is_some());
             (node, message)
         };
-        let (s, _) = open(&path, clock).unwrap();
+        let s = open(&path, clock).unwrap().state;
         assert_eq!(s.cached_node_id(b"key"), None, "a new process starts cold");
-        assert_eq!(s.node_id_by_public_key(b"key").unwrap(), Some(node));
+        assert_eq!(s.node_id_by_public_key(b"key").await.unwrap(), Some(node));
         assert!(s.may_have_instruction(node));
         assert!(!s.may_have_instruction(node + 1));
-        assert_eq!(s.pull_instruction(node).unwrap(), Some(message));
-        assert_eq!(s.pull_instruction(node).unwrap(), None);
+        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(message));
+        assert_eq!(s.pull_instruction(node).await.unwrap(), None);
         assert!(
             !s.may_have_instruction(node),
             "an empty pull clears the hint"

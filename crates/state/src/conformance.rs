@@ -1,0 +1,786 @@
+//! The conformance suite every engine passes: Flower's semantics, with a manual clock to cross
+//! heartbeat and token deadlines. [`conformance_tests!`](crate::conformance_tests) turns each
+//! check into a test of its own for an engine, so that one failure hides no other.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+/// Defines one `#[tokio::test]` per check, in modules `link_state` and `object_store`, for the
+/// engine that `$make` makes: an async closure from `Arc<ManualClock>` to [`crate::Stores`]
+/// (each test gets a fresh one).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@link $make;
+            node_lifecycle,
+            keys_are_unique_forever,
+            runs_and_transitions,
+            tokens_expire_into_failed_runs,
+            logs_in_order,
+            instructions_are_delivered_once_in_order,
+            delivered_instructions_belong_to_their_node,
+            replies_and_generated_errors,
+            stopping_a_run_drops_its_messages
+        );
+        $crate::conformance_tests!(@objects $make;
+            preregister_put_get,
+            shared_objects_survive,
+            run_cleanup,
+            trees
+        );
+    };
+    (@link $make:expr; $($name:ident),*) => {
+        mod link_state {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let clock = ::std::sync::Arc::new($crate::ManualClock::new());
+                    let stores = ($make)(clock.clone()).await;
+                    $crate::conformance::link::$name(&*stores.state, &clock).await;
+                }
+            )*
+        }
+    };
+    (@objects $make:expr; $($name:ident),*) => {
+        mod object_store {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let clock = ::std::sync::Arc::new($crate::ManualClock::new());
+                    let stores = ($make)(clock).await;
+                    $crate::conformance::objects::$name(&*stores.objects).await;
+                }
+            )*
+        }
+    };
+}
+
+/// The checks of [`crate::LinkState`].
+pub mod link {
+    use bytes::Bytes;
+    use flwr_objects::message::{error_code, MessageMeta, SUPERLINK_NODE_ID};
+
+    use crate::clock::{Clock, ManualClock};
+    use crate::*;
+
+    fn new_node(key: &str, interval: f64) -> NewNode {
+        NewNode {
+            owner_aid: "<id:none>".into(),
+            owner_name: "none".into(),
+            public_key: Bytes::from(key.to_owned()),
+            heartbeat_interval: interval,
+        }
+    }
+
+    fn new_run() -> NewRun {
+        NewRun {
+            fab_id: "p/app".into(),
+            fab_version: "1.0".into(),
+            fab_hash: "ab".repeat(32),
+            override_config: vec![
+                ("num-rounds".into(), ConfigValue::Int(3)),
+                ("lr".into(), ConfigValue::Double(0.1)),
+            ],
+            flwr_aid: "<id:none>".into(),
+            federation: "@none/default".into(),
+            run_type: RunType::ServerApp,
+            federation_config: None,
+            context: Bytes::from_static(b"ctx"),
+        }
+    }
+
+    /// An online node and a running run.
+    async fn setup(s: &dyn LinkState, key: &str) -> (NodeId, RunId) {
+        let node = s.create_node(new_node(key, 0.0)).await.unwrap();
+        assert_eq!(
+            s.activate_node(key.as_bytes(), 30.0).await.unwrap(),
+            Ok(node)
+        );
+        let run = s.create_run(new_run()).await.unwrap();
+        assert!(s
+            .update_run_status(run, RunStatus::new(Status::Starting))
+            .await
+            .unwrap());
+        assert!(s
+            .update_run_status(run, RunStatus::new(Status::Running))
+            .await
+            .unwrap());
+        (node, run)
+    }
+
+    fn instruction(run: RunId, dst: NodeId, tag: &str, now: f64, ttl: f64) -> MessageMeta {
+        MessageMeta {
+            run_id: run,
+            message_id: format!("{tag:0>64}"),
+            src_node_id: SUPERLINK_NODE_ID,
+            dst_node_id: dst,
+            reply_to_message_id: String::new(),
+            group_id: "1".into(),
+            ttl,
+            message_type: "train".into(),
+            created_at: now,
+            error: None,
+            has_content: true,
+        }
+    }
+
+    fn reply_to(ins: &MessageMeta, tag: &str, now: f64) -> MessageMeta {
+        MessageMeta {
+            run_id: ins.run_id,
+            message_id: format!("{tag:f>64}"),
+            src_node_id: ins.dst_node_id,
+            dst_node_id: SUPERLINK_NODE_ID,
+            reply_to_message_id: ins.message_id.clone(),
+            group_id: ins.group_id.clone(),
+            ttl: ins.created_at + ins.ttl - now,
+            message_type: ins.message_type.clone(),
+            created_at: now,
+            error: None,
+            has_content: true,
+        }
+    }
+
+    pub async fn node_lifecycle(s: &dyn LinkState, clock: &ManualClock) {
+        let id = s.create_node(new_node("k1", 0.0)).await.unwrap();
+        assert!(id > 1);
+        assert_eq!(
+            s.node(id).await.unwrap().unwrap().status,
+            NodeStatus::Registered
+        );
+        assert_eq!(s.node_id_by_public_key(b"k1").await.unwrap(), Some(id));
+        assert_eq!(s.node_id_by_public_key(b"nope").await.unwrap(), None);
+        assert_eq!(
+            s.activate_node(b"nope", 30.0).await.unwrap(),
+            Err(NodeRefusal::UnknownKey)
+        );
+        assert_eq!(s.activate_node(b"k1", 10.0).await.unwrap(), Ok(id));
+        assert_eq!(
+            s.activate_node(b"k1", 10.0).await.unwrap(),
+            Err(NodeRefusal::AlreadyOnline(id))
+        );
+        assert_eq!(s.online_node_ids().await.unwrap(), vec![id]);
+        // Offline once 2 × interval passes without a heartbeat, since that deadline.
+        clock.advance(19.5);
+        assert_eq!(
+            s.node(id).await.unwrap().unwrap().status,
+            NodeStatus::Online
+        );
+        clock.advance(1.0);
+        let n = s.node(id).await.unwrap().unwrap();
+        assert_eq!(n.status, NodeStatus::Offline);
+        assert_eq!(n.last_deactivated_at, n.online_until);
+        assert!(s.online_node_ids().await.unwrap().is_empty());
+        // A heartbeat brings it back.
+        assert!(s.heartbeat(id, 30.0).await.unwrap());
+        assert_eq!(
+            s.node(id).await.unwrap().unwrap().status,
+            NodeStatus::Online
+        );
+        assert_eq!(s.deactivate_node(id).await.unwrap(), Ok(()));
+        assert_eq!(
+            s.deactivate_node(id).await.unwrap(),
+            Err(NodeRefusal::NotOnline(id))
+        );
+        assert_eq!(
+            s.activate_node(b"k1", 30.0).await.unwrap(),
+            Ok(id),
+            "offline nodes may activate again"
+        );
+        // Unregistered: gone for authentication, still listed.
+        assert_eq!(
+            s.unregister_node(id, Some("someone else")).await.unwrap(),
+            Err(NodeRefusal::NotFound(id))
+        );
+        assert_eq!(
+            s.cached_node_id(b"k1").unwrap_or(id),
+            id,
+            "a remembered key names its node"
+        );
+        assert_eq!(
+            s.unregister_node(id, Some("<id:none>")).await.unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            s.cached_node_id(b"k1"),
+            None,
+            "an unregistered key is forgotten"
+        );
+        assert_eq!(
+            s.unregister_node(id, None).await.unwrap(),
+            Err(NodeRefusal::NotFound(id))
+        );
+        assert_eq!(s.node_id_by_public_key(b"k1").await.unwrap(), None);
+        assert!(!s.heartbeat(id, 30.0).await.unwrap());
+        let listed = s.nodes_of("<id:none>").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].status, NodeStatus::Unregistered);
+        assert!(!s.heartbeat(424242, 30.0).await.unwrap());
+    }
+
+    pub async fn keys_are_unique_forever(s: &dyn LinkState, _clock: &ManualClock) {
+        let id = s.create_node(new_node("same", 30.0)).await.unwrap();
+        assert!(matches!(
+            s.create_node(new_node("same", 30.0)).await,
+            Err(StateError::PublicKeyInUse)
+        ));
+        s.unregister_node(id, None).await.unwrap().unwrap();
+        assert!(matches!(
+            s.create_node(new_node("same", 30.0)).await,
+            Err(StateError::PublicKeyInUse)
+        ));
+    }
+
+    pub async fn runs_and_transitions(s: &dyn LinkState, clock: &ManualClock) {
+        let a = s.create_run(new_run()).await.unwrap();
+        clock.advance(1.0);
+        let b = s.create_run(new_run()).await.unwrap();
+        assert_eq!(
+            s.pending_run_ids().await.unwrap(),
+            vec![a, b],
+            "oldest first"
+        );
+        let run = s.run(a).await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::new(Status::Pending));
+        assert_eq!(run.override_config, new_run().override_config);
+        assert!(run.pending_at.is_some() && run.starting_at.is_none());
+        assert_eq!(s.context(a).await.unwrap().as_deref(), Some(&b"ctx"[..]));
+        s.set_context(a, Bytes::from_static(b"ctx2")).await.unwrap();
+        assert_eq!(s.context(a).await.unwrap().as_deref(), Some(&b"ctx2"[..]));
+        assert!(!s
+            .update_run_status(a, RunStatus::finished(SubStatus::Completed, ""))
+            .await
+            .unwrap());
+        assert!(s
+            .update_run_status(a, RunStatus::new(Status::Starting))
+            .await
+            .unwrap());
+        assert!(s
+            .update_run_status(a, RunStatus::new(Status::Running))
+            .await
+            .unwrap());
+        assert!(s
+            .update_run_status(a, RunStatus::finished(SubStatus::Completed, ""))
+            .await
+            .unwrap());
+        assert!(!s
+            .update_run_status(a, RunStatus::finished(SubStatus::Failed, "x"))
+            .await
+            .unwrap());
+        let run = s.run(a).await.unwrap().unwrap();
+        assert!(run.starting_at.is_some() && run.running_at.is_some() && run.finished_at.is_some());
+        assert!(matches!(
+            s.update_run_status(77, RunStatus::new(Status::Starting))
+                .await,
+            Err(StateError::RunNotFound(77))
+        ));
+        s.add_run_usage(b, 10, 20, 1.5).await.unwrap();
+        s.add_run_usage(b, 1, 2, 0.5).await.unwrap();
+        let run = s.run(b).await.unwrap().unwrap();
+        assert_eq!(
+            (run.bytes_sent, run.bytes_recv, run.clientapp_runtime),
+            (11, 22, 2.0)
+        );
+        let mine = s.runs_of("<id:none>").await.unwrap();
+        assert_eq!(
+            mine.iter().map(|r| r.run_id).collect::<Vec<_>>(),
+            vec![b, a],
+            "newest first"
+        );
+        assert!(s.runs_of("other").await.unwrap().is_empty());
+        assert_eq!(s.pending_run_ids().await.unwrap(), vec![b]);
+    }
+
+    pub async fn tokens_expire_into_failed_runs(s: &dyn LinkState, clock: &ManualClock) {
+        let run = s.create_run(new_run()).await.unwrap();
+        let token = s.create_token(run).await.unwrap().unwrap();
+        assert_eq!(token.len(), 256);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(
+            s.create_token(run).await.unwrap(),
+            None,
+            "one token per run"
+        );
+        assert_eq!(s.run_id_by_token(&token).await.unwrap(), Some(run));
+        assert!(s
+            .update_run_status(run, RunStatus::new(Status::Starting))
+            .await
+            .unwrap());
+        assert!(s
+            .update_run_status(run, RunStatus::new(Status::Running))
+            .await
+            .unwrap());
+        clock.advance(20.0);
+        assert!(
+            s.app_heartbeat(&token).await.unwrap(),
+            "a heartbeat extends the token to now + 60 s"
+        );
+        let beat = clock.now();
+        clock.advance(59.0);
+        assert_eq!(
+            s.run(run).await.unwrap().unwrap().status.status,
+            Status::Running
+        );
+        clock.advance(2.0);
+        let r = s.run(run).await.unwrap().unwrap();
+        assert_eq!(
+            r.status,
+            RunStatus::finished(SubStatus::Failed, NO_HEARTBEAT_DETAILS)
+        );
+        let finished_at = r.finished_at.unwrap();
+        assert!(
+            (finished_at - (beat + 60.0)).abs() < 1e-3,
+            "finished when the token expired"
+        );
+        assert!(!s.app_heartbeat(&token).await.unwrap());
+        assert_eq!(s.run_id_by_token(&token).await.unwrap(), None);
+
+        // A deleted token is gone; a new one may be made.
+        let other = s.create_run(new_run()).await.unwrap();
+        let t = s.create_token(other).await.unwrap().unwrap();
+        s.delete_token(other).await.unwrap();
+        assert_eq!(s.run_id_by_token(&t).await.unwrap(), None);
+        assert!(s.create_token(other).await.unwrap().is_some());
+    }
+
+    pub async fn logs_in_order(s: &dyn LinkState, clock: &ManualClock) {
+        let run = s.create_run(new_run()).await.unwrap();
+        assert_eq!(s.logs_after(run, 0.0).await.unwrap(), (String::new(), 0.0));
+        s.add_log(run, "a\n").await.unwrap();
+        s.add_log(run, "b\n").await.unwrap();
+        let (all, latest) = s.logs_after(run, 0.0).await.unwrap();
+        assert_eq!(all, "a\nb\n");
+        clock.advance(1.0);
+        s.add_log(run, "c\n").await.unwrap();
+        assert_eq!(s.logs_after(run, latest).await.unwrap().0, "c\n");
+        assert!(matches!(
+            s.add_log(999, "x").await,
+            Err(StateError::RunNotFound(999))
+        ));
+        assert!(matches!(
+            s.logs_after(999, 0.0).await,
+            Err(StateError::RunNotFound(999))
+        ));
+    }
+
+    pub async fn instructions_are_delivered_once_in_order(s: &dyn LinkState, clock: &ManualClock) {
+        let (node, run) = setup(s, "n1").await;
+        let now = clock.now();
+        let first = instruction(run, node, "1", now, 600.0);
+        let second = instruction(run, node, "2", now, 600.0);
+        assert_eq!(
+            s.store_instruction(first.clone()).await.unwrap(),
+            Some(first.message_id.clone())
+        );
+        assert_eq!(
+            s.store_instruction(second.clone()).await.unwrap(),
+            Some(second.message_id.clone())
+        );
+        // Refused: unknown run, source not the SuperLink, unknown or never-activated destination.
+        assert_eq!(
+            s.store_instruction(instruction(999, node, "3", now, 600.0))
+                .await
+                .unwrap(),
+            None
+        );
+        let mut bad_src = instruction(run, node, "4", now, 600.0);
+        bad_src.src_node_id = 5;
+        assert_eq!(s.store_instruction(bad_src).await.unwrap(), None);
+        assert_eq!(
+            s.store_instruction(instruction(run, 12345, "5", now, 600.0))
+                .await
+                .unwrap(),
+            None
+        );
+        let registered = s.create_node(new_node("n-registered", 0.0)).await.unwrap();
+        assert_eq!(
+            s.store_instruction(instruction(run, registered, "6", now, 600.0))
+                .await
+                .unwrap(),
+            None
+        );
+
+        assert!(
+            s.may_have_instruction(node),
+            "queued instructions are hinted"
+        );
+        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(first));
+        assert!(s.may_have_instruction(node));
+        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(second));
+        assert_eq!(
+            s.pull_instruction(node).await.unwrap(),
+            None,
+            "never delivered twice"
+        );
+        assert_eq!(s.pull_instruction(registered).await.unwrap(), None);
+
+        // Expired instructions are not delivered.
+        let short = instruction(run, node, "7", clock.now(), 5.0);
+        s.store_instruction(short).await.unwrap();
+        clock.advance(6.0);
+        assert_eq!(s.pull_instruction(node).await.unwrap(), None);
+
+        // A hint may say "maybe" for nothing, never "no" for something.
+        let third = instruction(run, node, "8", clock.now(), 600.0);
+        s.store_instruction(third.clone()).await.unwrap();
+        assert!(s.may_have_instruction(node));
+        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(third));
+    }
+
+    pub async fn delivered_instructions_belong_to_their_node(
+        s: &dyn LinkState,
+        clock: &ManualClock,
+    ) {
+        let (a, run) = setup(s, "a").await;
+        let b = s.create_node(new_node("b", 0.0)).await.unwrap();
+        assert_eq!(s.activate_node(b"b", 30.0).await.unwrap(), Ok(b));
+        let now = clock.now();
+        let for_a = instruction(run, a, "1", now, 600.0);
+        let for_b = instruction(run, b, "2", now, 600.0);
+        s.store_instruction(for_a.clone()).await.unwrap();
+        s.store_instruction(for_b.clone()).await.unwrap();
+        assert!(
+            s.delivered_instructions(a, run).await.unwrap().is_empty(),
+            "not delivered yet"
+        );
+        assert_eq!(s.pull_instruction(a).await.unwrap(), Some(for_a.clone()));
+        assert_eq!(
+            s.delivered_instructions(a, run).await.unwrap(),
+            vec![for_a.message_id.clone()]
+        );
+        assert!(s.delivered_instructions(b, run).await.unwrap().is_empty());
+        assert!(s
+            .delivered_instructions(a, run + 1)
+            .await
+            .unwrap()
+            .is_empty());
+        // Answered and taken: gone.
+        s.store_reply(reply_to(&for_a, "r1", clock.now()))
+            .await
+            .unwrap()
+            .unwrap();
+        s.take_replies(std::slice::from_ref(&for_a.message_id))
+            .await
+            .unwrap();
+        assert!(s.delivered_instructions(a, run).await.unwrap().is_empty());
+    }
+
+    pub async fn replies_and_generated_errors(s: &dyn LinkState, clock: &ManualClock) {
+        let (node, run) = setup(s, "n1").await;
+        let now = clock.now();
+        let ins = instruction(run, node, "a", now, 600.0);
+        s.store_instruction(ins.clone()).await.unwrap();
+        s.pull_instruction(node).await.unwrap();
+
+        // Nothing yet: omitted, and the instruction stays.
+        assert_eq!(
+            s.take_replies(std::slice::from_ref(&ins.message_id))
+                .await
+                .unwrap(),
+            vec![]
+        );
+
+        // Checks against the instruction.
+        let mut wrong_node = reply_to(&ins, "r0", now);
+        wrong_node.src_node_id = 77;
+        assert_eq!(
+            s.store_reply(wrong_node).await.unwrap(),
+            Err(ReplyRejected::WrongNode)
+        );
+        let mut too_long = reply_to(&ins, "r1", now);
+        too_long.ttl = 10_000.0;
+        assert!(matches!(
+            s.store_reply(too_long).await.unwrap(),
+            Err(ReplyRejected::TtlTooLong { .. })
+        ));
+        let mut wrong_run = reply_to(&ins, "r2", now);
+        wrong_run.run_id = run + 1;
+        assert_eq!(
+            s.store_reply(wrong_run).await.unwrap(),
+            Err(ReplyRejected::WrongRun)
+        );
+        let mut orphan = reply_to(&ins, "r3", now);
+        orphan.reply_to_message_id = "0".repeat(64);
+        assert!(matches!(
+            s.store_reply(orphan).await.unwrap(),
+            Err(ReplyRejected::NoInstruction(_))
+        ));
+
+        let reply = reply_to(&ins, "ok", now);
+        assert_eq!(
+            s.store_reply(reply.clone()).await.unwrap(),
+            Ok(reply.message_id.clone())
+        );
+        let got = s
+            .take_replies(std::slice::from_ref(&ins.message_id))
+            .await
+            .unwrap();
+        assert_eq!(got, vec![PulledReply::Stored(reply)]);
+        // Pulled once: now the id is unknown.
+        match &s
+            .take_replies(std::slice::from_ref(&ins.message_id))
+            .await
+            .unwrap()[..]
+        {
+            [PulledReply::Generated(m)] => {
+                assert_eq!(
+                    m.error.as_ref().unwrap().code,
+                    error_code::MESSAGE_UNAVAILABLE
+                );
+                assert_eq!(
+                    (m.run_id, m.message_type.as_str(), m.ttl),
+                    (0, "system", 0.0)
+                );
+                assert_eq!(m.reply_to_message_id, ins.message_id);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // NODE_UNAVAILABLE wins over an arrived reply once the node is offline, and both go.
+        let ins2 = instruction(run, node, "b", clock.now(), 600.0);
+        s.store_instruction(ins2.clone()).await.unwrap();
+        s.pull_instruction(node).await.unwrap();
+        s.store_reply(reply_to(&ins2, "late", clock.now()))
+            .await
+            .unwrap()
+            .unwrap();
+        s.deactivate_node(node).await.unwrap().unwrap();
+        clock.advance(0.5);
+        match &s
+            .take_replies(std::slice::from_ref(&ins2.message_id))
+            .await
+            .unwrap()[..]
+        {
+            [PulledReply::Generated(m)] => {
+                assert_eq!(m.error.as_ref().unwrap().code, error_code::NODE_UNAVAILABLE);
+                assert_eq!((m.run_id, m.src_node_id, m.dst_node_id), (run, 1, 1));
+                assert_eq!(m.group_id, ins2.group_id);
+                assert!(
+                    m.ttl > 590.0 && m.ttl < 600.0,
+                    "the instruction's remaining life: {}",
+                    m.ttl
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            s.store_reply(reply_to(&ins2, "again", clock.now()))
+                .await
+                .unwrap()
+                .is_err(),
+            "the instruction is gone"
+        );
+
+        // A reply that expired: REPLY_MESSAGE_UNAVAILABLE.
+        s.heartbeat(node, 600.0).await.unwrap();
+        let ins3 = instruction(run, node, "c", clock.now(), 600.0);
+        s.store_instruction(ins3.clone()).await.unwrap();
+        let mut short = reply_to(&ins3, "short", clock.now());
+        short.ttl = 1.0;
+        s.store_reply(short).await.unwrap().unwrap();
+        clock.advance(2.0);
+        match &s
+            .take_replies(std::slice::from_ref(&ins3.message_id))
+            .await
+            .unwrap()[..]
+        {
+            [PulledReply::Generated(m)] => assert_eq!(
+                m.error.as_ref().unwrap().code,
+                error_code::REPLY_MESSAGE_UNAVAILABLE
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    pub async fn stopping_a_run_drops_its_messages(s: &dyn LinkState, clock: &ManualClock) {
+        let (node, run) = setup(s, "n1").await;
+        let ins = instruction(run, node, "z", clock.now(), 600.0);
+        s.store_instruction(ins.clone()).await.unwrap();
+        s.delete_run_messages(run).await.unwrap();
+        assert_eq!(s.pull_instruction(node).await.unwrap(), None);
+        match &s
+            .take_replies(std::slice::from_ref(&ins.message_id))
+            .await
+            .unwrap()[..]
+        {
+            [PulledReply::Generated(m)] => assert_eq!(
+                m.error.as_ref().unwrap().code,
+                error_code::MESSAGE_UNAVAILABLE
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// The checks of [`crate::ObjectStore`].
+pub mod objects {
+    use bytes::Bytes;
+    use flwr_objects::content::{serialize, ObjectType};
+    use flwr_objects::{ObjectId, ObjectTree};
+
+    use crate::{Lookup, ObjectStore};
+
+    fn obj(t: ObjectType, children: &[ObjectId], body: &[u8]) -> (ObjectId, Bytes) {
+        let b = serialize(t, children, body);
+        (ObjectId::of(&b), Bytes::from(b))
+    }
+
+    /// A message with a RecordDict holding two records that share one Array.
+    struct Fixture {
+        chunk: (ObjectId, Bytes),
+        array: (ObjectId, Bytes),
+        rec: (ObjectId, Bytes),
+        cfg: (ObjectId, Bytes),
+        dict: (ObjectId, Bytes),
+        msg: (ObjectId, Bytes),
+    }
+
+    fn fixture(tag: &[u8]) -> Fixture {
+        let chunk = obj(ObjectType::ArrayChunk, &[], b"\x93NUMPY data");
+        let array = obj(ObjectType::Array, &[chunk.0], b"{\"arraychunk_ids\": [0]}");
+        let rec = obj(ObjectType::ArrayRecord, &[array.0], b"{\"w\": \"...\"}");
+        let cfg = obj(ObjectType::ConfigRecord, &[], tag);
+        let dict = obj(ObjectType::RecordDict, &[rec.0, cfg.0], b"{}");
+        let msg = obj(ObjectType::Message, &[dict.0], tag);
+        Fixture {
+            chunk,
+            array,
+            rec,
+            cfg,
+            dict,
+            msg,
+        }
+    }
+
+    fn tree(f: &Fixture) -> ObjectTree {
+        ObjectTree {
+            id: f.msg.0,
+            children: vec![ObjectTree {
+                id: f.dict.0,
+                children: vec![
+                    ObjectTree {
+                        id: f.rec.0,
+                        children: vec![ObjectTree {
+                            id: f.array.0,
+                            children: vec![ObjectTree::leaf(f.chunk.0)],
+                        }],
+                    },
+                    ObjectTree::leaf(f.cfg.0),
+                ],
+            }],
+        }
+    }
+
+    async fn push_all(s: &dyn ObjectStore, f: &Fixture) {
+        for (id, b) in [&f.chunk, &f.array, &f.rec, &f.cfg, &f.dict, &f.msg] {
+            assert!(s.put(id, b.clone()).await.unwrap());
+        }
+    }
+
+    pub async fn preregister_put_get(s: &dyn ObjectStore) {
+        let f = fixture(b"one");
+        let t = tree(&f);
+        let ids: Vec<ObjectId> = t.post_order().iter().map(|n| n.id).collect();
+        assert_eq!(
+            s.preregister(1, &t).await.unwrap(),
+            ids,
+            "everything is new, in post-order"
+        );
+        assert_eq!(s.get(&f.chunk.0).await.unwrap(), Lookup::Pending);
+        assert_eq!(
+            s.get(&ObjectId::of(b"never")).await.unwrap(),
+            Lookup::Unknown
+        );
+        assert!(
+            !s.put(&ObjectId::of(b"never"), Bytes::from_static(b"never"))
+                .await
+                .unwrap(),
+            "not pre-registered"
+        );
+        assert!(s.put(&f.chunk.0, f.chunk.1.clone()).await.unwrap());
+        assert_eq!(
+            s.get(&f.chunk.0).await.unwrap(),
+            Lookup::Available(f.chunk.1.clone())
+        );
+        assert!(
+            s.put(&f.chunk.0, f.chunk.1.clone()).await.unwrap(),
+            "a second put is a no-op"
+        );
+        // Pre-registering again reports only what is still missing.
+        let again = s.preregister(1, &t).await.unwrap();
+        assert!(!again.contains(&f.chunk.0) && again.len() == 5, "{again:?}");
+        push_all(s, &f).await;
+        assert_eq!(
+            s.preregister(2, &t).await.unwrap(),
+            Vec::<ObjectId>::new(),
+            "available objects are not asked for"
+        );
+        assert_eq!(s.len().await.unwrap(), 6);
+    }
+
+    pub async fn shared_objects_survive(s: &dyn ObjectStore) {
+        // Two messages share the ArrayRecord subtree; confirming one keeps the shared part.
+        let a = fixture(b"a");
+        let b = fixture(b"b");
+        assert_eq!(a.rec.0, b.rec.0);
+        s.preregister(1, &tree(&a)).await.unwrap();
+        let to_push_b = s.preregister(1, &tree(&b)).await.unwrap();
+        assert!(
+            to_push_b.contains(&b.chunk.0),
+            "still unavailable objects are asked for again"
+        );
+        push_all(s, &a).await;
+        push_all(s, &b).await;
+        s.delete(&a.dict.0).await.unwrap();
+        assert!(
+            matches!(s.get(&a.dict.0).await.unwrap(), Lookup::Available(_)),
+            "referenced objects stay"
+        );
+        s.delete(&a.msg.0).await.unwrap();
+        assert_eq!(s.get(&a.msg.0).await.unwrap(), Lookup::Unknown);
+        assert_eq!(s.get(&a.dict.0).await.unwrap(), Lookup::Unknown);
+        assert_eq!(s.get(&a.cfg.0).await.unwrap(), Lookup::Unknown);
+        assert!(
+            matches!(s.get(&a.rec.0).await.unwrap(), Lookup::Available(_)),
+            "shared with message b"
+        );
+        assert!(matches!(
+            s.get(&a.chunk.0).await.unwrap(),
+            Lookup::Available(_)
+        ));
+        s.delete(&b.msg.0).await.unwrap();
+        assert_eq!(s.len().await.unwrap(), 0, "everything released");
+        s.delete(&b.msg.0).await.unwrap();
+    }
+
+    pub async fn run_cleanup(s: &dyn ObjectStore) {
+        let a = fixture(b"run-a");
+        let b = fixture(b"run-b");
+        s.preregister(10, &tree(&a)).await.unwrap();
+        s.preregister(11, &tree(&b)).await.unwrap();
+        push_all(s, &a).await;
+        s.delete_objects_in_run(10).await.unwrap();
+        assert_eq!(s.get(&a.msg.0).await.unwrap(), Lookup::Unknown);
+        assert_eq!(
+            s.get(&b.msg.0).await.unwrap(),
+            Lookup::Pending,
+            "other runs are untouched"
+        );
+        assert!(
+            matches!(s.get(&b.chunk.0).await.unwrap(), Lookup::Available(_)),
+            "shared objects of other runs stay"
+        );
+        s.delete_objects_in_run(11).await.unwrap();
+        assert_eq!(s.len().await.unwrap(), 0);
+        s.delete_objects_in_run(12).await.unwrap();
+    }
+
+    pub async fn trees(s: &dyn ObjectStore) {
+        let f = fixture(b"tree");
+        let t = tree(&f);
+        s.preregister(3, &t).await.unwrap();
+        assert_eq!(s.tree(&f.msg.0).await.unwrap(), Some(t));
+        assert_eq!(s.tree(&ObjectId::of(b"none")).await.unwrap(), None);
+        let leaf = ObjectTree::leaf(ObjectId::of(b"single"));
+        s.preregister(3, &leaf).await.unwrap();
+        assert_eq!(s.tree(&leaf.id).await.unwrap(), Some(leaf));
+    }
+}

@@ -1,0 +1,70 @@
+//! The object store of the SuperLink: content-addressed objects with Flower's reference counting
+//! (the semantics are `flwr_objects::store`'s), behind an async trait with an engine per
+//! database.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use flwr_objects::store::{Lookup, MemoryObjectStore, StoreError};
+use flwr_objects::{ObjectId, ObjectTree};
+
+/// A content-addressed, reference-counted object store.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Pre-registers `tree` for `run_id`; returns the ids still to push (deduplicated, in
+    /// post-order).
+    async fn preregister(
+        &self,
+        run_id: u64,
+        tree: &ObjectTree,
+    ) -> Result<Vec<ObjectId>, StoreError>;
+    /// Stores verified bytes; false when the id was never pre-registered. A second put of an
+    /// available object changes nothing and returns true.
+    async fn put(&self, id: &ObjectId, content: Bytes) -> Result<bool, StoreError>;
+    /// Looks an id up.
+    async fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError>;
+    /// Deletes an unreferenced object and, recursively, children nothing else references.
+    async fn delete(&self, id: &ObjectId) -> Result<(), StoreError>;
+    /// Deletes every unreferenced object of a run (cascading) and forgets the run.
+    async fn delete_objects_in_run(&self, run_id: u64) -> Result<(), StoreError>;
+    /// The tree rooted at `id`, from the registered child lists; `None` if any node is missing.
+    async fn tree(&self, id: &ObjectId) -> Result<Option<ObjectTree>, StoreError>;
+    /// Number of objects held (available or not).
+    async fn len(&self) -> Result<usize, StoreError>;
+    /// True when the store holds nothing.
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len().await? == 0)
+    }
+}
+
+/// The in-memory engine: every call is one short lock scope, answered at once.
+#[derive(Debug, Default)]
+pub struct MemoryObjects(MemoryObjectStore);
+
+#[async_trait]
+impl ObjectStore for MemoryObjects {
+    async fn preregister(
+        &self,
+        run_id: u64,
+        tree: &ObjectTree,
+    ) -> Result<Vec<ObjectId>, StoreError> {
+        self.0.preregister(run_id, tree)
+    }
+    async fn put(&self, id: &ObjectId, content: Bytes) -> Result<bool, StoreError> {
+        self.0.put(id, content)
+    }
+    async fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
+        self.0.get(id)
+    }
+    async fn delete(&self, id: &ObjectId) -> Result<(), StoreError> {
+        self.0.delete(id)
+    }
+    async fn delete_objects_in_run(&self, run_id: u64) -> Result<(), StoreError> {
+        self.0.delete_objects_in_run(run_id)
+    }
+    async fn tree(&self, id: &ObjectId) -> Result<Option<ObjectTree>, StoreError> {
+        self.0.tree(id)
+    }
+    async fn len(&self) -> Result<usize, StoreError> {
+        self.0.len()
+    }
+}
