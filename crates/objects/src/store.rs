@@ -18,10 +18,16 @@ use parking_lot::Mutex;
 use crate::id::ObjectId;
 use crate::tree::ObjectTree;
 
-/// A store backend failed (disk full, database error...).
+/// A store backend failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("object store: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// The backend failed (disk full, database error...).
+    #[error("object store: {0}")]
+    Backend(String),
+    /// The database cannot be reached now; callers may retry.
+    #[error("object store unavailable: {0}")]
+    Unavailable(String),
+}
 
 /// What the store knows about an id.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,9 +14,11 @@
 pub mod clock;
 pub mod codec;
 pub mod conformance;
+pub mod fabs;
 pub mod lane;
 pub mod memory;
 pub mod objects;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use bytes::Bytes;
 use flwr_objects::message::MessageMeta;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::fabs::FabStore;
 pub use crate::objects::ObjectStore;
 pub use flwr_objects::store::{Lookup, StoreError};
 
@@ -367,6 +370,10 @@ pub enum StateError {
     /// The backend failed.
     #[error("state backend: {0}")]
     Backend(String),
+    /// The database cannot be reached now (a lost connection, a restarting server); callers may
+    /// retry.
+    #[error("state database unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Why a node lifecycle call was refused.
@@ -509,13 +516,15 @@ pub mod heartbeat {
 /// The reason of a run that stopped sending heartbeats.
 pub const NO_HEARTBEAT_DETAILS: &str = "No heartbeat received from the run.";
 
-/// The two engines of one database.
+/// The engines of one database.
 #[derive(Clone)]
 pub struct Stores {
     /// Runs, nodes, tokens, logs, messages.
     pub state: Arc<dyn LinkState>,
     /// Objects.
     pub objects: Arc<dyn ObjectStore>,
+    /// FABs, when the database keeps them (PostgreSQL); otherwise they go to `--storage-dir`.
+    pub fabs: Option<Arc<dyn FabStore>>,
 }
 
 /// Both engines in memory (`--database :flwr-in-memory:`); the clock is shared.
@@ -523,6 +532,7 @@ pub fn in_memory(clock: Arc<dyn Clock>) -> Stores {
     Stores {
         state: Arc::new(memory::MemoryLinkState::new(clock)),
         objects: Arc::new(objects::MemoryObjects::default()),
+        fabs: None,
     }
 }
 

@@ -226,6 +226,7 @@ pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Stores, StateError> {
             }),
             lane: lane("object-db")?,
         }),
+        fabs: None,
     })
 }
 
@@ -415,7 +416,7 @@ impl SqliteObjects {
         self.lane
             .run(move || f(&db))
             .await
-            .map_err(|e| StoreError(e.to_string()))?
+            .map_err(|e| StoreError::Backend(e.to_string()))?
     }
 }
 
@@ -1301,7 +1302,7 @@ impl ObjectDb {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<R>,
     ) -> Result<R, StoreError> {
-        let err = |e: rusqlite::Error| StoreError(backend(&self.path)(e).to_string());
+        let err = |e: rusqlite::Error| StoreError::Backend(backend(&self.path)(e).to_string());
         let mut conn = self.conn.lock();
         let _writing = self.writer.0.lock();
         let tx = conn
@@ -1316,7 +1317,7 @@ impl ObjectDb {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<R>,
     ) -> Result<R, StoreError> {
-        let err = |e: rusqlite::Error| StoreError(backend(&self.path)(e).to_string());
+        let err = |e: rusqlite::Error| StoreError::Backend(backend(&self.path)(e).to_string());
         let mut conn = self.conn.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Deferred)

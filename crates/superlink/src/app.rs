@@ -18,7 +18,6 @@ use tonic::service::Routes;
 use crate::cli::Isolation;
 use crate::config::{Config, Database};
 use crate::core::{Core, Settings};
-use crate::ffs::Ffs;
 use crate::launcher::{Launcher, Programs};
 use crate::service::{
     control::ControlService, fleet::FleetService, serverappio::ServerAppIoService,
@@ -95,6 +94,15 @@ impl App {
                 tracing::info!(database = %path.display(), "State in SQLite");
                 opened
             }
+            Database::Postgres(target) => {
+                let name = target.masked();
+                let options = flwr_state::postgres::PgOptions::new(target.clone());
+                let stores = flwr_state::postgres::connect(options, clock.clone())
+                    .await
+                    .map_err(|e| BuildError::State(e.to_string()))?;
+                tracing::info!(database = %name, "State in PostgreSQL");
+                stores
+            }
         };
         let control = grpc::bind("--control-api-address", &config.control_address).await?;
         let serverappio =
@@ -164,7 +172,11 @@ impl App {
         let core = Core::new(
             self.stores.state.clone(),
             self.stores.objects.clone(),
-            Ffs::new(self.config.storage_dir.clone()),
+            self.stores.fabs.clone().unwrap_or_else(|| {
+                Arc::new(flwr_state::fabs::FileFabs::new(
+                    self.config.storage_dir.clone(),
+                ))
+            }),
             self.clock.clone(),
             settings,
             launch_tx,

@@ -83,9 +83,16 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "subprocess")]
     pub isolation: Isolation,
 
-    /// State storage: `:flwr-in-memory:` (lost at exit) or the path of an SQLite database file.
+    /// State storage: `:flwr-in-memory:` (lost at exit), the path of an SQLite database file, or
+    /// `postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME[?sslmode=...&sslrootcert=...]`, which
+    /// several SuperLink replicas can share (high availability).
     #[arg(long, default_value = IN_MEMORY_DATABASE)]
     pub database: String,
+
+    /// A file holding the PostgreSQL password (instead of the URL or `PGPASSWORD`). Not in
+    /// Flower.
+    #[arg(long, value_name = "FILE")]
+    pub database_password_file: Option<PathBuf>,
 
     /// Directory where FABs are stored [default: $FLWR_HOME/superlink/ffs, FLWR_HOME defaulting
     /// to ~/.flwr].

@@ -17,6 +17,8 @@ pub enum Database {
     InMemory,
     /// An SQLite database file.
     Sqlite(PathBuf),
+    /// A PostgreSQL database, which replicas may share.
+    Postgres(flwr_state::postgres::PgTarget),
 }
 
 /// `--log-file` and its rotation.
@@ -120,6 +122,18 @@ pub enum ConfigError {
         /// The value.
         value: String,
     },
+    /// A `--database` URL that is not PostgreSQL's.
+    #[error(
+        "`--database {0}`: this scheme is not supported. Use `:flwr-in-memory:`, the path of an \
+         SQLite file, or postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME."
+    )]
+    DatabaseScheme(String),
+    /// A PostgreSQL URL or password file that cannot be used.
+    #[error(transparent)]
+    Postgres(#[from] flwr_state::postgres::PgTargetError),
+    /// `--database-password-file` without a PostgreSQL database.
+    #[error("`--database-password-file` is only used with `--database postgresql://...`")]
+    PasswordFileWithoutPostgres,
     /// A Fleet transport other than grpc-rere.
     #[error(
         "`--fleet-api-type {0}` is not supported by this SuperLink; use `grpc-rere` (the default), \
@@ -249,6 +263,15 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
 
     let database = if a.database == cli::IN_MEMORY_DATABASE {
         Database::InMemory
+    } else if flwr_state::postgres::is_postgres_url(&a.database) {
+        let mut target = flwr_state::postgres::PgTarget::parse(&a.database)?;
+        if let Some(file) = &a.database_password_file {
+            target = target.with_password_file(file)?;
+        }
+        Database::Postgres(target)
+    } else if let Some((scheme, _)) = a.database.split_once("://") {
+        // Anything else with a scheme is not a file path: never make an SQLite file of it.
+        return Err(ConfigError::DatabaseScheme(format!("{scheme}://...")));
     } else {
         // `:memory:` is SQLite in RAM, as in Flower; anything else is a file path.
         let path = Path::new(&a.database);
@@ -258,6 +281,9 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
             absolute(path)
         })
     };
+    if a.database_password_file.is_some() && !matches!(database, Database::Postgres(_)) {
+        return Err(ConfigError::PasswordFileWithoutPostgres);
+    }
     let serverappio_allow = a
         .serverappio_api_allowed_networks
         .as_deref()

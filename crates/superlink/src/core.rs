@@ -17,12 +17,12 @@ use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
 use flwr_state::{
-    heartbeat, Clock, ConfigValue, LinkState, NewNode, NewRun, Node, NodeId, NodeRefusal,
+    heartbeat, Clock, ConfigValue, FabStore, LinkState, NewNode, NewRun, Node, NodeId, NodeRefusal,
     ObjectStore, PulledReply, Run, RunId, RunStatus, RunType, Status, SubStatus,
 };
 
 use crate::error::{Error, Result};
-use crate::ffs::Ffs;
+
 use flwr_fab as fab;
 
 /// The account every caller is without account authentication (Flower's no-op plugin).
@@ -69,7 +69,7 @@ pub struct AppInputs {
 pub struct Core {
     state: Arc<dyn LinkState>,
     objects: Arc<dyn ObjectStore>,
-    ffs: Ffs,
+    fabs: Arc<dyn FabStore>,
     clock: Arc<dyn Clock>,
     settings: Settings,
     launcher: Option<mpsc::UnboundedSender<LaunchEvent>>,
@@ -114,7 +114,7 @@ impl Core {
     pub fn new(
         state: Arc<dyn LinkState>,
         objects: Arc<dyn ObjectStore>,
-        ffs: Ffs,
+        fabs: Arc<dyn FabStore>,
         clock: Arc<dyn Clock>,
         settings: Settings,
         launcher: Option<mpsc::UnboundedSender<LaunchEvent>>,
@@ -122,7 +122,7 @@ impl Core {
         Self {
             state,
             objects,
-            ffs,
+            fabs,
             clock,
             settings,
             launcher,
@@ -381,11 +381,9 @@ impl Core {
     }
 
     async fn read_fab(&self, hash: String) -> Result<Bytes> {
-        let ffs = self.ffs.clone();
-        let h = hash.clone();
-        tokio::task::spawn_blocking(move || ffs.get(&h))
-            .await
-            .map_err(|e| Error::Internal(format!("FAB read failed: {e}")))??
+        self.fabs
+            .get(&hash)
+            .await?
             .ok_or_else(|| Error::PermissionDenied(format!("Found no FAB with hash: {hash}")))
     }
 
@@ -752,11 +750,7 @@ impl Core {
         };
         fab::check_overrides(&info, overrides.iter().map(|(k, _)| k.as_str()))
             .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
-        let ffs = self.ffs.clone();
-        let f = fab.clone();
-        let hash = tokio::task::spawn_blocking(move || ffs.put(&f))
-            .await
-            .map_err(|e| Error::Internal(format!("FAB storage failed: {e}")))??;
+        let hash = self.fabs.put(fab.clone()).await?;
         let (run_type, federation_config) = if self.settings.simulation {
             (RunType::Simulation, federation_config)
         } else {

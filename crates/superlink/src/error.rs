@@ -39,6 +39,9 @@ pub enum Error {
     /// cause and the fix.
     #[error("{0}")]
     Internal(String),
+    /// The state database cannot be reached now: UNAVAILABLE, which clients retry.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<StateError> for Error {
@@ -49,19 +52,17 @@ impl From<StateError> for Error {
                 Error::FailedPrecondition("Public key already in use".into())
             }
             StateError::Backend(m) => Error::Internal(format!("SuperLink state error: {m}")),
+            StateError::Unavailable(m) => Error::Unavailable(m),
         }
     }
 }
 
 impl From<flwr_objects::store::StoreError> for Error {
     fn from(e: flwr_objects::store::StoreError) -> Self {
-        Error::Internal(format!("SuperLink {e}"))
-    }
-}
-
-impl From<crate::ffs::FfsError> for Error {
-    fn from(e: crate::ffs::FfsError) -> Self {
-        Error::Internal(format!("SuperLink {e}"))
+        match e {
+            flwr_objects::store::StoreError::Unavailable(m) => Error::Unavailable(m),
+            other => Error::Internal(format!("SuperLink {other}")),
+        }
     }
 }
 

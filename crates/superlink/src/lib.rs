@@ -5,18 +5,16 @@
 //! * [`config`]: validation of the flags into a [`config::Config`].
 //! * [`app`]: build (TLS, listeners, state), then serve.
 //! * [`core`]: the domain operations behind the three APIs; [`error`]: their errors.
-//! * [`state`]: runs, nodes, tokens, logs and messages behind one trait ([`state::LinkState`]).
 //! * [`service`]: the gRPC edge (Fleet, ServerAppIo, Control); the only code that knows protobuf.
-//! * [`ffs`]: storing FABs on disk (reading them is `flwr_fab`'s).
 //! * [`launcher`]: starting and owning ServerApp processes.
-//! * [`clock`]: time as the state sees it.
+//!
+//! State, objects and FABs live behind the engines of `flwr_state` (memory, SQLite, PostgreSQL).
 
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod core;
 pub mod error;
-pub mod ffs;
 pub mod launcher;
 pub mod service;
 

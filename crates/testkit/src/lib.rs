@@ -5,6 +5,7 @@
 pub mod federation;
 pub mod pki;
 pub mod ports;
+pub mod postgres;
 pub mod process;
 pub mod python;
 

@@ -16,6 +16,10 @@ pub fn to_status(e: Error) -> Status {
         Error::NotFound(_) => Status::not_found(text),
         Error::Unauthenticated(_) => Status::unauthenticated(text),
         Error::Unimplemented(_) => Status::unimplemented(text),
+        Error::Unavailable(cause) => {
+            tracing::warn!("{cause}");
+            Status::unavailable("The SuperLink's database is unavailable; try again.")
+        }
         Error::Internal(_) => {
             // The cause (paths, SQL, engine texts) goes to the log only; the caller gets an id
             // to quote.

@@ -1,12 +1,25 @@
-//! The FAB store on disk (`--storage-dir`): `<dir>/<sha256>` holds the FAB, `<dir>/<sha256>.META`
-//! its verification metadata (`{}` for FABs sent by the CLI). The same store answers SuperNodes'
-//! `GetFab` and ServerApps' `PullAppInputs`. Blocking I/O: call from blocking tasks.
+//! FABs by SHA-256: the store that answers SuperNodes' `GetFab` and ServerApps'
+//! `PullAppInputs`. [`FileFabs`] keeps them on disk (`--storage-dir`, with the in-memory and
+//! SQLite engines); the PostgreSQL engine keeps them in the database, so that every replica
+//! serves every FAB.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+
+use crate::StateError;
+
+/// FABs stored by their SHA-256.
+#[async_trait]
+pub trait FabStore: Send + Sync {
+    /// Stores a FAB (once) and returns its hash.
+    async fn put(&self, content: Bytes) -> Result<String, StateError>;
+    /// The FAB with this hash, if stored.
+    async fn get(&self, hash: &str) -> Result<Option<Bytes>, StateError>;
+}
 
 /// A FAB store failure, naming the path and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +43,10 @@ fn hint(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// The store.
+/// The store on disk: `<dir>/<sha256>` holds the FAB, `<dir>/<sha256>.META` its verification
+/// metadata (`{}` for FABs sent by the CLI). Its I/O runs on the blocking pool.
 #[derive(Clone, Debug)]
-pub struct Ffs {
+pub struct FileFabs {
     dir: PathBuf,
 }
 
@@ -41,7 +55,7 @@ pub fn fab_hash(content: &[u8]) -> String {
     hex::encode(Sha256::digest(content))
 }
 
-impl Ffs {
+impl FileFabs {
     /// A store in `dir` (created on first write).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
@@ -54,7 +68,7 @@ impl Ffs {
 
     /// Stores a FAB and returns its hash. Writing is atomic (temporary file, then rename), so a
     /// full disk never leaves a truncated FAB behind.
-    pub fn put(&self, content: &[u8]) -> Result<String, FfsError> {
+    pub fn put_blocking(&self, content: &[u8]) -> Result<String, FfsError> {
         let hash = fab_hash(content);
         let path = self.dir.join(&hash);
         let err = |action, source: std::io::Error| FfsError {
@@ -75,7 +89,7 @@ impl Ffs {
     }
 
     /// The FAB with this hash, if stored. A hash that is not 64 hex characters is never a path.
-    pub fn get(&self, hash: &str) -> Result<Option<Bytes>, FfsError> {
+    pub fn get_blocking(&self, hash: &str) -> Result<Option<Bytes>, FfsError> {
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(None);
         }
@@ -89,6 +103,26 @@ impl Ffs {
                 source: e,
             }),
         }
+    }
+}
+
+#[async_trait]
+impl FabStore for FileFabs {
+    async fn put(&self, content: Bytes) -> Result<String, StateError> {
+        let fabs = self.clone();
+        tokio::task::spawn_blocking(move || fabs.put_blocking(&content))
+            .await
+            .map_err(|e| StateError::Backend(format!("FAB storage failed: {e}")))?
+            .map_err(|e| StateError::Backend(e.to_string()))
+    }
+
+    async fn get(&self, hash: &str) -> Result<Option<Bytes>, StateError> {
+        let fabs = self.clone();
+        let hash = hash.to_owned();
+        tokio::task::spawn_blocking(move || fabs.get_blocking(&hash))
+            .await
+            .map_err(|e| StateError::Backend(format!("FAB read failed: {e}")))?
+            .map_err(|e| StateError::Backend(e.to_string()))
     }
 }
 
@@ -113,12 +147,15 @@ mod tests {
     #[test]
     fn stores_by_hash() {
         let dir = tempfile::tempdir().unwrap();
-        let ffs = Ffs::new(dir.path().join("ffs"));
-        let h = ffs.put(b"fab bytes").unwrap();
+        let ffs = FileFabs::new(dir.path().join("ffs"));
+        let h = ffs.put_blocking(b"fab bytes").unwrap();
         assert_eq!(h, fab_hash(b"fab bytes"));
-        assert_eq!(ffs.get(&h).unwrap().as_deref(), Some(&b"fab bytes"[..]));
-        assert_eq!(ffs.get(&"0".repeat(64)).unwrap(), None);
-        assert_eq!(ffs.get("../../etc/passwd").unwrap(), None);
+        assert_eq!(
+            ffs.get_blocking(&h).unwrap().as_deref(),
+            Some(&b"fab bytes"[..])
+        );
+        assert_eq!(ffs.get_blocking(&"0".repeat(64)).unwrap(), None);
+        assert_eq!(ffs.get_blocking("../../etc/passwd").unwrap(), None);
         assert!(dir.path().join("ffs").join(format!("{h}.META")).exists());
     }
 }

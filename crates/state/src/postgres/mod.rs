@@ -1,0 +1,1564 @@
+//! The PostgreSQL engine (`--database postgresql://...`): the state and the objects of every
+//! SuperLink replica of a federation in one database, so that any replica can serve any request.
+//!
+//! Every method is one transaction (READ COMMITTED, with row locks where two replicas could race:
+//! a pending run is claimed with `FOR UPDATE SKIP LOCKED`, an instruction is delivered once,
+//! an object is inserted once), retried when PostgreSQL reports a deadlock or a serialization
+//! failure. A replica killed in the middle of a call leaves nothing half-written.
+//!
+//! Connections come from a bounded pool. When the database cannot be reached the calls fail with
+//! [`StateError::Unavailable`], which the SuperLink answers with UNAVAILABLE (clients retry) and
+//! reports on its health service.
+//!
+//! The schema is created on first start under an advisory lock (replicas starting together make
+//! it once) and versioned in `flwr_schema`; a replica refuses a database whose schema is newer
+//! than it knows. u64 ids are stored bit-cast to BIGINT.
+
+mod target;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use flwr_objects::message::{error_code, MessageError, MessageMeta, SUPERLINK_NODE_ID};
+use flwr_objects::store::{Lookup, StoreError};
+use flwr_objects::{ObjectId, ObjectTree};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Row;
+
+pub use target::{is_postgres_url, PgTarget, PgTargetError, SslMode};
+
+use crate::codec::{decode_config, encode_config};
+use crate::memory::{
+    effective_node, error_reply_for, message_unavailable, random_id, random_token,
+    MESSAGE_TTL_TOLERANCE,
+};
+use crate::*;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i32 = 1;
+/// The advisory lock taken while the schema is created or checked.
+const SCHEMA_LOCK: i64 = 0x666c_7772_5f73_6368; // "flwr_sch"
+/// Attempts of a transaction that PostgreSQL aborted for a deadlock or a serialization failure.
+const ATTEMPTS: usize = 5;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS node (
+    node_id BIGINT PRIMARY KEY,
+    owner_aid TEXT NOT NULL,
+    owner_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    registered_at DOUBLE PRECISION NOT NULL,
+    last_activated_at DOUBLE PRECISION,
+    last_deactivated_at DOUBLE PRECISION,
+    unregistered_at DOUBLE PRECISION,
+    online_until DOUBLE PRECISION,
+    heartbeat_interval DOUBLE PRECISION NOT NULL,
+    public_key BYTEA NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS run (
+    run_id BIGINT PRIMARY KEY,
+    seq BIGSERIAL,
+    fab_id TEXT NOT NULL,
+    fab_version TEXT NOT NULL,
+    fab_hash TEXT NOT NULL,
+    override_config BYTEA NOT NULL,
+    pending_at DOUBLE PRECISION,
+    starting_at DOUBLE PRECISION,
+    running_at DOUBLE PRECISION,
+    finished_at DOUBLE PRECISION,
+    status TEXT NOT NULL,
+    sub_status TEXT NOT NULL,
+    details TEXT NOT NULL,
+    flwr_aid TEXT NOT NULL,
+    federation TEXT NOT NULL,
+    bytes_sent BIGINT NOT NULL DEFAULT 0,
+    bytes_recv BIGINT NOT NULL DEFAULT 0,
+    clientapp_runtime DOUBLE PRECISION NOT NULL DEFAULT 0,
+    run_type TEXT NOT NULL,
+    federation_config BYTEA,
+    context BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS run_by_status ON run (status, seq);
+CREATE INDEX IF NOT EXISTS run_by_aid ON run (flwr_aid);
+CREATE TABLE IF NOT EXISTS token (
+    token TEXT PRIMARY KEY,
+    run_id BIGINT NOT NULL UNIQUE,
+    active_until DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log (
+    id BIGSERIAL PRIMARY KEY,
+    run_id BIGINT NOT NULL,
+    ts DOUBLE PRECISION NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_by_run ON log (run_id, ts);
+CREATE TABLE IF NOT EXISTS message_ins (
+    seq BIGSERIAL PRIMARY KEY,
+    message_id TEXT NOT NULL UNIQUE,
+    delivered BOOLEAN NOT NULL DEFAULT FALSE,
+    run_id BIGINT NOT NULL,
+    src_node_id BIGINT NOT NULL,
+    dst_node_id BIGINT NOT NULL,
+    reply_to TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    ttl DOUBLE PRECISION NOT NULL,
+    message_type TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    error_code BIGINT,
+    error_reason TEXT,
+    has_content BOOLEAN NOT NULL
+);
+CREATE INDEX IF NOT EXISTS message_ins_queue ON message_ins (dst_node_id, delivered, seq);
+CREATE INDEX IF NOT EXISTS message_ins_run ON message_ins (run_id);
+CREATE TABLE IF NOT EXISTS message_res (
+    ins_id TEXT PRIMARY KEY,
+    delivered BOOLEAN NOT NULL DEFAULT FALSE,
+    run_id BIGINT NOT NULL,
+    message_id TEXT NOT NULL,
+    src_node_id BIGINT NOT NULL,
+    dst_node_id BIGINT NOT NULL,
+    reply_to TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    ttl DOUBLE PRECISION NOT NULL,
+    message_type TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    error_code BIGINT,
+    error_reason TEXT,
+    has_content BOOLEAN NOT NULL
+);
+CREATE TABLE IF NOT EXISTS object (
+    object_id BYTEA PRIMARY KEY,
+    content BYTEA,
+    children BYTEA NOT NULL,
+    ref_count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS object_run (
+    object_id BYTEA NOT NULL,
+    run_id BIGINT NOT NULL,
+    PRIMARY KEY (object_id, run_id)
+);
+CREATE INDEX IF NOT EXISTS object_run_by_run ON object_run (run_id);
+CREATE TABLE IF NOT EXISTS fab (
+    hash TEXT PRIMARY KEY,
+    content BYTEA NOT NULL
+);
+"#;
+
+/// How to reach the database and how many connections to keep.
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    /// The server, database, credentials and TLS settings.
+    pub target: PgTarget,
+    /// Connections in the pool at most.
+    pub pool_size: usize,
+    /// How long a call waits for a connection (or to make one) before it fails as unavailable.
+    pub wait: Duration,
+}
+
+impl PgOptions {
+    /// Defaults for a target: 16 connections, 5 s to get one.
+    pub fn new(target: PgTarget) -> Self {
+        Self {
+            target,
+            pool_size: 16,
+            wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What both engines share: the pool and the clock.
+struct Shared {
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    /// The target, password masked, for messages.
+    name: String,
+}
+
+/// Connects, creates or checks the schema, and returns both engines. Fails with a message that
+/// names the problem (unreachable server, wrong password, newer schema) and the target (password
+/// masked).
+pub async fn connect(options: PgOptions, clock: Arc<dyn Clock>) -> Result<Stores, StateError> {
+    let name = options.target.masked();
+    let (config, tls) = options
+        .target
+        .client_config()
+        .map_err(|e| StateError::Backend(format!("{name}: {e}")))?;
+    let manager = match tls {
+        Some(tls) => Manager::from_config(
+            config,
+            tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        ),
+        None => Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        ),
+    };
+    let pool = Pool::builder(manager)
+        .max_size(options.pool_size.max(1))
+        .wait_timeout(Some(options.wait))
+        .create_timeout(Some(options.wait))
+        .recycle_timeout(Some(options.wait))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StateError::Backend(format!("{name}: {e}")))?;
+    let shared = Arc::new(Shared { pool, clock, name });
+    shared.migrate().await?;
+    Ok(Stores {
+        state: Arc::new(PgLinkState {
+            shared: shared.clone(),
+        }),
+        objects: Arc::new(PgObjects {
+            shared: shared.clone(),
+        }),
+        fabs: Some(Arc::new(PgFabs { shared })),
+    })
+}
+
+/// A PostgreSQL error as the state reports it: connection trouble is [`StateError::Unavailable`].
+fn pg_error(name: &str, e: &tokio_postgres::Error) -> StateError {
+    use std::error::Error as _;
+    let unavailable = e.is_closed()
+        || e.code().is_some_and(|c| {
+            c.code().starts_with("08")
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                ]
+                .contains(c)
+        })
+        || (e.code().is_none() && e.source().is_some_and(|s| s.is::<std::io::Error>()));
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => match e.source() {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        },
+    };
+    if unavailable {
+        StateError::Unavailable(format!("{name}: {detail}"))
+    } else if e.code() == Some(&SqlState::INVALID_PASSWORD)
+        || e.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+    {
+        StateError::Backend(format!(
+            "{name}: {detail} (check the user and password: the URL, --database-password-file or PGPASSWORD)"
+        ))
+    } else {
+        StateError::Backend(format!("{name}: {detail}"))
+    }
+}
+
+fn pool_error(name: &str, e: deadpool_postgres::PoolError) -> StateError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_error(name, &e),
+        other => StateError::Unavailable(format!("{name}: no database connection ({other})")),
+    }
+}
+
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
+/// Runs `$body` (an expression of type `Result<T, tokio_postgres::Error>` that may use `$tx`, a
+/// transaction, and `$now`, the clock's time) in one transaction, retried on deadlocks and
+/// serialization failures; evaluates to `Result<T, StateError>`.
+macro_rules! in_tx {
+    ($shared:expr, |$tx:ident, $now:ident| $body:expr) => {{
+        let shared: &Shared = $shared;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut client = match shared.pool.get().await {
+                Ok(c) => c,
+                Err(e) => break Err(pool_error(&shared.name, e)),
+            };
+            let $now = shared.clock.now();
+            let outcome: Result<_, tokio_postgres::Error> = async {
+                let transaction = client.transaction().await?;
+                let value = {
+                    let $tx = &transaction;
+                    $body
+                }?;
+                transaction.commit().await?;
+                Ok(value)
+            }
+            .await;
+            match outcome {
+                Ok(v) => break Ok(v),
+                Err(e) if retryable(&e) && attempt < ATTEMPTS => continue,
+                Err(e) => break Err(pg_error(&shared.name, &e)),
+            }
+        }
+    }};
+}
+
+impl Shared {
+    /// Creates the schema, or checks the one there, under the advisory lock.
+    async fn migrate(&self) -> Result<(), StateError> {
+        let version = in_tx!(self, |tx, _now| async {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+                .await?;
+            tx.batch_execute("CREATE TABLE IF NOT EXISTS flwr_schema (version INTEGER NOT NULL)")
+                .await?;
+            let found: Option<i32> = tx
+                .query_opt("SELECT MAX(version) FROM flwr_schema", &[])
+                .await?
+                .and_then(|r| r.get::<_, Option<i32>>(0));
+            if found.is_none() {
+                tx.batch_execute(SCHEMA).await?;
+                tx.execute(
+                    "INSERT INTO flwr_schema (version) VALUES ($1)",
+                    &[&SCHEMA_VERSION],
+                )
+                .await?;
+            }
+            Ok(found.unwrap_or(SCHEMA_VERSION))
+        }
+        .await)?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError::Backend(format!(
+                "{}: the database has schema version {version}, newer than this SuperLink knows \
+                 ({SCHEMA_VERSION}): upgrade this SuperLink, or point it to another database",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn id(v: u64) -> i64 {
+    v as i64
+}
+
+fn uid(v: i64) -> u64 {
+    v as u64
+}
+
+const NODE_COLS: &str = "node_id, owner_aid, owner_name, status, registered_at, last_activated_at, last_deactivated_at, unregistered_at, online_until, heartbeat_interval, public_key";
+
+fn node_from_row(r: &Row) -> Node {
+    let status: &str = r.get(3);
+    Node {
+        node_id: uid(r.get(0)),
+        owner_aid: r.get(1),
+        owner_name: r.get(2),
+        status: match status {
+            "online" => NodeStatus::Online,
+            "offline" => NodeStatus::Offline,
+            "unregistered" => NodeStatus::Unregistered,
+            _ => NodeStatus::Registered,
+        },
+        registered_at: r.get(4),
+        last_activated_at: r.get(5),
+        last_deactivated_at: r.get(6),
+        unregistered_at: r.get(7),
+        online_until: r.get(8),
+        heartbeat_interval: r.get(9),
+        public_key: Bytes::from(r.get::<_, Vec<u8>>(10)),
+    }
+}
+
+const RUN_COLS: &str = "run_id, fab_id, fab_version, fab_hash, override_config, pending_at, starting_at, running_at, finished_at, status, sub_status, details, flwr_aid, federation, bytes_sent, bytes_recv, clientapp_runtime, run_type, federation_config";
+
+fn run_from_row(r: &Row) -> Run {
+    let status: &str = r.get(9);
+    let sub: &str = r.get(10);
+    let cfg: &[u8] = r.get(4);
+    let run_type: &str = r.get(17);
+    Run {
+        run_id: uid(r.get(0)),
+        fab_id: r.get(1),
+        fab_version: r.get(2),
+        fab_hash: r.get(3),
+        override_config: decode_config(cfg).unwrap_or_default(),
+        pending_at: r.get(5),
+        starting_at: r.get(6),
+        running_at: r.get(7),
+        finished_at: r.get(8),
+        status: RunStatus {
+            status: Status::parse(status).unwrap_or(Status::Pending),
+            sub_status: SubStatus::parse(sub).unwrap_or(SubStatus::None),
+            details: r.get(11),
+        },
+        flwr_aid: r.get(12),
+        federation: r.get(13),
+        bytes_sent: uid(r.get(14)),
+        bytes_recv: uid(r.get(15)),
+        clientapp_runtime: r.get(16),
+        run_type: if run_type == "simulation" {
+            RunType::Simulation
+        } else {
+            RunType::ServerApp
+        },
+        federation_config: r.get::<_, Option<Vec<u8>>>(18).map(Bytes::from),
+    }
+}
+
+const META_COLS: &str = "run_id, message_id, src_node_id, dst_node_id, reply_to, group_id, ttl, message_type, created_at, error_code, error_reason, has_content";
+
+fn meta_from_row(r: &Row, o: usize) -> MessageMeta {
+    let code: Option<i64> = r.get(o + 9);
+    let reason: Option<String> = r.get(o + 10);
+    MessageMeta {
+        run_id: uid(r.get(o)),
+        message_id: r.get(o + 1),
+        src_node_id: uid(r.get(o + 2)),
+        dst_node_id: uid(r.get(o + 3)),
+        reply_to_message_id: r.get(o + 4),
+        group_id: r.get(o + 5),
+        ttl: r.get(o + 6),
+        message_type: r.get(o + 7),
+        created_at: r.get(o + 8),
+        error: code.map(|code| MessageError {
+            code,
+            reason: reason.unwrap_or_default(),
+        }),
+        has_content: r.get(o + 11),
+    }
+}
+
+type Tx<'a> = deadpool_postgres::Transaction<'a>;
+type PgResult<T> = Result<T, tokio_postgres::Error>;
+
+async fn get_node(tx: &Tx<'_>, node_id: NodeId, lock: bool) -> PgResult<Option<Node>> {
+    let sql = format!(
+        "SELECT {NODE_COLS} FROM node WHERE node_id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let stmt = tx.prepare_cached(&sql).await?;
+    Ok(tx
+        .query_opt(&stmt, &[&id(node_id)])
+        .await?
+        .map(|r| node_from_row(&r)))
+}
+
+async fn save_node(tx: &Tx<'_>, n: &Node) -> PgResult<()> {
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE node SET status = $2, last_activated_at = $3, last_deactivated_at = $4, \
+             unregistered_at = $5, online_until = $6, heartbeat_interval = $7 WHERE node_id = $1",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &id(n.node_id),
+            &n.status.as_str(),
+            &n.last_activated_at,
+            &n.last_deactivated_at,
+            &n.unregistered_at,
+            &n.online_until,
+            &n.heartbeat_interval,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn get_run(tx: &Tx<'_>, run_id: RunId, lock: bool) -> PgResult<Option<Run>> {
+    let sql = format!(
+        "SELECT {RUN_COLS} FROM run WHERE run_id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let stmt = tx.prepare_cached(&sql).await?;
+    Ok(tx
+        .query_opt(&stmt, &[&id(run_id)])
+        .await?
+        .map(|r| run_from_row(&r)))
+}
+
+/// Ends the tokens whose app stopped sending heartbeats, and their runs (failed), once: the
+/// token rows are deleted under their lock, so two replicas never both end one.
+async fn expire_tokens(tx: &Tx<'_>, now: f64) -> PgResult<()> {
+    let stmt = tx
+        .prepare_cached("DELETE FROM token WHERE active_until < $1 RETURNING run_id, active_until")
+        .await?;
+    for row in tx.query(&stmt, &[&now]).await? {
+        let (run_id, until): (i64, f64) = (row.get(0), row.get(1));
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE run SET status = 'finished', sub_status = 'failed', details = $2, \
+                 finished_at = $3 WHERE run_id = $1 AND status != 'finished'",
+            )
+            .await?;
+        tx.execute(&stmt, &[&run_id, &NO_HEARTBEAT_DETAILS, &until])
+            .await?;
+    }
+    Ok(())
+}
+
+fn expired(m: &MessageMeta, now: f64) -> bool {
+    m.created_at + m.ttl < now
+}
+
+async fn delete_message(tx: &Tx<'_>, message_id: &str) -> PgResult<()> {
+    let stmt = tx
+        .prepare_cached("DELETE FROM message_ins WHERE message_id = $1")
+        .await?;
+    tx.execute(&stmt, &[&message_id]).await?;
+    let stmt = tx
+        .prepare_cached("DELETE FROM message_res WHERE ins_id = $1")
+        .await?;
+    tx.execute(&stmt, &[&message_id]).await?;
+    Ok(())
+}
+
+async fn instruction(tx: &Tx<'_>, message_id: &str, lock: bool) -> PgResult<Option<MessageMeta>> {
+    let sql = format!(
+        "SELECT {META_COLS} FROM message_ins WHERE message_id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let stmt = tx.prepare_cached(&sql).await?;
+    Ok(tx
+        .query_opt(&stmt, &[&message_id])
+        .await?
+        .map(|r| meta_from_row(&r, 0)))
+}
+
+/// The PostgreSQL state engine.
+pub struct PgLinkState {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl LinkState for PgLinkState {
+    async fn create_node(&self, node: NewNode) -> Result<NodeId, StateError> {
+        let created = in_tx!(&self.shared, |tx, now| {
+            async {
+            let taken = tx
+                .query_opt("SELECT 1 FROM node WHERE public_key = $1", &[&node.public_key.as_ref()])
+                .await?
+                .is_some();
+            if taken {
+                return Ok(None);
+            }
+            loop {
+                let node_id = random_id();
+                let stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO node (node_id, owner_aid, owner_name, status, registered_at, \
+                         heartbeat_interval, public_key) VALUES ($1, $2, $3, 'registered', $4, $5, $6) \
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .await?;
+                let inserted = tx
+                    .execute(
+                        &stmt,
+                        &[
+                            &id(node_id),
+                            &node.owner_aid,
+                            &node.owner_name,
+                            &now,
+                            &node.heartbeat_interval,
+                            &node.public_key.as_ref(),
+                        ],
+                    )
+                    .await?;
+                if inserted == 1 {
+                    return Ok(Some(node_id));
+                }
+                // A node id taken, or the key registered by another replica meanwhile.
+                let taken = tx
+                    .query_opt("SELECT 1 FROM node WHERE public_key = $1", &[&node.public_key.as_ref()])
+                    .await?
+                    .is_some();
+                if taken {
+                    return Ok(None);
+                }
+            }
+        }
+        .await
+        })?;
+        created.ok_or(StateError::PublicKeyInUse)
+    }
+
+    async fn node_id_by_public_key(&self, public_key: &[u8]) -> Result<Option<NodeId>, StateError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            let stmt = tx
+                .prepare_cached(
+                    "SELECT node_id FROM node WHERE public_key = $1 AND status != 'unregistered'",
+                )
+                .await?;
+            Ok(tx
+                .query_opt(&stmt, &[&public_key])
+                .await?
+                .map(|r| uid(r.get(0))))
+        }
+        .await)
+    }
+
+    async fn activate_node(
+        &self,
+        public_key: &[u8],
+        heartbeat_interval: f64,
+    ) -> Result<Result<NodeId, NodeRefusal>, StateError> {
+        in_tx!(&self.shared, |tx, now| async {
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {NODE_COLS} FROM node WHERE public_key = $1 FOR UPDATE"
+                ))
+                .await?;
+            let Some(row) = tx.query_opt(&stmt, &[&public_key]).await? else {
+                return Ok(Err(NodeRefusal::UnknownKey));
+            };
+            let mut n = effective_node(node_from_row(&row), now);
+            match n.status {
+                NodeStatus::Unregistered => Ok(Err(NodeRefusal::UnknownKey)),
+                NodeStatus::Online => Ok(Err(NodeRefusal::AlreadyOnline(n.node_id))),
+                NodeStatus::Registered | NodeStatus::Offline => {
+                    n.status = NodeStatus::Online;
+                    n.last_activated_at = Some(now);
+                    n.online_until = Some(now + heartbeat::PATIENCE * heartbeat_interval);
+                    n.heartbeat_interval = heartbeat_interval;
+                    save_node(tx, &n).await?;
+                    Ok(Ok(n.node_id))
+                }
+            }
+        }
+        .await)
+    }
+
+    async fn deactivate_node(
+        &self,
+        node_id: NodeId,
+    ) -> Result<Result<(), NodeRefusal>, StateError> {
+        in_tx!(&self.shared, |tx, now| async {
+            let Some(node) = get_node(tx, node_id, true).await? else {
+                return Ok(Err(NodeRefusal::NotOnline(node_id)));
+            };
+            let mut n = effective_node(node, now);
+            if n.status != NodeStatus::Online {
+                return Ok(Err(NodeRefusal::NotOnline(node_id)));
+            }
+            n.status = NodeStatus::Offline;
+            n.last_deactivated_at = Some(now);
+            n.online_until = Some(now);
+            save_node(tx, &n).await?;
+            Ok(Ok(()))
+        }
+        .await)
+    }
+
+    async fn unregister_node(
+        &self,
+        node_id: NodeId,
+        owner_aid: Option<&str>,
+    ) -> Result<Result<(), NodeRefusal>, StateError> {
+        in_tx!(&self.shared, |tx, now| async {
+            let Some(node) = get_node(tx, node_id, true).await? else {
+                return Ok(Err(NodeRefusal::NotFound(node_id)));
+            };
+            if node.status == NodeStatus::Unregistered
+                || owner_aid.is_some_and(|o| o != node.owner_aid)
+            {
+                return Ok(Err(NodeRefusal::NotFound(node_id)));
+            }
+            let mut n = effective_node(node, now);
+            n.status = NodeStatus::Unregistered;
+            n.unregistered_at = Some(now);
+            n.online_until = Some(n.online_until.map_or(now, |t| t.min(now)));
+            save_node(tx, &n).await?;
+            Ok(Ok(()))
+        }
+        .await)
+    }
+
+    async fn heartbeat(
+        &self,
+        node_id: NodeId,
+        heartbeat_interval: f64,
+    ) -> Result<bool, StateError> {
+        in_tx!(&self.shared, |tx, now| async {
+            let Some(node) = get_node(tx, node_id, true).await? else {
+                return Ok(false);
+            };
+            if node.status == NodeStatus::Unregistered {
+                return Ok(false);
+            }
+            let mut n = effective_node(node, now);
+            if n.status != NodeStatus::Online {
+                n.status = NodeStatus::Online;
+                n.last_activated_at = Some(now);
+            }
+            n.online_until = Some(now + heartbeat::PATIENCE * heartbeat_interval);
+            n.heartbeat_interval = heartbeat_interval;
+            save_node(tx, &n).await?;
+            Ok(true)
+        }
+        .await)
+    }
+
+    async fn node(&self, node_id: NodeId) -> Result<Option<Node>, StateError> {
+        in_tx!(&self.shared, |tx, now| async {
+            Ok(get_node(tx, node_id, false)
+                .await?
+                .map(|n| effective_node(n, now)))
+        }
+        .await)
+    }
+
+    async fn nodes_of(&self, owner_aid: &str) -> Result<Vec<Node>, StateError> {
+        in_tx!(&self.shared, |tx, now| async {
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {NODE_COLS} FROM node WHERE owner_aid = $1 ORDER BY registered_at"
+                ))
+                .await?;
+            Ok(tx
+                .query(&stmt, &[&owner_aid])
+                .await?
+                .iter()
+                .map(|r| effective_node(node_from_row(r), now))
+                .collect())
+        }
+        .await)
+    }
+
+    async fn online_node_ids(&self) -> Result<Vec<NodeId>, StateError> {
+        in_tx!(&self.shared, |tx, now| {
+            async {
+            let stmt = tx
+                .prepare_cached(
+                    "SELECT node_id FROM node WHERE status = 'online' AND online_until > $1 ORDER BY node_id",
+                )
+                .await?;
+            Ok(tx
+                .query(&stmt, &[&now])
+                .await?
+                .iter()
+                .map(|r| uid(r.get(0)))
+                .collect())
+        }
+        .await
+        })
+    }
+
+    async fn create_run(&self, new: NewRun) -> Result<RunId, StateError> {
+        let config = encode_config(&new.override_config);
+        in_tx!(&self.shared, |tx, now| {
+            async {
+            loop {
+                let run_id = random_id();
+                let stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO run (run_id, fab_id, fab_version, fab_hash, override_config, \
+                         pending_at, status, sub_status, details, flwr_aid, federation, run_type, \
+                         federation_config, context) VALUES ($1, $2, $3, $4, $5, $6, 'pending', '', '', \
+                         $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+                    )
+                    .await?;
+                let inserted = tx
+                    .execute(
+                        &stmt,
+                        &[
+                            &id(run_id),
+                            &new.fab_id,
+                            &new.fab_version,
+                            &new.fab_hash,
+                            &config,
+                            &now,
+                            &new.flwr_aid,
+                            &new.federation,
+                            &new.run_type.as_str(),
+                            &new.federation_config.as_deref(),
+                            &new.context.as_ref(),
+                        ],
+                    )
+                    .await?;
+                if inserted == 1 {
+                    return Ok(run_id);
+                }
+            }
+        }
+        .await
+        })
+    }
+
+    async fn run(&self, run_id: RunId) -> Result<Option<Run>, StateError> {
+        in_tx!(&self.shared, |tx, now| async {
+            expire_tokens(tx, now).await?;
+            get_run(tx, run_id, false).await
+        }
+        .await)
+    }
+
+    async fn runs_of(&self, flwr_aid: &str) -> Result<Vec<Run>, StateError> {
+        in_tx!(&self.shared, |tx, now| async {
+            expire_tokens(tx, now).await?;
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {RUN_COLS} FROM run WHERE flwr_aid = $1 ORDER BY pending_at DESC"
+                ))
+                .await?;
+            Ok(tx
+                .query(&stmt, &[&flwr_aid])
+                .await?
+                .iter()
+                .map(run_from_row)
+                .collect())
+        }
+        .await)
+    }
+
+    async fn pending_run_ids(&self) -> Result<Vec<RunId>, StateError> {
+        in_tx!(&self.shared, |tx, now| async {
+            expire_tokens(tx, now).await?;
+            let stmt = tx
+                .prepare_cached("SELECT run_id FROM run WHERE status = 'pending' ORDER BY seq")
+                .await?;
+            Ok(tx
+                .query(&stmt, &[])
+                .await?
+                .iter()
+                .map(|r| uid(r.get(0)))
+                .collect())
+        }
+        .await)
+    }
+
+    async fn update_run_status(
+        &self,
+        run_id: RunId,
+        status: RunStatus,
+    ) -> Result<bool, StateError> {
+        let applied = in_tx!(&self.shared, |tx, now| {
+            async {
+            expire_tokens(tx, now).await?;
+            let Some(run) = get_run(tx, run_id, true).await? else {
+                return Ok(None);
+            };
+            if !run.status.is_valid_transition(&status) {
+                return Ok(Some(false));
+            }
+            let column = match status.status {
+                Status::Starting => "starting_at",
+                Status::Running => "running_at",
+                Status::Finished => "finished_at",
+                Status::Pending => "pending_at",
+            };
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "UPDATE run SET status = $2, sub_status = $3, details = $4, {column} = $5 WHERE run_id = $1"
+                ))
+                .await?;
+            tx.execute(
+                &stmt,
+                &[
+                    &id(run_id),
+                    &status.status.as_str(),
+                    &status.sub_status.as_str(),
+                    &status.details,
+                    &now,
+                ],
+            )
+            .await?;
+            Ok(Some(true))
+        }
+        .await
+        })?;
+        applied.ok_or(StateError::RunNotFound(run_id))
+    }
+
+    async fn add_run_usage(
+        &self,
+        run_id: RunId,
+        sent: u64,
+        recv: u64,
+        clientapp_runtime: f64,
+    ) -> Result<(), StateError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE run SET bytes_sent = bytes_sent + $2, bytes_recv = bytes_recv + $3, \
+                     clientapp_runtime = clientapp_runtime + $4 WHERE run_id = $1",
+                )
+                .await?;
+            tx.execute(
+                &stmt,
+                &[&id(run_id), &id(sent), &id(recv), &clientapp_runtime],
+            )
+            .await?;
+            Ok(())
+        }
+        .await)
+    }
+
+    async fn context(&self, run_id: RunId) -> Result<Option<Bytes>, StateError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            let stmt = tx
+                .prepare_cached("SELECT context FROM run WHERE run_id = $1")
+                .await?;
+            Ok(tx
+                .query_opt(&stmt, &[&id(run_id)])
+                .await?
+                .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
+        }
+        .await)
+    }
+
+    async fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError> {
+        let n = in_tx!(&self.shared, |tx, _now| async {
+            let stmt = tx
+                .prepare_cached("UPDATE run SET context = $2 WHERE run_id = $1")
+                .await?;
+            tx.execute(&stmt, &[&id(run_id), &context.as_ref()]).await
+        }
+        .await)?;
+        if n == 0 {
+            return Err(StateError::RunNotFound(run_id));
+        }
+        Ok(())
+    }
+
+    async fn create_token(&self, run_id: RunId) -> Result<Option<String>, StateError> {
+        in_tx!(&self.shared, |tx, now| async {
+            expire_tokens(tx, now).await?;
+            let token = random_token();
+            // One token per run: the unique run id decides between racing replicas.
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO token (token, run_id, active_until) VALUES ($1, $2, $3) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .await?;
+            let inserted = tx
+                .execute(
+                    &stmt,
+                    &[&token, &id(run_id), &(now + heartbeat::DEFAULT_INTERVAL)],
+                )
+                .await?;
+            Ok((inserted == 1).then_some(token))
+        }
+        .await)
+    }
+
+    async fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError> {
+        in_tx!(&self.shared, |tx, now| async {
+            expire_tokens(tx, now).await?;
+            let stmt = tx
+                .prepare_cached("SELECT run_id FROM token WHERE token = $1")
+                .await?;
+            Ok(tx.query_opt(&stmt, &[&token]).await?.map(|r| uid(r.get(0))))
+        }
+        .await)
+    }
+
+    async fn delete_token(&self, run_id: RunId) -> Result<(), StateError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            let stmt = tx
+                .prepare_cached("DELETE FROM token WHERE run_id = $1")
+                .await?;
+            tx.execute(&stmt, &[&id(run_id)]).await.map(|_| ())
+        }
+        .await)
+    }
+
+    async fn app_heartbeat(&self, token: &str) -> Result<bool, StateError> {
+        in_tx!(&self.shared, |tx, now| async {
+            expire_tokens(tx, now).await?;
+            let stmt = tx
+                .prepare_cached("UPDATE token SET active_until = $2 WHERE token = $1")
+                .await?;
+            let n = tx
+                .execute(
+                    &stmt,
+                    &[
+                        &token,
+                        &(now + heartbeat::PATIENCE * heartbeat::DEFAULT_INTERVAL),
+                    ],
+                )
+                .await?;
+            Ok(n > 0)
+        }
+        .await)
+    }
+
+    async fn add_log(&self, run_id: RunId, text: &str) -> Result<(), StateError> {
+        let found = in_tx!(&self.shared, |tx, now| async {
+            // The run's row lock orders its log entries across replicas.
+            if get_run(tx, run_id, true).await?.is_none() {
+                return Ok(false);
+            }
+            let last: Option<f64> = tx
+                .query_one("SELECT MAX(ts) FROM log WHERE run_id = $1", &[&id(run_id)])
+                .await?
+                .get(0);
+            let ts = match last {
+                Some(l) if l >= now => l + 1e-6,
+                _ => now,
+            };
+            let stmt = tx
+                .prepare_cached("INSERT INTO log (run_id, ts, text) VALUES ($1, $2, $3)")
+                .await?;
+            tx.execute(&stmt, &[&id(run_id), &ts, &text]).await?;
+            Ok(true)
+        }
+        .await)?;
+        if found {
+            Ok(())
+        } else {
+            Err(StateError::RunNotFound(run_id))
+        }
+    }
+
+    async fn logs_after(&self, run_id: RunId, after: f64) -> Result<(String, f64), StateError> {
+        let r = in_tx!(&self.shared, |tx, _now| async {
+            if get_run(tx, run_id, false).await?.is_none() {
+                return Ok(None);
+            }
+            let stmt = tx
+                .prepare_cached("SELECT text FROM log WHERE run_id = $1 AND ts > $2 ORDER BY ts")
+                .await?;
+            let parts: Vec<String> = tx
+                .query(&stmt, &[&id(run_id), &after])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let latest: Option<f64> = tx
+                .query_one("SELECT MAX(ts) FROM log WHERE run_id = $1", &[&id(run_id)])
+                .await?
+                .get(0);
+            Ok(Some((parts.concat(), latest.unwrap_or(0.0))))
+        }
+        .await)?;
+        r.ok_or(StateError::RunNotFound(run_id))
+    }
+
+    async fn store_instruction(&self, message: MessageMeta) -> Result<Option<String>, StateError> {
+        if message.src_node_id != SUPERLINK_NODE_ID {
+            return Ok(None);
+        }
+        in_tx!(&self.shared, |tx, _now| {
+            async {
+            if get_run(tx, message.run_id, false).await?.is_none() {
+                return Ok(None);
+            }
+            let dst_ok = get_node(tx, message.dst_node_id, false)
+                .await?
+                .is_some_and(|n| matches!(n.status, NodeStatus::Online | NodeStatus::Offline));
+            if !dst_ok {
+                return Ok(None);
+            }
+            delete_message(tx, &message.message_id).await?;
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO message_ins ({META_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                ))
+                .await?;
+            tx.execute(
+                &stmt,
+                &[
+                    &id(message.run_id),
+                    &message.message_id,
+                    &id(message.src_node_id),
+                    &id(message.dst_node_id),
+                    &message.reply_to_message_id,
+                    &message.group_id,
+                    &message.ttl,
+                    &message.message_type,
+                    &message.created_at,
+                    &message.error.as_ref().map(|e| e.code),
+                    &message.error.as_ref().map(|e| e.reason.as_str()),
+                    &message.has_content,
+                ],
+            )
+            .await?;
+            Ok(Some(message.message_id.clone()))
+        }
+        .await
+        })
+    }
+
+    async fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError> {
+        in_tx!(&self.shared, |tx, now| {
+            async {
+            loop {
+                // Delivered once across replicas: the row is locked, and a replica that finds
+                // it locked takes the next one.
+                let stmt = tx
+                    .prepare_cached(&format!(
+                        "SELECT seq, {META_COLS} FROM message_ins WHERE dst_node_id = $1 AND NOT delivered \
+                         ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+                    ))
+                    .await?;
+                let Some(row) = tx.query_opt(&stmt, &[&id(node_id)]).await? else {
+                    return Ok(None);
+                };
+                let seq: i64 = row.get(0);
+                let meta = meta_from_row(&row, 1);
+                if expired(&meta, now) {
+                    delete_message(tx, &meta.message_id).await?;
+                    continue;
+                }
+                let stmt = tx
+                    .prepare_cached("UPDATE message_ins SET delivered = TRUE WHERE seq = $1")
+                    .await?;
+                tx.execute(&stmt, &[&seq]).await?;
+                return Ok(Some(meta));
+            }
+        }
+        .await
+        })
+    }
+
+    async fn delivered_instructions(
+        &self,
+        node_id: NodeId,
+        run_id: RunId,
+    ) -> Result<Vec<String>, StateError> {
+        in_tx!(&self.shared, |tx, _now| {
+            async {
+            let stmt = tx
+                .prepare_cached(
+                    "SELECT message_id FROM message_ins WHERE dst_node_id = $1 AND run_id = $2 AND delivered",
+                )
+                .await?;
+            Ok(tx
+                .query(&stmt, &[&id(node_id), &id(run_id)])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        }
+        .await
+        })
+    }
+
+    async fn store_reply(
+        &self,
+        message: MessageMeta,
+    ) -> Result<Result<String, ReplyRejected>, StateError> {
+        in_tx!(&self.shared, |tx, now| {
+            async {
+            let ins_id = message.reply_to_message_id.as_str();
+            let ins = match instruction(tx, ins_id, true).await? {
+                Some(i) if expired(&i, now) => {
+                    delete_message(tx, ins_id).await?;
+                    None
+                }
+                other => other,
+            };
+            let Some(ins) = ins else {
+                return Ok(Err(ReplyRejected::NoInstruction(ins_id.to_owned())));
+            };
+            if ins.dst_node_id != message.src_node_id {
+                return Ok(Err(ReplyRejected::WrongNode));
+            }
+            let max = ins.created_at + ins.ttl - message.created_at;
+            if message.ttl != 0.0 && message.ttl - max > MESSAGE_TTL_TOLERANCE {
+                return Ok(Err(ReplyRejected::TtlTooLong {
+                    ttl: message.ttl,
+                    max,
+                }));
+            }
+            if message.run_id != ins.run_id {
+                return Ok(Err(ReplyRejected::WrongRun));
+            }
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO message_res (ins_id, {META_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                     ON CONFLICT (ins_id) DO UPDATE SET delivered = FALSE, run_id = $2, message_id = $3, \
+                     src_node_id = $4, dst_node_id = $5, reply_to = $6, group_id = $7, ttl = $8, \
+                     message_type = $9, created_at = $10, error_code = $11, error_reason = $12, has_content = $13"
+                ))
+                .await?;
+            tx.execute(
+                &stmt,
+                &[
+                    &ins_id,
+                    &id(message.run_id),
+                    &message.message_id,
+                    &id(message.src_node_id),
+                    &id(message.dst_node_id),
+                    &message.reply_to_message_id,
+                    &message.group_id,
+                    &message.ttl,
+                    &message.message_type,
+                    &message.created_at,
+                    &message.error.as_ref().map(|e| e.code),
+                    &message.error.as_ref().map(|e| e.reason.as_str()),
+                    &message.has_content,
+                ],
+            )
+            .await?;
+            Ok(Ok(message.message_id.clone()))
+        }
+        .await
+        })
+    }
+
+    async fn take_replies(&self, message_ids: &[String]) -> Result<Vec<PulledReply>, StateError> {
+        in_tx!(&self.shared, |tx, now| async {
+            let mut out = Vec::new();
+            let mut seen = HashSet::new();
+            for message_id in message_ids {
+                if !seen.insert(message_id.as_str()) {
+                    continue;
+                }
+                let Some(ins) = instruction(tx, message_id, true).await? else {
+                    out.push(PulledReply::Generated(message_unavailable(message_id, now)));
+                    continue;
+                };
+                if expired(&ins, now) {
+                    delete_message(tx, message_id).await?;
+                    out.push(PulledReply::Generated(message_unavailable(message_id, now)));
+                    continue;
+                }
+                let online_until = get_node(tx, ins.dst_node_id, false)
+                    .await?
+                    .filter(|n| n.status != NodeStatus::Unregistered)
+                    .and_then(|n| n.online_until);
+                if online_until.is_none_or(|t| t < now) {
+                    out.push(PulledReply::Generated(error_reply_for(
+                        &ins,
+                        error_code::NODE_UNAVAILABLE,
+                        now,
+                    )));
+                    delete_message(tx, message_id).await?;
+                    continue;
+                }
+                let stmt = tx
+                    .prepare_cached(&format!(
+                        "SELECT {META_COLS} FROM message_res WHERE ins_id = $1 AND NOT delivered"
+                    ))
+                    .await?;
+                if let Some(row) = tx.query_opt(&stmt, &[&message_id]).await? {
+                    let reply = meta_from_row(&row, 0);
+                    if reply.created_at + reply.ttl < now {
+                        out.push(PulledReply::Generated(error_reply_for(
+                            &ins,
+                            error_code::REPLY_MESSAGE_UNAVAILABLE,
+                            now,
+                        )));
+                    } else {
+                        out.push(PulledReply::Stored(reply));
+                    }
+                    delete_message(tx, message_id).await?;
+                }
+            }
+            Ok(out)
+        }
+        .await)
+    }
+
+    async fn delete_messages(&self, message_ids: &[String]) -> Result<(), StateError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            for message_id in message_ids {
+                delete_message(tx, message_id).await?;
+            }
+            Ok(())
+        }
+        .await)
+    }
+
+    async fn delete_run_messages(&self, run_id: RunId) -> Result<(), StateError> {
+        in_tx!(&self.shared, |tx, _now| {
+            async {
+            tx.execute(
+                "DELETE FROM message_res WHERE ins_id IN (SELECT message_id FROM message_ins WHERE run_id = $1)",
+                &[&id(run_id)],
+            )
+            .await?;
+            tx.execute("DELETE FROM message_ins WHERE run_id = $1", &[&id(run_id)])
+                .await?;
+            Ok(())
+        }
+        .await
+        })
+    }
+}
+
+fn children_blob(ids: &[ObjectId]) -> Vec<u8> {
+    ids.iter()
+        .flat_map(|i| i.as_bytes().iter().copied())
+        .collect()
+}
+
+fn children_of(blob: &[u8]) -> Vec<ObjectId> {
+    blob.chunks_exact(32)
+        .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+        .map(ObjectId::from_bytes)
+        .collect()
+}
+
+/// Deletes `root` if nothing references it, then the children that become unreferenced.
+async fn delete_cascading(tx: &Tx<'_>, root: &ObjectId) -> PgResult<()> {
+    let mut stack = vec![*root];
+    while let Some(oid) = stack.pop() {
+        let key = oid.as_bytes().as_slice();
+        let stmt = tx
+            .prepare_cached(
+                "DELETE FROM object WHERE object_id = $1 AND ref_count = 0 RETURNING children",
+            )
+            .await?;
+        let Some(row) = tx.query_opt(&stmt, &[&key]).await? else {
+            continue;
+        };
+        let children: Vec<u8> = row.get(0);
+        let stmt = tx
+            .prepare_cached("DELETE FROM object_run WHERE object_id = $1")
+            .await?;
+        tx.execute(&stmt, &[&key]).await?;
+        for c in children_of(&children) {
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE object SET ref_count = GREATEST(ref_count - 1, 0) WHERE object_id = $1",
+                )
+                .await?;
+            tx.execute(&stmt, &[&c.as_bytes().as_slice()]).await?;
+            stack.push(c);
+        }
+    }
+    Ok(())
+}
+
+fn store_error(e: StateError) -> StoreError {
+    match e {
+        StateError::Unavailable(m) => StoreError::Unavailable(m),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+/// The PostgreSQL object store engine.
+pub struct PgObjects {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl ObjectStore for PgObjects {
+    async fn preregister(
+        &self,
+        run_id: u64,
+        tree: &ObjectTree,
+    ) -> Result<Vec<ObjectId>, StoreError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            let mut to_push = Vec::new();
+            let mut seen = HashSet::new();
+            for node in tree.post_order() {
+                let key = node.id.as_bytes().as_slice();
+                let children: Vec<ObjectId> = node.children.iter().map(|c| c.id).collect();
+                // Inserted once across replicas: only the inserter counts the references.
+                let stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO object (object_id, content, children, ref_count) VALUES ($1, NULL, $2, 0) \
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .await?;
+                let inserted = tx.execute(&stmt, &[&key, &children_blob(&children)]).await? == 1;
+                if inserted {
+                    for c in &children {
+                        let stmt = tx
+                            .prepare_cached(
+                                "UPDATE object SET ref_count = ref_count + 1 WHERE object_id = $1",
+                            )
+                            .await?;
+                        tx.execute(&stmt, &[&c.as_bytes().as_slice()]).await?;
+                    }
+                    if seen.insert(node.id) {
+                        to_push.push(node.id);
+                    }
+                } else {
+                    let stmt = tx
+                        .prepare_cached("SELECT content IS NOT NULL FROM object WHERE object_id = $1")
+                        .await?;
+                    let available: bool = tx
+                        .query_opt(&stmt, &[&key])
+                        .await?
+                        .is_some_and(|r| r.get(0));
+                    if !available && seen.insert(node.id) {
+                        to_push.push(node.id);
+                    }
+                }
+                let stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO object_run (object_id, run_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    )
+                    .await?;
+                tx.execute(&stmt, &[&key, &id(run_id)]).await?;
+            }
+            Ok(to_push)
+        }
+        .await)
+        .map_err(store_error)
+    }
+
+    async fn put(&self, oid: &ObjectId, content: Bytes) -> Result<bool, StoreError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            let key = oid.as_bytes().as_slice();
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE object SET content = $2 WHERE object_id = $1 AND content IS NULL",
+                )
+                .await?;
+            if tx.execute(&stmt, &[&key, &content.as_ref()]).await? > 0 {
+                return Ok(true);
+            }
+            let stmt = tx
+                .prepare_cached("SELECT 1 FROM object WHERE object_id = $1")
+                .await?;
+            Ok(tx.query_opt(&stmt, &[&key]).await?.is_some())
+        }
+        .await)
+        .map_err(store_error)
+    }
+
+    async fn get(&self, oid: &ObjectId) -> Result<Lookup, StoreError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            let stmt = tx
+                .prepare_cached("SELECT content FROM object WHERE object_id = $1")
+                .await?;
+            Ok(
+                match tx.query_opt(&stmt, &[&oid.as_bytes().as_slice()]).await? {
+                    None => Lookup::Unknown,
+                    Some(r) => match r.get::<_, Option<Vec<u8>>>(0) {
+                        None => Lookup::Pending,
+                        Some(c) => Lookup::Available(Bytes::from(c)),
+                    },
+                },
+            )
+        }
+        .await)
+        .map_err(store_error)
+    }
+
+    async fn delete(&self, oid: &ObjectId) -> Result<(), StoreError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            delete_cascading(tx, oid).await
+        }
+        .await)
+        .map_err(store_error)
+    }
+
+    async fn delete_objects_in_run(&self, run_id: u64) -> Result<(), StoreError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            let rows = tx
+                .query(
+                    "DELETE FROM object_run WHERE run_id = $1 RETURNING object_id",
+                    &[&id(run_id)],
+                )
+                .await?;
+            for row in rows {
+                let raw: Vec<u8> = row.get(0);
+                if let Ok(b) = <[u8; 32]>::try_from(raw.as_slice()) {
+                    delete_cascading(tx, &ObjectId::from_bytes(b)).await?;
+                }
+            }
+            Ok(())
+        }
+        .await)
+        .map_err(store_error)
+    }
+
+    async fn tree(&self, root: &ObjectId) -> Result<Option<ObjectTree>, StoreError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            // One query per level (Message → RecordDict → record → Array → chunk).
+            let mut children: HashMap<ObjectId, Vec<ObjectId>> = HashMap::new();
+            let mut level = vec![*root];
+            for _ in 0..=64 {
+                if level.is_empty() {
+                    break;
+                }
+                let keys: Vec<&[u8]> = level.iter().map(|i| i.as_bytes().as_slice()).collect();
+                let stmt = tx
+                    .prepare_cached(
+                        "SELECT object_id, children FROM object WHERE object_id = ANY($1)",
+                    )
+                    .await?;
+                let rows = tx.query(&stmt, &[&keys]).await?;
+                let mut next = Vec::new();
+                for row in rows {
+                    let raw: Vec<u8> = row.get(0);
+                    let Ok(b) = <[u8; 32]>::try_from(raw.as_slice()) else {
+                        continue;
+                    };
+                    let kids = children_of(&row.get::<_, Vec<u8>>(1));
+                    next.extend(kids.iter().filter(|k| !children.contains_key(k)).copied());
+                    children.insert(ObjectId::from_bytes(b), kids);
+                }
+                level = next;
+            }
+            fn build(
+                id: &ObjectId,
+                children: &HashMap<ObjectId, Vec<ObjectId>>,
+                depth: usize,
+            ) -> Option<ObjectTree> {
+                if depth > 64 {
+                    return None;
+                }
+                let kids = children.get(id)?;
+                let subtrees = kids
+                    .iter()
+                    .map(|k| build(k, children, depth + 1))
+                    .collect::<Option<Vec<_>>>()?;
+                Some(ObjectTree {
+                    id: *id,
+                    children: subtrees,
+                })
+            }
+            Ok(build(root, &children, 0))
+        }
+        .await)
+        .map_err(store_error)
+    }
+
+    async fn len(&self) -> Result<usize, StoreError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            let n: i64 = tx
+                .query_one("SELECT COUNT(*) FROM object", &[])
+                .await?
+                .get(0);
+            Ok(usize::try_from(n).unwrap_or(0))
+        }
+        .await)
+        .map_err(store_error)
+    }
+}
+
+/// FABs in the database, so that every replica serves every FAB.
+pub struct PgFabs {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl FabStore for PgFabs {
+    async fn put(&self, content: Bytes) -> Result<String, StateError> {
+        let hash = crate::fabs::fab_hash(&content);
+        in_tx!(&self.shared, |tx, _now| async {
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO fab (hash, content) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .await?;
+            tx.execute(&stmt, &[&hash, &content.as_ref()]).await?;
+            Ok(())
+        }
+        .await)?;
+        Ok(hash)
+    }
+
+    async fn get(&self, hash: &str) -> Result<Option<Bytes>, StateError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            let stmt = tx
+                .prepare_cached("SELECT content FROM fab WHERE hash = $1")
+                .await?;
+            Ok(tx
+                .query_opt(&stmt, &[&hash])
+                .await?
+                .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
+        }
+        .await)
+    }
+}

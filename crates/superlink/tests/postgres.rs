@@ -1,0 +1,191 @@
+//! The SuperLink on PostgreSQL: refusals at start (unreachable server, wrong password, a URL of
+//! another database, a newer schema), replicas starting together on an empty database, and a
+//! federation of Python SuperNodes through it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use flwr_testkit::federation::{self, python_supernode, Cli, SuperLink};
+use flwr_testkit::postgres;
+use flwr_testkit::process::{command, run, Proc};
+use flwr_testkit::{pki, ports};
+
+const BIN: &str = env!("CARGO_BIN_EXE_superlink");
+
+/// Runs the SuperLink to its end with `database` (it is expected to refuse to start).
+fn refused(database: &str, extra: &[&str]) -> (i32, String) {
+    let home = tempfile::tempdir().unwrap();
+    let (status, out) = run(Command::new(BIN)
+        .args([
+            "--insecure",
+            "--isolation",
+            "process",
+            "--database",
+            database,
+        ])
+        .args(["--serverappio-api-address", "127.0.0.1:0"])
+        .args(["--fleet-api-address", "127.0.0.1:0"])
+        .args(["--control-api-address", "127.0.0.1:0"])
+        .args(extra)
+        .env("FLWR_HOME", home.path())
+        .env("NO_COLOR", "1")
+        .env_remove("PGPASSWORD"));
+    assert!(!out.contains("serving"), "nothing may be bound:\n{out}");
+    (status.code().unwrap_or(-1), out)
+}
+
+#[test]
+fn bad_databases_are_refused_at_start_naming_the_problem() {
+    // Nothing listens on a reserved port.
+    let closed = ports::reserve();
+    let url = format!("postgresql://flwr:secret-pw@127.0.0.1:{closed}/flwr");
+    let (code, out) = refused(&url, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("127.0.0.1:{closed}")) && out.to_lowercase().contains("connect"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("secret-pw"),
+        "the password is never shown:\n{out}"
+    );
+
+    let cluster = postgres::shared();
+    let good = cluster.create_database();
+    let wrong = good.replace(postgres::PASSWORD, "not-the-password");
+    let (code, out) = refused(&wrong, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("password") && !out.contains("not-the-password"),
+        "{out}"
+    );
+
+    // A password file wins over the URL's (here: a wrong one).
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "wrong-from-file\n").unwrap();
+    let (code, out) = refused(&good, &["--database-password-file", pw.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("password") && !out.contains("wrong-from-file"),
+        "{out}"
+    );
+
+    for other in [
+        "mysql://u:p@h/db",
+        "sqlite:///tmp/x.db",
+        "https://example.org/db",
+    ] {
+        let (code, out) = refused(other, &[]);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("not supported") && out.contains("postgresql://"),
+            "{out}"
+        );
+    }
+
+    // A database whose schema is newer than this SuperLink.
+    let newer = cluster.create_database();
+    cluster.psql_in(
+        &newer,
+        "CREATE TABLE flwr_schema (version INTEGER NOT NULL); INSERT INTO flwr_schema VALUES (999)",
+    );
+    let (code, out) = refused(&newer, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("schema version 999") && out.contains("newer"),
+        "{out}"
+    );
+}
+
+/// Starts our SuperLink on a PostgreSQL database (plaintext, process isolation).
+fn replica(url: &str, home: &std::path::Path) -> SuperLink {
+    SuperLink::start(
+        BIN.as_ref(),
+        None,
+        home,
+        &["--isolation", "process", "--database", url],
+    )
+}
+
+#[test]
+fn replicas_starting_together_make_one_schema_and_both_serve() {
+    let cluster = postgres::shared();
+    let url = cluster.create_database();
+    let homes: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let spawn = |home: &std::path::Path| {
+        let mut cmd = command(BIN);
+        cmd.args(["--insecure", "--isolation", "process", "--database", &url])
+            .args(["--serverappio-api-address", "127.0.0.1:0"])
+            .args(["--fleet-api-address", "127.0.0.1:0"])
+            .args(["--control-api-address", "127.0.0.1:0"])
+            .env("FLWR_HOME", home)
+            .env("NO_COLOR", "1");
+        Proc::spawn("superlink", cmd)
+    };
+    // Both started before either looks at the database.
+    let mut a = spawn(homes[0].path());
+    let mut b = spawn(homes[1].path());
+    for p in [&mut a, &mut b] {
+        p.wait_for_output("Fleet API (grpc-rere) serving", Duration::from_secs(60));
+    }
+    let count = cluster.psql_in(&url, "SELECT COUNT(*) FROM flwr_schema");
+    assert_eq!(count.trim(), "1", "one schema row: {count}");
+    for p in [&mut a, &mut b] {
+        assert!(p.try_status().is_none(), "{}", p.output());
+    }
+}
+
+#[test]
+fn a_federation_runs_on_postgresql() {
+    let cluster = postgres::shared();
+    let url = cluster.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
+    let superlink = SuperLink::start(
+        BIN.as_ref(),
+        Some(&tls),
+        &dir.path().join("superlink"),
+        &["--database", &url],
+    );
+    let _nodes: Vec<Proc> = (0..2)
+        .map(|i| {
+            python_supernode(
+                &format!("node-{i}"),
+                &superlink.fleet,
+                Some(&tls.ca),
+                &dir.path().join(format!("node-{i}")),
+                &[],
+            )
+        })
+        .collect();
+    let cli = Cli::new(&dir.path().join("cli"), &superlink.control, Some(&tls.ca));
+    let (status, out) = cli
+        .start_run_streaming(&federation::example_app(), "num-server-rounds=2")
+        .wait(Duration::from_secs(240));
+    assert!(
+        status.success(),
+        "{out}\nsuperlink:\n{}",
+        superlink.proc.output()
+    );
+    let sha = federation::expected_model_sha256(1000, 2, 1.0);
+    assert!(out.contains(&format!("sha256={sha}")), "{out}");
+    let run_id = Cli::run_id_in(&out);
+    let start = std::time::Instant::now();
+    while cli.status_of(run_id) != "finished:completed" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            cli.status_of(run_id)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The state is in the database: a second SuperLink on it shows the run and its log.
+    let other = replica(&url, &dir.path().join("replica"));
+    let cli2 = Cli::new(&dir.path().join("cli2"), &other.control, None);
+    assert_eq!(cli2.status_of(run_id), "finished:completed");
+    let (status, log) = cli2.run(&["log", &run_id.to_string(), federation::CONNECTION, "--show"]);
+    assert!(status.success() && log.contains("FEDAVG-CHECK OK"), "{log}");
+}
