@@ -65,7 +65,7 @@ pub async fn serve(
         flwr_transport::server::ServeOptions::default(),
         stop.clone(),
     );
-    let health = flwr_transport::health::serve(health_listener, stop.clone());
+    let health = flwr_transport::health::serve(health_listener, Default::default(), stop.clone());
     tokio::join!(echo, health);
     signals.abort();
     Ok(())

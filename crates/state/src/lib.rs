@@ -392,6 +392,12 @@ pub enum NodeRefusal {
 /// The SuperLink's state.
 #[async_trait]
 pub trait LinkState: Send + Sync {
+    /// Checks that the engine can do its work now (the database answers); the in-memory and
+    /// SQLite engines always can.
+    async fn ping(&self) -> Result<(), StateError> {
+        Ok(())
+    }
+
     // ----- nodes -----
     /// Creates a node with a fresh random id (not 0 or 1), status `registered`.
     async fn create_node(&self, node: NewNode) -> Result<NodeId, StateError>;

@@ -182,6 +182,7 @@ impl App {
             launch_tx,
         );
 
+        let health_state = flwr_transport::health::HealthState::default();
         let open_files = flwr_transport::connections::raise_open_file_limit();
         let options = ServeOptions {
             max_connections: self.config.max_connections.unwrap_or_else(|| {
@@ -249,9 +250,16 @@ impl App {
             if let Some(a) = addresses.health {
                 tracing::info!(address = %a, "Health service serving (plaintext)");
             }
-            let health = flwr_transport::health::serve(l, stop.clone());
+            let health = flwr_transport::health::serve(l, health_state.clone(), stop.clone());
             watch_task(&tracker, &stop, &failure, "Health service", health);
         }
+        watch_task(
+            &tracker,
+            &stop,
+            &failure,
+            "database monitor",
+            monitor_database(self.stores.state.clone(), health_state, stop.clone()),
+        );
         if let Some(rx) = launch_rx {
             let target = Address::from_socket_addr(addresses.serverappio)
                 .connectable()
@@ -292,6 +300,46 @@ fn spawn_server(
 ) {
     let serving = server::serve(routes.prepare(), listener, tls, options, stop.clone());
     watch_task(tracker, stop, failure, name, serving);
+}
+
+/// How often the database is checked for the health service.
+const DATABASE_CHECK: Duration = Duration::from_secs(1);
+
+/// Reports NOT_SERVING on the health service while the state engine cannot reach its database
+/// (so that a load balancer drains this replica), and SERVING again once it can.
+async fn monitor_database(
+    state: Arc<dyn flwr_state::LinkState>,
+    health: flwr_transport::health::HealthState,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(DATABASE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ping = tokio::time::timeout(DATABASE_CHECK * 5, state.ping()).await;
+        match ping {
+            Ok(Ok(())) => {
+                if health.set_serving(true) {
+                    tracing::info!("the database answers again: serving");
+                }
+            }
+            Ok(Err(e)) => {
+                if health.set_serving(false) {
+                    tracing::warn!("the database does not answer: NOT_SERVING until it does ({e})");
+                }
+            }
+            Err(_) => {
+                if health.set_serving(false) {
+                    tracing::warn!(
+                        "the database does not answer within 5 s: NOT_SERVING until it does"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Runs `task` (owned by `tracker`); if it panics, or ends before `stop`, the whole daemon stops

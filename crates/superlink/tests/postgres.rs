@@ -189,3 +189,88 @@ fn a_federation_runs_on_postgresql() {
     let (status, log) = cli2.run(&["log", &run_id.to_string(), federation::CONNECTION, "--show"]);
     assert!(status.success() && log.contains("FEDAVG-CHECK OK"), "{log}");
 }
+
+/// Whether the health service at `address` answers SERVING (false on any error).
+fn serving(rt: &tokio::runtime::Runtime, address: &str) -> bool {
+    rt.block_on(async {
+        let channel = flwr_transport::grpc::channel(&address.parse().unwrap(), None);
+        matches!(
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                flwr_transport::health::check(channel)
+            )
+            .await,
+            Ok(Ok(true))
+        )
+    })
+}
+
+/// Waits until the health service says `want`, or fails the test after `timeout`.
+fn wait_health(rt: &tokio::runtime::Runtime, address: &str, want: bool, timeout: Duration) {
+    let start = std::time::Instant::now();
+    while serving(rt, address) != want {
+        assert!(
+            start.elapsed() < timeout,
+            "health never became {} within {timeout:?}",
+            if want { "SERVING" } else { "NOT_SERVING" }
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_postgresql_restart_drains_the_replica_and_the_run_goes_on() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut cluster = postgres::PgCluster::start();
+    let url = cluster.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
+    let superlink = SuperLink::start(
+        BIN.as_ref(),
+        Some(&tls),
+        &dir.path().join("superlink"),
+        &["--database", &url, "--health-server-address", "127.0.0.1:0"],
+    );
+    let health = federation::logged_address(&superlink.proc.output(), "Health service serving");
+    wait_health(&rt, &health, true, Duration::from_secs(10));
+    let _nodes: Vec<Proc> = (0..2)
+        .map(|i| {
+            python_supernode(
+                &format!("node-{i}"),
+                &superlink.fleet,
+                Some(&tls.ca),
+                &dir.path().join(format!("node-{i}")),
+                &[],
+            )
+        })
+        .collect();
+    let cli = Cli::new(&dir.path().join("cli"), &superlink.control, Some(&tls.ca));
+    let mut run = cli.start_run_streaming(
+        &federation::example_app(),
+        "num-server-rounds=3 client-delay=1.0",
+    );
+    run.wait_for_output("[ROUND 2/3]", Duration::from_secs(180));
+
+    // The database goes away in the middle of the run: the replica says it cannot serve.
+    cluster.stop();
+    wait_health(&rt, &health, false, Duration::from_secs(15));
+    cluster.restart();
+    wait_health(&rt, &health, true, Duration::from_secs(30));
+
+    let (status, out) = run.wait(Duration::from_secs(300));
+    assert!(
+        status.success(),
+        "{out}\nsuperlink:\n{}",
+        superlink.proc.output()
+    );
+    let sha = federation::expected_model_sha256(1000, 3, 1.0);
+    assert!(out.contains(&format!("sha256={sha}")), "{out}");
+    assert!(
+        superlink
+            .proc
+            .output()
+            .contains("the database does not answer"),
+        "{}",
+        superlink.proc.output()
+    );
+}

@@ -665,3 +665,40 @@ async fn idle_connections_are_closed_and_the_connection_cap_holds() {
     assert!(took < std::time::Duration::from_millis(800), "{took:?}");
     drop(held);
 }
+
+/// Starts the SuperLink with ServerAppIo on `appio` and these flags; returns its output once it
+/// serves.
+fn started_output(appio: &str, extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = flwr_testkit::process::command(BIN);
+    cmd.args(["--insecure", "--isolation", "process"])
+        .args(["--serverappio-api-address", appio])
+        .args(["--fleet-api-address", "127.0.0.1:0"])
+        .args(["--control-api-address", "127.0.0.1:0"])
+        .args(extra)
+        .env("FLWR_HOME", dir.path())
+        .env("NO_COLOR", "1");
+    let mut p = flwr_testkit::process::Proc::spawn("superlink", cmd);
+    p.wait_for_output(
+        "Fleet API (grpc-rere) serving",
+        std::time::Duration::from_secs(30),
+    )
+}
+
+#[test]
+fn an_exposed_serverappio_is_named_at_start_unless_restricted() {
+    let warning = "has no authentication and listens beyond this machine";
+    // Flower's default, every interface: warned, with what to do.
+    let out = started_output("0.0.0.0:0", &[]);
+    assert!(
+        out.contains(warning) && out.contains("--serverappio-api-allowed-networks"),
+        "{out}"
+    );
+    // The loopback, or an allow-list: no warning.
+    assert!(!started_output("127.0.0.1:0", &[]).contains(warning));
+    let out = started_output(
+        "0.0.0.0:0",
+        &["--serverappio-api-allowed-networks", "127.0.0.1,10.0.0.0/8"],
+    );
+    assert!(!out.contains(warning), "{out}");
+}

@@ -125,7 +125,11 @@ impl App {
             if let Ok(a) = l.local_addr() {
                 tracing::info!(address = %a, "Health service serving (plaintext)");
             }
-            tracker.spawn(flwr_transport::health::serve(l, servers_stop.clone()));
+            tracker.spawn(flwr_transport::health::serve(
+                l,
+                Default::default(),
+                servers_stop.clone(),
+            ));
         }
 
         let retry = RetryPolicy {

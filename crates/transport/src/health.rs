@@ -1,9 +1,13 @@
 //! The plaintext `grpc.health.v1.Health` service behind `--health-server-address`.
 //!
 //! As in Flower, `Check` answers `SERVING` for any service name while the process serves, and
-//! `Watch` is not implemented.
+//! `Watch` is not implemented. Beyond Flower, a daemon can report `NOT_SERVING` through
+//! [`HealthState`] while it cannot do its work (the SuperLink while its database is unreachable),
+//! so that a load balancer drains it.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
@@ -11,18 +15,41 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-/// Health answers.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AlwaysServing;
+/// Whether the daemon serves, shared by the health service and whoever knows.
+#[derive(Clone, Debug)]
+pub struct HealthState(Arc<AtomicBool>);
+
+impl Default for HealthState {
+    fn default() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl HealthState {
+    /// Reports serving or not; returns whether that changed.
+    pub fn set_serving(&self, serving: bool) -> bool {
+        self.0.swap(serving, Ordering::SeqCst) != serving
+    }
+
+    /// What `Check` answers now.
+    pub fn serving(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
 
 #[tonic::async_trait]
-impl Health for AlwaysServing {
+impl Health for HealthState {
     async fn check(
         &self,
         _request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
+        let status = if self.serving() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
         Ok(Response::new(HealthCheckResponse {
-            status: ServingStatus::Serving as i32,
+            status: status as i32,
         }))
     }
 
@@ -38,15 +65,19 @@ impl Health for AlwaysServing {
     }
 }
 
-/// The health service, ready to add to a router.
-pub fn service() -> HealthServer<AlwaysServing> {
-    HealthServer::new(AlwaysServing)
+/// The health service answering from `state`, ready to add to a router.
+pub fn service(state: HealthState) -> HealthServer<HealthState> {
+    HealthServer::new(state)
 }
 
 /// Serves the health service alone on `listener` (plaintext) until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, shutdown: tokio_util::sync::CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    state: HealthState,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     crate::server::serve(
-        tonic::service::Routes::new(service()),
+        tonic::service::Routes::new(service(state)),
         listener,
         None,
         crate::server::ServeOptions::default(),

@@ -25,7 +25,8 @@ impl Server {
         let bound = Address::from_socket_addr(listener.local_addr().unwrap());
         let stop = CancellationToken::new();
         let s = stop.clone();
-        let routes = tonic::service::Routes::new(flwr_transport::health::service());
+        let routes =
+            tonic::service::Routes::new(flwr_transport::health::service(Default::default()));
         let task = tokio::spawn(flwr_transport::server::serve(
             routes,
             listener,

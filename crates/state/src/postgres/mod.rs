@@ -534,6 +534,13 @@ pub struct PgLinkState {
 
 #[async_trait]
 impl LinkState for PgLinkState {
+    async fn ping(&self) -> Result<(), StateError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            tx.query_one("SELECT 1", &[]).await.map(|_| ())
+        }
+        .await)
+    }
+
     async fn create_node(&self, node: NewNode) -> Result<NodeId, StateError> {
         let created = in_tx!(&self.shared, |tx, now| {
             async {

@@ -22,6 +22,9 @@ use flwr_state::Status as RunStatusKind;
 
 /// How often a log stream looks for new output.
 const LOG_POLL: Duration = Duration::from_millis(200);
+/// How long a log stream rides out an unreachable database (a restart, a failover) before it
+/// gives up with UNAVAILABLE.
+const STREAM_OUTAGE_GRACE: Duration = Duration::from_secs(120);
 
 const NO_FEDERATION: &str =
     "No federation specified. You must specify a federation to perform this action.";
@@ -143,6 +146,21 @@ struct LogCursor {
     after: f64,
     done: bool,
     first: bool,
+    /// Since when the database has not answered, if it does not.
+    unavailable_since: Option<std::time::Instant>,
+}
+
+impl LogCursor {
+    /// True when `e` is a database outage the stream still waits out.
+    fn rides_out(&mut self, e: &crate::error::Error) -> bool {
+        if !matches!(e, crate::error::Error::Unavailable(_)) {
+            return false;
+        }
+        let since = *self
+            .unavailable_since
+            .get_or_insert_with(std::time::Instant::now);
+        since.elapsed() < STREAM_OUTAGE_GRACE
+    }
 }
 
 /// The next log chunk: the whole backlog first, then new output as it comes; the stream ends
@@ -167,6 +185,7 @@ async fn next_logs(
                     LogCursor { done: true, ..c },
                 ))
             }
+            Err(e) if c.rides_out(&e) => continue,
             Err(e) => {
                 return Some((
                     Err(super::status::to_status(e)),
@@ -174,9 +193,11 @@ async fn next_logs(
                 ))
             }
         };
+        c.unavailable_since = None;
         let finished = run.status.status == RunStatusKind::Finished;
         let (text, latest) = match c.core.logs_after(c.run_id, c.after).await {
             Ok(x) => x,
+            Err(e) if c.rides_out(&e) => continue,
             Err(e) => {
                 return Some((
                     Err(super::status::to_status(e)),
@@ -268,6 +289,7 @@ impl pb::control_server::Control for ControlService {
             after: body.after_timestamp + 1e-6,
             done: false,
             first: true,
+            unavailable_since: None,
         };
         let stream = futures_util::stream::unfold(cursor, next_logs);
         Ok(Response::new(Box::pin(stream)))
