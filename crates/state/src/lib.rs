@@ -358,6 +358,27 @@ pub enum ReplyRejected {
     Invalid(String),
 }
 
+/// A reply may outlive its instruction by at most this many seconds.
+pub const MESSAGE_TTL_TOLERANCE: f64 = 0.1;
+
+/// Flower's checks of a reply against its (live) instruction, the same for every engine.
+pub fn check_reply(instruction: &MessageMeta, reply: &MessageMeta) -> Result<(), ReplyRejected> {
+    if instruction.dst_node_id != reply.src_node_id {
+        return Err(ReplyRejected::WrongNode);
+    }
+    let max = instruction.created_at + instruction.ttl - reply.created_at;
+    if reply.ttl != 0.0 && reply.ttl - max > MESSAGE_TTL_TOLERANCE {
+        return Err(ReplyRejected::TtlTooLong {
+            ttl: reply.ttl,
+            max,
+        });
+    }
+    if reply.run_id != instruction.run_id {
+        return Err(ReplyRejected::WrongRun);
+    }
+    Ok(())
+}
+
 /// State failures that are not answers (the backend broke).
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

@@ -671,18 +671,8 @@ impl LinkState for MemoryLinkState {
         let Some(ins) = msgs.by_id.get_mut(&ins_id) else {
             return Ok(Err(ReplyRejected::NoInstruction(ins_id)));
         };
-        if ins.meta.dst_node_id != message.src_node_id {
-            return Ok(Err(ReplyRejected::WrongNode));
-        }
-        let max = ins.meta.created_at + ins.meta.ttl - message.created_at;
-        if message.ttl != 0.0 && message.ttl - max > MESSAGE_TTL_TOLERANCE {
-            return Ok(Err(ReplyRejected::TtlTooLong {
-                ttl: message.ttl,
-                max,
-            }));
-        }
-        if message.run_id != ins.meta.run_id {
-            return Ok(Err(ReplyRejected::WrongRun));
+        if let Err(why) = check_reply(&ins.meta, &message) {
+            return Ok(Err(why));
         }
         let id = message.message_id.clone();
         ins.reply = Some((message, false));
@@ -761,6 +751,3 @@ impl LinkState for MemoryLinkState {
         Ok(())
     }
 }
-
-/// A reply may outlive its instruction by at most this many seconds.
-pub const MESSAGE_TTL_TOLERANCE: f64 = 0.1;

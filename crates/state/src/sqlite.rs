@@ -23,9 +23,7 @@ use super::*;
 use crate::clock::Clock;
 use crate::codec::{decode_config, encode_config};
 use crate::lane::Lane;
-use crate::memory::{
-    error_reply_for, message_unavailable, random_id, random_token, MESSAGE_TTL_TOLERANCE,
-};
+use crate::memory::{error_reply_for, message_unavailable, random_id, random_token};
 
 /// The schema version this build writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
@@ -236,18 +234,37 @@ pub struct SqliteLinkState {
     lane: Lane,
 }
 
+/// Runs `f` with `db` on `lane` and waits for it without blocking the caller's thread.
+async fn on_lane<D, R, E, F>(lane: &Lane, db: &Arc<D>, f: F) -> Result<R, E>
+where
+    D: Send + Sync + 'static,
+    R: Send + 'static,
+    E: Send + From<crate::lane::LaneClosed> + 'static,
+    F: FnOnce(&D) -> Result<R, E> + Send + 'static,
+{
+    let db = db.clone();
+    lane.run(move || f(&db)).await?
+}
+
+impl From<crate::lane::LaneClosed> for StateError {
+    fn from(e: crate::lane::LaneClosed) -> Self {
+        StateError::Backend(e.to_string())
+    }
+}
+
+impl From<crate::lane::LaneClosed> for StoreError {
+    fn from(e: crate::lane::LaneClosed) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
 impl SqliteLinkState {
-    /// Runs `f` with the database on the lane and waits for it without blocking.
     async fn on_lane<R, F>(&self, f: F) -> Result<R, StateError>
     where
         R: Send + 'static,
         F: FnOnce(&StateDb) -> Result<R, StateError> + Send + 'static,
     {
-        let db = self.db.clone();
-        self.lane
-            .run(move || f(&db))
-            .await
-            .map_err(|e| StateError::Backend(e.to_string()))?
+        on_lane(&self.lane, &self.db, f).await
     }
 }
 
@@ -412,11 +429,7 @@ impl SqliteObjects {
         R: Send + 'static,
         F: FnOnce(&ObjectDb) -> Result<R, StoreError> + Send + 'static,
     {
-        let db = self.db.clone();
-        self.lane
-            .run(move || f(&db))
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?
+        on_lane(&self.lane, &self.db, f).await
     }
 }
 
@@ -1178,18 +1191,8 @@ impl StateDb {
             let Some(ins) = ins else {
                 return Ok(Err(ReplyRejected::NoInstruction(ins_id)));
             };
-            if ins.dst_node_id != message.src_node_id {
-                return Ok(Err(ReplyRejected::WrongNode));
-            }
-            let max = ins.created_at + ins.ttl - message.created_at;
-            if message.ttl != 0.0 && message.ttl - max > MESSAGE_TTL_TOLERANCE {
-                return Ok(Err(ReplyRejected::TtlTooLong {
-                    ttl: message.ttl,
-                    max,
-                }));
-            }
-            if message.run_id != ins.run_id {
-                return Ok(Err(ReplyRejected::WrongRun));
+            if let Err(why) = check_reply(&ins, &message) {
+                return Ok(Err(why));
             }
             insert_reply(tx, &ins_id, &message)?;
             Ok(Ok(message.message_id.clone()))

@@ -27,6 +27,23 @@ pub fn example_app() -> PathBuf {
     python::repo_root().join("examples/numpy-fedavg")
 }
 
+/// A SuperLink's TLS flags for `tls` (`--insecure` without).
+fn tls_args(cmd: &mut Command, tls: Option<&TlsFiles>) {
+    match tls {
+        Some(f) => {
+            cmd.arg("--ssl-ca-certfile")
+                .arg(&f.ca)
+                .arg("--ssl-certfile")
+                .arg(&f.cert)
+                .arg("--ssl-keyfile")
+                .arg(&f.key);
+        }
+        None => {
+            cmd.arg("--insecure");
+        }
+    }
+}
+
 /// Our SuperLink, with its bound addresses.
 pub struct SuperLink {
     /// The process.
@@ -78,19 +95,7 @@ impl SuperLink {
         cmd.env("FLWR_HOME", home)
             .env("PATH", path_with_venv())
             .env("NO_COLOR", "1");
-        match tls {
-            Some(f) => {
-                cmd.arg("--ssl-ca-certfile")
-                    .arg(&f.ca)
-                    .arg("--ssl-certfile")
-                    .arg(&f.cert)
-                    .arg("--ssl-keyfile")
-                    .arg(&f.key);
-            }
-            None => {
-                cmd.arg("--insecure");
-            }
-        }
+        tls_args(&mut cmd, tls);
         cmd.args([
             "--serverappio-api-address",
             addresses[0],
@@ -280,19 +285,7 @@ impl SuperLink {
                 [ports[0], ports[1], ports[2]].map(|p| format!("127.0.0.1:{p}"));
             let mut cmd = command(python::tool("flower-superlink"));
             cmd.env("FLWR_HOME", home).env("PATH", path_with_venv());
-            match tls {
-                Some(f) => {
-                    cmd.arg("--ssl-ca-certfile")
-                        .arg(&f.ca)
-                        .arg("--ssl-certfile")
-                        .arg(&f.cert)
-                        .arg("--ssl-keyfile")
-                        .arg(&f.key);
-                }
-                None => {
-                    cmd.arg("--insecure");
-                }
-            }
+            tls_args(&mut cmd, tls);
             cmd.args([
                 "--serverappio-api-address",
                 &serverappio,

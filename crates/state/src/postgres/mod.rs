@@ -27,6 +27,7 @@ use flwr_objects::message::{error_code, MessageError, MessageMeta, SUPERLINK_NOD
 use flwr_objects::store::{Lookup, StoreError};
 use flwr_objects::{ObjectId, ObjectTree};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 pub use target::{is_postgres_url, PgTarget, PgTargetError, SslMode};
@@ -34,7 +35,6 @@ pub use target::{is_postgres_url, PgTarget, PgTargetError, SslMode};
 use crate::codec::{decode_config, encode_config};
 use crate::memory::{
     effective_node, error_reply_for, message_unavailable, random_id, random_token,
-    MESSAGE_TTL_TOLERANCE,
 };
 use crate::*;
 
@@ -426,6 +426,47 @@ fn meta_from_row(r: &Row, o: usize) -> MessageMeta {
             reason: reason.unwrap_or_default(),
         }),
         has_content: r.get(o + 11),
+    }
+}
+
+/// A message's columns (`META_COLS`) as query parameters.
+struct MetaRow<'a> {
+    message: &'a MessageMeta,
+    run_id: i64,
+    src: i64,
+    dst: i64,
+    code: Option<i64>,
+    reason: Option<&'a str>,
+}
+
+impl<'a> MetaRow<'a> {
+    fn new(message: &'a MessageMeta) -> Self {
+        Self {
+            message,
+            run_id: id(message.run_id),
+            src: id(message.src_node_id),
+            dst: id(message.dst_node_id),
+            code: message.error.as_ref().map(|e| e.code),
+            reason: message.error.as_ref().map(|e| e.reason.as_str()),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 12] {
+        let m = self.message;
+        [
+            &self.run_id,
+            &m.message_id,
+            &self.src,
+            &self.dst,
+            &m.reply_to_message_id,
+            &m.group_id,
+            &m.ttl,
+            &m.message_type,
+            &m.created_at,
+            &self.code,
+            &self.reason,
+            &m.has_content,
+        ]
     }
 }
 
@@ -1065,24 +1106,7 @@ impl LinkState for PgLinkState {
                     "INSERT INTO message_ins ({META_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
                 ))
                 .await?;
-            tx.execute(
-                &stmt,
-                &[
-                    &id(message.run_id),
-                    &message.message_id,
-                    &id(message.src_node_id),
-                    &id(message.dst_node_id),
-                    &message.reply_to_message_id,
-                    &message.group_id,
-                    &message.ttl,
-                    &message.message_type,
-                    &message.created_at,
-                    &message.error.as_ref().map(|e| e.code),
-                    &message.error.as_ref().map(|e| e.reason.as_str()),
-                    &message.has_content,
-                ],
-            )
-            .await?;
+            tx.execute(&stmt, &MetaRow::new(&message).params()).await?;
             Ok(Some(message.message_id.clone()))
         }
         .await
@@ -1161,18 +1185,8 @@ impl LinkState for PgLinkState {
             let Some(ins) = ins else {
                 return Ok(Err(ReplyRejected::NoInstruction(ins_id.to_owned())));
             };
-            if ins.dst_node_id != message.src_node_id {
-                return Ok(Err(ReplyRejected::WrongNode));
-            }
-            let max = ins.created_at + ins.ttl - message.created_at;
-            if message.ttl != 0.0 && message.ttl - max > MESSAGE_TTL_TOLERANCE {
-                return Ok(Err(ReplyRejected::TtlTooLong {
-                    ttl: message.ttl,
-                    max,
-                }));
-            }
-            if message.run_id != ins.run_id {
-                return Ok(Err(ReplyRejected::WrongRun));
+            if let Err(why) = check_reply(&ins, &message) {
+                return Ok(Err(why));
             }
             let stmt = tx
                 .prepare_cached(&format!(
@@ -1182,25 +1196,10 @@ impl LinkState for PgLinkState {
                      message_type = $9, created_at = $10, error_code = $11, error_reason = $12, has_content = $13"
                 ))
                 .await?;
-            tx.execute(
-                &stmt,
-                &[
-                    &ins_id,
-                    &id(message.run_id),
-                    &message.message_id,
-                    &id(message.src_node_id),
-                    &id(message.dst_node_id),
-                    &message.reply_to_message_id,
-                    &message.group_id,
-                    &message.ttl,
-                    &message.message_type,
-                    &message.created_at,
-                    &message.error.as_ref().map(|e| e.code),
-                    &message.error.as_ref().map(|e| e.reason.as_str()),
-                    &message.has_content,
-                ],
-            )
-            .await?;
+            let row = MetaRow::new(&message);
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ins_id];
+            params.extend(row.params());
+            tx.execute(&stmt, &params).await?;
             Ok(Ok(message.message_id.clone()))
         }
         .await
