@@ -2,7 +2,7 @@
 //! rebuilt from the store.
 #![no_main]
 
-use flwr_objects::store::{MemoryObjectStore, ObjectStore};
+use flwr_objects::store::MemoryObjectStore;
 use flwr_proto::convert::tree_from_pb;
 use flwr_proto::proto as pb;
 use libfuzzer_sys::fuzz_target;
