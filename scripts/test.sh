@@ -49,7 +49,8 @@ slow = {
     # After the image tests, in the lane that ends first: Ray starts best on a quieter machine.
     ("flwr-superlink", "simulation"): "docker",
     ("flwr-supernode", "federation"): "supernode",
-    ("flwr-superlink", "postgres"): "supernode",
+    ("flwr-superlink", "postgres"): "docker",
+    ("flwr-superlink", "ha"): "supernode",
     ("flwr-superlink", "security"): "superlink",
 }
 lanes = {}

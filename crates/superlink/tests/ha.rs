@@ -1,0 +1,424 @@
+//! High availability: three SuperLink replicas on one PostgreSQL database behind HAProxy (TCP,
+//! TLS passed through), Flower 1.28's Python SuperNodes and an external `flwr-serverapp`
+//! connecting through the load balancer. Replicas are SIGKILLed in the middle of the run and the
+//! run still ends `finished:completed` with the predicted model.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use flwr_testkit::federation::{self, path_with_venv, python_supernode, Cli};
+use flwr_testkit::pki::{self, TlsFiles};
+use flwr_testkit::process::{command, Proc, Signal};
+use flwr_testkit::{ports, postgres, python};
+
+const BIN: &str = env!("CARGO_BIN_EXE_superlink");
+
+/// One replica's fixed addresses (a restarted replica comes back where HAProxy expects it).
+#[derive(Clone)]
+struct ReplicaPorts {
+    fleet: String,
+    control: String,
+    serverappio: String,
+    health: String,
+}
+
+impl ReplicaPorts {
+    fn reserve() -> Self {
+        Self {
+            fleet: ports::reserve_address(),
+            control: ports::reserve_address(),
+            serverappio: ports::reserve_address(),
+            health: ports::reserve_address(),
+        }
+    }
+}
+
+fn start_replica(name: &str, p: &ReplicaPorts, tls: &TlsFiles, db: &str, home: &Path) -> Proc {
+    let mut cmd = command(BIN);
+    cmd.env("FLWR_HOME", home)
+        .env("NO_COLOR", "1")
+        .arg("--ssl-ca-certfile")
+        .arg(&tls.ca)
+        .arg("--ssl-certfile")
+        .arg(&tls.cert)
+        .arg("--ssl-keyfile")
+        .arg(&tls.key)
+        .args(["--isolation", "process", "--database", db])
+        .args(["--fleet-api-address", &p.fleet])
+        .args(["--control-api-address", &p.control])
+        .args(["--serverappio-api-address", &p.serverappio])
+        .args(["--health-server-address", &p.health]);
+    let mut proc = Proc::spawn(name, cmd);
+    proc.wait_for_output("Fleet API (grpc-rere) serving", Duration::from_secs(60));
+    proc
+}
+
+/// The HAProxy configuration of the README's high-availability section, for these replicas.
+fn haproxy_config(front: &ReplicaPorts, replicas: &[ReplicaPorts]) -> String {
+    let port = |a: &str| a.rsplit(':').next().unwrap().to_owned();
+    let mut cfg = String::from(
+        "global\n    maxconn 4096\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    \
+         timeout client 1h\n    timeout server 1h\n    timeout check 1s\n    retries 3\n    \
+         option redispatch\n    default-server inter 500ms fall 2 rise 1\n\n",
+    );
+    for (api, front_addr) in [
+        ("fleet", &front.fleet),
+        ("control", &front.control),
+        ("serverappio", &front.serverappio),
+    ] {
+        cfg.push_str(&format!(
+            "frontend {api}\n    bind {front_addr}\n    default_backend {api}_replicas\n\n\
+             backend {api}_replicas\n    balance first\n"
+        ));
+        for (i, r) in replicas.iter().enumerate() {
+            let addr = match api {
+                "fleet" => &r.fleet,
+                "control" => &r.control,
+                _ => &r.serverappio,
+            };
+            cfg.push_str(&format!(
+                "    server replica{i} {addr} check port {}\n",
+                port(&r.health)
+            ));
+        }
+        cfg.push('\n');
+    }
+    cfg
+}
+
+fn haproxy_program() -> PathBuf {
+    let p = PathBuf::from("/usr/sbin/haproxy");
+    assert!(
+        p.is_file(),
+        "HAProxy is not installed: the high-availability test needs it (Debian: apt-get install haproxy)"
+    );
+    p
+}
+
+/// Waits until `cli` shows the run in `want` (a status prefix) or fails after `timeout`.
+fn wait_status(cli: &Cli, run_id: u64, want: &str, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let s = cli.status_of(run_id);
+        if s.starts_with(want) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "run {run_id} is `{s}`, not `{want}`"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Waits until the run's log (through the load balancer) contains `needle` `times` times.
+fn wait_log(cli: &Cli, run_id: u64, needle: &str, times: usize, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let (_, log) = cli.run(&["log", &run_id.to_string(), federation::CONNECTION, "--show"]);
+        if log.matches(needle).count() >= times {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "the run's log never showed {needle:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn the_documented_haproxy_configuration_is_valid() {
+    let cfg = python::repo_root().join("docker/ha/haproxy.cfg");
+    let (status, out) = flwr_testkit::process::run(
+        std::process::Command::new(haproxy_program())
+            .arg("-c")
+            .arg("-f")
+            .arg(&cfg),
+    );
+    assert!(status.success(), "{}: {out}", cfg.display());
+}
+
+/// Which SuperNodes join.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Nodes {
+    /// Flower 1.28.0's `flower-supernode`.
+    Python,
+    /// Ours.
+    Ours,
+}
+
+/// Our SuperNode binary, built by `cargo test --workspace` beside this one.
+fn our_supernode() -> PathBuf {
+    let p = Path::new(BIN).with_file_name("supernode");
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace's binaries",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn replicas_die_mid_run_and_the_run_completes_with_python_supernodes() {
+    replicas_die_mid_run(Nodes::Python);
+}
+
+#[test]
+fn replicas_die_mid_run_and_the_run_completes_with_our_supernodes() {
+    replicas_die_mid_run(Nodes::Ours);
+}
+
+fn replicas_die_mid_run(kind: Nodes) {
+    let haproxy = haproxy_program();
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
+    let db = postgres::shared().create_database();
+
+    let replicas: Vec<ReplicaPorts> = (0..3).map(|_| ReplicaPorts::reserve()).collect();
+    let home = |i: usize| dir.path().join(format!("replica-{i}"));
+    let mut procs: Vec<Option<Proc>> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Some(start_replica(
+                &format!("replica-{i}"),
+                r,
+                &tls,
+                &db,
+                &home(i),
+            ))
+        })
+        .collect();
+
+    let front = ReplicaPorts::reserve();
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(&cfg, haproxy_config(&front, &replicas)).unwrap();
+    let mut lb_cmd = command(&haproxy);
+    lb_cmd.arg("-db").arg("-f").arg(&cfg);
+    let mut lb = Proc::spawn("haproxy", lb_cmd);
+    for a in [&front.fleet, &front.control, &front.serverappio] {
+        lb.await_port(a, Duration::from_secs(30)).unwrap();
+    }
+
+    // An external ServerApp and two Python SuperNodes, all through the load balancer.
+    let mut serverapp_cmd = command(python::tool("flwr-serverapp"));
+    serverapp_cmd
+        .args([
+            "--insecure",
+            "--serverappio-api-address",
+            &front.serverappio,
+        ])
+        .env("FLWR_HOME", dir.path().join("serverapp"))
+        .env("PATH", path_with_venv());
+    let serverapp = Proc::spawn("flwr-serverapp", serverapp_cmd);
+    let _nodes: Vec<Proc> = (0..2)
+        .map(|i| {
+            let name = format!("node-{i}");
+            let home = dir.path().join(&name);
+            match kind {
+                Nodes::Python => python_supernode(&name, &front.fleet, Some(&tls.ca), &home, &[]),
+                Nodes::Ours => {
+                    federation::our_supernode(
+                        &our_supernode(),
+                        &name,
+                        &front.fleet,
+                        Some(&tls.ca),
+                        &home,
+                        &[],
+                    )
+                    .0
+                }
+            }
+        })
+        .collect();
+    let cli = Cli::new(&dir.path().join("cli"), &front.control, Some(&tls.ca));
+    let (status, out) = cli.run(&[
+        "run",
+        federation::example_app().to_str().unwrap(),
+        federation::CONNECTION,
+        "--run-config",
+        "num-server-rounds=3 client-delay=3.0",
+    ]);
+    assert!(status.success(), "flwr run: {out}");
+    let run_id = Cli::run_id_in(&out);
+
+    let diagnostics = |procs: &[Option<Proc>]| {
+        let mut d = format!("serverapp:\n{}\n", serverapp.output());
+        for (i, p) in procs.iter().enumerate() {
+            if let Some(p) = p {
+                d.push_str(&format!("replica-{i}:\n{}\n", p.output()));
+            }
+        }
+        d
+    };
+
+    // `balance first`: every client is on replica 0. Kill it during round 2...
+    wait_log(&cli, run_id, "[ROUND 2/3]", 1, Duration::from_secs(240));
+    procs[0].take().unwrap().signal_group(Signal::SIGKILL);
+    // ...bring it back (everyone is on replica 1 now)...
+    wait_log(&cli, run_id, "aggregate_train", 2, Duration::from_secs(240));
+    procs[0] = Some(start_replica(
+        "replica-0",
+        &replicas[0],
+        &tls,
+        &db,
+        &home(0),
+    ));
+    // ...and kill replica 1 during round 3.
+    wait_log(&cli, run_id, "[ROUND 3/3]", 1, Duration::from_secs(240));
+    if let Some(p) = procs[1].take() {
+        p.signal_group(Signal::SIGKILL);
+    }
+
+    let s = wait_status(&cli, run_id, "finished", Duration::from_secs(300));
+    assert_eq!(s, "finished:completed", "{}", diagnostics(&procs));
+    let (_, log) = cli.run(&["log", &run_id.to_string(), federation::CONNECTION, "--show"]);
+    let sha = federation::expected_model_sha256(1000, 3, 1.0);
+    assert!(log.contains(&format!("sha256={sha}")), "{log}");
+    // Every surviving replica tells the same story.
+    for (i, r) in replicas.iter().enumerate() {
+        if procs[i].is_none() {
+            continue;
+        }
+        let direct = Cli::new(
+            &dir.path().join(format!("cli-{i}")),
+            &r.control,
+            Some(&tls.ca),
+        );
+        assert_eq!(direct.status_of(run_id), "finished:completed");
+    }
+    if std::env::var_os("HA_DEBUG").is_some() {
+        for n in &_nodes {
+            eprintln!("NODE:\n{}", n.output());
+        }
+        eprintln!("{}", diagnostics(&procs));
+    }
+    let _ = lb.try_status();
+}
+
+#[test]
+fn a_pending_run_is_launched_once_and_a_dead_launcher_fails_its_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
+    let db = postgres::shared().create_database();
+    // Each replica starts ServerApps through a wrapper that notes who launched what.
+    let launches = dir.path().join("launches");
+    let wrapper = dir.path().join("serverapp.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$REPLICA $*\" >> {}\nexec {} \"$@\"\n",
+            launches.display(),
+            python::tool("flwr-serverapp").display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let replicas: Vec<(Proc, ReplicaPorts)> = (0..3)
+        .map(|i| {
+            let p = ReplicaPorts::reserve();
+            let mut cmd = command(BIN);
+            cmd.env("FLWR_HOME", dir.path().join(format!("replica-{i}")))
+                .env("NO_COLOR", "1")
+                .env("PATH", path_with_venv())
+                .env("REPLICA", format!("replica-{i}"))
+                .env("FLWR_SERVERAPP_COMMAND", &wrapper)
+                .arg("--ssl-ca-certfile")
+                .arg(&tls.ca)
+                .arg("--ssl-certfile")
+                .arg(&tls.cert)
+                .arg("--ssl-keyfile")
+                .arg(&tls.key)
+                .args(["--database", &db])
+                .args(["--fleet-api-address", &p.fleet])
+                .args(["--control-api-address", &p.control])
+                .args(["--serverappio-api-address", &p.serverappio]);
+            let mut proc = Proc::spawn(&format!("replica-{i}"), cmd);
+            proc.wait_for_output("Fleet API (grpc-rere) serving", Duration::from_secs(60));
+            (proc, p)
+        })
+        .collect();
+    // A run started on replica 2 (with nodes on replica 0, which it waits for in vain): every
+    // replica sees it pending, exactly one launches it.
+    let _node = python_supernode(
+        "node",
+        &replicas[0].1.fleet,
+        Some(&tls.ca),
+        &dir.path().join("node"),
+        &[],
+    );
+    let cli = Cli::new(
+        &dir.path().join("cli"),
+        &replicas[2].1.control,
+        Some(&tls.ca),
+    );
+    let (status, out) = cli.run(&[
+        "run",
+        federation::example_app().to_str().unwrap(),
+        federation::CONNECTION,
+        "--run-config",
+        "num-server-rounds=1 min-nodes=2",
+    ]);
+    assert!(status.success(), "{out}");
+    let run_id = Cli::run_id_in(&out);
+    wait_status(&cli, run_id, "running", Duration::from_secs(120));
+    // No second launch can come once every launcher has swept the pending runs a few times
+    // (every second): an absence, so a bounded wait rather than a condition.
+    std::thread::sleep(Duration::from_secs(3));
+    let text = std::fs::read_to_string(&launches).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "launched exactly once: {text}");
+    let launcher: usize = lines[0]
+        .split_whitespace()
+        .next()
+        .and_then(|r| r.strip_prefix("replica-"))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+
+    // The launching replica dies with its ServerApp: the run fails, saying why.
+    replicas[launcher].0.signal_group(Signal::SIGKILL);
+    let survivor = (launcher + 1) % 3;
+    let cli = Cli::new(
+        &dir.path().join("cli-survivor"),
+        &replicas[survivor].1.control,
+        Some(&tls.ca),
+    );
+    let s = wait_status(&cli, run_id, "finished", Duration::from_secs(180));
+    assert_eq!(s, "finished:failed");
+    let details = run_details(&replicas[survivor].1.control, &tls.ca, run_id);
+    assert_eq!(details, "No heartbeat received from the run.");
+    drop(replicas);
+}
+
+/// The run's status details, as the Control API of `control` returns them.
+fn run_details(control: &str, ca: &Path, run_id: u64) -> String {
+    use flwr_proto::proto as pb;
+    use flwr_transport::tls::{load_client_config, ClientTlsChoice};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tls = load_client_config(&ClientTlsChoice::RootCertificates(ca.to_path_buf()))
+            .unwrap()
+            .unwrap();
+        let channel = flwr_transport::grpc::channel(&control.parse().unwrap(), Some(tls.config));
+        let mut client = pb::control_client::ControlClient::new(channel);
+        let runs = client
+            .list_runs(pb::ListRunsRequest {
+                run_id: Some(run_id),
+                limit: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        runs.run_dict[&run_id]
+            .status
+            .clone()
+            .unwrap_or_default()
+            .details
+    })
+}
