@@ -18,9 +18,10 @@ for tool in cargo openssl ssh-keygen setpriv python3 docker docker-compose deboo
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=("PostgreSQL server (initdb)")
+[ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test: missing tools: ${missing[*]}" >&2
-  echo "test: on Debian: apt-get install openssl openssh-client util-linux python3 python3-venv docker.io docker-compose debootstrap postgresql" >&2
+  echo "test: on Debian: apt-get install openssl openssh-client util-linux python3 python3-venv docker.io docker-compose debootstrap postgresql haproxy" >&2
   exit 1
 fi
 
