@@ -514,6 +514,11 @@ pub trait LinkState: Send + Sync {
         node_id: NodeId,
         run_id: RunId,
     ) -> Result<Vec<String>, StateError>;
+    /// Announces the runs that get new log output, for engines that can tell (so that log
+    /// streams wait for output instead of polling); `None` when the caller must poll.
+    fn log_events(&self) -> Option<tokio::sync::broadcast::Receiver<RunId>> {
+        None
+    }
     /// Stores a validated reply after checking it against its instruction.
     async fn store_reply(
         &self,

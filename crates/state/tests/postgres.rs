@@ -1,6 +1,8 @@
 //! The conformance suite on the PostgreSQL engine: a throwaway cluster for this test process,
 //! a fresh database per test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 flwr_state::conformance_tests!(|clock| async move {
     let url = flwr_testkit::postgres::shared().create_database();
     let target = flwr_state::postgres::PgTarget::parse(&url).unwrap();
@@ -8,3 +10,102 @@ flwr_state::conformance_tests!(|clock| async move {
         .await
         .unwrap()
 });
+
+mod replicas {
+    //! What one replica learns from another through notifications.
+
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use flwr_objects::message::{MessageMeta, SUPERLINK_NODE_ID};
+    use flwr_state::postgres::{connect, PgOptions, PgTarget};
+    use flwr_state::*;
+
+    async fn replica(url: &str, clock: Arc<ManualClock>) -> Stores {
+        connect(PgOptions::new(PgTarget::parse(url).unwrap()), clock)
+            .await
+            .unwrap()
+    }
+
+    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !check() {
+            assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn hints_follow_the_other_replicas() {
+        let url = flwr_testkit::postgres::shared().create_database();
+        let clock = Arc::new(ManualClock::new());
+        let a = replica(&url, clock.clone()).await.state;
+        let b = replica(&url, clock.clone()).await.state;
+        let node = a
+            .create_node(NewNode {
+                owner_aid: "<id:none>".into(),
+                owner_name: "none".into(),
+                public_key: Bytes::from_static(b"key"),
+                heartbeat_interval: 0.0,
+            })
+            .await
+            .unwrap();
+        a.activate_node(b"key", 30.0).await.unwrap().unwrap();
+        // B's listener is up once it hints "nothing" for a node with nothing queued.
+        eventually("B listens", || !b.may_have_instruction(node)).await;
+        assert_eq!(b.node_id_by_public_key(b"key").await.unwrap(), Some(node));
+        assert_eq!(b.cached_node_id(b"key"), Some(node), "B remembers the key");
+
+        // An instruction stored through A: B's hint turns to "maybe" and B delivers it.
+        let run = a
+            .create_run(NewRun {
+                fab_id: "p/app".into(),
+                fab_version: "1".into(),
+                fab_hash: "ab".repeat(32),
+                override_config: vec![],
+                flwr_aid: "<id:none>".into(),
+                federation: "@none/default".into(),
+                run_type: RunType::ServerApp,
+                federation_config: None,
+                context: Bytes::new(),
+            })
+            .await
+            .unwrap();
+        let message = MessageMeta {
+            run_id: run,
+            message_id: "c".repeat(64),
+            src_node_id: SUPERLINK_NODE_ID,
+            dst_node_id: node,
+            reply_to_message_id: String::new(),
+            group_id: "1".into(),
+            ttl: 600.0,
+            message_type: "train".into(),
+            created_at: clock.now(),
+            error: None,
+            has_content: true,
+        };
+        a.store_instruction(message.clone()).await.unwrap();
+        eventually("B hears of the instruction", || {
+            b.may_have_instruction(node)
+        })
+        .await;
+        assert_eq!(b.pull_instruction(node).await.unwrap(), Some(message));
+        assert_eq!(b.pull_instruction(node).await.unwrap(), None);
+        assert!(
+            !b.may_have_instruction(node),
+            "an empty pull clears the hint"
+        );
+
+        // Log output through A wakes B's streams.
+        let mut logs = b.log_events().expect("B delivers log events");
+        a.add_log(run, "hello\n").await.unwrap();
+        let woke = tokio::time::timeout(Duration::from_secs(10), logs.recv()).await;
+        assert_eq!(woke.unwrap().unwrap(), run);
+
+        // Unregistered through A: B forgets the key.
+        a.unregister_node(node, None).await.unwrap().unwrap();
+        eventually("B forgets the key", || b.cached_node_id(b"key").is_none()).await;
+        assert_eq!(b.node_id_by_public_key(b"key").await.unwrap(), None);
+    }
+}

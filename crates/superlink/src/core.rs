@@ -831,6 +831,11 @@ impl Core {
         self.state.runs_of(flwr_aid).await.map_err(Error::from)
     }
 
+    /// Announcements of runs with new log output or a new status, when the engine makes them.
+    pub fn log_events(&self) -> Option<tokio::sync::broadcast::Receiver<RunId>> {
+        self.state.log_events()
+    }
+
     /// Logs after `after` and the time of the last entry.
     pub async fn logs_after(&self, run_id: RunId, after: f64) -> Result<(String, f64)> {
         self.state

@@ -14,6 +14,7 @@
 //! it once) and versioned in `flwr_schema`; a replica refuses a database whose schema is newer
 //! than it knows. u64 ids are stored bit-cast to BIGINT.
 
+mod listen;
 mod target;
 
 use std::collections::{HashMap, HashSet};
@@ -176,6 +177,24 @@ struct Shared {
     clock: Arc<dyn Clock>,
     /// The target, password masked, for messages.
     name: String,
+    /// What the other replicas tell through notifications.
+    hints: Arc<listen::Hints>,
+    /// The task that listens for them (aborted with the engines).
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// Sends a notification to every replica (delivered when the transaction commits).
+async fn notify(tx: &Tx<'_>, kind: char, id: u64) -> PgResult<()> {
+    let stmt = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
+    tx.execute(&stmt, &[&listen::CHANNEL, &format!("{kind}{id}")])
+        .await?;
+    Ok(())
 }
 
 /// Connects, creates or checks the schema, and returns both engines. Fails with a message that
@@ -187,20 +206,26 @@ pub async fn connect(options: PgOptions, clock: Arc<dyn Clock>) -> Result<Stores
         .target
         .client_config()
         .map_err(|e| StateError::Backend(format!("{name}: {e}")))?;
-    let manager = match tls {
-        Some(tls) => Manager::from_config(
-            config,
-            tokio_postgres_rustls::MakeRustlsConnect::new(tls),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        ),
-        None => Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
+    let hints = Arc::new(listen::Hints::default());
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let (manager, listener) = match tls {
+        Some(tls) => {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+            (
+                Manager::from_config(config.clone(), tls.clone(), manager_config),
+                tokio::spawn(listen::run(config, tls, hints.clone(), name.clone())),
+            )
+        }
+        None => (
+            Manager::from_config(config.clone(), tokio_postgres::NoTls, manager_config),
+            tokio::spawn(listen::run(
+                config,
+                tokio_postgres::NoTls,
+                hints.clone(),
+                name.clone(),
+            )),
         ),
     };
     let pool = Pool::builder(manager)
@@ -209,9 +234,21 @@ pub async fn connect(options: PgOptions, clock: Arc<dyn Clock>) -> Result<Stores
         .create_timeout(Some(options.wait))
         .recycle_timeout(Some(options.wait))
         .runtime(deadpool_postgres::Runtime::Tokio1)
-        .build()
-        .map_err(|e| StateError::Backend(format!("{name}: {e}")))?;
-    let shared = Arc::new(Shared { pool, clock, name });
+        .build();
+    let pool = match pool {
+        Ok(p) => p,
+        Err(e) => {
+            listener.abort();
+            return Err(StateError::Backend(format!("{name}: {e}")));
+        }
+    };
+    let shared = Arc::new(Shared {
+        pool,
+        clock,
+        name,
+        hints,
+        listener,
+    });
     shared.migrate().await?;
     Ok(Stores {
         state: Arc::new(PgLinkState {
@@ -633,7 +670,8 @@ impl LinkState for PgLinkState {
     }
 
     async fn node_id_by_public_key(&self, public_key: &[u8]) -> Result<Option<NodeId>, StateError> {
-        in_tx!(&self.shared, |tx, _now| async {
+        let mark = self.shared.hints.mark();
+        let found = in_tx!(&self.shared, |tx, _now| async {
             let stmt = tx
                 .prepare_cached(
                     "SELECT node_id FROM node WHERE public_key = $1 AND status != 'unregistered'",
@@ -644,7 +682,23 @@ impl LinkState for PgLinkState {
                 .await?
                 .map(|r| uid(r.get(0))))
         }
-        .await)
+        .await)?;
+        if let Some(node) = found {
+            self.shared.hints.remember_key(public_key, node, mark);
+        }
+        Ok(found)
+    }
+
+    fn cached_node_id(&self, public_key: &[u8]) -> Option<NodeId> {
+        self.shared.hints.node_of_key(public_key)
+    }
+
+    fn may_have_instruction(&self, node_id: NodeId) -> bool {
+        self.shared.hints.may_have_instruction(node_id)
+    }
+
+    fn log_events(&self) -> Option<tokio::sync::broadcast::Receiver<RunId>> {
+        self.shared.hints.log_events()
     }
 
     async fn activate_node(
@@ -718,6 +772,7 @@ impl LinkState for PgLinkState {
             n.unregistered_at = Some(now);
             n.online_until = Some(n.online_until.map_or(now, |t| t.min(now)));
             save_node(tx, &n).await?;
+            notify(tx, listen::UNREGISTERED, node_id).await?;
             Ok(Ok(()))
         }
         .await)
@@ -912,6 +967,8 @@ impl LinkState for PgLinkState {
                 ],
             )
             .await?;
+            // Log streams end when the run finishes: wake them.
+            notify(tx, listen::LOG, run_id).await?;
             Ok(Some(true))
         }
         .await
@@ -1051,6 +1108,7 @@ impl LinkState for PgLinkState {
                 .prepare_cached("INSERT INTO log (run_id, ts, text) VALUES ($1, $2, $3)")
                 .await?;
             tx.execute(&stmt, &[&id(run_id), &ts, &text]).await?;
+            notify(tx, listen::LOG, run_id).await?;
             Ok(true)
         }
         .await)?;
@@ -1107,6 +1165,7 @@ impl LinkState for PgLinkState {
                 ))
                 .await?;
             tx.execute(&stmt, &MetaRow::new(&message).params()).await?;
+            notify(tx, listen::INSTRUCTION, message.dst_node_id).await?;
             Ok(Some(message.message_id.clone()))
         }
         .await
@@ -1114,7 +1173,8 @@ impl LinkState for PgLinkState {
     }
 
     async fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError> {
-        in_tx!(&self.shared, |tx, now| {
+        let mark = self.shared.hints.mark();
+        let pulled = in_tx!(&self.shared, |tx, now| {
             async {
             loop {
                 // Delivered once across replicas: the row is locked, and a replica that finds
@@ -1142,7 +1202,11 @@ impl LinkState for PgLinkState {
             }
         }
         .await
-        })
+        })?;
+        if pulled.is_none() {
+            self.shared.hints.found_nothing(node_id, mark);
+        }
+        Ok(pulled)
     }
 
     async fn delivered_instructions(

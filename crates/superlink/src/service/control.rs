@@ -22,6 +22,9 @@ use flwr_state::Status as RunStatusKind;
 
 /// How often a log stream looks for new output.
 const LOG_POLL: Duration = Duration::from_millis(200);
+/// With an engine that announces log output, how long a stream waits for an announcement before
+/// it looks anyway.
+const LOG_WAIT: Duration = Duration::from_secs(5);
 /// How long a log stream rides out an unreachable database (a restart, a failover) before it
 /// gives up with UNAVAILABLE.
 const STREAM_OUTAGE_GRACE: Duration = Duration::from_secs(120);
@@ -148,6 +151,34 @@ struct LogCursor {
     first: bool,
     /// Since when the database has not answered, if it does not.
     unavailable_since: Option<std::time::Instant>,
+    /// Announcements of new output, when the engine makes them (else the stream polls).
+    events: Option<tokio::sync::broadcast::Receiver<u64>>,
+}
+
+impl LogCursor {
+    /// Waits until there may be something new for this run.
+    async fn wait(&mut self) {
+        let Some(events) = self.events.as_mut() else {
+            tokio::time::sleep(LOG_POLL).await;
+            return;
+        };
+        let run_id = self.run_id;
+        let woke = tokio::time::timeout(LOG_WAIT, async {
+            loop {
+                match events.recv().await {
+                    Ok(id) if id == run_id => return true,
+                    Ok(_) => continue,
+                    // Missed some: look.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
+                }
+            }
+        })
+        .await;
+        if woke == Ok(false) {
+            self.events = None;
+        }
+    }
 }
 
 impl LogCursor {
@@ -174,7 +205,7 @@ async fn next_logs(
             return None;
         }
         if !c.first {
-            tokio::time::sleep(LOG_POLL).await;
+            c.wait().await;
         }
         c.first = false;
         let run = match c.core.get_run(c.run_id).await {
@@ -290,6 +321,7 @@ impl pb::control_server::Control for ControlService {
             done: false,
             first: true,
             unavailable_since: None,
+            events: self.core.log_events(),
         };
         let stream = futures_util::stream::unfold(cursor, next_logs);
         Ok(Response::new(Box::pin(stream)))

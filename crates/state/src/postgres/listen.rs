@@ -1,0 +1,249 @@
+//! What a replica learns from the others, through PostgreSQL's `LISTEN`/`NOTIFY`: which nodes may
+//! have queued instructions, which node keys were unregistered, which runs have new log output.
+//!
+//! The hints answer the Fleet API's most frequent calls (an empty poll, a known key) without a
+//! database round trip. They may say "maybe" for nothing, never "no" for something: they are
+//! used only while the listener is connected and has rebuilt them since it connected
+//! (notifications sent while it was away are lost), and a hint is only removed when no
+//! notification for it arrived since the query that found nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::broadcast;
+use tokio_postgres::AsyncMessage;
+
+use crate::{NodeId, RunId};
+
+/// The notification channel.
+pub(crate) const CHANNEL: &str = "flwr_events";
+
+/// Payload prefixes: a queued instruction for a node, an unregistered node, new log output.
+pub(crate) const INSTRUCTION: char = 'i';
+pub(crate) const UNREGISTERED: char = 'u';
+pub(crate) const LOG: char = 'l';
+
+/// Keys remembered before the cache starts over (a bound on its memory).
+const KEY_LIMIT: usize = 100_000;
+
+/// The hints, shared by the engines and the listener task.
+pub(crate) struct Hints {
+    /// Connected, and rebuilt since.
+    live: AtomicBool,
+    /// Bumped on every notification received.
+    seq: AtomicU64,
+    /// Nodes that may have queued instructions, with the `seq` of their latest notification.
+    queued: Mutex<HashMap<NodeId, u64>>,
+    /// Keys of registered nodes.
+    keys: RwLock<HashMap<Vec<u8>, NodeId>>,
+    /// Bumped on every unregistration.
+    keys_gen: AtomicU64,
+    /// Runs with new log output.
+    logs: broadcast::Sender<RunId>,
+}
+
+impl Default for Hints {
+    fn default() -> Self {
+        Self {
+            live: AtomicBool::new(false),
+            seq: AtomicU64::new(0),
+            queued: Mutex::new(HashMap::new()),
+            keys: RwLock::new(HashMap::new()),
+            keys_gen: AtomicU64::new(0),
+            logs: broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl Hints {
+    fn live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// False only when `node` certainly has no queued instruction.
+    pub(crate) fn may_have_instruction(&self, node: NodeId) -> bool {
+        !self.live() || self.queued.lock().contains_key(&node)
+    }
+
+    /// A mark to take before a query whose empty result may clear hints.
+    pub(crate) fn mark(&self) -> (u64, u64) {
+        (
+            self.seq.load(Ordering::SeqCst),
+            self.keys_gen.load(Ordering::SeqCst),
+        )
+    }
+
+    /// A pull found nothing for `node`: forget its hint, unless a notification came since `mark`.
+    pub(crate) fn found_nothing(&self, node: NodeId, mark: (u64, u64)) {
+        let mut queued = self.queued.lock();
+        if queued.get(&node).is_some_and(|seq| *seq <= mark.0) {
+            queued.remove(&node);
+        }
+    }
+
+    /// The node of a key, if known here.
+    pub(crate) fn node_of_key(&self, key: &[u8]) -> Option<NodeId> {
+        if !self.live() {
+            return None;
+        }
+        self.keys.read().get(key).copied()
+    }
+
+    /// Remembers a key's node, unless an unregistration came since `mark`.
+    pub(crate) fn remember_key(&self, key: &[u8], node: NodeId, mark: (u64, u64)) {
+        if !self.live() {
+            return;
+        }
+        let mut keys = self.keys.write();
+        if self.keys_gen.load(Ordering::SeqCst) != mark.1 {
+            return;
+        }
+        if keys.len() >= KEY_LIMIT {
+            keys.clear();
+        }
+        keys.insert(key.to_vec(), node);
+    }
+
+    /// Log events, while they are delivered.
+    pub(crate) fn log_events(&self) -> Option<broadcast::Receiver<RunId>> {
+        self.live().then(|| self.logs.subscribe())
+    }
+
+    fn apply(&self, payload: &str) {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut chars = payload.chars();
+        let kind = chars.next();
+        let Ok(id) = chars.as_str().parse::<u64>() else {
+            return;
+        };
+        match kind {
+            Some(INSTRUCTION) => {
+                self.queued.lock().insert(id, seq);
+            }
+            Some(UNREGISTERED) => {
+                let mut keys = self.keys.write();
+                self.keys_gen.fetch_add(1, Ordering::SeqCst);
+                keys.retain(|_, node| *node != id);
+            }
+            Some(LOG) => {
+                let _ = self.logs.send(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts over from what the database holds (after a (re)connection).
+    fn rebuild(&self, queued: Vec<NodeId>) {
+        let seq = self.seq.load(Ordering::SeqCst);
+        {
+            let mut keys = self.keys.write();
+            self.keys_gen.fetch_add(1, Ordering::SeqCst);
+            keys.clear();
+        }
+        *self.queued.lock() = queued.into_iter().map(|n| (n, seq)).collect();
+        self.live.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Keeps a `LISTEN` connection open (reconnecting after a second when it breaks) and applies the
+/// notifications to `hints`. Runs until aborted.
+pub(crate) async fn run<T>(config: tokio_postgres::Config, tls: T, hints: Arc<Hints>, name: String)
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone + Send + 'static,
+    T::Stream: Send + 'static,
+{
+    let mut was_live = false;
+    loop {
+        match listen_once(&config, tls.clone(), &hints).await {
+            Ok(()) => {}
+            Err(e) if was_live || hints.live() => {
+                tracing::warn!(
+                    "{name}: notifications from the other replicas stopped ({e}); reconnecting"
+                );
+            }
+            Err(e) => tracing::debug!("{name}: cannot listen for notifications yet: {e}"),
+        }
+        was_live = hints.live();
+        hints.live.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn listen_once<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    hints: &Hints,
+) -> Result<(), tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Send,
+    T::Stream: Send + 'static,
+{
+    let (client, mut connection) = config.connect(tls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // The connection does the I/O; notifications come out of it in order.
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(n.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    });
+    let result = async {
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        // Listening first, then reading: nothing committed in between is missed.
+        let rows = client
+            .query(
+                "SELECT DISTINCT dst_node_id FROM message_ins WHERE NOT delivered",
+                &[],
+            )
+            .await?;
+        hints.rebuild(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect());
+        while let Some(payload) = rx.recv().await {
+            hints.apply(&payload);
+        }
+        Ok(())
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_never_say_no_for_something() {
+        let h = Hints::default();
+        assert!(h.may_have_instruction(7), "not live: maybe");
+        h.rebuild(vec![7]);
+        assert!(h.may_have_instruction(7) && !h.may_have_instruction(8));
+        // A pull that started before a notification must not clear it.
+        let mark = h.mark();
+        h.apply("i7");
+        h.found_nothing(7, mark);
+        assert!(h.may_have_instruction(7));
+        let mark = h.mark();
+        h.found_nothing(7, mark);
+        assert!(!h.may_have_instruction(7));
+        // Keys: an unregistration between the query and the insert wins.
+        let mark = h.mark();
+        h.apply("u5");
+        h.remember_key(b"k", 5, mark);
+        assert_eq!(h.node_of_key(b"k"), None);
+        let mark = h.mark();
+        h.remember_key(b"k", 5, mark);
+        assert_eq!(h.node_of_key(b"k"), Some(5));
+        h.apply("u5");
+        assert_eq!(h.node_of_key(b"k"), None);
+    }
+}
