@@ -66,6 +66,24 @@ impl FileFabs {
         &self.dir
     }
 
+    /// Creates the directory and checks that this user can write there (at start, so that a bad
+    /// `--storage-dir` stops the daemon instead of failing the first run).
+    pub fn check_writable(&self) -> Result<(), FfsError> {
+        let err = |action, source: std::io::Error| FfsError {
+            action,
+            path: self.dir.clone(),
+            hint: hint(&source),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(|e| err("create", e))?;
+        let probe = self
+            .dir
+            .join(format!(".write-check-{}", std::process::id()));
+        std::fs::write(&probe, b"").map_err(|e| err("write to", e))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(())
+    }
+
     /// Stores a FAB and returns its hash. Writing is atomic (temporary file, then rename), so a
     /// full disk never leaves a truncated FAB behind.
     pub fn put_blocking(&self, content: &[u8]) -> Result<String, FfsError> {
@@ -157,5 +175,22 @@ mod tests {
         assert_eq!(ffs.get_blocking(&"0".repeat(64)).unwrap(), None);
         assert_eq!(ffs.get_blocking("../../etc/passwd").unwrap(), None);
         assert!(dir.path().join("ffs").join(format!("{h}.META")).exists());
+    }
+
+    #[test]
+    fn an_unwritable_directory_is_named_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = FileFabs::new(file.join("ffs"))
+            .check_writable()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("a-file") && e.to_string().contains("--storage-dir"),
+            "{e}"
+        );
+        FileFabs::new(dir.path().join("new/ffs"))
+            .check_writable()
+            .unwrap();
     }
 }

@@ -36,6 +36,9 @@ pub enum BuildError {
     /// The state could not be opened.
     #[error("cannot open the state database: {0}")]
     State(String),
+    /// `--storage-dir` cannot be used.
+    #[error(transparent)]
+    Storage(#[from] flwr_state::fabs::FfsError),
 }
 
 /// The addresses the servers are bound to (with the real ports when 0 was asked for).
@@ -69,7 +72,7 @@ impl App {
         Self::build_with_clock(config, Arc::new(SystemClock)).await
     }
 
-    /// [`App::build`] with a given clock (tests move time by hand).
+    /// [`App::build`] with a given clock (a manual one moves time by hand).
     pub async fn build_with_clock(
         config: Config,
         clock: Arc<dyn Clock>,
@@ -104,6 +107,12 @@ impl App {
                 stores
             }
         };
+        if stores.fabs.is_none() {
+            let fabs = flwr_state::fabs::FileFabs::new(config.storage_dir.clone());
+            tokio::task::spawn_blocking(move || fabs.check_writable())
+                .await
+                .map_err(|e| BuildError::State(e.to_string()))??;
+        }
         let control = grpc::bind("--control-api-address", &config.control_address).await?;
         let serverappio =
             grpc::bind("--serverappio-api-address", &config.serverappio_address).await?;

@@ -21,17 +21,6 @@ pub enum Database {
     Postgres(flwr_state::postgres::PgTarget),
 }
 
-/// `--log-file` and its rotation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogFile {
-    /// The file.
-    pub path: PathBuf,
-    /// Rotate every this many hours.
-    pub interval_hours: u32,
-    /// Keep this many rotated files.
-    pub backup_count: u32,
-}
-
 /// Everything a SuperLink needs to start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -45,8 +34,6 @@ pub struct Config {
     pub storage_dir: PathBuf,
     /// Only CLI-registered SuperNodes may join.
     pub enable_supernode_auth: bool,
-    /// Optional log file.
-    pub log_file: Option<LogFile>,
     /// ServerAppIo API address.
     pub serverappio_address: Address,
     /// Fleet API address; `None` in simulation mode (no Fleet API).
@@ -297,11 +284,6 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         database,
         storage_dir: a.storage_dir.clone().unwrap_or_else(default_storage_dir),
         enable_supernode_auth: a.enable_supernode_auth,
-        log_file: a.log_file.as_ref().map(|p| LogFile {
-            path: p.clone(),
-            interval_hours: a.log_rotation_interval_hours,
-            backup_count: a.log_rotation_backup_count,
-        }),
         serverappio_address: serverappio,
         fleet_address,
         control_address: control,

@@ -58,6 +58,14 @@ pub struct Launcher {
     stop: CancellationToken,
 }
 
+/// What the launcher's waits end with.
+enum Done {
+    /// A ServerApp process ended (and was reaped), with how.
+    Exited(RunId, String),
+    /// The grace of a ServerApp asked to stop is over.
+    KillDue(RunId, u32),
+}
+
 impl Launcher {
     /// A launcher whose ServerApps reach ServerAppIo at `serverappio` (host:port).
     pub fn new(
@@ -79,7 +87,7 @@ impl Launcher {
     /// Runs until `stop` is cancelled, then ends and reaps every child.
     pub async fn run(mut self) {
         let mut children: HashMap<RunId, u32> = HashMap::new();
-        let mut waits: JoinSet<(RunId, String)> = JoinSet::new();
+        let mut waits: JoinSet<Done> = JoinSet::new();
         let mut sweep = tokio::time::interval(SWEEP);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -94,22 +102,28 @@ impl Launcher {
                             let pid = *pid;
                             waits.spawn(async move {
                                 tokio::time::sleep(KILL_GRACE).await;
-                                process::signal_group(pid, Signal::SIGKILL);
-                                (0, String::new())
+                                Done::KillDue(run_id, pid)
                             });
                         }
                     }
                     None => break,
                 },
                 _ = sweep.tick() => self.launch_pending(&mut children, &mut waits).await,
-                Some(done) = waits.join_next(), if !waits.is_empty() => {
-                    if let Ok((run_id, how)) = done {
-                        if run_id != 0 {
-                            children.remove(&run_id);
-                            tracing::info!(run_id, "ServerApp process ended: {how}");
+                Some(done) = waits.join_next(), if !waits.is_empty() => match done {
+                    Ok(Done::Exited(run_id, how)) => {
+                        children.remove(&run_id);
+                        tracing::info!(run_id, "ServerApp process ended: {how}");
+                    }
+                    // Only a child still listed is signalled: once its end is handled here, its
+                    // pid may belong to another process.
+                    Ok(Done::KillDue(run_id, pid)) => {
+                        if children.get(&run_id) == Some(&pid) {
+                            tracing::warn!(run_id, pid, "the ServerApp ignored SIGTERM: killing it");
+                            process::signal_group(pid, Signal::SIGKILL);
                         }
                     }
-                }
+                    Err(_) => {}
+                },
             }
         }
         // Shutdown: end every ServerApp group, then reap.
@@ -118,7 +132,7 @@ impl Launcher {
         }
         let reaped = tokio::time::timeout(KILL_GRACE, async {
             while let Some(done) = waits.join_next().await {
-                if let Ok((run_id, _)) = done {
+                if let Ok(Done::Exited(run_id, _)) = done {
                     children.remove(&run_id);
                 }
                 if children.is_empty() {
@@ -135,11 +149,7 @@ impl Launcher {
         waits.shutdown().await;
     }
 
-    async fn launch_pending(
-        &self,
-        children: &mut HashMap<RunId, u32>,
-        waits: &mut JoinSet<(RunId, String)>,
-    ) {
+    async fn launch_pending(&self, children: &mut HashMap<RunId, u32>, waits: &mut JoinSet<Done>) {
         let pending = match self.core.pending_runs().await {
             Ok(p) => p,
             Err(e) => {
@@ -158,7 +168,7 @@ impl Launcher {
         &self,
         run_id: RunId,
         children: &mut HashMap<RunId, u32>,
-        waits: &mut JoinSet<(RunId, String)>,
+        waits: &mut JoinSet<Done>,
     ) -> Result<(), String> {
         let token = self
             .core
@@ -202,7 +212,7 @@ impl Launcher {
                         Ok(Err(e)) => format!("wait failed: {e}"),
                         Err(e) => format!("output task failed: {e}"),
                     };
-                    (run_id, how)
+                    Done::Exited(run_id, how)
                 });
                 Ok(())
             }

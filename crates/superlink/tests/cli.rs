@@ -401,3 +401,27 @@ fn log_file_receives_the_logs() {
     assert_eq!(code, 1);
     assert!(out.contains("cannot open `--log-file`"), "{out}");
 }
+
+#[test]
+fn an_unusable_storage_dir_stops_the_superlink_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let storage = file.join("ffs");
+    let (code, out) = superlink(&[
+        "--insecure",
+        "--serverappio-api-address",
+        "127.0.0.1:0",
+        "--fleet-api-address",
+        "127.0.0.1:0",
+        "--control-api-address",
+        "127.0.0.1:0",
+        "--storage-dir",
+        storage.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("not-a-dir") && out.contains("--storage-dir") && !out.contains("serving"),
+        "{out}"
+    );
+}
