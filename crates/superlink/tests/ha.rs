@@ -55,11 +55,26 @@ fn start_replica(name: &str, p: &ReplicaPorts, tls: &TlsFiles, db: &str, home: &
     proc
 }
 
+/// The gRPC health check of `docker/ha/haproxy.cfg` (one definition: read from that file); it
+/// goes to each server's `check port`.
+fn grpc_health_check() -> String {
+    let cfg = std::fs::read_to_string(python::repo_root().join("docker/ha/haproxy.cfg")).unwrap();
+    let request = cfg
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tcp-check send-binary "))
+        .expect("the documented configuration sends a health request");
+    format!(
+        "    option tcp-check\n    tcp-check connect\n    tcp-check send-binary {request}\n    \
+         tcp-check expect binary 00000000020801\n"
+    )
+}
+
 /// The HAProxy configuration of the README's high-availability section, for these replicas.
 fn haproxy_config(front: &ReplicaPorts, replicas: &[ReplicaPorts]) -> String {
     let port = |a: &str| a.rsplit(':').next().unwrap().to_owned();
     let mut cfg = String::from(
-        "global\n    maxconn 4096\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    \
+        "global\n    maxconn 4096\n    log stdout format raw local0\n\ndefaults\n    mode tcp\n    \
+         log global\n    timeout connect 2s\n    \
          timeout client 1h\n    timeout server 1h\n    timeout check 1s\n    retries 3\n    \
          option redispatch\n    default-server inter 500ms fall 2 rise 1\n\n",
     );
@@ -70,7 +85,8 @@ fn haproxy_config(front: &ReplicaPorts, replicas: &[ReplicaPorts]) -> String {
     ] {
         cfg.push_str(&format!(
             "frontend {api}\n    bind {front_addr}\n    default_backend {api}_replicas\n\n\
-             backend {api}_replicas\n    balance first\n"
+             backend {api}_replicas\n    balance first\n{}",
+            grpc_health_check()
         ));
         for (i, r) in replicas.iter().enumerate() {
             let addr = match api {
@@ -421,4 +437,38 @@ fn run_details(control: &str, ca: &Path, run_id: u64) -> String {
             .unwrap_or_default()
             .details
     })
+}
+
+#[test]
+fn haproxy_drains_replicas_whose_database_is_gone_and_takes_them_back() {
+    let haproxy = haproxy_program();
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
+    let mut cluster = postgres::PgCluster::start();
+    let db = cluster.create_database();
+    let replicas: Vec<ReplicaPorts> = (0..2).map(|_| ReplicaPorts::reserve()).collect();
+    let _procs: Vec<Proc> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let home = dir.path().join(format!("replica-{i}"));
+            start_replica(&format!("replica-{i}"), r, &tls, &db, &home)
+        })
+        .collect();
+    let front = ReplicaPorts::reserve();
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(&cfg, haproxy_config(&front, &replicas)).unwrap();
+    let mut lb_cmd = command(&haproxy);
+    lb_cmd.arg("-db").arg("-f").arg(&cfg);
+    let mut lb = Proc::spawn("haproxy", lb_cmd);
+    lb.await_port(&front.fleet, Duration::from_secs(30))
+        .unwrap();
+    let down = "Server fleet_replicas/replica1 is DOWN";
+    let up = "Server fleet_replicas/replica1 is UP";
+    assert!(!lb.output().contains(down), "{}", lb.output());
+    // The database goes: every replica says NOT_SERVING and HAProxy takes it out; it comes back.
+    cluster.stop();
+    lb.wait_for_output(down, Duration::from_secs(30));
+    cluster.restart();
+    lb.wait_for_output(up, Duration::from_secs(30));
 }
