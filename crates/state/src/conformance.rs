@@ -62,7 +62,8 @@ pub mod link {
     use crate::clock::{Clock, ManualClock};
     use crate::*;
 
-    fn new_node(key: &str, interval: f64) -> NewNode {
+    /// A node of the default account with this key.
+    pub fn new_node(key: &str, interval: f64) -> NewNode {
         NewNode {
             owner_aid: "<id:none>".into(),
             owner_name: "none".into(),
@@ -71,7 +72,8 @@ pub mod link {
         }
     }
 
-    fn new_run() -> NewRun {
+    /// A run of the default account.
+    pub fn new_run() -> NewRun {
         NewRun {
             fab_id: "p/app".into(),
             fab_version: "1.0".into(),
@@ -107,7 +109,8 @@ pub mod link {
         (node, run)
     }
 
-    fn instruction(run: RunId, dst: NodeId, tag: &str, now: f64, ttl: f64) -> MessageMeta {
+    /// An instruction for `dst` in `run`, its id made of `tag`.
+    pub fn instruction(run: RunId, dst: NodeId, tag: &str, now: f64, ttl: f64) -> MessageMeta {
         MessageMeta {
             run_id: run,
             message_id: format!("{tag:0>64}"),

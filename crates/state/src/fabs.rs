@@ -66,15 +66,19 @@ impl FileFabs {
         &self.dir
     }
 
-    /// Creates the directory and checks that this user can write there (at start, so that a bad
-    /// `--storage-dir` stops the daemon instead of failing the first run).
-    pub fn check_writable(&self) -> Result<(), FfsError> {
-        let err = |action, source: std::io::Error| FfsError {
+    fn error(&self, action: &'static str, source: std::io::Error) -> FfsError {
+        FfsError {
             action,
             path: self.dir.clone(),
             hint: hint(&source),
             source,
-        };
+        }
+    }
+
+    /// Creates the directory and checks that this user can write there (at start, so that a bad
+    /// `--storage-dir` stops the daemon instead of failing the first run).
+    pub fn check_writable(&self) -> Result<(), FfsError> {
+        let err = |action, source| self.error(action, source);
         std::fs::create_dir_all(&self.dir).map_err(|e| err("create", e))?;
         let probe = self
             .dir
@@ -89,12 +93,7 @@ impl FileFabs {
     pub fn put_blocking(&self, content: &[u8]) -> Result<String, FfsError> {
         let hash = fab_hash(content);
         let path = self.dir.join(&hash);
-        let err = |action, source: std::io::Error| FfsError {
-            action,
-            path: self.dir.clone(),
-            hint: hint(&source),
-            source,
-        };
+        let err = |action, source| self.error(action, source);
         std::fs::create_dir_all(&self.dir).map_err(|e| err("create", e))?;
         if !path.exists() {
             write_atomic(&path, content).map_err(|e| err("write to", e))?;

@@ -17,8 +17,7 @@ mod replicas {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use bytes::Bytes;
-    use flwr_objects::message::{MessageMeta, SUPERLINK_NODE_ID};
+    use flwr_state::conformance::link;
     use flwr_state::postgres::{connect, PgOptions, PgTarget};
     use flwr_state::*;
 
@@ -42,15 +41,7 @@ mod replicas {
         let clock = Arc::new(ManualClock::new());
         let a = replica(&url, clock.clone()).await.state;
         let b = replica(&url, clock.clone()).await.state;
-        let node = a
-            .create_node(NewNode {
-                owner_aid: "<id:none>".into(),
-                owner_name: "none".into(),
-                public_key: Bytes::from_static(b"key"),
-                heartbeat_interval: 0.0,
-            })
-            .await
-            .unwrap();
+        let node = a.create_node(link::new_node("key", 0.0)).await.unwrap();
         a.activate_node(b"key", 30.0).await.unwrap().unwrap();
         // B's listener is up once it hints "nothing" for a node with nothing queued.
         eventually("B listens", || !b.may_have_instruction(node)).await;
@@ -58,33 +49,8 @@ mod replicas {
         assert_eq!(b.cached_node_id(b"key"), Some(node), "B remembers the key");
 
         // An instruction stored through A: B's hint turns to "maybe" and B delivers it.
-        let run = a
-            .create_run(NewRun {
-                fab_id: "p/app".into(),
-                fab_version: "1".into(),
-                fab_hash: "ab".repeat(32),
-                override_config: vec![],
-                flwr_aid: "<id:none>".into(),
-                federation: "@none/default".into(),
-                run_type: RunType::ServerApp,
-                federation_config: None,
-                context: Bytes::new(),
-            })
-            .await
-            .unwrap();
-        let message = MessageMeta {
-            run_id: run,
-            message_id: "c".repeat(64),
-            src_node_id: SUPERLINK_NODE_ID,
-            dst_node_id: node,
-            reply_to_message_id: String::new(),
-            group_id: "1".into(),
-            ttl: 600.0,
-            message_type: "train".into(),
-            created_at: clock.now(),
-            error: None,
-            has_content: true,
-        };
+        let run = a.create_run(link::new_run()).await.unwrap();
+        let message = link::instruction(run, node, "c", clock.now(), 600.0);
         a.store_instruction(message.clone()).await.unwrap();
         eventually("B hears of the instruction", || {
             b.may_have_instruction(node)

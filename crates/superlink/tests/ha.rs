@@ -113,6 +113,19 @@ fn haproxy_program() -> PathBuf {
     p
 }
 
+/// HAProxy (in the foreground) in front of `replicas`, once it listens on every frontend.
+fn start_haproxy(front: &ReplicaPorts, replicas: &[ReplicaPorts], dir: &Path) -> Proc {
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(&cfg, haproxy_config(front, replicas)).unwrap();
+    let mut cmd = command(haproxy_program());
+    cmd.arg("-db").arg("-f").arg(&cfg);
+    let mut lb = Proc::spawn("haproxy", cmd);
+    for a in [&front.fleet, &front.control, &front.serverappio] {
+        lb.await_port(a, Duration::from_secs(30)).unwrap();
+    }
+    lb
+}
+
 /// Waits until `cli` shows the run in `want` (a status prefix) or fails after `timeout`.
 fn wait_status(cli: &Cli, run_id: u64, want: &str, timeout: Duration) -> String {
     let start = Instant::now();
@@ -188,7 +201,6 @@ fn replicas_die_mid_run_and_the_run_completes_with_our_supernodes() {
 }
 
 fn replicas_die_mid_run(kind: Nodes) {
-    let haproxy = haproxy_program();
     let dir = tempfile::tempdir().unwrap();
     let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
     let db = postgres::shared().create_database();
@@ -210,14 +222,7 @@ fn replicas_die_mid_run(kind: Nodes) {
         .collect();
 
     let front = ReplicaPorts::reserve();
-    let cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(&cfg, haproxy_config(&front, &replicas)).unwrap();
-    let mut lb_cmd = command(&haproxy);
-    lb_cmd.arg("-db").arg("-f").arg(&cfg);
-    let mut lb = Proc::spawn("haproxy", lb_cmd);
-    for a in [&front.fleet, &front.control, &front.serverappio] {
-        lb.await_port(a, Duration::from_secs(30)).unwrap();
-    }
+    let mut lb = start_haproxy(&front, &replicas, dir.path());
 
     // An external ServerApp and two Python SuperNodes, all through the load balancer.
     let mut serverapp_cmd = command(python::tool("flwr-serverapp"));
@@ -441,7 +446,6 @@ fn run_details(control: &str, ca: &Path, run_id: u64) -> String {
 
 #[test]
 fn haproxy_drains_replicas_whose_database_is_gone_and_takes_them_back() {
-    let haproxy = haproxy_program();
     let dir = tempfile::tempdir().unwrap();
     let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
     let mut cluster = postgres::PgCluster::start();
@@ -456,13 +460,7 @@ fn haproxy_drains_replicas_whose_database_is_gone_and_takes_them_back() {
         })
         .collect();
     let front = ReplicaPorts::reserve();
-    let cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(&cfg, haproxy_config(&front, &replicas)).unwrap();
-    let mut lb_cmd = command(&haproxy);
-    lb_cmd.arg("-db").arg("-f").arg(&cfg);
-    let mut lb = Proc::spawn("haproxy", lb_cmd);
-    lb.await_port(&front.fleet, Duration::from_secs(30))
-        .unwrap();
+    let mut lb = start_haproxy(&front, &replicas, dir.path());
     let down = "Server fleet_replicas/replica1 is DOWN";
     let up = "Server fleet_replicas/replica1 is UP";
     assert!(!lb.output().contains(down), "{}", lb.output());
