@@ -35,7 +35,9 @@ fn the_state_and_what_it_builds_on_know_no_protobuf_or_grpc() {
         let deps = dependencies(&crates.join(&dir).join("Cargo.toml"));
         for wire in ["prost", "tonic", "flwr-proto", "flwr-transport"] {
             assert!(
-                !deps.iter().any(|d| d == wire || d.starts_with(&format!("{wire}-"))),
+                !deps
+                    .iter()
+                    .any(|d| d == wire || d.starts_with(&format!("{wire}-"))),
                 "crates/{dir} depends on {wire}: {deps:?}"
             );
         }
