@@ -1,5 +1,6 @@
 //! The Flower TLS page, word for word, with our images: the `subprocess` tab, the `process` tab,
-//! file permissions for UID 49999, and the Compose federation. Every container and network a test
+//! file permissions for UID 49999, the Compose federation, and the high-availability Compose
+//! deployment losing replicas in the middle of a run. Every container and network a test
 //! creates is removed when it ends, also when it fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
@@ -416,4 +417,87 @@ fn compose_runs_the_tls_federation() {
         )),
         "{out}"
     );
+}
+
+#[test]
+fn compose_ha_loses_replicas_mid_run_and_the_run_completes() {
+    let d = Docker::new("compose-ha");
+    let certs = d.certificates();
+    let password = d.dir().join("db-password");
+    std::fs::write(&password, format!("pw-{}\n", std::process::id())).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let compose = Compose {
+        file: python::repo_root().join("docker/compose/compose-ha.yml"),
+        project: format!("{}-ha", d.prefix),
+        env: vec![
+            ("CERTS", certs.display().to_string()),
+            ("DB_PASSWORD_FILE", password.display().to_string()),
+            ("TAG", TAG.to_owned()),
+            ("CONTROL_PUBLISH", "127.0.0.1:".to_owned()),
+        ],
+    };
+    let (status, out) = compose.run(&["up", "-d"]);
+    assert!(status.success(), "docker-compose up:\n{out}");
+    let control = published(
+        Command::new("docker-compose")
+            .arg("-f")
+            .arg(&compose.file)
+            .args(["-p", &compose.project, "port", "haproxy", "9093"]),
+    );
+    let cli = d.cli(&control, &certs.join("ca.crt"));
+    let logs = || compose.run(&["logs", "--no-color"]).1;
+    // Both SuperNodes join through HAProxy once a replica serves (the replicas may restart a
+    // few times while PostgreSQL makes its cluster).
+    let start = Instant::now();
+    for node in ["supernode-1", "supernode-2"] {
+        while !compose
+            .run(&["logs", "--no-color", node])
+            .1
+            .contains("activated; pulling messages")
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "{node} never joined:\n{}",
+                logs()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let start = Instant::now();
+    let run_id = loop {
+        let (status, out) = cli.run(&[
+            "run",
+            federation::example_app().to_str().unwrap(),
+            CONNECTION,
+            "--run-config",
+            "num-server-rounds=3 client-delay=3.0",
+        ]);
+        if status.success() {
+            break Cli::run_id_in(&out);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "flwr run never went through HAProxy:\n{out}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let minutes = Duration::from_secs(240);
+    cli.await_log(run_id, "[ROUND 2/3]", 1, minutes);
+    let (status, out) = compose.run(&["kill", "superlink-1"]);
+    assert!(status.success(), "{out}");
+    cli.await_log(run_id, "aggregate_train", 2, minutes);
+    let (status, out) = compose.run(&["start", "superlink-1"]);
+    assert!(status.success(), "{out}");
+    cli.await_log(run_id, "[ROUND 3/3]", 1, minutes);
+    let (status, out) = compose.run(&["kill", "superlink-2"]);
+    assert!(status.success(), "{out}");
+    let s = cli.await_status(run_id, "finished", Duration::from_secs(300));
+    assert_eq!(s, "finished:completed", "{}", logs());
+    let (_, log) = cli.run(&["log", &run_id.to_string(), CONNECTION, "--show"]);
+    let sha = federation::expected_model_sha256(1000, 3, 1.0);
+    assert!(log.contains(&format!("sha256={sha}")), "{log}\n{}", logs());
 }

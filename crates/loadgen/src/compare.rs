@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use flwr_testkit::pki::{self, TlsFiles};
 
-use crate::daemon::{self, Daemon, Health, ProcSample};
+use crate::daemon::{self, Daemon, Health};
 use crate::echo;
+use crate::ha::{self, Deployment};
 use crate::sim::{Driver, Round};
 use crate::workload::{FanOut, FanOutSession, IdleFleet, Target};
 
@@ -105,6 +106,12 @@ pub struct Plan {
     pub fanout: Vec<(usize, usize)>,
     /// Fan-out (nodes, payload bytes) on the SQLite engine.
     pub fanout_sqlite: Vec<(usize, usize)>,
+    /// Fan-out (nodes, payload bytes) on PostgreSQL through HAProxy (ours only).
+    pub fanout_postgres: Vec<(usize, usize)>,
+    /// Replica counts of the PostgreSQL rows.
+    pub replicas: Vec<usize>,
+    /// Idle fleet sizes spread over the most replicas (ours only).
+    pub idle_postgres: Vec<usize>,
     /// Rounds per fan-out.
     pub rounds: u32,
     /// Idle fleet sizes.
@@ -140,6 +147,9 @@ impl Plan {
                 (10, 50 * MB),
             ],
             fanout_sqlite: vec![(10, KB), (100, KB), (1000, KB)],
+            fanout_postgres: vec![(100, KB), (1000, KB), (100, MB), (1000, MB)],
+            replicas: vec![1, 3],
+            idle_postgres: vec![10_000],
             rounds: 5,
             idle: vec![1000, 10_000],
             idle_time: Duration::from_secs(60),
@@ -155,6 +165,9 @@ impl Plan {
         Plan {
             fanout: vec![(3, KB), (2, MB)],
             fanout_sqlite: vec![(3, KB)],
+            fanout_postgres: vec![(3, KB)],
+            replicas: vec![1, 3],
+            idle_postgres: vec![20],
             rounds: 2,
             idle: vec![20],
             idle_time: Duration::from_secs(3),
@@ -177,6 +190,8 @@ pub struct Sections {
     pub startup: bool,
     /// SuperNodes under one SuperLink.
     pub supernode: bool,
+    /// Our replicas on PostgreSQL behind HAProxy.
+    pub postgres: bool,
 }
 
 /// Which way is better for a metric.
@@ -352,6 +367,8 @@ pub struct Comparison {
     dir: tempfile::TempDir,
     tls: TlsFiles,
     client_tls: Arc<rustls::ClientConfig>,
+    /// The PostgreSQL cluster of the PostgreSQL rows, started when the first one runs.
+    postgres: Option<flwr_testkit::postgres::PgCluster>,
     starts: usize,
     /// Rows so far.
     pub rows: Vec<Row>,
@@ -374,6 +391,7 @@ impl Comparison {
             dir,
             tls,
             client_tls,
+            postgres: None,
             starts: 0,
             rows: Vec::new(),
         })
@@ -400,12 +418,7 @@ impl Comparison {
     }
 
     fn tls_args(&self, cmd: &mut Command) {
-        cmd.arg("--ssl-ca-certfile")
-            .arg(&self.tls.ca)
-            .arg("--ssl-certfile")
-            .arg(&self.tls.cert)
-            .arg("--ssl-keyfile")
-            .arg(&self.tls.key);
+        daemon::tls_args(cmd, &self.tls);
     }
 
     fn path_env(&self) -> std::ffi::OsString {
@@ -538,50 +551,101 @@ impl Comparison {
             eprintln!("SuperNodes");
             self.supernodes().await?;
         }
+        if sections.postgres {
+            ha::check_programs()?;
+            for (nodes, bytes) in self.plan.fanout_postgres.clone() {
+                for replicas in self.plan.replicas.clone() {
+                    eprintln!(
+                        "fan-out {} N={nodes} (PostgreSQL, {replicas} replica(s) behind HAProxy)",
+                        fmt_bytes(bytes)
+                    );
+                    self.fanout_postgres(nodes, bytes, replicas).await?;
+                }
+            }
+            let replicas = self.plan.replicas.iter().copied().max().unwrap_or(1);
+            for n in self.plan.idle_postgres.clone() {
+                eprintln!("idle fleet of {n} nodes (PostgreSQL, {replicas} replicas)");
+                self.idle_postgres(n, replicas).await?;
+            }
+        }
         Ok(())
     }
 
     async fn fanout_one(&mut self, flavor: Flavor, w: FanOut, engine: Engine) -> Result<FanOutRun> {
         let (mut daemon, target) = self.superlink(flavor, engine).await?;
-        let timeout = self.plan.row_timeout;
-        let run = async {
-            let mut session =
-                match tokio::time::timeout(timeout, FanOutSession::prepare(&target, w)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return FanOutRun::failed(format!("setting up: {e:#}")),
-                    Err(_) => {
-                        return FanOutRun::failed(format!("setting up took over {timeout:?}"))
-                    }
-                };
-            let before = daemon.sample().unwrap_or_default();
-            let mut rounds = Vec::new();
-            let outcome = tokio::time::timeout(timeout, session.rounds(|r| rounds.push(r))).await;
-            let after = daemon.sample().unwrap_or_default();
-            let failure = match outcome {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(format!("{e:#}")),
-                Err(_) => Some(format!(
-                    "{} of {} rounds within {timeout:?}",
-                    rounds.len(),
-                    w.rounds
-                )),
-            };
-            if tokio::time::timeout(Duration::from_secs(30), session.finish())
-                .await
-                .is_err()
-            {
-                tracing::warn!("ending the run took over 30 s");
-            }
-            FanOutRun {
-                rounds,
-                before,
-                after,
-                failure,
-            }
-        }
+        let run = drive_fanout(&target, w, self.plan.row_timeout, || {
+            Ok(ha::Sample {
+                servers: daemon.sample()?,
+                ..Default::default()
+            })
+        })
         .await;
         daemon.stop(Duration::from_secs(10)).await;
         Ok(run)
+    }
+
+    /// The PostgreSQL cluster of the PostgreSQL rows (started on first use).
+    fn postgres(&mut self) -> &flwr_testkit::postgres::PgCluster {
+        self.postgres
+            .get_or_insert_with(flwr_testkit::postgres::PgCluster::start_durable)
+    }
+
+    async fn deployment(&mut self, replicas: usize) -> Result<Deployment> {
+        self.starts += 1;
+        let dir = self.dir.path().join(format!("ha-{}", self.starts));
+        let superlink = self.programs.superlink.clone();
+        let tls = self.tls.clone();
+        let client_tls = self.client_tls.clone();
+        let pg = self.postgres();
+        Deployment::start(&superlink, &tls, client_tls, pg, replicas, &dir).await
+    }
+
+    async fn fanout_postgres(&mut self, nodes: usize, bytes: usize, replicas: usize) -> Result<()> {
+        let w = FanOut::new(nodes, bytes, self.plan.rounds);
+        let deployment = self.deployment(replicas).await?;
+        let run = drive_fanout(&deployment.target, w, self.plan.row_timeout, || {
+            deployment.sample()
+        })
+        .await;
+        deployment.stop().await;
+        let name = format!(
+            "fan-out {}, N={nodes}, PostgreSQL, {replicas} replica{} behind HAProxy",
+            fmt_bytes(bytes),
+            if replicas == 1 { "" } else { "s" }
+        );
+        let total = self.plan.rounds;
+        for (metric, better, get) in FANOUT_METRICS.iter().chain(DEPLOYMENT_METRICS) {
+            let ours = run.figure(get, total);
+            self.push(&name, metric, *better, not_in_flower(), ours);
+        }
+        Ok(())
+    }
+
+    /// An idle fleet spread over the replicas directly: HAProxy holds two descriptors per
+    /// connection, and 10,000 connections need more than the 20,000 a process may open on the
+    /// benchmark's machine.
+    async fn idle_postgres(&mut self, n: usize, replicas: usize) -> Result<()> {
+        let deployment = self.deployment(replicas).await?;
+        let run = drive_idle(
+            &deployment.target,
+            &deployment.replica_fleets,
+            n,
+            self.plan.idle_interval,
+            self.plan.idle_time,
+            self.plan.row_timeout,
+            || deployment.sample(),
+        )
+        .await;
+        deployment.stop().await;
+        let name = format!(
+            "idle fleet, {n} nodes, heartbeat {}s, {}s, PostgreSQL, spread over {replicas} replicas",
+            self.plan.idle_interval,
+            self.plan.idle_time.as_secs()
+        );
+        for (metric, better, get) in IDLE_METRICS.iter().chain(IDLE_DEPLOYMENT_METRICS) {
+            self.push(&name, metric, *better, not_in_flower(), run.figure(get));
+        }
+        Ok(())
     }
 
     async fn fanout(&mut self, nodes: usize, bytes: usize, engine: Engine) -> Result<()> {
@@ -657,40 +721,23 @@ impl Comparison {
 
     async fn idle_one(&mut self, flavor: Flavor, n: usize) -> Result<IdleRun> {
         let (mut daemon, target) = self.superlink(flavor, Engine::Memory).await?;
-        let interval = self.plan.idle_interval;
-        let timeout = self.plan.row_timeout.max(Duration::from_secs(600));
-        let started = tokio::time::timeout(
-            timeout,
-            IdleFleet::start(&target, n, interval, Some(Duration::from_secs(30))),
+        let run = drive_idle(
+            &target,
+            &[],
+            n,
+            self.plan.idle_interval,
+            self.plan.idle_time,
+            self.plan.row_timeout,
+            || {
+                Ok(ha::Sample {
+                    servers: daemon.sample()?,
+                    ..Default::default()
+                })
+            },
         )
         .await;
-        let fleet = match started {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => {
-                daemon.stop(Duration::from_secs(10)).await;
-                return Ok(IdleRun::failed(format!("joining: {e:#}")));
-            }
-            Err(_) => {
-                daemon.stop(Duration::from_secs(10)).await;
-                return Ok(IdleRun::failed(format!("joining took over {timeout:?}")));
-            }
-        };
-        let before = daemon.sample().unwrap_or_default();
-        let t0 = Instant::now();
-        let outcome = fleet.measure(self.plan.idle_time).await;
-        let seconds = t0.elapsed().as_secs_f64();
-        let after = daemon.sample().unwrap_or_default();
         daemon.stop(Duration::from_secs(10)).await;
-        Ok(match outcome {
-            Ok(o) => IdleRun {
-                outcome: Some(o),
-                before,
-                after,
-                seconds,
-                failure: None,
-            },
-            Err(e) => IdleRun::failed(format!("{e:#}")),
-        })
+        Ok(run)
     }
 
     async fn idle(&mut self, n: usize) -> Result<()> {
@@ -896,6 +943,89 @@ impl Comparison {
     }
 }
 
+/// The Flower cell of a row that only we can run (open-source Flower has no PostgreSQL mode):
+/// empty, not failed.
+fn not_in_flower() -> Figure {
+    Figure::default()
+}
+
+/// Fan-out rounds against `target`, sampled before and after the measured rounds.
+async fn drive_fanout(
+    target: &Target,
+    w: FanOut,
+    timeout: Duration,
+    sample: impl Fn() -> Result<ha::Sample>,
+) -> FanOutRun {
+    let mut session = match tokio::time::timeout(timeout, FanOutSession::prepare(target, w)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return FanOutRun::failed(format!("setting up: {e:#}")),
+        Err(_) => return FanOutRun::failed(format!("setting up took over {timeout:?}")),
+    };
+    let before = sample().unwrap_or_default();
+    let mut rounds = Vec::new();
+    let outcome = tokio::time::timeout(timeout, session.rounds(|r| rounds.push(r))).await;
+    let after = sample().unwrap_or_default();
+    let failure = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("{e:#}")),
+        Err(_) => Some(format!(
+            "{} of {} rounds within {timeout:?}",
+            rounds.len(),
+            w.rounds
+        )),
+    };
+    if tokio::time::timeout(Duration::from_secs(30), session.finish())
+        .await
+        .is_err()
+    {
+        tracing::warn!("ending the run took over 30 s");
+    }
+    FanOutRun {
+        rounds,
+        before,
+        after,
+        failure,
+    }
+}
+
+/// An idle fleet of `n` nodes against `target`, sampled over the measured time.
+async fn drive_idle(
+    target: &Target,
+    fleets: &[flwr_transport::address::Address],
+    n: usize,
+    interval: f64,
+    measured: Duration,
+    row_timeout: Duration,
+    sample: impl Fn() -> Result<ha::Sample>,
+) -> IdleRun {
+    let timeout = row_timeout.max(Duration::from_secs(600));
+    let started = tokio::time::timeout(
+        timeout,
+        IdleFleet::start_spread(target, fleets, n, interval, Some(Duration::from_secs(30))),
+    )
+    .await;
+    let fleet = match started {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return IdleRun::failed(format!("joining: {e:#}")),
+        Err(_) => return IdleRun::failed(format!("joining took over {timeout:?}")),
+    };
+    let before = sample().unwrap_or_default();
+    let t0 = Instant::now();
+    let outcome = fleet.measure(measured).await;
+    let seconds = t0.elapsed().as_secs_f64();
+    let after = sample().unwrap_or_default();
+    match outcome {
+        Ok(o) => IdleRun {
+            outcome: Some(o),
+            before,
+            after,
+            seconds,
+            failure: None,
+        },
+        Err(e) => IdleRun::failed(format!("{e:#}")),
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -920,8 +1050,8 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 struct FanOutRun {
     rounds: Vec<Round>,
-    before: ProcSample,
-    after: ProcSample,
+    before: ha::Sample,
+    after: ha::Sample,
     failure: Option<String>,
 }
 
@@ -929,8 +1059,8 @@ impl FanOutRun {
     fn failed(why: String) -> FanOutRun {
         FanOutRun {
             rounds: Vec::new(),
-            before: ProcSample::default(),
-            after: ProcSample::default(),
+            before: ha::Sample::default(),
+            after: ha::Sample::default(),
             failure: Some(why),
         }
     }
@@ -982,10 +1112,10 @@ const FANOUT_METRICS: &[(&str, Better, Metric<FanOutRun>)] = &[
         ))
     }),
     ("server CPU (s)", Better::Lower, |r| {
-        Some(r.after.cpu_seconds - r.before.cpu_seconds)
+        Some(r.after.servers.cpu_seconds - r.before.servers.cpu_seconds)
     }),
     ("server peak RSS (MiB)", Better::Lower, |r| {
-        Some(r.after.peak_rss as f64 / MIB)
+        Some(r.after.servers.peak_rss as f64 / MIB)
     }),
     ("error replies", Better::Neither, |r| {
         Some(r.rounds.iter().map(|x| x.errors).sum::<usize>() as f64)
@@ -994,8 +1124,8 @@ const FANOUT_METRICS: &[(&str, Better, Metric<FanOutRun>)] = &[
 
 struct IdleRun {
     outcome: Option<crate::workload::IdleOutcome>,
-    before: ProcSample,
-    after: ProcSample,
+    before: ha::Sample,
+    after: ha::Sample,
     seconds: f64,
     failure: Option<String>,
 }
@@ -1004,8 +1134,8 @@ impl IdleRun {
     fn failed(why: String) -> IdleRun {
         IdleRun {
             outcome: None,
-            before: ProcSample::default(),
-            after: ProcSample::default(),
+            before: ha::Sample::default(),
+            after: ha::Sample::default(),
             seconds: 0.0,
             failure: Some(why),
         }
@@ -1030,12 +1160,27 @@ const IDLE_METRICS: &[(&str, Better, Metric<IdleRun>)] = &[
         r.outcome.map(|o| o.failed_heartbeats as f64)
     }),
     ("server CPU (% of one core)", Better::Lower, |r| {
-        Some(100.0 * (r.after.cpu_seconds - r.before.cpu_seconds) / r.seconds)
+        Some(100.0 * (r.after.servers.cpu_seconds - r.before.servers.cpu_seconds) / r.seconds)
     }),
     ("server RSS at the end (MiB)", Better::Lower, |r| {
-        Some(r.after.rss as f64 / MIB)
+        Some(r.after.servers.rss as f64 / MIB)
     }),
 ];
+
+/// What the PostgreSQL rows add: the parts of the deployment beside the SuperLinks.
+const DEPLOYMENT_METRICS: &[(&str, Better, Metric<FanOutRun>)] = &[
+    ("database CPU (s)", Better::Lower, |r| {
+        Some(r.after.database.cpu_seconds - r.before.database.cpu_seconds)
+    }),
+    ("HAProxy CPU (s)", Better::Lower, |r| {
+        Some(r.after.balancer.cpu_seconds - r.before.balancer.cpu_seconds)
+    }),
+];
+
+const IDLE_DEPLOYMENT_METRICS: &[(&str, Better, Metric<IdleRun>)] =
+    &[("database CPU (% of one core)", Better::Lower, |r| {
+        Some(100.0 * (r.after.database.cpu_seconds - r.before.database.cpu_seconds) / r.seconds)
+    })];
 
 /// Starts a daemon of `flavor` that needs `N` listening addresses (the last one its health
 /// service) and returns it with the `M` addresses named by `logged` (the first `M` of the `N`,

@@ -59,6 +59,63 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     })
 }
 
+/// CPU time and memory of a process and its children (PostgreSQL's server and its backends,
+/// which each lead a process group of their own): their own times plus what the parent has
+/// reaped from children that ended.
+pub fn sample_children(parent: u32) -> Result<ProcSample> {
+    let mut total = ProcSample::default();
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Ok(name) = entry.map(|e| e.file_name()) else {
+            continue;
+        };
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // ppid is field 4, cutime and cstime fields 16 and 17.
+        if pid != parent && fields.get(1).and_then(|f| f.parse::<u32>().ok()) != Some(parent) {
+            continue;
+        }
+        let Ok(one) = sample(pid) else {
+            continue;
+        };
+        found = true;
+        total.cpu_seconds += one.cpu_seconds;
+        total.rss += one.rss;
+        total.peak_rss += one.peak_rss;
+        if pid == parent {
+            let ticks = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            total.cpu_seconds += (ticks(13) + ticks(14)) as f64 / TICKS_PER_SECOND;
+        }
+    }
+    if !found {
+        bail!("no process {parent}");
+    }
+    Ok(total)
+}
+
+/// The SuperLink's TLS flags for these files.
+pub fn tls_args(cmd: &mut Command, tls: &flwr_testkit::pki::TlsFiles) {
+    cmd.arg("--ssl-ca-certfile")
+        .arg(&tls.ca)
+        .arg("--ssl-certfile")
+        .arg(&tls.cert)
+        .arg("--ssl-keyfile")
+        .arg(&tls.key);
+}
+
 /// A command for [`Daemon::start`], which owns, reaps and logs the child.
 #[allow(clippy::disallowed_methods)]
 pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -127,6 +184,25 @@ pub async fn wait_serving(
     }
 }
 
+/// Waits until something accepts TCP connections at `address`.
+async fn wait_listening(
+    address: &str,
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        alive()?;
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("nothing listened at {address} within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Where a daemon's health service is.
 #[derive(Clone, Copy, Debug)]
 pub enum Health<'a> {
@@ -134,6 +210,8 @@ pub enum Health<'a> {
     At(&'a str),
     /// Wherever the daemon says it bound it, in its log (ours, on port 0).
     Logged,
+    /// None: the daemon is ready once it accepts TCP connections at this address (HAProxy).
+    Listening(&'a str),
 }
 
 /// The line on which our daemons log their health service's bound `address=`.
@@ -183,6 +261,7 @@ impl Daemon {
             let address = match health {
                 Health::At(a) => a.to_owned(),
                 Health::Logged => wait_logged(log, HEALTH_LOGGED, timeout, &mut alive).await?,
+                Health::Listening(a) => return wait_listening(a, timeout, &mut alive).await,
             };
             wait_serving(&address, timeout, &mut alive).await
         }

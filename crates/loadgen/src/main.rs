@@ -28,6 +28,8 @@ enum Section {
     Fanout,
     Idle,
     Supernode,
+    /// Our replicas on PostgreSQL behind HAProxy (needs Debian's postgresql and haproxy).
+    Postgres,
 }
 
 #[derive(Subcommand)]
@@ -174,6 +176,7 @@ async fn main() -> Result<()> {
                 fanout: all || only.contains(&Section::Fanout),
                 idle: all || only.contains(&Section::Idle),
                 supernode: all || only.contains(&Section::Supernode),
+                postgres: all || only.contains(&Section::Postgres),
             };
             let mut cmp = Comparison::new(programs, plan)?;
             let result = cmp.run(sections).await;

@@ -63,9 +63,11 @@ impl FanOut {
     }
 }
 
-/// Joins `n` nodes, at most 32 at a time.
+/// Joins `n` nodes, at most 32 at a time, each on its own connection to one of `fleets` (in
+/// turn).
 pub async fn join_nodes(
     t: &Target,
+    fleets: &[Address],
     n: usize,
     heartbeat_interval: f64,
     sig_reuse: Option<Duration>,
@@ -73,8 +75,9 @@ pub async fn join_nodes(
 ) -> Result<Vec<SimNode>> {
     let mut joined = Vec::with_capacity(n);
     let mut joins = JoinSet::new();
-    for _ in 0..n {
-        let channel = flwr_transport::grpc::channel(&t.fleet, t.tls.clone());
+    for i in 0..n {
+        let fleet = fleets.get(i % fleets.len().max(1)).unwrap_or(&t.fleet);
+        let channel = flwr_transport::grpc::channel(fleet, t.tls.clone());
         let s = stop.clone();
         joins.spawn(async move { SimNode::join(channel, heartbeat_interval, sig_reuse, s).await });
         while joins.len() >= 32 {
@@ -102,7 +105,7 @@ impl FanOutSession {
     /// Joins the nodes, starts their loops, starts a run and waits until every node is online.
     pub async fn prepare(t: &Target, w: FanOut) -> Result<FanOutSession> {
         let stop = CancellationToken::new();
-        let joined = join_nodes(t, w.nodes, 30.0, w.sig_reuse, &stop).await?;
+        let joined = join_nodes(t, &[], w.nodes, 30.0, w.sig_reuse, &stop).await?;
         let behaviour = NodeBehaviour {
             heartbeat_interval: 30.0,
             poll: w.node_poll,
@@ -202,8 +205,20 @@ impl IdleFleet {
         interval: f64,
         sig_reuse: Option<Duration>,
     ) -> Result<IdleFleet> {
+        Self::start_spread(t, &[], n, interval, sig_reuse).await
+    }
+
+    /// Like [`IdleFleet::start`], with the nodes spread over `fleets` (SuperLink replicas that
+    /// share one database) instead of all on `t`'s Fleet address; `t`'s Control API counts them.
+    pub async fn start_spread(
+        t: &Target,
+        fleets: &[Address],
+        n: usize,
+        interval: f64,
+        sig_reuse: Option<Duration>,
+    ) -> Result<IdleFleet> {
         let stop = CancellationToken::new();
-        let joined = join_nodes(t, n, interval, sig_reuse, &stop).await?;
+        let joined = join_nodes(t, fleets, n, interval, sig_reuse, &stop).await?;
         let behaviour = NodeBehaviour {
             heartbeat_interval: interval,
             poll: Duration::from_secs(1),

@@ -6,36 +6,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flwr_testkit::federation::{self, path_with_venv, python_supernode, Cli};
+use flwr_testkit::haproxy::{self, Addresses};
 use flwr_testkit::pki::{self, TlsFiles};
 use flwr_testkit::process::{command, Proc, Signal};
-use flwr_testkit::{ports, postgres, python};
+use flwr_testkit::{postgres, python};
 
 const BIN: &str = env!("CARGO_BIN_EXE_superlink");
 
-/// One replica's fixed addresses (a restarted replica comes back where HAProxy expects it).
-#[derive(Clone)]
-struct ReplicaPorts {
-    fleet: String,
-    control: String,
-    serverappio: String,
-    health: String,
-}
-
-impl ReplicaPorts {
-    fn reserve() -> Self {
-        Self {
-            fleet: ports::reserve_address(),
-            control: ports::reserve_address(),
-            serverappio: ports::reserve_address(),
-            health: ports::reserve_address(),
-        }
-    }
-}
-
-fn start_replica(name: &str, p: &ReplicaPorts, tls: &TlsFiles, db: &str, home: &Path) -> Proc {
+fn start_replica(name: &str, p: &Addresses, tls: &TlsFiles, db: &str, home: &Path) -> Proc {
     let mut cmd = command(BIN);
     cmd.env("FLWR_HOME", home)
         .env("NO_COLOR", "1")
@@ -55,69 +36,11 @@ fn start_replica(name: &str, p: &ReplicaPorts, tls: &TlsFiles, db: &str, home: &
     proc
 }
 
-/// The gRPC health check of `docker/ha/haproxy.cfg` (one definition: read from that file); it
-/// goes to each server's `check port`.
-fn grpc_health_check() -> String {
-    let cfg = std::fs::read_to_string(python::repo_root().join("docker/ha/haproxy.cfg")).unwrap();
-    let request = cfg
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("tcp-check send-binary "))
-        .expect("the documented configuration sends a health request");
-    format!(
-        "    option tcp-check\n    tcp-check connect\n    tcp-check send-binary {request}\n    \
-         tcp-check expect binary 00000000020801\n"
-    )
-}
-
-/// The HAProxy configuration of the README's high-availability section, for these replicas.
-fn haproxy_config(front: &ReplicaPorts, replicas: &[ReplicaPorts]) -> String {
-    let port = |a: &str| a.rsplit(':').next().unwrap().to_owned();
-    let mut cfg = String::from(
-        "global\n    maxconn 4096\n    log stdout format raw local0\n\ndefaults\n    mode tcp\n    \
-         log global\n    timeout connect 2s\n    \
-         timeout client 1h\n    timeout server 1h\n    timeout check 1s\n    retries 3\n    \
-         option redispatch\n    default-server inter 500ms fall 2 rise 1\n\n",
-    );
-    for (api, front_addr) in [
-        ("fleet", &front.fleet),
-        ("control", &front.control),
-        ("serverappio", &front.serverappio),
-    ] {
-        cfg.push_str(&format!(
-            "frontend {api}\n    bind {front_addr}\n    default_backend {api}_replicas\n\n\
-             backend {api}_replicas\n    balance first\n{}",
-            grpc_health_check()
-        ));
-        for (i, r) in replicas.iter().enumerate() {
-            let addr = match api {
-                "fleet" => &r.fleet,
-                "control" => &r.control,
-                _ => &r.serverappio,
-            };
-            cfg.push_str(&format!(
-                "    server replica{i} {addr} check port {}\n",
-                port(&r.health)
-            ));
-        }
-        cfg.push('\n');
-    }
-    cfg
-}
-
-fn haproxy_program() -> PathBuf {
-    let p = PathBuf::from("/usr/sbin/haproxy");
-    assert!(
-        p.is_file(),
-        "HAProxy is not installed: the high-availability test needs it (Debian: apt-get install haproxy)"
-    );
-    p
-}
-
 /// HAProxy (in the foreground) in front of `replicas`, once it listens on every frontend.
-fn start_haproxy(front: &ReplicaPorts, replicas: &[ReplicaPorts], dir: &Path) -> Proc {
+fn start_haproxy(front: &Addresses, replicas: &[Addresses], dir: &Path) -> Proc {
     let cfg = dir.join("haproxy.cfg");
-    std::fs::write(&cfg, haproxy_config(front, replicas)).unwrap();
-    let mut cmd = command(haproxy_program());
+    std::fs::write(&cfg, haproxy::config(front, replicas, "first")).unwrap();
+    let mut cmd = command(haproxy::program());
     cmd.arg("-db").arg("-f").arg(&cfg);
     let mut lb = Proc::spawn("haproxy", cmd);
     for a in [&front.fleet, &front.control, &front.serverappio] {
@@ -126,43 +49,11 @@ fn start_haproxy(front: &ReplicaPorts, replicas: &[ReplicaPorts], dir: &Path) ->
     lb
 }
 
-/// Waits until `cli` shows the run in `want` (a status prefix) or fails after `timeout`.
-fn wait_status(cli: &Cli, run_id: u64, want: &str, timeout: Duration) -> String {
-    let start = Instant::now();
-    loop {
-        let s = cli.status_of(run_id);
-        if s.starts_with(want) {
-            return s;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "run {run_id} is `{s}`, not `{want}`"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// Waits until the run's log (through the load balancer) contains `needle` `times` times.
-fn wait_log(cli: &Cli, run_id: u64, needle: &str, times: usize, timeout: Duration) {
-    let start = Instant::now();
-    loop {
-        let (_, log) = cli.run(&["log", &run_id.to_string(), federation::CONNECTION, "--show"]);
-        if log.matches(needle).count() >= times {
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "the run's log never showed {needle:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[test]
 fn the_documented_haproxy_configuration_is_valid() {
     let cfg = python::repo_root().join("docker/ha/haproxy.cfg");
     let (status, out) = flwr_testkit::process::run(
-        std::process::Command::new(haproxy_program())
+        std::process::Command::new(haproxy::program())
             .arg("-c")
             .arg("-f")
             .arg(&cfg),
@@ -205,7 +96,7 @@ fn replicas_die_mid_run(kind: Nodes) {
     let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
     let db = postgres::shared().create_database();
 
-    let replicas: Vec<ReplicaPorts> = (0..3).map(|_| ReplicaPorts::reserve()).collect();
+    let replicas: Vec<Addresses> = (0..3).map(|_| Addresses::reserve()).collect();
     let home = |i: usize| dir.path().join(format!("replica-{i}"));
     let mut procs: Vec<Option<Proc>> = replicas
         .iter()
@@ -221,7 +112,7 @@ fn replicas_die_mid_run(kind: Nodes) {
         })
         .collect();
 
-    let front = ReplicaPorts::reserve();
+    let front = Addresses::reserve();
     let mut lb = start_haproxy(&front, &replicas, dir.path());
 
     // An external ServerApp and two Python SuperNodes, all through the load balancer.
@@ -277,10 +168,10 @@ fn replicas_die_mid_run(kind: Nodes) {
     };
 
     // `balance first`: every client is on replica 0. Kill it during round 2...
-    wait_log(&cli, run_id, "[ROUND 2/3]", 1, Duration::from_secs(240));
+    cli.await_log(run_id, "[ROUND 2/3]", 1, Duration::from_secs(240));
     procs[0].take().unwrap().signal_group(Signal::SIGKILL);
     // ...bring it back (everyone is on replica 1 now)...
-    wait_log(&cli, run_id, "aggregate_train", 2, Duration::from_secs(240));
+    cli.await_log(run_id, "aggregate_train", 2, Duration::from_secs(240));
     procs[0] = Some(start_replica(
         "replica-0",
         &replicas[0],
@@ -289,12 +180,12 @@ fn replicas_die_mid_run(kind: Nodes) {
         &home(0),
     ));
     // ...and kill replica 1 during round 3.
-    wait_log(&cli, run_id, "[ROUND 3/3]", 1, Duration::from_secs(240));
+    cli.await_log(run_id, "[ROUND 3/3]", 1, Duration::from_secs(240));
     if let Some(p) = procs[1].take() {
         p.signal_group(Signal::SIGKILL);
     }
 
-    let s = wait_status(&cli, run_id, "finished", Duration::from_secs(300));
+    let s = cli.await_status(run_id, "finished", Duration::from_secs(300));
     assert_eq!(s, "finished:completed", "{}", diagnostics(&procs));
     let (_, log) = cli.run(&["log", &run_id.to_string(), federation::CONNECTION, "--show"]);
     let sha = federation::expected_model_sha256(1000, 3, 1.0);
@@ -341,9 +232,9 @@ fn a_pending_run_is_launched_once_and_a_dead_launcher_fails_its_run() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let replicas: Vec<(Proc, ReplicaPorts)> = (0..3)
+    let replicas: Vec<(Proc, Addresses)> = (0..3)
         .map(|i| {
-            let p = ReplicaPorts::reserve();
+            let p = Addresses::reserve();
             let mut cmd = command(BIN);
             cmd.env("FLWR_HOME", dir.path().join(format!("replica-{i}")))
                 .env("NO_COLOR", "1")
@@ -388,7 +279,7 @@ fn a_pending_run_is_launched_once_and_a_dead_launcher_fails_its_run() {
     ]);
     assert!(status.success(), "{out}");
     let run_id = Cli::run_id_in(&out);
-    wait_status(&cli, run_id, "running", Duration::from_secs(120));
+    cli.await_status(run_id, "running", Duration::from_secs(120));
     // No second launch can come once every launcher has swept the pending runs a few times
     // (every second): an absence, so a bounded wait rather than a condition.
     std::thread::sleep(Duration::from_secs(3));
@@ -410,7 +301,7 @@ fn a_pending_run_is_launched_once_and_a_dead_launcher_fails_its_run() {
         &replicas[survivor].1.control,
         Some(&tls.ca),
     );
-    let s = wait_status(&cli, run_id, "finished", Duration::from_secs(180));
+    let s = cli.await_status(run_id, "finished", Duration::from_secs(180));
     assert_eq!(s, "finished:failed");
     let details = run_details(&replicas[survivor].1.control, &tls.ca, run_id);
     assert_eq!(details, "No heartbeat received from the run.");
@@ -450,7 +341,7 @@ fn haproxy_drains_replicas_whose_database_is_gone_and_takes_them_back() {
     let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
     let mut cluster = postgres::PgCluster::start();
     let db = cluster.create_database();
-    let replicas: Vec<ReplicaPorts> = (0..2).map(|_| ReplicaPorts::reserve()).collect();
+    let replicas: Vec<Addresses> = (0..2).map(|_| Addresses::reserve()).collect();
     let _procs: Vec<Proc> = replicas
         .iter()
         .enumerate()
@@ -459,7 +350,7 @@ fn haproxy_drains_replicas_whose_database_is_gone_and_takes_them_back() {
             start_replica(&format!("replica-{i}"), r, &tls, &db, &home)
         })
         .collect();
-    let front = ReplicaPorts::reserve();
+    let front = Addresses::reserve();
     let mut lb = start_haproxy(&front, &replicas, dir.path());
     let down = "Server fleet_replicas/replica1 is DOWN";
     let up = "Server fleet_replicas/replica1 is UP";

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::pki::TlsFiles;
 use crate::ports;
@@ -230,6 +230,11 @@ impl Cli {
     pub fn run_statuses(&self) -> Vec<(u64, String)> {
         let (status, out) = self.run(&["ls", CONNECTION, "--format", "json"]);
         assert!(status.success(), "flwr ls: {out}");
+        Self::statuses_in(&out)
+    }
+
+    /// (run id, status) pairs in the output of `flwr ls --format json`.
+    fn statuses_in(out: &str) -> Vec<(u64, String)> {
         let mut res = Vec::new();
         for chunk in out.split("\"run-id\"").skip(1) {
             let id: u64 = chunk.split('"').nth(1).unwrap_or("0").parse().unwrap_or(0);
@@ -251,6 +256,48 @@ impl Cli {
             .find(|(id, _)| *id == run_id)
             .map(|(_, s)| s)
             .unwrap_or_default()
+    }
+
+    /// Waits until `flwr ls` shows the run's status starting with `want` and returns it. A
+    /// failing `flwr ls` (a replica going away under it) is asked again.
+    pub fn await_status(&self, run_id: u64, want: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let (status, out) = self.run(&["ls", CONNECTION, "--format", "json"]);
+            let now = if status.success() {
+                Self::statuses_in(&out)
+                    .into_iter()
+                    .find(|(id, _)| *id == run_id)
+                    .map(|(_, s)| s)
+                    .unwrap_or_default()
+            } else {
+                format!("(flwr ls failed: {out})")
+            };
+            if now.starts_with(want) {
+                return now;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "run {run_id} is `{now}`, not `{want}`, after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Waits until `flwr log <run> --show` holds `needle` at least `times` times.
+    pub fn await_log(&self, run_id: u64, needle: &str, times: usize, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let (_, log) = self.run(&["log", &run_id.to_string(), CONNECTION, "--show"]);
+            if log.matches(needle).count() >= times {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "the log of run {run_id} never showed {needle:?} {times} times:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 }
 

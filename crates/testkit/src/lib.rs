@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 pub mod federation;
+pub mod haproxy;
 pub mod pki;
 pub mod ports;
 pub mod postgres;

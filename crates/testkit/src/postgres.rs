@@ -30,6 +30,8 @@ pub struct PgCluster {
     /// The port it listens on (127.0.0.1).
     pub port: u16,
     server: Mutex<Option<Proc>>,
+    /// PostgreSQL's defaults for writing to disk (fsync, synchronous commit); tests turn them off.
+    durable: bool,
     // Removes the files when a test's own cluster is dropped (the shared one is cleaned up by
     // its watchdog instead).
     _dir: Option<tempfile::TempDir>,
@@ -108,12 +110,23 @@ fn uid_gid_of(user: &str) -> (u32, u32) {
 impl PgCluster {
     /// A new cluster of the test's own, started; stopped and removed on drop.
     pub fn start() -> PgCluster {
+        Self::start_with(false)
+    }
+
+    /// Like [`PgCluster::start`], but writing to disk as a production server does (fsync and
+    /// synchronous commit on): for the benchmark.
+    pub fn start_durable() -> PgCluster {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> PgCluster {
         let dir = tempfile::Builder::new()
             .prefix("flwr-pg.")
             .tempdir()
             .unwrap();
         let data = dir.path().join("data");
         let mut cluster = Self::init(&data);
+        cluster.durable = durable;
         cluster._dir = Some(dir);
         cluster.start_server();
         cluster
@@ -153,6 +166,7 @@ impl PgCluster {
             run_as,
             port: 0,
             server: Mutex::new(None),
+            durable: false,
             _dir: None,
         }
     }
@@ -170,17 +184,23 @@ impl PgCluster {
             "unix_socket_directories={}",
             self.data.parent().unwrap().display()
         ))
-        .args([
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
-            "-c",
-            "max_connections=300",
-        ]);
+        .args(["-c", "max_connections=300"]);
+        if !self.durable {
+            c.args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]);
+        }
         c
+    }
+
+    /// The postmaster's process id (the leader of the server's process group), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.lock().unwrap().as_ref().map(Proc::pid)
     }
 
     fn start_server(&mut self) {

@@ -109,6 +109,16 @@ pub enum ConnectError {
     /// The host is not a valid TLS server name.
     #[error("`{0}` is not a valid TLS server name")]
     ServerName(String),
+    /// The peer closed the connection before answering the TLS handshake: a load balancer with
+    /// no server up behind it, or a server going down. A network failure, not a TLS one.
+    #[error("{address} closed the connection during the TLS handshake: {source}")]
+    ClosedDuringHandshake {
+        /// Where.
+        address: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ConnectError {
@@ -200,9 +210,16 @@ async fn connect(
             let stream = TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
-                .map_err(|source| ConnectError::Handshake {
-                    address: address.to_string(),
-                    source,
+                .map_err(|source| {
+                    let address = address.to_string();
+                    match source.kind() {
+                        std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe => {
+                            ConnectError::ClosedDuringHandshake { address, source }
+                        }
+                        _ => ConnectError::Handshake { address, source },
+                    }
                 })?;
             Ok(TokioIo::new(EitherStream::Tls(Box::new(stream))))
         }

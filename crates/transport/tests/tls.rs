@@ -175,6 +175,35 @@ async fn plaintext_server_serves_plaintext_and_refuses_tls_clients() {
     server.stop().await;
 }
 
+/// A load balancer with no server behind it accepts TCP and closes at once: a network failure
+/// that clients retry, not a TLS error that they give up on.
+#[tokio::test]
+async fn a_peer_closing_during_the_handshake_is_not_a_tls_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, files) = server_files(dir.path(), pki::LOCAL_SANS);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: Address = listener.local_addr().unwrap().to_string().parse().unwrap();
+    let closer = tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            drop(socket);
+        }
+    });
+    let err = check(&addr, Some(client(&files.ca_certfile)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let connect = grpc::find_connect_error(&err).expect("a ConnectError in the chain");
+    assert!(
+        matches!(connect, grpc::ConnectError::ClosedDuringHandshake { .. }),
+        "{connect:?}"
+    );
+    assert!(!connect.is_handshake(), "{connect}");
+    closer.abort();
+}
+
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, content).unwrap();

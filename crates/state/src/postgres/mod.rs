@@ -179,13 +179,16 @@ struct Shared {
     name: String,
     /// What the other replicas tell through notifications.
     hints: Arc<listen::Hints>,
-    /// The task that listens for them (aborted with the engines).
-    listener: tokio::task::JoinHandle<()>,
+    /// The task that listens for them (started once the schema is there; aborted with the
+    /// engines).
+    listener: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.listener.abort();
+        if let Some(listener) = self.listener.get() {
+            listener.abort();
+        }
     }
 }
 
@@ -210,23 +213,25 @@ pub async fn connect(options: PgOptions, clock: Arc<dyn Clock>) -> Result<Stores
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
-    let (manager, listener) = match tls {
+    type StartListener = Box<dyn FnOnce() -> tokio::task::JoinHandle<()> + Send>;
+    let (manager, start_listener): (Manager, StartListener) = match tls {
         Some(tls) => {
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+            let (hints, name) = (hints.clone(), name.clone());
             (
                 Manager::from_config(config.clone(), tls.clone(), manager_config),
-                tokio::spawn(listen::run(config, tls, hints.clone(), name.clone())),
+                Box::new(move || tokio::spawn(listen::run(config, tls, hints, name))),
             )
         }
-        None => (
-            Manager::from_config(config.clone(), tokio_postgres::NoTls, manager_config),
-            tokio::spawn(listen::run(
-                config,
-                tokio_postgres::NoTls,
-                hints.clone(),
-                name.clone(),
-            )),
-        ),
+        None => {
+            let (hints, name) = (hints.clone(), name.clone());
+            (
+                Manager::from_config(config.clone(), tokio_postgres::NoTls, manager_config),
+                Box::new(move || {
+                    tokio::spawn(listen::run(config, tokio_postgres::NoTls, hints, name))
+                }),
+            )
+        }
     };
     let pool = Pool::builder(manager)
         .max_size(options.pool_size.max(1))
@@ -235,21 +240,17 @@ pub async fn connect(options: PgOptions, clock: Arc<dyn Clock>) -> Result<Stores
         .recycle_timeout(Some(options.wait))
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build();
-    let pool = match pool {
-        Ok(p) => p,
-        Err(e) => {
-            listener.abort();
-            return Err(StateError::Backend(format!("{name}: {e}")));
-        }
-    };
+    let pool = pool.map_err(|e| StateError::Backend(format!("{name}: {e}")))?;
     let shared = Arc::new(Shared {
         pool,
         clock,
         name,
         hints,
-        listener,
+        listener: std::sync::OnceLock::new(),
     });
     shared.migrate().await?;
+    // Notifications are listened for once there are tables to rebuild the hints from.
+    let _ = shared.listener.set(start_listener());
     Ok(Stores {
         state: Arc::new(PgLinkState {
             shared: shared.clone(),
