@@ -50,7 +50,7 @@ slow = {
     # After the image tests, in the lane that ends first: Ray starts best on a quieter machine.
     ("flwr-superlink", "simulation"): "docker",
     ("flwr-supernode", "federation"): "supernode",
-    ("flwr-superlink", "postgres"): "docker",
+    ("flwr-superlink", "postgres"): "superlink",
     ("flwr-superlink", "ha"): "supernode",
     ("flwr-superlink", "security"): "superlink",
 }
