@@ -373,6 +373,20 @@ impl Compose {
     }
 }
 
+impl Compose {
+    /// `up -d`, then the host address where Docker published `service`'s Control port.
+    fn up(&self, service: &str) -> String {
+        let (status, out) = self.run(&["up", "-d"]);
+        assert!(status.success(), "docker-compose up:\n{out}");
+        published(
+            Command::new("docker-compose")
+                .arg("-f")
+                .arg(&self.file)
+                .args(["-p", &self.project, "port", service, "9093"]),
+        )
+    }
+}
+
 impl Drop for Compose {
     fn drop(&mut self) {
         let _ = self.run(&["down", "-v", "--remove-orphans"]);
@@ -393,14 +407,7 @@ fn compose_runs_the_tls_federation() {
             ("CONTROL_PUBLISH", "127.0.0.1:".to_owned()),
         ],
     };
-    let (status, out) = compose.run(&["up", "-d"]);
-    assert!(status.success(), "docker-compose up:\n{out}");
-    let control = published(
-        Command::new("docker-compose")
-            .arg("-f")
-            .arg(&compose.file)
-            .args(["-p", &compose.project, "port", "superlink", "9093"]),
-    );
+    let control = compose.up("superlink");
     let cli = d.cli(&control, &certs.join("ca.crt"));
     let (status, out) = cli
         .start_run_streaming(&federation::example_app(), "num-server-rounds=1")
@@ -439,14 +446,7 @@ fn compose_ha_loses_replicas_mid_run_and_the_run_completes() {
             ("CONTROL_PUBLISH", "127.0.0.1:".to_owned()),
         ],
     };
-    let (status, out) = compose.run(&["up", "-d"]);
-    assert!(status.success(), "docker-compose up:\n{out}");
-    let control = published(
-        Command::new("docker-compose")
-            .arg("-f")
-            .arg(&compose.file)
-            .args(["-p", &compose.project, "port", "haproxy", "9093"]),
-    );
+    let control = compose.up("haproxy");
     let cli = d.cli(&control, &certs.join("ca.crt"));
     let logs = || compose.run(&["logs", "--no-color"]).1;
     // Both SuperNodes join through HAProxy once a replica serves (the replicas may restart a

@@ -52,21 +52,6 @@ fn federation(nodes: usize, superlink_flags: &[&str]) -> Federation {
     }
 }
 
-fn wait_for_status(cli: &Cli, run_id: u64, want: &str, timeout: Duration) -> String {
-    let start = Instant::now();
-    loop {
-        let s = cli.status_of(run_id);
-        if s.starts_with(want) {
-            return s;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "run {run_id} is `{s}`, not `{want}` after {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 fn check_completed_run(f: &Federation, out: &str, rounds: u32, size: usize) -> u64 {
     let run_id = Cli::run_id_in(out);
     let sha = federation::expected_model_sha256(size, rounds, 1.0);
@@ -75,12 +60,8 @@ fn check_completed_run(f: &Federation, out: &str, rounds: u32, size: usize) -> u
         "the streamed log must show the predicted model {sha}:\n{out}"
     );
     assert_eq!(
-        wait_for_status(
-            &f.cli,
-            run_id,
-            "finished:completed",
-            Duration::from_secs(20)
-        ),
+        f.cli
+            .await_status(run_id, "finished:completed", Duration::from_secs(20)),
         "finished:completed"
     );
     // `flwr log --show` prints the ServerApp's whole output at once.
@@ -161,11 +142,13 @@ fn stop_and_failures_end_runs_with_the_right_status() {
     let mut run = run;
     let out = run.wait_for_output("Successfully started run", Duration::from_secs(60));
     let run_id = Cli::run_id_in(&out);
-    wait_for_status(&f.cli, run_id, "running", Duration::from_secs(60));
+    f.cli
+        .await_status(run_id, "running", Duration::from_secs(60));
     let (status, stop) = f.cli.run(&["stop", &run_id.to_string(), CONNECTION]);
     assert!(status.success(), "{stop}");
     assert_eq!(
-        wait_for_status(&f.cli, run_id, "finished:stopped", Duration::from_secs(30)),
+        f.cli
+            .await_status(run_id, "finished:stopped", Duration::from_secs(30)),
         "finished:stopped"
     );
     // The ServerApp process is gone soon (a generous bound: the machine may be busy).
@@ -216,7 +199,8 @@ async fn failure_reasons_and_a_killed_serverapp() {
         "--stream",
     ]);
     let run_id = Cli::run_id_in(&out);
-    wait_for_status(&f.cli, run_id, "finished:failed", Duration::from_secs(60));
+    f.cli
+        .await_status(run_id, "finished:failed", Duration::from_secs(60));
     let run = control_run(&f.superlink.control, &ca, run_id).await;
     let status = run.status.unwrap();
     assert!(status.details.contains("must be positive"), "{status:?}");
@@ -228,7 +212,8 @@ async fn failure_reasons_and_a_killed_serverapp() {
     );
     let out = run.wait_for_output("Successfully started run", Duration::from_secs(60));
     let run_id = Cli::run_id_in(&out);
-    wait_for_status(&f.cli, run_id, "running", Duration::from_secs(60));
+    f.cli
+        .await_status(run_id, "running", Duration::from_secs(60));
     let log = f.superlink.proc.output();
     let line = log
         .lines()
@@ -250,7 +235,9 @@ async fn failure_reasons_and_a_killed_serverapp() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let s = wait_for_status(&f.cli, run_id, "finished:failed", Duration::from_secs(100));
+    let s = f
+        .cli
+        .await_status(run_id, "finished:failed", Duration::from_secs(100));
     assert_eq!(s, "finished:failed");
     let run_pb = control_run(&f.superlink.control, &ca, run_id).await;
     assert_eq!(
@@ -295,7 +282,7 @@ fn sqlite_state_survives_a_restart() {
         .wait(Duration::from_secs(240));
     assert!(status.success(), "{out}");
     let first = Cli::run_id_in(&out);
-    wait_for_status(&cli, first, "finished:completed", Duration::from_secs(20));
+    cli.await_status(first, "finished:completed", Duration::from_secs(20));
 
     // Restart on the same addresses and database.
     superlink
@@ -327,7 +314,7 @@ fn sqlite_state_survives_a_restart() {
     );
     let second = Cli::run_id_in(&out);
     assert_ne!(first, second);
-    wait_for_status(&cli, second, "finished:completed", Duration::from_secs(20));
+    cli.await_status(second, "finished:completed", Duration::from_secs(20));
 }
 
 #[test]
@@ -443,12 +430,8 @@ fn a_supernode_killed_mid_round_becomes_node_unavailable_and_the_run_finishes() 
         "the killed node's reply is a NODE_UNAVAILABLE error:\n{out}"
     );
     assert!(out.contains("FEDAVG-CHECK OK"), "{out}");
-    wait_for_status(
-        &f.cli,
-        run_id,
-        "finished:completed",
-        Duration::from_secs(20),
-    );
+    f.cli
+        .await_status(run_id, "finished:completed", Duration::from_secs(20));
 }
 
 /// Peak resident memory of a process (`VmHWM`), in MiB.
