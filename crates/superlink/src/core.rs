@@ -611,7 +611,7 @@ impl Core {
     /// `PushLogs`: accepted whatever the run's status.
     pub async fn push_logs(&self, run_id: RunId, text: String) -> Result<()> {
         match self.state.add_log(run_id, &text).await.map_err(Error::from) {
-            Err(Error::UnknownRun(id)) => Err(Error::Malformed(format!("Run {id} not found"))),
+            Err(Error::UnknownRun(id)) => Err(Error::Exception(format!("Run {id} not found"))),
             other => other,
         }
     }
@@ -636,7 +636,7 @@ impl Core {
     ) -> Result<(Vec<String>, Vec<ObjectId>)> {
         self.gate(run_id).await?;
         if messages.is_empty() {
-            return Err(Error::Malformed(
+            return Err(Error::Exception(
                 "Malformed PushMessages: `messages_list` must not be empty".into(),
             ));
         }
@@ -647,13 +647,13 @@ impl Core {
         for (meta, tree) in messages {
             let errors = meta.validate(false, now);
             if !errors.is_empty() {
-                return Err(Error::Malformed(format!(
+                return Err(Error::Exception(format!(
                     "Malformed PushMessages: {}",
                     errors.join(", ")
                 )));
             }
             if meta.run_id != run_id {
-                return Err(Error::Malformed(
+                return Err(Error::Exception(
                     "Malformed PushMessages: `Message.metadata` has mismatched `run_id`".into(),
                 ));
             }
@@ -689,7 +689,7 @@ impl Core {
                 }
                 PulledReply::Stored(meta) => {
                     if meta.run_id != run_id {
-                        return Err(Error::Malformed(
+                        return Err(Error::Exception(
                             "Malformed PullMessages: `message.metadata` has mismatched `run_id`"
                                 .into(),
                         ));
@@ -744,7 +744,7 @@ impl Core {
         let info = match info {
             Ok(i) => i,
             Err(fab::FabError::NotZip) => {
-                return Err(Error::Malformed("File is not a zip file".into()))
+                return Err(Error::Exception("File is not a zip file".into()))
             }
             Err(e) => return Err(Error::FailedPrecondition(e.to_string())),
         };

@@ -32,9 +32,10 @@ pub enum Error {
     /// UNIMPLEMENTED with Flower's text.
     #[error("{0}")]
     Unimplemented(String),
-    /// A malformed request that Flower answers with UNKNOWN (an uncaught exception there).
+    /// What Flower answers with UNKNOWN: an uncaught exception there (a malformed request, a call
+    /// its plugin does not support).
     #[error("Exception calling application: {0}")]
-    Malformed(String),
+    Exception(String),
     /// The SuperLink itself failed (storage, database): INTERNAL, with a message that names the
     /// cause and the fix.
     #[error("{0}")]

@@ -14,10 +14,11 @@ use tonic::{Request, Response, Status};
 
 use super::convert::isoformat;
 use super::convert::{config_from_pb, initial_context, node_to_pb, run_to_pb};
-use super::status::OrStatus;
+use super::status::{to_status, OrStatus};
 use crate::core::{
     Core, DEFAULT_FEDERATION, DEFAULT_FEDERATION_DESCRIPTION, NOOP_ACCOUNT_ID, NOOP_ACCOUNT_NAME,
 };
+use crate::error::Error;
 use flwr_state::Status as RunStatusKind;
 
 /// How often a log stream looks for new output.
@@ -116,12 +117,12 @@ impl ControlService {
     /// Flower's checks before refusing node membership changes.
     async fn check_membership_change(&self, federation: &str, node_id: u64) -> Result<(), Status> {
         if federation.is_empty() {
-            return Err(Status::failed_precondition(NO_FEDERATION));
+            return Err(to_status(Error::FailedPrecondition(NO_FEDERATION.into())));
         }
         if federation != DEFAULT_FEDERATION {
-            return Err(Status::failed_precondition(format!(
+            return Err(to_status(Error::FailedPrecondition(format!(
                 "Federation '{federation}' does not exist"
-            )));
+            ))));
         }
         let owned = self
             .core
@@ -130,11 +131,13 @@ impl ControlService {
             .or_status()?
             .is_some_and(|n| n.owner_aid == NOOP_ACCOUNT_ID);
         if !owned {
-            return Err(Status::failed_precondition(format!(
+            return Err(to_status(Error::FailedPrecondition(format!(
                 "Node {node_id} not found or you are not its owner."
-            )));
+            ))));
         }
-        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+        Err(to_status(Error::Unimplemented(
+            NO_FEDERATION_MANAGEMENT.into(),
+        )))
     }
 }
 
@@ -212,7 +215,7 @@ async fn next_logs(
             Ok(Some(r)) => r,
             Ok(None) => {
                 return Some((
-                    Err(Status::not_found("Run ID not found")),
+                    Err(to_status(Error::NotFound("Run ID not found".into()))),
                     LogCursor { done: true, ..c },
                 ))
             }
@@ -261,10 +264,10 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::StartRunResponse>, Status> {
         let body = request.into_inner();
         if !body.app_spec.is_empty() {
-            return Err(Status::failed_precondition(format!(
+            return Err(to_status(Error::FailedPrecondition(format!(
                 "Installing the app '{}' from the Flower platform is not supported by this SuperLink; run the app from a local directory (`flwr run <path>`).",
                 body.app_spec
-            )));
+            ))));
         }
         let overrides = config_from_pb(&body.override_config).or_status()?;
         let fab = body.fab.map(|f| f.content).unwrap_or_default();
@@ -362,18 +365,18 @@ impl pb::control_server::Control for ControlService {
         &self,
         _request: Request<pb::GetAuthTokensRequest>,
     ) -> Result<Response<pb::GetAuthTokensResponse>, Status> {
-        Err(Status::unknown(
-            "Exception calling application: NoOp plugin does not support getting auth tokens.",
-        ))
+        Err(to_status(Error::Exception(
+            "NoOp plugin does not support getting auth tokens.".into(),
+        )))
     }
 
     async fn pull_artifacts(
         &self,
         _request: Request<pb::PullArtifactsRequest>,
     ) -> Result<Response<pb::PullArtifactsResponse>, Status> {
-        Err(Status::unimplemented(
-            "ControlServicer initialized without artifact provider",
-        ))
+        Err(to_status(Error::Unimplemented(
+            "ControlServicer initialized without artifact provider".into(),
+        )))
     }
 
     async fn register_node(
@@ -429,9 +432,9 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::ShowFederationResponse>, Status> {
         let name = request.into_inner().federation_name;
         if name != DEFAULT_FEDERATION {
-            return Err(Status::unknown(format!(
-                "Exception calling application: Federation '{name}' does not exist."
-            )));
+            return Err(to_status(Error::Exception(format!(
+                "Federation '{name}' does not exist."
+            ))));
         }
         let nodes = self.core.nodes_of(NOOP_ACCOUNT_ID).await.or_status()?;
         let runs = self.core.runs_of(NOOP_ACCOUNT_ID).await.or_status()?;
@@ -451,9 +454,11 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::CreateFederationRequest>,
     ) -> Result<Response<pb::CreateFederationResponse>, Status> {
         if request.get_ref().federation_name.is_empty() {
-            return Err(Status::failed_precondition(NO_FEDERATION));
+            return Err(to_status(Error::FailedPrecondition(NO_FEDERATION.into())));
         }
-        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+        Err(to_status(Error::Unimplemented(
+            NO_FEDERATION_MANAGEMENT.into(),
+        )))
     }
 
     async fn archive_federation(
@@ -461,9 +466,11 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::ArchiveFederationRequest>,
     ) -> Result<Response<pb::ArchiveFederationResponse>, Status> {
         if request.get_ref().federation_name.is_empty() {
-            return Err(Status::failed_precondition(NO_FEDERATION));
+            return Err(to_status(Error::FailedPrecondition(NO_FEDERATION.into())));
         }
-        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+        Err(to_status(Error::Unimplemented(
+            NO_FEDERATION_MANAGEMENT.into(),
+        )))
     }
 
     async fn add_node_to_federation(
@@ -490,42 +497,54 @@ impl pb::control_server::Control for ControlService {
         &self,
         _request: Request<pb::RemoveAccountFromFederationRequest>,
     ) -> Result<Response<pb::RemoveAccountFromFederationResponse>, Status> {
-        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+        Err(to_status(Error::Unimplemented(
+            NO_FEDERATION_MANAGEMENT.into(),
+        )))
     }
 
     async fn create_invitation(
         &self,
         _request: Request<pb::CreateInvitationRequest>,
     ) -> Result<Response<pb::CreateInvitationResponse>, Status> {
-        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+        Err(to_status(Error::Unimplemented(
+            NO_FEDERATION_MANAGEMENT.into(),
+        )))
     }
 
     async fn list_invitations(
         &self,
         _request: Request<pb::ListInvitationsRequest>,
     ) -> Result<Response<pb::ListInvitationsResponse>, Status> {
-        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+        Err(to_status(Error::Unimplemented(
+            NO_FEDERATION_MANAGEMENT.into(),
+        )))
     }
 
     async fn accept_invitation(
         &self,
         _request: Request<pb::AcceptInvitationRequest>,
     ) -> Result<Response<pb::AcceptInvitationResponse>, Status> {
-        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+        Err(to_status(Error::Unimplemented(
+            NO_FEDERATION_MANAGEMENT.into(),
+        )))
     }
 
     async fn reject_invitation(
         &self,
         _request: Request<pb::RejectInvitationRequest>,
     ) -> Result<Response<pb::RejectInvitationResponse>, Status> {
-        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+        Err(to_status(Error::Unimplemented(
+            NO_FEDERATION_MANAGEMENT.into(),
+        )))
     }
 
     async fn revoke_invitation(
         &self,
         _request: Request<pb::RevokeInvitationRequest>,
     ) -> Result<Response<pb::RevokeInvitationResponse>, Status> {
-        Err(Status::unimplemented(NO_FEDERATION_MANAGEMENT))
+        Err(to_status(Error::Unimplemented(
+            NO_FEDERATION_MANAGEMENT.into(),
+        )))
     }
 
     async fn configure_simulation_federation(
@@ -546,7 +565,7 @@ impl pb::control_server::Control for ControlService {
                 }
                 Ok(Response::new(pb::ConfigureSimulationFederationResponse {}))
             }
-            _ => Err(Status::not_found(FEDERATION_NOT_FOUND)),
+            _ => Err(to_status(Error::NotFound(FEDERATION_NOT_FOUND.into()))),
         }
     }
 
@@ -556,8 +575,8 @@ impl pb::control_server::Control for ControlService {
         &self,
         _request: Request<pb::StreamRunEventsRequest>,
     ) -> Result<Response<Self::StreamRunEventsStream>, Status> {
-        Err(Status::unknown(
-            "Exception calling application: StreamRunEvents is not implemented",
-        ))
+        Err(to_status(Error::Exception(
+            "StreamRunEvents is not implemented".into(),
+        )))
     }
 }

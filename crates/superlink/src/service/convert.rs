@@ -16,19 +16,19 @@ pub use flwr_proto::convert::{message_to_pb, pull_object_response, scalar_to_pb,
 
 /// A wire message to domain metadata; Flower fails such requests with UNKNOWN.
 pub fn message_from_pb(m: &pb::Message) -> Result<MessageMeta, Error> {
-    flwr_proto::convert::message_from_pb(m).map_err(Error::Malformed)
+    flwr_proto::convert::message_from_pb(m).map_err(Error::Exception)
 }
 
 /// A wire tree ("Invalid object ID format: <id>" otherwise).
 pub fn tree_from_pb(t: &pb::ObjectTree) -> Result<ObjectTree, Error> {
-    flwr_proto::convert::tree_from_pb(t).map_err(Error::Malformed)
+    flwr_proto::convert::tree_from_pb(t).map_err(Error::Exception)
 }
 
 /// Overrides from the wire, sorted by key.
 pub fn config_from_pb(
     m: &HashMap<String, pb::Scalar>,
 ) -> Result<Vec<(String, ConfigValue)>, Error> {
-    flwr_proto::convert::config_from_pb(m).map_err(Error::Malformed)
+    flwr_proto::convert::config_from_pb(m).map_err(Error::Exception)
 }
 
 /// Formats Unix seconds as Python's `datetime.isoformat()` writes an aware UTC time

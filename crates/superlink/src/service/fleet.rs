@@ -13,8 +13,9 @@ use super::convert::{
     message_from_pb, message_to_pb, pull_object_response, run_to_pb, tree_from_pb, tree_to_pb,
 };
 use super::fleet_guard::{Caller, FleetGuard};
-use super::status::OrStatus;
+use super::status::{to_status, OrStatus};
 use crate::core::Core;
+use crate::error::Error;
 use flwr_state::NodeId;
 
 /// The Fleet service.
@@ -40,7 +41,11 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
         .extensions()
         .get::<Caller>()
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("Missing authentication metadata"))
+        .ok_or_else(|| {
+            to_status(Error::Unauthenticated(
+                "Missing authentication metadata".into(),
+            ))
+        })
 }
 
 /// The verified caller's node, which must be the node the request names (Flower's "Invalid node
@@ -48,7 +53,7 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 fn authenticated_node<T>(request: &Request<T>, claimed: NodeId) -> Result<NodeId, Status> {
     match caller(request)?.node {
         Some(actual) if actual == claimed => Ok(actual),
-        _ => Err(Status::unauthenticated("Invalid node ID")),
+        _ => Err(to_status(Error::Unauthenticated("Invalid node ID".into()))),
     }
 }
 
@@ -66,9 +71,9 @@ impl pb::fleet_server::Fleet for FleetService {
         let body = request.into_inner();
         // Stricter than Flower, which stores any bytes: the key registered is the signing key.
         if body.public_key != caller.public_key {
-            return Err(Status::failed_precondition(
-                "The public key in the request is not the key that signed it.",
-            ));
+            return Err(to_status(Error::FailedPrecondition(
+                "The public key in the request is not the key that signed it.".into(),
+            )));
         }
         let node_id = self.core.register_node(body.public_key).await.or_status()?;
         tracing::info!(node_id, "SuperNode registered");
@@ -82,9 +87,9 @@ impl pb::fleet_server::Fleet for FleetService {
         let caller = caller(&request)?;
         let body = request.into_inner();
         if body.public_key != caller.public_key {
-            return Err(Status::failed_precondition(
-                "No SuperNode found with the given public key.",
-            ));
+            return Err(to_status(Error::FailedPrecondition(
+                "No SuperNode found with the given public key.".into(),
+            )));
         }
         let node_id = self
             .core
@@ -154,9 +159,10 @@ impl pb::fleet_server::Fleet for FleetService {
         let node_id = authenticated_node(&request, node_of(&request.get_ref().node))?;
         let request_len = request.get_ref().encoded_len() as u64;
         let body = request.into_inner();
-        let first = body.messages_list.first().ok_or_else(|| {
-            Status::unknown("Exception calling application: list index out of range")
-        })?;
+        let first = body
+            .messages_list
+            .first()
+            .ok_or_else(|| to_status(Error::Exception("list index out of range".into())))?;
         let reply = message_from_pb(first).or_status()?;
         let trees = body
             .message_object_trees

@@ -137,7 +137,9 @@ where
                 Err(refusal) => {
                     let status = match refusal {
                         Refusal::State(e) => super::status::to_status(e),
-                        other => tonic::Status::unauthenticated(other.to_string()),
+                        other => super::status::to_status(crate::error::Error::Unauthenticated(
+                            other.to_string(),
+                        )),
                     };
                     // The body is dropped unread: HTTP/2 resets the stream.
                     Ok(status.into_http())

@@ -11,8 +11,9 @@ use super::convert::{
     context_from_bytes, message_from_pb, message_to_pb, pull_object_response, run_status_from_pb,
     run_to_pb, tree_from_pb, tree_to_pb,
 };
-use super::status::OrStatus;
+use super::status::{to_status, OrStatus};
 use crate::core::Core;
+use crate::error::Error;
 
 /// The ServerAppIo service.
 #[derive(Clone)]
@@ -31,7 +32,9 @@ fn check_superlink_node(node: &Option<pb::Node>) -> Result<(), Status> {
     if node.as_ref().map(|n| n.node_id) == Some(SUPERLINK_NODE_ID) {
         Ok(())
     } else {
-        Err(Status::failed_precondition("Unexpected node ID."))
+        Err(to_status(Error::FailedPrecondition(
+            "Unexpected node ID.".into(),
+        )))
     }
 }
 
@@ -94,7 +97,9 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
             .or_status()?;
         let federation_config = match &inputs.run.federation_config {
             Some(b) => Some(pb::SimulationConfig::decode(b.as_ref()).map_err(|e| {
-                Status::internal(format!("stored federation config is corrupt: {e}"))
+                to_status(Error::Internal(format!(
+                    "stored federation config is corrupt: {e}"
+                )))
             })?),
             None => None,
         };
@@ -195,7 +200,7 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
                     .not_running_message()
                     .filter(|_| run.status.status == flwr_state::Status::Finished)
                 {
-                    return Err(Status::permission_denied(msg));
+                    return Err(to_status(Error::PermissionDenied(msg)));
                 }
             }
         }
@@ -216,9 +221,7 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
         &self,
         _request: Request<pb::GetFederationOptionsRequest>,
     ) -> Result<Response<pb::GetFederationOptionsResponse>, Status> {
-        Err(Status::unknown(
-            "Exception calling application: To be removed",
-        ))
+        Err(to_status(Error::Exception("To be removed".into())))
     }
 
     async fn push_messages(
@@ -230,9 +233,9 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
         if body.messages_list.len() != body.message_object_trees.len()
             && !body.messages_list.is_empty()
         {
-            return Err(Status::unknown(
-                "Exception calling application: zip() argument 2 is shorter than argument 1",
-            ));
+            return Err(to_status(Error::Exception(
+                "zip() argument 2 is shorter than argument 1".into(),
+            )));
         }
         let mut messages = Vec::with_capacity(body.messages_list.len());
         for (m, t) in body.messages_list.iter().zip(&body.message_object_trees) {

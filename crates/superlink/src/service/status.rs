@@ -10,7 +10,7 @@ pub fn to_status(e: Error) -> Status {
     let text = e.to_string();
     match e {
         Error::NotRunning(_) | Error::PermissionDenied(_) => Status::permission_denied(text),
-        Error::UnknownRun(_) | Error::Malformed(_) => Status::unknown(text),
+        Error::UnknownRun(_) | Error::Exception(_) => Status::unknown(text),
         Error::FailedPrecondition(_) => Status::failed_precondition(text),
         Error::InvalidArgument(_) => Status::invalid_argument(text),
         Error::NotFound(_) => Status::not_found(text),
