@@ -26,18 +26,62 @@ impl ClientAppIoService {
     }
 }
 
-fn app_status(e: AppError) -> Status {
-    match e {
-        AppError::InvalidToken => Status::permission_denied(e.to_string()),
-        AppError::NoFab => Status::not_found(e.to_string()),
-        AppError::NoMessage | AppError::UnknownInstruction => {
-            Status::unknown(format!("Exception calling application: {e}"))
+/// Why a ClientAppIo call is refused. [`to_status`] is the one place that picks the gRPC code
+/// (those Flower's ClientApps expect).
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// About the token, the run or the messages of the caller.
+    #[error(transparent)]
+    App(#[from] AppError),
+    /// What Flower answers with UNKNOWN: an uncaught exception there (a malformed request).
+    #[error("Exception calling application: {0}")]
+    Exception(String),
+    /// An object whose content does not check out (other than by its hash).
+    #[error(transparent)]
+    BadObject(VerifyError),
+    /// The node's object store failed.
+    #[error(transparent)]
+    Store(#[from] flwr_objects::store::StoreError),
+    /// A protobuf blob the node keeps does not decode.
+    #[error("the cached {what} is corrupt: {source}")]
+    Corrupt {
+        /// What it is.
+        what: &'static str,
+        /// The decoder's complaint.
+        source: prost::DecodeError,
+    },
+}
+
+fn to_status(r: Refusal) -> Status {
+    let text = r.to_string();
+    match r {
+        Refusal::App(AppError::InvalidToken) => Status::permission_denied(text),
+        Refusal::App(AppError::NoFab) => Status::not_found(text),
+        Refusal::App(AppError::NoMessage | AppError::UnknownInstruction) => {
+            Status::unknown(format!("Exception calling application: {text}"))
         }
+        Refusal::Exception(_) => Status::unknown(text),
+        // As the SuperLink does: an interrupted check is the node's failure, not the object's.
+        Refusal::BadObject(VerifyError::Interrupted) => Status::internal(text),
+        Refusal::BadObject(_) => Status::failed_precondition(text),
+        Refusal::Store(_) | Refusal::Corrupt { .. } => Status::internal(text),
     }
 }
 
-fn malformed(e: String) -> Status {
-    Status::unknown(format!("Exception calling application: {e}"))
+/// `?`-friendly conversion for the handlers.
+trait OrStatus<T> {
+    fn or_status(self) -> Result<T, Status>;
+}
+
+impl<T, E: Into<Refusal>> OrStatus<T> for Result<T, E> {
+    fn or_status(self) -> Result<T, Status> {
+        self.map_err(|e| to_status(e.into()))
+    }
+}
+
+/// A decoder error about `what`, as a refusal.
+fn corrupt(what: &'static str) -> impl Fn(prost::DecodeError) -> Refusal {
+    move |source| Refusal::Corrupt { what, source }
 }
 
 #[tonic::async_trait]
@@ -67,9 +111,11 @@ impl pb::client_app_io_server::ClientAppIo for ClientAppIoService {
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
         let run = match self.state.run(request.get_ref().run_id) {
-            Some(e) => {
-                Some(pb::Run::decode(e.run.as_ref()).map_err(|e| Status::internal(e.to_string()))?)
-            }
+            Some(e) => Some(
+                pb::Run::decode(e.run.as_ref())
+                    .map_err(corrupt("run"))
+                    .or_status()?,
+            ),
             None => None,
         };
         Ok(Response::new(pb::GetRunResponse { run }))
@@ -91,12 +137,18 @@ impl pb::client_app_io_server::ClientAppIo for ClientAppIoService {
         let (_, entry) = self
             .state
             .app_inputs(&request.get_ref().token)
-            .map_err(app_status)?;
-        let decode =
-            |e: prost::DecodeError| Status::internal(format!("cached run is corrupt: {e}"));
+            .or_status()?;
         Ok(Response::new(pb::PullAppInputsResponse {
-            context: Some(pb::Context::decode(entry.context.as_ref()).map_err(decode)?),
-            run: Some(pb::Run::decode(entry.run.as_ref()).map_err(decode)?),
+            context: Some(
+                pb::Context::decode(entry.context.as_ref())
+                    .map_err(corrupt("context"))
+                    .or_status()?,
+            ),
+            run: Some(
+                pb::Run::decode(entry.run.as_ref())
+                    .map_err(corrupt("run"))
+                    .or_status()?,
+            ),
             fab: Some(pb::Fab {
                 hash_str: entry.fab_hash,
                 content: entry.fab,
@@ -114,7 +166,7 @@ impl pb::client_app_io_server::ClientAppIo for ClientAppIoService {
         let context = Bytes::from(body.context.unwrap_or_default().encode_to_vec());
         self.state
             .put_outputs(&body.token, body.run_id, context)
-            .map_err(app_status)?;
+            .or_status()?;
         Ok(Response::new(pb::PushAppOutputsResponse {}))
     }
 
@@ -133,13 +185,9 @@ impl pb::client_app_io_server::ClientAppIo for ClientAppIoService {
             Err(VerifyError::HashMismatch { .. }) => {
                 return Ok(Response::new(pb::PushObjectResponse { stored: false }))
             }
-            Err(e) => return Err(Status::failed_precondition(e.to_string())),
+            Err(e) => return Err(to_status(Refusal::BadObject(e))),
         }
-        let stored = self
-            .state
-            .objects()
-            .put(&id, content)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let stored = self.state.objects().put(&id, content).or_status()?;
         Ok(Response::new(pb::PushObjectResponse { stored }))
     }
 
@@ -148,11 +196,7 @@ impl pb::client_app_io_server::ClientAppIo for ClientAppIoService {
         request: Request<pb::PullObjectRequest>,
     ) -> Result<Response<pb::PullObjectResponse>, Status> {
         let lookup = match ObjectId::parse(&request.get_ref().object_id) {
-            Ok(id) => self
-                .state
-                .objects()
-                .get(&id)
-                .map_err(|e| Status::internal(e.to_string()))?,
+            Ok(id) => self.state.objects().get(&id).or_status()?,
             Err(_) => flwr_objects::store::Lookup::Unknown,
         };
         Ok(Response::new(pull_object_response(lookup)))
@@ -163,10 +207,7 @@ impl pb::client_app_io_server::ClientAppIo for ClientAppIoService {
         request: Request<pb::ConfirmMessageReceivedRequest>,
     ) -> Result<Response<pb::ConfirmMessageReceivedResponse>, Status> {
         if let Ok(id) = ObjectId::parse(&request.get_ref().message_object_id) {
-            self.state
-                .objects()
-                .delete(&id)
-                .map_err(|e| Status::internal(e.to_string()))?;
+            self.state.objects().delete(&id).or_status()?;
         }
         Ok(Response::new(pb::ConfirmMessageReceivedResponse {}))
     }
@@ -177,24 +218,24 @@ impl pb::client_app_io_server::ClientAppIo for ClientAppIoService {
     ) -> Result<Response<pb::PushAppMessagesResponse>, Status> {
         let body = request.into_inner();
         // The token first, as Flower does: a caller without one learns nothing about the body.
-        self.state.run_of_token(&body.token).map_err(app_status)?;
+        self.state.run_of_token(&body.token).or_status()?;
         let (Some(m), Some(t)) = (
             body.messages_list.first(),
             body.message_object_trees.first(),
         ) else {
-            return Err(malformed("list index out of range".into()));
+            return Err(to_status(Refusal::Exception(
+                "list index out of range".into(),
+            )));
         };
-        let reply = message_from_pb(m).map_err(malformed)?;
-        let tree = tree_from_pb(t).map_err(malformed)?;
+        let reply = message_from_pb(m).map_err(Refusal::Exception).or_status()?;
+        let tree = tree_from_pb(t).map_err(Refusal::Exception).or_status()?;
         let run_id = reply.run_id;
         let to_push = self
             .state
             .objects()
             .preregister(run_id, &tree)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        self.state
-            .put_reply(&body.token, reply, tree)
-            .map_err(app_status)?;
+            .or_status()?;
+        self.state.put_reply(&body.token, reply, tree).or_status()?;
         Ok(Response::new(pb::PushAppMessagesResponse {
             message_ids: Vec::new(),
             objects_to_push: to_push.iter().map(|id| id.to_hex()).collect(),
@@ -208,7 +249,7 @@ impl pb::client_app_io_server::ClientAppIo for ClientAppIoService {
         let (meta, tree) = self
             .state
             .take_instruction(&request.get_ref().token)
-            .map_err(app_status)?;
+            .or_status()?;
         Ok(Response::new(pb::PullAppMessagesResponse {
             messages_list: vec![message_to_pb(&meta)],
             message_object_trees: vec![tree_to_pb(&tree)],

@@ -60,6 +60,9 @@ pub enum FleetError {
     /// Any other status: not retried.
     #[error("{}: {}", .0.code(), .0.message())]
     Status(Status),
+    /// The SuperLink answered without what was asked for.
+    #[error("the SuperLink sent no {0}")]
+    Incomplete(String),
 }
 
 fn is_transport_failure(s: &Status) -> bool {
@@ -374,11 +377,8 @@ impl Fleet {
                 |mut c, req| async move { c.get_run(req).await },
             )
             .await?;
-        r.run.ok_or_else(|| {
-            FleetError::Status(Status::not_found(format!(
-                "the SuperLink sent no run {run_id}"
-            )))
-        })
+        r.run
+            .ok_or_else(|| FleetError::Incomplete(format!("run {run_id}")))
     }
 
     /// GetFab.
@@ -395,11 +395,8 @@ impl Fleet {
                 |mut c, req| async move { c.get_fab(req).await },
             )
             .await?;
-        r.fab.ok_or_else(|| {
-            FleetError::Status(Status::not_found(format!(
-                "the SuperLink sent no FAB {hash}"
-            )))
-        })
+        r.fab
+            .ok_or_else(|| FleetError::Incomplete(format!("FAB {hash}")))
     }
 
     /// PullObject.

@@ -9,6 +9,7 @@ pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod python;
+pub mod tidy;
 
 /// The `--long-flags` that a `--help` text mentions.
 pub fn flags_in_help(help: &str) -> std::collections::BTreeSet<String> {

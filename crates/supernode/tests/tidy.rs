@@ -1,0 +1,40 @@
+//! ARCHITECTURE.md's "codes decided in one place", checked for the SuperNode: the only
+//! `tonic::Status` it builds for its own API are in `clientappio::to_status`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use flwr_testkit::tidy::{sources, status_constructors};
+
+#[test]
+fn only_clientappio_to_status_builds_grpc_statuses() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    assert!(files.len() > 5, "no sources under {}", src.display());
+    let mut offenders = Vec::new();
+    for file in files {
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        if file.ends_with("clientappio.rs") {
+            // Blank out the mapping itself (keeping the line numbers of the rest).
+            let start = text
+                .find("\nfn to_status(")
+                .expect("clientappio keeps its mapping in `fn to_status`");
+            let end = start + text[start..].find("\n}\n").unwrap();
+            let blank: String = text[start..end]
+                .chars()
+                .map(|c| if c == '\n' { c } else { ' ' })
+                .collect();
+            text.replace_range(start..end, &blank);
+        }
+        for line in status_constructors(&text) {
+            offenders.push(format!("{}:{line}", file.display()));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "gRPC statuses built outside clientappio::to_status (raise a `Refusal` instead):\n{}",
+        offenders.join("\n")
+    );
+}
