@@ -108,12 +108,7 @@ pub fn sample_children(parent: u32) -> Result<ProcSample> {
 
 /// The SuperLink's TLS flags for these files.
 pub fn tls_args(cmd: &mut Command, tls: &flwr_testkit::pki::TlsFiles) {
-    cmd.arg("--ssl-ca-certfile")
-        .arg(&tls.ca)
-        .arg("--ssl-certfile")
-        .arg(&tls.cert)
-        .arg("--ssl-keyfile")
-        .arg(&tls.key);
+    flwr_testkit::federation::tls_args(cmd, Some(tls));
 }
 
 /// A command for [`Daemon::start`], which owns, reaps and logs the child.

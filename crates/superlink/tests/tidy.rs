@@ -6,24 +6,14 @@
 
 use std::path::Path;
 
-use flwr_testkit::tidy::{sources, status_constructors};
+use flwr_testkit::tidy::status_constructors_under;
 
 #[test]
 fn only_the_status_module_builds_grpc_statuses() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    sources(&src, &mut files);
-    assert!(files.len() > 5, "no sources under {}", src.display());
-    let mut offenders = Vec::new();
-    for file in files {
-        if file.ends_with("service/status.rs") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&file).unwrap();
-        for line in status_constructors(&text) {
-            offenders.push(format!("{}:{line}", file.display()));
-        }
-    }
+    let offenders = status_constructors_under(&src, |file, text| {
+        (!file.ends_with("service/status.rs")).then_some(text)
+    });
     assert!(
         offenders.is_empty(),
         "gRPC statuses built outside service/status.rs (raise an `Error` instead):\n{}",

@@ -5,17 +5,12 @@
 
 use std::path::Path;
 
-use flwr_testkit::tidy::{sources, status_constructors};
+use flwr_testkit::tidy::status_constructors_under;
 
 #[test]
 fn only_clientappio_to_status_builds_grpc_statuses() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    sources(&src, &mut files);
-    assert!(files.len() > 5, "no sources under {}", src.display());
-    let mut offenders = Vec::new();
-    for file in files {
-        let mut text = std::fs::read_to_string(&file).unwrap();
+    let offenders = status_constructors_under(&src, |file, mut text| {
         if file.ends_with("clientappio.rs") {
             // Blank out the mapping itself (keeping the line numbers of the rest).
             let start = text
@@ -28,10 +23,8 @@ fn only_clientappio_to_status_builds_grpc_statuses() {
                 .collect();
             text.replace_range(start..end, &blank);
         }
-        for line in status_constructors(&text) {
-            offenders.push(format!("{}:{line}", file.display()));
-        }
-    }
+        Some(text)
+    });
     assert!(
         offenders.is_empty(),
         "gRPC statuses built outside clientappio::to_status (raise a `Refusal` instead):\n{}",

@@ -28,7 +28,7 @@ pub fn example_app() -> PathBuf {
 }
 
 /// A SuperLink's TLS flags for `tls` (`--insecure` without).
-fn tls_args(cmd: &mut Command, tls: Option<&TlsFiles>) {
+pub fn tls_args(cmd: &mut Command, tls: Option<&TlsFiles>) {
     match tls {
         Some(f) => {
             cmd.arg("--ssl-ca-certfile")

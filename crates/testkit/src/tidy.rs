@@ -14,6 +14,28 @@ pub fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// `file:line` of every `tonic::Status` constructor in the `.rs` files under `dir`; `scanned`
+/// gives the text to check of each file (or `None` to leave the file out).
+pub fn status_constructors_under(
+    dir: &Path,
+    scanned: impl Fn(&Path, String) -> Option<String>,
+) -> Vec<String> {
+    let mut files = Vec::new();
+    sources(dir, &mut files);
+    assert!(files.len() > 5, "no sources under {}", dir.display());
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let Some(text) = scanned(&file, text) else {
+            continue;
+        };
+        for line in status_constructors(&text) {
+            found.push(format!("{}:{line}", file.display()));
+        }
+    }
+    found
+}
+
 /// `tonic::Status`'s constructors.
 const CONSTRUCTORS: &[&str] = &[
     "new",
