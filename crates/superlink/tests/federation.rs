@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use flwr_testkit::federation::{self, python_supernode, Cli, SuperLink, CONNECTION};
+use flwr_testkit::federation::{
+    self, python_supernode, python_supernodes, Cli, SuperLink, CONNECTION,
+};
 use flwr_testkit::pki;
 use flwr_testkit::process::{command, Proc};
 use flwr_testkit::python;
@@ -28,17 +30,13 @@ fn federation(nodes: usize, superlink_flags: &[&str]) -> Federation {
         &dir.path().join("superlink-home"),
         superlink_flags,
     );
-    let nodes = (0..nodes)
-        .map(|i| {
-            python_supernode(
-                &format!("supernode-{i}"),
-                &superlink.fleet,
-                Some(&tls.ca),
-                &dir.path().join(format!("node-{i}")),
-                &[],
-            )
-        })
-        .collect();
+    let nodes = python_supernodes(
+        nodes,
+        "supernode",
+        &superlink.fleet,
+        Some(&tls.ca),
+        dir.path(),
+    );
     let cli = Cli::new(
         &dir.path().join("cli-home"),
         &superlink.control,
@@ -261,17 +259,7 @@ fn sqlite_state_survives_a_restart() {
     let home = dir.path().join("superlink-home");
     let flags = ["--database", db.to_str().unwrap()];
     let mut superlink = SuperLink::start_at(BIN.as_ref(), Some(&tls), &home, addresses, &flags);
-    let _nodes: Vec<Proc> = (0..2)
-        .map(|i| {
-            python_supernode(
-                &format!("node-{i}"),
-                &superlink.fleet,
-                Some(&tls.ca),
-                &dir.path().join(format!("node-{i}")),
-                &[],
-            )
-        })
-        .collect();
+    let _nodes = python_supernodes(2, "node", &superlink.fleet, Some(&tls.ca), dir.path());
     let cli = Cli::new(
         &dir.path().join("cli-home"),
         &superlink.control,

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use flwr_testkit::federation::{self, path_with_venv, python_supernode, Cli};
@@ -70,17 +70,6 @@ enum Nodes {
     Ours,
 }
 
-/// Our SuperNode binary, built by `cargo test --workspace` beside this one.
-fn our_supernode() -> PathBuf {
-    let p = Path::new(BIN).with_file_name("supernode");
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace's binaries",
-        p.display()
-    );
-    p
-}
-
 #[test]
 fn replicas_die_mid_run_and_the_run_completes_with_python_supernodes() {
     replicas_die_mid_run(Nodes::Python);
@@ -134,7 +123,7 @@ fn replicas_die_mid_run(kind: Nodes) {
                 Nodes::Python => python_supernode(&name, &front.fleet, Some(&tls.ca), &home, &[]),
                 Nodes::Ours => {
                     federation::our_supernode(
-                        &our_supernode(),
+                        &federation::sibling_binary(BIN, "supernode"),
                         &name,
                         &front.fleet,
                         Some(&tls.ca),
@@ -147,15 +136,10 @@ fn replicas_die_mid_run(kind: Nodes) {
         })
         .collect();
     let cli = Cli::new(&dir.path().join("cli"), &front.control, Some(&tls.ca));
-    let (status, out) = cli.run(&[
-        "run",
-        federation::example_app().to_str().unwrap(),
-        federation::CONNECTION,
-        "--run-config",
+    let run_id = cli.start_run(
+        &federation::example_app(),
         "num-server-rounds=3 client-delay=3.0",
-    ]);
-    assert!(status.success(), "flwr run: {out}");
-    let run_id = Cli::run_id_in(&out);
+    );
 
     let diagnostics = |procs: &[Option<Proc>]| {
         let mut d = format!("serverapp:\n{}\n", serverapp.output());
@@ -270,15 +254,10 @@ fn a_pending_run_is_launched_once_and_a_dead_launcher_fails_its_run() {
         &replicas[2].1.control,
         Some(&tls.ca),
     );
-    let (status, out) = cli.run(&[
-        "run",
-        federation::example_app().to_str().unwrap(),
-        federation::CONNECTION,
-        "--run-config",
+    let run_id = cli.start_run(
+        &federation::example_app(),
         "num-server-rounds=1 min-nodes=2",
-    ]);
-    assert!(status.success(), "{out}");
-    let run_id = Cli::run_id_in(&out);
+    );
     cli.await_status(run_id, "running", Duration::from_secs(120));
     // No second launch can come once every launcher has swept the pending runs a few times
     // (every second): an absence, so a bounded wait rather than a condition.

@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use flwr_testkit::federation::{self, python_supernode, Cli, SuperLink};
+use flwr_testkit::federation::{self, python_supernodes, Cli, SuperLink};
 use flwr_testkit::postgres;
 use flwr_testkit::process::{command, run, Proc};
 use flwr_testkit::{pki, ports};
@@ -150,17 +150,7 @@ fn a_federation_runs_on_postgresql() {
         &dir.path().join("superlink"),
         &["--database", &url],
     );
-    let _nodes: Vec<Proc> = (0..2)
-        .map(|i| {
-            python_supernode(
-                &format!("node-{i}"),
-                &superlink.fleet,
-                Some(&tls.ca),
-                &dir.path().join(format!("node-{i}")),
-                &[],
-            )
-        })
-        .collect();
+    let _nodes = python_supernodes(2, "node", &superlink.fleet, Some(&tls.ca), dir.path());
     let cli = Cli::new(&dir.path().join("cli"), &superlink.control, Some(&tls.ca));
     let (status, out) = cli
         .start_run_streaming(&federation::example_app(), "num-server-rounds=2")
@@ -233,17 +223,7 @@ fn a_postgresql_restart_drains_the_replica_and_the_run_goes_on() {
     );
     let health = federation::logged_address(&superlink.proc.output(), "Health service serving");
     wait_health(&rt, &health, true, Duration::from_secs(10));
-    let _nodes: Vec<Proc> = (0..2)
-        .map(|i| {
-            python_supernode(
-                &format!("node-{i}"),
-                &superlink.fleet,
-                Some(&tls.ca),
-                &dir.path().join(format!("node-{i}")),
-                &[],
-            )
-        })
-        .collect();
+    let _nodes = python_supernodes(2, "node", &superlink.fleet, Some(&tls.ca), dir.path());
     let cli = Cli::new(&dir.path().join("cli"), &superlink.control, Some(&tls.ca));
     let mut run = cli.start_run_streaming(
         &federation::example_app(),

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,17 +16,6 @@ use flwr_testkit::ports;
 use flwr_testkit::process::{run, Proc, Signal};
 
 const SUPERNODE: &str = env!("CARGO_BIN_EXE_supernode");
-
-/// Our SuperLink binary, built by `cargo test --workspace` beside this one.
-fn our_superlink() -> PathBuf {
-    let p = Path::new(SUPERNODE).with_file_name("superlink");
-    assert!(
-        p.exists(),
-        "{} is missing: run the workspace's tests (cargo test --workspace) or cargo build --bins",
-        p.display()
-    );
-    p
-}
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -110,7 +99,12 @@ fn python_superlink_with_our_supernodes_in_both_isolation_modes() {
 #[test]
 fn all_ours_and_a_mixed_federation() {
     let s = setup();
-    let superlink = SuperLink::start(&our_superlink(), Some(&s.tls), &s.home("superlink"), &[]);
+    let superlink = SuperLink::start(
+        &federation::sibling_binary(SUPERNODE, "superlink"),
+        Some(&s.tls),
+        &s.home("superlink"),
+        &[],
+    );
     let (_a, _) = s.our_node("node-a", &superlink.fleet, &[]);
     let (b, appio_b) = s.our_node("node-b", &superlink.fleet, &["--isolation", "process"]);
     let executor = clientapp_executor(&appio_b, &s.home("executor-b"));
@@ -140,7 +134,12 @@ fn all_ours_and_a_mixed_federation() {
 #[test]
 fn a_crashed_clientapp_gets_an_error_reply_to_the_superlink() {
     let s = setup();
-    let superlink = SuperLink::start(&our_superlink(), Some(&s.tls), &s.home("superlink"), &[]);
+    let superlink = SuperLink::start(
+        &federation::sibling_binary(SUPERNODE, "superlink"),
+        Some(&s.tls),
+        &s.home("superlink"),
+        &[],
+    );
     // A healthy node, and one whose "ClientApp" exits at once without answering.
     let (_good, _) = s.our_node("good", &superlink.fleet, &[]);
     let mut cmd = flwr_testkit::process::command(SUPERNODE);
@@ -220,7 +219,7 @@ fn restart_keeps_serving(database: bool) {
         vec![]
     };
     let mut superlink = SuperLink::start_at(
-        &our_superlink(),
+        &federation::sibling_binary(SUPERNODE, "superlink"),
         Some(&s.tls),
         &s.home("superlink"),
         addresses,
@@ -234,7 +233,7 @@ fn restart_keeps_serving(database: bool) {
     superlink.proc.signal(Signal::SIGTERM);
     let _ = superlink.proc.wait(Duration::from_secs(15));
     superlink = SuperLink::start_at(
-        &our_superlink(),
+        &federation::sibling_binary(SUPERNODE, "superlink"),
         Some(&s.tls),
         &s.home("superlink"),
         addresses,
@@ -276,7 +275,12 @@ fn retry_policy_gives_up_like_flower() {
     assert_eq!(out.matches("retrying in").count(), 2, "{out}");
 
     // A SuperLink whose certificate another CA signed: gives up at once, naming the problem.
-    let superlink = SuperLink::start(&our_superlink(), Some(&s.tls), &s.home("superlink"), &[]);
+    let superlink = SuperLink::start(
+        &federation::sibling_binary(SUPERNODE, "superlink"),
+        Some(&s.tls),
+        &s.home("superlink"),
+        &[],
+    );
     let other = tempfile::tempdir().unwrap();
     let (_ca, other_tls) = pki::write_tls_files(other.path(), pki::LOCAL_SANS);
     let started = Instant::now();

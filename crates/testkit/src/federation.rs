@@ -118,6 +118,40 @@ impl SuperLink {
     }
 }
 
+/// The workspace binary `name` built beside `bin` (a test's own `CARGO_BIN_EXE_*`), or a panic
+/// that says how to build it.
+pub fn sibling_binary(bin: &str, name: &str) -> PathBuf {
+    let p = Path::new(bin).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run the workspace's tests (cargo test --workspace) or cargo build --bins",
+        p.display()
+    );
+    p
+}
+
+/// `n` Python SuperNodes named `<prefix>-<i>` against `fleet`, each with its home in
+/// `dir/node-<i>` (see [`python_supernode`]).
+pub fn python_supernodes(
+    n: usize,
+    prefix: &str,
+    fleet: &str,
+    ca: Option<&Path>,
+    dir: &Path,
+) -> Vec<Proc> {
+    (0..n)
+        .map(|i| {
+            python_supernode(
+                &format!("{prefix}-{i}"),
+                fleet,
+                ca,
+                &dir.join(format!("node-{i}")),
+                &[],
+            )
+        })
+        .collect()
+}
+
 /// Flower's Python SuperNode against `fleet`, with `--root-certificates ca` (or `--insecure`);
 /// waits until its ClientAppIo API listens (on a reserved port, started again on new ports when
 /// that one turns out to be taken).
@@ -209,6 +243,19 @@ impl Cli {
             c.arg("--run-config").arg(run_config);
         }
         Proc::spawn("flwr run", c)
+    }
+
+    /// `flwr run <app> local-deployment-tls --run-config <cfg>` (not streamed): the run's id.
+    pub fn start_run(&self, app: &Path, run_config: &str) -> u64 {
+        let (status, out) = self.run(&[
+            "run",
+            app.to_str().unwrap(),
+            CONNECTION,
+            "--run-config",
+            run_config,
+        ]);
+        assert!(status.success(), "flwr run: {out}");
+        Self::run_id_in(&out)
     }
 
     /// The run id that `flwr run` printed.
