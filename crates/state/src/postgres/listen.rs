@@ -84,6 +84,19 @@ impl Hints {
         }
     }
 
+    /// An instruction for `node` was committed through this replica.
+    pub(crate) fn queued_here(&self, node: NodeId) {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.queued.lock().insert(node, seq);
+    }
+
+    /// `node` was unregistered (through this replica or another): its key no longer names it.
+    pub(crate) fn forget_node(&self, node: NodeId) {
+        let mut keys = self.keys.write();
+        self.keys_gen.fetch_add(1, Ordering::SeqCst);
+        keys.retain(|_, n| *n != node);
+    }
+
     /// The node of a key, if known here.
     pub(crate) fn node_of_key(&self, key: &[u8]) -> Option<NodeId> {
         if !self.live() {
@@ -123,11 +136,7 @@ impl Hints {
             Some(INSTRUCTION) => {
                 self.queued.lock().insert(id, seq);
             }
-            Some(UNREGISTERED) => {
-                let mut keys = self.keys.write();
-                self.keys_gen.fetch_add(1, Ordering::SeqCst);
-                keys.retain(|_, node| *node != id);
-            }
+            Some(UNREGISTERED) => self.forget_node(id),
             Some(LOG) => {
                 let _ = self.logs.send(id);
             }
@@ -235,6 +244,11 @@ mod tests {
         let mark = h.mark();
         h.found_nothing(7, mark);
         assert!(!h.may_have_instruction(7));
+        // Stored here: "maybe" at once, and a pull that started before does not clear it.
+        let mark = h.mark();
+        h.queued_here(7);
+        h.found_nothing(7, mark);
+        assert!(h.may_have_instruction(7));
         // Keys: an unregistration between the query and the insert wins.
         let mark = h.mark();
         h.apply("u5");

@@ -759,7 +759,7 @@ impl LinkState for PgLinkState {
         node_id: NodeId,
         owner_aid: Option<&str>,
     ) -> Result<Result<(), NodeRefusal>, StateError> {
-        in_tx!(&self.shared, |tx, now| async {
+        let unregistered = in_tx!(&self.shared, |tx, now| async {
             let Some(node) = get_node(tx, node_id, true).await? else {
                 return Ok(Err(NodeRefusal::NotFound(node_id)));
             };
@@ -776,7 +776,12 @@ impl LinkState for PgLinkState {
             notify(tx, listen::UNREGISTERED, node_id).await?;
             Ok(Ok(()))
         }
-        .await)
+        .await)?;
+        if unregistered.is_ok() {
+            // Forgotten here at once; the other replicas hear of it a moment later.
+            self.shared.hints.forget_node(node_id);
+        }
+        Ok(unregistered)
     }
 
     async fn heartbeat(
@@ -1148,7 +1153,7 @@ impl LinkState for PgLinkState {
         if message.src_node_id != SUPERLINK_NODE_ID {
             return Ok(None);
         }
-        in_tx!(&self.shared, |tx, _now| {
+        let stored = in_tx!(&self.shared, |tx, _now| {
             async {
             if get_run(tx, message.run_id, false).await?.is_none() {
                 return Ok(None);
@@ -1170,7 +1175,12 @@ impl LinkState for PgLinkState {
             Ok(Some(message.message_id.clone()))
         }
         .await
-        })
+        })?;
+        if stored.is_some() {
+            // This replica's own hint turns at once; its notification arrives a moment later.
+            self.shared.hints.queued_here(message.dst_node_id);
+        }
+        Ok(stored)
     }
 
     async fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError> {
