@@ -419,6 +419,12 @@ pub trait LinkState: Send + Sync {
         Ok(())
     }
 
+    /// Writes what the engine holds back to spare the database (PostgreSQL's run usage
+    /// counters); called at shutdown. The other engines hold nothing back.
+    async fn flush(&self) -> Result<(), StateError> {
+        Ok(())
+    }
+
     // ----- nodes -----
     /// Creates a node with a fresh random id (not 0 or 1), status `registered`.
     async fn create_node(&self, node: NewNode) -> Result<NodeId, StateError>;

@@ -30,7 +30,7 @@ mod replicas {
     async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         let start = Instant::now();
         while !check() {
-            assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+            assert!(start.elapsed() < Duration::from_secs(30), "never: {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -73,5 +73,37 @@ mod replicas {
         a.unregister_node(node, None).await.unwrap().unwrap();
         eventually("B forgets the key", || b.cached_node_id(b"key").is_none()).await;
         assert_eq!(b.node_id_by_public_key(b"key").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn usage_counted_on_one_replica_reaches_the_others() {
+        let url = flwr_testkit::postgres::shared().create_database();
+        let clock = Arc::new(ManualClock::new());
+        let a = replica(&url, clock.clone()).await.state;
+        let b = replica(&url, clock.clone()).await.state;
+        let run = a.create_run(link::new_run()).await.unwrap();
+        let usage = |r: Run| (r.bytes_sent, r.bytes_recv, r.clientapp_runtime);
+        a.add_run_usage(run, 10, 20, 1.5).await.unwrap();
+        a.add_run_usage(run, 1, 2, 0.5).await.unwrap();
+        assert_eq!(
+            usage(a.run(run).await.unwrap().unwrap()),
+            (11, 22, 2.0),
+            "A sees its own counts at once"
+        );
+        // B sees them once A has written them (every second, or at A's shutdown).
+        let start = Instant::now();
+        while usage(b.run(run).await.unwrap().unwrap()) != (11, 22, 2.0) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "B never sees A's counts"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        b.add_run_usage(run, 5, 0, 0.0).await.unwrap();
+        b.flush().await.unwrap();
+        assert_eq!(
+            usage(a.runs_of("<id:none>").await.unwrap()[0].clone()),
+            (16, 22, 2.0)
+        );
     }
 }

@@ -22,7 +22,7 @@ use crate::launcher::{Launcher, Programs};
 use crate::service::{
     control::ControlService, fleet::FleetService, serverappio::ServerAppIoService,
 };
-use flwr_state::{Clock, Stores, SystemClock};
+use flwr_state::{Clock, LinkState, Stores, SystemClock};
 
 /// Why the SuperLink could not start.
 #[derive(Debug, thiserror::Error)]
@@ -292,6 +292,7 @@ impl App {
             stop,
             tracker,
             failure,
+            state: self.stores.state,
         }
     }
 }
@@ -384,6 +385,8 @@ pub struct Running {
     stop: CancellationToken,
     tracker: TaskTracker,
     failure: Arc<Mutex<Option<String>>>,
+    /// Flushed once the servers have stopped.
+    state: Arc<dyn LinkState>,
 }
 
 impl Running {
@@ -407,12 +410,17 @@ impl Running {
             .unwrap_or_else(|| "stopped".to_owned())
     }
 
-    /// Stops accepting, drains in-flight calls and waits for every task, at most `deadline`.
-    /// Returns false when the deadline passed first.
+    /// Stops accepting, drains in-flight calls, waits for every task and writes what the state
+    /// holds back, at most `deadline`. Returns false when the deadline passed first.
     pub async fn shutdown(self, deadline: Duration) -> bool {
         self.stop.cancel();
-        tokio::time::timeout(deadline, self.tracker.wait())
-            .await
-            .is_ok()
+        tokio::time::timeout(deadline, async {
+            self.tracker.wait().await;
+            if let Err(e) = self.state.flush().await {
+                tracing::warn!("state not written at shutdown: {e}");
+            }
+        })
+        .await
+        .is_ok()
     }
 }

@@ -16,9 +16,10 @@
 
 mod listen;
 mod target;
+mod usage;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -182,14 +183,42 @@ struct Shared {
     /// The task that listens for them (started once the schema is there; aborted with the
     /// engines).
     listener: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
+    /// Traffic and runtime counted here, not yet added to the run rows.
+    usage: usage::PendingUsage,
+    /// The task that adds them every second (aborted with the engines).
+    flusher: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        if let Some(listener) = self.listener.get() {
-            listener.abort();
+        for task in [self.listener.get(), self.flusher.get()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
         }
     }
+}
+
+/// Every [`usage::FLUSH_EVERY`], while the engines live: adds the counted usage to the run rows
+/// and ends the ServerApp tokens that expired.
+fn spawn_flusher(shared: Weak<Shared>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(usage::FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            if let Err(e) = shared.flush_usage().await {
+                tracing::debug!("run usage kept for the next try: {e}");
+            }
+            if let Err(e) = shared.expire_tokens().await {
+                tracing::debug!("expired tokens left for the next sweep: {e}");
+            }
+        }
+    })
 }
 
 /// Sends a notification to every replica (delivered when the transaction commits).
@@ -247,10 +276,13 @@ pub async fn connect(options: PgOptions, clock: Arc<dyn Clock>) -> Result<Stores
         name,
         hints,
         listener: std::sync::OnceLock::new(),
+        usage: usage::PendingUsage::default(),
+        flusher: std::sync::OnceLock::new(),
     });
     shared.migrate().await?;
     // Notifications are listened for once there are tables to rebuild the hints from.
     let _ = shared.listener.set(start_listener());
+    let _ = shared.flusher.set(spawn_flusher(Arc::downgrade(&shared)));
     Ok(Stores {
         state: Arc::new(PgLinkState {
             shared: shared.clone(),
@@ -342,7 +374,64 @@ macro_rules! in_tx {
     }};
 }
 
+/// Runs `$body` on a pooled connection without a transaction: for reads of one statement, or
+/// of several whose answers need not be one snapshot (each statement of a READ COMMITTED
+/// transaction sees its own snapshot anyway). Two round trips fewer than [`in_tx!`].
+macro_rules! read {
+    ($shared:expr, |$client:ident| $body:expr) => {{
+        let shared: &Shared = $shared;
+        match shared.pool.get().await {
+            Err(e) => Err(pool_error(&shared.name, e)),
+            Ok(client) => {
+                let $client = &client;
+                let outcome: Result<_, tokio_postgres::Error> = $body;
+                outcome.map_err(|e| pg_error(&shared.name, &e))
+            }
+        }
+    }};
+}
+
 impl Shared {
+    /// Ends the ServerApp tokens that expired (and fails their runs), whoever reads them.
+    async fn expire_tokens(&self) -> Result<(), StateError> {
+        in_tx!(self, |tx, now| async { expire_tokens(tx, now).await }.await)
+    }
+
+    /// Adds the usage counted here to the run rows, in one statement; on failure the counts are
+    /// kept for the next try.
+    async fn flush_usage(&self) -> Result<(), StateError> {
+        let taken = self.usage.take();
+        if taken.is_empty() {
+            return Ok(());
+        }
+        // In run order, so that two replicas flushing the same runs take the row locks alike.
+        let mut rows: Vec<(&RunId, &usage::Usage)> = taken.iter().collect();
+        rows.sort_by_key(|(run_id, _)| **run_id);
+        let run_ids: Vec<i64> = rows.iter().map(|(r, _)| id(**r)).collect();
+        let sent: Vec<i64> = rows.iter().map(|(_, u)| id(u.sent)).collect();
+        let recv: Vec<i64> = rows.iter().map(|(_, u)| id(u.recv)).collect();
+        let runtime: Vec<f64> = rows.iter().map(|(_, u)| u.runtime).collect();
+        let written = in_tx!(self, |tx, _now| async {
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE run SET bytes_sent = run.bytes_sent + u.sent, \
+                     bytes_recv = run.bytes_recv + u.recv, \
+                     clientapp_runtime = run.clientapp_runtime + u.runtime \
+                     FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::DOUBLE PRECISION[]) \
+                     AS u(run_id, sent, recv, runtime) WHERE run.run_id = u.run_id",
+                )
+                .await?;
+            tx.execute(&stmt, &[&run_ids, &sent, &recv, &runtime])
+                .await
+                .map(|_| ())
+        }
+        .await);
+        if written.is_err() {
+            self.usage.restore(taken);
+        }
+        written
+    }
+
     /// Creates the schema, or checks the one there, under the advisory lock.
     async fn migrate(&self) -> Result<(), StateError> {
         let version = in_tx!(self, |tx, _now| async {
@@ -409,6 +498,8 @@ fn node_from_row(r: &Row) -> Node {
 }
 
 const RUN_COLS: &str = "run_id, fab_id, fab_version, fab_hash, override_config, pending_at, starting_at, running_at, finished_at, status, sub_status, details, flwr_aid, federation, bytes_sent, bytes_recv, clientapp_runtime, run_type, federation_config";
+/// The number of [`RUN_COLS`].
+const RUN_COLS_LEN: usize = 19;
 
 fn run_from_row(r: &Row) -> Run {
     let status: &str = r.get(9);
@@ -896,11 +987,36 @@ impl LinkState for PgLinkState {
     }
 
     async fn run(&self, run_id: RunId) -> Result<Option<Run>, StateError> {
-        in_tx!(&self.shared, |tx, now| async {
-            expire_tokens(tx, now).await?;
-            get_run(tx, run_id, false).await
+        // One statement: the run and its token's deadline. Only when that deadline has passed
+        // does the token expire (in a transaction) before the run is read again.
+        let found = read!(&self.shared, |c| {
+            async {
+            let stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {RUN_COLS}, (SELECT active_until FROM token t WHERE t.run_id = run.run_id) \
+                     FROM run WHERE run_id = $1"
+                ))
+                .await?;
+            Ok(c.query_opt(&stmt, &[&id(run_id)])
+                .await?
+                .map(|r| (run_from_row(&r), r.get::<_, Option<f64>>(RUN_COLS_LEN))))
         }
-        .await)
+        .await
+        })?;
+        let mut run = match found {
+            Some((_, Some(until))) if until < self.shared.clock.now() => {
+                in_tx!(&self.shared, |tx, now| async {
+                    expire_tokens(tx, now).await?;
+                    get_run(tx, run_id, false).await
+                }
+                .await)?
+            }
+            found => found.map(|(run, _)| run),
+        };
+        if let Some(run) = &mut run {
+            self.shared.usage.apply(run);
+        }
+        Ok(run)
     }
 
     async fn runs_of(&self, flwr_aid: &str) -> Result<Vec<Run>, StateError> {
@@ -916,9 +1032,15 @@ impl LinkState for PgLinkState {
                 .await?
                 .iter()
                 .map(run_from_row)
-                .collect())
+                .collect::<Vec<_>>())
         }
         .await)
+        .map(|mut runs| {
+            for run in &mut runs {
+                self.shared.usage.apply(run);
+            }
+            runs
+        })
     }
 
     async fn pending_run_ids(&self) -> Result<Vec<RunId>, StateError> {
@@ -989,21 +1111,19 @@ impl LinkState for PgLinkState {
         recv: u64,
         clientapp_runtime: f64,
     ) -> Result<(), StateError> {
-        in_tx!(&self.shared, |tx, _now| async {
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE run SET bytes_sent = bytes_sent + $2, bytes_recv = bytes_recv + $3, \
-                     clientapp_runtime = clientapp_runtime + $4 WHERE run_id = $1",
-                )
-                .await?;
-            tx.execute(
-                &stmt,
-                &[&id(run_id), &id(sent), &id(recv), &clientapp_runtime],
-            )
-            .await?;
-            Ok(())
+        let usage = usage::Usage {
+            sent,
+            recv,
+            runtime: clientapp_runtime,
+        };
+        if self.shared.usage.add(run_id, usage) {
+            self.shared.flush_usage().await?;
         }
-        .await)
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), StateError> {
+        self.shared.flush_usage().await
     }
 
     async fn context(&self, run_id: RunId) -> Result<Option<Bytes>, StateError> {
@@ -1056,6 +1176,21 @@ impl LinkState for PgLinkState {
     }
 
     async fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError> {
+        let found = read!(&self.shared, |c| async {
+            let stmt = c
+                .prepare_cached("SELECT run_id, active_until FROM token WHERE token = $1")
+                .await?;
+            Ok(c.query_opt(&stmt, &[&token])
+                .await?
+                .map(|r| (uid(r.get(0)), r.get::<_, f64>(1))))
+        }
+        .await)?;
+        match found {
+            Some((run_id, until)) if until >= self.shared.clock.now() => return Ok(Some(run_id)),
+            None => return Ok(None),
+            Some(_) => {}
+        }
+        // Expired: it ends here (with its run) unless another replica got there first.
         in_tx!(&self.shared, |tx, now| async {
             expire_tokens(tx, now).await?;
             let stmt = tx
@@ -1282,57 +1417,113 @@ impl LinkState for PgLinkState {
     }
 
     async fn take_replies(&self, message_ids: &[String]) -> Result<Vec<PulledReply>, StateError> {
-        in_tx!(&self.shared, |tx, now| async {
+        let mut ids: Vec<&str> = Vec::new();
+        let mut seen = HashSet::new();
+        for message_id in message_ids {
+            if seen.insert(message_id.as_str()) {
+                ids.push(message_id);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A few statements for the whole list, however long: the instructions (locked, in one
+        // order so that replicas taking overlapping lists do not deadlock), their nodes, their
+        // replies, then one delete of everything answered.
+        in_tx!(&self.shared, |tx, now| {
+            async {
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {META_COLS} FROM message_ins WHERE message_id = ANY($1) \
+                     ORDER BY message_id FOR UPDATE"
+                ))
+                .await?;
+            let instructions: HashMap<String, MessageMeta> = tx
+                .query(&stmt, &[&ids])
+                .await?
+                .iter()
+                .map(|r| {
+                    let m = meta_from_row(r, 0);
+                    (m.message_id.clone(), m)
+                })
+                .collect();
+            let nodes: Vec<i64> = instructions.values().map(|m| id(m.dst_node_id)).collect();
+            let stmt = tx
+                .prepare_cached(
+                    "SELECT node_id, online_until FROM node \
+                     WHERE node_id = ANY($1) AND status != 'unregistered'",
+                )
+                .await?;
+            let online_until: HashMap<NodeId, Option<f64>> = tx
+                .query(&stmt, &[&nodes])
+                .await?
+                .iter()
+                .map(|r| (uid(r.get(0)), r.get(1)))
+                .collect();
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT ins_id, {META_COLS} FROM message_res WHERE ins_id = ANY($1) AND NOT delivered"
+                ))
+                .await?;
+            let replies: HashMap<String, MessageMeta> = tx
+                .query(&stmt, &[&ids])
+                .await?
+                .iter()
+                .map(|r| (r.get(0), meta_from_row(r, 1)))
+                .collect();
             let mut out = Vec::new();
-            let mut seen = HashSet::new();
-            for message_id in message_ids {
-                if !seen.insert(message_id.as_str()) {
-                    continue;
-                }
-                let Some(ins) = instruction(tx, message_id, true).await? else {
+            let mut answered: Vec<&str> = Vec::new();
+            for message_id in &ids {
+                let Some(ins) = instructions.get(*message_id) else {
                     out.push(PulledReply::Generated(message_unavailable(message_id, now)));
                     continue;
                 };
-                if expired(&ins, now) {
-                    delete_message(tx, message_id).await?;
+                if expired(ins, now) {
+                    answered.push(message_id);
                     out.push(PulledReply::Generated(message_unavailable(message_id, now)));
                     continue;
                 }
-                let online_until = get_node(tx, ins.dst_node_id, false)
-                    .await?
-                    .filter(|n| n.status != NodeStatus::Unregistered)
-                    .and_then(|n| n.online_until);
-                if online_until.is_none_or(|t| t < now) {
+                let online = online_until
+                    .get(&ins.dst_node_id)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|t| t >= now);
+                if !online {
+                    answered.push(message_id);
                     out.push(PulledReply::Generated(error_reply_for(
-                        &ins,
+                        ins,
                         error_code::NODE_UNAVAILABLE,
                         now,
                     )));
-                    delete_message(tx, message_id).await?;
                     continue;
                 }
-                let stmt = tx
-                    .prepare_cached(&format!(
-                        "SELECT {META_COLS} FROM message_res WHERE ins_id = $1 AND NOT delivered"
-                    ))
-                    .await?;
-                if let Some(row) = tx.query_opt(&stmt, &[&message_id]).await? {
-                    let reply = meta_from_row(&row, 0);
+                if let Some(reply) = replies.get(*message_id) {
+                    answered.push(message_id);
                     if reply.created_at + reply.ttl < now {
                         out.push(PulledReply::Generated(error_reply_for(
-                            &ins,
+                            ins,
                             error_code::REPLY_MESSAGE_UNAVAILABLE,
                             now,
                         )));
                     } else {
-                        out.push(PulledReply::Stored(reply));
+                        out.push(PulledReply::Stored(reply.clone()));
                     }
-                    delete_message(tx, message_id).await?;
                 }
+            }
+            if !answered.is_empty() {
+                let stmt = tx
+                    .prepare_cached("DELETE FROM message_ins WHERE message_id = ANY($1)")
+                    .await?;
+                tx.execute(&stmt, &[&answered]).await?;
+                let stmt = tx
+                    .prepare_cached("DELETE FROM message_res WHERE ins_id = ANY($1)")
+                    .await?;
+                tx.execute(&stmt, &[&answered]).await?;
             }
             Ok(out)
         }
-        .await)
+        .await
+        })
     }
 
     async fn delete_messages(&self, message_ids: &[String]) -> Result<(), StateError> {
@@ -1497,12 +1688,12 @@ impl ObjectStore for PgObjects {
     }
 
     async fn get(&self, oid: &ObjectId) -> Result<Lookup, StoreError> {
-        in_tx!(&self.shared, |tx, _now| async {
-            let stmt = tx
+        read!(&self.shared, |c| async {
+            let stmt = c
                 .prepare_cached("SELECT content FROM object WHERE object_id = $1")
                 .await?;
             Ok(
-                match tx.query_opt(&stmt, &[&oid.as_bytes().as_slice()]).await? {
+                match c.query_opt(&stmt, &[&oid.as_bytes().as_slice()]).await? {
                     None => Lookup::Unknown,
                     Some(r) => match r.get::<_, Option<Vec<u8>>>(0) {
                         None => Lookup::Pending,
@@ -1544,7 +1735,7 @@ impl ObjectStore for PgObjects {
     }
 
     async fn tree(&self, root: &ObjectId) -> Result<Option<ObjectTree>, StoreError> {
-        in_tx!(&self.shared, |tx, _now| async {
+        read!(&self.shared, |tx| async {
             // One query per level (Message → RecordDict → record → Array → chunk).
             let mut children: HashMap<ObjectId, Vec<ObjectId>> = HashMap::new();
             let mut level = vec![*root];
