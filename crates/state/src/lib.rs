@@ -462,6 +462,11 @@ pub trait LinkState: Send + Sync {
     }
 
     // ----- runs -----
+    /// True when the engine knows without asking that the run is `running` (and its ServerApp
+    /// token, if any, has not expired); false when it must be asked with [`LinkState::run`].
+    fn cached_running(&self, _run_id: RunId) -> bool {
+        false
+    }
     /// Creates a `pending` run and stores its initial context.
     async fn create_run(&self, run: NewRun) -> Result<RunId, StateError>;
     /// One run (after token expiry is applied).

@@ -106,4 +106,60 @@ mod replicas {
             (16, 22, 2.0)
         );
     }
+
+    /// Reads `run` until `s` knows it is running (its listener may still be connecting, and a
+    /// status change that crosses a read keeps that read from being remembered).
+    async fn read_until_cached(s: &Arc<dyn LinkState>, run: RunId) {
+        let start = Instant::now();
+        while !s.cached_running(run) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "never cached: run {run}"
+            );
+            s.run(run).await.unwrap().unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_running_run_is_known_without_asking_until_it_changes_anywhere() {
+        let url = flwr_testkit::postgres::shared().create_database();
+        let clock = Arc::new(ManualClock::new());
+        let a = replica(&url, clock.clone()).await.state;
+        let b = replica(&url, clock.clone()).await.state;
+        let run = a.create_run(link::new_run()).await.unwrap();
+        assert!(!b.cached_running(run), "pending: ask");
+        a.create_token(run).await.unwrap().unwrap();
+        for status in [Status::Starting, Status::Running] {
+            assert!(a
+                .update_run_status(run, RunStatus::new(status))
+                .await
+                .unwrap());
+        }
+        // Once B has read it as running (and listens), B knows without asking.
+        read_until_cached(&b, run).await;
+        // Its ServerApp token's deadline passes: B asks again, and the run has failed.
+        clock.advance(heartbeat::DEFAULT_INTERVAL + 1.0);
+        assert!(!b.cached_running(run), "an expired token ends what B knows");
+        assert_eq!(
+            b.run(run).await.unwrap().unwrap().status.status,
+            Status::Finished
+        );
+        assert!(!b.cached_running(run));
+
+        // Another run, finished through A: A forgets at once, B when A's notification arrives.
+        let other = a.create_run(link::new_run()).await.unwrap();
+        for status in [Status::Starting, Status::Running] {
+            assert!(a
+                .update_run_status(other, RunStatus::new(status))
+                .await
+                .unwrap());
+        }
+        read_until_cached(&a, other).await;
+        read_until_cached(&b, other).await;
+        let finished = RunStatus::finished(SubStatus::Completed, "");
+        assert!(a.update_run_status(other, finished).await.unwrap());
+        assert!(!a.cached_running(other), "A forgets at once");
+        eventually("B forgets the finished run", || !b.cached_running(other)).await;
+    }
 }

@@ -1,8 +1,9 @@
 //! What a replica learns from the others, through PostgreSQL's `LISTEN`/`NOTIFY`: which nodes may
-//! have queued instructions, which node keys were unregistered, which runs have new log output.
+//! have queued instructions, which node keys were unregistered, which runs changed status or have
+//! new log output.
 //!
-//! The hints answer the Fleet API's most frequent calls (an empty poll, a known key) without a
-//! database round trip. They may say "maybe" for nothing, never "no" for something: they are
+//! The hints answer the most frequent questions (an empty poll, a known key, a running run)
+//! without a database round trip. They may say "maybe" for nothing, never "no" for something: they are
 //! used only while the listener is connected and has rebuilt them since it connected
 //! (notifications sent while it was away are lost), and a hint is only removed when no
 //! notification for it arrived since the query that found nothing.
@@ -21,13 +22,25 @@ use crate::{NodeId, RunId};
 /// The notification channel.
 pub(crate) const CHANNEL: &str = "flwr_events";
 
-/// Payload prefixes: a queued instruction for a node, an unregistered node, new log output.
+/// Payload prefixes: a queued instruction for a node, an unregistered node, new log output, a
+/// run's new status (which also wakes its log streams: they end when it finishes).
 pub(crate) const INSTRUCTION: char = 'i';
 pub(crate) const UNREGISTERED: char = 'u';
 pub(crate) const LOG: char = 'l';
+pub(crate) const RUN_STATUS: char = 'r';
 
 /// Keys remembered before the cache starts over (a bound on its memory).
 const KEY_LIMIT: usize = 100_000;
+/// Running runs remembered before the cache starts over.
+const RUN_LIMIT: usize = 10_000;
+
+/// Taken before a query whose answer may be remembered: what was current then.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mark {
+    seq: u64,
+    keys_gen: u64,
+    runs_gen: u64,
+}
 
 /// The hints, shared by the engines and the listener task.
 pub(crate) struct Hints {
@@ -41,6 +54,10 @@ pub(crate) struct Hints {
     keys: RwLock<HashMap<Vec<u8>, NodeId>>,
     /// Bumped on every unregistration.
     keys_gen: AtomicU64,
+    /// Runs known to be running, with their ServerApp token's deadline (`None`: no token).
+    running: Mutex<HashMap<RunId, Option<f64>>>,
+    /// Bumped on every change of a run's status.
+    runs_gen: AtomicU64,
     /// Runs with new log output.
     logs: broadcast::Sender<RunId>,
 }
@@ -53,6 +70,8 @@ impl Default for Hints {
             queued: Mutex::new(HashMap::new()),
             keys: RwLock::new(HashMap::new()),
             keys_gen: AtomicU64::new(0),
+            running: Mutex::new(HashMap::new()),
+            runs_gen: AtomicU64::new(0),
             logs: broadcast::channel(1024).0,
         }
     }
@@ -68,18 +87,19 @@ impl Hints {
         !self.live() || self.queued.lock().contains_key(&node)
     }
 
-    /// A mark to take before a query whose empty result may clear hints.
-    pub(crate) fn mark(&self) -> (u64, u64) {
-        (
-            self.seq.load(Ordering::SeqCst),
-            self.keys_gen.load(Ordering::SeqCst),
-        )
+    /// A mark to take before a query whose answer may change the hints.
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            seq: self.seq.load(Ordering::SeqCst),
+            keys_gen: self.keys_gen.load(Ordering::SeqCst),
+            runs_gen: self.runs_gen.load(Ordering::SeqCst),
+        }
     }
 
     /// A pull found nothing for `node`: forget its hint, unless a notification came since `mark`.
-    pub(crate) fn found_nothing(&self, node: NodeId, mark: (u64, u64)) {
+    pub(crate) fn found_nothing(&self, node: NodeId, mark: Mark) {
         let mut queued = self.queued.lock();
-        if queued.get(&node).is_some_and(|seq| *seq <= mark.0) {
+        if queued.get(&node).is_some_and(|seq| *seq <= mark.seq) {
             queued.remove(&node);
         }
     }
@@ -106,18 +126,51 @@ impl Hints {
     }
 
     /// Remembers a key's node, unless an unregistration came since `mark`.
-    pub(crate) fn remember_key(&self, key: &[u8], node: NodeId, mark: (u64, u64)) {
+    pub(crate) fn remember_key(&self, key: &[u8], node: NodeId, mark: Mark) {
         if !self.live() {
             return;
         }
         let mut keys = self.keys.write();
-        if self.keys_gen.load(Ordering::SeqCst) != mark.1 {
+        if self.keys_gen.load(Ordering::SeqCst) != mark.keys_gen {
             return;
         }
         if keys.len() >= KEY_LIMIT {
             keys.clear();
         }
         keys.insert(key.to_vec(), node);
+    }
+
+    /// True only when `run` is certainly running at `now`: read as running since the last change
+    /// of any run's status, and its ServerApp token (if any) not past its deadline.
+    pub(crate) fn is_running(&self, run: RunId, now: f64) -> bool {
+        self.live()
+            && self
+                .running
+                .lock()
+                .get(&run)
+                .is_some_and(|until| until.is_none_or(|u| u >= now))
+    }
+
+    /// Remembers a run read as running, unless a run changed status since `mark`.
+    pub(crate) fn remember_running(&self, run: RunId, token_until: Option<f64>, mark: Mark) {
+        if !self.live() {
+            return;
+        }
+        let mut running = self.running.lock();
+        if self.runs_gen.load(Ordering::SeqCst) != mark.runs_gen {
+            return;
+        }
+        if running.len() >= RUN_LIMIT {
+            running.clear();
+        }
+        running.insert(run, token_until);
+    }
+
+    /// `run` changed status (through this replica or another).
+    pub(crate) fn forget_run(&self, run: RunId) {
+        let mut running = self.running.lock();
+        self.runs_gen.fetch_add(1, Ordering::SeqCst);
+        running.remove(&run);
     }
 
     /// Log events, while they are delivered.
@@ -137,6 +190,10 @@ impl Hints {
                 self.queued.lock().insert(id, seq);
             }
             Some(UNREGISTERED) => self.forget_node(id),
+            Some(RUN_STATUS) => {
+                self.forget_run(id);
+                let _ = self.logs.send(id);
+            }
             Some(LOG) => {
                 let _ = self.logs.send(id);
             }
@@ -151,6 +208,11 @@ impl Hints {
             let mut keys = self.keys.write();
             self.keys_gen.fetch_add(1, Ordering::SeqCst);
             keys.clear();
+        }
+        {
+            let mut running = self.running.lock();
+            self.runs_gen.fetch_add(1, Ordering::SeqCst);
+            running.clear();
         }
         *self.queued.lock() = queued.into_iter().map(|n| (n, seq)).collect();
         self.live.store(true, Ordering::SeqCst);
@@ -259,5 +321,22 @@ mod tests {
         assert_eq!(h.node_of_key(b"k"), Some(5));
         h.apply("u5");
         assert_eq!(h.node_of_key(b"k"), None);
+        // Runs: a status change between the read and the insert wins; a token's deadline ends it.
+        let mark = h.mark();
+        h.apply("r3");
+        h.remember_running(3, None, mark);
+        assert!(!h.is_running(3, 0.0));
+        let mark = h.mark();
+        h.remember_running(3, Some(100.0), mark);
+        assert!(h.is_running(3, 100.0) && !h.is_running(3, 100.5));
+        h.apply("r3");
+        assert!(!h.is_running(3, 0.0));
+        let mark = h.mark();
+        h.remember_running(3, None, mark);
+        h.rebuild(vec![]);
+        assert!(
+            !h.is_running(3, 0.0),
+            "a reconnection forgets what it may have missed"
+        );
     }
 }

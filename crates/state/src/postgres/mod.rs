@@ -663,8 +663,13 @@ async fn expire_tokens(tx: &Tx<'_>, now: f64) -> PgResult<()> {
                  finished_at = $3 WHERE run_id = $1 AND status != 'finished'",
             )
             .await?;
-        tx.execute(&stmt, &[&run_id, &NO_HEARTBEAT_DETAILS, &until])
-            .await?;
+        if tx
+            .execute(&stmt, &[&run_id, &NO_HEARTBEAT_DETAILS, &until])
+            .await?
+            > 0
+        {
+            notify(tx, listen::RUN_STATUS, uid(run_id)).await?;
+        }
     }
     Ok(())
 }
@@ -783,6 +788,12 @@ impl LinkState for PgLinkState {
 
     fn cached_node_id(&self, public_key: &[u8]) -> Option<NodeId> {
         self.shared.hints.node_of_key(public_key)
+    }
+
+    fn cached_running(&self, run_id: RunId) -> bool {
+        self.shared
+            .hints
+            .is_running(run_id, self.shared.clock.now())
     }
 
     fn may_have_instruction(&self, node_id: NodeId) -> bool {
@@ -989,6 +1000,7 @@ impl LinkState for PgLinkState {
     async fn run(&self, run_id: RunId) -> Result<Option<Run>, StateError> {
         // One statement: the run and its token's deadline. Only when that deadline has passed
         // does the token expire (in a transaction) before the run is read again.
+        let mark = self.shared.hints.mark();
         let found = read!(&self.shared, |c| {
             async {
             let stmt = c
@@ -1011,7 +1023,12 @@ impl LinkState for PgLinkState {
                 }
                 .await)?
             }
-            found => found.map(|(run, _)| run),
+            found => found.map(|(run, until)| {
+                if run.status.status == Status::Running {
+                    self.shared.hints.remember_running(run_id, until, mark);
+                }
+                run
+            }),
         };
         if let Some(run) = &mut run {
             self.shared.usage.apply(run);
@@ -1095,12 +1112,15 @@ impl LinkState for PgLinkState {
                 ],
             )
             .await?;
-            // Log streams end when the run finishes: wake them.
-            notify(tx, listen::LOG, run_id).await?;
+            // Other replicas forget it was running; log streams end when it finishes.
+            notify(tx, listen::RUN_STATUS, run_id).await?;
             Ok(Some(true))
         }
         .await
         })?;
+        if applied == Some(true) {
+            self.shared.hints.forget_run(run_id);
+        }
         applied.ok_or(StateError::RunNotFound(run_id))
     }
 
@@ -1566,33 +1586,50 @@ fn children_of(blob: &[u8]) -> Vec<ObjectId> {
         .collect()
 }
 
-/// Deletes `root` if nothing references it, then the children that become unreferenced.
+/// Deletes `root` if nothing references it, then the children that become unreferenced: one
+/// level of the tree at a time.
 async fn delete_cascading(tx: &Tx<'_>, root: &ObjectId) -> PgResult<()> {
-    let mut stack = vec![*root];
-    while let Some(oid) = stack.pop() {
-        let key = oid.as_bytes().as_slice();
+    let mut level: Vec<Vec<u8>> = vec![root.as_bytes().to_vec()];
+    for _ in 0..=64 {
+        if level.is_empty() {
+            break;
+        }
+        level.sort_unstable();
+        level.dedup();
         let stmt = tx
             .prepare_cached(
-                "DELETE FROM object WHERE object_id = $1 AND ref_count = 0 RETURNING children",
+                "DELETE FROM object WHERE object_id = ANY($1) AND ref_count = 0 RETURNING object_id, children",
             )
             .await?;
-        let Some(row) = tx.query_opt(&stmt, &[&key]).await? else {
-            continue;
-        };
-        let children: Vec<u8> = row.get(0);
-        let stmt = tx
-            .prepare_cached("DELETE FROM object_run WHERE object_id = $1")
-            .await?;
-        tx.execute(&stmt, &[&key]).await?;
-        for c in children_of(&children) {
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE object SET ref_count = GREATEST(ref_count - 1, 0) WHERE object_id = $1",
-                )
-                .await?;
-            tx.execute(&stmt, &[&c.as_bytes().as_slice()]).await?;
-            stack.push(c);
+        let rows = tx.query(&stmt, &[&level]).await?;
+        if rows.is_empty() {
+            break;
         }
+        let deleted: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+        let stmt = tx
+            .prepare_cached("DELETE FROM object_run WHERE object_id = ANY($1)")
+            .await?;
+        tx.execute(&stmt, &[&deleted]).await?;
+        let mut released: HashMap<Vec<u8>, i32> = HashMap::new();
+        for row in &rows {
+            for c in children_of(&row.get::<_, Vec<u8>>(1)) {
+                *released.entry(c.as_bytes().to_vec()).or_default() += 1;
+            }
+        }
+        if released.is_empty() {
+            break;
+        }
+        let mut counts: Vec<(Vec<u8>, i32)> = released.into_iter().collect();
+        counts.sort_unstable();
+        let (ids, n): (Vec<Vec<u8>>, Vec<i32>) = counts.into_iter().unzip();
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE object SET ref_count = GREATEST(object.ref_count - u.n, 0) \
+                 FROM unnest($1::BYTEA[], $2::INT[]) AS u(k, n) WHERE object_id = u.k",
+            )
+            .await?;
+        tx.execute(&stmt, &[&ids, &n]).await?;
+        level = ids;
     }
     Ok(())
 }
@@ -1616,52 +1653,88 @@ impl ObjectStore for PgObjects {
         run_id: u64,
         tree: &ObjectTree,
     ) -> Result<Vec<ObjectId>, StoreError> {
+        // Each distinct object once, children before parents; then four statements for the
+        // whole tree, however large.
+        let mut seen = HashSet::new();
+        let nodes: Vec<&ObjectTree> = tree
+            .post_order()
+            .into_iter()
+            .filter(|n| seen.insert(n.id))
+            .collect();
+        let keys: Vec<&[u8]> = nodes.iter().map(|n| n.id.as_bytes().as_slice()).collect();
+        let blobs: Vec<Vec<u8>> = nodes
+            .iter()
+            .map(|n| children_blob(&n.children.iter().map(|c| c.id).collect::<Vec<_>>()))
+            .collect();
+        // Keys in one order, so that replicas inserting overlapping trees wait rather than
+        // deadlock.
+        let mut sorted: Vec<(&[u8], &[u8])> = keys
+            .iter()
+            .copied()
+            .zip(blobs.iter().map(Vec::as_slice))
+            .collect();
+        sorted.sort_unstable();
+        let (sorted_keys, sorted_blobs): (Vec<&[u8]>, Vec<&[u8]>) = sorted.into_iter().unzip();
         in_tx!(&self.shared, |tx, _now| async {
-            let mut to_push = Vec::new();
-            let mut seen = HashSet::new();
-            for node in tree.post_order() {
-                let key = node.id.as_bytes().as_slice();
-                let children: Vec<ObjectId> = node.children.iter().map(|c| c.id).collect();
-                // Inserted once across replicas: only the inserter counts the references.
-                let stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO object (object_id, content, children, ref_count) VALUES ($1, NULL, $2, 0) \
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .await?;
-                let inserted = tx.execute(&stmt, &[&key, &children_blob(&children)]).await? == 1;
-                if inserted {
-                    for c in &children {
-                        let stmt = tx
-                            .prepare_cached(
-                                "UPDATE object SET ref_count = ref_count + 1 WHERE object_id = $1",
-                            )
-                            .await?;
-                        tx.execute(&stmt, &[&c.as_bytes().as_slice()]).await?;
-                    }
-                    if seen.insert(node.id) {
-                        to_push.push(node.id);
-                    }
-                } else {
-                    let stmt = tx
-                        .prepare_cached("SELECT content IS NOT NULL FROM object WHERE object_id = $1")
-                        .await?;
-                    let available: bool = tx
-                        .query_opt(&stmt, &[&key])
-                        .await?
-                        .is_some_and(|r| r.get(0));
-                    if !available && seen.insert(node.id) {
-                        to_push.push(node.id);
-                    }
+            // Inserted once across replicas: only the inserter counts the references.
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO object (object_id, content, children, ref_count) \
+                     SELECT k, NULL, c, 0 FROM unnest($1::BYTEA[], $2::BYTEA[]) AS u(k, c) \
+                     ON CONFLICT DO NOTHING RETURNING object_id",
+                )
+                .await?;
+            let inserted: HashSet<Vec<u8>> = tx
+                .query(&stmt, &[&sorted_keys, &sorted_blobs])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let mut references: HashMap<&[u8], i32> = HashMap::new();
+            for node in nodes.iter().filter(|n| inserted.contains(n.id.as_bytes().as_slice())) {
+                for c in &node.children {
+                    *references.entry(c.id.as_bytes().as_slice()).or_default() += 1;
                 }
+            }
+            if !references.is_empty() {
+                let mut counts: Vec<(&[u8], i32)> = references.into_iter().collect();
+                counts.sort_unstable();
+                let (ids, n): (Vec<&[u8]>, Vec<i32>) = counts.into_iter().unzip();
                 let stmt = tx
                     .prepare_cached(
-                        "INSERT INTO object_run (object_id, run_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                        "UPDATE object SET ref_count = object.ref_count + u.n \
+                         FROM unnest($1::BYTEA[], $2::INT[]) AS u(k, n) WHERE object_id = u.k",
                     )
                     .await?;
-                tx.execute(&stmt, &[&key, &id(run_id)]).await?;
+                tx.execute(&stmt, &[&ids, &n]).await?;
             }
-            Ok(to_push)
+            // Objects that were there already still need their content when it is missing.
+            let stmt = tx
+                .prepare_cached(
+                    "SELECT object_id FROM object WHERE object_id = ANY($1) AND content IS NOT NULL",
+                )
+                .await?;
+            let available: HashSet<Vec<u8>> = tx
+                .query(&stmt, &[&sorted_keys])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO object_run (object_id, run_id) SELECT k, $2 FROM unnest($1::BYTEA[]) AS k \
+                     ON CONFLICT DO NOTHING",
+                )
+                .await?;
+            tx.execute(&stmt, &[&sorted_keys, &id(run_id)]).await?;
+            Ok(nodes
+                .iter()
+                .filter(|n| {
+                    let key = n.id.as_bytes().as_slice();
+                    inserted.contains(key) || !available.contains(key)
+                })
+                .map(|n| n.id)
+                .collect())
         }
         .await)
         .map_err(store_error)
