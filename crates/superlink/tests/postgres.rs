@@ -1,6 +1,7 @@
 //! The SuperLink on PostgreSQL: refusals at start (unreachable server, wrong password, a URL of
-//! another database, a newer schema), replicas starting together on an empty database, and a
-//! federation of Python SuperNodes through it.
+//! another database, a newer schema), TLS to a server that takes only encrypted connections in
+//! each `sslmode`, replicas starting together on an empty database, and a federation of Python
+//! SuperNodes through it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
@@ -96,6 +97,85 @@ fn bad_databases_are_refused_at_start_naming_the_problem() {
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("schema version 999") && out.contains("newer"),
+        "{out}"
+    );
+}
+
+/// The URL of `url`'s database with `query` instead of its own.
+fn with_query(url: &str, query: &str) -> String {
+    let base = url.split('?').next().unwrap_or(url);
+    format!("{base}?{query}")
+}
+
+/// How many of the SuperLink's connections to `url`'s cluster are encrypted and how many are not.
+fn superlink_connections(cluster: &postgres::PgCluster, url: &str) -> (u32, u32) {
+    let out = cluster.psql_in(
+        url,
+        "SELECT COUNT(*) FILTER (WHERE s.ssl), COUNT(*) FILTER (WHERE NOT s.ssl) \
+         FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'flwr-superlink'",
+    );
+    let (yes, no) = out.trim().split_once('|').unwrap();
+    (yes.parse().unwrap(), no.parse().unwrap())
+}
+
+#[test]
+fn tls_to_postgresql_is_verified_as_sslmode_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::Ca::new("database CA");
+    let (cert, key) = ca.issue(&["127.0.0.1"], pki::Validity::default());
+    let mut cluster = postgres::PgCluster::start_tls(&cert, &key);
+    let url = cluster.create_database();
+    let ca_file = dir.path().join("db-ca.crt");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let stranger = pki::Ca::new("another CA");
+    let stranger_file = dir.path().join("other-ca.crt");
+    std::fs::write(&stranger_file, stranger.cert_pem()).unwrap();
+    let root = |f: &std::path::Path| format!("sslrootcert={}", f.display());
+
+    // The server takes TLS only: without it the SuperLink is refused, and says how to ask for it.
+    let (code, out) = refused(&with_query(&url, "sslmode=disable"), &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("no encryption") && out.contains("sslmode=require"),
+        "{out}"
+    );
+
+    // verify-full against the right CA: served, and every connection is encrypted.
+    let good = with_query(&url, &format!("sslmode=verify-full&{}", root(&ca_file)));
+    let replica_home = dir.path().join("a");
+    let served = replica(&good, &replica_home);
+    let (tls, plain) = superlink_connections(&cluster, &url);
+    assert!(tls >= 1 && plain == 0, "encrypted {tls}, plaintext {plain}");
+    drop(served);
+
+    // Another CA: refused, naming the certificate and the file to check.
+    let (code, out) = refused(
+        &with_query(&url, &format!("sslmode=verify-ca&{}", root(&stranger_file))),
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("certificate") && out.contains("sslrootcert"),
+        "{out}"
+    );
+
+    // require without a CA encrypts without verifying (libpq's meaning).
+    let served = replica(&with_query(&url, "sslmode=require"), &dir.path().join("b"));
+    drop(served);
+
+    // A certificate for another name: verify-ca accepts it, verify-full does not.
+    let (cert, key) = ca.issue(&["db.example"], pki::Validity::default());
+    cluster.replace_certificate(&cert, &key);
+    let served = replica(
+        &with_query(&url, &format!("sslmode=verify-ca&{}", root(&ca_file))),
+        &dir.path().join("c"),
+    );
+    drop(served);
+    let (code, out) = refused(&good, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("certificate") && out.contains("127.0.0.1") && out.contains("verify-ca"),
         "{out}"
     );
 }

@@ -32,6 +32,8 @@ pub struct PgCluster {
     server: Mutex<Option<Proc>>,
     /// PostgreSQL's defaults for writing to disk (fsync, synchronous commit); tests turn them off.
     durable: bool,
+    /// The server's certificate and key files when it accepts TLS connections only.
+    tls: Option<(PathBuf, PathBuf)>,
     // Removes the files when a test's own cluster is dropped (the shared one is cleaned up by
     // its watchdog instead).
     _dir: Option<tempfile::TempDir>,
@@ -119,6 +121,40 @@ impl PgCluster {
         Self::start_with(true)
     }
 
+    /// A cluster of the test's own that accepts TLS connections only (a plaintext one is
+    /// rejected by `pg_hba.conf`), with `cert_pem` and `key_pem` as its certificate and key.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> PgCluster {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("flwr-pg-tls.")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("data");
+        let mut cluster = Self::init(&data);
+        let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+        std::fs::write(&cert, cert_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        // PostgreSQL refuses a key that others may read.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some(user) = &cluster.run_as {
+            let (uid, gid) = uid_gid_of(user);
+            for f in [&cert, &key] {
+                std::os::unix::fs::chown(f, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all scram-sha-256\n\
+             hostssl all all 127.0.0.1/32 scram-sha-256\n\
+             hostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+        cluster.tls = Some((cert, key));
+        cluster._dir = Some(dir);
+        cluster.start_server();
+        cluster
+    }
+
     fn start_with(durable: bool) -> PgCluster {
         let dir = tempfile::Builder::new()
             .prefix("flwr-pg.")
@@ -167,6 +203,7 @@ impl PgCluster {
             port: 0,
             server: Mutex::new(None),
             durable: false,
+            tls: None,
             _dir: None,
         }
     }
@@ -185,6 +222,12 @@ impl PgCluster {
             self.data.parent().unwrap().display()
         ))
         .args(["-c", "max_connections=300"]);
+        if let Some((cert, key)) = &self.tls {
+            c.args(["-c", "ssl=on", "-c"])
+                .arg(format!("ssl_cert_file={}", cert.display()))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", key.display()));
+        }
         if !self.durable {
             c.args([
                 "-c",
@@ -232,6 +275,18 @@ impl PgCluster {
             proc.signal(crate::process::Signal::SIGINT);
             let (_, _) = proc.wait(Duration::from_secs(60));
         }
+    }
+
+    /// Gives a [`PgCluster::start_tls`] cluster a new certificate and key, and restarts it.
+    pub fn replace_certificate(&mut self, cert_pem: &str, key_pem: &str) {
+        let (cert, key) = self
+            .tls
+            .clone()
+            .expect("replace_certificate: this cluster was not started with TLS");
+        // Written in place: the owner and the mode stay.
+        std::fs::write(cert, cert_pem).unwrap();
+        std::fs::write(key, key_pem).unwrap();
+        self.restart();
     }
 
     /// Starts the server again on the same port and data.

@@ -315,17 +315,80 @@ fn pg_error(name: &str, e: &tokio_postgres::Error) -> StateError {
             None => e.to_string(),
         },
     };
+    let detail = match fix_for(e) {
+        Some(fix) => format!("{detail} ({fix})"),
+        None => detail,
+    };
     if unavailable {
         StateError::Unavailable(format!("{name}: {detail}"))
-    } else if e.code() == Some(&SqlState::INVALID_PASSWORD)
-        || e.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
-    {
-        StateError::Backend(format!(
-            "{name}: {detail} (check the user and password: the URL, --database-password-file or PGPASSWORD)"
-        ))
     } else {
         StateError::Backend(format!("{name}: {detail}"))
     }
+}
+
+/// What the operator can do about a refused connection, when the error says enough.
+fn fix_for(e: &tokio_postgres::Error) -> Option<&'static str> {
+    use rustls::CertificateError as C;
+    if let Some(db) = e.as_db_error() {
+        return match *db.code() {
+            SqlState::INVALID_PASSWORD => {
+                Some("check the user and password: the URL, --database-password-file or PGPASSWORD")
+            }
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                if db.message().contains("no encryption") =>
+            {
+                Some(
+                    "the server takes encrypted connections only: add sslmode=require, or \
+                 sslmode=verify-full&sslrootcert=CA-FILE, to the URL",
+                )
+            }
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION => Some(
+                "the server does not let this user in to this database from here: check the \
+                 user, the password and the server's pg_hba.conf",
+            ),
+            _ => None,
+        };
+    }
+    let tls = tls_error(e)?;
+    Some(match tls {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            "the database server's certificate is not signed by a CA in sslrootcert (or in the \
+             system's roots when sslrootcert is not given): give its CA as sslrootcert=FILE"
+        }
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => {
+            "the database server's certificate does not name the host of the URL: connect by a \
+             name or address the certificate has, or use sslmode=verify-ca to check the CA only"
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the database server's certificate has expired: renew it on the server"
+        }
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "the database server's certificate is not valid yet: check the clocks"
+        }
+        _ => "TLS with the database server failed: check sslmode and sslrootcert in the URL",
+    })
+}
+
+/// The TLS error under a connection error, if that is what it is.
+fn tls_error(e: &tokio_postgres::Error) -> Option<&rustls::Error> {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(tls) = s.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        source = s.source();
+    }
+    None
 }
 
 fn pool_error(name: &str, e: deadpool_postgres::PoolError) -> StateError {
