@@ -85,6 +85,91 @@ pub fn status_constructors(text: &str) -> Vec<usize> {
     found
 }
 
+/// Dependencies that only generated code (tonic and prost output included from `OUT_DIR`) uses:
+/// `(crate directory, dependency)`.
+const USED_BY_GENERATED_CODE: &[(&str, &str)] = &[
+    ("loadgen", "prost"),
+    ("loadgen", "tonic-prost"),
+    ("proto", "tonic-prost"),
+];
+
+/// `crate: dependency` for each entry of a `[dependencies]` or `[dev-dependencies]` table of the
+/// crates under `crates_dir` that no source of that crate names (`dep::`, `use dep`). Regular
+/// dependencies are looked for in `src/` and `build.rs`, dev-dependencies also in `tests/`,
+/// `benches/` and `examples/`.
+pub fn unused_dependencies(crates_dir: &Path) -> Vec<String> {
+    let mut unused = Vec::new();
+    let mut crates: Vec<PathBuf> = std::fs::read_dir(crates_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("Cargo.toml").is_file())
+        .collect();
+    crates.sort();
+    for dir in crates {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        let text_of = |dirs: &[&str]| {
+            let mut files = Vec::new();
+            for d in dirs {
+                if dir.join(d).is_dir() {
+                    sources(&dir.join(d), &mut files);
+                }
+            }
+            if dir.join("build.rs").is_file() {
+                files.push(dir.join("build.rs"));
+            }
+            files
+                .iter()
+                .map(|f| std::fs::read_to_string(f).unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let regular = text_of(&["src"]);
+        let everything = text_of(&["src", "tests", "benches", "examples"]);
+        for (table, dep) in dependency_entries(&manifest) {
+            if USED_BY_GENERATED_CODE.contains(&(name.as_str(), dep.as_str())) {
+                continue;
+            }
+            let text = if table == "dependencies" {
+                &regular
+            } else {
+                &everything
+            };
+            let ident = dep.replace('-', "_");
+            let named = text.contains(&format!("{ident}::"))
+                || text.contains(&format!("use {ident}"))
+                || text.contains(&format!("extern crate {ident}"));
+            if !named {
+                unused.push(format!("{name}: {dep} ([{table}])"));
+            }
+        }
+    }
+    unused
+}
+
+/// `(table, dependency)` for each entry of a manifest's `[dependencies]` and
+/// `[dev-dependencies]` tables (build dependencies are for `build.rs` and left out).
+fn dependency_entries(manifest: &str) -> Vec<(String, String)> {
+    let mut table = String::new();
+    let mut entries = Vec::new();
+    for line in manifest.lines().map(str::trim) {
+        if let Some(t) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            table = t.to_owned();
+            continue;
+        }
+        if table != "dependencies" && table != "dev-dependencies" {
+            continue;
+        }
+        let Some(key) = line.split(['=', '.']).next().map(str::trim) else {
+            continue;
+        };
+        if !key.is_empty() && !key.starts_with('#') {
+            entries.push((table.clone(), key.to_owned()));
+        }
+    }
+    entries
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
