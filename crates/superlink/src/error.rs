@@ -40,6 +40,15 @@ pub enum Error {
     /// cause and the fix.
     #[error("{0}")]
     Internal(String),
+    /// A request body over the bound of its method (RESOURCE_EXHAUSTED, as gRPC answers a
+    /// message over its size limit).
+    #[error("{method}: the request is larger than the {limit} bytes this call may carry")]
+    RequestTooLarge {
+        /// The gRPC method.
+        method: &'static str,
+        /// Its bound in bytes.
+        limit: usize,
+    },
     /// The state database cannot be reached now: UNAVAILABLE, which clients retry.
     #[error("{0}")]
     Unavailable(String),

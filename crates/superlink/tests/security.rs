@@ -87,6 +87,40 @@ async fn unauthenticated_bodies_are_never_read() {
     }
 
     held("signed by a key no node has, three at once");
+
+    // RegisterNode and ActivateNode take any key that signs: a huge body signed by a fresh key
+    // is cut off at a small bound (three at once, each call its own connection).
+    let calls = (0..3).map(|i| {
+        let mut fleet = fleet_client(&superlink.fleet);
+        let key = NodeSigningKey::generate();
+        let padded = Bytes::from(vec![b'k'; 100 * MIB as usize]);
+        tokio::spawn(async move {
+            if i == 0 {
+                let request = pb::ActivateNodeRequest {
+                    public_key: padded,
+                    heartbeat_interval: 30.0,
+                };
+                fleet
+                    .activate_node(signed(&key, request, None))
+                    .await
+                    .map(|_| ())
+            } else {
+                let request = pb::RegisterNodeFleetRequest { public_key: padded };
+                fleet
+                    .register_node(signed(&key, request, None))
+                    .await
+                    .map(|_| ())
+            }
+        })
+    });
+    for call in calls {
+        let status = call.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("larger than"), "{status:?}");
+    }
+    held("RegisterNode and ActivateNode with huge bodies, three at once");
+    // A real join still works.
+    join(&superlink.fleet, &NodeSigningKey::generate()).await;
     assert!(superlink.proc.try_status().is_none(), "still serving");
 }
 

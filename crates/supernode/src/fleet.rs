@@ -89,8 +89,8 @@ fn is_server_failure(s: &Status) -> bool {
 enum Retry {
     /// Lost connections (UNAVAILABLE), as Flower.
     Connection,
-    /// Those and the SuperLink's own failures ([`is_server_failure`]): for the polling calls,
-    /// whose failure would otherwise end the node.
+    /// Those and the SuperLink's own failures ([`is_server_failure`]): for joining and the
+    /// polling calls, whose failure would otherwise end the node.
     ConnectionAndServer,
 }
 
@@ -286,9 +286,12 @@ impl Fleet {
             public_key: bytes::Bytes::copy_from_slice(self.key.public_key_pem()),
         };
         let r = self
-            .call("RegisterNode", body, |mut c, req| async move {
-                c.register_node(req).await
-            })
+            .call_retrying(
+                Retry::ConnectionAndServer,
+                "RegisterNode",
+                body,
+                |mut c, req| async move { c.register_node(req).await },
+            )
             .await?;
         Ok(r.node_id)
     }
@@ -300,9 +303,12 @@ impl Fleet {
             heartbeat_interval,
         };
         let r = self
-            .call("ActivateNode", body, |mut c, req| async move {
-                c.activate_node(req).await
-            })
+            .call_retrying(
+                Retry::ConnectionAndServer,
+                "ActivateNode",
+                body,
+                |mut c, req| async move { c.activate_node(req).await },
+            )
             .await?;
         self.node_id.store(r.node_id, Ordering::SeqCst);
         Ok(r.node_id)

@@ -1,5 +1,6 @@
 //! The SuperNode's security findings as tests: ClientAppIo checks the token before the body, and
-//! a SuperLink that fails for a while (INTERNAL) does not take the node down.
+//! a SuperLink that fails for a while (UNKNOWN or INTERNAL, while the node joins and while it
+//! polls) does not take the node down.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
@@ -62,11 +63,25 @@ async fn clientappio_checks_the_token_before_the_body() {
     }
 }
 
-/// A SuperLink that answers every PullMessages with INTERNAL until `until`, then with nothing.
+/// A SuperLink that fails in turn: RegisterNode with UNKNOWN until `start` + 3 s, ActivateNode
+/// with INTERNAL until `start` + 6 s, PullMessages with INTERNAL until `start` + 10 s; then it
+/// answers, PullMessages with nothing. It counts each kind of failure it gave.
 #[derive(Clone)]
 struct Hiccup {
-    until: Instant,
+    start: Instant,
+    failed_registers: Arc<AtomicU64>,
+    failed_activates: Arc<AtomicU64>,
     pulls_after: Arc<AtomicU64>,
+}
+
+impl Hiccup {
+    fn failing(&self, seconds: u64, count: &AtomicU64) -> bool {
+        let failing = self.start.elapsed() < Duration::from_secs(seconds);
+        if failing {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+        failing
+    }
 }
 
 type R<T> = Result<Response<T>, Status>;
@@ -77,12 +92,20 @@ impl pb::fleet_server::Fleet for Hiccup {
         &self,
         _: Request<pb::RegisterNodeFleetRequest>,
     ) -> R<pb::RegisterNodeFleetResponse> {
+        if self.failing(3, &self.failed_registers) {
+            return Err(Status::unknown(
+                "Exception calling application: database is locked",
+            ));
+        }
         Ok(Response::new(pb::RegisterNodeFleetResponse { node_id: 42 }))
     }
     async fn activate_node(
         &self,
         _: Request<pb::ActivateNodeRequest>,
     ) -> R<pb::ActivateNodeResponse> {
+        if self.failing(6, &self.failed_activates) {
+            return Err(Status::internal("database is restarting"));
+        }
         Ok(Response::new(pb::ActivateNodeResponse { node_id: 42 }))
     }
     async fn deactivate_node(
@@ -109,7 +132,7 @@ impl pb::fleet_server::Fleet for Hiccup {
         &self,
         _: Request<pb::PullMessagesRequest>,
     ) -> R<pb::PullMessagesResponse> {
-        if Instant::now() < self.until {
+        if self.start.elapsed() < Duration::from_secs(10) {
             return Err(Status::internal("database is restarting"));
         }
         self.pulls_after.fetch_add(1, Ordering::SeqCst);
@@ -146,10 +169,16 @@ async fn a_superlink_failing_for_ten_seconds_does_not_end_the_node() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let hiccup = Hiccup {
-        until: Instant::now() + Duration::from_secs(10),
+        start: Instant::now(),
+        failed_registers: Arc::default(),
+        failed_activates: Arc::default(),
         pulls_after: Arc::default(),
     };
     let pulls_after = hiccup.pulls_after.clone();
+    let failures = (
+        hiccup.failed_registers.clone(),
+        hiccup.failed_activates.clone(),
+    );
     let stop = CancellationToken::new();
     let server = tokio::spawn(flwr_transport::server::serve(
         tonic::service::Routes::new(pb::fleet_server::FleetServer::new(hiccup)),
@@ -164,7 +193,7 @@ async fn a_superlink_failing_for_ten_seconds_does_not_end_the_node() {
     while pulls_after.load(Ordering::SeqCst) == 0 {
         assert!(
             node.try_status().is_none(),
-            "the SuperNode exited on INTERNAL:\n{}",
+            "the SuperNode exited on UNKNOWN or INTERNAL:\n{}",
             node.output()
         );
         assert!(
@@ -177,6 +206,11 @@ async fn a_superlink_failing_for_ten_seconds_does_not_end_the_node() {
     assert!(
         node.output().contains("the SuperLink failed"),
         "{}",
+        node.output()
+    );
+    assert!(
+        failures.0.load(Ordering::SeqCst) > 0 && failures.1.load(Ordering::SeqCst) > 0,
+        "RegisterNode and ActivateNode were each refused at least once:\n{}",
         node.output()
     );
     node.signal(Signal::SIGTERM);

@@ -2,7 +2,8 @@
 //! timestamp, signature) is checked from its HTTP/2 headers, and for every call but RegisterNode
 //! and ActivateNode the key must belong to a node, before a byte of the request body is read. A
 //! caller that cannot sign, or signs with a key no node has, costs its headers and nothing more,
-//! however large the body it announces. The handlers find the verified caller in the request's
+//! however large the body it announces. The two calls open to any key read at most
+//! [`MAX_JOIN_BODY_BYTES`] of body. The handlers find the verified caller in the request's
 //! extensions ([`Caller`]) and never verify again.
 
 use std::convert::Infallible;
@@ -50,6 +51,56 @@ fn joins(path: &str) -> bool {
         path.rsplit('/').next(),
         Some("RegisterNode" | "ActivateNode")
     )
+}
+
+/// The most a RegisterNode or ActivateNode request body may hold. Anyone can make a key and sign
+/// with it, so these two calls are as good as unauthenticated; their bodies are a public key and
+/// a number (a few hundred bytes), and a larger one is refused as soon as it passes this bound
+/// instead of being buffered up to the 512 MiB message limit.
+pub const MAX_JOIN_BODY_BYTES: usize = 64 * 1024;
+
+/// A request body that fails with RESOURCE_EXHAUSTED once more than `left` bytes came through.
+struct CappedBody {
+    inner: Body,
+    left: usize,
+    method: &'static str,
+}
+
+impl http_body::Body for CappedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, Bytes::len);
+                if len > this.left {
+                    this.left = 0;
+                    return Poll::Ready(Some(Err(super::status::to_status(
+                        crate::error::Error::RequestTooLarge {
+                            method: this.method,
+                            limit: MAX_JOIN_BODY_BYTES,
+                        },
+                    ))));
+                }
+                this.left -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Checks the signed metadata in `headers` (time window first, then the signature) and, unless
@@ -132,6 +183,20 @@ where
             match authenticate(&core, request.uri().path(), request.headers()).await {
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);
+                    let method = match request.uri().path().rsplit('/').next() {
+                        Some("RegisterNode") => Some("RegisterNode"),
+                        Some("ActivateNode") => Some("ActivateNode"),
+                        _ => None,
+                    };
+                    if let Some(method) = method {
+                        request = request.map(|inner| {
+                            Body::new(CappedBody {
+                                inner,
+                                left: MAX_JOIN_BODY_BYTES,
+                                method,
+                            })
+                        });
+                    }
                     inner.oneshot(request).await
                 }
                 Err(refusal) => {

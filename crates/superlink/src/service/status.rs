@@ -16,6 +16,7 @@ pub fn to_status(e: Error) -> Status {
         Error::NotFound(_) => Status::not_found(text),
         Error::Unauthenticated(_) => Status::unauthenticated(text),
         Error::Unimplemented(_) => Status::unimplemented(text),
+        Error::RequestTooLarge { .. } => Status::resource_exhausted(text),
         Error::Unavailable(cause) => {
             tracing::warn!("{cause}");
             Status::unavailable("The SuperLink's database is unavailable; try again.")
