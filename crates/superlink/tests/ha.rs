@@ -8,15 +8,22 @@
 use std::path::Path;
 use std::time::Duration;
 
-use flwr_testkit::federation::{self, path_with_venv, python_supernode, Cli};
+use flwr_testkit::federation::{self, logged_address, path_with_venv, python_supernode, Cli};
 use flwr_testkit::haproxy::{self, Addresses};
 use flwr_testkit::pki::{self, TlsFiles};
 use flwr_testkit::process::{command, Proc, Signal};
-use flwr_testkit::{postgres, python};
+use flwr_testkit::{ports, postgres, python};
 
 const BIN: &str = env!("CARGO_BIN_EXE_superlink");
 
-fn start_replica(name: &str, p: &Addresses, tls: &TlsFiles, db: &str, home: &Path) -> Proc {
+/// A replica on `p`, once it serves, or what it printed if it stopped first.
+fn try_start_replica(
+    name: &str,
+    p: &Addresses,
+    tls: &TlsFiles,
+    db: &str,
+    home: &Path,
+) -> Result<Proc, String> {
     let mut cmd = command(BIN);
     cmd.env("FLWR_HOME", home)
         .env("NO_COLOR", "1")
@@ -32,21 +39,43 @@ fn start_replica(name: &str, p: &Addresses, tls: &TlsFiles, db: &str, home: &Pat
         .args(["--serverappio-api-address", &p.serverappio])
         .args(["--health-server-address", &p.health]);
     let mut proc = Proc::spawn(name, cmd);
-    proc.wait_for_output("Fleet API (grpc-rere) serving", Duration::from_secs(60));
-    proc
+    proc.await_output("Fleet API (grpc-rere) serving", Duration::from_secs(60))?;
+    Ok(proc)
 }
 
-/// HAProxy (in the foreground) in front of `replicas`, once it listens on every frontend.
-fn start_haproxy(front: &Addresses, replicas: &[Addresses], dir: &Path) -> Proc {
-    let cfg = dir.join("haproxy.cfg");
-    std::fs::write(&cfg, haproxy::config(front, replicas, "first")).unwrap();
-    let mut cmd = command(haproxy::program());
-    cmd.arg("-db").arg("-f").arg(&cfg);
-    let mut lb = Proc::spawn("haproxy", cmd);
-    for a in [&front.fleet, &front.control, &front.serverappio] {
-        lb.await_port(a, Duration::from_secs(30)).unwrap();
-    }
-    lb
+/// A new replica on fresh ports (started again on others if one is taken).
+fn start_replica(name: &str, tls: &TlsFiles, db: &str, home: &Path) -> (Proc, Addresses) {
+    ports::start_with_fresh_ports(name, 4, |ports| {
+        let p = Addresses::of_ports(ports);
+        try_start_replica(name, &p, tls, db, home).map(|proc| (proc, p))
+    })
+}
+
+/// A replica started again on its own addresses (the load balancer knows them).
+fn restart_replica(name: &str, p: &Addresses, tls: &TlsFiles, db: &str, home: &Path) -> Proc {
+    try_start_replica(name, p, tls, db, home).unwrap_or_else(|out| panic!("{name}:\n{out}"))
+}
+
+/// HAProxy (in the foreground) in front of `replicas` on fresh ports, once it listens on every
+/// frontend; started again on others if one is taken.
+fn start_haproxy(replicas: &[Addresses], dir: &Path) -> (Proc, Addresses) {
+    ports::start_with_fresh_ports("haproxy", 4, |ports| {
+        let front = Addresses::of_ports(ports);
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(&cfg, haproxy::config(&front, replicas, "first")).unwrap();
+        let mut cmd = command(haproxy::program());
+        cmd.arg("-db").arg("-f").arg(&cfg);
+        let mut lb = Proc::spawn("haproxy", cmd);
+        for a in [&front.fleet, &front.control, &front.serverappio] {
+            lb.await_port(a, Duration::from_secs(30))?;
+        }
+        // A port taken by another program answers too: HAProxy itself must still be there.
+        std::thread::sleep(Duration::from_millis(200));
+        match lb.try_status() {
+            None => Ok((lb, front)),
+            Some(_) => Err(lb.output()),
+        }
+    })
 }
 
 #[test]
@@ -85,24 +114,15 @@ fn replicas_die_mid_run(kind: Nodes) {
     let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
     let db = postgres::shared().create_database();
 
-    let replicas: Vec<Addresses> = (0..3).map(|_| Addresses::reserve()).collect();
     let home = |i: usize| dir.path().join(format!("replica-{i}"));
-    let mut procs: Vec<Option<Proc>> = replicas
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            Some(start_replica(
-                &format!("replica-{i}"),
-                r,
-                &tls,
-                &db,
-                &home(i),
-            ))
+    let (mut procs, replicas): (Vec<Option<Proc>>, Vec<Addresses>) = (0..3)
+        .map(|i| {
+            let (proc, at) = start_replica(&format!("replica-{i}"), &tls, &db, &home(i));
+            (Some(proc), at)
         })
-        .collect();
+        .unzip();
 
-    let front = Addresses::reserve();
-    let mut lb = start_haproxy(&front, &replicas, dir.path());
+    let (mut lb, front) = start_haproxy(&replicas, dir.path());
 
     // An external ServerApp and two Python SuperNodes, all through the load balancer.
     let mut serverapp_cmd = command(python::tool("flwr-serverapp"));
@@ -156,7 +176,7 @@ fn replicas_die_mid_run(kind: Nodes) {
     procs[0].take().unwrap().signal_group(Signal::SIGKILL);
     // ...bring it back (everyone is on replica 1 now)...
     cli.await_log(run_id, "aggregate_train", 2, Duration::from_secs(240));
-    procs[0] = Some(start_replica(
+    procs[0] = Some(restart_replica(
         "replica-0",
         &replicas[0],
         &tls,
@@ -218,7 +238,6 @@ fn a_pending_run_is_launched_once_and_a_dead_launcher_fails_its_run() {
     }
     let replicas: Vec<(Proc, Addresses)> = (0..3)
         .map(|i| {
-            let p = Addresses::reserve();
             let mut cmd = command(BIN);
             cmd.env("FLWR_HOME", dir.path().join(format!("replica-{i}")))
                 .env("NO_COLOR", "1")
@@ -232,11 +251,18 @@ fn a_pending_run_is_launched_once_and_a_dead_launcher_fails_its_run() {
                 .arg("--ssl-keyfile")
                 .arg(&tls.key)
                 .args(["--database", &db])
-                .args(["--fleet-api-address", &p.fleet])
-                .args(["--control-api-address", &p.control])
-                .args(["--serverappio-api-address", &p.serverappio]);
+                .args(["--fleet-api-address", "127.0.0.1:0"])
+                .args(["--control-api-address", "127.0.0.1:0"])
+                .args(["--serverappio-api-address", "127.0.0.1:0"]);
             let mut proc = Proc::spawn(&format!("replica-{i}"), cmd);
-            proc.wait_for_output("Fleet API (grpc-rere) serving", Duration::from_secs(60));
+            let out =
+                proc.wait_for_output("Fleet API (grpc-rere) serving", Duration::from_secs(60));
+            let p = Addresses {
+                fleet: logged_address(&out, "Fleet API (grpc-rere) serving"),
+                control: logged_address(&out, "Control API serving"),
+                serverappio: logged_address(&out, "ServerAppIo API serving"),
+                health: String::new(),
+            };
             (proc, p)
         })
         .collect();
@@ -320,17 +346,13 @@ fn haproxy_drains_replicas_whose_database_is_gone_and_takes_them_back() {
     let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
     let mut cluster = postgres::PgCluster::start();
     let db = cluster.create_database();
-    let replicas: Vec<Addresses> = (0..2).map(|_| Addresses::reserve()).collect();
-    let _procs: Vec<Proc> = replicas
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
+    let (_procs, replicas): (Vec<Proc>, Vec<Addresses>) = (0..2)
+        .map(|i| {
             let home = dir.path().join(format!("replica-{i}"));
-            start_replica(&format!("replica-{i}"), r, &tls, &db, &home)
+            start_replica(&format!("replica-{i}"), &tls, &db, &home)
         })
-        .collect();
-    let front = Addresses::reserve();
-    let mut lb = start_haproxy(&front, &replicas, dir.path());
+        .unzip();
+    let (mut lb, _front) = start_haproxy(&replicas, dir.path());
     let down = "Server fleet_replicas/replica1 is DOWN";
     let up = "Server fleet_replicas/replica1 is UP";
     assert!(!lb.output().contains(down), "{}", lb.output());

@@ -35,6 +35,18 @@ pub struct Addresses {
 }
 
 impl Addresses {
+    /// The loopback addresses of four ports (fleet, control, serverappio, health), as
+    /// [`ports::start_with_fresh_ports`] hands them out.
+    pub fn of_ports(ports: &[u16]) -> Self {
+        let at = |i: usize| format!("127.0.0.1:{}", ports[i]);
+        Self {
+            fleet: at(0),
+            control: at(1),
+            serverappio: at(2),
+            health: at(3),
+        }
+    }
+
     /// Four reserved loopback addresses (see [`ports::reserve`]).
     pub fn reserve() -> Self {
         Self {
