@@ -351,11 +351,15 @@ async fn answers_to_impossible_numbers(engine: &[&str]) -> Vec<(Code, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn impossible_numbers_are_refused_alike_by_every_engine() {
+    // In memory, in SQLite and in PostgreSQL: checked at the edge, before any engine.
     let memory = answers_to_impossible_numbers(&[]).await;
     let db = tempfile::tempdir().unwrap();
     let path = db.path().join("state.db");
     let sqlite = answers_to_impossible_numbers(&["--database", path.to_str().unwrap()]).await;
     assert_eq!(memory, sqlite);
+    let url = flwr_testkit::postgres::shared().create_database();
+    let postgresql = answers_to_impossible_numbers(&["--database", &url]).await;
+    assert_eq!(memory, postgresql);
     for (code, message) in &memory {
         assert_eq!(*code, Code::Unknown, "{message}");
         assert!(
