@@ -1,6 +1,6 @@
 //! The SuperNode's security findings as tests: ClientAppIo checks the token before the body, and
-//! a SuperLink that fails for a while (UNKNOWN or INTERNAL, while the node joins and while it
-//! polls) does not take the node down.
+//! a SuperLink that fails (UNKNOWN or INTERNAL while the node joins, INTERNAL for ten seconds
+//! while it polls) does not take the node down.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
@@ -63,19 +63,22 @@ async fn clientappio_checks_the_token_before_the_body() {
     }
 }
 
-/// A SuperLink that fails each call the first few times (seconds of failure in all, with the
-/// node's backoff): RegisterNode with UNKNOWN, ActivateNode and PullMessages with INTERNAL; then
-/// it answers, PullMessages with nothing.
+/// A SuperLink that fails while the node joins and then while it polls: RegisterNode (UNKNOWN)
+/// and ActivateNode (INTERNAL) the first [`FAILURES`] times each, PullMessages (INTERNAL) for
+/// [`PULL_FAILURE`] from its first call; then it answers, PullMessages with nothing.
 #[derive(Clone)]
 struct Hiccup {
     registers: Arc<AtomicU64>,
     activates: Arc<AtomicU64>,
     pulls: Arc<AtomicU64>,
+    first_pull: Arc<std::sync::OnceLock<Instant>>,
     pulls_after: Arc<AtomicU64>,
 }
 
-/// How many times each call fails before it succeeds.
+/// How many times RegisterNode and ActivateNode fail before they succeed.
 const FAILURES: u64 = 3;
+/// How long PullMessages fails.
+const PULL_FAILURE: Duration = Duration::from_secs(10);
 
 impl Hiccup {
     /// Counts a call; true while it is to fail.
@@ -132,7 +135,8 @@ impl pb::fleet_server::Fleet for Hiccup {
         &self,
         _: Request<pb::PullMessagesRequest>,
     ) -> R<pb::PullMessagesResponse> {
-        if Self::failing(&self.pulls) {
+        self.pulls.fetch_add(1, Ordering::SeqCst);
+        if self.first_pull.get_or_init(Instant::now).elapsed() < PULL_FAILURE {
             return Err(Status::internal("database is restarting"));
         }
         self.pulls_after.fetch_add(1, Ordering::SeqCst);
@@ -165,13 +169,14 @@ impl pb::fleet_server::Fleet for Hiccup {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_superlink_failing_for_a_while_does_not_end_the_node() {
+async fn a_superlink_failing_for_ten_seconds_does_not_end_the_node() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let hiccup = Hiccup {
         registers: Arc::default(),
         activates: Arc::default(),
         pulls: Arc::default(),
+        first_pull: Arc::default(),
         pulls_after: Arc::default(),
     };
     let pulls_after = hiccup.pulls_after.clone();
@@ -211,8 +216,8 @@ async fn a_superlink_failing_for_a_while_does_not_end_the_node() {
     );
     assert!(
         calls.iter().all(|c| c.load(Ordering::SeqCst) > FAILURES),
-        "RegisterNode, ActivateNode and PullMessages each failed {FAILURES} times and were \
-         tried again:\n{}",
+        "RegisterNode and ActivateNode each failed {FAILURES} times, PullMessages for \
+         {PULL_FAILURE:?}, and each was tried again:\n{}",
         node.output()
     );
     node.signal(Signal::SIGTERM);
