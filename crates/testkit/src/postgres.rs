@@ -125,13 +125,9 @@ impl PgCluster {
     /// rejected by `pg_hba.conf`), with `cert_pem` and `key_pem` as its certificate and key.
     pub fn start_tls(cert_pem: &str, key_pem: &str) -> PgCluster {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new()
-            .prefix("flwr-pg-tls.")
-            .tempdir()
-            .unwrap();
-        let data = dir.path().join("data");
-        let mut cluster = Self::init(&data);
-        let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+        let mut cluster = Self::unstarted();
+        let root = cluster.data.parent().unwrap().to_owned();
+        let (cert, key) = (root.join("server.crt"), root.join("server.key"));
         std::fs::write(&cert, cert_pem).unwrap();
         std::fs::write(&key, key_pem).unwrap();
         // PostgreSQL refuses a key that others may read.
@@ -143,28 +139,32 @@ impl PgCluster {
             }
         }
         std::fs::write(
-            data.join("pg_hba.conf"),
+            cluster.data.join("pg_hba.conf"),
             "local all all scram-sha-256\n\
              hostssl all all 127.0.0.1/32 scram-sha-256\n\
              hostnossl all all 127.0.0.1/32 reject\n",
         )
         .unwrap();
         cluster.tls = Some((cert, key));
-        cluster._dir = Some(dir);
         cluster.start_server();
         cluster
     }
 
     fn start_with(durable: bool) -> PgCluster {
+        let mut cluster = Self::unstarted();
+        cluster.durable = durable;
+        cluster.start_server();
+        cluster
+    }
+
+    /// A cluster of the test's own in a new temporary directory, made but not started.
+    fn unstarted() -> PgCluster {
         let dir = tempfile::Builder::new()
             .prefix("flwr-pg.")
             .tempdir()
             .unwrap();
-        let data = dir.path().join("data");
-        let mut cluster = Self::init(&data);
-        cluster.durable = durable;
+        let mut cluster = Self::init(&dir.path().join("data"));
         cluster._dir = Some(dir);
-        cluster.start_server();
         cluster
     }
 
