@@ -27,6 +27,23 @@ macro_rules! conformance_tests {
             run_cleanup,
             trees
         );
+        mod fab_store {
+            /// The engine's own FAB store, or the on-disk one the SuperLink gives the engines
+            /// that have none (in a fresh directory, removed afterwards).
+            #[tokio::test]
+            async fn fabs_by_hash() {
+                let clock = ::std::sync::Arc::new($crate::ManualClock::new());
+                let stores = ($make)(clock).await;
+                match stores.fabs {
+                    Some(fabs) => $crate::conformance::fabs::fabs_by_hash(&*fabs).await,
+                    None => {
+                        let dir = $crate::conformance::fabs::TempDir::new();
+                        let fabs = $crate::fabs::FileFabs::new(dir.path());
+                        $crate::conformance::fabs::fabs_by_hash(&fabs).await;
+                    }
+                }
+            }
+        }
     };
     (@link $make:expr; $($name:ident),*) => {
         mod link_state {
@@ -785,5 +802,65 @@ pub mod objects {
         let leaf = ObjectTree::leaf(ObjectId::of(b"single"));
         s.preregister(3, &leaf).await.unwrap();
         assert_eq!(s.tree(&leaf.id).await.unwrap(), Some(leaf));
+    }
+}
+
+/// The checks of [`crate::FabStore`].
+pub mod fabs {
+    use bytes::Bytes;
+
+    use crate::fabs::fab_hash;
+    use crate::FabStore;
+
+    /// A directory under the system's temporary directory, removed on drop.
+    pub struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        /// A new, empty directory.
+        pub fn new() -> Self {
+            use rand_core::RngCore;
+            let path = std::env::temp_dir().join(format!(
+                "flwr-fabs-{}-{:016x}",
+                std::process::id(),
+                rand_core::OsRng.next_u64()
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+
+        /// Its path.
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Default for TempDir {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A FAB is kept under its SHA-256, storing it again changes nothing, and an unknown hash
+    /// finds nothing.
+    pub async fn fabs_by_hash(s: &dyn FabStore) {
+        let fab = Bytes::from_static(b"PK\x03\x04 not really a zip, but bytes all the same");
+        let other = Bytes::from(vec![7u8; 3 * 1024 * 1024]);
+        let hash = s.put(fab.clone()).await.unwrap();
+        assert_eq!(
+            hash,
+            fab_hash(&fab),
+            "the hash is the content's SHA-256 (hex)"
+        );
+        assert_eq!(s.put(fab.clone()).await.unwrap(), hash, "stored once");
+        let big = s.put(other.clone()).await.unwrap();
+        assert_eq!(s.get(&hash).await.unwrap(), Some(fab));
+        assert_eq!(s.get(&big).await.unwrap(), Some(other));
+        assert_eq!(s.get(&fab_hash(b"never stored")).await.unwrap(), None);
     }
 }
