@@ -108,7 +108,7 @@ pub mod link {
     }
 
     /// An online node and a running run.
-    async fn setup(s: &dyn LinkState, key: &str) -> (NodeId, RunId) {
+    pub async fn setup(s: &dyn LinkState, key: &str) -> (NodeId, RunId) {
         let node = s.create_node(new_node(key, 0.0)).await.unwrap();
         assert_eq!(
             s.activate_node(key.as_bytes(), 30.0).await.unwrap(),

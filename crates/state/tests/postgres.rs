@@ -107,6 +107,56 @@ mod replicas {
         );
     }
 
+    #[tokio::test]
+    async fn node_unavailable_is_answered_once_when_replicas_race() {
+        let url = flwr_testkit::postgres::shared().create_database();
+        let clock = Arc::new(ManualClock::new());
+        let a = replica(&url, clock.clone()).await.state;
+        let b = replica(&url, clock.clone()).await.state;
+        let (node, run) = link::setup(&*a, "racer").await;
+        let instructions: Vec<_> = (0..20)
+            .map(|i| link::instruction(run, node, &format!("{i}"), clock.now(), 600.0))
+            .collect();
+        let ids: Vec<String> = instructions.iter().map(|i| i.message_id.clone()).collect();
+        for ins in instructions {
+            a.store_instruction(ins).await.unwrap().unwrap();
+            a.pull_instruction(node).await.unwrap().unwrap();
+        }
+        a.deactivate_node(node).await.unwrap().unwrap();
+        clock.advance(0.5);
+        // Both replicas ask for every reply, several times over, at the same moment: each
+        // instruction gets one NODE_UNAVAILABLE in all.
+        let ask = |s: Arc<dyn LinkState>, ids: Vec<String>| async move {
+            let mut got = Vec::new();
+            for _ in 0..5 {
+                got.extend(s.take_replies(&ids).await.unwrap());
+            }
+            got
+        };
+        let (from_a, from_b) = tokio::join!(
+            tokio::spawn(ask(a.clone(), ids.clone())),
+            tokio::spawn(ask(b.clone(), ids.clone()))
+        );
+        let mut answered: Vec<String> = Vec::new();
+        for reply in from_a.unwrap().into_iter().chain(from_b.unwrap()) {
+            use flwr_objects::message::error_code::{MESSAGE_UNAVAILABLE, NODE_UNAVAILABLE};
+            match reply {
+                PulledReply::Generated(m) => match m.error.as_ref().unwrap().code {
+                    NODE_UNAVAILABLE => answered.push(m.reply_to_message_id),
+                    MESSAGE_UNAVAILABLE => {}
+                    other => panic!("unexpected error code {other}: {m:?}"),
+                },
+                other => panic!("{other:?}"),
+            }
+        }
+        answered.sort();
+        let mut expected = ids.clone();
+        expected.sort();
+        // An instruction asked for again after its answer was taken is unknown: that answer is
+        // MESSAGE_UNAVAILABLE, never a second NODE_UNAVAILABLE.
+        assert_eq!(answered, expected, "one NODE_UNAVAILABLE per instruction");
+    }
+
     /// Reads `run` until `s` knows it is running (its listener may still be connecting, and a
     /// status change that crosses a read keeps that read from being remembered).
     async fn read_until_cached(s: &Arc<dyn LinkState>, run: RunId) {
