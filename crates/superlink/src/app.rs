@@ -3,12 +3,13 @@
 //! [`Running`] handle that owns every task.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use flwr_proto::proto as pb;
 use flwr_transport::address::Address;
 use flwr_transport::server::{self, ServeOptions};
+use flwr_transport::tasks::Failure;
 use flwr_transport::{grpc, limits, tls};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -160,7 +161,7 @@ impl App {
         let addresses = self.addresses();
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let failure = Arc::new(Mutex::new(None));
+        let failure = Failure::new(stop.clone());
         let tls_note = if self.tls.is_some() {
             "TLS"
         } else {
@@ -206,7 +207,6 @@ impl App {
         tracing::info!(address = %addresses.control, "Control API serving ({tls_note})");
         spawn_server(
             &tracker,
-            &stop,
             &failure,
             "Control API",
             control,
@@ -227,7 +227,6 @@ impl App {
         );
         spawn_server(
             &tracker,
-            &stop,
             &failure,
             "ServerAppIo API",
             appio,
@@ -246,7 +245,6 @@ impl App {
             let fleet = Routes::new(FleetService::guarded(core.clone()));
             spawn_server(
                 &tracker,
-                &stop,
                 &failure,
                 "Fleet API",
                 fleet,
@@ -260,12 +258,10 @@ impl App {
                 tracing::info!(address = %a, "Health service serving (plaintext)");
             }
             let health = flwr_transport::health::serve(l, health_state.clone(), stop.clone());
-            watch_task(&tracker, &stop, &failure, "Health service", health);
+            failure.watch(&tracker, "Health service", health);
         }
-        watch_task(
+        failure.watch(
             &tracker,
-            &stop,
-            &failure,
             "database monitor",
             monitor_database(self.stores.state.clone(), health_state, stop.clone()),
         );
@@ -276,13 +272,7 @@ impl App {
             tracing::info!(serverappio = %target, "ServerApps will be started by this SuperLink (isolation subprocess)");
             let launcher =
                 Launcher::new(core.clone(), target, Programs::from_env(), rx, stop.clone());
-            watch_task(
-                &tracker,
-                &stop,
-                &failure,
-                "ServerApp launcher",
-                launcher.run(),
-            );
+            failure.watch(&tracker, "ServerApp launcher", launcher.run());
         } else {
             tracing::info!("Waiting for external ServerApp processes (isolation process)");
         }
@@ -297,19 +287,18 @@ impl App {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn spawn_server(
     tracker: &TaskTracker,
-    stop: &CancellationToken,
-    failure: &Arc<Mutex<Option<String>>>,
+    failure: &Failure,
     name: &'static str,
     routes: Routes,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     options: ServeOptions,
 ) {
-    let serving = server::serve(routes.prepare(), listener, tls, options, stop.clone());
-    watch_task(tracker, stop, failure, name, serving);
+    let stop = failure.stop().clone();
+    let serving = server::serve(routes.prepare(), listener, tls, options, stop);
+    failure.watch(tracker, name, serving);
 }
 
 /// How often the database is checked for the health service.
@@ -352,39 +341,12 @@ async fn monitor_database(
     }
 }
 
-/// Runs `task` (owned by `tracker`); if it panics, or ends before `stop`, the whole daemon stops
-/// with a message that says so, rather than living on half alive.
-fn watch_task(
-    tracker: &TaskTracker,
-    stop: &CancellationToken,
-    failure: &Arc<Mutex<Option<String>>>,
-    name: &'static str,
-    task: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let (s, f) = (stop.clone(), failure.clone());
-    let inner = tracker.spawn(task);
-    tracker.spawn(async move {
-        match inner.await {
-            Err(e) if e.is_panic() => record_failure(&f, &s, format!("{name} panicked: {e}")),
-            _ if !s.is_cancelled() => record_failure(&f, &s, format!("{name} stopped by itself")),
-            _ => {}
-        }
-    });
-}
-
-fn record_failure(failure: &Mutex<Option<String>>, stop: &CancellationToken, message: String) {
-    if let Ok(mut f) = failure.lock() {
-        f.get_or_insert(message);
-    }
-    stop.cancel();
-}
-
 /// A serving SuperLink. Dropping it does not stop it: call [`Running::shutdown`].
 pub struct Running {
     addresses: BoundAddresses,
     stop: CancellationToken,
     tracker: TaskTracker,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Failure,
     /// Flushed once the servers have stopped.
     state: Arc<dyn LinkState>,
 }
@@ -403,11 +365,7 @@ impl Running {
     /// Resolves when a server stopped by itself (a failure); returns its message.
     pub async fn failed(&self) -> String {
         self.stop.cancelled().await;
-        self.failure
-            .lock()
-            .ok()
-            .and_then(|f| f.clone())
-            .unwrap_or_else(|| "stopped".to_owned())
+        self.failure.first().unwrap_or_else(|| "stopped".to_owned())
     }
 
     /// Stops accepting, drains in-flight calls, waits for every task and writes what the state

@@ -8,6 +8,7 @@ use std::time::Duration;
 use flwr_proto::proto as pb;
 use flwr_transport::address::Address;
 use flwr_transport::node_auth::NodeSigningKey;
+use flwr_transport::tasks::Failure;
 use flwr_transport::{grpc, limits, tls};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -98,6 +99,9 @@ impl App {
         let stop = CancellationToken::new();
         let servers_stop = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // Cancelled when the node ends, or when a task fails (panics, or a server ends by itself).
+        let done = CancellationToken::new();
+        let failure = Failure::new(done.clone());
         let appio_addr = self.clientappio_address();
         let state = NodeState::new();
 
@@ -111,25 +115,29 @@ impl App {
             self.config.clientappio_allow.is_some(),
             "--clientappio-api-allowed-networks",
         );
-        tracker.spawn(flwr_transport::server::serve(
-            routes.prepare(),
-            self.clientappio,
-            None,
-            flwr_transport::server::ServeOptions {
-                allow: self.config.clientappio_allow.clone(),
-                ..flwr_transport::server::ServeOptions::default()
-            },
-            servers_stop.clone(),
-        ));
+        failure.watch(
+            &tracker,
+            "ClientAppIo API",
+            flwr_transport::server::serve(
+                routes.prepare(),
+                self.clientappio,
+                None,
+                flwr_transport::server::ServeOptions {
+                    allow: self.config.clientappio_allow.clone(),
+                    ..flwr_transport::server::ServeOptions::default()
+                },
+                servers_stop.clone(),
+            ),
+        );
         if let Some(l) = self.health {
             if let Ok(a) = l.local_addr() {
                 tracing::info!(address = %a, "Health service serving (plaintext)");
             }
-            tracker.spawn(flwr_transport::health::serve(
-                l,
-                Default::default(),
-                servers_stop.clone(),
-            ));
+            failure.watch(
+                &tracker,
+                "Health service",
+                flwr_transport::health::serve(l, Default::default(), servers_stop.clone()),
+            );
         }
 
         let retry = RetryPolicy {
@@ -153,9 +161,8 @@ impl App {
         let node = Node::new(fleet, state, settings, stop.clone());
         let result = Arc::new(Mutex::new(None));
         let r = result.clone();
-        let done = CancellationToken::new();
         let d = done.clone();
-        tracker.spawn(async move {
+        failure.watch(&tracker, "SuperNode", async move {
             let outcome = node.run().await;
             if let Ok(mut slot) = r.lock() {
                 *slot = Some(outcome.map_err(|e| e.to_string()));
@@ -169,6 +176,7 @@ impl App {
             done,
             tracker,
             result,
+            failure,
         }
     }
 }
@@ -180,6 +188,7 @@ pub struct Running {
     done: CancellationToken,
     tracker: TaskTracker,
     result: Arc<Mutex<Option<Result<(), String>>>>,
+    failure: Failure,
 }
 
 impl Running {
@@ -195,10 +204,10 @@ impl Running {
         let _ = tokio::time::timeout(deadline, self.done.cancelled()).await;
         self.servers_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
-        self.result
-            .lock()
-            .ok()
-            .and_then(|r| r.clone())
-            .unwrap_or(Ok(()))
+        let outcome = self.result.lock().ok().and_then(|r| r.clone());
+        match (self.failure.first(), outcome) {
+            (Some(failure), _) => Err(failure),
+            (None, outcome) => outcome.unwrap_or(Ok(())),
+        }
     }
 }

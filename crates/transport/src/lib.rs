@@ -10,6 +10,7 @@
 //!   timeouts, peer allow-lists and per-connection body budgets.
 //! * [`health`]: the plaintext `grpc.health.v1.Health` service.
 //! * [`signals`]: SIGINT/SIGTERM/SIGQUIT for graceful shutdown.
+//! * [`tasks`]: the panic policy (a task that panics or ends early stops the daemon).
 //! * [`process`]: child processes (ServerApps, ClientApps) in their own process groups, logged
 //!   and reaped.
 //! * [`node_auth`]: SuperNode signatures (ECDSA over SHA-256, PEM keys, Flower's timestamps).
@@ -28,6 +29,7 @@ pub mod node_auth;
 pub mod process;
 pub mod server;
 pub mod signals;
+pub mod tasks;
 pub mod tls;
 
 /// The Flower release whose wire protocol and command lines these daemons follow.
