@@ -45,12 +45,13 @@ pub enum Refusal {
     State(#[from] crate::error::Error),
 }
 
-/// Methods that a key with no node yet may call.
-fn joins(path: &str) -> bool {
-    matches!(
-        path.rsplit('/').next(),
-        Some("RegisterNode" | "ActivateNode")
-    )
+/// The method, when it is one that a key with no node yet may call.
+fn joins(path: &str) -> Option<&'static str> {
+    match path.rsplit('/').next() {
+        Some("RegisterNode") => Some("RegisterNode"),
+        Some("ActivateNode") => Some("ActivateNode"),
+        _ => None,
+    }
 }
 
 /// The most a RegisterNode or ActivateNode request body may hold. Anyone can make a key and sign
@@ -127,7 +128,7 @@ pub async fn authenticate(
         .parse_key(&public_key)
         .ok_or(AuthError::InvalidSignature)?;
     node_auth::verify_signed_timestamp(&parsed, ts, &sig, chrono::Utc::now())?;
-    let node = if joins(path) {
+    let node = if joins(path).is_some() {
         None
     } else {
         Some(
@@ -183,12 +184,7 @@ where
             match authenticate(&core, request.uri().path(), request.headers()).await {
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);
-                    let method = match request.uri().path().rsplit('/').next() {
-                        Some("RegisterNode") => Some("RegisterNode"),
-                        Some("ActivateNode") => Some("ActivateNode"),
-                        _ => None,
-                    };
-                    if let Some(method) = method {
+                    if let Some(method) = joins(request.uri().path()) {
                         request = request.map(|inner| {
                             Body::new(CappedBody {
                                 inner,
