@@ -202,6 +202,9 @@ impl Running {
     pub async fn shutdown(self, deadline: Duration) -> Result<(), String> {
         self.stop.cancel();
         let _ = tokio::time::timeout(deadline, self.done.cancelled()).await;
+        // Stopping now: servers that end from here on have not failed (also when the node did
+        // not end within the deadline).
+        self.done.cancel();
         self.servers_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
         let outcome = self.result.lock().ok().and_then(|r| r.clone());
