@@ -157,6 +157,70 @@ mod replicas {
         assert_eq!(answered, expected, "one NODE_UNAVAILABLE per instruction");
     }
 
+    #[tokio::test]
+    async fn a_tree_registered_while_a_sharing_one_is_released_stays_whole() {
+        use bytes::Bytes;
+        use flwr_objects::store::Lookup;
+        use flwr_objects::tree::ObjectTree;
+        use flwr_objects::ObjectId;
+        use std::collections::HashMap;
+
+        let url = flwr_testkit::postgres::shared().create_database();
+        let clock = Arc::new(ManualClock::new());
+        let a = replica(&url, clock.clone()).await.objects;
+        let b = replica(&url, clock.clone()).await.objects;
+        let mut contents: HashMap<ObjectId, Bytes> = HashMap::new();
+        let mut object = |text: String| {
+            let content = Bytes::from(text);
+            let id = ObjectId::of(&content);
+            contents.insert(id, content);
+            id
+        };
+        let (mid, chunk) = (
+            object("shared record".into()),
+            object("shared chunk".into()),
+        );
+        let roots: Vec<(ObjectId, ObjectId)> = (0..40)
+            .map(|i| {
+                (
+                    object(format!("released {i}")),
+                    object(format!("registered {i}")),
+                )
+            })
+            .collect();
+        let tree_of = |root: ObjectId| ObjectTree {
+            id: root,
+            children: vec![ObjectTree {
+                id: mid,
+                children: vec![ObjectTree::leaf(chunk)],
+            }],
+        };
+        for (i, (old, new)) in roots.into_iter().enumerate() {
+            // A message whose tree is whole...
+            for id in a.preregister(1, &tree_of(old)).await.unwrap() {
+                assert!(a.put(&id, contents[&id].clone()).await.unwrap());
+            }
+            // ...is released on one replica while another registers a message that shares its
+            // children: what the second is told to push completes its tree.
+            let registered = tree_of(new);
+            let (released, to_push) = tokio::join!(a.delete(&old), b.preregister(1, &registered));
+            released.unwrap();
+            for id in to_push.unwrap() {
+                assert!(
+                    b.put(&id, contents[&id].clone()).await.unwrap(),
+                    "round {i}: {id} could not be pushed"
+                );
+            }
+            for id in [new, mid, chunk] {
+                assert!(
+                    matches!(b.get(&id).await.unwrap(), Lookup::Available(_)),
+                    "round {i}: {id} is missing from the registered tree"
+                );
+            }
+            b.delete(&new).await.unwrap();
+        }
+    }
+
     /// Reads `run` until `s` knows it is running (its listener may still be connecting, and a
     /// status change that crosses a read keeps that read from being remembered).
     async fn read_until_cached(s: &Arc<dyn LinkState>, run: RunId) {

@@ -168,14 +168,23 @@ fn replicas_die_mid_run(kind: Nodes) {
                 d.push_str(&format!("replica-{i}:\n{}\n", p.output()));
             }
         }
+        for (i, n) in _nodes.iter().enumerate() {
+            d.push_str(&format!("node-{i}:\n{}\n", n.output()));
+        }
+        d.push_str(&format!("haproxy:\n{}\n", lb.output()));
         d
+    };
+    let await_log = |procs: &[Option<Proc>], needle: &str, times: usize| {
+        if let Err(e) = cli.try_await_log(run_id, needle, times, Duration::from_secs(240)) {
+            panic!("{e}\n{}", diagnostics(procs));
+        }
     };
 
     // `balance first`: every client is on replica 0. Kill it during round 2...
-    cli.await_log(run_id, "[ROUND 2/3]", 1, Duration::from_secs(240));
+    await_log(&procs, "[ROUND 2/3]", 1);
     procs[0].take().unwrap().signal_group(Signal::SIGKILL);
     // ...bring it back (everyone is on replica 1 now)...
-    cli.await_log(run_id, "aggregate_train", 2, Duration::from_secs(240));
+    await_log(&procs, "aggregate_train", 2);
     procs[0] = Some(restart_replica(
         "replica-0",
         &replicas[0],
@@ -184,7 +193,7 @@ fn replicas_die_mid_run(kind: Nodes) {
         &home(0),
     ));
     // ...and kill replica 1 during round 3.
-    cli.await_log(run_id, "[ROUND 3/3]", 1, Duration::from_secs(240));
+    await_log(&procs, "[ROUND 3/3]", 1);
     if let Some(p) = procs[1].take() {
         p.signal_group(Signal::SIGKILL);
     }

@@ -333,16 +333,31 @@ impl Cli {
 
     /// Waits until `flwr log <run> --show` holds `needle` at least `times` times.
     pub fn await_log(&self, run_id: u64, needle: &str, times: usize, timeout: Duration) {
+        if let Err(e) = self.try_await_log(run_id, needle, times, timeout) {
+            panic!("{e}");
+        }
+    }
+
+    /// Like [`Cli::await_log`], but returns what it saw when the time is up (so that the caller
+    /// can add the output of its processes).
+    pub fn try_await_log(
+        &self,
+        run_id: u64,
+        needle: &str,
+        times: usize,
+        timeout: Duration,
+    ) -> Result<(), String> {
         let start = Instant::now();
         loop {
             let (_, log) = self.run(&["log", &run_id.to_string(), CONNECTION, "--show"]);
             if log.matches(needle).count() >= times {
-                return;
+                return Ok(());
             }
-            assert!(
-                start.elapsed() < timeout,
-                "the log of run {run_id} never showed {needle:?} {times} times:\n{log}"
-            );
+            if start.elapsed() >= timeout {
+                return Err(format!(
+                    "the log of run {run_id} never showed {needle:?} {times} times:\n{log}"
+                ));
+            }
             std::thread::sleep(Duration::from_millis(500));
         }
     }

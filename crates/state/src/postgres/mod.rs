@@ -1739,6 +1739,16 @@ impl ObjectStore for PgObjects {
         sorted.sort_unstable();
         let (sorted_keys, sorted_blobs): (Vec<&[u8]>, Vec<&[u8]>) = sorted.into_iter().unzip();
         in_tx!(&self.shared, |tx, _now| async {
+            // The objects that are there already are locked first, so that a concurrent release
+            // (a confirmed message whose tree shares them) cannot delete one between our seeing
+            // it and our counting a reference to it: it waits, then sees our count.
+            let stmt = tx
+                .prepare_cached(
+                    "SELECT object_id FROM object WHERE object_id = ANY($1) \
+                     ORDER BY object_id FOR SHARE",
+                )
+                .await?;
+            tx.execute(&stmt, &[&sorted_keys]).await?;
             // Inserted once across replicas: only the inserter counts the references.
             let stmt = tx
                 .prepare_cached(
