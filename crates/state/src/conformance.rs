@@ -37,7 +37,7 @@ macro_rules! conformance_tests {
                 match stores.fabs {
                     Some(fabs) => $crate::conformance::fabs::fabs_by_hash(&*fabs).await,
                     None => {
-                        let dir = $crate::conformance::fabs::TempDir::new();
+                        let dir = ::tempfile::tempdir().unwrap();
                         let fabs = $crate::fabs::FileFabs::new(dir.path());
                         $crate::conformance::fabs::fabs_by_hash(&fabs).await;
                     }
@@ -811,40 +811,6 @@ pub mod fabs {
 
     use crate::fabs::fab_hash;
     use crate::FabStore;
-
-    /// A directory under the system's temporary directory, removed on drop.
-    pub struct TempDir(std::path::PathBuf);
-
-    impl TempDir {
-        /// A new, empty directory.
-        pub fn new() -> Self {
-            use rand_core::RngCore;
-            let path = std::env::temp_dir().join(format!(
-                "flwr-fabs-{}-{:016x}",
-                std::process::id(),
-                rand_core::OsRng.next_u64()
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-
-        /// Its path.
-        pub fn path(&self) -> &std::path::Path {
-            &self.0
-        }
-    }
-
-    impl Default for TempDir {
-        fn default() -> Self {
-            Self::new()
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     /// A FAB is kept under its SHA-256, storing it again changes nothing, and an unknown hash
     /// finds nothing.

@@ -27,6 +27,15 @@ mod replicas {
             .unwrap()
     }
 
+    /// Two replicas on a fresh database, sharing one clock.
+    async fn two_replicas() -> (Stores, Stores, Arc<ManualClock>) {
+        let url = flwr_testkit::postgres::shared().create_database();
+        let clock = Arc::new(ManualClock::new());
+        let a = replica(&url, clock.clone()).await;
+        let b = replica(&url, clock.clone()).await;
+        (a, b, clock)
+    }
+
     async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         let start = Instant::now();
         while !check() {
@@ -37,10 +46,8 @@ mod replicas {
 
     #[tokio::test]
     async fn hints_follow_the_other_replicas() {
-        let url = flwr_testkit::postgres::shared().create_database();
-        let clock = Arc::new(ManualClock::new());
-        let a = replica(&url, clock.clone()).await.state;
-        let b = replica(&url, clock.clone()).await.state;
+        let (a, b, clock) = two_replicas().await;
+        let (a, b) = (a.state, b.state);
         let node = a.create_node(link::new_node("key", 0.0)).await.unwrap();
         a.activate_node(b"key", 30.0).await.unwrap().unwrap();
         // B's listener is up once it hints "nothing" for a node with nothing queued.
@@ -77,10 +84,8 @@ mod replicas {
 
     #[tokio::test]
     async fn usage_counted_on_one_replica_reaches_the_others() {
-        let url = flwr_testkit::postgres::shared().create_database();
-        let clock = Arc::new(ManualClock::new());
-        let a = replica(&url, clock.clone()).await.state;
-        let b = replica(&url, clock.clone()).await.state;
+        let (a, b, _) = two_replicas().await;
+        let (a, b) = (a.state, b.state);
         let run = a.create_run(link::new_run()).await.unwrap();
         let usage = |r: Run| (r.bytes_sent, r.bytes_recv, r.clientapp_runtime);
         a.add_run_usage(run, 10, 20, 1.5).await.unwrap();
@@ -109,10 +114,8 @@ mod replicas {
 
     #[tokio::test]
     async fn node_unavailable_is_answered_once_when_replicas_race() {
-        let url = flwr_testkit::postgres::shared().create_database();
-        let clock = Arc::new(ManualClock::new());
-        let a = replica(&url, clock.clone()).await.state;
-        let b = replica(&url, clock.clone()).await.state;
+        let (a, b, clock) = two_replicas().await;
+        let (a, b) = (a.state, b.state);
         let (node, run) = link::setup(&*a, "racer").await;
         let instructions: Vec<_> = (0..20)
             .map(|i| link::instruction(run, node, &format!("{i}"), clock.now(), 600.0))
@@ -165,10 +168,8 @@ mod replicas {
         use flwr_objects::ObjectId;
         use std::collections::HashMap;
 
-        let url = flwr_testkit::postgres::shared().create_database();
-        let clock = Arc::new(ManualClock::new());
-        let a = replica(&url, clock.clone()).await.objects;
-        let b = replica(&url, clock.clone()).await.objects;
+        let (a, b, _) = two_replicas().await;
+        let (a, b) = (a.objects, b.objects);
         let mut contents: HashMap<ObjectId, Bytes> = HashMap::new();
         let mut object = |text: String| {
             let content = Bytes::from(text);
@@ -237,10 +238,8 @@ mod replicas {
 
     #[tokio::test]
     async fn a_running_run_is_known_without_asking_until_it_changes_anywhere() {
-        let url = flwr_testkit::postgres::shared().create_database();
-        let clock = Arc::new(ManualClock::new());
-        let a = replica(&url, clock.clone()).await.state;
-        let b = replica(&url, clock.clone()).await.state;
+        let (a, b, clock) = two_replicas().await;
+        let (a, b) = (a.state, b.state);
         let run = a.create_run(link::new_run()).await.unwrap();
         assert!(!b.cached_running(run), "pending: ask");
         a.create_token(run).await.unwrap().unwrap();

@@ -198,21 +198,12 @@ fn replicas_die_mid_run(kind: Nodes) {
         p.signal_group(Signal::SIGKILL);
     }
 
-    let start = std::time::Instant::now();
-    let s = loop {
-        let s = cli.status_of(run_id);
-        if s.starts_with("finished") {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(300) {
+    let s = cli
+        .try_await_status(run_id, "finished", Duration::from_secs(300))
+        .unwrap_or_else(|e| {
             let (_, log) = cli.run(&["log", &run_id.to_string(), federation::CONNECTION, "--show"]);
-            panic!(
-                "run {run_id} is `{s}`, not finished, after 300 s; its log:\n{log}\n{}",
-                diagnostics(&procs)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+            panic!("{e}; its log:\n{log}\n{}", diagnostics(&procs))
+        });
     assert_eq!(s, "finished:completed", "{}", diagnostics(&procs));
     let (_, log) = cli.run(&["log", &run_id.to_string(), federation::CONNECTION, "--show"]);
     let sha = federation::expected_model_sha256(1000, 3, 1.0);

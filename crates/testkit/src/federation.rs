@@ -308,6 +308,18 @@ impl Cli {
     /// Waits until `flwr ls` shows the run's status starting with `want` and returns it. A
     /// failing `flwr ls` (a replica going away under it) is asked again.
     pub fn await_status(&self, run_id: u64, want: &str, timeout: Duration) -> String {
+        self.try_await_status(run_id, want, timeout)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Cli::await_status`], but returns what it saw when the time is up (so that the
+    /// caller can add the output of its processes).
+    pub fn try_await_status(
+        &self,
+        run_id: u64,
+        want: &str,
+        timeout: Duration,
+    ) -> Result<String, String> {
         let start = Instant::now();
         loop {
             let (status, out) = self.run(&["ls", CONNECTION, "--format", "json"]);
@@ -321,12 +333,13 @@ impl Cli {
                 format!("(flwr ls failed: {out})")
             };
             if now.starts_with(want) {
-                return now;
+                return Ok(now);
             }
-            assert!(
-                start.elapsed() < timeout,
-                "run {run_id} is `{now}`, not `{want}`, after {timeout:?}"
-            );
+            if start.elapsed() >= timeout {
+                return Err(format!(
+                    "run {run_id} is `{now}`, not `{want}`, after {timeout:?}"
+                ));
+            }
             std::thread::sleep(Duration::from_millis(500));
         }
     }
