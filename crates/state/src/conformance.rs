@@ -17,6 +17,7 @@ macro_rules! conformance_tests {
             tokens_expire_into_failed_runs,
             logs_in_order,
             instructions_are_delivered_once_in_order,
+            lost_deliveries_are_repeated_until_confirmed,
             delivered_instructions_belong_to_their_node,
             replies_and_generated_errors,
             stopping_a_run_drops_its_messages
@@ -422,15 +423,24 @@ pub mod link {
             s.may_have_instruction(node),
             "queued instructions are hinted"
         );
-        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(first));
+        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(first.clone()));
         assert!(s.may_have_instruction(node));
-        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(second));
+        assert_eq!(
+            s.pull_instruction(node).await.unwrap(),
+            Some(second.clone())
+        );
         assert_eq!(
             s.pull_instruction(node).await.unwrap(),
             None,
             "never delivered twice"
         );
         assert_eq!(s.pull_instruction(registered).await.unwrap(), None);
+        s.confirm_instruction(node, &first.message_id)
+            .await
+            .unwrap();
+        s.confirm_instruction(node, &second.message_id)
+            .await
+            .unwrap();
 
         // Expired instructions are not delivered.
         let short = instruction(run, node, "7", clock.now(), 5.0);
@@ -443,6 +453,95 @@ pub mod link {
         s.store_instruction(third.clone()).await.unwrap();
         assert!(s.may_have_instruction(node));
         assert_eq!(s.pull_instruction(node).await.unwrap(), Some(third));
+    }
+
+    pub async fn lost_deliveries_are_repeated_until_confirmed(
+        s: &dyn LinkState,
+        clock: &ManualClock,
+    ) {
+        let (node, run) = setup(s, "n1").await;
+        let other = s.create_node(new_node("n2", 0.0)).await.unwrap();
+        assert_eq!(s.activate_node(b"n2", 30.0).await.unwrap(), Ok(other));
+        let now = clock.now();
+        let first = instruction(run, node, "1", now, 600.0);
+        let second = instruction(run, node, "2", now, 600.0);
+        s.store_instruction(first.clone()).await.unwrap();
+        s.store_instruction(second.clone()).await.unwrap();
+        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(first.clone()));
+        assert_eq!(
+            s.pull_instruction(node).await.unwrap(),
+            Some(second.clone())
+        );
+        assert_eq!(
+            s.pull_instruction(node).await.unwrap(),
+            None,
+            "not repeated while its answer may still be on its way"
+        );
+        assert!(
+            s.may_have_instruction(node),
+            "a node with unconfirmed deliveries keeps its hint"
+        );
+
+        // The second is confirmed; a confirm by another node changes nothing for the first.
+        s.confirm_instruction(node, &second.message_id)
+            .await
+            .unwrap();
+        s.confirm_instruction(other, &first.message_id)
+            .await
+            .unwrap();
+        clock.advance(REDELIVER_AFTER);
+        assert_eq!(
+            s.pull_instruction(node).await.unwrap(),
+            Some(first.clone()),
+            "an unconfirmed delivery is repeated"
+        );
+        assert_eq!(s.pull_instruction(other).await.unwrap(), None);
+        assert_eq!(
+            s.pull_instruction(node).await.unwrap(),
+            None,
+            "a repeat waits as long as a first delivery"
+        );
+        clock.advance(REDELIVER_AFTER);
+        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(first.clone()));
+        s.confirm_instruction(node, &first.message_id)
+            .await
+            .unwrap();
+        clock.advance(REDELIVER_AFTER);
+        assert_eq!(s.pull_instruction(node).await.unwrap(), None);
+        let mut kept = s.delivered_instructions(node, run).await.unwrap();
+        kept.sort();
+        assert_eq!(
+            kept,
+            vec![first.message_id.clone(), second.message_id.clone()],
+            "confirmed instructions stay until their replies are taken"
+        );
+
+        // An answered instruction is not repeated, nor an expired one.
+        let answered = instruction(run, node, "3", clock.now(), 600.0);
+        s.store_instruction(answered.clone()).await.unwrap();
+        assert_eq!(
+            s.pull_instruction(node).await.unwrap(),
+            Some(answered.clone())
+        );
+        s.store_reply(reply_to(&answered, "r3", clock.now()))
+            .await
+            .unwrap()
+            .unwrap();
+        let short = instruction(run, node, "4", clock.now(), 2.0 * REDELIVER_AFTER);
+        s.store_instruction(short.clone()).await.unwrap();
+        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(short));
+        clock.advance(2.0 * REDELIVER_AFTER);
+        assert_eq!(s.pull_instruction(node).await.unwrap(), None);
+
+        // A new instruction goes before a repeat.
+        let lost = instruction(run, node, "5", clock.now(), 600.0);
+        let fresh = instruction(run, node, "6", clock.now(), 600.0);
+        s.store_instruction(lost.clone()).await.unwrap();
+        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(lost.clone()));
+        clock.advance(REDELIVER_AFTER);
+        s.store_instruction(fresh.clone()).await.unwrap();
+        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(fresh));
+        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(lost));
     }
 
     pub async fn delivered_instructions_belong_to_their_node(
@@ -472,14 +571,13 @@ pub mod link {
             .await
             .unwrap()
             .is_empty());
-        // Answered and taken: gone.
-        s.store_reply(reply_to(&for_a, "r1", clock.now()))
-            .await
-            .unwrap()
-            .unwrap();
+        // Answered, taken and confirmed: gone.
+        let reply = reply_to(&for_a, "r1", clock.now());
+        s.store_reply(reply.clone()).await.unwrap().unwrap();
         s.take_replies(std::slice::from_ref(&for_a.message_id))
             .await
             .unwrap();
+        s.confirm_reply(run, &reply.message_id).await.unwrap();
         assert!(s.delivered_instructions(a, run).await.unwrap().is_empty());
     }
 
@@ -533,8 +631,19 @@ pub mod link {
             .take_replies(std::slice::from_ref(&ins.message_id))
             .await
             .unwrap();
-        assert_eq!(got, vec![PulledReply::Stored(reply)]);
-        // Pulled once: now the id is unknown.
+        assert_eq!(got, vec![PulledReply::Stored(reply.clone())]);
+        // Taken but not confirmed: asked for again (the answer was lost), it comes again. A
+        // confirm of another run, or of an id that is no taken reply, changes nothing.
+        s.confirm_reply(run + 1, &reply.message_id).await.unwrap();
+        s.confirm_reply(run, &ins.message_id).await.unwrap();
+        assert_eq!(
+            s.take_replies(std::slice::from_ref(&ins.message_id))
+                .await
+                .unwrap(),
+            vec![PulledReply::Stored(reply.clone())]
+        );
+        // Confirmed: now the id is unknown.
+        s.confirm_reply(run, &reply.message_id).await.unwrap();
         match &s
             .take_replies(std::slice::from_ref(&ins.message_id))
             .await

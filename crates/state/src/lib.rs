@@ -511,10 +511,24 @@ pub trait LinkState: Send + Sync {
     /// Stores a validated instruction. `None` when its run is unknown, its source is not the
     /// SuperLink, or its destination is not a registered-and-activated (online or offline) node.
     async fn store_instruction(&self, message: MessageMeta) -> Result<Option<String>, StateError>;
-    /// The oldest undelivered, unexpired instruction for a node, now marked delivered forever.
+    /// The oldest undelivered, unexpired instruction for a node, now marked delivered. When
+    /// there is none: the oldest one delivered at least [`REDELIVER_AFTER`] seconds ago that the
+    /// node has neither confirmed nor answered, delivered again (the answer that carried it was
+    /// lost: a replica died after its commit, a connection broke). A node pulls one message at
+    /// a time and confirms it before it pulls again, so a pull without a confirm means it never
+    /// got it.
     async fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError>;
-    /// False only when the node certainly has no undelivered instruction, answered from memory
-    /// without blocking: most pulls find nothing, and then need no call to `pull_instruction`.
+    /// The node confirmed that it received this instruction of its own (`ConfirmMessageReceived`):
+    /// it is never delivered again. Ids of other nodes' instructions, or unknown ones, change
+    /// nothing.
+    async fn confirm_instruction(
+        &self,
+        node_id: NodeId,
+        message_id: &str,
+    ) -> Result<(), StateError>;
+    /// False only when the node certainly has nothing to pull (no undelivered instruction, none
+    /// delivered and unconfirmed), answered from memory without blocking: most pulls find
+    /// nothing, and then need no call to `pull_instruction`.
     fn may_have_instruction(&self, _node_id: NodeId) -> bool {
         true
     }
@@ -535,14 +549,25 @@ pub trait LinkState: Send + Sync {
         &self,
         message: MessageMeta,
     ) -> Result<Result<String, ReplyRejected>, StateError>;
-    /// The replies to these instructions (or errors the SuperLink makes for them). Every
-    /// instruction answered is deleted with its reply.
+    /// The replies to these instructions (or errors the SuperLink makes for them). An
+    /// instruction answered with an error the SuperLink makes is deleted. One answered with its
+    /// node's reply stays, the reply marked taken, until the ServerApp confirms the reply
+    /// ([`LinkState::confirm_reply`]) or the run ends: a request that asks for it again (the
+    /// answer that carried it was lost) gets it again.
     async fn take_replies(&self, message_ids: &[String]) -> Result<Vec<PulledReply>, StateError>;
+    /// The ServerApp of `run_id` confirmed that it received the reply `reply_id`: the reply and
+    /// its instruction go. Ids of replies not taken, or of other runs, change nothing.
+    async fn confirm_reply(&self, run_id: RunId, reply_id: &str) -> Result<(), StateError>;
     /// Deletes these instructions and their replies.
     async fn delete_messages(&self, message_ids: &[String]) -> Result<(), StateError>;
     /// Deletes every instruction (and reply) of a run.
     async fn delete_run_messages(&self, run_id: RunId) -> Result<(), StateError>;
 }
+
+/// Seconds after which a delivered instruction that its node has neither confirmed nor answered
+/// may be delivered again (see [`LinkState::pull_instruction`]): a margin against repeating a
+/// delivery whose answer is only slow.
+pub const REDELIVER_AFTER: f64 = 3.0;
 
 /// Heartbeat constants (Flower's).
 pub mod heartbeat {

@@ -39,14 +39,29 @@ struct Runs {
 
 struct Instruction {
     meta: MessageMeta,
-    delivered: bool,
+    /// When it was last delivered (`None`: never).
+    delivered_at: Option<f64>,
+    confirmed: bool,
+    /// The reply, and whether the ServerApp has taken it (then it waits for its confirm).
     reply: Option<(MessageMeta, bool)>,
+}
+
+impl Instruction {
+    /// Delivered, and neither confirmed nor answered: its delivery may have been lost.
+    fn unconfirmed(&self) -> bool {
+        self.delivered_at.is_some() && !self.confirmed && self.reply.is_none()
+    }
 }
 
 #[derive(Default)]
 struct Messages {
     by_id: HashMap<String, Instruction>,
     queues: HashMap<NodeId, VecDeque<String>>,
+    /// Per node, instructions delivered and possibly not yet confirmed, oldest first (a superset:
+    /// entries whose instruction was confirmed, answered or deleted go at the node's next pull).
+    unconfirmed: HashMap<NodeId, VecDeque<String>>,
+    /// Reply id → its instruction, for replies taken and not yet confirmed.
+    taken: HashMap<String, String>,
 }
 
 /// The in-memory engine.
@@ -190,7 +205,13 @@ fn expired(meta: &MessageMeta, now: f64) -> bool {
 
 impl Messages {
     fn delete(&mut self, id: &str) {
-        self.by_id.remove(id);
+        if let Some(Instruction {
+            reply: Some((reply, true)),
+            ..
+        }) = self.by_id.remove(id)
+        {
+            self.taken.remove(&reply.message_id);
+        }
     }
 }
 
@@ -600,7 +621,8 @@ impl LinkState for MemoryLinkState {
             id.clone(),
             Instruction {
                 meta: message,
-                delivered: false,
+                delivered_at: None,
+                confirmed: false,
                 reply: None,
             },
         );
@@ -612,29 +634,68 @@ impl LinkState for MemoryLinkState {
         let now = self.clock.now();
         let mut guard = self.messages.lock();
         let msgs = &mut *guard;
-        let Some(queue) = msgs.queues.get_mut(&node_id) else {
+        let mut found = None;
+        if let Some(queue) = msgs.queues.get_mut(&node_id) {
+            while let Some(id) = queue.pop_front() {
+                let Some(ins) = msgs.by_id.get_mut(&id) else {
+                    continue;
+                };
+                if ins.delivered_at.is_some() {
+                    continue;
+                }
+                if expired(&ins.meta, now) {
+                    msgs.by_id.remove(&id);
+                    continue;
+                }
+                ins.delivered_at = Some(now);
+                found = Some(ins.meta.clone());
+                msgs.unconfirmed.entry(node_id).or_default().push_back(id);
+                break;
+            }
+            if queue.is_empty() {
+                msgs.queues.remove(&node_id);
+            }
+        }
+        if found.is_some() {
+            return Ok(found);
+        }
+        // Nothing new: a delivery that was lost, if any.
+        let Some(waiting) = msgs.unconfirmed.get_mut(&node_id) else {
             return Ok(None);
         };
-        let mut found = None;
-        while let Some(id) = queue.pop_front() {
-            let Some(ins) = msgs.by_id.get_mut(&id) else {
+        waiting.retain(|id| {
+            msgs.by_id
+                .get(id)
+                .is_some_and(|i| i.unconfirmed() && !expired(&i.meta, now))
+        });
+        for id in waiting.iter() {
+            let Some(ins) = msgs.by_id.get_mut(id) else {
                 continue;
             };
-            if ins.delivered {
-                continue;
+            if ins.delivered_at.is_some_and(|t| t + REDELIVER_AFTER <= now) {
+                tracing::info!(node_id, message_id = %id, "delivering again an instruction its node did not confirm");
+                ins.delivered_at = Some(now);
+                found = Some(ins.meta.clone());
+                break;
             }
-            if expired(&ins.meta, now) {
-                msgs.by_id.remove(&id);
-                continue;
-            }
-            ins.delivered = true;
-            found = Some(ins.meta.clone());
-            break;
         }
-        if queue.is_empty() {
-            msgs.queues.remove(&node_id);
+        if waiting.is_empty() {
+            msgs.unconfirmed.remove(&node_id);
         }
         Ok(found)
+    }
+
+    async fn confirm_instruction(
+        &self,
+        node_id: NodeId,
+        message_id: &str,
+    ) -> Result<(), StateError> {
+        if let Some(ins) = self.messages.lock().by_id.get_mut(message_id) {
+            if ins.meta.dst_node_id == node_id && ins.delivered_at.is_some() {
+                ins.confirmed = true;
+            }
+        }
+        Ok(())
     }
 
     async fn delivered_instructions(
@@ -648,7 +709,7 @@ impl LinkState for MemoryLinkState {
             .by_id
             .iter()
             .filter(|(_, i)| {
-                i.delivered && i.meta.dst_node_id == node_id && i.meta.run_id == run_id
+                i.delivered_at.is_some() && i.meta.dst_node_id == node_id && i.meta.run_id == run_id
             })
             .map(|(id, _)| id.clone())
             .collect())
@@ -675,7 +736,9 @@ impl LinkState for MemoryLinkState {
             return Ok(Err(why));
         }
         let id = message.message_id.clone();
-        ins.reply = Some((message, false));
+        if let Some((old, true)) = ins.reply.replace((message, false)) {
+            msgs.taken.remove(&old.message_id);
+        }
         Ok(Ok(id))
     }
 
@@ -684,6 +747,7 @@ impl LinkState for MemoryLinkState {
         let mut msgs = self.messages.lock();
         let mut out = Vec::new();
         let mut answered = Vec::new();
+        let mut taken = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for id in message_ids {
             if !seen.insert(id.as_str()) {
@@ -716,23 +780,50 @@ impl LinkState for MemoryLinkState {
                 answered.push(id.clone());
                 continue;
             }
-            if let Some((reply, false)) = &ins.reply {
+            if let Some((reply, _)) = &ins.reply {
                 if reply.created_at + reply.ttl < now {
                     out.push(PulledReply::Generated(error_reply_for(
                         &ins.meta,
                         error_code::REPLY_MESSAGE_UNAVAILABLE,
                         now,
                     )));
+                    answered.push(id.clone());
                 } else {
                     out.push(PulledReply::Stored(reply.clone()));
+                    taken.push(id.clone());
                 }
-                answered.push(id.clone());
             }
         }
         for id in answered {
             msgs.delete(&id);
         }
+        for id in taken {
+            if let Some(Instruction {
+                reply: Some((reply, taken)),
+                ..
+            }) = msgs.by_id.get_mut(&id)
+            {
+                *taken = true;
+                let reply_id = reply.message_id.clone();
+                msgs.taken.insert(reply_id, id);
+            }
+        }
         Ok(out)
+    }
+
+    async fn confirm_reply(&self, run_id: RunId, reply_id: &str) -> Result<(), StateError> {
+        let mut msgs = self.messages.lock();
+        let Some(ins_id) = msgs.taken.get(reply_id).cloned() else {
+            return Ok(());
+        };
+        if msgs
+            .by_id
+            .get(&ins_id)
+            .is_some_and(|i| i.meta.run_id == run_id)
+        {
+            msgs.delete(&ins_id);
+        }
+        Ok(())
     }
 
     async fn delete_messages(&self, message_ids: &[String]) -> Result<(), StateError> {
@@ -744,10 +835,16 @@ impl LinkState for MemoryLinkState {
     }
 
     async fn delete_run_messages(&self, run_id: RunId) -> Result<(), StateError> {
-        self.messages
-            .lock()
+        let mut msgs = self.messages.lock();
+        let ids: Vec<String> = msgs
             .by_id
-            .retain(|_, i| i.meta.run_id != run_id);
+            .iter()
+            .filter(|(_, i)| i.meta.run_id == run_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            msgs.delete(&id);
+        }
         Ok(())
     }
 }

@@ -94,7 +94,9 @@ CREATE TABLE IF NOT EXISTS message_ins (
     created_at REAL NOT NULL,
     error_code INTEGER,
     error_reason TEXT,
-    has_content INTEGER NOT NULL
+    has_content INTEGER NOT NULL,
+    delivered_at REAL,
+    confirmed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS message_ins_queue ON message_ins (dst_node_id, delivered, seq);
 CREATE INDEX IF NOT EXISTS message_ins_run ON message_ins (run_id);
@@ -114,6 +116,7 @@ CREATE TABLE IF NOT EXISTS message_res (
     error_reason TEXT,
     has_content INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS message_res_by_id ON message_res (message_id);
 "#;
 
 const OBJECT_SCHEMA: &str = r#"
@@ -147,6 +150,32 @@ fn backend(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
         };
         StateError::Backend(format!("{}: {e}{hint}", path.display()))
     }
+}
+
+/// Columns added to tables of schema version 1 since it was first written, as (table, column,
+/// definition). A file written before them gets them when it is opened; builds that predate them
+/// never name them, so they keep working on the same file.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("message_ins", "delivered_at", "REAL"),
+    ("message_ins", "confirmed", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+fn add_missing_columns(conn: &Connection, columns: &[(&str, &str, &str)]) -> rusqlite::Result<()> {
+    // One writer at a time, so that two processes opening an old file do not both add a column.
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    for (table, column, definition) in columns {
+        let present: bool = conn.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            params![column],
+            |r| r.get(0),
+        )?;
+        if !present {
+            tx.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+        }
+    }
+    tx.commit()
 }
 
 fn open_connection(path: &Path, schema: &str) -> Result<Connection, StateError> {
@@ -187,12 +216,15 @@ pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Stores, StateError> {
         })?;
     }
     let state = open_connection(path, STATE_SCHEMA)?;
+    add_missing_columns(&state, ADDED_COLUMNS).map_err(backend(path))?;
     let objects = open_connection(path, OBJECT_SCHEMA)?;
     let writer = Writer::default();
     let hints = Hints::default();
     {
         let queued = state
-            .prepare("SELECT DISTINCT dst_node_id FROM message_ins WHERE delivered = 0")
+            .prepare(
+                "SELECT DISTINCT dst_node_id FROM message_ins WHERE delivered = 0 OR confirmed = 0",
+            )
             .and_then(|mut q| {
                 q.query_map([], |r| r.get::<_, i64>(0))?
                     .map(|r| r.map(|v| v as NodeId))
@@ -390,6 +422,15 @@ impl LinkState for SqliteLinkState {
     async fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError> {
         self.on_lane(move |db| db.pull_instruction(node_id)).await
     }
+    async fn confirm_instruction(
+        &self,
+        node_id: NodeId,
+        message_id: &str,
+    ) -> Result<(), StateError> {
+        let message_id = message_id.to_owned();
+        self.on_lane(move |db| db.confirm_instruction(node_id, &message_id))
+            .await
+    }
     async fn delivered_instructions(
         &self,
         node_id: NodeId,
@@ -407,6 +448,11 @@ impl LinkState for SqliteLinkState {
     async fn take_replies(&self, message_ids: &[String]) -> Result<Vec<PulledReply>, StateError> {
         let ids = message_ids.to_vec();
         self.on_lane(move |db| db.take_replies(&ids)).await
+    }
+    async fn confirm_reply(&self, run_id: RunId, reply_id: &str) -> Result<(), StateError> {
+        let reply_id = reply_id.to_owned();
+        self.on_lane(move |db| db.confirm_reply(run_id, &reply_id))
+            .await
     }
     async fn delete_messages(&self, message_ids: &[String]) -> Result<(), StateError> {
         let ids = message_ids.to_vec();
@@ -623,7 +669,7 @@ fn save_node(tx: &Transaction<'_>, n: &Node) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Stores (or replaces) the reply to instruction `ins_id`, not yet delivered.
+/// Stores (or replaces) the reply to instruction `ins_id`, not yet taken.
 fn insert_reply(tx: &Transaction<'_>, ins_id: &str, m: &MessageMeta) -> rusqlite::Result<()> {
     let sql = format!(
         "INSERT OR REPLACE INTO message_res (ins_id, {META_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
@@ -1142,16 +1188,54 @@ impl StateDb {
                     |r| Ok((r.get::<_, i64>(0)?, meta_from_row(r, 1)?)),
                 )
                 .optional()?;
-            let Some((seq, meta)) = row else {
+            if let Some((seq, meta)) = row {
+                if expired(&meta, now) {
+                    delete_message(tx, &meta.message_id)?;
+                    continue;
+                }
+                tx.prepare_cached("UPDATE message_ins SET delivered = 1, delivered_at = ?2 WHERE seq = ?1")?
+                    .execute(params![seq, now])?;
+                return Ok(Some(meta));
+            }
+            // Nothing new: a delivery that was lost, if any.
+            let waiting = tx
+                .prepare_cached(&format!(
+                    "SELECT seq, delivered_at, {META_COLS} FROM message_ins i WHERE dst_node_id = ?1 \
+                     AND delivered = 1 AND confirmed = 0 AND delivered_at IS NOT NULL AND created_at + ttl > ?2 \
+                     AND NOT EXISTS (SELECT 1 FROM message_res r WHERE r.ins_id = i.message_id) ORDER BY seq"
+                ))?
+                .query_map(params![node_id as i64, now], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?, meta_from_row(r, 2)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            if waiting.is_empty() {
                 self.hints.queued.write().remove(&node_id);
                 return Ok(None);
-            };
-            if expired(&meta, now) {
-                delete_message(tx, &meta.message_id)?;
-                continue;
             }
-            tx.prepare_cached("UPDATE message_ins SET delivered = 1 WHERE seq = ?1")?.execute( params![seq])?;
+            let Some((seq, _, meta)) = waiting
+                .into_iter()
+                .find(|(_, at, _)| at + REDELIVER_AFTER <= now)
+            else {
+                return Ok(None);
+            };
+            tracing::info!(node_id, message_id = %meta.message_id, "delivering again an instruction its node did not confirm");
+            tx.prepare_cached("UPDATE message_ins SET delivered_at = ?2 WHERE seq = ?1")?
+                .execute(params![seq, now])?;
             return Ok(Some(meta));
+        })
+    }
+
+    pub(crate) fn confirm_instruction(
+        &self,
+        node_id: NodeId,
+        message_id: &str,
+    ) -> Result<(), StateError> {
+        self.tx(|tx, _| {
+            tx.prepare_cached(
+                "UPDATE message_ins SET confirmed = 1 WHERE message_id = ?1 AND dst_node_id = ?2 AND delivered = 1",
+            )?
+            .execute(params![message_id, node_id as i64])?;
+            Ok(())
         })
     }
 
@@ -1239,7 +1323,7 @@ impl StateDb {
                 }
                 let reply = tx
                     .prepare_cached(&format!(
-                        "SELECT {META_COLS} FROM message_res WHERE ins_id = ?1 AND delivered = 0"
+                        "SELECT {META_COLS} FROM message_res WHERE ins_id = ?1"
                     ))?
                     .query_row(params![id], |r| meta_from_row(r, 0))
                     .optional()?;
@@ -1250,13 +1334,32 @@ impl StateDb {
                             error_code::REPLY_MESSAGE_UNAVAILABLE,
                             now,
                         )));
+                        delete_message(tx, id)?;
                     } else {
                         out.push(PulledReply::Stored(reply));
+                        tx.prepare_cached(
+                            "UPDATE message_res SET delivered = 1 WHERE ins_id = ?1",
+                        )?
+                        .execute(params![id])?;
                     }
-                    delete_message(tx, id)?;
                 }
             }
             Ok(out)
+        })
+    }
+
+    pub(crate) fn confirm_reply(&self, run_id: RunId, reply_id: &str) -> Result<(), StateError> {
+        self.tx(|tx, _| {
+            let ins: Option<String> = tx
+                .prepare_cached(
+                    "SELECT ins_id FROM message_res WHERE message_id = ?1 AND run_id = ?2 AND delivered = 1",
+                )?
+                .query_row(params![reply_id, run_id as i64], |r| r.get(0))
+                .optional()?;
+            if let Some(ins) = ins {
+                delete_message(tx, &ins)?;
+            }
+            Ok(())
         })
     }
 
@@ -1558,16 +1661,81 @@ mod tests {
                 .is_some());
             (node, message)
         };
-        let s = open(&path, clock).unwrap().state;
+        let s = open(&path, clock.clone()).unwrap().state;
         assert_eq!(s.cached_node_id(b"key"), None, "a new process starts cold");
         assert_eq!(s.node_id_by_public_key(b"key").await.unwrap(), Some(node));
         assert!(s.may_have_instruction(node));
         assert!(!s.may_have_instruction(node + 1));
-        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(message));
+        assert_eq!(
+            s.pull_instruction(node).await.unwrap(),
+            Some(message.clone())
+        );
+        assert_eq!(s.pull_instruction(node).await.unwrap(), None);
+        assert!(
+            s.may_have_instruction(node),
+            "an unconfirmed delivery keeps the hint"
+        );
+        drop(s);
+        let s = open(&path, clock.clone()).unwrap().state;
+        assert!(
+            s.may_have_instruction(node),
+            "an unconfirmed delivery is hinted after a restart"
+        );
+        clock.advance(REDELIVER_AFTER);
+        assert_eq!(
+            s.pull_instruction(node).await.unwrap(),
+            Some(message.clone())
+        );
+        s.confirm_instruction(node, &message.message_id)
+            .await
+            .unwrap();
         assert_eq!(s.pull_instruction(node).await.unwrap(), None);
         assert!(
             !s.may_have_instruction(node),
             "an empty pull clears the hint"
         );
+    }
+
+    /// A file written before `delivered_at` and `confirmed` existed gets them when opened, and
+    /// its delivered instructions are never repeated (nothing says when they went).
+    #[tokio::test]
+    async fn a_file_from_before_the_added_columns_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let clock = Arc::new(ManualClock::new());
+        let (node, run) = {
+            let s = open(&path, clock.clone()).unwrap().state;
+            crate::conformance::link::setup(&*s, "key").await
+        };
+        let delivered = crate::conformance::link::instruction(run, node, "1", clock.now(), 600.0);
+        let queued = crate::conformance::link::instruction(run, node, "2", clock.now(), 600.0);
+        {
+            let s = open(&path, clock.clone()).unwrap().state;
+            s.store_instruction(delivered.clone()).await.unwrap();
+            s.store_instruction(queued.clone()).await.unwrap();
+            assert_eq!(s.pull_instruction(node).await.unwrap(), Some(delivered));
+        }
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE message_ins DROP COLUMN confirmed; ALTER TABLE message_ins DROP COLUMN delivered_at;",
+        )
+        .unwrap();
+        drop(conn);
+        let s = open(&path, clock.clone()).unwrap().state;
+        assert_eq!(
+            s.pull_instruction(node).await.unwrap(),
+            Some(queued.clone())
+        );
+        clock.advance(REDELIVER_AFTER);
+        assert_eq!(
+            s.pull_instruction(node).await.unwrap(),
+            Some(queued.clone()),
+            "delivered after the upgrade: repeated"
+        );
+        s.confirm_instruction(node, &queued.message_id)
+            .await
+            .unwrap();
+        clock.advance(REDELIVER_AFTER);
+        assert_eq!(s.pull_instruction(node).await.unwrap(), None);
     }
 }

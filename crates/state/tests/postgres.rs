@@ -63,7 +63,18 @@ mod replicas {
             b.may_have_instruction(node)
         })
         .await;
-        assert_eq!(b.pull_instruction(node).await.unwrap(), Some(message));
+        assert_eq!(
+            b.pull_instruction(node).await.unwrap(),
+            Some(message.clone())
+        );
+        assert_eq!(b.pull_instruction(node).await.unwrap(), None);
+        assert!(
+            b.may_have_instruction(node),
+            "an unconfirmed delivery keeps the hint"
+        );
+        a.confirm_instruction(node, &message.message_id)
+            .await
+            .unwrap();
         assert_eq!(b.pull_instruction(node).await.unwrap(), None);
         assert!(
             !b.may_have_instruction(node),
@@ -80,6 +91,79 @@ mod replicas {
         a.unregister_node(node, None).await.unwrap().unwrap();
         eventually("B forgets the key", || b.cached_node_id(b"key").is_none()).await;
         assert_eq!(b.node_id_by_public_key(b"key").await.unwrap(), None);
+    }
+
+    /// A replica delivers an instruction and dies before its answer leaves: the node's next
+    /// pulls, through another replica, get it again once [`REDELIVER_AFTER`] has passed, until
+    /// the node confirms it.
+    #[tokio::test]
+    async fn a_delivery_lost_with_its_replica_is_repeated_by_another() {
+        let (a, b, clock) = two_replicas().await;
+        let (a, b) = (a.state, b.state);
+        let node = a.create_node(link::new_node("key", 0.0)).await.unwrap();
+        a.activate_node(b"key", 30.0).await.unwrap().unwrap();
+        eventually("B listens", || !b.may_have_instruction(node)).await;
+        let run = a.create_run(link::new_run()).await.unwrap();
+        let message = link::instruction(run, node, "c", clock.now(), 600.0);
+        a.store_instruction(message.clone()).await.unwrap();
+        eventually("B hears of the instruction", || {
+            b.may_have_instruction(node)
+        })
+        .await;
+        assert_eq!(
+            a.pull_instruction(node).await.unwrap(),
+            Some(message.clone())
+        );
+        drop(a);
+        assert_eq!(b.pull_instruction(node).await.unwrap(), None, "too early");
+        assert!(b.may_have_instruction(node));
+        clock.advance(REDELIVER_AFTER);
+        assert_eq!(
+            b.pull_instruction(node).await.unwrap(),
+            Some(message.clone())
+        );
+        b.confirm_instruction(node, &message.message_id)
+            .await
+            .unwrap();
+        clock.advance(REDELIVER_AFTER);
+        assert_eq!(b.pull_instruction(node).await.unwrap(), None);
+        assert!(!b.may_have_instruction(node), "confirmed: nothing to pull");
+    }
+
+    /// A database written before `delivered_at` and `confirmed` existed gets them when a
+    /// replica starts, and what it held is still delivered.
+    #[tokio::test]
+    async fn a_database_from_before_the_added_columns_is_upgraded() {
+        let url = flwr_testkit::postgres::shared().create_database();
+        let clock = Arc::new(ManualClock::new());
+        let (node, run) = {
+            let a = replica(&url, clock.clone()).await.state;
+            link::setup(&*a, "key").await
+        };
+        let queued = link::instruction(run, node, "q", clock.now(), 600.0);
+        {
+            let a = replica(&url, clock.clone()).await.state;
+            a.store_instruction(queued.clone()).await.unwrap();
+        }
+        flwr_testkit::postgres::shared().psql_in(
+            &url,
+            "ALTER TABLE message_ins DROP COLUMN confirmed, DROP COLUMN delivered_at",
+        );
+        let b = replica(&url, clock.clone()).await.state;
+        assert_eq!(
+            b.pull_instruction(node).await.unwrap(),
+            Some(queued.clone())
+        );
+        clock.advance(REDELIVER_AFTER);
+        assert_eq!(
+            b.pull_instruction(node).await.unwrap(),
+            Some(queued.clone())
+        );
+        b.confirm_instruction(node, &queued.message_id)
+            .await
+            .unwrap();
+        clock.advance(REDELIVER_AFTER);
+        assert_eq!(b.pull_instruction(node).await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -495,6 +495,9 @@ impl Core {
                 scopes.remove(&node);
             }
         }
+        // Marked confirmed before its objects go: an instruction is delivered again only while
+        // it is unconfirmed, and then its objects must still be there.
+        self.state.confirm_instruction(node, &message_id).await?;
         self.confirm(message_id).await
     }
 
@@ -506,9 +509,16 @@ impl Core {
         self.objects.get(&id).await.map_err(Error::from)
     }
 
-    /// `ConfirmMessageReceived` (ServerAppIo after its gate, Fleet through [`Core::fleet_confirm`]):
-    /// the message's objects go, shared ones stay.
-    pub async fn confirm(&self, message_object_id: String) -> Result<()> {
+    /// ServerAppIo `ConfirmMessageReceived` (after its gate): the ServerApp has the reply, so the
+    /// reply and its instruction go (until then a lost answer can be asked for again), then its
+    /// objects.
+    pub async fn serverapp_confirm(&self, run_id: RunId, message_object_id: String) -> Result<()> {
+        self.state.confirm_reply(run_id, &message_object_id).await?;
+        self.confirm(message_object_id).await
+    }
+
+    /// The objects of a confirmed message go, shared ones stay.
+    async fn confirm(&self, message_object_id: String) -> Result<()> {
         if let Ok(id) = ObjectId::parse(&message_object_id) {
             self.objects.delete(&id).await?;
         }

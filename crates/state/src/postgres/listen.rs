@@ -273,7 +273,7 @@ where
         // Listening first, then reading: nothing committed in between is missed.
         let rows = client
             .query(
-                "SELECT DISTINCT dst_node_id FROM message_ins WHERE NOT delivered",
+                "SELECT DISTINCT dst_node_id FROM message_ins WHERE NOT delivered OR NOT confirmed",
                 &[],
             )
             .await?;

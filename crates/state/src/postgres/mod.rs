@@ -47,6 +47,15 @@ const SCHEMA_LOCK: i64 = 0x666c_7772_5f73_6368; // "flwr_sch"
 /// Attempts of a transaction that PostgreSQL aborted for a deadlock or a serialization failure.
 const ATTEMPTS: usize = 5;
 
+/// Columns added to schema version 1 since it was first written, applied at a start that finds
+/// one missing (each statement is a no-op once applied). Replicas that predate them never name them, so old and
+/// new replicas can share a database during a rolling upgrade.
+const SCHEMA_ADDITIONS: &str = r#"
+ALTER TABLE message_ins ADD COLUMN IF NOT EXISTS delivered_at DOUBLE PRECISION;
+ALTER TABLE message_ins ADD COLUMN IF NOT EXISTS confirmed BOOLEAN NOT NULL DEFAULT FALSE;
+CREATE INDEX IF NOT EXISTS message_res_by_id ON message_res (message_id);
+"#;
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS node (
     node_id BIGINT PRIMARY KEY,
@@ -497,7 +506,8 @@ impl Shared {
 
     /// Creates the schema, or checks the one there, under the advisory lock.
     async fn migrate(&self) -> Result<(), StateError> {
-        let version = in_tx!(self, |tx, _now| async {
+        let version = in_tx!(self, |tx, _now| {
+            async {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
                 .await?;
             tx.batch_execute("CREATE TABLE IF NOT EXISTS flwr_schema (version INTEGER NOT NULL)")
@@ -514,9 +524,23 @@ impl Shared {
                 )
                 .await?;
             }
+            // ALTER TABLE locks the table even when it changes nothing: look first.
+            let missing: bool = tx
+                .query_one(
+                    "SELECT (SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = current_schema() \
+                     AND table_name = 'message_ins' AND column_name IN ('delivered_at', 'confirmed')) < 2 \
+                     OR to_regclass('message_res_by_id') IS NULL",
+                    &[],
+                )
+                .await?
+                .get(0);
+            if missing && found.is_none_or(|v| v <= SCHEMA_VERSION) {
+                tx.batch_execute(SCHEMA_ADDITIONS).await?;
+            }
             Ok(found.unwrap_or(SCHEMA_VERSION))
         }
-        .await)?;
+        .await
+        })?;
         if version > SCHEMA_VERSION {
             return Err(StateError::Backend(format!(
                 "{}: the database has schema version {version}, newer than this SuperLink knows \
@@ -735,6 +759,14 @@ async fn expire_tokens(tx: &Tx<'_>, now: f64) -> PgResult<()> {
         }
     }
     Ok(())
+}
+
+/// What a pull found in one transaction.
+enum Pulled {
+    Message(MessageMeta),
+    /// Only deliveries not yet confirmed, too recent to repeat: the node keeps its hint.
+    NotYet,
+    Nothing,
 }
 
 fn expired(m: &MessageMeta, now: f64) -> bool {
@@ -1414,28 +1446,80 @@ impl LinkState for PgLinkState {
                          ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED"
                     ))
                     .await?;
-                let Some(row) = tx.query_opt(&stmt, &[&id(node_id)]).await? else {
-                    return Ok(None);
+                if let Some(row) = tx.query_opt(&stmt, &[&id(node_id)]).await? {
+                    let seq: i64 = row.get(0);
+                    let meta = meta_from_row(&row, 1);
+                    if expired(&meta, now) {
+                        delete_message(tx, &meta.message_id).await?;
+                        continue;
+                    }
+                    let stmt = tx
+                        .prepare_cached(
+                            "UPDATE message_ins SET delivered = TRUE, delivered_at = $2 WHERE seq = $1",
+                        )
+                        .await?;
+                    tx.execute(&stmt, &[&seq, &now]).await?;
+                    return Ok(Pulled::Message(meta));
+                }
+                // Nothing new: a delivery that was lost, if any (any replica may have made it).
+                let stmt = tx
+                    .prepare_cached(&format!(
+                        "SELECT seq, delivered_at, {META_COLS} FROM message_ins i WHERE dst_node_id = $1 \
+                         AND delivered AND NOT confirmed AND delivered_at IS NOT NULL AND created_at + ttl > $2 \
+                         AND NOT EXISTS (SELECT 1 FROM message_res r WHERE r.ins_id = i.message_id) \
+                         ORDER BY seq FOR UPDATE SKIP LOCKED"
+                    ))
+                    .await?;
+                let waiting = tx.query(&stmt, &[&id(node_id), &now]).await?;
+                if waiting.is_empty() {
+                    return Ok(Pulled::Nothing);
+                }
+                let Some(row) = waiting
+                    .iter()
+                    .find(|r| r.get::<_, f64>(1) + REDELIVER_AFTER <= now)
+                else {
+                    return Ok(Pulled::NotYet);
                 };
                 let seq: i64 = row.get(0);
-                let meta = meta_from_row(&row, 1);
-                if expired(&meta, now) {
-                    delete_message(tx, &meta.message_id).await?;
-                    continue;
-                }
+                let meta = meta_from_row(row, 2);
+                tracing::info!(node_id, message_id = %meta.message_id, "delivering again an instruction its node did not confirm");
                 let stmt = tx
-                    .prepare_cached("UPDATE message_ins SET delivered = TRUE WHERE seq = $1")
+                    .prepare_cached("UPDATE message_ins SET delivered_at = $2 WHERE seq = $1")
                     .await?;
-                tx.execute(&stmt, &[&seq]).await?;
-                return Ok(Some(meta));
+                tx.execute(&stmt, &[&seq, &now]).await?;
+                return Ok(Pulled::Message(meta));
             }
         }
         .await
         })?;
-        if pulled.is_none() {
-            self.shared.hints.found_nothing(node_id, mark);
+        Ok(match pulled {
+            Pulled::Message(meta) => Some(meta),
+            Pulled::NotYet => None,
+            Pulled::Nothing => {
+                self.shared.hints.found_nothing(node_id, mark);
+                None
+            }
+        })
+    }
+
+    async fn confirm_instruction(
+        &self,
+        node_id: NodeId,
+        message_id: &str,
+    ) -> Result<(), StateError> {
+        let message_id = message_id.to_owned();
+        in_tx!(&self.shared, |tx, _now| {
+            async {
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE message_ins SET confirmed = TRUE WHERE message_id = $1 AND dst_node_id = $2 AND delivered",
+                )
+                .await?;
+            tx.execute(&stmt, &[&message_id, &id(node_id)]).await?;
+            Ok(())
         }
-        Ok(pulled)
+        .await
+        })
     }
 
     async fn delivered_instructions(
@@ -1512,7 +1596,8 @@ impl LinkState for PgLinkState {
         }
         // A few statements for the whole list, however long: the instructions (locked, in one
         // order so that replicas taking overlapping lists do not deadlock), their nodes, their
-        // replies, then one delete of everything answered.
+        // replies, then one update of the replies taken and one delete of everything answered
+        // with an error.
         in_tx!(&self.shared, |tx, now| {
             async {
             let stmt = tx
@@ -1545,7 +1630,7 @@ impl LinkState for PgLinkState {
                 .collect();
             let stmt = tx
                 .prepare_cached(&format!(
-                    "SELECT ins_id, {META_COLS} FROM message_res WHERE ins_id = ANY($1) AND NOT delivered"
+                    "SELECT ins_id, {META_COLS} FROM message_res WHERE ins_id = ANY($1)"
                 ))
                 .await?;
             let replies: HashMap<String, MessageMeta> = tx
@@ -1556,6 +1641,7 @@ impl LinkState for PgLinkState {
                 .collect();
             let mut out = Vec::new();
             let mut answered: Vec<&str> = Vec::new();
+            let mut taken: Vec<&str> = Vec::new();
             for message_id in &ids {
                 let Some(ins) = instructions.get(*message_id) else {
                     out.push(PulledReply::Generated(message_unavailable(message_id, now)));
@@ -1581,17 +1667,26 @@ impl LinkState for PgLinkState {
                     continue;
                 }
                 if let Some(reply) = replies.get(*message_id) {
-                    answered.push(message_id);
                     if reply.created_at + reply.ttl < now {
+                        answered.push(message_id);
                         out.push(PulledReply::Generated(error_reply_for(
                             ins,
                             error_code::REPLY_MESSAGE_UNAVAILABLE,
                             now,
                         )));
                     } else {
+                        taken.push(message_id);
                         out.push(PulledReply::Stored(reply.clone()));
                     }
                 }
+            }
+            if !taken.is_empty() {
+                let stmt = tx
+                    .prepare_cached(
+                        "UPDATE message_res SET delivered = TRUE WHERE ins_id = ANY($1) AND NOT delivered",
+                    )
+                    .await?;
+                tx.execute(&stmt, &[&taken]).await?;
             }
             if !answered.is_empty() {
                 let stmt = tx
@@ -1604,6 +1699,24 @@ impl LinkState for PgLinkState {
                 tx.execute(&stmt, &[&answered]).await?;
             }
             Ok(out)
+        }
+        .await
+        })
+    }
+
+    async fn confirm_reply(&self, run_id: RunId, reply_id: &str) -> Result<(), StateError> {
+        in_tx!(&self.shared, |tx, _now| {
+            async {
+            let stmt = tx
+                .prepare_cached(
+                    "SELECT ins_id FROM message_res WHERE message_id = $1 AND run_id = $2 AND delivered",
+                )
+                .await?;
+            if let Some(row) = tx.query_opt(&stmt, &[&reply_id, &id(run_id)]).await? {
+                let ins: String = row.get(0);
+                delete_message(tx, &ins).await?;
+            }
+            Ok(())
         }
         .await
         })

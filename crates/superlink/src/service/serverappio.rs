@@ -168,7 +168,7 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
         self.core.gate(body.run_id).await.or_status()?;
         check_superlink_node(&body.node)?;
         self.core
-            .confirm(body.message_object_id)
+            .serverapp_confirm(body.run_id, body.message_object_id)
             .await
             .or_status()?;
         Ok(Response::new(pb::ConfirmMessageReceivedResponse {}))
