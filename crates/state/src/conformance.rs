@@ -127,6 +127,26 @@ pub mod link {
         (node, run)
     }
 
+    /// Another online node, with key `key`.
+    pub async fn online_node(s: &dyn LinkState, key: &str) -> NodeId {
+        let node = s.create_node(new_node(key, 0.0)).await.unwrap();
+        assert_eq!(
+            s.activate_node(key.as_bytes(), 30.0).await.unwrap(),
+            Ok(node)
+        );
+        node
+    }
+
+    /// Stores these instructions, each accepted.
+    pub async fn store_all(s: &dyn LinkState, messages: &[&MessageMeta]) {
+        for m in messages {
+            assert_eq!(
+                s.store_instruction((*m).clone()).await.unwrap(),
+                Some(m.message_id.clone())
+            );
+        }
+    }
+
     /// An instruction for `dst` in `run`, its id made of `tag`.
     pub fn instruction(run: RunId, dst: NodeId, tag: &str, now: f64, ttl: f64) -> MessageMeta {
         MessageMeta {
@@ -460,13 +480,11 @@ pub mod link {
         clock: &ManualClock,
     ) {
         let (node, run) = setup(s, "n1").await;
-        let other = s.create_node(new_node("n2", 0.0)).await.unwrap();
-        assert_eq!(s.activate_node(b"n2", 30.0).await.unwrap(), Ok(other));
+        let other = online_node(s, "n2").await;
         let now = clock.now();
         let first = instruction(run, node, "1", now, 600.0);
         let second = instruction(run, node, "2", now, 600.0);
-        s.store_instruction(first.clone()).await.unwrap();
-        s.store_instruction(second.clone()).await.unwrap();
+        store_all(s, &[&first, &second]).await;
         assert_eq!(s.pull_instruction(node).await.unwrap(), Some(first.clone()));
         assert_eq!(
             s.pull_instruction(node).await.unwrap(),
@@ -549,13 +567,11 @@ pub mod link {
         clock: &ManualClock,
     ) {
         let (a, run) = setup(s, "a").await;
-        let b = s.create_node(new_node("b", 0.0)).await.unwrap();
-        assert_eq!(s.activate_node(b"b", 30.0).await.unwrap(), Ok(b));
+        let b = online_node(s, "b").await;
         let now = clock.now();
         let for_a = instruction(run, a, "1", now, 600.0);
         let for_b = instruction(run, b, "2", now, 600.0);
-        s.store_instruction(for_a.clone()).await.unwrap();
-        s.store_instruction(for_b.clone()).await.unwrap();
+        store_all(s, &[&for_a, &for_b]).await;
         assert!(
             s.delivered_instructions(a, run).await.unwrap().is_empty(),
             "not delivered yet"

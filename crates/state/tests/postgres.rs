@@ -44,18 +44,16 @@ mod replicas {
         }
     }
 
-    #[tokio::test]
-    async fn hints_follow_the_other_replicas() {
-        let (a, b, clock) = two_replicas().await;
-        let (a, b) = (a.state, b.state);
-        let node = a.create_node(link::new_node("key", 0.0)).await.unwrap();
-        a.activate_node(b"key", 30.0).await.unwrap().unwrap();
+    /// An online node with key "key", and an instruction for it stored through A once B listens,
+    /// which B has heard of.
+    async fn instruction_heard_by_b(
+        a: &Arc<dyn LinkState>,
+        b: &Arc<dyn LinkState>,
+        clock: &ManualClock,
+    ) -> (NodeId, RunId, flwr_objects::message::MessageMeta) {
+        let node = link::online_node(&**a, "key").await;
         // B's listener is up once it hints "nothing" for a node with nothing queued.
         eventually("B listens", || !b.may_have_instruction(node)).await;
-        assert_eq!(b.node_id_by_public_key(b"key").await.unwrap(), Some(node));
-        assert_eq!(b.cached_node_id(b"key"), Some(node), "B remembers the key");
-
-        // An instruction stored through A: B's hint turns to "maybe" and B delivers it.
         let run = a.create_run(link::new_run()).await.unwrap();
         let message = link::instruction(run, node, "c", clock.now(), 600.0);
         a.store_instruction(message.clone()).await.unwrap();
@@ -63,6 +61,17 @@ mod replicas {
             b.may_have_instruction(node)
         })
         .await;
+        (node, run, message)
+    }
+
+    #[tokio::test]
+    async fn hints_follow_the_other_replicas() {
+        let (a, b, clock) = two_replicas().await;
+        let (a, b) = (a.state, b.state);
+        // An instruction stored through A: B's hint turns to "maybe" and B delivers it.
+        let (node, run, message) = instruction_heard_by_b(&a, &b, &clock).await;
+        assert_eq!(b.node_id_by_public_key(b"key").await.unwrap(), Some(node));
+        assert_eq!(b.cached_node_id(b"key"), Some(node), "B remembers the key");
         assert_eq!(
             b.pull_instruction(node).await.unwrap(),
             Some(message.clone())
@@ -100,16 +109,7 @@ mod replicas {
     async fn a_delivery_lost_with_its_replica_is_repeated_by_another() {
         let (a, b, clock) = two_replicas().await;
         let (a, b) = (a.state, b.state);
-        let node = a.create_node(link::new_node("key", 0.0)).await.unwrap();
-        a.activate_node(b"key", 30.0).await.unwrap().unwrap();
-        eventually("B listens", || !b.may_have_instruction(node)).await;
-        let run = a.create_run(link::new_run()).await.unwrap();
-        let message = link::instruction(run, node, "c", clock.now(), 600.0);
-        a.store_instruction(message.clone()).await.unwrap();
-        eventually("B hears of the instruction", || {
-            b.may_have_instruction(node)
-        })
-        .await;
+        let (node, _, message) = instruction_heard_by_b(&a, &b, &clock).await;
         assert_eq!(
             a.pull_instruction(node).await.unwrap(),
             Some(message.clone())
