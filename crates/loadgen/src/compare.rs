@@ -968,11 +968,12 @@ async fn drive_fanout(
     let failure = match outcome {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(format!("{e:#}")),
-        Err(_) => Some(format!(
-            "{} of {} rounds within {timeout:?}",
-            rounds.len(),
-            w.rounds
-        )),
+        Err(_) => {
+            let failure = format!("{} of {} rounds within {timeout:?}", rounds.len(), w.rounds);
+            // The note stays short (it is a table cell); the log says what the nodes saw.
+            tracing::warn!("{failure}: {}", session.nodes_summary());
+            Some(failure)
+        }
     };
     if tokio::time::timeout(Duration::from_secs(30), session.finish())
         .await

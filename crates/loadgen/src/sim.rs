@@ -91,6 +91,10 @@ pub struct NodeStats {
     pub failed_heartbeats: AtomicU64,
     /// Heartbeats sent.
     pub heartbeats: AtomicU64,
+    /// Instructions the node could not answer (a stalled benchmark says what its nodes saw).
+    pub failed_answers: AtomicU64,
+    /// The reason of the last of those.
+    pub last_failure: std::sync::Mutex<Option<String>>,
 }
 
 /// How a simulated node behaves.
@@ -186,6 +190,10 @@ impl SimNode {
                     Ok(resp) if !resp.messages_list.is_empty() => {
                         if let Err(e) = self.answer(&resp, behaviour.reply_bytes).await {
                             tracing::warn!(node_id = self.node_id(), "answering failed: {e:#}");
+                            self.stats.failed_answers.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(mut last) = self.stats.last_failure.lock() {
+                                *last = Some(format!("{e:#}"));
+                            }
                         }
                     }
                     Ok(_) => {

@@ -99,6 +99,7 @@ pub struct FanOutSession {
     running: JoinSet<()>,
     driver: Driver,
     ids: Vec<u64>,
+    stats: Vec<Arc<NodeStats>>,
 }
 
 impl FanOutSession {
@@ -113,6 +114,7 @@ impl FanOutSession {
             pull: true,
         };
         let mut running = JoinSet::new();
+        let stats = joined.iter().map(|n| n.stats.clone()).collect();
         for node in joined {
             running.spawn(node.run(behaviour, stop.clone()));
         }
@@ -134,6 +136,7 @@ impl FanOutSession {
                 running,
                 driver,
                 ids,
+                stats,
             }),
             Err(e) => {
                 stop.cancel();
@@ -154,6 +157,26 @@ impl FanOutSession {
             done(round);
         }
         Ok(())
+    }
+
+    /// What the nodes did: replies sent, answers that failed and the last reason.
+    pub fn nodes_summary(&self) -> String {
+        let replies: u64 = self
+            .stats
+            .iter()
+            .map(|s| s.replies.load(Ordering::Relaxed))
+            .sum();
+        let failed: u64 = self
+            .stats
+            .iter()
+            .map(|s| s.failed_answers.load(Ordering::Relaxed))
+            .sum();
+        let last = self
+            .stats
+            .iter()
+            .find_map(|s| s.last_failure.lock().ok().and_then(|l| l.clone()))
+            .unwrap_or_else(|| "none".into());
+        format!("nodes sent {replies} replies, {failed} answers failed (one reason: {last})")
     }
 
     /// Ends the run (best effort) and stops the nodes.
