@@ -48,8 +48,8 @@ const SCHEMA_LOCK: i64 = 0x666c_7772_5f73_6368; // "flwr_sch"
 const ATTEMPTS: usize = 5;
 
 /// Columns added to schema version 1 since it was first written, applied at a start that finds
-/// one missing (each statement is a no-op once applied). Replicas that predate them never name them, so old and
-/// new replicas can share a database during a rolling upgrade.
+/// one missing (each statement is a no-op once applied). Replicas that predate them never name
+/// them, so old and new replicas can share a database during a rolling upgrade.
 const SCHEMA_ADDITIONS: &str = r#"
 ALTER TABLE message_ins ADD COLUMN IF NOT EXISTS delivered_at DOUBLE PRECISION;
 ALTER TABLE message_ins ADD COLUMN IF NOT EXISTS confirmed BOOLEAN NOT NULL DEFAULT FALSE;
