@@ -96,7 +96,8 @@ fn the_comparison_runs_every_section_with_tiny_sizes() {
             );
             assert!(
                 row[side]["note"].is_null() || row["better"] == "neither",
-                "{side} is partial in {row}"
+                "{side} is partial in {row}\nflwr-bench's log ends with:\n{}",
+                tail(&stderr, 60)
             );
         }
     }
@@ -105,4 +106,10 @@ fn the_comparison_runs_every_section_with_tiny_sizes() {
         .find(|r| r["workload"] == "fan-out 1 KB, N=3, in-memory" && r["metric"] == "msg/s")
         .unwrap();
     assert!(fanout_msgs["ours"]["value"].as_f64().unwrap() > 0.0);
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -130,6 +130,39 @@ mod replicas {
         assert!(!b.may_have_instruction(node), "confirmed: nothing to pull");
     }
 
+    /// A ServerApp's pull (on any replica) locks the instructions it waits on, and a node's pull
+    /// skips locked rows. Finding only such a row must not clear the node's hint: the node would
+    /// then be told "nothing" from the cache until its next notification (a stalled round).
+    #[tokio::test]
+    async fn an_instruction_held_by_another_transaction_keeps_its_hint() {
+        let url = flwr_testkit::postgres::shared().create_database();
+        let clock = Arc::new(ManualClock::new());
+        let a = replica(&url, clock.clone()).await.state;
+        let (node, run) = link::setup(&*a, "key").await;
+        eventually("A listens", || !a.may_have_instruction(node)).await;
+        let message = link::instruction(run, node, "held", clock.now(), 600.0);
+        a.store_instruction(message.clone()).await.unwrap();
+
+        let (mut other, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let connection = tokio::spawn(connection);
+        let holder = other.transaction().await.unwrap();
+        holder
+            .execute("SELECT 1 FROM message_ins FOR UPDATE", &[])
+            .await
+            .unwrap();
+        assert_eq!(a.pull_instruction(node).await.unwrap(), None, "held");
+        assert!(
+            a.may_have_instruction(node),
+            "a held instruction is not nothing"
+        );
+        holder.commit().await.unwrap();
+        assert_eq!(a.pull_instruction(node).await.unwrap(), Some(message));
+        drop(other);
+        connection.await.unwrap().unwrap();
+    }
+
     /// A database written before `delivered_at` and `confirmed` existed gets them when a
     /// replica starts, and what it held is still delivered.
     #[tokio::test]

@@ -764,7 +764,8 @@ async fn expire_tokens(tx: &Tx<'_>, now: f64) -> PgResult<()> {
 /// What a pull found in one transaction.
 enum Pulled {
     Message(MessageMeta),
-    /// Only deliveries not yet confirmed, too recent to repeat: the node keeps its hint.
+    /// Something for the node that is not to be delivered now (a delivery not yet confirmed,
+    /// too recent to repeat, or a row another transaction holds): the node keeps its hint.
     NotYet,
     Nothing,
 }
@@ -1472,7 +1473,19 @@ impl LinkState for PgLinkState {
                     .await?;
                 let waiting = tx.query(&stmt, &[&id(node_id), &now]).await?;
                 if waiting.is_empty() {
-                    return Ok(Pulled::Nothing);
+                    // Both queries skip rows another transaction holds (a ServerApp's pull
+                    // locks the instructions it waits on, on any replica). Such a row is not
+                    // "nothing": dropping the hint for it would leave the node polling an
+                    // empty cache until its next notification, which may never come.
+                    let stmt = tx
+                        .prepare_cached(
+                            "SELECT EXISTS (SELECT 1 FROM message_ins i WHERE dst_node_id = $1 \
+                             AND (NOT delivered OR (NOT confirmed \
+                             AND NOT EXISTS (SELECT 1 FROM message_res r WHERE r.ins_id = i.message_id))))",
+                        )
+                        .await?;
+                    let held: bool = tx.query_one(&stmt, &[&id(node_id)]).await?.get(0);
+                    return Ok(if held { Pulled::NotYet } else { Pulled::Nothing });
                 }
                 let Some(row) = waiting
                     .iter()
