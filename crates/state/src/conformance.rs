@@ -332,11 +332,11 @@ pub mod link {
 
     pub async fn tokens_expire_into_failed_runs(s: &dyn LinkState, clock: &ManualClock) {
         let run = s.create_run(new_run()).await.unwrap();
-        let token = s.create_token(run).await.unwrap().unwrap();
+        let token = s.create_token(run, None).await.unwrap().unwrap();
         assert_eq!(token.len(), 256);
         assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(
-            s.create_token(run).await.unwrap(),
+            s.create_token(run, None).await.unwrap(),
             None,
             "one token per run"
         );
@@ -376,10 +376,25 @@ pub mod link {
 
         // A deleted token is gone; a new one may be made.
         let other = s.create_run(new_run()).await.unwrap();
-        let t = s.create_token(other).await.unwrap().unwrap();
+        let t = s.create_token(other, None).await.unwrap().unwrap();
         s.delete_token(other).await.unwrap();
         assert_eq!(s.run_id_by_token(&t).await.unwrap(), None);
-        assert!(s.create_token(other).await.unwrap().is_some());
+        assert!(s.create_token(other, None).await.unwrap().is_some());
+
+        // A token of a ServerApp that a SuperLink started as its child: the reason names it.
+        let launched = s.create_run(new_run()).await.unwrap();
+        s.create_token(launched, Some("host-a (pid 7)"))
+            .await
+            .unwrap()
+            .unwrap();
+        clock.advance(heartbeat::DEFAULT_INTERVAL + 1.0);
+        let details = s.run(launched).await.unwrap().unwrap().status.details;
+        assert!(
+            details.starts_with(NO_HEARTBEAT_DETAILS)
+                && details.contains("child process of SuperLink host-a (pid 7)")
+                && details.contains("--isolation process"),
+            "{details}"
+        );
     }
 
     pub async fn logs_in_order(s: &dyn LinkState, clock: &ManualClock) {

@@ -493,7 +493,13 @@ pub trait LinkState: Send + Sync {
 
     // ----- app tokens -----
     /// A new token for the run (256 hex characters, valid for 30 s), or `None` if the run has one.
-    async fn create_token(&self, run_id: RunId) -> Result<Option<String>, StateError>;
+    /// `launcher` names the SuperLink that starts the ServerApp as its own child process
+    /// (`--isolation subprocess`); should the token expire, the run's reason names it.
+    async fn create_token(
+        &self,
+        run_id: RunId,
+        launcher: Option<&str>,
+    ) -> Result<Option<String>, StateError>;
     /// The run of a live token.
     async fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError>;
     /// Deletes the run's token.
@@ -581,8 +587,22 @@ pub mod heartbeat {
     pub const PATIENCE: f64 = 2.0;
 }
 
-/// The reason of a run that stopped sending heartbeats.
+/// The reason of a run that stopped sending heartbeats (Flower's words).
 pub const NO_HEARTBEAT_DETAILS: &str = "No heartbeat received from the run.";
+
+/// The reason of a run that stopped sending heartbeats, naming the SuperLink whose child process
+/// its ServerApp was, if one launched it: with several replicas, that replica may be the one that
+/// died.
+pub fn no_heartbeat_details(launcher: Option<&str>) -> String {
+    match launcher {
+        None => NO_HEARTBEAT_DETAILS.to_owned(),
+        Some(launcher) => format!(
+            "{NO_HEARTBEAT_DETAILS} Its ServerApp was a child process of SuperLink {launcher}: \
+             that SuperLink or the ServerApp stopped. Runs outlive a SuperLink replica only with \
+             --isolation process."
+        ),
+    }
+}
 
 /// The engines of one database.
 #[derive(Clone)]

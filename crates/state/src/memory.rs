@@ -31,7 +31,7 @@ struct RunEntry {
 struct Runs {
     runs: HashMap<RunId, RunEntry>,
     /// token → (run, active until).
-    tokens: HashMap<String, (RunId, f64)>,
+    tokens: HashMap<String, Token>,
     token_of_run: HashMap<RunId, String>,
     /// Run ids in creation order (for "oldest pending first").
     order: Vec<RunId>,
@@ -171,22 +171,34 @@ impl MemoryLinkState {
     }
 }
 
+/// A ServerApp token's run, deadline and launching SuperLink.
+struct Token {
+    run_id: RunId,
+    active_until: f64,
+    launcher: Option<String>,
+}
+
 impl Runs {
     /// Expired tokens fail their runs (finished at the token's deadline) and disappear.
     fn expire_tokens(&mut self, now: f64) {
-        let expired: Vec<(String, RunId, f64)> = self
+        let expired: Vec<String> = self
             .tokens
             .iter()
-            .filter(|(_, (_, until))| *until < now)
-            .map(|(t, (r, until))| (t.clone(), *r, *until))
+            .filter(|(_, t)| t.active_until < now)
+            .map(|(token, _)| token.clone())
             .collect();
-        for (token, run_id, until) in expired {
-            self.tokens.remove(&token);
-            self.token_of_run.remove(&run_id);
-            if let Some(e) = self.runs.get_mut(&run_id) {
+        for token in expired {
+            let Some(t) = self.tokens.remove(&token) else {
+                continue;
+            };
+            self.token_of_run.remove(&t.run_id);
+            if let Some(e) = self.runs.get_mut(&t.run_id) {
                 if e.run.finished_at.is_none() && e.run.status.status != Status::Finished {
-                    e.run.status = RunStatus::finished(SubStatus::Failed, NO_HEARTBEAT_DETAILS);
-                    e.run.finished_at = Some(until);
+                    e.run.status = RunStatus::finished(
+                        SubStatus::Failed,
+                        no_heartbeat_details(t.launcher.as_deref()),
+                    );
+                    e.run.finished_at = Some(t.active_until);
                 }
             }
         }
@@ -527,7 +539,11 @@ impl LinkState for MemoryLinkState {
         Ok(())
     }
 
-    async fn create_token(&self, run_id: RunId) -> Result<Option<String>, StateError> {
+    async fn create_token(
+        &self,
+        run_id: RunId,
+        launcher: Option<&str>,
+    ) -> Result<Option<String>, StateError> {
         let now = self.clock.now();
         let mut runs = self.runs.lock();
         runs.expire_tokens(now);
@@ -535,8 +551,14 @@ impl LinkState for MemoryLinkState {
             return Ok(None);
         }
         let token = random_token();
-        runs.tokens
-            .insert(token.clone(), (run_id, now + heartbeat::DEFAULT_INTERVAL));
+        runs.tokens.insert(
+            token.clone(),
+            Token {
+                run_id,
+                active_until: now + heartbeat::DEFAULT_INTERVAL,
+                launcher: launcher.map(str::to_owned),
+            },
+        );
         runs.token_of_run.insert(run_id, token.clone());
         Ok(Some(token))
     }
@@ -548,7 +570,7 @@ impl LinkState for MemoryLinkState {
         Ok(runs
             .tokens
             .get(token)
-            .map(|(r, _)| *r)
+            .map(|t| t.run_id)
             .filter(|r| runs.token_of_run.get(r).is_some_and(|t| t == token)))
     }
 
@@ -562,8 +584,8 @@ impl LinkState for MemoryLinkState {
         let mut runs = self.runs.lock();
         runs.expire_tokens(now);
         match runs.tokens.get_mut(token) {
-            Some((_, until)) => {
-                *until = now + heartbeat::PATIENCE * heartbeat::DEFAULT_INTERVAL;
+            Some(t) => {
+                t.active_until = now + heartbeat::PATIENCE * heartbeat::DEFAULT_INTERVAL;
                 Ok(true)
             }
             None => Ok(false),

@@ -158,6 +158,7 @@ fn backend(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("message_ins", "delivered_at", "REAL"),
     ("message_ins", "confirmed", "INTEGER NOT NULL DEFAULT 0"),
+    ("token", "launcher", "TEXT"),
 ];
 
 fn add_missing_columns(conn: &Connection, columns: &[(&str, &str, &str)]) -> rusqlite::Result<()> {
@@ -392,8 +393,14 @@ impl LinkState for SqliteLinkState {
         self.on_lane(move |db| db.set_context(run_id, context))
             .await
     }
-    async fn create_token(&self, run_id: RunId) -> Result<Option<String>, StateError> {
-        self.on_lane(move |db| db.create_token(run_id)).await
+    async fn create_token(
+        &self,
+        run_id: RunId,
+        launcher: Option<&str>,
+    ) -> Result<Option<String>, StateError> {
+        let launcher = launcher.map(str::to_owned);
+        self.on_lane(move |db| db.create_token(run_id, launcher.as_deref()))
+            .await
     }
     async fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError> {
         let token = token.to_owned();
@@ -626,16 +633,16 @@ fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
 }
 
 fn expire_tokens(tx: &Transaction<'_>, now: f64) -> rusqlite::Result<()> {
-    let expired: Vec<(i64, f64)> = tx
-        .prepare_cached("SELECT run_id, active_until FROM token WHERE active_until < ?1")?
-        .query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?
+    let expired: Vec<(i64, f64, Option<String>)> = tx
+        .prepare_cached("SELECT run_id, active_until, launcher FROM token WHERE active_until < ?1")?
+        .query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    for (run_id, until) in expired {
+    for (run_id, until, launcher) in expired {
         tx.prepare_cached("DELETE FROM token WHERE run_id = ?1")?
             .execute(params![run_id])?;
         tx.prepare_cached("UPDATE run SET status = 'finished', sub_status = 'failed', details = ?2, finished_at = ?3 \
              WHERE run_id = ?1 AND finished_at IS NULL AND status != 'finished'")?.execute(
-            params![run_id, NO_HEARTBEAT_DETAILS, until],
+            params![run_id, no_heartbeat_details(launcher.as_deref()), until],
         )?;
     }
     Ok(())
@@ -1039,7 +1046,11 @@ impl StateDb {
         Ok(())
     }
 
-    pub(crate) fn create_token(&self, run_id: RunId) -> Result<Option<String>, StateError> {
+    pub(crate) fn create_token(
+        &self,
+        run_id: RunId,
+        launcher: Option<&str>,
+    ) -> Result<Option<String>, StateError> {
         self.tx(|tx, now| {
             expire_tokens(tx, now)?;
             if tx
@@ -1052,12 +1063,13 @@ impl StateDb {
             }
             let token = random_token();
             tx.prepare_cached(
-                "INSERT INTO token (token, run_id, active_until) VALUES (?1, ?2, ?3)",
+                "INSERT INTO token (token, run_id, active_until, launcher) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![
                 token,
                 run_id as i64,
-                now + heartbeat::DEFAULT_INTERVAL
+                now + heartbeat::DEFAULT_INTERVAL,
+                launcher
             ])?;
             Ok(Some(token))
         })
@@ -1717,7 +1729,8 @@ mod tests {
         }
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
-            "ALTER TABLE message_ins DROP COLUMN confirmed; ALTER TABLE message_ins DROP COLUMN delivered_at;",
+            "ALTER TABLE message_ins DROP COLUMN confirmed; ALTER TABLE message_ins DROP COLUMN delivered_at; \
+             ALTER TABLE token DROP COLUMN launcher;",
         )
         .unwrap();
         drop(conn);
@@ -1737,5 +1750,6 @@ mod tests {
             .unwrap();
         clock.advance(REDELIVER_AFTER);
         assert_eq!(s.pull_instruction(node).await.unwrap(), None);
+        assert!(s.create_token(run, Some("here")).await.unwrap().is_some());
     }
 }

@@ -130,6 +130,113 @@ mod replicas {
         assert!(!b.may_have_instruction(node), "confirmed: nothing to pull");
     }
 
+    /// Finishing a run and expiring its ServerApp's token happen once across replicas. Two
+    /// replicas end the same runs at the same moment, with different outcomes; then tokens
+    /// expire while both read the runs and one tries to finish them. Every run makes exactly
+    /// one transition to finished, as the one replica that succeeded says, and sends exactly
+    /// one run-status notification for it (counted on a connection of the test's own).
+    #[tokio::test]
+    async fn a_run_ends_once_when_replicas_race() {
+        use tokio_postgres::AsyncMessage;
+
+        let url = flwr_testkit::postgres::shared().create_database();
+        let clock = Arc::new(ManualClock::new());
+        let a = replica(&url, clock.clone()).await.state;
+        let b = replica(&url, clock.clone()).await.state;
+
+        let (listener, mut connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let (heard, mut notifications) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let listening = tokio::spawn(async move {
+            while let Some(Ok(message)) =
+                std::future::poll_fn(|cx| connection.poll_message(cx)).await
+            {
+                if let AsyncMessage::Notification(n) = message {
+                    let _ = heard.send(n.payload().to_owned());
+                }
+            }
+        });
+        listener.batch_execute("LISTEN flwr_events").await.unwrap();
+
+        let running = || async {
+            let run = a.create_run(link::new_run()).await.unwrap();
+            for status in [Status::Starting, Status::Running] {
+                assert!(a
+                    .update_run_status(run, RunStatus::new(status))
+                    .await
+                    .unwrap());
+            }
+            run
+        };
+        let mut runs = Vec::new();
+        for _ in 0..10 {
+            let run = running().await;
+            let (by_a, by_b) = tokio::join!(
+                a.update_run_status(run, RunStatus::finished(SubStatus::Completed, "")),
+                b.update_run_status(run, RunStatus::finished(SubStatus::Stopped, "stopped")),
+            );
+            let (by_a, by_b) = (by_a.unwrap(), by_b.unwrap());
+            assert!(by_a != by_b, "one of the two ends the run: {by_a} {by_b}");
+            let ended = b.run(run).await.unwrap().unwrap().status;
+            assert_eq!(
+                ended.sub_status,
+                if by_a {
+                    SubStatus::Completed
+                } else {
+                    SubStatus::Stopped
+                }
+            );
+            runs.push(run);
+        }
+        for _ in 0..10 {
+            let run = running().await;
+            a.create_token(run, None).await.unwrap().unwrap();
+            clock.advance(heartbeat::DEFAULT_INTERVAL + 1.0);
+            let (seen_by_a, seen_by_b, finished_by_b) = tokio::join!(
+                a.run(run),
+                b.run(run),
+                b.update_run_status(run, RunStatus::finished(SubStatus::Completed, "")),
+            );
+            assert!(!finished_by_b.unwrap(), "the token expired first");
+            for seen in [seen_by_a, seen_by_b] {
+                assert_eq!(
+                    seen.unwrap().unwrap().status,
+                    RunStatus::finished(SubStatus::Failed, NO_HEARTBEAT_DETAILS)
+                );
+            }
+            runs.push(run);
+        }
+
+        // Notifications arrive in commit order: once this one is heard, all of theirs were.
+        listener
+            .batch_execute("NOTIFY flwr_events, 'end'")
+            .await
+            .unwrap();
+        let mut status_changes = std::collections::HashMap::<String, usize>::new();
+        loop {
+            let payload = tokio::time::timeout(Duration::from_secs(30), notifications.recv())
+                .await
+                .expect("the test's own notification arrives")
+                .unwrap();
+            if payload == "end" {
+                break;
+            }
+            if payload.starts_with('r') {
+                *status_changes.entry(payload).or_default() += 1;
+            }
+        }
+        for run in runs {
+            assert_eq!(
+                status_changes.get(&format!("r{run}")),
+                Some(&3),
+                "run {run}: starting, running and finished, each announced once"
+            );
+        }
+        drop(listener);
+        listening.await.unwrap();
+    }
+
     /// A ServerApp's pull (on any replica) locks the instructions it waits on, and a node's pull
     /// skips locked rows. Finding only such a row must not clear the node's hint: the node would
     /// then be told "nothing" from the cache until its next notification (a stalled round).
@@ -163,8 +270,9 @@ mod replicas {
         connection.await.unwrap().unwrap();
     }
 
-    /// A database written before `delivered_at` and `confirmed` existed gets them when a
-    /// replica starts, and what it held is still delivered.
+    /// A database written before `delivered_at` and `confirmed` existed (and before object and
+    /// FAB bytes were stored uncompressed) gets them when a replica starts, and what it held is
+    /// still delivered.
     #[tokio::test]
     async fn a_database_from_before_the_added_columns_is_upgraded() {
         let url = flwr_testkit::postgres::shared().create_database();
@@ -178,11 +286,28 @@ mod replicas {
             let a = replica(&url, clock.clone()).await.state;
             a.store_instruction(queued.clone()).await.unwrap();
         }
-        flwr_testkit::postgres::shared().psql_in(
+        let pg = flwr_testkit::postgres::shared();
+        let storage = "SELECT string_agg(attrelid::regclass || '=' || attstorage::text, ' ' ORDER BY attrelid::regclass::text) \
+                       FROM pg_attribute WHERE attname = 'content' \
+                       AND attrelid IN ('object'::regclass, 'fab'::regclass)";
+        assert_eq!(
+            pg.psql_in(&url, storage).trim(),
+            "fab=e object=e",
+            "a new database"
+        );
+        pg.psql_in(
             &url,
-            "ALTER TABLE message_ins DROP COLUMN confirmed, DROP COLUMN delivered_at",
+            "ALTER TABLE message_ins DROP COLUMN confirmed, DROP COLUMN delivered_at; \
+             ALTER TABLE token DROP COLUMN launcher; \
+             ALTER TABLE object ALTER COLUMN content SET STORAGE EXTENDED; \
+             ALTER TABLE fab ALTER COLUMN content SET STORAGE EXTENDED",
         );
         let b = replica(&url, clock.clone()).await.state;
+        assert_eq!(
+            pg.psql_in(&url, storage).trim(),
+            "fab=e object=e",
+            "upgraded"
+        );
         assert_eq!(
             b.pull_instruction(node).await.unwrap(),
             Some(queued.clone())
@@ -197,6 +322,7 @@ mod replicas {
             .unwrap();
         clock.advance(REDELIVER_AFTER);
         assert_eq!(b.pull_instruction(node).await.unwrap(), None);
+        assert!(b.create_token(run, Some("here")).await.unwrap().is_some());
     }
 
     #[tokio::test]
@@ -359,7 +485,7 @@ mod replicas {
         let (a, b) = (a.state, b.state);
         let run = a.create_run(link::new_run()).await.unwrap();
         assert!(!b.cached_running(run), "pending: ask");
-        a.create_token(run).await.unwrap().unwrap();
+        a.create_token(run, None).await.unwrap().unwrap();
         for status in [Status::Starting, Status::Running] {
             assert!(a
                 .update_run_status(run, RunStatus::new(status))

@@ -533,9 +533,10 @@ impl Core {
     }
 
     /// `RequestToken`: a token and `pending → starting`, or `""` when the run has a token, is
-    /// unknown, or cannot start.
-    pub async fn request_token(&self, run_id: RunId) -> Result<String> {
-        let Some(token) = self.state.create_token(run_id).await? else {
+    /// unknown, or cannot start. `launcher` names this SuperLink when it starts the ServerApp
+    /// itself (`--isolation subprocess`).
+    pub async fn request_token(&self, run_id: RunId, launcher: Option<&str>) -> Result<String> {
+        let Some(token) = self.state.create_token(run_id, launcher).await? else {
             return Ok(String::new());
         };
         let started = self

@@ -52,6 +52,8 @@ impl Programs {
 /// The launcher task's inputs.
 pub struct Launcher {
     core: Core,
+    /// This SuperLink, as a run whose ServerApp stops sending heartbeats will name it.
+    name: String,
     serverappio: String,
     programs: Programs,
     events: mpsc::UnboundedReceiver<LaunchEvent>,
@@ -75,8 +77,12 @@ impl Launcher {
         events: mpsc::UnboundedReceiver<LaunchEvent>,
         stop: CancellationToken,
     ) -> Self {
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "(unknown host)".into());
         Self {
             core,
+            name: format!("{host} (pid {})", std::process::id()),
             serverappio,
             programs,
             events,
@@ -172,7 +178,7 @@ impl Launcher {
     ) -> Result<(), String> {
         let token = self
             .core
-            .request_token(run_id)
+            .request_token(run_id, Some(&self.name))
             .await
             .map_err(|e| e.to_string())?;
         if token.is_empty() {

@@ -312,7 +312,8 @@ fn a_pending_run_is_launched_once_and_a_dead_launcher_fails_its_run() {
         .and_then(|n| n.parse().ok())
         .unwrap();
 
-    // The launching replica dies with its ServerApp: the run fails, saying why.
+    // The launching replica dies with its ServerApp: the run fails, saying why and naming it.
+    let launcher_pid = replicas[launcher].0.pid();
     replicas[launcher].0.signal_group(Signal::SIGKILL);
     let survivor = (launcher + 1) % 3;
     let cli = Cli::new(
@@ -323,7 +324,13 @@ fn a_pending_run_is_launched_once_and_a_dead_launcher_fails_its_run() {
     let s = cli.await_status(run_id, "finished", Duration::from_secs(180));
     assert_eq!(s, "finished:failed");
     let details = run_details(&replicas[survivor].1.control, &tls.ca, run_id);
-    assert_eq!(details, "No heartbeat received from the run.");
+    assert!(
+        details.starts_with("No heartbeat received from the run.")
+            && details.contains("child process of SuperLink ")
+            && details.contains(&format!("(pid {launcher_pid})"))
+            && details.contains("--isolation process"),
+        "{details}"
+    );
     drop(replicas);
 }
 

@@ -54,7 +54,7 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
     ) -> Result<Response<pb::RequestTokenResponse>, Status> {
         let token = self
             .core
-            .request_token(request.get_ref().run_id)
+            .request_token(request.get_ref().run_id, None)
             .await
             .or_status()?;
         Ok(Response::new(pb::RequestTokenResponse { token }))
