@@ -71,6 +71,9 @@ enum HandleError {
     Fleet(#[from] FleetError),
     #[error("{0}")]
     Bad(String),
+    /// The run's FAB or configuration cannot be used: no message of the run ever can be.
+    #[error("{0}")]
+    UnusableRun(String),
 }
 
 /// The node.
@@ -206,7 +209,19 @@ impl Node {
 
     async fn process(&self, ins: &MessageMeta, tree: ObjectTree) -> Result<(), HandleError> {
         let run_id = ins.run_id;
-        self.ensure_run(run_id).await?;
+        if let Err(e) = self.ensure_run(run_id).await {
+            let HandleError::UnusableRun(reason) = e else {
+                return Err(e);
+            };
+            // Left unconfirmed, the instruction would come back every few seconds until its
+            // TTL, and the ServerApp would wait that long: it gets the reason now instead.
+            tracing::error!(run_id, "{reason}: answering with an error");
+            self.fleet.confirm(run_id, ins.message_id.clone()).await?;
+            let (reply, reply_tree, _) = self.error_reply(ins, error_code::INVALID_FAB, &reason)?;
+            let pushed = self.push_reply(&reply, &reply_tree, 0.0).await;
+            let _ = self.state.objects().delete(&reply_tree.id);
+            return pushed;
+        }
         self.pull_tree(run_id, &tree).await?;
         self.fleet.confirm(run_id, ins.message_id.clone()).await?;
         self.state.add_instruction(ins.clone(), tree);
@@ -228,7 +243,7 @@ impl Node {
         let fab = self.fleet.get_fab(run_id, &run.fab_hash).await?;
         let hash = hex::encode(sha2::Sha256::digest(&fab.content));
         if hash != run.fab_hash {
-            return Err(HandleError::Bad(format!(
+            return Err(HandleError::UnusableRun(format!(
                 "the FAB of run {run_id} does not match its hash {}",
                 run.fab_hash
             )));
@@ -237,9 +252,12 @@ impl Node {
         let info = tokio::task::spawn_blocking(move || flwr_fab::inspect(&content))
             .await
             .map_err(|e| HandleError::Bad(e.to_string()))?
-            .map_err(|e| HandleError::Bad(format!("the FAB of run {run_id} is not usable: {e}")))?;
-        let overrides =
-            flwr_proto::convert::config_from_pb(&run.override_config).map_err(HandleError::Bad)?;
+            .map_err(|e| {
+                HandleError::UnusableRun(format!("the FAB of run {run_id} is not usable: {e}"))
+            })?;
+        let overrides = flwr_proto::convert::config_from_pb(&run.override_config).map_err(|e| {
+            HandleError::UnusableRun(format!("the run config of run {run_id} is not usable: {e}"))
+        })?;
         let run_config = flwr_fab::run_config(&info, &overrides);
         let context = pb::Context {
             run_id,
@@ -377,6 +395,16 @@ impl Node {
         &self,
         ins: &MessageMeta,
     ) -> Result<(MessageMeta, ObjectTree, f64), HandleError> {
+        self.error_reply(ins, error_code::CLIENT_APP_CRASHED, CRASHED_REASON)
+    }
+
+    /// An error reply to `ins`, its one object stored for pushing.
+    fn error_reply(
+        &self,
+        ins: &MessageMeta,
+        code: i64,
+        reason: &str,
+    ) -> Result<(MessageMeta, ObjectTree, f64), HandleError> {
         let now = now();
         let mut reply = MessageMeta {
             run_id: ins.run_id,
@@ -389,8 +417,8 @@ impl Node {
             message_type: ins.message_type.clone(),
             created_at: now,
             error: Some(MessageError {
-                code: error_code::CLIENT_APP_CRASHED,
-                reason: CRASHED_REASON.to_owned(),
+                code,
+                reason: reason.to_owned(),
             }),
             has_content: false,
         };
