@@ -37,7 +37,10 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/flwr-test.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 echo "test: building every test target"
-cargo test --workspace --no-run --message-format=json-render-diagnostics >"$work/build.json"
+# --all-features: the `external` tests (Python, Docker, PostgreSQL, HAProxy), which a bare
+# `cargo test` leaves out, are built here and always run.
+cargo test --workspace --all-features --no-run --message-format=json-render-diagnostics >"$work/build.json"
+cargo metadata --no-deps --format-version 1 >"$work/metadata.json"
 
 # Lanes: "<lane> <package> <target>" for the slow suites; every other test binary goes to lane
 # "rest". Assigned from cargo's own list of what it built, so a new test file always runs.
@@ -71,6 +74,17 @@ with open(os.path.join(work, "build.json")) as f:
 for lane, binaries in lanes.items():
     with open(os.path.join(work, f"lane-{lane}"), "w") as f:
         f.write("\n".join(sorted(binaries)) + "\n")
+# Every integration test target of the workspace was built: none is left out by a feature.
+with open(os.path.join(work, "metadata.json")) as f:
+    declared = {
+        f"{p['name']}:{t['name']}"
+        for p in json.load(f)["packages"]
+        for t in p["targets"]
+        if "test" in t["kind"]
+    }
+built = {b.split("\t")[0] for bs in lanes.values() for b in bs}
+if declared - built:
+    sys.exit(f"test: test targets not built: {sorted(declared - built)}")
 EOF
 
 # Runs the binaries of one lane, one after another, as `cargo test` would (from the package's

@@ -31,6 +31,7 @@ async fn on_sqlite() {
     lost_answers_are_given_again(&["--database", db.to_str().unwrap()]).await;
 }
 
+#[cfg(feature = "external")]
 #[tokio::test(flavor = "multi_thread")]
 async fn on_postgresql() {
     let db = flwr_testkit::postgres::shared().create_database();

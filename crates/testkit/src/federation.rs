@@ -92,9 +92,12 @@ impl SuperLink {
         extra: &[&str],
     ) -> SuperLink {
         let mut cmd = command(bin);
-        cmd.env("FLWR_HOME", home)
-            .env("PATH", path_with_venv())
-            .env("NO_COLOR", "1");
+        cmd.env("FLWR_HOME", home).env("NO_COLOR", "1");
+        // Only a SuperLink that starts ServerApps itself needs the venv's programs (and the venv:
+        // in process isolation it runs without Python).
+        if !extra.windows(2).any(|w| w == ["--isolation", "process"]) {
+            cmd.env("PATH", path_with_venv());
+        }
         tls_args(&mut cmd, tls);
         cmd.args([
             "--serverappio-api-address",
