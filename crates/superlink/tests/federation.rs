@@ -238,9 +238,12 @@ async fn failure_reasons_and_a_killed_serverapp() {
         .await_status(run_id, "finished:failed", Duration::from_secs(100));
     assert_eq!(s, "finished:failed");
     let run_pb = control_run(&f.superlink.control, &ca, run_id).await;
-    assert_eq!(
-        run_pb.status.unwrap().details,
-        "No heartbeat received from the run."
+    // Flower's words, then the SuperLink whose child the ServerApp was.
+    let details = run_pb.status.unwrap().details;
+    assert!(
+        details.starts_with("No heartbeat received from the run. Its ServerApp was a child")
+            && details.contains(&format!("(pid {})", f.superlink.proc.pid())),
+        "{details}"
     );
     let _ = run.wait(Duration::from_secs(30));
 }
