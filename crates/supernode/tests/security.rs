@@ -9,30 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flwr_proto::proto as pb;
-use flwr_testkit::federation::logged_address;
-use flwr_testkit::process::{command, Proc, Signal};
-use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Response, Status};
+use flwr_testkit::process::Signal;
+use tonic::{Code, Response, Status};
 
-const SUPERNODE: &str = env!("CARGO_BIN_EXE_supernode");
-
-/// Our SuperNode against `superlink` (plaintext), ClientAppIo on port 0, in process isolation;
-/// returns it with its ClientAppIo address.
-fn supernode(superlink: &str) -> (Proc, String) {
-    let mut cmd = command(SUPERNODE);
-    cmd.args([
-        "--insecure",
-        "--superlink",
-        superlink,
-        "--isolation",
-        "process",
-    ])
-    .args(["--clientappio-api-address", "127.0.0.1:0"]);
-    let mut p = Proc::spawn("supernode", cmd);
-    let out = p.wait_for_output("ClientAppIo API serving", Duration::from_secs(30));
-    let appio = logged_address(&out, "ClientAppIo API serving");
-    (p, appio)
-}
+mod common;
+use common::{supernode, until_while_alive, FakeSuperLink, Script, NODE, R};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn clientappio_checks_the_token_before_the_body() {
@@ -87,54 +68,25 @@ impl Hiccup {
     }
 }
 
-type R<T> = Result<Response<T>, Status>;
-
 #[tonic::async_trait]
-impl pb::fleet_server::Fleet for Hiccup {
-    async fn register_node(
-        &self,
-        _: Request<pb::RegisterNodeFleetRequest>,
-    ) -> R<pb::RegisterNodeFleetResponse> {
+impl Script for Hiccup {
+    async fn register_node(&self) -> R<pb::RegisterNodeFleetResponse> {
         if Self::failing(&self.registers) {
             return Err(Status::unknown(
                 "Exception calling application: database is locked",
             ));
         }
-        Ok(Response::new(pb::RegisterNodeFleetResponse { node_id: 42 }))
+        Ok(Response::new(pb::RegisterNodeFleetResponse {
+            node_id: NODE,
+        }))
     }
-    async fn activate_node(
-        &self,
-        _: Request<pb::ActivateNodeRequest>,
-    ) -> R<pb::ActivateNodeResponse> {
+    async fn activate_node(&self) -> R<pb::ActivateNodeResponse> {
         if Self::failing(&self.activates) {
             return Err(Status::internal("database is restarting"));
         }
-        Ok(Response::new(pb::ActivateNodeResponse { node_id: 42 }))
+        Ok(Response::new(pb::ActivateNodeResponse { node_id: NODE }))
     }
-    async fn deactivate_node(
-        &self,
-        _: Request<pb::DeactivateNodeRequest>,
-    ) -> R<pb::DeactivateNodeResponse> {
-        Ok(Response::new(pb::DeactivateNodeResponse {}))
-    }
-    async fn unregister_node(
-        &self,
-        _: Request<pb::UnregisterNodeFleetRequest>,
-    ) -> R<pb::UnregisterNodeFleetResponse> {
-        Ok(Response::new(pb::UnregisterNodeFleetResponse {}))
-    }
-    async fn send_node_heartbeat(
-        &self,
-        _: Request<pb::SendNodeHeartbeatRequest>,
-    ) -> R<pb::SendNodeHeartbeatResponse> {
-        Ok(Response::new(pb::SendNodeHeartbeatResponse {
-            success: true,
-        }))
-    }
-    async fn pull_messages(
-        &self,
-        _: Request<pb::PullMessagesRequest>,
-    ) -> R<pb::PullMessagesResponse> {
+    async fn pull_messages(&self) -> R<pb::PullMessagesResponse> {
         self.pulls.fetch_add(1, Ordering::SeqCst);
         if self.first_pull.get_or_init(Instant::now).elapsed() < PULL_FAILURE {
             return Err(Status::internal("database is restarting"));
@@ -142,36 +94,10 @@ impl pb::fleet_server::Fleet for Hiccup {
         self.pulls_after.fetch_add(1, Ordering::SeqCst);
         Ok(Response::new(pb::PullMessagesResponse::default()))
     }
-    async fn push_messages(
-        &self,
-        _: Request<pb::PushMessagesRequest>,
-    ) -> R<pb::PushMessagesResponse> {
-        Err(Status::unimplemented(""))
-    }
-    async fn get_run(&self, _: Request<pb::GetRunRequest>) -> R<pb::GetRunResponse> {
-        Err(Status::unimplemented(""))
-    }
-    async fn get_fab(&self, _: Request<pb::GetFabRequest>) -> R<pb::GetFabResponse> {
-        Err(Status::unimplemented(""))
-    }
-    async fn push_object(&self, _: Request<pb::PushObjectRequest>) -> R<pb::PushObjectResponse> {
-        Err(Status::unimplemented(""))
-    }
-    async fn pull_object(&self, _: Request<pb::PullObjectRequest>) -> R<pb::PullObjectResponse> {
-        Err(Status::unimplemented(""))
-    }
-    async fn confirm_message_received(
-        &self,
-        _: Request<pb::ConfirmMessageReceivedRequest>,
-    ) -> R<pb::ConfirmMessageReceivedResponse> {
-        Err(Status::unimplemented(""))
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_superlink_failing_for_ten_seconds_does_not_end_the_node() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
     let hiccup = Hiccup {
         registers: Arc::default(),
         activates: Arc::default(),
@@ -185,30 +111,16 @@ async fn a_superlink_failing_for_ten_seconds_does_not_end_the_node() {
         hiccup.activates.clone(),
         hiccup.pulls.clone(),
     ];
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(flwr_transport::server::serve(
-        tonic::service::Routes::new(pb::fleet_server::FleetServer::new(hiccup)),
-        listener,
-        None,
-        flwr_transport::server::ServeOptions::default(),
-        stop.clone(),
-    ));
-    let (mut node, _) = supernode(&address);
+    let superlink = FakeSuperLink::start(hiccup).await;
+    let (mut node, _) = supernode(&superlink.address);
     // The node keeps polling through the failures and is still there once the SuperLink is back.
-    let started = Instant::now();
-    while pulls_after.load(Ordering::SeqCst) == 0 {
-        assert!(
-            node.try_status().is_none(),
-            "the SuperNode exited on UNKNOWN or INTERNAL:\n{}",
-            node.output()
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "no successful pull after the SuperLink recovered:\n{}",
-            node.output()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_while_alive(
+        &mut node,
+        "a successful pull after the SuperLink recovered",
+        Duration::from_secs(90),
+        || pulls_after.load(Ordering::SeqCst) > 0,
+    )
+    .await;
     assert!(
         node.output().contains("the SuperLink failed"),
         "{}",
@@ -223,6 +135,5 @@ async fn a_superlink_failing_for_ten_seconds_does_not_end_the_node() {
     node.signal(Signal::SIGTERM);
     let (status, out) = node.wait(Duration::from_secs(30));
     assert!(status.success(), "{out}");
-    stop.cancel();
-    server.await.unwrap();
+    superlink.stop().await;
 }

@@ -1,0 +1,201 @@
+//! A fake SuperLink for the SuperNode's black-box tests: a Fleet server whose answers a test
+//! scripts by overriding only the calls it cares about ([`Script`]); the rest answer as a quiet
+//! SuperLink would (the node joins as [`NODE`], heartbeats succeed, nothing is queued).
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::time::Duration;
+
+use flwr_proto::proto as pb;
+use flwr_testkit::federation::logged_address;
+use flwr_testkit::process::{command, Proc};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+/// The node id the fake SuperLink gives.
+pub const NODE: u64 = 42;
+
+pub type R<T> = Result<Response<T>, Status>;
+
+/// A call the script does not expect.
+pub fn unused<T>() -> R<T> {
+    Err(Status::unimplemented("not used by this test"))
+}
+
+/// The calls a test may script.
+#[tonic::async_trait]
+pub trait Script: Send + Sync + 'static {
+    async fn register_node(&self) -> R<pb::RegisterNodeFleetResponse> {
+        Ok(Response::new(pb::RegisterNodeFleetResponse {
+            node_id: NODE,
+        }))
+    }
+    async fn activate_node(&self) -> R<pb::ActivateNodeResponse> {
+        Ok(Response::new(pb::ActivateNodeResponse { node_id: NODE }))
+    }
+    async fn pull_messages(&self) -> R<pb::PullMessagesResponse> {
+        Ok(Response::new(pb::PullMessagesResponse::default()))
+    }
+    async fn push_messages(&self, _: pb::PushMessagesRequest) -> R<pb::PushMessagesResponse> {
+        unused()
+    }
+    async fn get_run(&self) -> R<pb::GetRunResponse> {
+        unused()
+    }
+    async fn get_fab(&self) -> R<pb::GetFabResponse> {
+        unused()
+    }
+    async fn confirm_message_received(
+        &self,
+        _: pb::ConfirmMessageReceivedRequest,
+    ) -> R<pb::ConfirmMessageReceivedResponse> {
+        unused()
+    }
+}
+
+struct Fake<S>(S);
+
+#[tonic::async_trait]
+impl<S: Script> pb::fleet_server::Fleet for Fake<S> {
+    async fn register_node(
+        &self,
+        _: Request<pb::RegisterNodeFleetRequest>,
+    ) -> R<pb::RegisterNodeFleetResponse> {
+        self.0.register_node().await
+    }
+    async fn activate_node(
+        &self,
+        _: Request<pb::ActivateNodeRequest>,
+    ) -> R<pb::ActivateNodeResponse> {
+        self.0.activate_node().await
+    }
+    async fn deactivate_node(
+        &self,
+        _: Request<pb::DeactivateNodeRequest>,
+    ) -> R<pb::DeactivateNodeResponse> {
+        Ok(Response::new(pb::DeactivateNodeResponse {}))
+    }
+    async fn unregister_node(
+        &self,
+        _: Request<pb::UnregisterNodeFleetRequest>,
+    ) -> R<pb::UnregisterNodeFleetResponse> {
+        Ok(Response::new(pb::UnregisterNodeFleetResponse {}))
+    }
+    async fn send_node_heartbeat(
+        &self,
+        _: Request<pb::SendNodeHeartbeatRequest>,
+    ) -> R<pb::SendNodeHeartbeatResponse> {
+        Ok(Response::new(pb::SendNodeHeartbeatResponse {
+            success: true,
+        }))
+    }
+    async fn pull_messages(
+        &self,
+        _: Request<pb::PullMessagesRequest>,
+    ) -> R<pb::PullMessagesResponse> {
+        self.0.pull_messages().await
+    }
+    async fn push_messages(
+        &self,
+        request: Request<pb::PushMessagesRequest>,
+    ) -> R<pb::PushMessagesResponse> {
+        self.0.push_messages(request.into_inner()).await
+    }
+    async fn get_run(&self, _: Request<pb::GetRunRequest>) -> R<pb::GetRunResponse> {
+        self.0.get_run().await
+    }
+    async fn get_fab(&self, _: Request<pb::GetFabRequest>) -> R<pb::GetFabResponse> {
+        self.0.get_fab().await
+    }
+    async fn push_object(&self, _: Request<pb::PushObjectRequest>) -> R<pb::PushObjectResponse> {
+        unused()
+    }
+    async fn pull_object(&self, _: Request<pb::PullObjectRequest>) -> R<pb::PullObjectResponse> {
+        unused()
+    }
+    async fn confirm_message_received(
+        &self,
+        request: Request<pb::ConfirmMessageReceivedRequest>,
+    ) -> R<pb::ConfirmMessageReceivedResponse> {
+        self.0.confirm_message_received(request.into_inner()).await
+    }
+}
+
+/// A running fake SuperLink (plaintext, port 0); stops when dropped after [`FakeSuperLink::stop`].
+pub struct FakeSuperLink {
+    /// Where it listens (host:port).
+    pub address: String,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl FakeSuperLink {
+    /// Serves `script` on a port of its own.
+    pub async fn start(script: impl Script) -> FakeSuperLink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(flwr_transport::server::serve(
+            tonic::service::Routes::new(pb::fleet_server::FleetServer::new(Fake(script))),
+            listener,
+            None,
+            flwr_transport::server::ServeOptions::default(),
+            stop.clone(),
+        ));
+        FakeSuperLink {
+            address,
+            stop,
+            server,
+        }
+    }
+
+    /// Stops serving and waits for the server to end.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.server.await.unwrap();
+    }
+}
+
+pub const SUPERNODE: &str = env!("CARGO_BIN_EXE_supernode");
+
+/// Our SuperNode against `superlink` (plaintext), ClientAppIo on port 0, in process isolation;
+/// returns it with its ClientAppIo address.
+pub fn supernode(superlink: &str) -> (Proc, String) {
+    let mut cmd = command(SUPERNODE);
+    cmd.args([
+        "--insecure",
+        "--superlink",
+        superlink,
+        "--isolation",
+        "process",
+    ])
+    .args(["--clientappio-api-address", "127.0.0.1:0"]);
+    let mut p = Proc::spawn("supernode", cmd);
+    let out = p.wait_for_output("ClientAppIo API serving", Duration::from_secs(30));
+    let appio = logged_address(&out, "ClientAppIo API serving");
+    (p, appio)
+}
+
+/// Waits until `done`, failing the test with the node's output if the node exits first or
+/// `timeout` passes without `what`.
+pub async fn until_while_alive(
+    node: &mut Proc,
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            node.try_status().is_none(),
+            "the SuperNode exited before {what}:\n{}",
+            node.output()
+        );
+        assert!(
+            started.elapsed() < timeout,
+            "no {what} within {timeout:?}:\n{}",
+            node.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
