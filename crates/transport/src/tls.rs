@@ -7,8 +7,10 @@
 //! Client side (SuperNode): `--root-certificates` (a PEM bundle) or the system trust store, with
 //! hostname verification against the host of the address (DNS name or IP SAN).
 //!
-//! Everything is loaded once at start-up; every failure names the flag, the path, the cause and
-//! the fix.
+//! Everything is loaded at start-up; every failure names the flag, the path, the cause and the
+//! fix. The server's certificate and key can be loaded again while it runs ([`ServerCert`]): new
+//! handshakes then use the new pair, open connections keep theirs, and a pair that does not load
+//! leaves the old one in use.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -265,6 +267,96 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Loads the server configuration from the three files. Blocking (reads files).
 pub fn load_server_config(files: &ServerTlsFiles) -> Result<Loaded<ServerConfig>, TlsError> {
+    load_reloadable_server_config(files).map(|(loaded, _)| loaded)
+}
+
+/// [`load_server_config`], with the handle that replaces its certificate and key later.
+pub fn load_reloadable_server_config(
+    files: &ServerTlsFiles,
+) -> Result<(Loaded<ServerConfig>, Arc<ServerCert>), TlsError> {
+    let stamp = FilesStamp::of(files);
+    let (certified, warnings) = load_certified_key(files)?;
+    let cert = Arc::new(ServerCert {
+        files: files.clone(),
+        current: parking_lot::RwLock::new(certified),
+        stamp: parking_lot::Mutex::new(stamp),
+    });
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(cert.clone());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    log_warnings(&warnings);
+    Ok((
+        Loaded {
+            config: Arc::new(config),
+            warnings,
+        },
+        cert,
+    ))
+}
+
+/// The server's certificate chain and key, as new TLS handshakes get them.
+#[derive(Debug)]
+pub struct ServerCert {
+    files: ServerTlsFiles,
+    current: parking_lot::RwLock<Arc<CertifiedKey>>,
+    /// The files as they were when last read (loaded or refused).
+    stamp: parking_lot::Mutex<FilesStamp>,
+}
+
+impl rustls::server::ResolvesServerCert for ServerCert {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().clone())
+    }
+}
+
+impl ServerCert {
+    /// Reads the three files again and, if they hold a usable pair (the same checks as at
+    /// start-up), serves it to new handshakes; otherwise keeps the current pair and says why.
+    /// Returns the warnings of the new pair (already logged). Blocking (reads files).
+    pub fn reload(&self) -> Result<Vec<String>, TlsError> {
+        *self.stamp.lock() = FilesStamp::of(&self.files);
+        let (certified, warnings) = load_certified_key(&self.files)?;
+        *self.current.write() = certified;
+        log_warnings(&warnings);
+        Ok(warnings)
+    }
+
+    /// Whether a file changed (time, size, or presence) since it was last read.
+    pub fn changed_on_disk(&self) -> bool {
+        *self.stamp.lock() != FilesStamp::of(&self.files)
+    }
+
+    /// The files.
+    pub fn files(&self) -> &ServerTlsFiles {
+        &self.files
+    }
+}
+
+/// What tells a file changed, for each of the three.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FilesStamp([Option<(SystemTime, u64)>; 3]);
+
+impl FilesStamp {
+    fn of(files: &ServerTlsFiles) -> FilesStamp {
+        let one = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().unwrap_or(UNIX_EPOCH), m.len()))
+        };
+        FilesStamp([
+            one(&files.ca_certfile),
+            one(&files.certfile),
+            one(&files.keyfile),
+        ])
+    }
+}
+
+/// Reads and checks the three files: the chain and key the server presents, and its warnings.
+fn load_certified_key(
+    files: &ServerTlsFiles,
+) -> Result<(Arc<CertifiedKey>, Vec<String>), TlsError> {
     let now = SystemTime::now();
     let mut warnings = Vec::new();
 
@@ -296,24 +388,14 @@ pub fn load_server_config(files: &ServerTlsFiles) -> Result<Loaded<ServerConfig>
             path: files.keyfile.clone(),
             detail: e.to_string(),
         })?;
-    let certified = CertifiedKey::new(chain.clone(), signing_key);
+    let certified = CertifiedKey::new(chain, signing_key);
     if certified.keys_match().is_err() {
         return Err(TlsError::KeyMismatch {
             cert: files.certfile.clone(),
             key: files.keyfile.clone(),
         });
     }
-
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    log_warnings(&warnings);
-    Ok(Loaded {
-        config: Arc::new(config),
-        warnings,
-    })
+    Ok((Arc::new(certified), warnings))
 }
 
 /// Loads the client configuration: the bundle at `--root-certificates`, or the system trust

@@ -1,0 +1,132 @@
+//! The SuperLink's TLS certificate is replaced without a restart: on SIGHUP and when its files
+//! change, new connections get the new certificate, open ones keep working, and a broken
+//! replacement is logged while the current certificate stays in use.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use flwr_proto::proto as pb;
+use flwr_testkit::federation::SuperLink;
+use flwr_testkit::pki::{self, TlsFiles};
+use flwr_testkit::process::{Proc, Signal};
+use flwr_transport::tls::{load_client_config, ClientTlsChoice};
+use tonic::transport::Channel;
+
+const BIN: &str = env!("CARGO_BIN_EXE_superlink");
+
+/// A Control API client that trusts only the CA in `ca`.
+fn client(control: &str, ca: &Path) -> pb::control_client::ControlClient<Channel> {
+    let tls = load_client_config(&ClientTlsChoice::RootCertificates(ca.to_path_buf()))
+        .unwrap()
+        .unwrap();
+    let channel = flwr_transport::grpc::channel(&control.parse().unwrap(), Some(tls.config));
+    pb::control_client::ControlClient::new(channel)
+}
+
+/// One call through `client`: Ok when the TLS handshake (and the call) went through.
+async fn call(
+    client: &mut pb::control_client::ControlClient<Channel>,
+) -> Result<(), tonic::Status> {
+    client
+        .list_runs(pb::ListRunsRequest {
+            run_id: None,
+            limit: None,
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Puts the files of `from` in place of those of `to`, each by a rename (as an operator's
+/// tooling should: a reader never sees half a file).
+fn replace(from: &TlsFiles, to: &TlsFiles) {
+    for (a, b) in [
+        (&from.ca, &to.ca),
+        (&from.cert, &to.cert),
+        (&from.key, &to.key),
+    ] {
+        let staged = b.with_extension("new");
+        std::fs::copy(a, &staged).unwrap();
+        std::fs::rename(&staged, b).unwrap();
+    }
+}
+
+/// Waits until `needle` occurs in the output more often than `before` times.
+fn wait_for_another(proc: &mut Proc, needle: &str, before: usize) {
+    let start = Instant::now();
+    while proc.output().matches(needle).count() <= before {
+        assert!(
+            proc.try_status().is_none(),
+            "the SuperLink exited:\n{}",
+            proc.output()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no {needle:?}:\n{}",
+            proc.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_certificate_is_replaced_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_first, live) = pki::write_tls_files(&dir.path().join("live"), pki::LOCAL_SANS);
+    let first_ca = dir.path().join("first-ca.crt");
+    std::fs::copy(&live.ca, &first_ca).unwrap();
+    let mut superlink = SuperLink::start(
+        BIN.as_ref(),
+        Some(&live),
+        &dir.path().join("home"),
+        &["--isolation", "process"],
+    );
+    let mut open = client(&superlink.control, &first_ca);
+    call(&mut open).await.expect("the first certificate serves");
+
+    // SIGHUP after the files were replaced with a pair from another CA.
+    let (_second, second) = pki::write_tls_files(&dir.path().join("second"), pki::LOCAL_SANS);
+    let on_signal = "TLS certificate loaded again (SIGHUP)";
+    let before = superlink.proc.output().matches(on_signal).count();
+    replace(&second, &live);
+    superlink.proc.signal(Signal::SIGHUP);
+    wait_for_another(&mut superlink.proc, on_signal, before);
+    call(&mut client(&superlink.control, &second.ca))
+        .await
+        .expect("a client of the new CA connects");
+    call(&mut client(&superlink.control, &first_ca))
+        .await
+        .expect_err("a client that trusts only the old CA is refused");
+    call(&mut open)
+        .await
+        .expect("the connection opened before goes on");
+
+    // A broken replacement: said so, and the current certificate stays.
+    let refused = "TLS certificate not loaded again (SIGHUP); the current one stays in use: \
+                   `--ssl-certfile`";
+    let before = superlink.proc.output().matches(refused).count();
+    std::fs::write(&live.cert, "not a certificate\n").unwrap();
+    superlink.proc.signal(Signal::SIGHUP);
+    wait_for_another(&mut superlink.proc, refused, before);
+    call(&mut client(&superlink.control, &second.ca))
+        .await
+        .expect("the current certificate still serves");
+
+    // Files changed without a signal: found by the periodic check.
+    let (_third, third) = pki::write_tls_files(&dir.path().join("third"), pki::LOCAL_SANS);
+    let on_change = "TLS certificate loaded again (the files changed)";
+    let before = superlink.proc.output().matches(on_change).count();
+    replace(&third, &live);
+    wait_for_another(&mut superlink.proc, on_change, before);
+    call(&mut client(&superlink.control, &third.ca))
+        .await
+        .expect("a client of the third CA connects");
+    call(&mut client(&superlink.control, &second.ca))
+        .await
+        .expect_err("the second CA no longer does");
+
+    superlink.proc.signal(Signal::SIGTERM);
+    let (status, out) = superlink.proc.wait(Duration::from_secs(30));
+    assert!(status.success(), "{out}");
+}
