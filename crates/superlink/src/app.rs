@@ -267,7 +267,10 @@ impl App {
         failure.watch(
             &tracker,
             "TLS reloader",
-            reload_tls(self.tls_cert.clone(), stop.clone()),
+            flwr_transport::signals::reload_on_hangup(
+                self.tls_cert.clone().map(|c| c as Arc<dyn tls::Reloadable>),
+                stop.clone(),
+            ),
         );
         failure.watch(
             &tracker,
@@ -389,54 +392,5 @@ impl Running {
         })
         .await
         .is_ok()
-    }
-}
-
-/// How often the TLS files are checked for changes.
-const TLS_POLL: Duration = Duration::from_secs(5);
-
-/// Loads the TLS certificate and key again on SIGHUP and when their files change (checked every
-/// [`TLS_POLL`]): new connections get the new pair, open ones keep theirs. A pair that does not
-/// load is logged with the reason and the current one stays in use. Runs until `stop`.
-async fn reload_tls(cert: Option<Arc<tls::ServerCert>>, stop: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(
-                "cannot listen for SIGHUP (TLS files are still checked for changes): {e}"
-            );
-            None
-        }
-    };
-    let mut poll = tokio::time::interval(TLS_POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let asked = tokio::select! {
-            () = stop.cancelled() => return,
-            Some(()) = async { hangups.as_mut()?.recv().await } => true,
-            _ = poll.tick() => false,
-        };
-        let Some(cert) = &cert else {
-            if asked {
-                tracing::info!("SIGHUP: no TLS files to load again (--insecure)");
-            }
-            continue;
-        };
-        if !asked && !cert.changed_on_disk() {
-            continue;
-        }
-        let why = if asked { "SIGHUP" } else { "the files changed" };
-        let reloading = cert.clone();
-        match tokio::task::spawn_blocking(move || reloading.reload()).await {
-            Ok(Ok(_)) => tracing::info!(
-                certfile = %cert.files().certfile.display(),
-                "TLS certificate loaded again ({why}): new connections use it"
-            ),
-            Ok(Err(e)) => tracing::error!(
-                "TLS certificate not loaded again ({why}); the current one stays in use: {e}"
-            ),
-            Err(e) => tracing::error!("loading the TLS certificate again failed: {e}"),
-        }
     }
 }

@@ -1,6 +1,7 @@
-//! The SuperLink's TLS certificate is replaced without a restart: on SIGHUP and when its files
-//! change, new connections get the new certificate, open ones keep working, and a broken
-//! replacement is logged while the current certificate stays in use.
+//! TLS material is replaced without a restart. The SuperLink's certificate, on SIGHUP and when
+//! its files change: new connections get the new certificate, open ones keep working, and a
+//! broken replacement is logged while the current certificate stays in use. Our SuperNode's
+//! `--root-certificates`, the same way, for its new connections.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
@@ -58,7 +59,7 @@ fn wait_for_another(proc: &mut Proc, needle: &str, before: usize) {
     while proc.output().matches(needle).count() <= before {
         assert!(
             proc.try_status().is_none(),
-            "the SuperLink exited:\n{}",
+            "it exited:\n{}",
             proc.output()
         );
         assert!(
@@ -87,7 +88,7 @@ async fn the_certificate_is_replaced_without_a_restart() {
 
     // SIGHUP after the files were replaced with a pair from another CA.
     let (_second, second) = pki::write_tls_files(&dir.path().join("second"), pki::LOCAL_SANS);
-    let on_signal = "TLS certificate loaded again (SIGHUP)";
+    let on_signal = "loaded again (SIGHUP): new connections use it";
     let before = superlink.proc.output().matches(on_signal).count();
     replace(&second, &live);
     superlink.proc.signal(Signal::SIGHUP);
@@ -103,19 +104,20 @@ async fn the_certificate_is_replaced_without_a_restart() {
         .expect("the connection opened before goes on");
 
     // A broken replacement: said so, and the current certificate stays.
-    let refused = "TLS certificate not loaded again (SIGHUP); the current one stays in use: \
-                   `--ssl-certfile`";
-    let before = superlink.proc.output().matches(refused).count();
+    let refused = "TLS certificate (--ssl-certfile";
+    let refused_tail = "not loaded again (SIGHUP); what is in use stays: `--ssl-certfile`";
+    let before = superlink.proc.output().matches(refused_tail).count();
     std::fs::write(&live.cert, "not a certificate\n").unwrap();
     superlink.proc.signal(Signal::SIGHUP);
-    wait_for_another(&mut superlink.proc, refused, before);
+    wait_for_another(&mut superlink.proc, refused_tail, before);
+    assert!(superlink.proc.output().contains(refused));
     call(&mut client(&superlink.control, &second.ca))
         .await
         .expect("the current certificate still serves");
 
     // Files changed without a signal: found by the periodic check.
     let (_third, third) = pki::write_tls_files(&dir.path().join("third"), pki::LOCAL_SANS);
-    let on_change = "TLS certificate loaded again (the files changed)";
+    let on_change = "loaded again (the files changed): new connections use it";
     let before = superlink.proc.output().matches(on_change).count();
     replace(&third, &live);
     wait_for_another(&mut superlink.proc, on_change, before);
@@ -129,4 +131,60 @@ async fn the_certificate_is_replaced_without_a_restart() {
     superlink.proc.signal(Signal::SIGTERM);
     let (status, out) = superlink.proc.wait(Duration::from_secs(30));
     assert!(status.success(), "{out}");
+}
+
+/// Our SuperNode loads `--root-certificates` again the same way, for its new connections: both
+/// sides move to another CA (files replaced, SIGHUP to each), then the SuperLink restarts, and the
+/// node's new connection trusts the new CA and it joins again. Without the reload the node would
+/// stop at the handshake ("certificate" problems are not retried).
+#[test]
+fn a_supernode_trusts_new_roots_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_first, live) = pki::write_tls_files(&dir.path().join("live"), pki::LOCAL_SANS);
+    let roots = dir.path().join("node-roots.crt");
+    std::fs::copy(&live.ca, &roots).unwrap();
+    // Reserved ports: the restarted SuperLink comes back where the node looks for it.
+    let ports: Vec<String> = (0..3)
+        .map(|_| flwr_testkit::ports::reserve_address())
+        .collect();
+    let addresses = [ports[0].as_str(), ports[1].as_str(), ports[2].as_str()];
+    let home = dir.path().join("home");
+    let flags = ["--isolation", "process"];
+    let mut superlink = SuperLink::start_at(BIN.as_ref(), Some(&live), &home, addresses, &flags);
+
+    let supernode = flwr_testkit::federation::sibling_binary(BIN, "supernode");
+    let mut cmd = flwr_testkit::process::command(&supernode);
+    cmd.env("NO_COLOR", "1")
+        .arg("--root-certificates")
+        .arg(&roots)
+        .args(["--superlink", &superlink.fleet])
+        .args(["--isolation", "process"])
+        .args(["--clientappio-api-address", "127.0.0.1:0"]);
+    let mut node = Proc::spawn("supernode", cmd);
+    let joined = "activated; pulling messages";
+    wait_for_another(&mut node, joined, 0);
+
+    let (_second, second) = pki::write_tls_files(&dir.path().join("second"), pki::LOCAL_SANS);
+    replace(&second, &live);
+    superlink.proc.signal(Signal::SIGHUP);
+    wait_for_another(&mut superlink.proc, "loaded again (SIGHUP)", 0);
+    let staged = roots.with_extension("new");
+    std::fs::copy(&second.ca, &staged).unwrap();
+    std::fs::rename(&staged, &roots).unwrap();
+    let reloaded = "root certificates (--root-certificates";
+    let before = node.output().matches(reloaded).count();
+    node.signal(Signal::SIGHUP);
+    wait_for_another(&mut node, reloaded, before);
+    assert!(
+        node.output()
+            .contains("loaded again (SIGHUP): new connections use it"),
+        "{}",
+        node.output()
+    );
+
+    superlink.proc.signal(Signal::SIGTERM);
+    let _ = superlink.proc.wait(Duration::from_secs(15));
+    let _superlink = SuperLink::start_at(BIN.as_ref(), Some(&live), &home, addresses, &flags);
+    wait_for_another(&mut node, joined, 1);
+    assert!(node.output().contains("joining again"), "{}", node.output());
 }

@@ -45,6 +45,8 @@ pub struct App {
     config: Config,
     key: Arc<NodeSigningKey>,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The roots behind `tls`, loaded again on SIGHUP or when `--root-certificates` changes.
+    roots: Option<Arc<tls::ClientRoots>>,
     node_config: Vec<(String, flwr_objects::ConfigValue)>,
     clientappio: TcpListener,
     health: Option<TcpListener>,
@@ -56,7 +58,7 @@ impl App {
         let cfg = config.clone();
         let (tls, key, node_config) =
             tokio::task::spawn_blocking(move || -> Result<_, BuildError> {
-                let tls = tls::load_client_config(&cfg.tls)?.map(|l| l.config);
+                let tls = tls::load_reloadable_client_config(&cfg.tls)?;
                 let key = match &cfg.key {
                     KeySource::Generate => NodeSigningKey::generate(),
                     KeySource::File(p) => {
@@ -77,10 +79,15 @@ impl App {
             Some(a) => Some(grpc::bind("--health-server-address", a).await?),
             None => None,
         };
+        let (tls, roots) = match tls {
+            Some((loaded, roots)) => (Some(loaded.config), Some(roots)),
+            None => (None, None),
+        };
         Ok(App {
             config,
             key: Arc::new(key),
             tls,
+            roots,
             node_config,
             clientappio,
             health,
@@ -139,6 +146,15 @@ impl App {
                 flwr_transport::health::serve(l, Default::default(), servers_stop.clone()),
             );
         }
+
+        failure.watch(
+            &tracker,
+            "TLS reloader",
+            flwr_transport::signals::reload_on_hangup(
+                self.roots.map(|r| r as Arc<dyn tls::Reloadable>),
+                servers_stop.clone(),
+            ),
+        );
 
         let retry = RetryPolicy {
             max_tries: self.config.max_retries.map(|n| n.saturating_add(1)),

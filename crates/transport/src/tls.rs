@@ -180,6 +180,9 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration failed: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The trusted roots cannot check server certificates.
+    #[error("the root certificates cannot be used to check the SuperLink's certificate: {0}")]
+    Verifier(String),
 }
 
 /// The three server files, once Flower's flag rules accepted them.
@@ -311,26 +314,36 @@ impl rustls::server::ResolvesServerCert for ServerCert {
     }
 }
 
-impl ServerCert {
-    /// Reads the three files again and, if they hold a usable pair (the same checks as at
-    /// start-up), serves it to new handshakes; otherwise keeps the current pair and says why.
-    /// Returns the warnings of the new pair (already logged). Blocking (reads files).
-    pub fn reload(&self) -> Result<Vec<String>, TlsError> {
+/// TLS material that can be loaded again while a daemon runs (see
+/// [`crate::signals::reload_on_hangup`]).
+pub trait Reloadable: Send + Sync + std::fmt::Debug {
+    /// Reads the files again and, if they load (the same checks as at start-up), uses them for
+    /// new connections; otherwise keeps what is in use and says why. Blocking (reads files).
+    fn reload(&self) -> Result<(), TlsError>;
+    /// Whether a file changed (time, size, or presence) since it was last read.
+    fn changed_on_disk(&self) -> bool;
+    /// What it is, for the log.
+    fn what(&self) -> String;
+}
+
+impl Reloadable for ServerCert {
+    fn reload(&self) -> Result<(), TlsError> {
         *self.stamp.lock() = FilesStamp::of(&self.files);
         let (certified, warnings) = load_certified_key(&self.files)?;
         *self.current.write() = certified;
         log_warnings(&warnings);
-        Ok(warnings)
+        Ok(())
     }
 
-    /// Whether a file changed (time, size, or presence) since it was last read.
-    pub fn changed_on_disk(&self) -> bool {
+    fn changed_on_disk(&self) -> bool {
         *self.stamp.lock() != FilesStamp::of(&self.files)
     }
 
-    /// The files.
-    pub fn files(&self) -> &ServerTlsFiles {
-        &self.files
+    fn what(&self) -> String {
+        format!(
+            "TLS certificate ({FLAG_CERTFILE} {})",
+            self.files.certfile.display()
+        )
     }
 }
 
@@ -340,15 +353,10 @@ struct FilesStamp([Option<(SystemTime, u64)>; 3]);
 
 impl FilesStamp {
     fn of(files: &ServerTlsFiles) -> FilesStamp {
-        let one = |p: &Path| {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| (m.modified().unwrap_or(UNIX_EPOCH), m.len()))
-        };
         FilesStamp([
-            one(&files.ca_certfile),
-            one(&files.certfile),
-            one(&files.keyfile),
+            stamp_of(&files.ca_certfile),
+            stamp_of(&files.certfile),
+            stamp_of(&files.keyfile),
         ])
     }
 }
@@ -403,11 +411,145 @@ fn load_certified_key(
 pub fn load_client_config(
     choice: &ClientTlsChoice,
 ) -> Result<Option<Loaded<ClientConfig>>, TlsError> {
+    Ok(load_reloadable_client_config(choice)?.map(|(loaded, _)| loaded))
+}
+
+/// A client configuration with the handle that replaces its trusted roots.
+pub type ReloadableClientConfig = (Loaded<ClientConfig>, Arc<ClientRoots>);
+
+/// [`load_client_config`], with the handle that replaces its trusted roots later (for new
+/// connections).
+pub fn load_reloadable_client_config(
+    choice: &ClientTlsChoice,
+) -> Result<Option<ReloadableClientConfig>, TlsError> {
+    if *choice == ClientTlsChoice::Insecure {
+        return Ok(None);
+    }
+    let stamp = RootsStamp::of(choice);
+    let (verifier, warnings) = load_verifier(choice)?;
+    let roots = Arc::new(ClientRoots {
+        choice: choice.clone(),
+        current: parking_lot::RwLock::new(verifier),
+        stamp: parking_lot::Mutex::new(stamp),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(roots.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    log_warnings(&warnings);
+    Ok(Some((
+        Loaded {
+            config: Arc::new(config),
+            warnings,
+        },
+        roots,
+    )))
+}
+
+/// The roots a client trusts, as new connections check the server against them: rustls' own
+/// WebPKI verifier, replaced as a whole when the roots are loaded again.
+#[derive(Debug)]
+pub struct ClientRoots {
+    choice: ClientTlsChoice,
+    current: parking_lot::RwLock<Arc<rustls::client::WebPkiServerVerifier>>,
+    stamp: parking_lot::Mutex<RootsStamp>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for ClientRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verifier = self.current.read().clone();
+        verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let verifier = self.current.read().clone();
+        verifier.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let verifier = self.current.read().clone();
+        verifier.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.current.read().supported_verify_schemes()
+    }
+}
+
+impl Reloadable for ClientRoots {
+    fn reload(&self) -> Result<(), TlsError> {
+        *self.stamp.lock() = RootsStamp::of(&self.choice);
+        let (verifier, warnings) = load_verifier(&self.choice)?;
+        *self.current.write() = verifier;
+        log_warnings(&warnings);
+        Ok(())
+    }
+
+    fn changed_on_disk(&self) -> bool {
+        *self.stamp.lock() != RootsStamp::of(&self.choice)
+    }
+
+    fn what(&self) -> String {
+        match &self.choice {
+            ClientTlsChoice::RootCertificates(p) => {
+                format!(
+                    "root certificates ({FLAG_ROOT_CERTIFICATES} {})",
+                    p.display()
+                )
+            }
+            _ => "system root certificates".into(),
+        }
+    }
+}
+
+/// The time and size of the `--root-certificates` file (nothing for the system store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RootsStamp(Option<(SystemTime, u64)>);
+
+impl RootsStamp {
+    fn of(choice: &ClientTlsChoice) -> RootsStamp {
+        match choice {
+            ClientTlsChoice::RootCertificates(p) => RootsStamp(stamp_of(p)),
+            _ => RootsStamp(None),
+        }
+    }
+}
+
+fn stamp_of(p: &Path) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| (m.modified().unwrap_or(UNIX_EPOCH), m.len()))
+}
+
+/// Reads and checks the roots `choice` names: a verifier of server certificates against them,
+/// and the warnings found.
+fn load_verifier(
+    choice: &ClientTlsChoice,
+) -> Result<(Arc<rustls::client::WebPkiServerVerifier>, Vec<String>), TlsError> {
     let now = SystemTime::now();
     let mut warnings = Vec::new();
     let mut roots = RootCertStore::empty();
     match choice {
-        ClientTlsChoice::Insecure => return Ok(None),
+        ClientTlsChoice::Insecure => {}
         ClientTlsChoice::SystemRoots => {
             let found = rustls_native_certs::load_native_certs();
             let (added, _ignored) = roots.add_parsable_certificates(found.certs);
@@ -453,16 +595,11 @@ pub fn load_client_config(
             }
         }
     }
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    log_warnings(&warnings);
-    Ok(Some(Loaded {
-        config: Arc::new(config),
-        warnings,
-    }))
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    Ok((verifier, warnings))
 }
 
 fn log_warnings(warnings: &[String]) {
