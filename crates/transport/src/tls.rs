@@ -8,9 +8,9 @@
 //! hostname verification against the host of the address (DNS name or IP SAN).
 //!
 //! Everything is loaded at start-up; every failure names the flag, the path, the cause and the
-//! fix. The server's certificate and key can be loaded again while it runs ([`ServerCert`]): new
-//! handshakes then use the new pair, open connections keep theirs, and a pair that does not load
-//! leaves the old one in use.
+//! fix. The server's certificate and key ([`ServerCert`]) and the client's roots ([`ClientRoots`])
+//! can be loaded again while the daemon runs: new handshakes then use what loaded, open
+//! connections keep theirs, and files that do not load leave what is in use.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
