@@ -57,11 +57,7 @@ fn replace(from: &TlsFiles, to: &TlsFiles) {
 fn wait_for_another(proc: &mut Proc, needle: &str, before: usize) {
     let start = Instant::now();
     while proc.output().matches(needle).count() <= before {
-        assert!(
-            proc.try_status().is_none(),
-            "it exited:\n{}",
-            proc.output()
-        );
+        assert!(proc.try_status().is_none(), "it exited:\n{}", proc.output());
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "no {needle:?}:\n{}",
