@@ -24,13 +24,25 @@ pub async fn shutdown_signal() -> &'static str {
 
 /// How often TLS files are checked for changes.
 pub const TLS_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often TLS files are read again even when unchanged, so that the warning about a
+/// certificate that expires soon repeats every day while the daemon runs.
+pub const TLS_DAILY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
-/// Loads `target` again on SIGHUP and when its files change (checked every [`TLS_POLL`]): new
-/// connections use what loaded, open ones keep theirs. What does not load is logged with the
-/// reason and what is in use stays. Without a target (plaintext), SIGHUP is logged and ignored.
-/// Runs until `stop`.
+/// Loads `target` again on SIGHUP, when its files change (checked every [`TLS_POLL`]) and once a
+/// day ([`TLS_DAILY`]): new connections use what loaded, open ones keep theirs. What does not load
+/// is logged with the reason and what is in use stays. Without a target (plaintext), SIGHUP is
+/// logged and ignored. Runs until `stop`.
 pub async fn reload_on_hangup(
     target: Option<std::sync::Arc<dyn crate::tls::Reloadable>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    reload_every(target, TLS_POLL, TLS_DAILY, stop).await;
+}
+
+async fn reload_every(
+    target: Option<std::sync::Arc<dyn crate::tls::Reloadable>>,
+    poll_every: std::time::Duration,
+    daily: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -43,8 +55,9 @@ pub async fn reload_on_hangup(
             None
         }
     };
-    let mut poll = tokio::time::interval(TLS_POLL);
+    let mut poll = tokio::time::interval(poll_every);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_read = tokio::time::Instant::now();
     loop {
         let asked = tokio::select! {
             () = stop.cancelled() => return,
@@ -57,18 +70,99 @@ pub async fn reload_on_hangup(
             }
             continue;
         };
-        if !asked && !target.changed_on_disk() {
+        let changed = target.changed_on_disk();
+        let due = last_read.elapsed() >= daily;
+        if !asked && !changed && !due {
             continue;
         }
-        let why = if asked { "SIGHUP" } else { "the files changed" };
+        last_read = tokio::time::Instant::now();
+        let why = if asked {
+            "SIGHUP"
+        } else if changed {
+            "the files changed"
+        } else {
+            "daily check"
+        };
         let what = target.what();
         let reloading = target.clone();
         match tokio::task::spawn_blocking(move || reloading.reload()).await {
+            // The daily read only repeats the warnings (logged by the reload itself).
+            Ok(Ok(())) if !asked && !changed => tracing::debug!("{what} read again ({why})"),
             Ok(Ok(())) => tracing::info!("{what} loaded again ({why}): new connections use it"),
             Ok(Err(e)) => {
                 tracing::error!("{what} not loaded again ({why}); what is in use stays: {e}")
             }
             Err(e) => tracing::error!("loading the {what} again failed: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::tls::{Reloadable, TlsError};
+
+    #[derive(Debug, Default)]
+    struct Counting {
+        reloads: AtomicUsize,
+        changed: AtomicBool,
+    }
+
+    impl Reloadable for Counting {
+        fn reload(&self) -> Result<(), TlsError> {
+            self.changed.store(false, Ordering::SeqCst);
+            self.reloads.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn changed_on_disk(&self) -> bool {
+            self.changed.load(Ordering::SeqCst)
+        }
+        fn what(&self) -> String {
+            "test files".into()
+        }
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Read again when the files change, and once a "day" (here 400 ms) even when they do not:
+    /// that repeats the expiry warnings. Nothing in between.
+    #[tokio::test]
+    async fn files_are_read_again_on_change_and_daily() {
+        let target = Arc::new(Counting::default());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let day = Duration::from_millis(400);
+        let task = tokio::spawn(reload_every(
+            Some(target.clone() as Arc<dyn Reloadable>),
+            Duration::from_millis(10),
+            day,
+            stop.clone(),
+        ));
+        target.changed.store(true, Ordering::SeqCst);
+        until("a read after a change", || {
+            target.reloads.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        let changed_at = Instant::now();
+        until("a daily read", || {
+            target.reloads.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        assert!(
+            changed_at.elapsed() >= day.mul_f64(0.9),
+            "the daily read came {:?} after the last one",
+            changed_at.elapsed()
+        );
+        stop.cancel();
+        task.await.unwrap();
     }
 }
