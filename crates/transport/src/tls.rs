@@ -277,12 +277,15 @@ pub fn load_server_config(files: &ServerTlsFiles) -> Result<Loaded<ServerConfig>
 pub fn load_reloadable_server_config(
     files: &ServerTlsFiles,
 ) -> Result<(Loaded<ServerConfig>, Arc<ServerCert>), TlsError> {
-    let stamp = FilesStamp::of(files);
-    let (certified, warnings) = load_certified_key(files)?;
+    let paths = vec![
+        files.ca_certfile.clone(),
+        files.certfile.clone(),
+        files.keyfile.clone(),
+    ];
+    let (loaded, warnings) = FromFiles::load(paths, || load_certified_key(files))?;
     let cert = Arc::new(ServerCert {
         files: files.clone(),
-        current: parking_lot::RwLock::new(certified),
-        stamp: parking_lot::Mutex::new(stamp),
+        loaded,
     });
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
@@ -303,14 +306,12 @@ pub fn load_reloadable_server_config(
 #[derive(Debug)]
 pub struct ServerCert {
     files: ServerTlsFiles,
-    current: parking_lot::RwLock<Arc<CertifiedKey>>,
-    /// The files as they were when last read (loaded or refused).
-    stamp: parking_lot::Mutex<FilesStamp>,
+    loaded: FromFiles<CertifiedKey>,
 }
 
 impl rustls::server::ResolvesServerCert for ServerCert {
     fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().clone())
+        Some(self.loaded.get())
     }
 }
 
@@ -328,15 +329,11 @@ pub trait Reloadable: Send + Sync + std::fmt::Debug {
 
 impl Reloadable for ServerCert {
     fn reload(&self) -> Result<(), TlsError> {
-        *self.stamp.lock() = FilesStamp::of(&self.files);
-        let (certified, warnings) = load_certified_key(&self.files)?;
-        *self.current.write() = certified;
-        log_warnings(&warnings);
-        Ok(())
+        self.loaded.reload(|| load_certified_key(&self.files))
     }
 
     fn changed_on_disk(&self) -> bool {
-        *self.stamp.lock() != FilesStamp::of(&self.files)
+        self.loaded.changed_on_disk()
     }
 
     fn what(&self) -> String {
@@ -347,18 +344,63 @@ impl Reloadable for ServerCert {
     }
 }
 
-/// What tells a file changed, for each of the three.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FilesStamp([Option<(SystemTime, u64)>; 3]);
+/// A value loaded from files and replaced as a whole when they load again, with what tells that
+/// a file changed since it was last read (its time and size, or that it is gone).
+#[derive(Debug)]
+struct FromFiles<T> {
+    paths: Vec<PathBuf>,
+    current: parking_lot::RwLock<Arc<T>>,
+    /// The files as they were when last read (loaded or refused).
+    stamp: parking_lot::Mutex<Vec<Option<(SystemTime, u64)>>>,
+}
 
-impl FilesStamp {
-    fn of(files: &ServerTlsFiles) -> FilesStamp {
-        FilesStamp([
-            stamp_of(&files.ca_certfile),
-            stamp_of(&files.certfile),
-            stamp_of(&files.keyfile),
-        ])
+/// What a load gives: the value and its warnings.
+type LoadedValue<T> = (Arc<T>, Vec<String>);
+
+impl<T> FromFiles<T> {
+    fn load(
+        paths: Vec<PathBuf>,
+        load: impl FnOnce() -> Result<LoadedValue<T>, TlsError>,
+    ) -> Result<(FromFiles<T>, Vec<String>), TlsError> {
+        let stamp = stamps(&paths);
+        let (value, warnings) = load()?;
+        let loaded = FromFiles {
+            paths,
+            current: parking_lot::RwLock::new(value),
+            stamp: parking_lot::Mutex::new(stamp),
+        };
+        Ok((loaded, warnings))
     }
+
+    fn get(&self) -> Arc<T> {
+        self.current.read().clone()
+    }
+
+    fn reload(
+        &self,
+        load: impl FnOnce() -> Result<LoadedValue<T>, TlsError>,
+    ) -> Result<(), TlsError> {
+        *self.stamp.lock() = stamps(&self.paths);
+        let (value, warnings) = load()?;
+        *self.current.write() = value;
+        log_warnings(&warnings);
+        Ok(())
+    }
+
+    fn changed_on_disk(&self) -> bool {
+        *self.stamp.lock() != stamps(&self.paths)
+    }
+}
+
+fn stamps(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().unwrap_or(UNIX_EPOCH), m.len()))
+        })
+        .collect()
 }
 
 /// Reads and checks the three files: the chain and key the server presents, and its warnings.
@@ -425,12 +467,14 @@ pub fn load_reloadable_client_config(
     if *choice == ClientTlsChoice::Insecure {
         return Ok(None);
     }
-    let stamp = RootsStamp::of(choice);
-    let (verifier, warnings) = load_verifier(choice)?;
+    let paths = match choice {
+        ClientTlsChoice::RootCertificates(p) => vec![p.clone()],
+        _ => Vec::new(),
+    };
+    let (loaded, warnings) = FromFiles::load(paths, || load_verifier(choice))?;
     let roots = Arc::new(ClientRoots {
         choice: choice.clone(),
-        current: parking_lot::RwLock::new(verifier),
-        stamp: parking_lot::Mutex::new(stamp),
+        loaded,
     });
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
@@ -453,8 +497,7 @@ pub fn load_reloadable_client_config(
 #[derive(Debug)]
 pub struct ClientRoots {
     choice: ClientTlsChoice,
-    current: parking_lot::RwLock<Arc<rustls::client::WebPkiServerVerifier>>,
-    stamp: parking_lot::Mutex<RootsStamp>,
+    loaded: FromFiles<rustls::client::WebPkiServerVerifier>,
 }
 
 impl rustls::client::danger::ServerCertVerifier for ClientRoots {
@@ -466,7 +509,7 @@ impl rustls::client::danger::ServerCertVerifier for ClientRoots {
         ocsp_response: &[u8],
         now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let verifier = self.current.read().clone();
+        let verifier = self.loaded.get();
         verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
@@ -476,7 +519,7 @@ impl rustls::client::danger::ServerCertVerifier for ClientRoots {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let verifier = self.current.read().clone();
+        let verifier = self.loaded.get();
         verifier.verify_tls12_signature(message, cert, dss)
     }
 
@@ -486,26 +529,22 @@ impl rustls::client::danger::ServerCertVerifier for ClientRoots {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let verifier = self.current.read().clone();
+        let verifier = self.loaded.get();
         verifier.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.current.read().supported_verify_schemes()
+        self.loaded.get().supported_verify_schemes()
     }
 }
 
 impl Reloadable for ClientRoots {
     fn reload(&self) -> Result<(), TlsError> {
-        *self.stamp.lock() = RootsStamp::of(&self.choice);
-        let (verifier, warnings) = load_verifier(&self.choice)?;
-        *self.current.write() = verifier;
-        log_warnings(&warnings);
-        Ok(())
+        self.loaded.reload(|| load_verifier(&self.choice))
     }
 
     fn changed_on_disk(&self) -> bool {
-        *self.stamp.lock() != RootsStamp::of(&self.choice)
+        self.loaded.changed_on_disk()
     }
 
     fn what(&self) -> String {
@@ -519,25 +558,6 @@ impl Reloadable for ClientRoots {
             _ => "system root certificates".into(),
         }
     }
-}
-
-/// The time and size of the `--root-certificates` file (nothing for the system store).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RootsStamp(Option<(SystemTime, u64)>);
-
-impl RootsStamp {
-    fn of(choice: &ClientTlsChoice) -> RootsStamp {
-        match choice {
-            ClientTlsChoice::RootCertificates(p) => RootsStamp(stamp_of(p)),
-            _ => RootsStamp(None),
-        }
-    }
-}
-
-fn stamp_of(p: &Path) -> Option<(SystemTime, u64)> {
-    std::fs::metadata(p)
-        .ok()
-        .map(|m| (m.modified().unwrap_or(UNIX_EPOCH), m.len()))
 }
 
 /// Reads and checks the roots `choice` names: a verifier of server certificates against them,
