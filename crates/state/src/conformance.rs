@@ -137,6 +137,28 @@ pub mod link {
         node
     }
 
+    /// `message`, delivered to `node` and not confirmed, is delivered again once
+    /// [`REDELIVER_AFTER`] has passed (`why` says so on failure), and never again once confirmed.
+    pub async fn repeated_until_confirmed(
+        s: &dyn LinkState,
+        clock: &ManualClock,
+        node: NodeId,
+        message: &MessageMeta,
+        why: &str,
+    ) {
+        clock.advance(REDELIVER_AFTER);
+        assert_eq!(
+            s.pull_instruction(node).await.unwrap(),
+            Some(message.clone()),
+            "{why}"
+        );
+        s.confirm_instruction(node, &message.message_id)
+            .await
+            .unwrap();
+        clock.advance(REDELIVER_AFTER);
+        assert_eq!(s.pull_instruction(node).await.unwrap(), None);
+    }
+
     /// Stores these instructions, each accepted.
     pub async fn store_all(s: &dyn LinkState, messages: &[&MessageMeta]) {
         for m in messages {
@@ -534,13 +556,7 @@ pub mod link {
             None,
             "a repeat waits as long as a first delivery"
         );
-        clock.advance(REDELIVER_AFTER);
-        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(first.clone()));
-        s.confirm_instruction(node, &first.message_id)
-            .await
-            .unwrap();
-        clock.advance(REDELIVER_AFTER);
-        assert_eq!(s.pull_instruction(node).await.unwrap(), None);
+        repeated_until_confirmed(s, clock, node, &first, "repeated until confirmed").await;
         let mut kept = s.delivered_instructions(node, run).await.unwrap();
         kept.sort();
         assert_eq!(

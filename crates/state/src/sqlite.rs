@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS run (
 CREATE TABLE IF NOT EXISTS token (
     token TEXT PRIMARY KEY,
     run_id INTEGER NOT NULL UNIQUE,
-    active_until REAL NOT NULL
+    active_until REAL NOT NULL,
+    launcher TEXT
 );
 CREATE TABLE IF NOT EXISTS log (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -1739,17 +1740,14 @@ mod tests {
             s.pull_instruction(node).await.unwrap(),
             Some(queued.clone())
         );
-        clock.advance(REDELIVER_AFTER);
-        assert_eq!(
-            s.pull_instruction(node).await.unwrap(),
-            Some(queued.clone()),
-            "delivered after the upgrade: repeated"
-        );
-        s.confirm_instruction(node, &queued.message_id)
-            .await
-            .unwrap();
-        clock.advance(REDELIVER_AFTER);
-        assert_eq!(s.pull_instruction(node).await.unwrap(), None);
+        crate::conformance::link::repeated_until_confirmed(
+            &*s,
+            &clock,
+            node,
+            &queued,
+            "delivered after the upgrade: repeated",
+        )
+        .await;
         assert!(s.create_token(run, Some("here")).await.unwrap().is_some());
     }
 }

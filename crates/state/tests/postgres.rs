@@ -117,16 +117,7 @@ mod replicas {
         drop(a);
         assert_eq!(b.pull_instruction(node).await.unwrap(), None, "too early");
         assert!(b.may_have_instruction(node));
-        clock.advance(REDELIVER_AFTER);
-        assert_eq!(
-            b.pull_instruction(node).await.unwrap(),
-            Some(message.clone())
-        );
-        b.confirm_instruction(node, &message.message_id)
-            .await
-            .unwrap();
-        clock.advance(REDELIVER_AFTER);
-        assert_eq!(b.pull_instruction(node).await.unwrap(), None);
+        link::repeated_until_confirmed(&*b, &clock, node, &message, "repeated by B").await;
         assert!(!b.may_have_instruction(node), "confirmed: nothing to pull");
     }
 
@@ -312,16 +303,8 @@ mod replicas {
             b.pull_instruction(node).await.unwrap(),
             Some(queued.clone())
         );
-        clock.advance(REDELIVER_AFTER);
-        assert_eq!(
-            b.pull_instruction(node).await.unwrap(),
-            Some(queued.clone())
-        );
-        b.confirm_instruction(node, &queued.message_id)
-            .await
-            .unwrap();
-        clock.advance(REDELIVER_AFTER);
-        assert_eq!(b.pull_instruction(node).await.unwrap(), None);
+        link::repeated_until_confirmed(&*b, &clock, node, &queued, "repeated after the upgrade")
+            .await;
         assert!(b.create_token(run, Some("here")).await.unwrap().is_some());
     }
 

@@ -209,25 +209,24 @@ impl Node {
 
     async fn process(&self, ins: &MessageMeta, tree: ObjectTree) -> Result<(), HandleError> {
         let run_id = ins.run_id;
-        if let Err(e) = self.ensure_run(run_id).await {
-            let HandleError::UnusableRun(reason) = e else {
-                return Err(e);
-            };
+        let (reply, reply_tree, runtime) = match self.ensure_run(run_id).await {
             // Left unconfirmed, the instruction would come back every few seconds until its
             // TTL, and the ServerApp would wait that long: it gets the reason now instead.
-            tracing::error!(run_id, "{reason}: answering with an error");
-            self.fleet.confirm(run_id, ins.message_id.clone()).await?;
-            let (reply, reply_tree, _) = self.error_reply(ins, error_code::INVALID_FAB, &reason)?;
-            let pushed = self.push_reply(&reply, &reply_tree, 0.0).await;
-            let _ = self.state.objects().delete(&reply_tree.id);
-            return pushed;
-        }
-        self.pull_tree(run_id, &tree).await?;
-        self.fleet.confirm(run_id, ins.message_id.clone()).await?;
-        self.state.add_instruction(ins.clone(), tree);
-        let reply = self.wait_for_reply(ins).await;
-        self.state.remove_instruction(&ins.message_id);
-        let (reply, reply_tree, runtime) = reply?;
+            Err(HandleError::UnusableRun(reason)) => {
+                tracing::error!(run_id, "{reason}: answering with an error");
+                self.fleet.confirm(run_id, ins.message_id.clone()).await?;
+                self.error_reply(ins, error_code::INVALID_FAB, &reason)?
+            }
+            Err(e) => return Err(e),
+            Ok(()) => {
+                self.pull_tree(run_id, &tree).await?;
+                self.fleet.confirm(run_id, ins.message_id.clone()).await?;
+                self.state.add_instruction(ins.clone(), tree);
+                let reply = self.wait_for_reply(ins).await;
+                self.state.remove_instruction(&ins.message_id);
+                reply?
+            }
+        };
         let pushed = self.push_reply(&reply, &reply_tree, runtime).await;
         let _ = self.state.objects().delete(&reply_tree.id);
         pushed
