@@ -370,9 +370,15 @@ pub struct Comparison {
     /// The PostgreSQL cluster of the PostgreSQL rows, started when the first one runs.
     postgres: Option<flwr_testkit::postgres::PgCluster>,
     starts: usize,
+    /// Extra flags for our SuperLink (the opt-in rows set them for one run).
+    ours_extra: Vec<&'static str>,
     /// Rows so far.
     pub rows: Vec<Row>,
 }
+
+/// Our SuperLink's opt-in to one signature check per connection; the 1 KB in-memory fan-out
+/// and idle rows are measured with it too, next to the default (every call verified, as Flower).
+const PROOF_PER_CONNECTION: &str = "--fleet-auth-per-connection";
 
 impl Comparison {
     /// Prepares a scratch directory and fresh TLS files.
@@ -393,6 +399,7 @@ impl Comparison {
             client_tls,
             postgres: None,
             starts: 0,
+            ours_extra: Vec::new(),
             rows: Vec::new(),
         })
     }
@@ -464,6 +471,9 @@ impl Comparison {
                 .arg(home.join("ffs"));
                 if engine == Engine::Sqlite {
                     cmd.arg("--database").arg(home.join("state.db"));
+                }
+                if flavor == Flavor::Ours {
+                    cmd.args(&self.ours_extra);
                 }
                 (cmd, home.join("superlink.log"))
             },
@@ -659,6 +669,18 @@ impl Comparison {
             let o = ours.figure(get, total);
             self.push(&name, metric, *better, f, o);
         }
+        if bytes < MB && engine == Engine::Memory {
+            self.ours_extra = vec![PROOF_PER_CONNECTION];
+            let opted = self.fanout_one(Flavor::Ours, w, engine).await;
+            self.ours_extra.clear();
+            let opted = opted?;
+            let name = format!("{name}, ours with {PROOF_PER_CONNECTION}");
+            for (metric, better, get) in FANOUT_METRICS {
+                let f = flower.figure(get, total);
+                let o = opted.figure(get, total);
+                self.push(&name, metric, *better, f, o);
+            }
+        }
         Ok(())
     }
 
@@ -743,6 +765,10 @@ impl Comparison {
     async fn idle(&mut self, n: usize) -> Result<()> {
         let flower = self.idle_one(Flavor::Flower, n).await?;
         let ours = self.idle_one(Flavor::Ours, n).await?;
+        self.ours_extra = vec![PROOF_PER_CONNECTION];
+        let opted = self.idle_one(Flavor::Ours, n).await;
+        self.ours_extra.clear();
+        let opted = opted?;
         let name = format!(
             "idle fleet, {n} nodes, heartbeat {}s, {}s",
             self.plan.idle_interval,
@@ -750,6 +776,16 @@ impl Comparison {
         );
         for (metric, better, get) in IDLE_METRICS {
             self.push(&name, metric, *better, flower.figure(get), ours.figure(get));
+        }
+        let name = format!("{name}, ours with {PROOF_PER_CONNECTION}");
+        for (metric, better, get) in IDLE_METRICS {
+            self.push(
+                &name,
+                metric,
+                *better,
+                flower.figure(get),
+                opted.figure(get),
+            );
         }
         Ok(())
     }

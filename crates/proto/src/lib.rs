@@ -14,4 +14,5 @@ pub mod flwr {
 
 pub use flwr::proto;
 
+pub mod adapter;
 pub mod convert;

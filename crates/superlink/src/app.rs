@@ -21,7 +21,8 @@ use crate::config::{Config, Database};
 use crate::core::{Core, Settings};
 use crate::launcher::{Launcher, Programs};
 use crate::service::{
-    control::ControlService, fleet::FleetService, serverappio::ServerAppIoService,
+    control::ControlService, fleet::FleetService, grpc_adapter::GrpcAdapterService,
+    serverappio::ServerAppIoService,
 };
 use flwr_state::{Clock, LinkState, Stores, SystemClock};
 
@@ -182,6 +183,8 @@ impl App {
         let settings = Settings {
             enable_supernode_auth: self.config.enable_supernode_auth,
             simulation: self.config.simulation,
+            fleet_adapter: self.config.fleet_api_type == crate::cli::FleetApiType::GrpcAdapter,
+            proof_per_connection: self.config.fleet_auth_per_connection,
         };
         let core = Core::new(
             self.stores.state.clone(),
@@ -243,10 +246,19 @@ impl App {
         );
 
         if let Some(l) = self.fleet {
+            let fleet = match self.config.fleet_api_type {
+                crate::cli::FleetApiType::GrpcAdapter => {
+                    Routes::new(GrpcAdapterService::guarded(core.clone()))
+                }
+                _ => Routes::new(FleetService::guarded(core.clone())),
+            };
             if let Some(a) = addresses.fleet {
-                tracing::info!(address = %a, "Fleet API (grpc-rere) serving ({tls_note})");
+                let transport = match self.config.fleet_api_type {
+                    crate::cli::FleetApiType::GrpcAdapter => "grpc-adapter",
+                    _ => "grpc-rere",
+                };
+                tracing::info!(address = %a, "Fleet API ({transport}) serving ({tls_note})");
             }
-            let fleet = Routes::new(FleetService::guarded(core.clone()));
             spawn_server(
                 &tracker,
                 &failure,

@@ -187,6 +187,16 @@ pub struct Args {
     /// Not in Flower.
     #[arg(long, value_name = "N", value_parser = positive_int)]
     pub max_connections: Option<u32>,
+
+    /// Verify a SuperNode's signature once per connection (again every 60 seconds) instead of on
+    /// every Fleet call; later calls on that connection with the same public key get the
+    /// timestamp check only. Safe only when every Fleet connection belongs to one SuperNode:
+    /// SuperNodes reach this SuperLink directly or through a TCP pass-through load balancer. NOT
+    /// safe behind a proxy that terminates TLS or HTTP/2 and sends several SuperNodes' calls over
+    /// one connection (public keys are not secret: another client there could act as a node
+    /// verified on that connection). Not in Flower.
+    #[arg(long)]
+    pub fleet_auth_per_connection: bool,
 }
 
 /// Parsed `superlink` flags.

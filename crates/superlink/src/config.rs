@@ -38,6 +38,8 @@ pub struct Config {
     pub serverappio_address: Address,
     /// Fleet API address; `None` in simulation mode (no Fleet API).
     pub fleet_address: Option<Address>,
+    /// The Fleet API's transport (grpc-rere or grpc-adapter).
+    pub fleet_api_type: FleetApiType,
     /// Control API address.
     pub control_address: Address,
     /// Simulation runtime.
@@ -50,7 +52,14 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Connections per API; `None`: from the open-file limit.
     pub max_connections: Option<usize>,
+    /// With `--fleet-auth-per-connection`: how long a signature verified on a Fleet connection
+    /// vouches for its key on that connection.
+    pub fleet_auth_per_connection: Option<Duration>,
 }
+
+/// With `--fleet-auth-per-connection`, how long one verified signature vouches for its key on
+/// its connection before the next call's signature is verified again.
+pub const PROOF_PER_CONNECTION_AGE: Duration = Duration::from_secs(60);
 
 /// Why the command line cannot start a SuperLink. Each message names the flag and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +104,8 @@ pub enum ConfigError {
     AuthNeedsTls,
     /// `--enable-supernode-auth` with another transport.
     #[error(
-        "The `--enable-supernode-auth` flag is only supported with `--fleet-api-type grpc-rere`."
+        "The `--enable-supernode-auth` flag is only supported with `--fleet-api-type grpc-rere` \
+         or `grpc-adapter`."
     )]
     AuthNeedsGrpcRere,
     /// An allow-list does not parse.
@@ -123,8 +133,9 @@ pub enum ConfigError {
     PasswordFileWithoutPostgres,
     /// A Fleet transport other than grpc-rere.
     #[error(
-        "`--fleet-api-type {0}` is not supported by this SuperLink; use `grpc-rere` (the default), \
-         which Flower's SuperNodes use unless started with `--grpc-adapter` or `--rest`."
+        "`--fleet-api-type {0}` is not supported by this SuperLink yet; use `grpc-rere` (the \
+         default), which Flower's SuperNodes use unless started with `--grpc-adapter` or `--rest`, \
+         or `grpc-adapter`."
     )]
     FleetApiType(&'static str),
 }
@@ -212,13 +223,21 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         if a.insecure {
             return Err(ConfigError::AuthNeedsTls);
         }
-        if a.fleet_api_type != FleetApiType::GrpcRere {
+        if a.fleet_api_type == FleetApiType::Rest {
             return Err(ConfigError::AuthNeedsGrpcRere);
         }
     } else if !a.simulation {
         warnings.push(
             "SuperNode authentication is disabled: the SuperLink accepts any SuperNode that signs \
              its requests."
+                .to_owned(),
+        );
+    }
+    if a.fleet_auth_per_connection {
+        warnings.push(
+            "`--fleet-auth-per-connection`: a SuperNode's signature is verified once per \
+             connection (again every 60 s). This is safe only if no proxy in front of the Fleet API \
+             terminates TLS or HTTP/2 and mixes several SuperNodes' calls on one connection."
                 .to_owned(),
         );
     }
@@ -230,8 +249,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         None
     } else {
         match a.fleet_api_type {
-            FleetApiType::GrpcRere => {}
-            FleetApiType::GrpcAdapter => return Err(ConfigError::FleetApiType("grpc-adapter")),
+            FleetApiType::GrpcRere | FleetApiType::GrpcAdapter => {}
             FleetApiType::Rest => return Err(ConfigError::FleetApiType("rest")),
         }
         let value = a
@@ -286,12 +304,16 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         enable_supernode_auth: a.enable_supernode_auth,
         serverappio_address: serverappio,
         fleet_address,
+        fleet_api_type: a.fleet_api_type,
         control_address: control,
         simulation: a.simulation,
         health_address: health,
         serverappio_allow,
         idle_timeout,
         max_connections: a.max_connections.map(|n| n as usize),
+        fleet_auth_per_connection: a
+            .fleet_auth_per_connection
+            .then_some(PROOF_PER_CONNECTION_AGE),
     };
     Ok((config, warnings))
 }

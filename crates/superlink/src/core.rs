@@ -51,6 +51,12 @@ pub struct Settings {
     pub enable_supernode_auth: bool,
     /// Simulation runtime.
     pub simulation: bool,
+    /// The Fleet API is on the grpc-adapter transport, over which Flower serves no Flower Hub
+    /// runs.
+    pub fleet_adapter: bool,
+    /// `--fleet-auth-per-connection`: how long a signature verified on a connection vouches for
+    /// its key on that connection (`None`: every call is verified).
+    pub proof_per_connection: Option<std::time::Duration>,
 }
 
 /// The inputs a ServerApp pulls with its token.
@@ -105,7 +111,7 @@ fn check_interval(interval: f64) -> Result<()> {
     if (heartbeat::MIN_INTERVAL..=heartbeat::MAX_INTERVAL).contains(&interval) {
         Ok(())
     } else {
-        Err(Error::InvalidArgument("Invalid heartbeat interval".into()))
+        Err(Error::InvalidHeartbeatInterval)
     }
 }
 
@@ -199,9 +205,7 @@ impl Core {
     /// Fleet `RegisterNode`.
     pub async fn register_node(&self, public_key: Bytes) -> Result<NodeId> {
         if self.settings.enable_supernode_auth {
-            return Err(Error::FailedPrecondition(
-                "SuperNode authentication is enabled. All SuperNodes must be registered via the CLI.".into(),
-            ));
+            return Err(Error::RegisterThroughCli);
         }
         let node = NewNode {
             owner_aid: NOOP_ACCOUNT_ID.into(),
@@ -217,12 +221,8 @@ impl Core {
         check_interval(interval)?;
         match self.state.activate_node(&public_key, interval).await? {
             Ok(id) => Ok(id),
-            Err(NodeRefusal::AlreadyOnline(id)) => Err(Error::FailedPrecondition(format!(
-                "SuperNode with node ID {id} could not be activated."
-            ))),
-            Err(_) => Err(Error::FailedPrecondition(
-                "No SuperNode found with the given public key.".into(),
-            )),
+            Err(NodeRefusal::AlreadyOnline(id)) => Err(Error::NodeAlreadyOnline(id)),
+            Err(_) => Err(Error::NoNodeForKey),
         }
     }
 
@@ -230,18 +230,14 @@ impl Core {
     pub async fn deactivate_node(&self, node_id: NodeId) -> Result<()> {
         match self.state.deactivate_node(node_id).await? {
             Ok(()) => Ok(()),
-            Err(_) => Err(Error::FailedPrecondition(format!(
-                "SuperNode with node ID {node_id} could not be deactivated."
-            ))),
+            Err(_) => Err(Error::NodeNotOnline(node_id)),
         }
     }
 
     /// Fleet `UnregisterNode`.
     pub async fn unregister_node_fleet(&self, node_id: NodeId) -> Result<()> {
         if self.settings.enable_supernode_auth {
-            return Err(Error::FailedPrecondition(
-                "SuperNode authentication is enabled. All SuperNodes must be unregistered via the CLI.".into(),
-            ));
+            return Err(Error::UnregisterThroughCli);
         }
         match self
             .state
@@ -249,9 +245,7 @@ impl Core {
             .await?
         {
             Ok(()) => Ok(()),
-            Err(_) => Err(Error::FailedPrecondition(format!(
-                "Node ID {node_id} already unregistered, not found or the request was unauthorized."
-            ))),
+            Err(_) => Err(Error::NodeNotUnregistered(node_id)),
         }
     }
 
@@ -371,7 +365,7 @@ impl Core {
             .state
             .run(run_id)
             .await?
-            .ok_or_else(|| Error::PermissionDenied(format!("Run ID not found: {run_id}")))?;
+            .ok_or(Error::NoSuchRunForNode(run_id))?;
         if let Some(msg) = run.status.not_running_message() {
             return Err(Error::NotRunning(msg));
         }
@@ -385,10 +379,7 @@ impl Core {
     }
 
     async fn read_fab(&self, hash: String) -> Result<Bytes> {
-        self.fabs
-            .get(&hash)
-            .await?
-            .ok_or_else(|| Error::PermissionDenied(format!("Found no FAB with hash: {hash}")))
+        self.fabs.get(&hash).await?.ok_or(Error::NoSuchFab(hash))
     }
 
     /// `PushObject` (both APIs, after their gate and checks). Returns `stored`.
@@ -400,10 +391,7 @@ impl Core {
         match verified {
             Ok(()) => {}
             Err(VerifyError::HashMismatch { .. }) => return Ok(false),
-            Err(e @ VerifyError::Structure { .. }) => {
-                return Err(Error::FailedPrecondition(e.to_string()))
-            }
-            Err(e @ VerifyError::Interrupted) => return Err(Error::Internal(e.to_string())),
+            Err(e) => return Err(Error::BadObject(e)),
         }
         self.objects.put(&id, content).await.map_err(Error::from)
     }
@@ -563,18 +551,18 @@ impl Core {
         self.state
             .run_id_by_token(&token)
             .await?
-            .ok_or_else(|| Error::PermissionDenied("Invalid token.".into()))
+            .ok_or(Error::InvalidToken)
     }
 
     /// `PullAppInputs`: context, run (still `starting`) and FAB; the run turns `running`.
     pub async fn pull_app_inputs(&self, token: String) -> Result<AppInputs> {
         let run_id = self.run_of_token(token).await?;
-        let failed = || Error::FailedPrecondition(format!("Failed to start run {run_id}"));
+        let failed = || Error::RunNotStarted(run_id);
         let run = self.state.run(run_id).await?.ok_or_else(failed)?;
         let context = self.state.context(run_id).await?.ok_or_else(failed)?;
         let fab = match self.read_fab(run.fab_hash.clone()).await {
             Ok(f) => f,
-            Err(Error::PermissionDenied(_)) => return Err(failed()),
+            Err(Error::NoSuchFab(_)) => return Err(failed()),
             Err(e) => return Err(e),
         };
         if !self
@@ -600,8 +588,9 @@ impl Core {
         Ok(self.state.delete_token(run_id).await?)
     }
 
-    /// `UpdateRunStatus`: refused for finished runs; invalid transitions are ignored.
-    pub async fn update_run_status(&self, run_id: RunId, status: RunStatus) -> Result<()> {
+    /// `UpdateRunStatus`: refused for finished runs; invalid transitions, and statuses this
+    /// SuperLink does not know (`None`), are ignored.
+    pub async fn update_run_status(&self, run_id: RunId, status: Option<RunStatus>) -> Result<()> {
         let run = self
             .state
             .run(run_id)
@@ -612,6 +601,10 @@ impl Core {
                 run.status.not_running_message().unwrap_or_default(),
             ));
         }
+        let Some(status) = status else {
+            tracing::debug!(run_id, "ignored a run status this SuperLink does not know");
+            return Ok(());
+        };
         let finishing = status.status == Status::Finished;
         let applied = self.state.update_run_status(run_id, status).await?;
         if finishing {
@@ -626,7 +619,7 @@ impl Core {
     /// `PushLogs`: accepted whatever the run's status.
     pub async fn push_logs(&self, run_id: RunId, text: String) -> Result<()> {
         match self.state.add_log(run_id, &text).await.map_err(Error::from) {
-            Err(Error::UnknownRun(id)) => Err(Error::Exception(format!("Run {id} not found"))),
+            Err(Error::UnknownRun(id)) => Err(Error::LogsForUnknownRun(id)),
             other => other,
         }
     }
@@ -651,7 +644,7 @@ impl Core {
     ) -> Result<(Vec<String>, Vec<ObjectId>)> {
         self.gate(run_id).await?;
         if messages.is_empty() {
-            return Err(Error::Exception(
+            return Err(Error::Malformed(
                 "Malformed PushMessages: `messages_list` must not be empty".into(),
             ));
         }
@@ -662,13 +655,13 @@ impl Core {
         for (meta, tree) in messages {
             let errors = meta.validate(false, now);
             if !errors.is_empty() {
-                return Err(Error::Exception(format!(
+                return Err(Error::Malformed(format!(
                     "Malformed PushMessages: {}",
                     errors.join(", ")
                 )));
             }
             if meta.run_id != run_id {
-                return Err(Error::Exception(
+                return Err(Error::Malformed(
                     "Malformed PushMessages: `Message.metadata` has mismatched `run_id`".into(),
                 ));
             }
@@ -704,7 +697,7 @@ impl Core {
                 }
                 PulledReply::Stored(meta) => {
                     if meta.run_id != run_id {
-                        return Err(Error::Exception(
+                        return Err(Error::Malformed(
                             "Malformed PullMessages: `message.metadata` has mismatched `run_id`"
                                 .into(),
                         ));
@@ -748,23 +741,16 @@ impl Core {
             federation
         };
         if federation != DEFAULT_FEDERATION {
-            return Err(Error::NotFound(
-                "Federation not found, archived, or you cannot perform this action.".into(),
-            ));
+            return Err(Error::FederationNotFound);
         }
         let f = fab.clone();
         let info = tokio::task::spawn_blocking(move || fab::inspect(&f))
             .await
-            .map_err(|e| Error::Internal(format!("FAB inspection failed: {e}")))?;
-        let info = match info {
-            Ok(i) => i,
-            Err(fab::FabError::NotZip) => {
-                return Err(Error::Exception("File is not a zip file".into()))
-            }
-            Err(e) => return Err(Error::FailedPrecondition(e.to_string())),
-        };
-        fab::check_overrides(&info, overrides.iter().map(|(k, _)| k.as_str()))
-            .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+            .map_err(|source| Error::TaskLost {
+                what: "FAB inspection",
+                source,
+            })??;
+        fab::check_overrides(&info, overrides.iter().map(|(k, _)| k.as_str()))?;
         let hash = self.fabs.put(fab.clone()).await?;
         let (run_type, federation_config) = if self.settings.simulation {
             (RunType::Simulation, federation_config)
@@ -791,20 +777,12 @@ impl Core {
 
     /// A run the caller owns, or Flower's Control errors.
     pub async fn owned_run(&self, run_id: RunId, flwr_aid: &str) -> Result<Run> {
-        let run = self
-            .state
-            .run(run_id)
-            .await?
-            .ok_or_else(|| Error::NotFound("Run ID not found".into()))?;
+        let run = self.state.run(run_id).await?.ok_or(Error::NoSuchRun)?;
         if run.flwr_aid.is_empty() {
-            return Err(Error::PermissionDenied(
-                "⛔️ Run is not associated with a `flwr_aid`.".into(),
-            ));
+            return Err(Error::RunWithoutOwner);
         }
         if run.flwr_aid != flwr_aid {
-            return Err(Error::PermissionDenied(
-                "⛔️ Run ID does not belong to the account".into(),
-            ));
+            return Err(Error::RunOfAnotherAccount);
         }
         Ok(run)
     }
@@ -813,9 +791,7 @@ impl Core {
     pub async fn stop_run(&self, run_id: RunId, flwr_aid: &str) -> Result<bool> {
         let run = self.owned_run(run_id, flwr_aid).await?;
         if run.status.status == Status::Finished {
-            return Err(Error::FailedPrecondition(format!(
-                "Run ID {run_id} is already finished"
-            )));
+            return Err(Error::RunAlreadyFinished(run_id));
         }
         let stopped = self
             .state
@@ -867,9 +843,7 @@ impl Core {
         owner_name: &str,
     ) -> Result<NodeId> {
         if NodePublicKey::from_pem(&public_key).is_err() {
-            return Err(Error::FailedPrecondition(
-                "The provided public key is not valid".into(),
-            ));
+            return Err(Error::InvalidPublicKey);
         }
         let node = NewNode {
             owner_aid: owner_aid.to_owned(),
@@ -884,7 +858,7 @@ impl Core {
     pub async fn unregister_node_cli(&self, node_id: NodeId, owner_aid: &str) -> Result<()> {
         match self.state.unregister_node(node_id, Some(owner_aid)).await? {
             Ok(()) => Ok(()),
-            Err(_) => Err(Error::NotFound("Node ID not found for account".into())),
+            Err(_) => Err(Error::NodeNotOwned),
         }
     }
 

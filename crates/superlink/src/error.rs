@@ -1,47 +1,153 @@
-//! The SuperLink's domain errors. Each variant carries the exact text Flower's clients see; the
-//! service layer maps variants to gRPC codes in one `match` (`service::status`).
+//! The SuperLink's domain errors, each named for what went wrong. A variant's text is what
+//! Flower's clients see (Flower's own words where Flower has them); which gRPC code it becomes is
+//! decided in one `match`, in `service::status`, and nowhere else.
 
-use flwr_state::{RunId, StateError};
+use flwr_fab::FabError;
+use flwr_objects::content::VerifyError;
+use flwr_objects::store::StoreError;
+use flwr_state::{NodeId, RunId, StateError};
 
 /// An error answer of the SuperLink.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A gated RPC on a run that is not running ("Run is pending." ...): PERMISSION_DENIED, which
-    /// Flower's apps and SuperNodes read as "run not running".
+    // ------------------------------------------------------------------ runs
+    /// A gated call on a run that is not running; the text is the run's status ("Run is
+    /// pending." ...).
     #[error("{0}")]
     NotRunning(String),
-    /// A gated RPC on an unknown run (Flower answers UNKNOWN with the run id).
+    /// A gated call on a run that does not exist (Flower raises on it: the text is the id).
     #[error("Exception calling application: {0}")]
     UnknownRun(RunId),
-    /// Other refusals that Flower answers with PERMISSION_DENIED ("Invalid token.", "Run ID not
-    /// found: <id>" on Fleet, "Found no FAB with hash: <hash>").
+    /// A SuperNode asked for a run that does not exist.
+    #[error("Run ID not found: {0}")]
+    NoSuchRunForNode(RunId),
+    /// The CLI named a run that does not exist.
+    #[error("Run ID not found")]
+    NoSuchRun,
+    /// A ServerApp pushed logs for a run that does not exist.
+    #[error("Exception calling application: Run {0} not found")]
+    LogsForUnknownRun(RunId),
+    /// A run cannot move to `running` (it vanished, has no context or FAB, or left `starting`).
+    #[error("Failed to start run {0}")]
+    RunNotStarted(RunId),
+    /// The CLI stopped a run that had finished.
+    #[error("Run ID {0} is already finished")]
+    RunAlreadyFinished(RunId),
+    /// A run that no account owns (made by another kind of SuperLink).
+    #[error("⛔️ Run is not associated with a `flwr_aid`.")]
+    RunWithoutOwner,
+    /// A run of another account.
+    #[error("⛔️ Run ID does not belong to the account")]
+    RunOfAnotherAccount,
+
+    // ------------------------------------------------------------------ apps and FABs
+    /// The token is not (or no longer) a run's.
+    #[error("Invalid token.")]
+    InvalidToken,
+    /// No stored FAB has this hash.
+    #[error("Found no FAB with hash: {0}")]
+    NoSuchFab(String),
+    /// The uploaded FAB is not a zip archive (Flower raises on it).
+    #[error("Exception calling application: File is not a zip file")]
+    FabNotZip,
+    /// The FAB, or an override of its config, is unusable.
     #[error("{0}")]
-    PermissionDenied(String),
-    /// FAILED_PRECONDITION with Flower's text.
+    UnusableFab(#[source] FabError),
+    /// `flwr run` asked for an app from the Flower platform, which this SuperLink cannot fetch.
+    #[error("Installing the app '{0}' from the Flower platform is not supported by this SuperLink; run the app from a local directory (`flwr run <path>`).")]
+    PlatformApp(String),
+    /// A Flower Hub run on a SuperLink whose Fleet API is on the grpc-adapter transport.
+    #[error(
+        "The selected SuperLink transport type is not supported for connecting to Flower Hub."
+    )]
+    HubOverAdapter,
+
+    // ------------------------------------------------------------------ nodes
+    /// A heartbeat interval outside the accepted range.
+    #[error("Invalid heartbeat interval")]
+    InvalidHeartbeatInterval,
+    /// With `--enable-supernode-auth`, nodes are registered through the CLI only.
+    #[error("SuperNode authentication is enabled. All SuperNodes must be registered via the CLI.")]
+    RegisterThroughCli,
+    /// With `--enable-supernode-auth`, nodes are unregistered through the CLI only.
+    #[error(
+        "SuperNode authentication is enabled. All SuperNodes must be unregistered via the CLI."
+    )]
+    UnregisterThroughCli,
+    /// The key in a RegisterNode request is not the key that signed it.
+    #[error("The public key in the request is not the key that signed it.")]
+    KeyNotSigner,
+    /// No usable node has this key.
+    #[error("No SuperNode found with the given public key.")]
+    NoNodeForKey,
+    /// The node is online already.
+    #[error("SuperNode with node ID {0} could not be activated.")]
+    NodeAlreadyOnline(NodeId),
+    /// The node is not online.
+    #[error("SuperNode with node ID {0} could not be deactivated.")]
+    NodeNotOnline(NodeId),
+    /// The node is gone, unknown or someone else's (Fleet).
+    #[error("Node ID {0} already unregistered, not found or the request was unauthorized.")]
+    NodeNotUnregistered(NodeId),
+    /// The node is gone, unknown or someone else's (Control).
+    #[error("Node ID not found for account")]
+    NodeNotOwned,
+    /// The CLI registered something that is not a public key.
+    #[error("The provided public key is not valid")]
+    InvalidPublicKey,
+    /// The key is registered already (keys are unique forever).
+    #[error("Public key already in use")]
+    PublicKeyInUse,
+    /// A Fleet caller that did not prove who it is; the text says how.
     #[error("{0}")]
-    FailedPrecondition(String),
-    /// INVALID_ARGUMENT with Flower's text.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// NOT_FOUND with Flower's text.
-    #[error("{0}")]
-    NotFound(String),
-    /// UNAUTHENTICATED with Flower's text.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// UNIMPLEMENTED with Flower's text.
-    #[error("{0}")]
-    Unimplemented(String),
-    /// What Flower answers with UNKNOWN: an uncaught exception there (a malformed request, a call
-    /// its plugin does not support).
+    NotAuthenticated(String),
+    /// A ServerAppIo caller that named a node other than the SuperLink's own.
+    #[error("Unexpected node ID.")]
+    NotTheSuperLinkNode,
+
+    // ------------------------------------------------------------------ federations
+    /// A federation call without a federation name.
+    #[error("No federation specified. You must specify a federation to perform this action.")]
+    NoFederationGiven,
+    /// A membership change in a federation other than the default one.
+    #[error("Federation '{0}' does not exist")]
+    NoSuchFederation(String),
+    /// A federation that does not exist, asked for by ShowFederation (Flower raises on it).
+    #[error("Exception calling application: Federation '{0}' does not exist.")]
+    ShowUnknownFederation(String),
+    /// A federation that does not exist or the caller cannot act on.
+    #[error("Federation not found, archived, or you cannot perform this action.")]
+    FederationNotFound,
+    /// A membership change for a node the caller does not own.
+    #[error("Node {0} not found or you are not its owner.")]
+    NodeNotInFederation(NodeId),
+
+    // ------------------------------------------------------------------ calls not offered
+    /// Federation management (create, archive, members, invitations).
+    #[error("SuperLink does not support federation management.")]
+    NoFederationManagement,
+    /// Artifacts.
+    #[error("ControlServicer initialized without artifact provider")]
+    NoArtifacts,
+    /// Auth tokens, which the NoOp account plugin does not give (Flower raises on it).
+    #[error("Exception calling application: NoOp plugin does not support getting auth tokens.")]
+    NoAuthTokens,
+    /// StreamRunEvents (Flower raises on it).
+    #[error("Exception calling application: StreamRunEvents is not implemented")]
+    NoRunEvents,
+    /// GetFederationOptions, which Flower keeps as a stub that raises.
+    #[error("Exception calling application: To be removed")]
+    NoFederationOptions,
+
+    // ------------------------------------------------------------------ malformed requests
+    /// A request Flower's code fails on (a missing field, a bad id, mismatched lists): Flower
+    /// answers such requests with its exception's text.
     #[error("Exception calling application: {0}")]
-    Exception(String),
-    /// The SuperLink itself failed (storage, database): INTERNAL, with a message that names the
-    /// cause and the fix.
+    Malformed(String),
+    /// An object whose content is not a valid object.
     #[error("{0}")]
-    Internal(String),
-    /// A request body over the bound of its method (RESOURCE_EXHAUSTED, as gRPC answers a
-    /// message over its size limit).
+    BadObject(#[source] VerifyError),
+    /// A request body over the bound of its method.
     #[error("{method}: the request is larger than the {limit} bytes this call may carry")]
     RequestTooLarge {
         /// The gRPC method.
@@ -49,29 +155,62 @@ pub enum Error {
         /// Its bound in bytes.
         limit: usize,
     },
-    /// The state database cannot be reached now: UNAVAILABLE, which clients retry.
+
+    // ------------------------------------------------------------------ the SuperLink itself
+    /// The state database cannot be reached now; clients retry.
     #[error("{0}")]
     Unavailable(String),
+    /// The state engine failed.
+    #[error("SuperLink {0}")]
+    State(#[source] StateError),
+    /// The object store failed.
+    #[error("SuperLink {0}")]
+    Objects(#[source] StoreError),
+    /// A worker task of this call ended before its work did (a panic, a shutdown).
+    #[error("{what} did not finish: {source}")]
+    TaskLost {
+        /// The work.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// Something this SuperLink stored cannot be read back.
+    #[error("stored {what} is corrupt: {source}")]
+    Corrupt {
+        /// What was read.
+        what: &'static str,
+        /// The decoder's complaint.
+        #[source]
+        source: prost::DecodeError,
+    },
 }
 
 impl From<StateError> for Error {
     fn from(e: StateError) -> Self {
         match e {
             StateError::RunNotFound(id) => Error::UnknownRun(id),
-            StateError::PublicKeyInUse => {
-                Error::FailedPrecondition("Public key already in use".into())
-            }
-            StateError::Backend(m) => Error::Internal(format!("SuperLink state error: {m}")),
+            StateError::PublicKeyInUse => Error::PublicKeyInUse,
             StateError::Unavailable(m) => Error::Unavailable(m),
+            e @ StateError::Backend(_) => Error::State(e),
         }
     }
 }
 
-impl From<flwr_objects::store::StoreError> for Error {
-    fn from(e: flwr_objects::store::StoreError) -> Self {
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
         match e {
-            flwr_objects::store::StoreError::Unavailable(m) => Error::Unavailable(m),
-            other => Error::Internal(format!("SuperLink {other}")),
+            StoreError::Unavailable(m) => Error::Unavailable(m),
+            other => Error::Objects(other),
+        }
+    }
+}
+
+impl From<FabError> for Error {
+    fn from(e: FabError) -> Self {
+        match e {
+            FabError::NotZip => Error::FabNotZip,
+            other => Error::UnusableFab(other),
         }
     }
 }

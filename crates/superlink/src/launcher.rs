@@ -232,7 +232,7 @@ impl Launcher {
                     .core
                     .update_run_status(
                         run_id,
-                        RunStatus::finished(SubStatus::Failed, details.clone()),
+                        Some(RunStatus::finished(SubStatus::Failed, details.clone())),
                     )
                     .await;
                 Err(details)

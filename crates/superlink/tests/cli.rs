@@ -116,10 +116,8 @@ fn flower_refusals() {
         parse(&["--insecure", "--fleet-api-type", "rest"]),
         Err(ConfigError::FleetApiType("rest"))
     ));
-    assert!(matches!(
-        parse(&["--insecure", "--fleet-api-type", "grpc-adapter"]),
-        Err(ConfigError::FleetApiType(_))
-    ));
+    let c = parse(&["--insecure", "--fleet-api-type", "grpc-adapter"]).unwrap();
+    assert_eq!(c.fleet_api_type, FleetApiType::GrpcAdapter);
     let e = parse(&["--insecure", "--fleet-api-address", "nowhere"])
         .unwrap_err()
         .to_string();

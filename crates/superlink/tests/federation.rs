@@ -97,6 +97,53 @@ fn tls_federation_with_python_supernodes_completes_with_the_predicted_model() {
     f.nodes.clear();
 }
 
+/// The grpc-adapter transport: Flower's own SuperNodes with `--grpc-adapter`, over TLS. (Flower's
+/// SuperNode ignores `--auth-supernode-private-key` on this transport, so registered keys on the
+/// adapter are tested with ours, in the SuperNode's federation tests.)
+#[test]
+fn grpc_adapter_federation_with_python_supernodes() {
+    let f = federation(0, &["--fleet-api-type", "grpc-adapter"]);
+    let dir = f._dir.path();
+    let ca = dir.join("certificates/ca.crt");
+    let nodes: Vec<Proc> = (0..2)
+        .map(|i| {
+            python_supernode(
+                &format!("adapter-{i}"),
+                &f.superlink.fleet,
+                Some(&ca),
+                &dir.join(format!("node-{i}")),
+                &["--grpc-adapter"],
+            )
+        })
+        .collect();
+    let (status, out) = f
+        .cli
+        .start_run_streaming(
+            &federation::example_app(),
+            "num-server-rounds=2 model-size=5000",
+        )
+        .wait(Duration::from_secs(240));
+    assert!(
+        status.success(),
+        "flwr run failed:\n{out}\nsuperlink:\n{}\nSuperNode:\n{}",
+        f.superlink.proc.output(),
+        nodes[0].output()
+    );
+    check_completed_run(&f, &out, 2, 5000);
+}
+
+/// An ECDSA P-384 key pair made by `ssh-keygen` as `dir/name` and `dir/name.pub`.
+fn keygen(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let key = dir.join(name);
+    let (status, out) = flwr_testkit::process::run(
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", name, "-f"])
+            .arg(&key),
+    );
+    assert!(status.success(), "{out}");
+    key
+}
+
 #[test]
 fn isolation_process_with_an_external_serverapp() {
     let f = federation(2, &["--isolation", "process"]);
@@ -312,18 +359,8 @@ fn sqlite_state_survives_a_restart() {
 fn supernode_auth_admits_only_cli_registered_keys() {
     let f = federation(0, &["--enable-supernode-auth"]);
     let dir = f._dir.path();
-    let keygen = |name: &str| {
-        let key = dir.join(name);
-        let (status, out) = flwr_testkit::process::run(
-            std::process::Command::new("ssh-keygen")
-                .args(["-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", name, "-f"])
-                .arg(&key),
-        );
-        assert!(status.success(), "{out}");
-        key
-    };
-    let key = keygen("registered");
-    let stranger = keygen("stranger");
+    let key = keygen(dir, "registered");
+    let stranger = keygen(dir, "stranger");
     let (status, out) = f.cli.run(&[
         "supernode",
         "register",

@@ -744,3 +744,121 @@ fn an_exposed_serverappio_is_named_at_start_unless_restricted() {
     );
     assert!(!out.contains(warning), "{out}");
 }
+
+/// A heartbeat of `node` signed by `key`, with `signature` in place of the real one when given.
+fn heartbeat(
+    key: &NodeSigningKey,
+    node: u64,
+    signature: Option<&[u8]>,
+    timestamp: Option<String>,
+) -> tonic::Request<pb::SendNodeHeartbeatRequest> {
+    let mut r = signed(
+        key,
+        pb::SendNodeHeartbeatRequest {
+            node: Some(pb::Node { node_id: node }),
+            heartbeat_interval: 30.0,
+        },
+        timestamp,
+    );
+    if let Some(sig) = signature {
+        r.metadata_mut().insert_bin(
+            flwr_transport::node_auth::SIGNATURE_HEADER,
+            tonic::metadata::MetadataValue::from_bytes(sig),
+        );
+    }
+    r
+}
+
+/// `--fleet-auth-per-connection` (off by default): a signature verified on a connection vouches
+/// for its key on that connection only. The attack it must stop: another connection presenting
+/// the verified public key (public keys are not secret) with a bad signature.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verified_signature_vouches_only_for_its_own_connection() {
+    const BAD: &[u8] = b"not a signature";
+    let stale = || {
+        Some(flwr_transport::node_auth::format_timestamp(
+            chrono::Utc::now() - chrono::Duration::seconds(600),
+        ))
+    };
+
+    // Off by default: every call is verified, also on a connection that verified before.
+    let dir = tempfile::tempdir().unwrap();
+    let superlink = SuperLink::start(BIN.as_ref(), None, dir.path(), &["--isolation", "process"]);
+    let key = NodeSigningKey::generate();
+    let node = join(&superlink.fleet, &key).await;
+    let mut conn = fleet_client(&superlink.fleet);
+    conn.send_node_heartbeat(heartbeat(&key, node, None, None))
+        .await
+        .unwrap();
+    let refused = conn
+        .send_node_heartbeat(heartbeat(&key, node, Some(BAD), None))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    drop(superlink);
+
+    let dir = tempfile::tempdir().unwrap();
+    let superlink = SuperLink::start(
+        BIN.as_ref(),
+        None,
+        dir.path(),
+        &["--isolation", "process", "--fleet-auth-per-connection"],
+    );
+    assert!(
+        superlink
+            .proc
+            .output()
+            .contains("is safe only if no proxy in front of the Fleet API"),
+        "the start-up warning says when the mode is safe"
+    );
+    let key = NodeSigningKey::generate();
+    let node = join(&superlink.fleet, &key).await;
+    let mut first = fleet_client(&superlink.fleet);
+    first
+        .send_node_heartbeat(heartbeat(&key, node, None, None))
+        .await
+        .unwrap();
+    // The same connection and key: the signature is not checked again...
+    first
+        .send_node_heartbeat(heartbeat(&key, node, Some(BAD), None))
+        .await
+        .unwrap();
+    // ...but the time window still is.
+    let refused = first
+        .send_node_heartbeat(heartbeat(&key, node, Some(BAD), stale()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (Code::Unauthenticated, "Invalid timestamp")
+    );
+    // The attack: a second connection presents the verified key with a bad signature.
+    let mut second = fleet_client(&superlink.fleet);
+    let refused = second
+        .send_node_heartbeat(heartbeat(&key, node, Some(BAD), None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (Code::Unauthenticated, "Invalid signature")
+    );
+    // Another key on the first connection is verified in full too.
+    let other = NodeSigningKey::generate();
+    let other_node = join(&superlink.fleet, &other).await;
+    let refused = first
+        .send_node_heartbeat(heartbeat(&other, other_node, Some(BAD), None))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.message(), "Invalid signature");
+    // An unregistered node is refused at once, whatever its connection proved.
+    let mut control = pb::control_client::ControlClient::new(channel(&superlink.control));
+    control
+        .unregister_node(pb::UnregisterNodeRequest { node_id: node })
+        .await
+        .unwrap();
+    let refused = first
+        .send_node_heartbeat(heartbeat(&key, node, None, None))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+}

@@ -161,7 +161,10 @@ impl App {
             max_time: self.config.max_wait_time,
         };
         let channel = grpc::channel(&self.config.superlink, self.tls);
-        let fleet = Fleet::new(channel, self.key, retry, stop.clone());
+        let mut fleet = Fleet::new(channel, self.key, retry, stop.clone());
+        if self.config.grpc_adapter {
+            fleet = fleet.via_grpc_adapter();
+        }
         let clientappio = Address::from_socket_addr(appio_addr)
             .connectable()
             .to_string();

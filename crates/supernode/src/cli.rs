@@ -42,7 +42,7 @@ pub struct Args {
     #[arg(long)]
     pub grpc_rere: bool,
 
-    /// Use the gRPC adapter transport (not supported by this SuperNode).
+    /// Use the gRPC adapter transport: every Fleet call as `GrpcAdapter/SendReceive`.
     #[arg(long)]
     pub grpc_adapter: bool,
 

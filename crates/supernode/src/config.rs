@@ -24,6 +24,8 @@ pub enum KeySource {
 pub struct Config {
     /// The SuperLink's Fleet API.
     pub superlink: Address,
+    /// Reach it through the grpc-adapter transport (`--grpc-adapter`) instead of grpc-rere.
+    pub grpc_adapter: bool,
     /// How to secure the connection.
     pub tls: ClientTlsChoice,
     /// The node's identity.
@@ -66,8 +68,8 @@ pub enum ConfigError {
          `--root-certificates` (or rely on the system trust store)."
     )]
     KeyWithoutTls,
-    /// A transport other than grpc-rere.
-    #[error("`--{0}` is not supported by this SuperNode; use `--grpc-rere` (the default).")]
+    /// A transport this SuperNode does not speak.
+    #[error("`--{0}` is not supported by this SuperNode yet; use `--grpc-rere` (the default) or `--grpc-adapter`.")]
     Transport(&'static str),
     /// A negative number.
     #[error("`--{flag}` must be zero or more, got {value}.")]
@@ -108,9 +110,6 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         if parsed.given(flag) {
             return Err(ConfigError::NotSupportedYet { flag, what });
         }
-    }
-    if a.grpc_adapter {
-        return Err(ConfigError::Transport("grpc-adapter"));
     }
     if a.rest {
         return Err(ConfigError::Transport("rest"));
@@ -161,6 +160,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
     };
     let config = Config {
         superlink: address("--superlink", &a.superlink)?,
+        grpc_adapter: a.grpc_adapter,
         tls,
         key,
         max_retries,

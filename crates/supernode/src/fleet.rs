@@ -2,11 +2,11 @@
 //! Flower's policy (exponential backoff with full jitter, capped at 20 s, within
 //! `--max-retries` / `--max-wait-time`; a TLS handshake failure ends at once).
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flwr_proto::adapter;
 use flwr_proto::proto as pb;
 use flwr_transport::node_auth::{self, NodeSigningKey};
 use tokio_util::sync::CancellationToken;
@@ -63,6 +63,12 @@ pub enum FleetError {
     /// The SuperLink answered without what was asked for.
     #[error("the SuperLink sent no {0}")]
     Incomplete(String),
+    /// The SuperLink's answer cannot be used.
+    #[error("the SuperLink's answer cannot be used: {0}")]
+    Unusable(String),
+    /// The connection to the SuperLink cannot take calls any more.
+    #[error("the connection to the SuperLink failed: {0}")]
+    Channel(String),
 }
 
 fn is_transport_failure(s: &Status) -> bool {
@@ -97,7 +103,7 @@ enum Retry {
 /// A signed, retrying Fleet client.
 #[derive(Clone)]
 pub struct Fleet {
-    client: pb::fleet_client::FleetClient<Channel>,
+    stub: Stub,
     key: Arc<NodeSigningKey>,
     retry: RetryPolicy,
     node_id: Arc<AtomicU64>,
@@ -120,15 +126,26 @@ impl Fleet {
         retry: RetryPolicy,
         stop: CancellationToken,
     ) -> Self {
-        let client = flwr_transport::limits!(pb::fleet_client::FleetClient::new(channel));
         Self {
-            client,
+            stub: Stub::Rere(channel),
             key,
             retry,
             node_id: Arc::new(AtomicU64::new(0)),
             stop,
             reuse: None,
         }
+    }
+
+    /// This client on the grpc-adapter transport (`--grpc-adapter`): every call travels as
+    /// `GrpcAdapter/SendReceive`, signed as on grpc-rere.
+    pub fn via_grpc_adapter(mut self) -> Self {
+        if let Stub::Rere(channel) = &self.stub {
+            let channel = channel.clone();
+            self.stub = Stub::Adapter(flwr_transport::limits!(
+                pb::grpc_adapter_client::GrpcAdapterClient::new(channel)
+            ));
+        }
+        self
     }
 
     /// This client signing once per `max_age` and sending the same signed timestamp until then.
@@ -193,37 +210,40 @@ impl Fleet {
         r
     }
 
-    /// One call with the retry policy, retrying lost connections; `rpc` is re-run (and
-    /// re-signed) per attempt.
-    async fn call<T, R, F, Fut>(&self, name: &str, body: T, rpc: F) -> Result<R, FleetError>
+    /// One call with the retry policy, retrying lost connections; re-signed per attempt.
+    async fn call<T, R>(&self, name: &'static str, body: T) -> Result<R, FleetError>
     where
-        T: Clone,
-        F: Fn(pb::fleet_client::FleetClient<Channel>, Request<T>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+        T: prost::Message + Clone + 'static,
+        R: prost::Message + Default + 'static,
     {
-        self.call_retrying(Retry::Connection, name, body, rpc).await
+        self.call_retrying(Retry::Connection, name, body).await
     }
 
-    async fn call_retrying<T, R, F, Fut>(
+    async fn call_retrying<T, R>(
         &self,
         retry: Retry,
-        name: &str,
+        name: &'static str,
         body: T,
-        rpc: F,
     ) -> Result<R, FleetError>
     where
-        T: Clone,
-        F: Fn(pb::fleet_client::FleetClient<Channel>, Request<T>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+        T: prost::Message + Clone + 'static,
+        R: prost::Message + Default + 'static,
     {
         let start = Instant::now();
         let mut tries: u32 = 0;
         let mut ceiling = 1.0f64;
         loop {
             tries += 1;
-            let status = match rpc(self.client.clone(), self.signed(body.clone())).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s) => s,
+            let status = match self.stub.unary(name, self.signed(body.clone())).await {
+                Ok(r) => return Ok(r),
+                Err(Refused::Status(s)) => s,
+                Err(Refused::Exit) => {
+                    tracing::warn!("{name}: the SuperLink asked this SuperNode to exit");
+                    self.stop.cancel();
+                    return Err(FleetError::Cancelled);
+                }
+                Err(Refused::Channel(e)) => return Err(FleetError::Channel(e)),
+                Err(Refused::Unusable(e)) => return Err(FleetError::Unusable(e)),
             };
             if let Some(ce) = flwr_transport::grpc::find_connect_error(&status) {
                 if ce.is_handshake() {
@@ -285,13 +305,8 @@ impl Fleet {
         let body = pb::RegisterNodeFleetRequest {
             public_key: bytes::Bytes::copy_from_slice(self.key.public_key_pem()),
         };
-        let r = self
-            .call_retrying(
-                Retry::ConnectionAndServer,
-                "RegisterNode",
-                body,
-                |mut c, req| async move { c.register_node(req).await },
-            )
+        let r: pb::RegisterNodeFleetResponse = self
+            .call_retrying(Retry::ConnectionAndServer, "RegisterNode", body)
             .await?;
         Ok(r.node_id)
     }
@@ -302,13 +317,8 @@ impl Fleet {
             public_key: bytes::Bytes::copy_from_slice(self.key.public_key_pem()),
             heartbeat_interval,
         };
-        let r = self
-            .call_retrying(
-                Retry::ConnectionAndServer,
-                "ActivateNode",
-                body,
-                |mut c, req| async move { c.activate_node(req).await },
-            )
+        let r: pb::ActivateNodeResponse = self
+            .call_retrying(Retry::ConnectionAndServer, "ActivateNode", body)
             .await?;
         self.node_id.store(r.node_id, Ordering::SeqCst);
         Ok(r.node_id)
@@ -319,11 +329,9 @@ impl Fleet {
         let body = pb::DeactivateNodeRequest {
             node_id: self.node_id(),
         };
-        self.call("DeactivateNode", body, |mut c, req| async move {
-            c.deactivate_node(req).await
-        })
-        .await
-        .map(|_| ())
+        self.call::<_, pb::DeactivateNodeResponse>("DeactivateNode", body)
+            .await
+            .map(|_| ())
     }
 
     /// UnregisterNode.
@@ -331,11 +339,9 @@ impl Fleet {
         let body = pb::UnregisterNodeFleetRequest {
             node_id: self.node_id(),
         };
-        self.call("UnregisterNode", body, |mut c, req| async move {
-            c.unregister_node(req).await
-        })
-        .await
-        .map(|_| ())
+        self.call::<_, pb::UnregisterNodeFleetResponse>("UnregisterNode", body)
+            .await
+            .map(|_| ())
     }
 
     /// SendNodeHeartbeat.
@@ -344,13 +350,8 @@ impl Fleet {
             node: self.node(),
             heartbeat_interval: interval,
         };
-        let r = self
-            .call_retrying(
-                Retry::ConnectionAndServer,
-                "SendNodeHeartbeat",
-                body,
-                |mut c, req| async move { c.send_node_heartbeat(req).await },
-            )
+        let r: pb::SendNodeHeartbeatResponse = self
+            .call_retrying(Retry::ConnectionAndServer, "SendNodeHeartbeat", body)
             .await?;
         Ok(r.success)
     }
@@ -361,13 +362,8 @@ impl Fleet {
             node: self.node(),
             message_ids: Vec::new(),
         };
-        self.call_retrying(
-            Retry::ConnectionAndServer,
-            "PullMessages",
-            body,
-            |mut c, req| async move { c.pull_messages(req).await },
-        )
-        .await
+        self.call_retrying(Retry::ConnectionAndServer, "PullMessages", body)
+            .await
     }
 
     /// GetRun.
@@ -376,13 +372,7 @@ impl Fleet {
             node: self.node(),
             run_id,
         };
-        let r = self
-            .call(
-                "GetRun",
-                body,
-                |mut c, req| async move { c.get_run(req).await },
-            )
-            .await?;
+        let r: pb::GetRunResponse = self.call("GetRun", body).await?;
         r.run
             .ok_or_else(|| FleetError::Incomplete(format!("run {run_id}")))
     }
@@ -394,13 +384,7 @@ impl Fleet {
             hash_str: hash.to_owned(),
             run_id,
         };
-        let r = self
-            .call(
-                "GetFab",
-                body,
-                |mut c, req| async move { c.get_fab(req).await },
-            )
-            .await?;
+        let r: pb::GetFabResponse = self.call("GetFab", body).await?;
         r.fab
             .ok_or_else(|| FleetError::Incomplete(format!("FAB {hash}")))
     }
@@ -416,10 +400,7 @@ impl Fleet {
             run_id,
             object_id,
         };
-        self.call("PullObject", body, |mut c, req| async move {
-            c.pull_object(req).await
-        })
-        .await
+        self.call("PullObject", body).await
     }
 
     /// ConfirmMessageReceived.
@@ -429,11 +410,9 @@ impl Fleet {
             run_id,
             message_object_id,
         };
-        self.call("ConfirmMessageReceived", body, |mut c, req| async move {
-            c.confirm_message_received(req).await
-        })
-        .await
-        .map(|_| ())
+        self.call::<_, pb::ConfirmMessageReceivedResponse>("ConfirmMessageReceived", body)
+            .await
+            .map(|_| ())
     }
 
     /// PushMessages with one reply.
@@ -449,10 +428,7 @@ impl Fleet {
             message_object_trees: vec![tree],
             clientapp_runtime_list: vec![clientapp_runtime],
         };
-        self.call("PushMessages", body, |mut c, req| async move {
-            c.push_messages(req).await
-        })
-        .await
+        self.call("PushMessages", body).await
     }
 
     /// PushObject.
@@ -468,12 +444,87 @@ impl Fleet {
             object_id,
             object_content: content,
         };
-        let r = self
-            .call("PushObject", body, |mut c, req| async move {
-                c.push_object(req).await
-            })
-            .await?;
+        let r: pb::PushObjectResponse = self.call("PushObject", body).await?;
         Ok(r.stored)
+    }
+}
+
+/// The transport under the Fleet calls.
+#[derive(Clone)]
+enum Stub {
+    /// grpc-rere: one gRPC method per Fleet call.
+    Rere(Channel),
+    /// grpc-adapter: every call packed into `GrpcAdapter/SendReceive`.
+    Adapter(pb::grpc_adapter_client::GrpcAdapterClient<Channel>),
+}
+
+/// Why a call on the [`Stub`] failed.
+enum Refused {
+    /// The call failed with this status.
+    Status(Status),
+    /// The SuperLink answered with the adapter's `should-exit` flag.
+    Exit,
+    /// The channel cannot take calls any more.
+    Channel(String),
+    /// The answer cannot be used (the adapter named another message, or it does not decode).
+    Unusable(String),
+}
+
+impl Stub {
+    /// Fleet method `method` with `request`.
+    async fn unary<T, R>(&self, method: &'static str, request: Request<T>) -> Result<R, Refused>
+    where
+        T: prost::Message + 'static,
+        R: prost::Message + Default + 'static,
+    {
+        match self {
+            Stub::Rere(channel) => {
+                let mut grpc = flwr_transport::limits!(tonic::client::Grpc::new(channel.clone()));
+                grpc.ready()
+                    .await
+                    .map_err(|e| Refused::Channel(e.to_string()))?;
+                let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!(
+                    "/flwr.proto.Fleet/{method}"
+                ))
+                .map_err(|e| Refused::Unusable(format!("{method}: {e}")))?;
+                grpc.unary(request, path, tonic_prost::ProstCodec::default())
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(Refused::Status)
+            }
+            Stub::Adapter(client) => {
+                let rpc = adapter::by_method(method).ok_or_else(|| {
+                    Refused::Unusable(format!(
+                        "{method} is not a Fleet method the adapter carries"
+                    ))
+                })?;
+                let (metadata, extensions, body) = request.into_parts();
+                let container =
+                    adapter::container(rpc.request, rpc.module, body.encode_to_vec().into());
+                let answer = client
+                    .clone()
+                    .send_receive(Request::from_parts(metadata, extensions, container))
+                    .await
+                    .map_err(Refused::Status)?
+                    .into_inner();
+                if answer
+                    .metadata
+                    .get(adapter::SHOULD_EXIT_KEY)
+                    .map(String::as_str)
+                    == Some("true")
+                {
+                    return Err(Refused::Exit);
+                }
+                if answer.grpc_message_name != rpc.response {
+                    return Err(Refused::Unusable(format!(
+                        "Invalid grpc_message_name. Expected {}, but got {}.",
+                        rpc.response, answer.grpc_message_name
+                    )));
+                }
+                R::decode(answer.grpc_message_content)
+                    .map_err(|e| Refused::Unusable(format!("{}: {e}", rpc.response)))
+            }
+        }
     }
 }
 

@@ -49,10 +49,8 @@ fn flower_rules() {
         parse(&["--insecure", "--auth-supernode-private-key", "k"]),
         Err(ConfigError::KeyWithoutTls)
     ));
-    assert!(matches!(
-        parse(&["--grpc-adapter"]),
-        Err(ConfigError::Transport("grpc-adapter"))
-    ));
+    assert!(parse(&["--grpc-adapter"]).unwrap().grpc_adapter);
+    assert!(!parse(&["--grpc-rere"]).unwrap().grpc_adapter);
     assert!(matches!(
         parse(&["--rest"]),
         Err(ConfigError::Transport("rest"))

@@ -96,6 +96,43 @@ fn python_superlink_with_our_supernodes_in_both_isolation_modes() {
     run_app(&cli, "num-server-rounds=2", 2);
 }
 
+/// `--grpc-adapter`: our SuperNodes against Flower's SuperLink on that transport, and against
+/// ours, beside a Python SuperNode on the adapter.
+#[test]
+fn grpc_adapter_with_flowers_superlink_and_ours() {
+    let s = setup();
+    let superlink = SuperLink::start_python(
+        Some(&s.tls),
+        &s.home("flower-superlink"),
+        &["--fleet-api-type", "grpc-adapter"],
+    );
+    let (_a, _) = s.our_node("flower-a", &superlink.fleet, &["--grpc-adapter"]);
+    let (_b, _) = s.our_node(
+        "flower-b",
+        &superlink.fleet,
+        &["--grpc-adapter", "--node-config", "partition-id=1"],
+    );
+    run_app(&s.cli(&superlink.control), "num-server-rounds=2", 2);
+    drop(superlink);
+
+    let ours = SuperLink::start(
+        &federation::sibling_binary(SUPERNODE, "superlink"),
+        Some(&s.tls),
+        &s.home("our-superlink"),
+        &["--fleet-api-type", "grpc-adapter"],
+    );
+    let (_c, _) = s.our_node("ours-a", &ours.fleet, &["--grpc-adapter"]);
+    let _python = python_supernode(
+        "python-b",
+        &ours.fleet,
+        Some(&s.tls.ca),
+        &s.home("python-b"),
+        &["--grpc-adapter", "--node-config", "partition-id=1"],
+    );
+    let cli = Cli::new(&s.home("cli-ours"), &ours.control, Some(&s.tls.ca));
+    run_app(&cli, "num-server-rounds=2", 2);
+}
+
 #[test]
 fn all_ours_and_a_mixed_federation() {
     let s = setup();
@@ -204,6 +241,83 @@ fn registered_key_with_python_superlink_auth() {
         "json",
     ]);
     assert!(status.success() && nodes.contains("\"online\""), "{nodes}");
+}
+
+/// `--enable-supernode-auth` on the grpc-adapter transport (which Flower refuses): our SuperNode
+/// with a registered key joins over `--grpc-adapter` and serves a run; one with an unregistered
+/// key, and Flower's SuperNode (which makes its own key on this transport), are refused.
+#[test]
+fn registered_keys_over_the_grpc_adapter() {
+    let s = setup();
+    let superlink = SuperLink::start(
+        &federation::sibling_binary(SUPERNODE, "superlink"),
+        Some(&s.tls),
+        &s.home("superlink"),
+        &[
+            "--fleet-api-type",
+            "grpc-adapter",
+            "--enable-supernode-auth",
+        ],
+    );
+    let keygen = |name: &str| {
+        let key = s.dir.path().join(name);
+        let (status, out) = run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f"])
+            .arg(&key));
+        assert!(status.success(), "{out}");
+        key
+    };
+    let key = keygen("registered-key");
+    let stranger = keygen("stranger-key");
+    let cli = s.cli(&superlink.control);
+    let (status, out) = cli.run(&[
+        "supernode",
+        "register",
+        &format!("{}.pub", key.display()),
+        federation::CONNECTION,
+    ]);
+    assert!(status.success(), "{out}");
+    let (_node, _) = s.our_node(
+        "registered",
+        &superlink.fleet,
+        &[
+            "--grpc-adapter",
+            "--auth-supernode-private-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    run_app(&cli, "num-server-rounds=1 min-nodes=1", 1);
+
+    let (stranger_node, _) = s.our_node(
+        "stranger",
+        &superlink.fleet,
+        &[
+            "--grpc-adapter",
+            "--auth-supernode-private-key",
+            stranger.to_str().unwrap(),
+            "--max-retries",
+            "0",
+        ],
+    );
+    let (status, out) = stranger_node.wait(Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "an unregistered key must not join:\n{out}"
+    );
+    assert!(
+        out.contains("No SuperNode found with the given public key"),
+        "{out}"
+    );
+    let (status, out) = python_supernode(
+        "python",
+        &superlink.fleet,
+        Some(&s.tls.ca),
+        &s.home("python"),
+        &["--grpc-adapter"],
+    )
+    .wait(Duration::from_secs(60));
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("must be registered via the CLI"), "{out}");
 }
 
 fn restart_keeps_serving(database: bool) {

@@ -111,10 +111,18 @@ impl SuperLink {
         .arg(home.join("ffs"))
         .args(extra);
         let mut proc = Proc::spawn("superlink", cmd);
-        let out = proc.wait_for_output("Fleet API (grpc-rere) serving", Duration::from_secs(30));
+        let fleet_serving = if extra
+            .windows(2)
+            .any(|w| w == ["--fleet-api-type", "grpc-adapter"])
+        {
+            "Fleet API (grpc-adapter) serving"
+        } else {
+            "Fleet API (grpc-rere) serving"
+        };
+        let out = proc.wait_for_output(fleet_serving, Duration::from_secs(30));
         SuperLink {
             control: logged_address(&out, "Control API serving"),
-            fleet: logged_address(&out, "Fleet API (grpc-rere) serving"),
+            fleet: logged_address(&out, fleet_serving),
             serverappio: logged_address(&out, "ServerAppIo API serving"),
             proc,
         }

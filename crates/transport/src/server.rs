@@ -111,6 +111,29 @@ pub struct Connection {
     pub id: u64,
     /// The peer's address.
     pub peer: SocketAddr,
+    /// The key the peer on this connection last proved it holds (kept for the connection's
+    /// life; used only when per-connection proof is turned on).
+    pub proven: ProvenKey,
+}
+
+/// The public key a connection's peer proved it holds by a verified signature, and when.
+#[derive(Clone, Debug, Default)]
+pub struct ProvenKey(Arc<parking_lot::Mutex<Option<(Bytes, Instant)>>>);
+
+impl ProvenKey {
+    /// True when `key` (the exact bytes sent) was proved on this connection less than `max_age`
+    /// ago.
+    pub fn holds(&self, key: &[u8], max_age: Duration) -> bool {
+        self.0
+            .lock()
+            .as_ref()
+            .is_some_and(|(k, at)| k.as_ref() == key && at.elapsed() < max_age)
+    }
+
+    /// Records that `key` was proved now (replacing any other key).
+    pub fn proved(&self, key: Bytes) {
+        *self.0.lock() = Some((key, Instant::now()));
+    }
 }
 
 /// Networks whose peers may connect.
@@ -295,6 +318,7 @@ fn spawn_connection<S, B>(
     let connection = Connection {
         id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
         peer,
+        proven: ProvenKey::default(),
     };
     tracker.spawn(serve_connection(
         io,

@@ -30,12 +30,6 @@ const LOG_WAIT: Duration = Duration::from_secs(5);
 /// gives up with UNAVAILABLE.
 const STREAM_OUTAGE_GRACE: Duration = Duration::from_secs(120);
 
-const NO_FEDERATION: &str =
-    "No federation specified. You must specify a federation to perform this action.";
-const NO_FEDERATION_MANAGEMENT: &str = "SuperLink does not support federation management.";
-const FEDERATION_NOT_FOUND: &str =
-    "Federation not found, archived, or you cannot perform this action.";
-
 /// The Control service.
 #[derive(Clone)]
 pub struct ControlService {
@@ -117,12 +111,10 @@ impl ControlService {
     /// Flower's checks before refusing node membership changes.
     async fn check_membership_change(&self, federation: &str, node_id: u64) -> Result<(), Status> {
         if federation.is_empty() {
-            return Err(to_status(Error::FailedPrecondition(NO_FEDERATION.into())));
+            return Err(to_status(Error::NoFederationGiven));
         }
         if federation != DEFAULT_FEDERATION {
-            return Err(to_status(Error::FailedPrecondition(format!(
-                "Federation '{federation}' does not exist"
-            ))));
+            return Err(to_status(Error::NoSuchFederation(federation.into())));
         }
         let owned = self
             .core
@@ -131,13 +123,9 @@ impl ControlService {
             .or_status()?
             .is_some_and(|n| n.owner_aid == NOOP_ACCOUNT_ID);
         if !owned {
-            return Err(to_status(Error::FailedPrecondition(format!(
-                "Node {node_id} not found or you are not its owner."
-            ))));
+            return Err(to_status(Error::NodeNotInFederation(node_id)));
         }
-        Err(to_status(Error::Unimplemented(
-            NO_FEDERATION_MANAGEMENT.into(),
-        )))
+        Err(to_status(Error::NoFederationManagement))
     }
 }
 
@@ -215,7 +203,7 @@ async fn next_logs(
             Ok(Some(r)) => r,
             Ok(None) => {
                 return Some((
-                    Err(to_status(Error::NotFound("Run ID not found".into()))),
+                    Err(to_status(Error::NoSuchRun)),
                     LogCursor { done: true, ..c },
                 ))
             }
@@ -264,10 +252,10 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::StartRunResponse>, Status> {
         let body = request.into_inner();
         if !body.app_spec.is_empty() {
-            return Err(to_status(Error::FailedPrecondition(format!(
-                "Installing the app '{}' from the Flower platform is not supported by this SuperLink; run the app from a local directory (`flwr run <path>`).",
-                body.app_spec
-            ))));
+            if self.core.settings().fleet_adapter {
+                return Err(to_status(Error::HubOverAdapter));
+            }
+            return Err(to_status(Error::PlatformApp(body.app_spec)));
         }
         let overrides = config_from_pb(&body.override_config).or_status()?;
         let fab = body.fab.map(|f| f.content).unwrap_or_default();
@@ -365,18 +353,14 @@ impl pb::control_server::Control for ControlService {
         &self,
         _request: Request<pb::GetAuthTokensRequest>,
     ) -> Result<Response<pb::GetAuthTokensResponse>, Status> {
-        Err(to_status(Error::Exception(
-            "NoOp plugin does not support getting auth tokens.".into(),
-        )))
+        Err(to_status(Error::NoAuthTokens))
     }
 
     async fn pull_artifacts(
         &self,
         _request: Request<pb::PullArtifactsRequest>,
     ) -> Result<Response<pb::PullArtifactsResponse>, Status> {
-        Err(to_status(Error::Unimplemented(
-            "ControlServicer initialized without artifact provider".into(),
-        )))
+        Err(to_status(Error::NoArtifacts))
     }
 
     async fn register_node(
@@ -432,9 +416,7 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::ShowFederationResponse>, Status> {
         let name = request.into_inner().federation_name;
         if name != DEFAULT_FEDERATION {
-            return Err(to_status(Error::Exception(format!(
-                "Federation '{name}' does not exist."
-            ))));
+            return Err(to_status(Error::ShowUnknownFederation(name)));
         }
         let nodes = self.core.nodes_of(NOOP_ACCOUNT_ID).await.or_status()?;
         let runs = self.core.runs_of(NOOP_ACCOUNT_ID).await.or_status()?;
@@ -454,11 +436,9 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::CreateFederationRequest>,
     ) -> Result<Response<pb::CreateFederationResponse>, Status> {
         if request.get_ref().federation_name.is_empty() {
-            return Err(to_status(Error::FailedPrecondition(NO_FEDERATION.into())));
+            return Err(to_status(Error::NoFederationGiven));
         }
-        Err(to_status(Error::Unimplemented(
-            NO_FEDERATION_MANAGEMENT.into(),
-        )))
+        Err(to_status(Error::NoFederationManagement))
     }
 
     async fn archive_federation(
@@ -466,11 +446,9 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::ArchiveFederationRequest>,
     ) -> Result<Response<pb::ArchiveFederationResponse>, Status> {
         if request.get_ref().federation_name.is_empty() {
-            return Err(to_status(Error::FailedPrecondition(NO_FEDERATION.into())));
+            return Err(to_status(Error::NoFederationGiven));
         }
-        Err(to_status(Error::Unimplemented(
-            NO_FEDERATION_MANAGEMENT.into(),
-        )))
+        Err(to_status(Error::NoFederationManagement))
     }
 
     async fn add_node_to_federation(
@@ -497,54 +475,42 @@ impl pb::control_server::Control for ControlService {
         &self,
         _request: Request<pb::RemoveAccountFromFederationRequest>,
     ) -> Result<Response<pb::RemoveAccountFromFederationResponse>, Status> {
-        Err(to_status(Error::Unimplemented(
-            NO_FEDERATION_MANAGEMENT.into(),
-        )))
+        Err(to_status(Error::NoFederationManagement))
     }
 
     async fn create_invitation(
         &self,
         _request: Request<pb::CreateInvitationRequest>,
     ) -> Result<Response<pb::CreateInvitationResponse>, Status> {
-        Err(to_status(Error::Unimplemented(
-            NO_FEDERATION_MANAGEMENT.into(),
-        )))
+        Err(to_status(Error::NoFederationManagement))
     }
 
     async fn list_invitations(
         &self,
         _request: Request<pb::ListInvitationsRequest>,
     ) -> Result<Response<pb::ListInvitationsResponse>, Status> {
-        Err(to_status(Error::Unimplemented(
-            NO_FEDERATION_MANAGEMENT.into(),
-        )))
+        Err(to_status(Error::NoFederationManagement))
     }
 
     async fn accept_invitation(
         &self,
         _request: Request<pb::AcceptInvitationRequest>,
     ) -> Result<Response<pb::AcceptInvitationResponse>, Status> {
-        Err(to_status(Error::Unimplemented(
-            NO_FEDERATION_MANAGEMENT.into(),
-        )))
+        Err(to_status(Error::NoFederationManagement))
     }
 
     async fn reject_invitation(
         &self,
         _request: Request<pb::RejectInvitationRequest>,
     ) -> Result<Response<pb::RejectInvitationResponse>, Status> {
-        Err(to_status(Error::Unimplemented(
-            NO_FEDERATION_MANAGEMENT.into(),
-        )))
+        Err(to_status(Error::NoFederationManagement))
     }
 
     async fn revoke_invitation(
         &self,
         _request: Request<pb::RevokeInvitationRequest>,
     ) -> Result<Response<pb::RevokeInvitationResponse>, Status> {
-        Err(to_status(Error::Unimplemented(
-            NO_FEDERATION_MANAGEMENT.into(),
-        )))
+        Err(to_status(Error::NoFederationManagement))
     }
 
     async fn configure_simulation_federation(
@@ -565,7 +531,7 @@ impl pb::control_server::Control for ControlService {
                 }
                 Ok(Response::new(pb::ConfigureSimulationFederationResponse {}))
             }
-            _ => Err(to_status(Error::NotFound(FEDERATION_NOT_FOUND.into()))),
+            _ => Err(to_status(Error::FederationNotFound)),
         }
     }
 
@@ -575,8 +541,6 @@ impl pb::control_server::Control for ControlService {
         &self,
         _request: Request<pb::StreamRunEventsRequest>,
     ) -> Result<Response<Self::StreamRunEventsStream>, Status> {
-        Err(to_status(Error::Exception(
-            "StreamRunEvents is not implemented".into(),
-        )))
+        Err(to_status(Error::NoRunEvents))
     }
 }

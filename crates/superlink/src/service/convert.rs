@@ -16,19 +16,19 @@ pub use flwr_proto::convert::{message_to_pb, pull_object_response, scalar_to_pb,
 
 /// A wire message to domain metadata; Flower fails such requests with UNKNOWN.
 pub fn message_from_pb(m: &pb::Message) -> Result<MessageMeta, Error> {
-    flwr_proto::convert::message_from_pb(m).map_err(Error::Exception)
+    flwr_proto::convert::message_from_pb(m).map_err(Error::Malformed)
 }
 
 /// A wire tree ("Invalid object ID format: <id>" otherwise).
 pub fn tree_from_pb(t: &pb::ObjectTree) -> Result<ObjectTree, Error> {
-    flwr_proto::convert::tree_from_pb(t).map_err(Error::Exception)
+    flwr_proto::convert::tree_from_pb(t).map_err(Error::Malformed)
 }
 
 /// Overrides from the wire, sorted by key.
 pub fn config_from_pb(
     m: &HashMap<String, pb::Scalar>,
 ) -> Result<Vec<(String, ConfigValue)>, Error> {
-    flwr_proto::convert::config_from_pb(m).map_err(Error::Exception)
+    flwr_proto::convert::config_from_pb(m).map_err(Error::Malformed)
 }
 
 /// Formats Unix seconds as Python's `datetime.isoformat()` writes an aware UTC time
@@ -114,7 +114,10 @@ pub fn initial_context(run_id: u64) -> Bytes {
 
 /// A stored context back on the wire.
 pub fn context_from_bytes(b: &[u8]) -> Result<pb::Context, Error> {
-    pb::Context::decode(b).map_err(|e| Error::Internal(format!("stored context is corrupt: {e}")))
+    pb::Context::decode(b).map_err(|source| Error::Corrupt {
+        what: "context",
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -25,6 +25,11 @@ pub struct FleetService {
 }
 
 impl FleetService {
+    /// The Fleet handlers, unguarded: only for a transport that puts [`FleetGuard`] in front.
+    pub(crate) fn new(core: Core) -> Self {
+        Self { core }
+    }
+
     /// The Fleet API over the domain, behind [`FleetGuard`], which authenticates every call
     /// before its body is read, with the shared message size limits.
     pub fn guarded(core: Core) -> FleetGuard<pb::fleet_server::FleetServer<FleetService>> {
@@ -42,7 +47,7 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
         .get::<Caller>()
         .cloned()
         .ok_or_else(|| {
-            to_status(Error::Unauthenticated(
+            to_status(Error::NotAuthenticated(
                 "Missing authentication metadata".into(),
             ))
         })
@@ -53,7 +58,7 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 fn authenticated_node<T>(request: &Request<T>, claimed: NodeId) -> Result<NodeId, Status> {
     match caller(request)?.node {
         Some(actual) if actual == claimed => Ok(actual),
-        _ => Err(to_status(Error::Unauthenticated("Invalid node ID".into()))),
+        _ => Err(to_status(Error::NotAuthenticated("Invalid node ID".into()))),
     }
 }
 
@@ -71,9 +76,7 @@ impl pb::fleet_server::Fleet for FleetService {
         let body = request.into_inner();
         // Stricter than Flower, which stores any bytes: the key registered is the signing key.
         if body.public_key != caller.public_key {
-            return Err(to_status(Error::FailedPrecondition(
-                "The public key in the request is not the key that signed it.".into(),
-            )));
+            return Err(to_status(Error::KeyNotSigner));
         }
         let node_id = self.core.register_node(body.public_key).await.or_status()?;
         tracing::info!(node_id, "SuperNode registered");
@@ -87,9 +90,7 @@ impl pb::fleet_server::Fleet for FleetService {
         let caller = caller(&request)?;
         let body = request.into_inner();
         if body.public_key != caller.public_key {
-            return Err(to_status(Error::FailedPrecondition(
-                "No SuperNode found with the given public key.".into(),
-            )));
+            return Err(to_status(Error::NoNodeForKey));
         }
         let node_id = self
             .core
@@ -162,7 +163,7 @@ impl pb::fleet_server::Fleet for FleetService {
         let first = body
             .messages_list
             .first()
-            .ok_or_else(|| to_status(Error::Exception("list index out of range".into())))?;
+            .ok_or_else(|| to_status(Error::Malformed("list index out of range".into())))?;
         let reply = message_from_pb(first).or_status()?;
         let trees = body
             .message_object_trees

@@ -3,8 +3,9 @@
 //! and ActivateNode the key must belong to a node, before a byte of the request body is read. A
 //! caller that cannot sign, or signs with a key no node has, costs its headers and nothing more,
 //! however large the body it announces. The two calls open to any key read at most
-//! [`MAX_JOIN_BODY_BYTES`] of body. The handlers find the verified caller in the request's
-//! extensions ([`Caller`]) and never verify again.
+//! [`MAX_JOIN_BODY_BYTES`] of body. On the grpc-adapter transport the Fleet method is inside the
+//! body, so a key without a node gets the joins' bound there. The handlers find the verified
+//! caller in the request's extensions ([`Caller`]) and never verify again.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,6 +14,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use flwr_transport::node_auth::{self, AuthError};
+use flwr_transport::server::{Connection, ProvenKey};
 use http::{Request, Response};
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
@@ -45,12 +47,24 @@ pub enum Refusal {
     State(#[from] crate::error::Error),
 }
 
-/// The method, when it is one that a key with no node yet may call.
-fn joins(path: &str) -> Option<&'static str> {
+/// What a call's key must have, decided from its path before the body is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// RegisterNode or ActivateNode: any key.
+    Join(&'static str),
+    /// A grpc-adapter call, whose Fleet method is inside the body: a key with a node may send any
+    /// call; a key without one can only be joining, so its body is capped as a join's.
+    Adapter,
+    /// Every other call: a key that belongs to a node.
+    Node,
+}
+
+fn access(path: &str) -> Access {
     match path.rsplit('/').next() {
-        Some("RegisterNode") => Some("RegisterNode"),
-        Some("ActivateNode") => Some("ActivateNode"),
-        _ => None,
+        Some("RegisterNode") => Access::Join("RegisterNode"),
+        Some("ActivateNode") => Access::Join("ActivateNode"),
+        Some("SendReceive") => Access::Adapter,
+        _ => Access::Node,
     }
 }
 
@@ -105,11 +119,20 @@ impl http_body::Body for CappedBody {
 }
 
 /// Checks the signed metadata in `headers` (time window first, then the signature) and, unless
-/// the method joins, finds the key's node.
+/// the method joins, finds the key's node (on the adapter, the node it may have).
+///
+/// With `--fleet-auth-per-connection` (`Settings::proof_per_connection`), a key whose signature
+/// was verified on this `connection` within that time needs only the time window: the peer at
+/// the other end of a connection proved it holds the private key, and while every connection
+/// belongs to one peer (no proxy multiplexing clients), a later call on it with the same key
+/// comes from that peer. A call on any other connection, or with another key, is verified in
+/// full. The key's node is looked up on every call either way, so an unregistered node is refused
+/// at once.
 pub async fn authenticate(
     core: &Core,
     path: &str,
     headers: &http::HeaderMap,
+    connection: Option<&ProvenKey>,
 ) -> Result<Caller, Refusal> {
     let md = MetadataMap::from_headers(headers.clone());
     let key = md
@@ -124,18 +147,32 @@ pub async fn authenticate(
     let (Some(public_key), Some(ts), Some(sig)) = (key, ts, sig) else {
         return Err(AuthError::MissingMetadata.into());
     };
-    let parsed = core
-        .parse_key(&public_key)
-        .ok_or(AuthError::InvalidSignature)?;
-    node_auth::verify_signed_timestamp(&parsed, ts, &sig, chrono::Utc::now())?;
-    let node = if joins(path).is_some() {
-        None
+    let now = chrono::Utc::now();
+    let vouched = match (core.settings().proof_per_connection, connection) {
+        (Some(max_age), Some(c)) => c.holds(&public_key, max_age),
+        _ => false,
+    };
+    if vouched {
+        if !node_auth::timestamp_in_window(ts, now) {
+            return Err(AuthError::InvalidTimestamp.into());
+        }
     } else {
-        Some(
+        let parsed = core
+            .parse_key(&public_key)
+            .ok_or(AuthError::InvalidSignature)?;
+        node_auth::verify_signed_timestamp(&parsed, ts, &sig, now)?;
+        if let (Some(_), Some(c)) = (core.settings().proof_per_connection, connection) {
+            c.proved(public_key.clone());
+        }
+    }
+    let node = match access(path) {
+        Access::Join(_) => None,
+        Access::Adapter => core.node_for_key(public_key.clone()).await?,
+        Access::Node => Some(
             core.node_for_key(public_key.clone())
                 .await?
                 .ok_or(Refusal::UnknownNode)?,
-        )
+        ),
     };
     Ok(Caller { public_key, node })
 }
@@ -181,10 +218,26 @@ where
         let inner = self.inner.clone();
         let core = self.core.clone();
         Box::pin(async move {
-            match authenticate(&core, request.uri().path(), request.headers()).await {
+            let connection = request
+                .extensions()
+                .get::<Connection>()
+                .map(|c| c.proven.clone());
+            let verdict = authenticate(
+                &core,
+                request.uri().path(),
+                request.headers(),
+                connection.as_ref(),
+            )
+            .await;
+            match verdict {
                 Ok(caller) => {
+                    let capped = match access(request.uri().path()) {
+                        Access::Join(method) => Some(method),
+                        Access::Adapter if caller.node.is_none() => Some("SendReceive"),
+                        _ => None,
+                    };
                     request.extensions_mut().insert(caller);
-                    if let Some(method) = joins(request.uri().path()) {
+                    if let Some(method) = capped {
                         request = request.map(|inner| {
                             Body::new(CappedBody {
                                 inner,
@@ -198,7 +251,7 @@ where
                 Err(refusal) => {
                     let status = match refusal {
                         Refusal::State(e) => super::status::to_status(e),
-                        other => super::status::to_status(crate::error::Error::Unauthenticated(
+                        other => super::status::to_status(crate::error::Error::NotAuthenticated(
                             other.to_string(),
                         )),
                     };

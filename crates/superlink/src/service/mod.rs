@@ -6,5 +6,6 @@ pub mod control;
 pub mod convert;
 pub mod fleet;
 pub mod fleet_guard;
+pub mod grpc_adapter;
 pub mod serverappio;
 pub mod status;

@@ -32,9 +32,7 @@ fn check_superlink_node(node: &Option<pb::Node>) -> Result<(), Status> {
     if node.as_ref().map(|n| n.node_id) == Some(SUPERLINK_NODE_ID) {
         Ok(())
     } else {
-        Err(to_status(Error::FailedPrecondition(
-            "Unexpected node ID.".into(),
-        )))
+        Err(to_status(Error::NotTheSuperLinkNode))
     }
 }
 
@@ -96,10 +94,11 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
             .await
             .or_status()?;
         let federation_config = match &inputs.run.federation_config {
-            Some(b) => Some(pb::SimulationConfig::decode(b.as_ref()).map_err(|e| {
-                to_status(Error::Internal(format!(
-                    "stored federation config is corrupt: {e}"
-                )))
+            Some(b) => Some(pb::SimulationConfig::decode(b.as_ref()).map_err(|source| {
+                to_status(Error::Corrupt {
+                    what: "federation config",
+                    source,
+                })
             })?),
             None => None,
         };
@@ -180,30 +179,11 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
     ) -> Result<Response<pb::UpdateRunStatusResponse>, Status> {
         let body = request.into_inner();
         let requested = body.run_status.unwrap_or_default();
-        match run_status_from_pb(&requested) {
-            Some(status) => {
-                tracing::info!(run_id = body.run_id, status = %requested.status, sub_status = %requested.sub_status, "ServerApp updates the run status");
-                self.core
-                    .update_run_status(body.run_id, status)
-                    .await
-                    .or_status()?;
-            }
-            None => {
-                // Unknown status strings are an invalid transition: ignored, as in Flower, but the
-                // run must exist and not be finished.
-                let run = self.core.get_run(body.run_id).await.or_status()?;
-                let run = run
-                    .ok_or(crate::error::Error::UnknownRun(body.run_id))
-                    .or_status()?;
-                if let Some(msg) = run
-                    .status
-                    .not_running_message()
-                    .filter(|_| run.status.status == flwr_state::Status::Finished)
-                {
-                    return Err(to_status(Error::PermissionDenied(msg)));
-                }
-            }
-        }
+        tracing::info!(run_id = body.run_id, status = %requested.status, sub_status = %requested.sub_status, "ServerApp updates the run status");
+        self.core
+            .update_run_status(body.run_id, run_status_from_pb(&requested))
+            .await
+            .or_status()?;
         Ok(Response::new(pb::UpdateRunStatusResponse {}))
     }
 
@@ -221,7 +201,7 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
         &self,
         _request: Request<pb::GetFederationOptionsRequest>,
     ) -> Result<Response<pb::GetFederationOptionsResponse>, Status> {
-        Err(to_status(Error::Exception("To be removed".into())))
+        Err(to_status(Error::NoFederationOptions))
     }
 
     async fn push_messages(
@@ -233,7 +213,7 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
         if body.messages_list.len() != body.message_object_trees.len()
             && !body.messages_list.is_empty()
         {
-            return Err(to_status(Error::Exception(
+            return Err(to_status(Error::Malformed(
                 "zip() argument 2 is shorter than argument 1".into(),
             )));
         }
