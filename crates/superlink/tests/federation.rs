@@ -132,18 +132,6 @@ fn grpc_adapter_federation_with_python_supernodes() {
     check_completed_run(&f, &out, 2, 5000);
 }
 
-/// An ECDSA P-384 key pair made by `ssh-keygen` as `dir/name` and `dir/name.pub`.
-fn keygen(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
-    let key = dir.join(name);
-    let (status, out) = flwr_testkit::process::run(
-        std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", name, "-f"])
-            .arg(&key),
-    );
-    assert!(status.success(), "{out}");
-    key
-}
-
 #[test]
 fn isolation_process_with_an_external_serverapp() {
     let f = federation(2, &["--isolation", "process"]);
@@ -359,15 +347,9 @@ fn sqlite_state_survives_a_restart() {
 fn supernode_auth_admits_only_cli_registered_keys() {
     let f = federation(0, &["--enable-supernode-auth"]);
     let dir = f._dir.path();
-    let key = keygen(dir, "registered");
-    let stranger = keygen(dir, "stranger");
-    let (status, out) = f.cli.run(&[
-        "supernode",
-        "register",
-        &format!("{}.pub", key.display()),
-        CONNECTION,
-    ]);
-    assert!(status.success(), "flwr supernode register: {out}");
+    let key = pki::ssh_node_key(dir, "registered");
+    let stranger = pki::ssh_node_key(dir, "stranger");
+    f.cli.register_supernode(&key);
     let (status, again) = f.cli.run(&[
         "supernode",
         "register",

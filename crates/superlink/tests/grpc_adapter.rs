@@ -53,28 +53,33 @@ async fn call<T: prost::Message, R: prost::Message + Default>(
         .await
         .unwrap_or_else(|s| panic!("{method}: {s:?}"));
     assert_eq!(answer.grpc_message_name, rpc.response);
-    assert_eq!(
-        answer
-            .metadata
-            .get(adapter::MESSAGE_QUALNAME_KEY)
-            .map(String::as_str),
-        Some(rpc.response)
-    );
-    assert_eq!(
-        answer
-            .metadata
-            .get(adapter::MESSAGE_MODULE_KEY)
-            .map(String::as_str),
-        Some(rpc.module)
-    );
-    assert_eq!(
-        answer
-            .metadata
-            .get(adapter::PACKAGE_NAME_KEY)
-            .map(String::as_str),
-        Some("flwr")
-    );
+    for (key, want) in [
+        (adapter::MESSAGE_QUALNAME_KEY, rpc.response),
+        (adapter::MESSAGE_MODULE_KEY, rpc.module),
+        (adapter::PACKAGE_NAME_KEY, "flwr"),
+    ] {
+        assert_eq!(
+            answer.metadata.get(key).map(String::as_str),
+            Some(want),
+            "{key}"
+        );
+    }
     R::decode(answer.grpc_message_content).unwrap()
+}
+
+/// A heartbeat of `node` through the adapter, which must succeed.
+async fn heartbeat(client: &mut Adapter, key: &NodeSigningKey, node: Option<pb::Node>) {
+    let beat: pb::SendNodeHeartbeatResponse = call(
+        client,
+        key,
+        "SendNodeHeartbeat",
+        pb::SendNodeHeartbeatRequest {
+            node,
+            heartbeat_interval: 30.0,
+        },
+    )
+    .await;
+    assert!(beat.success);
 }
 
 fn code<T>(r: Result<T, Status>) -> (Code, String) {
@@ -121,17 +126,7 @@ async fn the_adapter_carries_fleet_calls_and_refuses_bad_containers() {
     let node = Some(pb::Node {
         node_id: activated.node_id,
     });
-    let beat: pb::SendNodeHeartbeatResponse = call(
-        &mut client,
-        &key,
-        "SendNodeHeartbeat",
-        pb::SendNodeHeartbeatRequest {
-            node,
-            heartbeat_interval: 30.0,
-        },
-    )
-    .await;
-    assert!(beat.success);
+    heartbeat(&mut client, &key, node).await;
     let pulled: pb::PullMessagesResponse = call(
         &mut client,
         &key,
@@ -238,15 +233,5 @@ async fn the_adapter_carries_fleet_calls_and_refuses_bad_containers() {
         .await,
     );
     assert_eq!(c, Code::Unimplemented);
-    let beat: pb::SendNodeHeartbeatResponse = call(
-        &mut client,
-        &key,
-        "SendNodeHeartbeat",
-        pb::SendNodeHeartbeatRequest {
-            node,
-            heartbeat_interval: 30.0,
-        },
-    )
-    .await;
-    assert!(beat.success);
+    heartbeat(&mut client, &key, node).await;
 }

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flwr_testkit::federation::{
@@ -13,7 +12,7 @@ use flwr_testkit::federation::{
 };
 use flwr_testkit::pki::{self, TlsFiles};
 use flwr_testkit::ports;
-use flwr_testkit::process::{run, Proc, Signal};
+use flwr_testkit::process::{Proc, Signal};
 
 const SUPERNODE: &str = env!("CARGO_BIN_EXE_supernode");
 
@@ -214,19 +213,9 @@ fn registered_key_with_python_superlink_auth() {
         &s.home("superlink"),
         &["--enable-supernode-auth"],
     );
-    let key = s.dir.path().join("node-key");
-    let (status, out) = run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f"])
-        .arg(&key));
-    assert!(status.success(), "{out}");
+    let key = pki::ssh_node_key(s.dir.path(), "node-key");
     let cli = s.cli(&superlink.control);
-    let (status, out) = cli.run(&[
-        "supernode",
-        "register",
-        &format!("{}.pub", key.display()),
-        federation::CONNECTION,
-    ]);
-    assert!(status.success(), "{out}");
+    cli.register_supernode(&key);
     let (_node, _) = s.our_node(
         "registered",
         &superlink.fleet,
@@ -259,24 +248,10 @@ fn registered_keys_over_the_grpc_adapter() {
             "--enable-supernode-auth",
         ],
     );
-    let keygen = |name: &str| {
-        let key = s.dir.path().join(name);
-        let (status, out) = run(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f"])
-            .arg(&key));
-        assert!(status.success(), "{out}");
-        key
-    };
-    let key = keygen("registered-key");
-    let stranger = keygen("stranger-key");
+    let key = pki::ssh_node_key(s.dir.path(), "registered-key");
+    let stranger = pki::ssh_node_key(s.dir.path(), "stranger-key");
     let cli = s.cli(&superlink.control);
-    let (status, out) = cli.run(&[
-        "supernode",
-        "register",
-        &format!("{}.pub", key.display()),
-        federation::CONNECTION,
-    ]);
-    assert!(status.success(), "{out}");
+    cli.register_supernode(&key);
     let (_node, _) = s.our_node(
         "registered",
         &superlink.fleet,

@@ -241,6 +241,17 @@ impl Cli {
         run(&mut self.cmd(args))
     }
 
+    /// `flwr supernode register <key>.pub`, which must succeed.
+    pub fn register_supernode(&self, key: &Path) {
+        let (status, out) = self.run(&[
+            "supernode",
+            "register",
+            &format!("{}.pub", key.display()),
+            CONNECTION,
+        ]);
+        assert!(status.success(), "flwr supernode register: {out}");
+    }
+
     /// `flwr run <app> local-deployment-tls --stream --run-config <cfg>` in the background.
     pub fn start_run_streaming(&self, app: &Path, run_config: &str) -> Proc {
         let mut c = command(python::tool("flwr"));

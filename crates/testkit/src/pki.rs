@@ -105,3 +105,15 @@ pub fn write_tls_files(dir: &Path, sans: &[&str]) -> (Ca, TlsFiles) {
 
 /// The SANs every local test server gets.
 pub const LOCAL_SANS: &[&str] = &["localhost", "127.0.0.1", "::1"];
+
+/// An ECDSA P-384 SuperNode key pair made by `ssh-keygen`: `dir/name` and `dir/name.pub`.
+pub fn ssh_node_key(dir: &Path, name: &str) -> PathBuf {
+    let key = dir.join(name);
+    let (status, out) = crate::process::run(
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", name, "-f"])
+            .arg(&key),
+    );
+    assert!(status.success(), "ssh-keygen: {out}");
+    key
+}
