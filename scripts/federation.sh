@@ -10,7 +10,8 @@
 # Which implementation runs each daemon:
 #   SUPERLINK=ours|flower   (default: ours)
 #   SUPERNODE=ours|flower   (default: ours)
-# Other knobs: ROUNDS (3), MODEL_SIZE (1000), BASE_PORT (9091), KEEP=1 keeps the work directory.
+# Other knobs: ROUNDS (3), MODEL_SIZE (1000), BASE_PORT (9091), KEEP=1 keeps the work directory,
+# SUPERLINK_FLAGS (more flags for the SuperLink, e.g. "--serverappio-pull-hold 0").
 #
 # Everything it starts is stopped when it ends, also on Ctrl-C. Exit status 0 means the run
 # completed and the final model equals the predicted one.
@@ -98,7 +99,8 @@ export FLWR_HOME="$work/flwr-home"
 start superlink "${superlink_cmd[@]}" \
   --ssl-ca-certfile "$certs/ca.crt" --ssl-certfile "$certs/server.pem" --ssl-keyfile "$certs/server.key" \
   --serverappio-api-address "127.0.0.1:$serverappio" --fleet-api-address "127.0.0.1:$fleet" \
-  --control-api-address "127.0.0.1:$control" --storage-dir "$work/superlink-ffs"
+  --control-api-address "127.0.0.1:$control" --storage-dir "$work/superlink-ffs" \
+  ${SUPERLINK_FLAGS:-}
 wait_port "$control" superlink
 wait_port "$fleet" superlink
 

@@ -167,6 +167,24 @@ impl MemoryObjectStore {
         })
     }
 
+    /// Those of `ids` whose content is not here (pending or unknown), in the order given.
+    pub fn unavailable(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>, StoreError> {
+        let inner = self.inner.lock();
+        Ok(ids
+            .iter()
+            .filter(|id| {
+                !matches!(
+                    inner.objects.get(id),
+                    Some(Entry {
+                        content: Some(_),
+                        ..
+                    })
+                )
+            })
+            .copied()
+            .collect())
+    }
+
     /// Deletes an unreferenced object and, recursively, children nothing else references.
     pub fn delete(&self, id: &ObjectId) -> Result<(), StoreError> {
         self.inner.lock().delete_cascading(id);

@@ -26,7 +26,8 @@ macro_rules! conformance_tests {
             preregister_put_get,
             shared_objects_survive,
             run_cleanup,
-            trees
+            trees,
+            availability
         );
         mod fab_store {
             /// The engine's own FAB store, or the on-disk one the SuperLink gives the engines
@@ -890,6 +891,27 @@ pub mod objects {
             "available objects are not asked for"
         );
         assert_eq!(s.len().await.unwrap(), 6);
+    }
+
+    /// `unavailable` names what is pending or unknown, in the order asked, and reads nothing.
+    pub async fn availability(s: &dyn ObjectStore) {
+        let f = fixture(b"avail");
+        let t = tree(&f);
+        let ids: Vec<ObjectId> = t.post_order().iter().map(|n| n.id).collect();
+        let never = ObjectId::of(b"never registered");
+        assert_eq!(
+            s.unavailable(&[never]).await.unwrap(),
+            vec![never],
+            "unknown"
+        );
+        s.preregister(1, &t).await.unwrap();
+        assert_eq!(s.unavailable(&ids).await.unwrap(), ids, "all pending");
+        assert!(s.put(&f.chunk.0, f.chunk.1.clone()).await.unwrap());
+        let rest: Vec<ObjectId> = ids.iter().copied().filter(|i| *i != f.chunk.0).collect();
+        assert_eq!(s.unavailable(&ids).await.unwrap(), rest);
+        push_all(s, &f).await;
+        assert_eq!(s.unavailable(&ids).await.unwrap(), Vec::<ObjectId>::new());
+        assert_eq!(s.unavailable(&[]).await.unwrap(), Vec::<ObjectId>::new());
     }
 
     pub async fn shared_objects_survive(s: &dyn ObjectStore) {

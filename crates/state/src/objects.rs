@@ -22,6 +22,9 @@ pub trait ObjectStore: Send + Sync {
     async fn put(&self, id: &ObjectId, content: Bytes) -> Result<bool, StoreError>;
     /// Looks an id up.
     async fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError>;
+    /// Those of `ids` whose content is not here yet (pending or unknown), in the order given,
+    /// without reading any content.
+    async fn unavailable(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>, StoreError>;
     /// Deletes an unreferenced object and, recursively, children nothing else references.
     async fn delete(&self, id: &ObjectId) -> Result<(), StoreError>;
     /// Deletes every unreferenced object of a run (cascading) and forgets the run.
@@ -54,6 +57,9 @@ impl ObjectStore for MemoryObjects {
     }
     async fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
         self.0.get(id)
+    }
+    async fn unavailable(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>, StoreError> {
+        self.0.unavailable(ids)
     }
     async fn delete(&self, id: &ObjectId) -> Result<(), StoreError> {
         self.0.delete(id)

@@ -505,6 +505,10 @@ impl ObjectStore for SqliteObjects {
         let id = *id;
         self.on_lane(move |db| db.get(&id)).await
     }
+    async fn unavailable(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>, StoreError> {
+        let ids = ids.to_vec();
+        self.on_lane(move |db| db.unavailable(&ids)).await
+    }
     async fn delete(&self, id: &ObjectId) -> Result<(), StoreError> {
         let id = *id;
         self.on_lane(move |db| db.delete(&id)).await
@@ -1532,6 +1536,21 @@ impl ObjectDb {
                 .query_row(params![id.as_bytes().as_slice()], |_| Ok(()))
                 .optional()?
                 .is_some())
+        })
+    }
+
+    pub(crate) fn unavailable(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>, StoreError> {
+        self.read(|tx| {
+            let mut here = tx.prepare_cached(
+                "SELECT 1 FROM object WHERE object_id = ?1 AND content IS NOT NULL",
+            )?;
+            let mut out = Vec::new();
+            for id in ids {
+                if !here.exists(params![id.as_bytes().as_slice()])? {
+                    out.push(*id);
+                }
+            }
+            Ok(out)
         })
     }
 

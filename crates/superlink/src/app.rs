@@ -185,6 +185,7 @@ impl App {
             simulation: self.config.simulation,
             fleet_adapter: self.config.fleet_api_type == crate::cli::FleetApiType::GrpcAdapter,
             proof_per_connection: self.config.fleet_auth_per_connection,
+            pull_hold: self.config.pull_hold,
         };
         let core = Core::new(
             self.stores.state.clone(),

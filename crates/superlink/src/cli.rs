@@ -197,6 +197,13 @@ pub struct Args {
     /// verified on that connection). Not in Flower.
     #[arg(long)]
     pub fleet_auth_per_connection: bool,
+
+    /// How long a ServerApp's PullMessages may wait for the replies it asks for that are not in
+    /// yet; it is answered as soon as all are in (0: at once, as Flower). Flower's ServerApp
+    /// sleeps 3 seconds after a pull that missed replies, so up to 3 seconds only replaces part
+    /// of that sleep. Not in Flower.
+    #[arg(long, value_name = "SECONDS", default_value = "3")]
+    pub serverappio_pull_hold: String,
 }
 
 /// Parsed `superlink` flags.

@@ -55,11 +55,18 @@ pub struct Config {
     /// With `--fleet-auth-per-connection`: how long a signature verified on a Fleet connection
     /// vouches for its key on that connection.
     pub fleet_auth_per_connection: Option<Duration>,
+    /// `--serverappio-pull-hold`: how long a ServerApp's PullMessages waits for missing replies
+    /// (`None`: not at all).
+    pub pull_hold: Option<Duration>,
 }
 
 /// With `--fleet-auth-per-connection`, how long one verified signature vouches for its key on
 /// its connection before the next call's signature is verified again.
 pub const PROOF_PER_CONNECTION_AGE: Duration = Duration::from_secs(60);
+
+/// The longest `--serverappio-pull-hold` (a held call must end well before any client's
+/// deadline).
+pub const MAX_PULL_HOLD: Duration = Duration::from_secs(60);
 
 /// Why the command line cannot start a SuperLink. Each message names the flag and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -296,6 +303,13 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         .transpose()?
         .map(Arc::new);
     let idle_timeout = seconds_or_never("--connection-idle-timeout", &a.connection_idle_timeout)?;
+    let pull_hold = seconds_or_never("--serverappio-pull-hold", &a.serverappio_pull_hold)?;
+    if pull_hold.is_some_and(|h| h > MAX_PULL_HOLD) {
+        return Err(ConfigError::Seconds {
+            flag: "--serverappio-pull-hold",
+            value: a.serverappio_pull_hold.clone(),
+        });
+    }
     let config = Config {
         tls,
         isolation: a.isolation,
@@ -314,6 +328,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         fleet_auth_per_connection: a
             .fleet_auth_per_connection
             .then_some(PROOF_PER_CONNECTION_AGE),
+        pull_hold,
     };
     Ok((config, warnings))
 }

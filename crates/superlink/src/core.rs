@@ -57,6 +57,9 @@ pub struct Settings {
     /// `--fleet-auth-per-connection`: how long a signature verified on a connection vouches for
     /// its key on that connection (`None`: every call is verified).
     pub proof_per_connection: Option<std::time::Duration>,
+    /// `--serverappio-pull-hold`: how long a ServerApp's PullMessages waits for the replies it
+    /// asks for (`None`: it is answered at once).
+    pub pull_hold: Option<std::time::Duration>,
 }
 
 /// The inputs a ServerApp pulls with its token.
@@ -82,7 +85,14 @@ pub struct Core {
     keys: Arc<RwLock<HashMap<Bytes, Arc<NodePublicKey>>>>,
     /// What each node may pull and confirm: the instruction last delivered to it here.
     scopes: Arc<parking_lot::Mutex<HashMap<NodeId, Scope>>>,
+    /// The run of each reply and object stored through this SuperLink, for held ServerApp
+    /// pulls.
+    replies: tokio::sync::broadcast::Sender<RunId>,
 }
+
+/// While a ServerApp's pull is held, how often it looks again without news (replies stored by
+/// another replica announce nothing here).
+const HELD_PULL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Parsed keys kept at most (the cache is cleared when it grows past this).
 const KEY_CACHE_LIMIT: usize = 100_000;
@@ -134,6 +144,7 @@ impl Core {
             launcher,
             keys: Arc::new(RwLock::new(HashMap::new())),
             scopes: Arc::new(parking_lot::Mutex::new(HashMap::new())),
+            replies: tokio::sync::broadcast::channel(1024).0,
         }
     }
 
@@ -312,7 +323,10 @@ impl Core {
         }
         let stored = if errors.is_empty() {
             match self.state.store_reply(reply).await? {
-                Ok(id) => Some(id),
+                Ok(id) => {
+                    let _ = self.replies.send(run_id);
+                    Some(id)
+                }
                 Err(why) => {
                     tracing::warn!(%why, "reply refused");
                     None
@@ -383,7 +397,7 @@ impl Core {
     }
 
     /// `PushObject` (both APIs, after their gate and checks). Returns `stored`.
-    pub async fn push_object(&self, id: String, content: Bytes) -> Result<bool> {
+    pub async fn push_object(&self, run_id: RunId, id: String, content: Bytes) -> Result<bool> {
         let Ok(id) = ObjectId::parse(&id) else {
             return Ok(false);
         };
@@ -393,7 +407,12 @@ impl Core {
             Err(VerifyError::HashMismatch { .. }) => return Ok(false),
             Err(e) => return Err(Error::BadObject(e)),
         }
-        self.objects.put(&id, content).await.map_err(Error::from)
+        let stored = self.objects.put(&id, content).await?;
+        if stored {
+            // A held ServerApp pull may be waiting for this object.
+            let _ = self.replies.send(run_id);
+        }
+        Ok(stored)
     }
 
     fn remember_scope(&self, node_id: NodeId, scope: Scope) {
@@ -674,6 +693,68 @@ impl Core {
             ids.push(stored.unwrap_or_default());
         }
         Ok((ids, to_push))
+    }
+
+    /// `PullMessages` (ServerAppIo) with `--serverappio-pull-hold`: while some of the asked-for
+    /// replies are missing, or have objects not pushed yet, waits (up to the hold) for replies
+    /// and objects of the run to arrive, then answers everything it took. A ServerApp sees the
+    /// same replies as from [`Core::pull_replies`], only sooner than after its own sleep, and
+    /// complete, so that its object pulls need no retry. Replies taken but not answered (their
+    /// objects were late) are given again by the next pull, as unconfirmed replies always are.
+    /// An error after the first pull ends the wait with what was taken.
+    pub async fn pull_replies_held(
+        &self,
+        run_id: RunId,
+        message_ids: Vec<String>,
+    ) -> Result<Vec<(MessageMeta, ObjectTree)>> {
+        let Some(hold) = self.settings.pull_hold.filter(|_| !message_ids.is_empty()) else {
+            return self.pull_replies(run_id, message_ids).await;
+        };
+        let mut arrivals = self.replies.subscribe();
+        let deadline = tokio::time::Instant::now() + hold;
+        let mut missing = message_ids;
+        let mut out = Vec::new();
+        let mut first = true;
+        loop {
+            let last = tokio::time::Instant::now() >= deadline;
+            let pulled = match self.pull_replies(run_id, missing.clone()).await {
+                Ok(p) => p,
+                Err(e) if first => return Err(e),
+                Err(e) => {
+                    tracing::debug!(run_id, error = %e, "a held pull ends early");
+                    break;
+                }
+            };
+            first = false;
+            for (meta, tree) in pulled {
+                let ids: Vec<ObjectId> = tree.post_order().iter().map(|n| n.id).collect();
+                if last || self.objects.unavailable(&ids).await?.is_empty() {
+                    out.push((meta, tree));
+                }
+            }
+            let answered: std::collections::HashSet<&str> = out
+                .iter()
+                .map(|(m, _)| m.reply_to_message_id.as_str())
+                .collect();
+            missing.retain(|id| !answered.contains(id.as_str()));
+            if missing.is_empty() || last {
+                break;
+            }
+            let wake = deadline.min(tokio::time::Instant::now() + HELD_PULL_POLL);
+            let _ = tokio::time::timeout_at(wake, async {
+                loop {
+                    match arrivals.recv().await {
+                        Ok(run) if run != run_id => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                        _ => return,
+                    }
+                }
+            })
+            .await;
+        }
+        Ok(out)
     }
 
     /// `PullMessages` (ServerAppIo): the replies available for these instructions, with their

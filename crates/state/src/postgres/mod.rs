@@ -1993,6 +1993,30 @@ impl ObjectStore for PgObjects {
         .map_err(store_error)
     }
 
+    async fn unavailable(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>, StoreError> {
+        let keys: Vec<&[u8]> = ids.iter().map(|i| i.as_bytes().as_slice()).collect();
+        let here: HashSet<Vec<u8>> = read!(&self.shared, |c| async {
+            let stmt = c
+                .prepare_cached(
+                    "SELECT object_id FROM object WHERE object_id = ANY($1) \
+                     AND content IS NOT NULL",
+                )
+                .await?;
+            Ok(c.query(&stmt, &[&keys])
+                .await?
+                .iter()
+                .map(|r| r.get::<_, Vec<u8>>(0))
+                .collect())
+        }
+        .await)
+        .map_err(store_error)?;
+        Ok(ids
+            .iter()
+            .filter(|i| !here.contains(i.as_bytes().as_slice()))
+            .copied()
+            .collect())
+    }
+
     async fn delete(&self, oid: &ObjectId) -> Result<(), StoreError> {
         in_tx!(&self.shared, |tx, _now| async {
             delete_cascading(tx, oid).await

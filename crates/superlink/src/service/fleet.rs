@@ -237,7 +237,7 @@ impl pb::fleet_server::Fleet for FleetService {
         let len = body.object_content.len() as u64;
         let stored = self
             .core
-            .push_object(body.object_id, body.object_content)
+            .push_object(body.run_id, body.object_id, body.object_content)
             .await
             .or_status()?;
         if stored {

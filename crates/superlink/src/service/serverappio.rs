@@ -141,7 +141,7 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
         check_superlink_node(&body.node)?;
         let stored = self
             .core
-            .push_object(body.object_id, body.object_content)
+            .push_object(body.run_id, body.object_id, body.object_content)
             .await
             .or_status()?;
         Ok(Response::new(pb::PushObjectResponse { stored }))
@@ -242,7 +242,7 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
         let body = request.into_inner();
         let replies = self
             .core
-            .pull_replies(body.run_id, body.message_ids)
+            .pull_replies_held(body.run_id, body.message_ids)
             .await
             .or_status()?;
         let mut resp = pb::PullAppMessagesResponse::default();

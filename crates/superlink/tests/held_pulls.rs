@@ -1,0 +1,263 @@
+//! `--serverappio-pull-hold`: a ServerApp's PullMessages for replies that are not in yet waits
+//! for them (up to the hold) and answers as soon as they and all their objects are in, instead of
+//! leaving the ServerApp to its 3-second sleep; with nothing arriving it answers what there is
+//! when the hold ends; `0` answers at once, as Flower.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{channel, fleet_client, join, now, running_run, signed};
+use flwr_objects::content::{serialize, ObjectType};
+use flwr_objects::ObjectId;
+use flwr_proto::proto as pb;
+use flwr_testkit::federation::SuperLink;
+use flwr_transport::node_auth::NodeSigningKey;
+
+const BIN: &str = env!("CARGO_BIN_EXE_superlink");
+
+fn message(meta: pb::Metadata) -> pb::Message {
+    pb::Message {
+        metadata: Some(meta),
+        content: Some(pb::RecordDict::default()),
+        error: None,
+    }
+}
+
+fn leaf(id: ObjectId) -> pb::ObjectTree {
+    pb::ObjectTree {
+        object_id: id.to_hex(),
+        children: vec![],
+    }
+}
+
+type AppIo = pb::server_app_io_client::ServerAppIoClient<tonic::transport::Channel>;
+
+/// A SuperLink with `hold`, a node, a running run and one instruction for the node; returns the
+/// SuperLink, the node's key and id, the run, the ServerApp's token and the instruction's id.
+async fn one_instruction(
+    hold: &str,
+) -> (
+    SuperLink,
+    tempfile::TempDir,
+    NodeSigningKey,
+    u64,
+    u64,
+    String,
+    ObjectId,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let superlink = SuperLink::start(
+        BIN.as_ref(),
+        None,
+        dir.path(),
+        &["--isolation", "process", "--serverappio-pull-hold", hold],
+    );
+    let key = NodeSigningKey::generate();
+    let node = join(&superlink.fleet, &key).await;
+    let (run_id, token) = running_run(&superlink.control, &superlink.serverappio).await;
+    let mut appio = AppIo::new(channel(&superlink.serverappio));
+    let content = serialize(ObjectType::Message, &[], b"instruction");
+    let ins = ObjectId::of(&content);
+    appio
+        .push_messages(pb::PushAppMessagesRequest {
+            token: token.clone(),
+            run_id,
+            messages_list: vec![message(pb::Metadata {
+                run_id,
+                message_id: ins.to_hex(),
+                src_node_id: 1,
+                dst_node_id: node,
+                group_id: "1".into(),
+                ttl: 600.0,
+                message_type: "train".into(),
+                created_at: now(),
+                ..Default::default()
+            })],
+            message_object_trees: vec![leaf(ins)],
+        })
+        .await
+        .unwrap();
+    appio
+        .push_object(pb::PushObjectRequest {
+            node: Some(pb::Node { node_id: 1 }),
+            run_id,
+            object_id: ins.to_hex(),
+            object_content: Bytes::from(content),
+        })
+        .await
+        .unwrap();
+    (superlink, dir, key, node, run_id, token, ins)
+}
+
+/// The node takes the instruction and replies: the reply message, then (after `object_delay`)
+/// its object. Returns the reply's id.
+async fn reply(
+    fleet: &str,
+    key: &NodeSigningKey,
+    node: u64,
+    run_id: u64,
+    ins: ObjectId,
+    object_delay: Duration,
+) -> ObjectId {
+    let mut fleet = fleet_client(fleet);
+    let pulled = fleet
+        .pull_messages(signed(
+            key,
+            pb::PullMessagesRequest {
+                node: Some(pb::Node { node_id: node }),
+                message_ids: vec![],
+            },
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pulled.messages_list.len(), 1);
+    fleet
+        .confirm_message_received(signed(
+            key,
+            pb::ConfirmMessageReceivedRequest {
+                node: Some(pb::Node { node_id: node }),
+                run_id,
+                message_object_id: ins.to_hex(),
+            },
+            None,
+        ))
+        .await
+        .unwrap();
+    let content = serialize(ObjectType::Message, &[], b"reply");
+    let id = ObjectId::of(&content);
+    fleet
+        .push_messages(signed(
+            key,
+            pb::PushMessagesRequest {
+                node: Some(pb::Node { node_id: node }),
+                messages_list: vec![message(pb::Metadata {
+                    run_id,
+                    message_id: id.to_hex(),
+                    src_node_id: node,
+                    dst_node_id: 1,
+                    reply_to_message_id: ins.to_hex(),
+                    group_id: "1".into(),
+                    ttl: 500.0,
+                    message_type: "train".into(),
+                    created_at: now(),
+                })],
+                message_object_trees: vec![leaf(id)],
+                clientapp_runtime_list: vec![0.1],
+            },
+            None,
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(object_delay).await;
+    fleet
+        .push_object(signed(
+            key,
+            pb::PushObjectRequest {
+                node: Some(pb::Node { node_id: node }),
+                run_id,
+                object_id: id.to_hex(),
+                object_content: Bytes::from(content),
+            },
+            None,
+        ))
+        .await
+        .unwrap();
+    id
+}
+
+fn take(token: &str, run_id: u64, ins: ObjectId) -> pb::PullAppMessagesRequest {
+    pb::PullAppMessagesRequest {
+        token: token.to_owned(),
+        run_id,
+        message_ids: vec![ins.to_hex()],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_pull_answers_once_the_reply_and_its_objects_are_in() {
+    let (superlink, _dir, key, node, run_id, token, ins) = one_instruction("20").await;
+    let mut appio = AppIo::new(channel(&superlink.serverappio));
+
+    // The ServerApp asks before the node has even pulled; the node replies meanwhile, its
+    // object a second after its message.
+    let started = Instant::now();
+    let pull = tokio::spawn({
+        let mut appio = appio.clone();
+        let request = take(&token, run_id, ins);
+        async move { appio.pull_messages(request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply_id = reply(
+        &superlink.fleet,
+        &key,
+        node,
+        run_id,
+        ins,
+        Duration::from_secs(1),
+    )
+    .await;
+    let replied = started.elapsed();
+    let answer = pull.await.unwrap().unwrap().into_inner();
+    let took = started.elapsed();
+    let ids: Vec<String> = answer
+        .messages_list
+        .iter()
+        .map(|m| m.metadata.as_ref().unwrap().message_id.clone())
+        .collect();
+    assert_eq!(ids, vec![reply_id.to_hex()]);
+    assert!(
+        took >= replied,
+        "answered before the reply's object was in ({took:?} < {replied:?})"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "answered only when the hold ran out: {took:?}"
+    );
+    // Its object is there for the ServerApp to pull at once.
+    let object = appio
+        .pull_object(pb::PullObjectRequest {
+            node: Some(pb::Node { node_id: 1 }),
+            run_id,
+            object_id: reply_id.to_hex(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(object.object_found && object.object_available);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_replies_the_hold_ends_and_zero_answers_at_once() {
+    let (superlink, _dir, _key, _node, run_id, token, ins) = one_instruction("2").await;
+    let mut appio = AppIo::new(channel(&superlink.serverappio));
+    let started = Instant::now();
+    let answer = appio
+        .pull_messages(take(&token, run_id, ins))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.messages_list.is_empty());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    drop(superlink);
+
+    let (superlink, _dir, _key, _node, run_id, token, ins) = one_instruction("0").await;
+    let mut appio = AppIo::new(channel(&superlink.serverappio));
+    let started = Instant::now();
+    let answer = appio
+        .pull_messages(take(&token, run_id, ins))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.messages_list.is_empty());
+    assert!(started.elapsed() < Duration::from_millis(1500));
+}
