@@ -166,6 +166,10 @@ impl App {
         let addresses = self.addresses();
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // The health service outlives the APIs at shutdown, so that it answers NOT_SERVING while
+        // they drain.
+        let health_stop = CancellationToken::new();
+        let health_tracker = TaskTracker::new();
         let failure = Failure::new(stop.clone());
         let tls_note = if self.tls.is_some() {
             "TLS"
@@ -274,8 +278,9 @@ impl App {
             if let Some(a) = addresses.health {
                 tracing::info!(address = %a, "Health service serving (plaintext)");
             }
-            let health = flwr_transport::health::serve(l, health_state.clone(), stop.clone());
-            failure.watch(&tracker, "Health service", health);
+            let health =
+                flwr_transport::health::serve(l, health_state.clone(), health_stop.clone());
+            failure.watch(&health_tracker, "Health service", health);
         }
         failure.watch(
             &tracker,
@@ -288,7 +293,11 @@ impl App {
         failure.watch(
             &tracker,
             "database monitor",
-            monitor_database(self.stores.state.clone(), health_state, stop.clone()),
+            monitor_database(
+                self.stores.state.clone(),
+                health_state.clone(),
+                stop.clone(),
+            ),
         );
         if let Some(rx) = launch_rx {
             let target = Address::from_socket_addr(addresses.serverappio)
@@ -302,12 +311,16 @@ impl App {
             tracing::info!("Waiting for external ServerApp processes (isolation process)");
         }
         tracker.close();
+        health_tracker.close();
         Running {
             addresses,
             stop,
             tracker,
             failure,
             state: self.stores.state,
+            health: health_state,
+            health_stop,
+            health_tracker,
         }
     }
 }
@@ -374,6 +387,11 @@ pub struct Running {
     failure: Failure,
     /// Flushed once the servers have stopped.
     state: Arc<dyn LinkState>,
+    /// What the health service answers; NOT_SERVING from the start of the shutdown.
+    health: flwr_transport::health::HealthState,
+    /// Stops the health service, last.
+    health_stop: CancellationToken,
+    health_tracker: TaskTracker,
 }
 
 impl Running {
@@ -393,17 +411,26 @@ impl Running {
         self.failure.first().unwrap_or_else(|| "stopped".to_owned())
     }
 
-    /// Stops accepting, drains in-flight calls, waits for every task and writes what the state
-    /// holds back, at most `deadline`. Returns false when the deadline passed first.
-    pub async fn shutdown(self, deadline: Duration) -> bool {
+    /// Drains and stops: the health service answers NOT_SERVING from now on (and keeps
+    /// answering until the end), the APIs stop accepting connections and let the calls in flight
+    /// finish, every task ends and the state is written back, all within `grace`. Returns false
+    /// when `grace` passed first.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        self.health.drain();
+        tracing::info!(
+            "draining: health NOT_SERVING, no new connections, calls in flight have {grace:?} to finish"
+        );
         self.stop.cancel();
-        tokio::time::timeout(deadline, async {
+        let drained = tokio::time::timeout(grace, async {
             self.tracker.wait().await;
             if let Err(e) = self.state.flush().await {
                 tracing::warn!("state not written at shutdown: {e}");
             }
         })
         .await
-        .is_ok()
+        .is_ok();
+        self.health_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.health_tracker.wait()).await;
+        drained
     }
 }

@@ -204,6 +204,12 @@ pub struct Args {
     /// of that sleep. Not in Flower.
     #[arg(long, value_name = "SECONDS", default_value = "3")]
     pub serverappio_pull_hold: String,
+
+    /// On SIGTERM or SIGINT: how long calls in flight may take to finish while the SuperLink
+    /// drains (its health service answers NOT_SERVING and it accepts no new connection) before
+    /// it exits anyway. Not in Flower.
+    #[arg(long, value_name = "SECONDS", default_value = "5")]
+    pub shutdown_grace_seconds: String,
 }
 
 /// Parsed `superlink` flags.

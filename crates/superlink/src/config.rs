@@ -58,6 +58,8 @@ pub struct Config {
     /// `--serverappio-pull-hold`: how long a ServerApp's PullMessages waits for missing replies
     /// (`None`: not at all).
     pub pull_hold: Option<Duration>,
+    /// `--shutdown-grace-seconds`: how long a shutdown lets calls in flight finish.
+    pub shutdown_grace: Duration,
 }
 
 /// With `--fleet-auth-per-connection`, how long one verified signature vouches for its key on
@@ -304,6 +306,8 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         .map(Arc::new);
     let idle_timeout = seconds_or_never("--connection-idle-timeout", &a.connection_idle_timeout)?;
     let pull_hold = seconds_or_never("--serverappio-pull-hold", &a.serverappio_pull_hold)?;
+    let shutdown_grace = seconds_or_never("--shutdown-grace-seconds", &a.shutdown_grace_seconds)?
+        .unwrap_or_default();
     if pull_hold.is_some_and(|h| h > MAX_PULL_HOLD) {
         return Err(ConfigError::Seconds {
             flag: "--serverappio-pull-hold",
@@ -329,6 +333,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
             .fleet_auth_per_connection
             .then_some(PROOF_PER_CONNECTION_AGE),
         pull_hold,
+        shutdown_grace,
     };
     Ok((config, warnings))
 }

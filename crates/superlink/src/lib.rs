@@ -18,11 +18,6 @@ pub mod error;
 pub mod launcher;
 pub mod service;
 
-use std::time::Duration;
-
-/// How long a graceful shutdown may take before the process exits anyway.
-pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
-
 /// The version line of `--version`.
 pub fn version_line() -> String {
     flwr_transport::cli::version_line("superlink", env!("CARGO_PKG_VERSION"))
@@ -35,13 +30,14 @@ pub async fn run(parsed: cli::Parsed) -> anyhow::Result<()> {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    let grace = config.shutdown_grace;
     let app = app::App::build(config).await?;
     let running = app.spawn();
     tokio::select! {
         signal = flwr_transport::signals::shutdown_signal() => {
             tracing::info!("Received {signal}, shutting down");
-            if !running.shutdown(SHUTDOWN_DEADLINE).await {
-                tracing::warn!("Shutdown took longer than {SHUTDOWN_DEADLINE:?}; exiting anyway");
+            if !running.shutdown(grace).await {
+                tracing::warn!("Shutdown took longer than {grace:?} (--shutdown-grace-seconds); exiting anyway");
             }
             tracing::info!("SuperLink terminated gracefully.");
             Ok(())

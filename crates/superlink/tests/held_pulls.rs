@@ -1,7 +1,8 @@
 //! `--serverappio-pull-hold`: a ServerApp's PullMessages for replies that are not in yet waits
 //! for them (up to the hold) and answers as soon as they and all their objects are in, instead of
 //! leaving the ServerApp to its 3-second sleep; with nothing arriving it answers what there is
-//! when the hold ends; `0` answers at once, as Flower.
+//! when the hold ends; `0` answers at once, as Flower. A held call is also how the drain at
+//! SIGTERM is tested: NOT_SERVING first, calls in flight finish.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
@@ -40,6 +41,7 @@ type AppIo = pb::server_app_io_client::ServerAppIoClient<tonic::transport::Chann
 /// SuperLink, the node's key and id, the run, the ServerApp's token and the instruction's id.
 async fn one_instruction(
     hold: &str,
+    extra: &[&str],
 ) -> (
     SuperLink,
     tempfile::TempDir,
@@ -50,12 +52,9 @@ async fn one_instruction(
     ObjectId,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let superlink = SuperLink::start(
-        BIN.as_ref(),
-        None,
-        dir.path(),
-        &["--isolation", "process", "--serverappio-pull-hold", hold],
-    );
+    let mut flags = vec!["--isolation", "process", "--serverappio-pull-hold", hold];
+    flags.extend_from_slice(extra);
+    let superlink = SuperLink::start(BIN.as_ref(), None, dir.path(), &flags);
     let key = NodeSigningKey::generate();
     let node = join(&superlink.fleet, &key).await;
     let (run_id, token) = running_run(&superlink.control, &superlink.serverappio).await;
@@ -181,7 +180,7 @@ fn take(token: &str, run_id: u64, ins: ObjectId) -> pb::PullAppMessagesRequest {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_held_pull_answers_once_the_reply_and_its_objects_are_in() {
-    let (superlink, _dir, key, node, run_id, token, ins) = one_instruction("20").await;
+    let (superlink, _dir, key, node, run_id, token, ins) = one_instruction("20", &[]).await;
     let mut appio = AppIo::new(channel(&superlink.serverappio));
 
     // The ServerApp asks before the node has even pulled; the node replies meanwhile, its
@@ -234,7 +233,7 @@ async fn a_held_pull_answers_once_the_reply_and_its_objects_are_in() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_replies_the_hold_ends_and_zero_answers_at_once() {
-    let (superlink, _dir, _key, _node, run_id, token, ins) = one_instruction("2").await;
+    let (superlink, _dir, _key, _node, run_id, token, ins) = one_instruction("2", &[]).await;
     let mut appio = AppIo::new(channel(&superlink.serverappio));
     let started = Instant::now();
     let answer = appio
@@ -250,7 +249,7 @@ async fn without_replies_the_hold_ends_and_zero_answers_at_once() {
     );
     drop(superlink);
 
-    let (superlink, _dir, _key, _node, run_id, token, ins) = one_instruction("0").await;
+    let (superlink, _dir, _key, _node, run_id, token, ins) = one_instruction("0", &[]).await;
     let mut appio = AppIo::new(channel(&superlink.serverappio));
     let started = Instant::now();
     let answer = appio
@@ -260,4 +259,56 @@ async fn without_replies_the_hold_ends_and_zero_answers_at_once() {
         .into_inner();
     assert!(answer.messages_list.is_empty());
     assert!(started.elapsed() < Duration::from_millis(1500));
+}
+
+/// SIGTERM while a held pull is in flight: the health service answers NOT_SERVING at once (and
+/// keeps answering), the call in flight finishes normally within `--shutdown-grace-seconds`, and
+/// the SuperLink exits with status 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_calls_in_flight_and_reports_not_serving_first() {
+    let (superlink, _dir, _key, _node, run_id, token, ins) = one_instruction(
+        "4",
+        &[
+            "--health-server-address",
+            "127.0.0.1:0",
+            "--shutdown-grace-seconds",
+            "20",
+        ],
+    )
+    .await;
+    let health_addr = flwr_testkit::federation::logged_address(
+        &superlink.proc.output(),
+        "Health service serving",
+    );
+    let serving = || async {
+        flwr_transport::health::check(channel(&health_addr))
+            .await
+            .unwrap()
+    };
+    assert!(serving().await);
+    let mut appio = AppIo::new(channel(&superlink.serverappio));
+    let started = Instant::now();
+    let pull = tokio::spawn(async move { appio.pull_messages(take(&token, run_id, ins)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    superlink
+        .proc
+        .signal(flwr_testkit::process::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while serving().await {
+        assert!(Instant::now() < deadline, "still SERVING after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !pull.is_finished(),
+        "the held pull is still in flight while draining"
+    );
+    let answer = pull.await.unwrap();
+    assert!(
+        answer.is_ok(),
+        "a call in flight is not cut short: {answer:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(3500));
+    let (status, out) = superlink.proc.wait(Duration::from_secs(20));
+    assert!(status.success(), "{out}");
+    assert!(out.contains("draining: health NOT_SERVING"), "{out}");
 }

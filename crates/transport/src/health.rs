@@ -17,23 +17,43 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 /// Whether the daemon serves, shared by the health service and whoever knows.
 #[derive(Clone, Debug)]
-pub struct HealthState(Arc<AtomicBool>);
+pub struct HealthState(Arc<Flags>);
+
+#[derive(Debug)]
+struct Flags {
+    serving: AtomicBool,
+    draining: AtomicBool,
+}
 
 impl Default for HealthState {
     fn default() -> Self {
-        Self(Arc::new(AtomicBool::new(true)))
+        Self(Arc::new(Flags {
+            serving: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+        }))
     }
 }
 
 impl HealthState {
-    /// Reports serving or not; returns whether that changed.
+    /// Reports serving or not; returns whether that changed. Once draining, it stays not
+    /// serving.
     pub fn set_serving(&self, serving: bool) -> bool {
-        self.0.swap(serving, Ordering::SeqCst) != serving
+        if self.0.draining.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.0.serving.swap(serving, Ordering::SeqCst) != serving
+    }
+
+    /// Not serving from now on: the daemon is shutting down (a load balancer should send its
+    /// traffic elsewhere).
+    pub fn drain(&self) {
+        self.0.draining.store(true, Ordering::SeqCst);
+        self.0.serving.store(false, Ordering::SeqCst);
     }
 
     /// What `Check` answers now.
     pub fn serving(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.serving.load(Ordering::SeqCst) && !self.0.draining.load(Ordering::SeqCst)
     }
 }
 
