@@ -10,30 +10,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{channel, fleet_client, join, now, running_run, signed};
-use flwr_objects::content::{serialize, ObjectType};
+use common::{channel, fleet_client, join, push_instruction, push_reply, running_run, signed};
 use flwr_objects::ObjectId;
 use flwr_proto::proto as pb;
 use flwr_testkit::federation::SuperLink;
 use flwr_transport::node_auth::NodeSigningKey;
 
 const BIN: &str = env!("CARGO_BIN_EXE_superlink");
-
-fn message(meta: pb::Metadata) -> pb::Message {
-    pb::Message {
-        metadata: Some(meta),
-        content: Some(pb::RecordDict::default()),
-        error: None,
-    }
-}
-
-fn leaf(id: ObjectId) -> pb::ObjectTree {
-    pb::ObjectTree {
-        object_id: id.to_hex(),
-        children: vec![],
-    }
-}
 
 type AppIo = pb::server_app_io_client::ServerAppIoClient<tonic::transport::Channel>;
 
@@ -58,51 +41,21 @@ async fn one_instruction(
     let key = NodeSigningKey::generate();
     let node = join(&superlink.fleet, &key).await;
     let (run_id, token) = running_run(&superlink.control, &superlink.serverappio).await;
-    let mut appio = AppIo::new(channel(&superlink.serverappio));
-    let content = serialize(ObjectType::Message, &[], b"instruction");
-    let ins = ObjectId::of(&content);
-    appio
-        .push_messages(pb::PushAppMessagesRequest {
-            token: token.clone(),
-            run_id,
-            messages_list: vec![message(pb::Metadata {
-                run_id,
-                message_id: ins.to_hex(),
-                src_node_id: 1,
-                dst_node_id: node,
-                group_id: "1".into(),
-                ttl: 600.0,
-                message_type: "train".into(),
-                created_at: now(),
-                ..Default::default()
-            })],
-            message_object_trees: vec![leaf(ins)],
-        })
-        .await
-        .unwrap();
-    appio
-        .push_object(pb::PushObjectRequest {
-            node: Some(pb::Node { node_id: 1 }),
-            run_id,
-            object_id: ins.to_hex(),
-            object_content: Bytes::from(content),
-        })
-        .await
-        .unwrap();
+    let ins = push_instruction(&superlink.serverappio, &token, run_id, node).await;
     (superlink, dir, key, node, run_id, token, ins)
 }
 
 /// The node takes the instruction and replies: the reply message, then (after `object_delay`)
 /// its object. Returns the reply's id.
 async fn reply(
-    fleet: &str,
+    fleet_addr: &str,
     key: &NodeSigningKey,
     node: u64,
     run_id: u64,
     ins: ObjectId,
     object_delay: Duration,
 ) -> ObjectId {
-    let mut fleet = fleet_client(fleet);
+    let mut fleet = fleet_client(fleet_addr);
     let pulled = fleet
         .pull_messages(signed(
             key,
@@ -128,46 +81,7 @@ async fn reply(
         ))
         .await
         .unwrap();
-    let content = serialize(ObjectType::Message, &[], b"reply");
-    let id = ObjectId::of(&content);
-    fleet
-        .push_messages(signed(
-            key,
-            pb::PushMessagesRequest {
-                node: Some(pb::Node { node_id: node }),
-                messages_list: vec![message(pb::Metadata {
-                    run_id,
-                    message_id: id.to_hex(),
-                    src_node_id: node,
-                    dst_node_id: 1,
-                    reply_to_message_id: ins.to_hex(),
-                    group_id: "1".into(),
-                    ttl: 500.0,
-                    message_type: "train".into(),
-                    created_at: now(),
-                })],
-                message_object_trees: vec![leaf(id)],
-                clientapp_runtime_list: vec![0.1],
-            },
-            None,
-        ))
-        .await
-        .unwrap();
-    tokio::time::sleep(object_delay).await;
-    fleet
-        .push_object(signed(
-            key,
-            pb::PushObjectRequest {
-                node: Some(pb::Node { node_id: node }),
-                run_id,
-                object_id: id.to_hex(),
-                object_content: Bytes::from(content),
-            },
-            None,
-        ))
-        .await
-        .unwrap();
-    id
+    push_reply(fleet_addr, key, node, run_id, ins, object_delay).await
 }
 
 fn take(token: &str, run_id: u64, ins: ObjectId) -> pb::PullAppMessagesRequest {

@@ -9,10 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{channel, fleet_client, join, now, running_run, signed};
-use flwr_objects::content::{serialize, ObjectType};
-use flwr_objects::ObjectId;
+use common::{channel, fleet_client, join, push_instruction, push_reply, running_run, signed};
 use flwr_proto::proto as pb;
 use flwr_testkit::federation::SuperLink;
 use flwr_transport::node_auth::NodeSigningKey;
@@ -38,21 +35,6 @@ async fn on_postgresql() {
     lost_answers_are_given_again(&["--database", &db]).await;
 }
 
-fn message(meta: pb::Metadata) -> pb::Message {
-    pb::Message {
-        metadata: Some(meta),
-        content: Some(pb::RecordDict::default()),
-        error: None,
-    }
-}
-
-fn leaf(id: ObjectId) -> pb::ObjectTree {
-    pb::ObjectTree {
-        object_id: id.to_hex(),
-        children: vec![],
-    }
-}
-
 async fn lost_answers_are_given_again(database: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["--isolation", "process"];
@@ -66,37 +48,7 @@ async fn lost_answers_are_given_again(database: &[&str]) {
     let mut fleet = fleet_client(&superlink.fleet);
 
     // The ServerApp sends an instruction.
-    let content = serialize(ObjectType::Message, &[], b"instruction");
-    let ins_id = ObjectId::of(&content);
-    let created_at = now();
-    appio
-        .push_messages(pb::PushAppMessagesRequest {
-            token: token.clone(),
-            run_id,
-            messages_list: vec![message(pb::Metadata {
-                run_id,
-                message_id: ins_id.to_hex(),
-                src_node_id: 1,
-                dst_node_id: node,
-                group_id: "1".into(),
-                ttl: 600.0,
-                message_type: "train".into(),
-                created_at,
-                ..Default::default()
-            })],
-            message_object_trees: vec![leaf(ins_id)],
-        })
-        .await
-        .unwrap();
-    appio
-        .push_object(pb::PushObjectRequest {
-            node: Some(pb::Node { node_id: 1 }),
-            run_id,
-            object_id: ins_id.to_hex(),
-            object_content: Bytes::from(content),
-        })
-        .await
-        .unwrap();
+    let ins_id = push_instruction(&superlink.serverappio, &token, run_id, node).await;
 
     // The node pulls it, and the answer is lost.
     let pull_messages = || {
@@ -164,46 +116,7 @@ async fn lost_answers_are_given_again(database: &[&str]) {
         .unwrap();
 
     // The node replies.
-    let reply_content = serialize(ObjectType::Message, &[], b"reply");
-    let reply_id = ObjectId::of(&reply_content);
-    let pushed = fleet
-        .push_messages(signed(
-            &key,
-            pb::PushMessagesRequest {
-                node: Some(pb::Node { node_id: node }),
-                messages_list: vec![message(pb::Metadata {
-                    run_id,
-                    message_id: reply_id.to_hex(),
-                    src_node_id: node,
-                    dst_node_id: 1,
-                    reply_to_message_id: ins_id.to_hex(),
-                    group_id: "1".into(),
-                    ttl: 600.0 - (now() - created_at) - 1.0,
-                    message_type: "train".into(),
-                    created_at: now(),
-                })],
-                message_object_trees: vec![leaf(reply_id)],
-                clientapp_runtime_list: vec![0.1],
-            },
-            None,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(pushed.results.get(&reply_id.to_hex()), Some(&0));
-    fleet
-        .push_object(signed(
-            &key,
-            pb::PushObjectRequest {
-                node: Some(pb::Node { node_id: node }),
-                run_id,
-                object_id: reply_id.to_hex(),
-                object_content: Bytes::from(reply_content),
-            },
-            None,
-        ))
-        .await
-        .unwrap();
+    let reply_id = push_reply(&superlink.fleet, &key, node, run_id, ins_id, Duration::ZERO).await;
 
     // The ServerApp takes the reply, and that answer is lost too: asked again, it comes again.
     let take = || pb::PullAppMessagesRequest {

@@ -138,3 +138,119 @@ pub async fn running_run(control: &str, serverappio: &str) -> (u64, String) {
         .unwrap();
     (run_id, token)
 }
+
+/// A message with empty content and `meta`.
+pub fn message(meta: pb::Metadata) -> pb::Message {
+    pb::Message {
+        metadata: Some(meta),
+        content: Some(pb::RecordDict::default()),
+        error: None,
+    }
+}
+
+/// A tree of one object.
+pub fn leaf(id: flwr_objects::ObjectId) -> pb::ObjectTree {
+    pb::ObjectTree {
+        object_id: id.to_hex(),
+        children: vec![],
+    }
+}
+
+/// The ServerApp of `run_id` sends `node` one instruction (message and object, ttl 600 s);
+/// returns its id.
+pub async fn push_instruction(
+    serverappio: &str,
+    token: &str,
+    run_id: u64,
+    node: u64,
+) -> flwr_objects::ObjectId {
+    use flwr_objects::content::{serialize, ObjectType};
+    let mut appio = pb::server_app_io_client::ServerAppIoClient::new(channel(serverappio));
+    let content = serialize(ObjectType::Message, &[], b"instruction");
+    let id = flwr_objects::ObjectId::of(&content);
+    appio
+        .push_messages(pb::PushAppMessagesRequest {
+            token: token.to_owned(),
+            run_id,
+            messages_list: vec![message(pb::Metadata {
+                run_id,
+                message_id: id.to_hex(),
+                src_node_id: 1,
+                dst_node_id: node,
+                group_id: "1".into(),
+                ttl: 600.0,
+                message_type: "train".into(),
+                created_at: now(),
+                ..Default::default()
+            })],
+            message_object_trees: vec![leaf(id)],
+        })
+        .await
+        .unwrap();
+    appio
+        .push_object(pb::PushObjectRequest {
+            node: Some(pb::Node { node_id: 1 }),
+            run_id,
+            object_id: id.to_hex(),
+            object_content: Bytes::from(content),
+        })
+        .await
+        .unwrap();
+    id
+}
+
+/// `node` replies to instruction `ins`: the reply message (which must be accepted), then, after
+/// `object_delay`, its object. Returns the reply's id.
+pub async fn push_reply(
+    fleet: &str,
+    key: &NodeSigningKey,
+    node: u64,
+    run_id: u64,
+    ins: flwr_objects::ObjectId,
+    object_delay: std::time::Duration,
+) -> flwr_objects::ObjectId {
+    use flwr_objects::content::{serialize, ObjectType};
+    let mut fleet = fleet_client(fleet);
+    let content = serialize(ObjectType::Message, &[], b"reply");
+    let id = flwr_objects::ObjectId::of(&content);
+    let pushed = fleet
+        .push_messages(signed(
+            key,
+            pb::PushMessagesRequest {
+                node: Some(pb::Node { node_id: node }),
+                messages_list: vec![message(pb::Metadata {
+                    run_id,
+                    message_id: id.to_hex(),
+                    src_node_id: node,
+                    dst_node_id: 1,
+                    reply_to_message_id: ins.to_hex(),
+                    group_id: "1".into(),
+                    ttl: 500.0,
+                    message_type: "train".into(),
+                    created_at: now(),
+                })],
+                message_object_trees: vec![leaf(id)],
+                clientapp_runtime_list: vec![0.1],
+            },
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pushed.results.get(&id.to_hex()), Some(&0));
+    tokio::time::sleep(object_delay).await;
+    fleet
+        .push_object(signed(
+            key,
+            pb::PushObjectRequest {
+                node: Some(pb::Node { node_id: node }),
+                run_id,
+                object_id: id.to_hex(),
+                object_content: Bytes::from(content),
+            },
+            None,
+        ))
+        .await
+        .unwrap();
+    id
+}
