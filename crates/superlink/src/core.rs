@@ -93,6 +93,8 @@ pub struct Core {
 /// While a ServerApp's pull is held, how often it looks again without news (replies stored by
 /// another replica announce nothing here).
 const HELD_PULL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+/// While a ServerApp's pull is held, the least time between two of its looks.
+const HELD_PULL_GAP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Parsed keys kept at most (the cache is cleared when it grows past this).
 const KEY_CACHE_LIMIT: usize = 100_000;
@@ -716,7 +718,8 @@ impl Core {
         let mut out = Vec::new();
         let mut first = true;
         loop {
-            let last = tokio::time::Instant::now() >= deadline;
+            let pulled_at = tokio::time::Instant::now();
+            let last = pulled_at >= deadline;
             let pulled = match self.pull_replies(run_id, missing.clone()).await {
                 Ok(p) => p,
                 Err(e) if first => return Err(e),
@@ -753,6 +756,10 @@ impl Core {
                 }
             })
             .await;
+            // Arrivals come in bursts (a reply, then its objects; many nodes at once): pull
+            // again at most every HELD_PULL_GAP, so a large fan-out costs a few pulls, not one
+            // per arrival.
+            tokio::time::sleep_until(deadline.min(pulled_at + HELD_PULL_GAP)).await;
         }
         Ok(out)
     }
