@@ -729,11 +729,21 @@ impl Core {
                 }
             };
             first = false;
-            for (meta, tree) in pulled {
-                let ids: Vec<ObjectId> = tree.post_order().iter().map(|n| n.id).collect();
-                if last || self.objects.unavailable(&ids).await?.is_empty() {
-                    out.push((meta, tree));
-                }
+            if last {
+                out.extend(pulled);
+            } else {
+                // One look at the store for every object of every reply taken.
+                let ids: Vec<ObjectId> = pulled
+                    .iter()
+                    .flat_map(|(_, t)| t.post_order().into_iter().map(|n| n.id))
+                    .collect();
+                let late: std::collections::HashSet<ObjectId> =
+                    self.objects.unavailable(&ids).await?.into_iter().collect();
+                out.extend(
+                    pulled
+                        .into_iter()
+                        .filter(|(_, t)| t.post_order().iter().all(|n| !late.contains(&n.id))),
+                );
             }
             let answered: std::collections::HashSet<&str> = out
                 .iter()

@@ -101,6 +101,9 @@ pub enum Error {
     /// A Fleet caller that did not prove who it is; the text says how.
     #[error("{0}")]
     NotAuthenticated(String),
+    /// A Fleet caller whose key belongs to no node, or to another node than the one it names.
+    #[error("Invalid node ID")]
+    InvalidNodeId,
     /// A ServerAppIo caller that named a node other than the SuperLink's own.
     #[error("Unexpected node ID.")]
     NotTheSuperLinkNode,

@@ -17,6 +17,7 @@ use super::status::{to_status, OrStatus};
 use crate::core::Core;
 use crate::error::Error;
 use flwr_state::NodeId;
+use flwr_transport::node_auth::AuthError;
 
 /// The Fleet service.
 #[derive(Clone)]
@@ -48,7 +49,7 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
         .cloned()
         .ok_or_else(|| {
             to_status(Error::NotAuthenticated(
-                "Missing authentication metadata".into(),
+                AuthError::MissingMetadata.to_string(),
             ))
         })
 }
@@ -58,7 +59,7 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 fn authenticated_node<T>(request: &Request<T>, claimed: NodeId) -> Result<NodeId, Status> {
     match caller(request)?.node {
         Some(actual) if actual == claimed => Ok(actual),
-        _ => Err(to_status(Error::NotAuthenticated("Invalid node ID".into()))),
+        _ => Err(to_status(Error::InvalidNodeId)),
     }
 }
 

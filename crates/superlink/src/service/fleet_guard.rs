@@ -59,12 +59,19 @@ enum Access {
     Node,
 }
 
+/// The Fleet method `method` when it is one any key may call (joining), whatever the transport.
+pub fn joins(method: &str) -> Option<&'static str> {
+    ["RegisterNode", "ActivateNode"]
+        .into_iter()
+        .find(|j| *j == method)
+}
+
 fn access(path: &str) -> Access {
-    match path.rsplit('/').next() {
-        Some("RegisterNode") => Access::Join("RegisterNode"),
-        Some("ActivateNode") => Access::Join("ActivateNode"),
-        Some("SendReceive") => Access::Adapter,
-        _ => Access::Node,
+    let method = path.rsplit('/').next().unwrap_or_default();
+    match joins(method) {
+        Some(m) => Access::Join(m),
+        None if method == "SendReceive" => Access::Adapter,
+        None => Access::Node,
     }
 }
 
@@ -119,7 +126,7 @@ impl http_body::Body for CappedBody {
 }
 
 /// Checks the signed metadata in `headers` (time window first, then the signature) and, unless
-/// the method joins, finds the key's node (on the adapter, the node it may have).
+/// the call joins, finds the key's node (on the adapter, the node it may have).
 ///
 /// With `--fleet-auth-per-connection` (`Settings::proof_per_connection`), a key whose signature
 /// was verified on this `connection` within that time needs only the time window: the peer at
@@ -128,9 +135,9 @@ impl http_body::Body for CappedBody {
 /// comes from that peer. A call on any other connection, or with another key, is verified in
 /// full. The key's node is looked up on every call either way, so an unregistered node is refused
 /// at once.
-pub async fn authenticate(
+async fn authenticate(
     core: &Core,
-    path: &str,
+    access: Access,
     headers: &http::HeaderMap,
     connection: Option<&ProvenKey>,
 ) -> Result<Caller, Refusal> {
@@ -165,7 +172,7 @@ pub async fn authenticate(
             c.proved(public_key.clone());
         }
     }
-    let node = match access(path) {
+    let node = match access {
         Access::Join(_) => None,
         Access::Adapter => core.node_for_key(public_key.clone()).await?,
         Access::Node => Some(
@@ -222,16 +229,11 @@ where
                 .extensions()
                 .get::<Connection>()
                 .map(|c| c.proven.clone());
-            let verdict = authenticate(
-                &core,
-                request.uri().path(),
-                request.headers(),
-                connection.as_ref(),
-            )
-            .await;
+            let access = access(request.uri().path());
+            let verdict = authenticate(&core, access, request.headers(), connection.as_ref()).await;
             match verdict {
                 Ok(caller) => {
-                    let capped = match access(request.uri().path()) {
+                    let capped = match access {
                         Access::Join(method) => Some(method),
                         Access::Adapter if caller.node.is_none() => Some("SendReceive"),
                         _ => None,

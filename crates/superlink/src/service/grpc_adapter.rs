@@ -14,11 +14,12 @@ use std::future::Future;
 use bytes::Bytes;
 use flwr_proto::adapter::{self, FleetRpc};
 use flwr_proto::proto as pb;
+use flwr_transport::node_auth::AuthError;
 use pb::fleet_server::Fleet as _;
 use tonic::{Request, Response, Status};
 
 use super::fleet::FleetService;
-use super::fleet_guard::{Caller, FleetGuard};
+use super::fleet_guard::{joins, Caller, FleetGuard};
 use super::status::to_status;
 use crate::core::Core;
 use crate::error::Error;
@@ -85,17 +86,14 @@ impl pb::grpc_adapter_server::GrpcAdapter for GrpcAdapterService {
         };
         // The guard let a key without a node through only because the method was unknown then:
         // now it is, and everything but joining needs the node.
-        let joins = matches!(rpc.method, "RegisterNode" | "ActivateNode");
         match extensions.get_mut::<Caller>() {
             None => {
                 return Err(to_status(Error::NotAuthenticated(
-                    "Missing authentication metadata".into(),
+                    AuthError::MissingMetadata.to_string(),
                 )))
             }
-            Some(caller) if joins => caller.node = None,
-            Some(Caller { node: None, .. }) => {
-                return Err(to_status(Error::NotAuthenticated("Invalid node ID".into())))
-            }
+            Some(caller) if joins(rpc.method).is_some() => caller.node = None,
+            Some(Caller { node: None, .. }) => return Err(to_status(Error::InvalidNodeId)),
             Some(_) => {}
         }
         let request = Request::from_parts(metadata, extensions, container.grpc_message_content);

@@ -52,7 +52,7 @@ pub fn to_status(e: Error) -> Status {
         Error::NoSuchRun | Error::NodeNotOwned | Error::FederationNotFound => {
             Status::not_found(text)
         }
-        Error::NotAuthenticated(_) => Status::unauthenticated(text),
+        Error::NotAuthenticated(_) | Error::InvalidNodeId => Status::unauthenticated(text),
         Error::NoFederationManagement | Error::NoArtifacts => Status::unimplemented(text),
         Error::RequestTooLarge { .. } => Status::resource_exhausted(text),
         Error::Unavailable(cause) => {
