@@ -9,6 +9,8 @@
 #   scripts/test.sh                 # everything
 #   scripts/test.sh restart         # only tests whose name contains "restart"
 #   TEST_LANES=1 scripts/test.sh    # one lane: the binaries one after another
+#   TEST_BINARY_TIMEOUT=1500        # seconds one test binary may run before it is stopped
+#   TEST_BUDGET=3300                # seconds for all lanes; binaries not started by then fail
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -89,18 +91,45 @@ EOF
 
 # Runs the binaries of one lane, one after another, as `cargo test` would (from the package's
 # directory); writes the lane's output to its log and the names of failed binaries to its list.
+# Each binary reports on standard output as it ends, and none runs past its time: a binary that
+# hangs is stopped (with its process group) and named, and its last lines are printed at once, so
+# a run that a CI deadline cuts short still says where it stood.
+per_binary="${TEST_BINARY_TIMEOUT:-1500}"
+deadline=$((SECONDS + ${TEST_BUDGET:-3300}))
 run_lane() {
   local lane="$1"; shift
   local log="$work/log-$lane" failed="$work/failed-$lane" start=$SECONDS
   : >"$failed"
   while IFS=$'\t' read -r name dir exe; do
-    echo "=== $name ($exe)" >>"$log"
-    if ! (cd "$dir" && "$exe" "$@") >>"$log" 2>&1; then
+    local out="$work/out-${name//[:\/]/_}" began=$SECONDS limit=$per_binary rc=0
+    [ $((deadline - SECONDS)) -ge "$limit" ] || limit=$((deadline - SECONDS))
+    if [ "$limit" -le 0 ]; then
+      echo "test: [$lane] $name NOT RUN: the test budget (TEST_BUDGET) is spent"
+      echo "$name (not run)" >>"$failed"
+      continue
+    fi
+    (cd "$dir" && timeout --kill-after=30 "$limit" "$exe" "$@") >"$out" 2>&1 || rc=$?
+    { echo "=== $name ($exe)"; cat "$out"; } >>"$log"
+    if [ "$rc" -eq 0 ]; then
+      echo "test: [$lane] $name passed in $((SECONDS - began)) s"
+    elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+      echo "test: [$lane] $name TIMED OUT after $((SECONDS - began)) s; its last lines:"
+      tail -n 40 "$out" | sed "s/^/    /"
+      echo "$name (timed out)" >>"$failed"
+    else
+      echo "test: [$lane] $name FAILED (exit $rc) in $((SECONDS - began)) s"
       echo "$name" >>"$failed"
     fi
   done <"$work/lane-$lane"
-  [ "$lane" != rest ] || cargo test --workspace --doc --quiet >>"$log" 2>&1 || echo "doc tests" >>"$failed"
-  echo "test: lane $lane finished in $((SECONDS - start)) s" >>"$log"
+  if [ "$lane" = rest ]; then
+    if cargo test --workspace --doc --quiet >>"$log" 2>&1; then
+      echo "test: [$lane] doc tests passed"
+    else
+      echo "test: [$lane] doc tests FAILED"
+      echo "doc tests" >>"$failed"
+    fi
+  fi
+  echo "test: lane $lane finished in $((SECONDS - start)) s" | tee -a "$log"
 }
 
 pids=()

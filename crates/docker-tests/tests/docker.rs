@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use flwr_testkit::federation::{self, Cli, CONNECTION};
-use flwr_testkit::process::run;
+use flwr_testkit::process::{run, run_within};
 use flwr_testkit::python;
 
 const TAG: &str = "test";
@@ -26,18 +26,24 @@ fn images() {
             "the Docker engine is required for these tests and is not reachable:\n{out}"
         );
         let repo = python::repo_root();
-        let (status, out) = run(&mut Command::new(
-            repo.join("docker/base/make-base-image.sh"),
-        ));
+        // Building images (debootstrap, pip) may take longer than any other command.
+        let build = Duration::from_secs(25 * 60);
+        let (status, out) = run_within(
+            &mut Command::new(repo.join("docker/base/make-base-image.sh")),
+            build,
+        );
         assert!(status.success(), "making the base images failed:\n{out}");
         // The tests use the debug binaries that `cargo test` just built (release builds would
         // double the CI time); the README reports the sizes of release images.
-        let (status, out) = run(Command::new(repo.join("docker/build-images.sh"))
-            .env("BASE_PYTHON", "flower-rs/python:bookworm")
-            .env("BASE_DEBIAN", "flower-rs/debian:bookworm")
-            .env("PROFILE", "debug")
-            .env("TAG", TAG)
-            .env("APP_DEPS", "numpy"));
+        let (status, out) = run_within(
+            Command::new(repo.join("docker/build-images.sh"))
+                .env("BASE_PYTHON", "flower-rs/python:bookworm")
+                .env("BASE_DEBIAN", "flower-rs/debian:bookworm")
+                .env("PROFILE", "debug")
+                .env("TAG", TAG)
+                .env("APP_DEPS", "numpy"),
+            build,
+        );
         assert!(status.success(), "building the images failed:\n{out}");
     });
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn the_comparison_runs_every_section_with_tiny_sizes() {
@@ -22,18 +23,17 @@ fn the_comparison_runs_every_section_with_tiny_sizes() {
         .to_path_buf();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    let out = Command::new(bench)
-        .args(["compare", "--smoke", "--json"])
-        .arg(&json)
-        .arg("--venv")
-        .arg(&venv)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (status, stdout) = flwr_testkit::process::run_within(
+        Command::new(bench)
+            .args(["compare", "--smoke", "--json"])
+            .arg(&json)
+            .arg("--venv")
+            .arg(&venv),
+        Duration::from_secs(20 * 60),
+    );
     assert!(
-        out.status.success(),
-        "flwr-bench compare --smoke failed:\n{stdout}\n{stderr}"
+        status.success(),
+        "flwr-bench compare --smoke failed:\n{stdout}"
     );
     assert!(
         stdout.contains("| workload | metric | Flower 1.28.0 | ours | ours vs Flower |"),
@@ -98,8 +98,8 @@ fn the_comparison_runs_every_section_with_tiny_sizes() {
             );
             assert!(
                 row[side]["note"].is_null() || row["better"] == "neither",
-                "{side} is partial in {row}\nflwr-bench's log ends with:\n{}",
-                tail(&stderr, 60)
+                "{side} is partial in {row}\nflwr-bench's output ends with:\n{}",
+                tail(&stdout, 60)
             );
         }
     }

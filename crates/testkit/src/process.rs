@@ -1,6 +1,6 @@
 //! Child processes owned by a test: killed (with their process group) and reaped on drop.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -197,15 +197,75 @@ impl Drop for Proc {
     }
 }
 
-/// Runs a command to completion and returns (status, stdout+stderr).
+/// How long [`run`] lets a command take: longer than any command of the tests takes on a loaded
+/// machine (an image build included), short enough that a hung one fails its test with its output
+/// instead of holding up the whole test binary.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// Runs a command to completion and returns (status, stdout+stderr); fails the test, with the
+/// output so far, if it takes longer than [`RUN_TIMEOUT`].
 pub fn run(cmd: &mut Command) -> (ExitStatus, String) {
-    let out = cmd
+    run_within(cmd, RUN_TIMEOUT)
+}
+
+/// [`run`] with its own time limit. The command runs in a process group of its own, which is
+/// killed whole when the time is up. Standard output comes first, then standard error.
+pub fn run_within(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String) {
+    let name = format!("{cmd:?}");
+    let mut child = cmd
+        .process_group(0)
         .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status, text)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    let pipes = [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ];
+    let (texts, readers): (Vec<_>, Vec<_>) = pipes
+        .into_iter()
+        .map(|mut pipe| {
+            let text = Arc::new(Mutex::new(Vec::new()));
+            let sink = text.clone();
+            let reader = std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                    sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            });
+            (text, reader)
+        })
+        .unzip();
+    let collected = || {
+        texts
+            .iter()
+            .map(|t| String::from_utf8_lossy(&t.lock().unwrap()).into_owned())
+            .collect::<String>()
+    };
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            // The output to its end, unless a grandchild holds the pipes open.
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until && !readers.iter().all(|r| r.is_finished()) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            return (status, collected());
+        }
+        if start.elapsed() > timeout {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{name} still ran after {timeout:?}; output so far:\n{}",
+                collected()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// True when `path` is an executable file.
