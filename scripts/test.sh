@@ -16,14 +16,14 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
 missing=()
-for tool in cargo openssl ssh-keygen setpriv python3 docker docker-compose debootstrap; do
+for tool in cargo openssl ssh-keygen setpriv setsid pgrep timeout promtool python3 docker docker-compose debootstrap; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=("PostgreSQL server (initdb)")
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test: missing tools: ${missing[*]}" >&2
-  echo "test: on Debian: apt-get install openssl openssh-client util-linux python3 python3-venv docker.io docker-compose debootstrap postgresql haproxy" >&2
+  echo "test: on Debian: apt-get install openssl openssh-client util-linux procps coreutils prometheus python3 python3-venv docker.io docker-compose debootstrap postgresql haproxy" >&2
   exit 1
 fi
 
@@ -108,7 +108,16 @@ run_lane() {
       echo "$name (not run)" >>"$failed"
       continue
     fi
-    (cd "$dir" && timeout --kill-after=30 "$limit" "$exe" "$@") >"$out" 2>&1 || rc=$?
+    # In a session of its own, so that whatever it leaves behind (a daemon of a test that was
+    # stopped, in a process group of its own) is found by the session id and stopped too.
+    (cd "$dir" && exec setsid bash -c 'echo $$ >"$0"; exec timeout --kill-after=30 "$@"' \
+      "$out.sid" "$limit" "$exe" "$@") >"$out" 2>&1 || rc=$?
+    local sid left
+    sid="$(cat "$out.sid" 2>/dev/null || true)"
+    if [ -n "$sid" ] && left="$(pgrep -s "$sid" | xargs)" && [ -n "$left" ]; then
+      pkill -KILL -s "$sid" || true
+      echo "test: [$lane] $name left processes running ($left): stopped"
+    fi
     { echo "=== $name ($exe)"; cat "$out"; } >>"$log"
     if [ "$rc" -eq 0 ]; then
       echo "test: [$lane] $name passed in $((SECONDS - began)) s"

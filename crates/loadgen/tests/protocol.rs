@@ -40,7 +40,9 @@ async fn fan_out_smoke_against_our_superlink() {
         bin.display()
     );
     let s = SuperLink::start(&bin, Some(&tls), dir.path(), &["--isolation", "process"]);
-    let rounds = fan_out(&target(&s, &tls.ca), smoke()).await.unwrap();
+    let rounds = within(fan_out(&target(&s, &tls.ca), smoke()))
+        .await
+        .unwrap();
     assert_eq!(rounds.len(), 2);
     assert!(rounds
         .iter()
@@ -52,7 +54,16 @@ async fn fan_out_smoke_against_flowers_superlink() {
     let dir = tempfile::tempdir().unwrap();
     let (_ca, tls) = pki::write_tls_files(&dir.path().join("certs"), pki::LOCAL_SANS);
     let s = SuperLink::start_python(Some(&tls), dir.path(), &["--isolation", "process"]);
-    let rounds = fan_out(&target(&s, &tls.ca), smoke()).await.unwrap();
+    let rounds = within(fan_out(&target(&s, &tls.ca), smoke()))
+        .await
+        .unwrap();
     assert_eq!(rounds.len(), 2);
     assert!(rounds.iter().all(|r| r.messages == 6));
+}
+
+/// A fan-out that never finishes (a reply lost for good) fails its test instead of hanging it.
+async fn within<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(300), work)
+        .await
+        .expect("the fan-out did not finish within 300 s")
 }

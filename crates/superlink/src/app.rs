@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use flwr_proto::proto as pb;
 use flwr_transport::address::Address;
+use flwr_transport::metrics::PrometheusHandle;
 use flwr_transport::server::{self, ServeOptions};
 use flwr_transport::tasks::Failure;
 use flwr_transport::{grpc, limits, tls};
@@ -41,6 +42,9 @@ pub enum BuildError {
     /// `--storage-dir` cannot be used.
     #[error(transparent)]
     Storage(#[from] flwr_state::fabs::FfsError),
+    /// `--metrics-address`: the metrics recorder could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] flwr_transport::metrics::MetricsError),
 }
 
 /// The addresses the servers are bound to (with the real ports when 0 was asked for).
@@ -54,6 +58,8 @@ pub struct BoundAddresses {
     pub fleet: Option<SocketAddr>,
     /// Health service.
     pub health: Option<SocketAddr>,
+    /// Prometheus metrics.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A SuperLink whose listeners are bound, not serving yet.
@@ -68,6 +74,7 @@ pub struct App {
     serverappio: TcpListener,
     fleet: Option<TcpListener>,
     health: Option<TcpListener>,
+    metrics: Option<(TcpListener, PrometheusHandle)>,
 }
 
 impl App {
@@ -129,6 +136,15 @@ impl App {
             Some(a) => Some(grpc::bind("--health-server-address", a).await?),
             None => None,
         };
+        let metrics = match &config.metrics_address {
+            Some(a) => {
+                let listener = grpc::bind("--metrics-address", a).await?;
+                let handle = flwr_transport::metrics::install()?;
+                crate::metrics::describe();
+                Some((listener, handle))
+            }
+            None => None,
+        };
         Ok(App {
             config,
             clock,
@@ -139,6 +155,7 @@ impl App {
             serverappio,
             fleet,
             health,
+            metrics,
         })
     }
 
@@ -158,6 +175,7 @@ impl App {
             serverappio: local(&self.serverappio),
             fleet: self.fleet.as_ref().map(local),
             health: self.health.as_ref().map(local),
+            metrics: self.metrics.as_ref().map(|(l, _)| local(l)),
         }
     }
 
@@ -213,6 +231,10 @@ impl App {
             idle_timeout: self.config.idle_timeout,
             ..ServeOptions::default()
         };
+        let options = |api| ServeOptions {
+            api,
+            ..options.clone()
+        };
         let control = Routes::new(limits!(pb::control_server::ControlServer::new(
             ControlService::new(core.clone())
         )));
@@ -224,7 +246,7 @@ impl App {
             control,
             self.control,
             self.tls.clone(),
-            options.clone(),
+            options("control"),
         );
 
         let appio = Routes::new(limits!(pb::server_app_io_server::ServerAppIoServer::new(
@@ -246,7 +268,7 @@ impl App {
             None,
             ServeOptions {
                 allow: self.config.serverappio_allow.clone(),
-                ..options.clone()
+                ..options("serverappio")
             },
         );
 
@@ -271,7 +293,7 @@ impl App {
                 fleet,
                 l,
                 self.tls.clone(),
-                options.clone(),
+                options("fleet"),
             );
         }
         if let Some(l) = self.health {
@@ -281,6 +303,18 @@ impl App {
             let health =
                 flwr_transport::health::serve(l, health_state.clone(), health_stop.clone());
             failure.watch(&health_tracker, "Health service", health);
+        }
+        if let Some((l, handle)) = self.metrics {
+            if let Some(a) = addresses.metrics {
+                tracing::info!(address = %a, "Metrics serving (plaintext HTTP, /metrics)");
+            }
+            let state = self.stores.state.clone();
+            let refresh = move || crate::metrics::refresh(state.clone());
+            failure.watch(
+                &tracker,
+                "Metrics",
+                flwr_transport::metrics::serve(l, handle, refresh, stop.clone()),
+            );
         }
         failure.watch(
             &tracker,
@@ -335,7 +369,8 @@ fn spawn_server(
     options: ServeOptions,
 ) {
     let stop = failure.stop().clone();
-    let serving = server::serve(routes.prepare(), listener, tls, options, stop);
+    let routes = flwr_transport::metrics::Instrumented::new(options.api, routes.prepare());
+    let serving = server::serve(routes, listener, tls, options, stop);
     failure.watch(tracker, name, serving);
 }
 

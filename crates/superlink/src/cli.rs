@@ -210,6 +210,11 @@ pub struct Args {
     /// it exits anyway. Not in Flower.
     #[arg(long, value_name = "SECONDS", default_value = "5")]
     pub shutdown_grace_seconds: String,
+
+    /// Serve Prometheus metrics (plaintext HTTP, `GET /metrics`) on this address; off when not
+    /// set. Not in Flower.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_address: Option<String>,
 }
 
 /// Parsed `superlink` flags.

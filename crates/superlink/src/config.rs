@@ -46,6 +46,8 @@ pub struct Config {
     pub simulation: bool,
     /// Health service address.
     pub health_address: Option<Address>,
+    /// `--metrics-address`: Prometheus metrics over plaintext HTTP (not in Flower).
+    pub metrics_address: Option<Address>,
     /// Peers allowed on the ServerAppIo API; `None`: every peer.
     pub serverappio_allow: Option<Arc<PeerFilter>>,
     /// Close connections idle this long; `None`: never.
@@ -213,6 +215,11 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         .as_deref()
         .map(|h| address("--health-server-address", h))
         .transpose()?;
+    let metrics = a
+        .metrics_address
+        .as_deref()
+        .map(|m| address("--metrics-address", m))
+        .transpose()?;
 
     let tls = tls::server_tls_choice(
         a.insecure,
@@ -326,6 +333,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         control_address: control,
         simulation: a.simulation,
         health_address: health,
+        metrics_address: metrics,
         serverappio_allow,
         idle_timeout,
         max_connections: a.max_connections.map(|n| n as usize),

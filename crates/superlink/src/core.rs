@@ -293,6 +293,8 @@ impl Core {
                         node_id,
                         Scope::of(meta.run_id, meta.message_id.clone(), &t),
                     );
+                    metrics::counter!("flwr_messages_delivered_total", "kind" => "instruction")
+                        .increment(1);
                     return Ok(Some((meta, t)));
                 }
                 None => {
@@ -327,6 +329,7 @@ impl Core {
             match self.state.store_reply(reply).await? {
                 Ok(id) => {
                     let _ = self.replies.send(run_id);
+                    metrics::counter!("flwr_messages_stored_total", "kind" => "reply").increment(1);
                     Some(id)
                 }
                 Err(why) => {
@@ -409,8 +412,10 @@ impl Core {
             Err(VerifyError::HashMismatch { .. }) => return Ok(false),
             Err(e) => return Err(Error::BadObject(e)),
         }
+        let bytes = content.len() as u64;
         let stored = self.objects.put(&id, content).await?;
         if stored {
+            metrics::counter!("flwr_object_bytes_total", "direction" => "in").increment(bytes);
             // A held ServerApp pull may be waiting for this object.
             let _ = self.replies.send(run_id);
         }
@@ -515,7 +520,12 @@ impl Core {
         let Ok(id) = ObjectId::parse(&id) else {
             return Ok(Lookup::Unknown);
         };
-        self.objects.get(&id).await.map_err(Error::from)
+        let found = self.objects.get(&id).await?;
+        if let Lookup::Available(bytes) = &found {
+            metrics::counter!("flwr_object_bytes_total", "direction" => "out")
+                .increment(bytes.len() as u64);
+        }
+        Ok(found)
     }
 
     /// ServerAppIo `ConfirmMessageReceived` (after its gate): the ServerApp has the reply, so the
@@ -549,10 +559,8 @@ impl Core {
             return Ok(String::new());
         };
         let started = self
-            .state
-            .update_run_status(run_id, RunStatus::new(Status::Starting))
-            .await
-            .map_err(Error::from);
+            .set_run_status(run_id, RunStatus::new(Status::Starting))
+            .await;
         match started {
             Ok(true) => Ok(token),
             Ok(false) | Err(Error::UnknownRun(_)) => {
@@ -587,8 +595,7 @@ impl Core {
             Err(e) => return Err(e),
         };
         if !self
-            .state
-            .update_run_status(run_id, RunStatus::new(Status::Running))
+            .set_run_status(run_id, RunStatus::new(Status::Running))
             .await?
         {
             return Err(failed());
@@ -627,7 +634,7 @@ impl Core {
             return Ok(());
         };
         let finishing = status.status == Status::Finished;
-        let applied = self.state.update_run_status(run_id, status).await?;
+        let applied = self.set_run_status(run_id, status).await?;
         if finishing {
             self.objects.delete_objects_in_run(run_id).await?;
         }
@@ -635,6 +642,17 @@ impl Core {
             tracing::debug!(run_id, "ignored an invalid run status transition");
         }
         Ok(())
+    }
+
+    /// Every status change this SuperLink makes goes through here, counted when applied.
+    async fn set_run_status(&self, run_id: RunId, status: RunStatus) -> Result<bool> {
+        let (to, sub) = (status.status.as_str(), status.sub_status.as_str());
+        let applied = self.state.update_run_status(run_id, status).await?;
+        if applied {
+            metrics::counter!("flwr_run_status_changes_total", "status" => to, "sub_status" => sub)
+                .increment(1);
+        }
+        Ok(applied)
     }
 
     /// `PushLogs`: accepted whatever the run's status.
@@ -692,6 +710,10 @@ impl Core {
                 }
             }
             let stored = self.state.store_instruction(meta).await?;
+            if stored.is_some() {
+                metrics::counter!("flwr_messages_stored_total", "kind" => "instruction")
+                    .increment(1);
+            }
             ids.push(stored.unwrap_or_default());
         }
         Ok((ids, to_push))
@@ -710,7 +732,9 @@ impl Core {
         message_ids: Vec<String>,
     ) -> Result<Vec<(MessageMeta, ObjectTree)>> {
         let Some(hold) = self.settings.pull_hold.filter(|_| !message_ids.is_empty()) else {
-            return self.pull_replies(run_id, message_ids).await;
+            let out = self.pull_replies(run_id, message_ids).await?;
+            count_delivered_replies(&out);
+            return Ok(out);
         };
         let mut arrivals = self.replies.subscribe();
         let deadline = tokio::time::Instant::now() + hold;
@@ -771,6 +795,7 @@ impl Core {
             // per arrival.
             tokio::time::sleep_until(deadline.min(pulled_at + HELD_PULL_GAP)).await;
         }
+        count_delivered_replies(&out);
         Ok(out)
     }
 
@@ -867,6 +892,8 @@ impl Core {
             context: Bytes::new(),
         };
         let run_id = self.state.create_run(run).await?;
+        metrics::counter!("flwr_run_status_changes_total", "status" => "pending", "sub_status" => "")
+            .increment(1);
         let context = context_for(run_id);
         self.state.set_context(run_id, context).await?;
         self.notify(LaunchEvent::RunPending);
@@ -892,8 +919,7 @@ impl Core {
             return Err(Error::RunAlreadyFinished(run_id));
         }
         let stopped = self
-            .state
-            .update_run_status(run_id, RunStatus::finished(SubStatus::Stopped, ""))
+            .set_run_status(run_id, RunStatus::finished(SubStatus::Stopped, ""))
             .await?;
         self.state.delete_token(run_id).await?;
         if stopped {
@@ -969,4 +995,9 @@ impl Core {
     pub async fn node(&self, node_id: NodeId) -> Result<Option<Node>> {
         self.state.node(node_id).await.map_err(Error::from)
     }
+}
+
+fn count_delivered_replies(out: &[(MessageMeta, ObjectTree)]) {
+    metrics::counter!("flwr_messages_delivered_total", "kind" => "reply")
+        .increment(out.len() as u64);
 }

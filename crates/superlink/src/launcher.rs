@@ -212,9 +212,20 @@ impl Launcher {
             Ok(spawned) => {
                 tracing::info!(run_id, pid = spawned.pid, program = %program.to_string_lossy(), "ServerApp process started");
                 children.insert(run_id, spawned.pid);
+                metrics::counter!("flwr_serverapp_launches_total", "outcome" => "started")
+                    .increment(1);
                 waits.spawn(async move {
                     let how = match spawned.done.await {
-                        Ok(Ok(status)) => status.to_string(),
+                        Ok(Ok(status)) => {
+                            let outcome = if status.success() {
+                                "success"
+                            } else {
+                                "failure"
+                            };
+                            metrics::counter!("flwr_serverapp_exits_total", "outcome" => outcome)
+                                .increment(1);
+                            status.to_string()
+                        }
                         Ok(Err(e)) => format!("wait failed: {e}"),
                         Err(e) => format!("output task failed: {e}"),
                     };
@@ -223,6 +234,8 @@ impl Launcher {
                 Ok(())
             }
             Err(e) => {
+                metrics::counter!("flwr_serverapp_launches_total", "outcome" => "not_started")
+                    .increment(1);
                 let details = format!(
                     "The SuperLink could not start `{}`: {e}. Install flwr in this environment (pip install flwr==1.28.0) or set {} to the ServerApp program.",
                     program.to_string_lossy(),

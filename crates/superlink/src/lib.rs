@@ -7,6 +7,7 @@
 //! * [`core`]: the domain operations behind the three APIs; [`error`]: their errors.
 //! * [`service`]: the gRPC edge (Fleet, ServerAppIo, Control); the only code that knows protobuf.
 //! * [`launcher`]: starting and owning ServerApp processes.
+//! * [`metrics`]: the SuperLink's Prometheus metrics (`--metrics-address`).
 //!
 //! State, objects and FABs live behind the engines of `flwr_state` (memory, SQLite, PostgreSQL).
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod launcher;
+pub mod metrics;
 pub mod service;
 
 /// The version line of `--version`.

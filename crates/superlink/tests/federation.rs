@@ -74,12 +74,34 @@ fn check_completed_run(f: &Federation, out: &str, rounds: u32, size: usize) -> u
     run_id
 }
 
+/// Also the metrics (`--metrics-address`): scraped while the run goes and after it, parsed by
+/// Prometheus's own `promtool`, and the figures match what the run did.
 #[test]
 fn tls_federation_with_python_supernodes_completes_with_the_predicted_model() {
-    let mut f = federation(2, &[]);
+    let mut f = federation(2, &["--metrics-address", "127.0.0.1:0"]);
+    let out = f
+        .superlink
+        .proc
+        .wait_for_output("Metrics serving", Duration::from_secs(10));
+    let metrics = federation::logged_address(&out, "Metrics serving");
     let run = f.cli.start_run_streaming(
         &federation::example_app(),
         "num-server-rounds=2 model-size=5000",
+    );
+    // While the run goes: its start is counted, the SuperNodes are online.
+    let during = until(Duration::from_secs(120), || {
+        let text = flwr_testkit::metrics::scrape(&metrics);
+        let running = flwr_testkit::metrics::value(
+            &text,
+            "flwr_run_status_changes_total",
+            &[("status", "running")],
+        );
+        (running == Some(1.0)).then_some(text)
+    });
+    assert_eq!(
+        flwr_testkit::metrics::value(&during, "flwr_nodes_online", &[]),
+        Some(2.0),
+        "{during}"
     );
     let (status, out) = run.wait(Duration::from_secs(240));
     assert!(
@@ -88,6 +110,7 @@ fn tls_federation_with_python_supernodes_completes_with_the_predicted_model() {
         f.superlink.proc.output()
     );
     check_completed_run(&f, &out, 2, 5000);
+    check_metrics_of_the_run(&flwr_testkit::metrics::scrape(&metrics));
     // The SuperNodes registered and are listed.
     let (status, nodes) = f
         .cli
@@ -95,6 +118,78 @@ fn tls_federation_with_python_supernodes_completes_with_the_predicted_model() {
     assert!(status.success(), "{nodes}");
     assert_eq!(nodes.matches("\"online\"").count(), 2, "{nodes}");
     f.nodes.clear();
+}
+
+/// Polls `probe` until it gives a value, failing the test after `limit`.
+fn until<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The figures of one completed run of the example app (2 rounds of FedAvg, training and
+/// evaluation on both of 2 SuperNodes: 8 instructions, 8 replies).
+fn check_metrics_of_the_run(text: &str) {
+    use flwr_testkit::metrics::{check_with_promtool, value};
+    check_with_promtool(text);
+    let count = |name: &str, labels: &[(&str, &str)]| value(text, name, labels).unwrap_or(0.0);
+    for kind in ["instruction", "reply"] {
+        for counter in [
+            "flwr_messages_stored_total",
+            "flwr_messages_delivered_total",
+        ] {
+            assert_eq!(
+                count(counter, &[("kind", kind)]),
+                8.0,
+                "{counter} {kind}:\n{text}"
+            );
+        }
+    }
+    for (status, sub) in [
+        ("pending", ""),
+        ("starting", ""),
+        ("running", ""),
+        ("finished", "completed"),
+    ] {
+        assert_eq!(
+            count(
+                "flwr_run_status_changes_total",
+                &[("status", status), ("sub_status", sub)]
+            ),
+            1.0,
+            "{status}:{sub}\n{text}"
+        );
+    }
+    assert_eq!(
+        count("flwr_serverapp_launches_total", &[("outcome", "started")]),
+        1.0
+    );
+    assert!(count("flwr_object_bytes_total", &[("direction", "in")]) > 2.0 * 5000.0 * 4.0);
+    assert!(count("flwr_object_bytes_total", &[("direction", "out")]) > 2.0 * 5000.0 * 4.0);
+    // Every instruction went out through a Fleet PullMessages answered OK (and the nodes polled
+    // more often than that); the ServerApp pushed its instructions through ServerAppIo.
+    let calls = |api: &str, method: &str| {
+        count(
+            "flwr_rpc_duration_seconds_count",
+            &[("api", api), ("method", method), ("code", "OK")],
+        )
+    };
+    assert!(calls("fleet", "PullMessages") >= 8.0, "{text}");
+    assert!(calls("serverappio", "PushMessages") >= 4.0, "{text}");
+    assert!(calls("control", "StartRun") == 1.0, "{text}");
+    assert!(
+        count(
+            "flwr_tls_handshakes_total",
+            &[("api", "fleet"), ("outcome", "ok")]
+        ) >= 2.0,
+        "{text}"
+    );
+    assert!(count("process_resident_memory_bytes", &[]) > 0.0, "{text}");
 }
 
 /// The grpc-adapter transport: Flower's own SuperNodes with `--grpc-adapter`, over TLS. (Flower's

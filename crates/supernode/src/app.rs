@@ -38,6 +38,9 @@ pub enum BuildError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] grpc::BindError),
+    /// `--metrics-address`: the metrics recorder could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] flwr_transport::metrics::MetricsError),
 }
 
 /// A SuperNode whose listeners are bound, not running yet.
@@ -50,6 +53,7 @@ pub struct App {
     node_config: Vec<(String, flwr_objects::ConfigValue)>,
     clientappio: TcpListener,
     health: Option<TcpListener>,
+    metrics: Option<(TcpListener, flwr_transport::metrics::PrometheusHandle)>,
 }
 
 impl App {
@@ -79,6 +83,15 @@ impl App {
             Some(a) => Some(grpc::bind("--health-server-address", a).await?),
             None => None,
         };
+        let metrics = match &config.metrics_address {
+            Some(a) => {
+                let listener = grpc::bind("--metrics-address", a).await?;
+                let handle = flwr_transport::metrics::install()?;
+                crate::metrics::describe();
+                Some((listener, handle))
+            }
+            None => None,
+        };
         let (tls, roots) = match tls {
             Some((loaded, roots)) => (Some(loaded.config), Some(roots)),
             None => (None, None),
@@ -91,6 +104,7 @@ impl App {
             node_config,
             clientappio,
             health,
+            metrics,
         })
     }
 
@@ -126,11 +140,12 @@ impl App {
             &tracker,
             "ClientAppIo API",
             flwr_transport::server::serve(
-                routes.prepare(),
+                flwr_transport::metrics::Instrumented::new("clientappio", routes.prepare()),
                 self.clientappio,
                 None,
                 flwr_transport::server::ServeOptions {
                     allow: self.config.clientappio_allow.clone(),
+                    api: "clientappio",
                     ..flwr_transport::server::ServeOptions::default()
                 },
                 servers_stop.clone(),
@@ -144,6 +159,16 @@ impl App {
                 &tracker,
                 "Health service",
                 flwr_transport::health::serve(l, Default::default(), servers_stop.clone()),
+            );
+        }
+        if let Some((l, handle)) = self.metrics {
+            if let Ok(a) = l.local_addr() {
+                tracing::info!(address = %a, "Metrics serving (plaintext HTTP, /metrics)");
+            }
+            failure.watch(
+                &tracker,
+                "Metrics",
+                flwr_transport::metrics::serve(l, handle, || async {}, servers_stop.clone()),
             );
         }
 

@@ -98,6 +98,11 @@ pub struct Args {
     #[arg(long, value_name = "HEALTH_SERVER_ADDRESS")]
     pub health_server_address: Option<String>,
 
+    /// Serve Prometheus metrics (plaintext HTTP, `GET /metrics`) on this address; off when not
+    /// set. Not in Flower.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_address: Option<String>,
+
     /// Only peers in these networks may connect to the ClientAppIo API, which has no
     /// authentication beyond its per-message tokens (comma-separated addresses or networks, e.g.
     /// `127.0.0.1,10.0.0.0/8`) [default: every peer]. Not in Flower.

@@ -42,6 +42,8 @@ pub struct Config {
     pub clientappio_address: Address,
     /// Health service address.
     pub health_address: Option<Address>,
+    /// `--metrics-address`: Prometheus metrics over plaintext HTTP (not in Flower).
+    pub metrics_address: Option<Address>,
     /// Peers allowed on the ClientAppIo API; `None`: every peer.
     pub clientappio_allow: Option<Arc<PeerFilter>>,
 }
@@ -172,6 +174,11 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
             .health_server_address
             .as_deref()
             .map(|h| address("--health-server-address", h))
+            .transpose()?,
+        metrics_address: a
+            .metrics_address
+            .as_deref()
+            .map(|m| address("--metrics-address", m))
             .transpose()?,
         clientappio_allow: a
             .clientappio_api_allowed_networks

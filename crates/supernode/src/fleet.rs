@@ -234,7 +234,10 @@ impl Fleet {
         let mut ceiling = 1.0f64;
         loop {
             tries += 1;
-            let status = match self.stub.unary(name, self.signed(body.clone())).await {
+            let attempt = Instant::now();
+            let answer = self.stub.unary(name, self.signed(body.clone())).await;
+            record_attempt(name, &answer, attempt.elapsed());
+            let status = match answer {
                 Ok(r) => return Ok(r),
                 Err(Refused::Status(s)) => s,
                 Err(Refused::Exit) => {
@@ -278,6 +281,13 @@ impl Fleet {
                 tracing::error!("{e}");
                 return Err(e);
             }
+            let reason = if is_transport_failure(&status) {
+                "connection"
+            } else {
+                "server"
+            };
+            metrics::counter!("flwr_fleet_retries_total", "method" => name, "reason" => reason)
+                .increment(1);
             let cap = ceiling.min(MAX_BACKOFF).min(remaining.unwrap_or(f64::MAX));
             let wait = rand_unit() * cap;
             ceiling *= 2.0;
@@ -468,6 +478,24 @@ enum Refused {
     Channel(String),
     /// The answer cannot be used (the adapter named another message, or it does not decode).
     Unusable(String),
+}
+
+/// One attempt of a Fleet call, into the metrics: its duration by method and outcome, and
+/// whether the SuperLink was reached.
+fn record_attempt<R>(method: &'static str, answer: &Result<R, Refused>, took: Duration) {
+    let (code, reached) = match answer {
+        Ok(_) => ("OK", true),
+        Err(Refused::Status(s)) => (
+            flwr_transport::metrics::code_name(s.code()),
+            !is_transport_failure(s),
+        ),
+        Err(Refused::Exit) => ("EXIT", true),
+        Err(Refused::Channel(_)) => ("CHANNEL", false),
+        Err(Refused::Unusable(_)) => ("UNUSABLE", true),
+    };
+    metrics::histogram!("flwr_fleet_call_duration_seconds", "method" => method, "code" => code)
+        .record(took.as_secs_f64());
+    metrics::gauge!("flwr_superlink_reachable").set(if reached { 1.0 } else { 0.0 });
 }
 
 impl Stub {

@@ -3,12 +3,14 @@
 //!
 //! * [`cli`]: the command line, flag for flag as `flower-supernode`.
 //! * [`config`]: validation of the flags into a [`config::Config`].
+//! * [`metrics`]: the SuperNode's Prometheus metrics (`--metrics-address`).
 
 pub mod app;
 pub mod cli;
 pub mod clientappio;
 pub mod config;
 pub mod fleet;
+pub mod metrics;
 pub mod node;
 pub mod node_config;
 pub mod state;

@@ -76,6 +76,14 @@ enum HandleError {
     UnusableRun(String),
 }
 
+/// What a handled instruction was answered with.
+enum Replied {
+    /// The ClientApp's reply.
+    Reply,
+    /// An error reply made by the node.
+    Error,
+}
+
 /// The node.
 pub struct Node {
     fleet: Fleet,
@@ -197,17 +205,26 @@ impl Node {
         let tree = tree_from_pb(&tree).map_err(HandleError::Bad)?;
         let run_id = meta.run_id;
         tracing::info!(run_id, message_id = %meta.message_id, message_type = %meta.message_type, "received a message");
+        let arrived = Instant::now();
         let outcome = self.process(&meta, tree).await;
-        match outcome {
+        let (label, outcome) = match outcome {
+            Ok(Replied::Reply) => ("replied", Ok(())),
+            Ok(Replied::Error) => ("error_reply", Ok(())),
             Err(HandleError::Fleet(FleetError::RunNotRunning(why))) => {
                 tracing::info!(run_id, "run not running ({why}); message ignored");
-                Ok(())
+                ("ignored", Ok(()))
             }
-            other => other,
+            Err(e) => ("failed", Err(e)),
+        };
+        metrics::counter!("flwr_messages_handled_total", "outcome" => label).increment(1);
+        if label == "replied" || label == "error_reply" {
+            metrics::histogram!("flwr_message_handling_seconds")
+                .record(arrived.elapsed().as_secs_f64());
         }
+        outcome
     }
 
-    async fn process(&self, ins: &MessageMeta, tree: ObjectTree) -> Result<(), HandleError> {
+    async fn process(&self, ins: &MessageMeta, tree: ObjectTree) -> Result<Replied, HandleError> {
         let run_id = ins.run_id;
         let (reply, reply_tree, runtime) = match self.ensure_run(run_id).await {
             // Left unconfirmed, the instruction would come back every few seconds until its
@@ -227,9 +244,14 @@ impl Node {
                 reply?
             }
         };
+        let replied = if reply.error.is_some() {
+            Replied::Error
+        } else {
+            Replied::Reply
+        };
         let pushed = self.push_reply(&reply, &reply_tree, runtime).await;
         let _ = self.state.objects().delete(&reply_tree.id);
-        pushed
+        pushed.map(|()| replied)
     }
 
     /// Fetches the run and its FAB the first time the node sees the run, and builds the context
@@ -313,8 +335,14 @@ impl Node {
         if self.settings.launch_apps {
             match self.state.create_token(run_id) {
                 Some(token) => match self.launch(run_id, token) {
-                    Ok(c) => child = Some(c),
+                    Ok(c) => {
+                        metrics::counter!("flwr_clientapp_launches_total", "outcome" => "started")
+                            .increment(1);
+                        child = Some(c);
+                    }
                     Err(e) => {
+                        metrics::counter!("flwr_clientapp_launches_total", "outcome" => "not_started")
+                            .increment(1);
                         tracing::error!(run_id, "{e}");
                         self.state.end_token(run_id);
                         return self.crashed_reply(ins);
@@ -394,6 +422,7 @@ impl Node {
         &self,
         ins: &MessageMeta,
     ) -> Result<(MessageMeta, ObjectTree, f64), HandleError> {
+        metrics::counter!("flwr_clientapp_crashes_total").increment(1);
         self.error_reply(ins, error_code::CLIENT_APP_CRASHED, CRASHED_REASON)
     }
 

@@ -80,11 +80,19 @@ fn run_app(cli: &Cli, run_config: &str, rounds: u32) -> u64 {
     run_id
 }
 
+/// Also the SuperNode's metrics (`--metrics-address`), parsed by `promtool`: the figures match
+/// what the run did.
 #[test]
 fn python_superlink_with_our_supernodes_in_both_isolation_modes() {
     let s = setup();
     let superlink = SuperLink::start_python(Some(&s.tls), &s.home("superlink"), &[]);
-    let (_a, _) = s.our_node("node-a", &superlink.fleet, &[]);
+    let (mut a, _) = s.our_node(
+        "node-a",
+        &superlink.fleet,
+        &["--metrics-address", "127.0.0.1:0"],
+    );
+    let out = a.wait_for_output("Metrics serving", Duration::from_secs(10));
+    let metrics = federation::logged_address(&out, "Metrics serving");
     let (_b, appio_b) = s.our_node(
         "node-b",
         &superlink.fleet,
@@ -93,6 +101,42 @@ fn python_superlink_with_our_supernodes_in_both_isolation_modes() {
     let _executor = clientapp_executor(&appio_b, &s.home("executor-b"));
     let cli = s.cli(&superlink.control);
     run_app(&cli, "num-server-rounds=2", 2);
+
+    // Two rounds of training and evaluation: four instructions for each node.
+    use flwr_testkit::metrics::{check_with_promtool, scrape, value};
+    let text = scrape(&metrics);
+    check_with_promtool(&text);
+    let count = |name: &str, labels: &[(&str, &str)]| value(&text, name, labels).unwrap_or(0.0);
+    assert_eq!(
+        count("flwr_messages_handled_total", &[("outcome", "replied")]),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        count("flwr_message_handling_seconds_count", &[]),
+        4.0,
+        "{text}"
+    );
+    assert!(
+        count("flwr_clientapp_launches_total", &[("outcome", "started")]) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(count("flwr_clientapp_crashes_total", &[]), 0.0, "{text}");
+    assert!(
+        count(
+            "flwr_fleet_call_duration_seconds_count",
+            &[("method", "PullMessages"), ("code", "OK")]
+        ) >= 4.0,
+        "{text}"
+    );
+    assert_eq!(count("flwr_superlink_reachable", &[]), 1.0, "{text}");
+    assert!(
+        count(
+            "flwr_rpc_duration_seconds_count",
+            &[("api", "clientappio"), ("code", "OK")]
+        ) > 0.0,
+        "{text}"
+    );
 }
 
 /// `--grpc-adapter`: our SuperNodes against Flower's SuperLink on that transport, and against

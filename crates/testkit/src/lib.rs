@@ -4,6 +4,7 @@
 
 pub mod federation;
 pub mod haproxy;
+pub mod metrics;
 pub mod pki;
 pub mod ports;
 pub mod postgres;

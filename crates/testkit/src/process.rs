@@ -108,12 +108,7 @@ impl Proc {
 
     fn check_alive(&mut self, what: &str, start: Instant, timeout: Duration) -> Result<(), String> {
         if let Some(status) = self.try_status() {
-            // Give the readers a moment for the last lines (a grandchild may keep the pipes
-            // open, so never wait for them to end).
-            let until = Instant::now() + Duration::from_millis(500);
-            while Instant::now() < until && !self.readers.iter().all(|r| r.is_finished()) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            await_readers(&self.readers, Duration::from_millis(500));
             return Err(format!(
                 "{} exited ({status}) while waiting for {what}; output:\n{}",
                 self.name,
@@ -143,9 +138,7 @@ impl Proc {
         let start = Instant::now();
         loop {
             if let Some(s) = self.try_status() {
-                for r in self.readers.drain(..) {
-                    let _ = r.join();
-                }
+                await_readers(&self.readers, Duration::from_secs(5));
                 return (s, self.output());
             }
             if start.elapsed() > timeout {
@@ -194,6 +187,15 @@ impl Drop for Proc {
             }
             let _ = child.wait();
         }
+    }
+}
+
+/// Gives the threads reading a child's pipes up to `limit` to reach the end of its output: a
+/// grandchild may hold the pipes open after the child exited, so never wait for them without one.
+fn await_readers(readers: &[std::thread::JoinHandle<()>], limit: Duration) {
+    let until = Instant::now() + limit;
+    while Instant::now() < until && !readers.iter().all(|r| r.is_finished()) {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -246,11 +248,7 @@ pub fn run_within(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String) 
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().ok().flatten() {
-            // The output to its end, unless a grandchild holds the pipes open.
-            let until = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < until && !readers.iter().all(|r| r.is_finished()) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            await_readers(&readers, Duration::from_secs(5));
             return (status, collected());
         }
         if start.elapsed() > timeout {

@@ -14,6 +14,7 @@
 //! * [`process`]: child processes (ServerApps, ClientApps) in their own process groups, logged
 //!   and reaped.
 //! * [`node_auth`]: SuperNode signatures (ECDSA over SHA-256, PEM keys, Flower's timestamps).
+//! * [`metrics`]: Prometheus metrics on `--metrics-address` (recorder, `/metrics`, gRPC timing).
 //! * [`logging`], [`logfile`]: `tracing` set up from `RUST_LOG` / `FLWR_LOG_LEVEL`, and the
 //!   rotated `--log-file`.
 
@@ -25,6 +26,7 @@ pub mod grpc;
 pub mod health;
 pub mod logfile;
 pub mod logging;
+pub mod metrics;
 pub mod node_auth;
 pub mod process;
 pub mod server;

@@ -91,6 +91,8 @@ pub struct ServeOptions {
     pub allow: Option<Arc<PeerFilter>>,
     /// Request body bytes in flight per connection.
     pub body_budget: BodyBudget,
+    /// The `api` label of this server's metrics (e.g. `fleet`).
+    pub api: &'static str,
 }
 
 impl Default for ServeOptions {
@@ -100,6 +102,7 @@ impl Default for ServeOptions {
             idle_timeout: None,
             allow: None,
             body_budget: BodyBudget::default(),
+            api: "grpc",
         }
     }
 }
@@ -237,10 +240,12 @@ pub async fn serve<S, B>(
                 if let Some(filter) = &options.allow {
                     if !filter.allows(peer.ip()) {
                         tracing::debug!(%peer, "connection from a network not allowed; closed");
+                        metrics::counter!("flwr_connections_refused_total", "api" => options.api, "reason" => "network").increment(1);
                         continue;
                     }
                 }
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                let Ok(slot) = slots.clone().try_acquire_owned().map(|p| Slot::new(p, options.api)) else {
+                    metrics::counter!("flwr_connections_refused_total", "api" => options.api, "reason" => "limit").increment(1);
                     refused.warn(|n| tracing::warn!(
                         server = %name,
                         max = options.max_connections,
@@ -253,7 +258,7 @@ pub async fn serve<S, B>(
                 match &acceptor {
                     None => spawn_connection(&connections, Box::new(tcp), peer, slot, &service, &options, &shutdown),
                     Some(acceptor) => {
-                        handshakes.spawn(handshake(acceptor.clone(), tcp, peer, slot));
+                        handshakes.spawn(handshake(acceptor.clone(), tcp, peer, slot, options.api));
                     }
                 }
             }
@@ -275,25 +280,51 @@ trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// A connection through its TLS handshake, with its peer and its slot under the cap.
-type Accepted = (Box<dyn Io>, SocketAddr, OwnedSemaphorePermit);
+type Accepted = (Box<dyn Io>, SocketAddr, Slot);
+
+/// A connection's place under the cap; counted in `flwr_connections_open` while it is held.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    api: &'static str,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, api: &'static str) -> Self {
+        metrics::gauge!("flwr_connections_open", "api" => api).increment(1.0);
+        Self {
+            _permit: permit,
+            api,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        metrics::gauge!("flwr_connections_open", "api" => self.api).decrement(1.0);
+    }
+}
 
 async fn handshake(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
+    api: &'static str,
 ) -> Option<Accepted> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => Some((Box::new(stream), peer, slot)),
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
-            None
-        }
-    }
+    let (accepted, outcome) =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => (Some((Box::new(stream) as Box<dyn Io>, peer, slot)), "ok"),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                (None, "failed")
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                (None, "timeout")
+            }
+        };
+    metrics::counter!("flwr_tls_handshakes_total", "api" => api, "outcome" => outcome).increment(1);
+    accepted
 }
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
@@ -302,7 +333,7 @@ fn spawn_connection<S, B>(
     tracker: &TaskTracker,
     io: Box<dyn Io>,
     peer: SocketAddr,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
     service: &S,
     options: &ServeOptions,
     shutdown: &CancellationToken,
@@ -336,7 +367,7 @@ async fn serve_connection<S, B>(
     service: S,
     options: ServeOptions,
     shutdown: CancellationToken,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
 ) where
     S: Service<Request<BudgetBody>, Response = Response<B>, Error = Infallible>
         + Clone

@@ -160,14 +160,18 @@ async fn authenticate(
         _ => false,
     };
     if vouched {
+        metrics::counter!("flwr_signature_checks_total", "outcome" => "skipped").increment(1);
         if !node_auth::timestamp_in_window(ts, now) {
             return Err(AuthError::InvalidTimestamp.into());
         }
     } else {
-        let parsed = core
+        let verified = core
             .parse_key(&public_key)
-            .ok_or(AuthError::InvalidSignature)?;
-        node_auth::verify_signed_timestamp(&parsed, ts, &sig, now)?;
+            .ok_or(AuthError::InvalidSignature)
+            .and_then(|parsed| node_auth::verify_signed_timestamp(&parsed, ts, &sig, now));
+        let outcome = if verified.is_ok() { "valid" } else { "invalid" };
+        metrics::counter!("flwr_signature_checks_total", "outcome" => outcome).increment(1);
+        verified?;
         if let (Some(_), Some(c)) = (core.settings().proof_per_connection, connection) {
             c.proved(public_key.clone());
         }
