@@ -88,6 +88,15 @@ impl App {
         config: Config,
         clock: Arc<dyn Clock>,
     ) -> Result<App, BuildError> {
+        // Before TLS is loaded, so that the certificates' expiry is recorded.
+        let recorder = match &config.metrics_address {
+            Some(_) => {
+                let handle = flwr_transport::metrics::install()?;
+                crate::metrics::describe();
+                Some(handle)
+            }
+            None => None,
+        };
         let (tls, tls_cert) = match config.tls.clone() {
             Some(files) => {
                 let (loaded, cert) =
@@ -136,14 +145,9 @@ impl App {
             Some(a) => Some(grpc::bind("--health-server-address", a).await?),
             None => None,
         };
-        let metrics = match &config.metrics_address {
-            Some(a) => {
-                let listener = grpc::bind("--metrics-address", a).await?;
-                let handle = flwr_transport::metrics::install()?;
-                crate::metrics::describe();
-                Some((listener, handle))
-            }
-            None => None,
+        let metrics = match (&config.metrics_address, recorder) {
+            (Some(a), Some(handle)) => Some((grpc::bind("--metrics-address", a).await?, handle)),
+            _ => None,
         };
         Ok(App {
             config,

@@ -53,6 +53,25 @@ fn replace(from: &TlsFiles, to: &TlsFiles) {
     }
 }
 
+/// Whole days until the server certificate in use expires, from the SuperLink's metrics (the
+/// test certificates end at midnight UTC, `N` days from today).
+fn days_left(metrics: &str) -> i64 {
+    let text = flwr_testkit::metrics::scrape(metrics);
+    let expiry = flwr_testkit::metrics::value(
+        &text,
+        "flwr_tls_certificate_expiry_timestamp_seconds",
+        &[("file", "--ssl-certfile")],
+    )
+    .unwrap_or_else(|| panic!("no certificate expiry in:\n{text}"));
+    let today = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp();
+    (expiry as i64 - today) / 86_400
+}
+
 /// Waits until `needle` occurs in the output more often than `before` times.
 fn wait_for_another(proc: &mut Proc, needle: &str, before: usize) {
     let start = Instant::now();
@@ -77,13 +96,25 @@ async fn the_certificate_is_replaced_without_a_restart() {
         BIN.as_ref(),
         Some(&live),
         &dir.path().join("home"),
-        &["--isolation", "process"],
+        &["--isolation", "process", "--metrics-address", "127.0.0.1:0"],
     );
+    let out = superlink
+        .proc
+        .wait_for_output("Metrics serving", Duration::from_secs(10));
+    let metrics = flwr_testkit::federation::logged_address(&out, "Metrics serving");
     let mut open = client(&superlink.control, &first_ca);
     call(&mut open).await.expect("the first certificate serves");
+    assert_eq!(days_left(&metrics), 365, "the first certificate's expiry");
 
-    // SIGHUP after the files were replaced with a pair from another CA.
-    let (_second, second) = pki::write_tls_files(&dir.path().join("second"), pki::LOCAL_SANS);
+    // SIGHUP after the files were replaced with a pair from another CA, valid for 100 days.
+    let (_second, second) = pki::write_tls_files_valid(
+        &dir.path().join("second"),
+        pki::LOCAL_SANS,
+        pki::Validity {
+            from_days: -1,
+            to_days: 100,
+        },
+    );
     let on_signal = "loaded again (SIGHUP): new connections use it";
     let before = superlink.proc.output().matches(on_signal).count();
     replace(&second, &live);
@@ -98,6 +129,11 @@ async fn the_certificate_is_replaced_without_a_restart() {
     call(&mut open)
         .await
         .expect("the connection opened before goes on");
+    assert_eq!(
+        days_left(&metrics),
+        100,
+        "the expiry of the certificate in use"
+    );
 
     // A broken replacement: said so, and the current certificate stays.
     let refused = "TLS certificate (--ssl-certfile";
@@ -110,6 +146,7 @@ async fn the_certificate_is_replaced_without_a_restart() {
     call(&mut client(&superlink.control, &second.ca))
         .await
         .expect("the current certificate still serves");
+    assert_eq!(days_left(&metrics), 100, "a refused file changes nothing");
 
     // Files changed without a signal: found by the periodic check.
     let (_third, third) = pki::write_tls_files(&dir.path().join("third"), pki::LOCAL_SANS);

@@ -59,6 +59,15 @@ pub struct App {
 impl App {
     /// Loads the files the flags name and binds the listeners.
     pub async fn build(config: Config) -> Result<App, BuildError> {
+        // Before TLS is loaded, so that the certificates' expiry is recorded.
+        let recorder = match &config.metrics_address {
+            Some(_) => {
+                let handle = flwr_transport::metrics::install()?;
+                crate::metrics::describe();
+                Some(handle)
+            }
+            None => None,
+        };
         let cfg = config.clone();
         let (tls, key, node_config) =
             tokio::task::spawn_blocking(move || -> Result<_, BuildError> {
@@ -83,14 +92,9 @@ impl App {
             Some(a) => Some(grpc::bind("--health-server-address", a).await?),
             None => None,
         };
-        let metrics = match &config.metrics_address {
-            Some(a) => {
-                let listener = grpc::bind("--metrics-address", a).await?;
-                let handle = flwr_transport::metrics::install()?;
-                crate::metrics::describe();
-                Some((listener, handle))
-            }
-            None => None,
+        let metrics = match (&config.metrics_address, recorder) {
+            (Some(a), Some(handle)) => Some((grpc::bind("--metrics-address", a).await?, handle)),
+            _ => None,
         };
         let (tls, roots) = match tls {
             Some((loaded, roots)) => (Some(loaded.config), Some(roots)),

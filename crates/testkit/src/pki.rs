@@ -89,8 +89,13 @@ pub struct TlsFiles {
 
 /// Writes a fresh CA and a server certificate for `sans` into `dir`.
 pub fn write_tls_files(dir: &Path, sans: &[&str]) -> (Ca, TlsFiles) {
+    write_tls_files_valid(dir, sans, Validity::default())
+}
+
+/// [`write_tls_files`] with a server certificate valid for `validity`.
+pub fn write_tls_files_valid(dir: &Path, sans: &[&str], validity: Validity) -> (Ca, TlsFiles) {
     let ca = Ca::new("flower-rs test CA");
-    let (cert, key) = ca.issue(sans, Validity::default());
+    let (cert, key) = ca.issue(sans, validity);
     std::fs::create_dir_all(dir).unwrap();
     let files = TlsFiles {
         ca: dir.join("ca.crt"),

@@ -85,6 +85,10 @@ fn describe() {
         "flwr_tls_handshakes_total",
         "TLS handshakes, by API and outcome (ok, failed, timeout)"
     );
+    metrics::describe_gauge!(
+        "flwr_tls_certificate_expiry_timestamp_seconds",
+        "When the certificates in use expire (Unix time; the earliest of each file), by the flag that names the file"
+    );
 }
 
 /// Serves `GET /metrics` on `listener` (plaintext HTTP/1.1) until `stop` is cancelled. Every

@@ -415,8 +415,15 @@ fn load_certified_key(
     let key_pem = read_flag_file(FLAG_KEYFILE, &files.keyfile)?;
 
     let ca = parse_certificates(FLAG_CA_CERTFILE, &files.ca_certfile, &ca_pem, " of the CA")?;
+    let mut ca_expiry = Expiry::default();
     for c in &ca {
-        check_validity(FLAG_CA_CERTFILE, &files.ca_certfile, c, now, &mut warnings)?;
+        ca_expiry.add(check_validity(
+            FLAG_CA_CERTFILE,
+            &files.ca_certfile,
+            c,
+            now,
+            &mut warnings,
+        )?);
     }
     let chain = parse_certificates(
         FLAG_CERTFILE,
@@ -424,8 +431,15 @@ fn load_certified_key(
         &cert_pem,
         " chain, server certificate first",
     )?;
+    let mut chain_expiry = Expiry::default();
     for c in &chain {
-        check_validity(FLAG_CERTFILE, &files.certfile, c, now, &mut warnings)?;
+        chain_expiry.add(check_validity(
+            FLAG_CERTFILE,
+            &files.certfile,
+            c,
+            now,
+            &mut warnings,
+        )?);
     }
     let key = parse_private_key(FLAG_KEYFILE, &files.keyfile, &key_pem)?;
 
@@ -445,7 +459,28 @@ fn load_certified_key(
             key: files.keyfile.clone(),
         });
     }
+    ca_expiry.record(FLAG_CA_CERTFILE);
+    chain_expiry.record(FLAG_CERTFILE);
     Ok((Arc::new(certified), warnings))
+}
+
+/// The earliest end of validity among the certificates of one file, for the metric
+/// `flwr_tls_certificate_expiry_timestamp_seconds`.
+#[derive(Default)]
+struct Expiry(Option<i64>);
+
+impl Expiry {
+    fn add(&mut self, not_after: i64) {
+        self.0 = Some(self.0.map_or(not_after, |e| e.min(not_after)));
+    }
+
+    /// Sets the metric of `flag`'s file (once the file is in use).
+    fn record(&self, flag: &'static str) {
+        if let Some(t) = self.0 {
+            metrics::gauge!("flwr_tls_certificate_expiry_timestamp_seconds", "file" => flag)
+                .set(t as f64);
+        }
+    }
 }
 
 /// Loads the client configuration: the bundle at `--root-certificates`, or the system trust
@@ -568,6 +603,7 @@ fn load_verifier(
     let now = SystemTime::now();
     let mut warnings = Vec::new();
     let mut roots = RootCertStore::empty();
+    let mut root_expiry = Expiry::default();
     match choice {
         ClientTlsChoice::Insecure => {}
         ClientTlsChoice::SystemRoots => {
@@ -594,7 +630,10 @@ fn load_verifier(
             let mut usable = 0;
             for c in &certs {
                 match check_validity(FLAG_ROOT_CERTIFICATES, path, c, now, &mut warnings) {
-                    Ok(()) => usable += 1,
+                    Ok(not_after) => {
+                        usable += 1;
+                        root_expiry.add(not_after);
+                    }
                     Err(e) => {
                         warnings.push(e.to_string());
                         first_error.get_or_insert(e);
@@ -619,6 +658,7 @@ fn load_verifier(
         rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    root_expiry.record(FLAG_ROOT_CERTIFICATES);
     Ok((verifier, warnings))
 }
 
@@ -693,14 +733,14 @@ fn parse_private_key(
 }
 
 /// Checks the validity window of one certificate; adds a warning when it ends within
-/// [`EXPIRY_WARNING`].
+/// [`EXPIRY_WARNING`]. Returns the end of validity (Unix seconds).
 fn check_validity(
     flag: &'static str,
     path: &Path,
     cert: &CertificateDer<'_>,
     now: SystemTime,
     warnings: &mut Vec<String>,
-) -> Result<(), TlsError> {
+) -> Result<i64, TlsError> {
     let (_, parsed) =
         x509_parser::parse_x509_certificate(cert).map_err(|e| TlsError::BadCertificate {
             flag,
@@ -740,7 +780,7 @@ fn check_validity(
             left / 86_400
         ));
     }
-    Ok(())
+    Ok(not_after)
 }
 
 fn rfc3339(unix_seconds: i64) -> String {
