@@ -121,6 +121,11 @@ pub struct Args {
     #[arg(long, value_name = "LOG_ROTATION_BACKUP_COUNT", default_value = "7", value_parser = positive_int)]
     pub log_rotation_backup_count: u32,
 
+    /// How log lines are written: `text`, or `json` (one object per line, with the RPC span:
+    /// api, method, peer, node_id, run_id). Not in Flower.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: flwr_transport::logging::LogFormat,
+
     /// ServerAppIo API address (IPv4, IPv6 or name, with port; port 0 picks a free one).
     /// `--simulationio-api-address` is a deprecated alias.
     #[arg(long, visible_alias = "simulationio-api-address", default_value = SERVERAPPIO_DEFAULT, value_name = "SERVERAPPIO_API_ADDRESS")]

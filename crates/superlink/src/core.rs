@@ -199,6 +199,8 @@ impl Core {
     /// error a gated RPC gives: UNKNOWN for unknown runs, PERMISSION_DENIED for runs that are not
     /// running.
     pub async fn gate(&self, run_id: RunId) -> Result<()> {
+        // The run of the call being served, in its log span (see flwr_transport::metrics).
+        tracing::Span::current().record("run_id", run_id);
         if self.state.cached_running(run_id) {
             return Ok(());
         }
@@ -295,6 +297,7 @@ impl Core {
                     );
                     metrics::counter!("flwr_messages_delivered_total", "kind" => "instruction")
                         .increment(1);
+                    tracing::Span::current().record("run_id", meta.run_id);
                     return Ok(Some((meta, t)));
                 }
                 None => {

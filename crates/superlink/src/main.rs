@@ -22,7 +22,7 @@ async fn main() -> ExitCode {
             ),
             backups: parsed.args.log_rotation_backup_count as usize,
         };
-        if let Err(e) = flwr_transport::logging::init_with_file(rotation) {
+        if let Err(e) = flwr_transport::logging::init_with_file(rotation, parsed.args.log_format) {
             eprintln!(
                 "error: cannot open `--log-file` '{}': {e}. Choose a writable path (the Docker images run as UID 49999).",
                 path.display()
@@ -30,7 +30,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     } else {
-        flwr_transport::logging::init();
+        flwr_transport::logging::init(parsed.args.log_format);
     }
     match run(parsed).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -103,6 +103,10 @@ pub struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_address: Option<String>,
 
+    /// How log lines are written: `text`, or `json` (one object per line). Not in Flower.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: flwr_transport::logging::LogFormat,
+
     /// Only peers in these networks may connect to the ClientAppIo API, which has no
     /// authentication beyond its per-message tokens (comma-separated addresses or networks, e.g.
     /// `127.0.0.1,10.0.0.0/8`) [default: every peer]. Not in Flower.

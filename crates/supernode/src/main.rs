@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
         println!("{}", version_line());
         return ExitCode::SUCCESS;
     }
-    flwr_transport::logging::init();
+    flwr_transport::logging::init(parsed.args.log_format);
     match run(parsed).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

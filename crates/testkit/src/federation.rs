@@ -56,9 +56,14 @@ pub struct SuperLink {
     pub serverappio: String,
 }
 
-/// The `address=` that our daemons log on the line that contains `what`, if there is one.
+/// The `address=` that our daemons log on the line that contains `what` (or its `"address"`
+/// field, with `--log-format json`), if there is one.
 pub fn find_logged_address(output: &str, what: &str) -> Option<String> {
     let line = output.lines().find(|l| l.contains(what))?;
+    if let Some(start) = line.find("\"address\":\"") {
+        let rest = &line[start + "\"address\":\"".len()..];
+        return rest.split('"').next().map(str::to_owned);
+    }
     let start = line.find("address=")? + "address=".len();
     line[start..].split_whitespace().next().map(str::to_owned)
 }

@@ -35,37 +35,70 @@ pub fn env_filter() -> EnvFilter {
     EnvFilter::new("info")
 }
 
-/// Installs the global subscriber (once; later calls do nothing).
-pub fn init() {
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(env_filter())
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line (for log shippers): time, level, fields, message, and the spans
+    /// the event happened in (`rpc` with api, method, peer, node_id, run_id).
+    Json,
+}
+
+/// The subscriber the output layers sit on: the registry behind the level filter.
+type Filtered = tracing_subscriber::layer::Layered<EnvFilter, tracing_subscriber::Registry>;
+type BoxedLayer = Box<dyn tracing_subscriber::Layer<Filtered> + Send + Sync>;
+
+fn layer<W>(format: LogFormat, writer: W, ansi: bool) -> BoxedLayer
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::Layer;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_target(false);
+    match format {
+        LogFormat::Text => fmt.with_ansi(ansi).boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    }
+}
+
+/// Installs the global subscriber (once; later calls do nothing), writing to standard error.
+pub fn init(format: LogFormat) {
+    install(format, None);
 }
 
 /// Installs the global subscriber writing to standard error and to a rotated log file.
-pub fn init_with_file(rotation: crate::logfile::Rotation) -> std::io::Result<()> {
+pub fn init_with_file(
+    rotation: crate::logfile::Rotation,
+    format: LogFormat,
+) -> std::io::Result<()> {
+    let file = crate::logfile::RotatingFile::open(rotation)?;
+    install(format, Some(file));
+    Ok(())
+}
+
+fn install(format: LogFormat, file: Option<crate::logfile::RotatingFile>) {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let file = crate::logfile::RotatingFile::open(rotation)?;
-    let stderr = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    let to_file = tracing_subscriber::fmt::layer()
-        .with_ansi(false)
-        .with_writer(file)
-        .with_target(false);
+    let mut layers = vec![layer(
+        format,
+        std::io::stderr,
+        std::io::stderr().is_terminal(),
+    )];
+    if let Some(file) = file {
+        layers.push(layer(format, file, false));
+    }
     let _ = tracing_subscriber::registry()
         .with(env_filter())
-        .with(stderr)
-        .with(to_file)
+        .with(layers)
         .try_init();
-    Ok(())
 }
 
 #[cfg(test)]

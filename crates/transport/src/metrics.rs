@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
+use tracing::Instrument;
 
 /// Latency buckets of every `_seconds` histogram: from a cached answer to a held pull.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -198,18 +199,36 @@ where
             .filter(|m| !m.is_empty())
             .unwrap_or("unknown")
             .to_owned();
+        let peer = req
+            .extensions()
+            .get::<crate::server::Connection>()
+            .map(|c| c.peer.to_string());
+        // Everything logged while the call is handled carries this span; the handlers fill in
+        // the node and the run when they know them.
+        let span = tracing::info_span!(
+            "rpc",
+            api = self.api,
+            method = %method,
+            peer = peer.as_deref().unwrap_or(""),
+            node_id = tracing::field::Empty,
+            run_id = tracing::field::Empty,
+        );
         let mut timer = Timer {
             api: self.api,
             method,
             start: Instant::now(),
             code: None,
+            span: span.clone(),
         };
-        let call = self.inner.call(req);
-        Box::pin(async move {
-            let response = call.await?;
-            timer.code = grpc_status(response.headers());
-            Ok(response.map(|body| TimedBody { body, timer }))
-        })
+        let call = span.in_scope(|| self.inner.call(req));
+        Box::pin(
+            async move {
+                let response = call.await?;
+                timer.code = grpc_status(response.headers());
+                Ok(response.map(|body| TimedBody { body, timer }))
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -254,17 +273,21 @@ struct Timer {
     method: String,
     start: Instant,
     code: Option<&'static str>,
+    span: tracing::Span,
 }
 
 impl Drop for Timer {
     fn drop(&mut self) {
+        let seconds = self.start.elapsed().as_secs_f64();
+        let code = self.code.unwrap_or("CANCELLED");
+        tracing::debug!(parent: &self.span, code, seconds, "call done");
         metrics::histogram!(
             "flwr_rpc_duration_seconds",
             "api" => self.api,
             "method" => std::mem::take(&mut self.method),
-            "code" => self.code.unwrap_or("CANCELLED"),
+            "code" => code,
         )
-        .record(self.start.elapsed().as_secs_f64());
+        .record(seconds);
     }
 }
 

@@ -185,6 +185,9 @@ async fn authenticate(
                 .ok_or(Refusal::UnknownNode)?,
         ),
     };
+    if let Some(id) = node {
+        tracing::Span::current().record("node_id", id);
+    }
     Ok(Caller { public_key, node })
 }
 
