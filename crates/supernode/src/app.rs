@@ -121,7 +121,10 @@ impl App {
 
     /// Starts the ClientAppIo server, the health server and the node.
     pub fn spawn(self) -> Running {
-        let stop = CancellationToken::new();
+        // `stop` asks the node to finish the message in hand and leave; `abort` (which also
+        // stops) cuts every Fleet call short, when that took too long.
+        let abort = CancellationToken::new();
+        let stop = abort.child_token();
         let servers_stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         // Cancelled when the node ends, or when a task fails (panics, or a server ends by itself).
@@ -190,7 +193,7 @@ impl App {
             max_time: self.config.max_wait_time,
         };
         let channel = grpc::channel(&self.config.superlink, self.tls);
-        let mut fleet = Fleet::new(channel, self.key, retry, stop.clone());
+        let mut fleet = Fleet::new(channel, self.key, retry, abort.clone());
         if self.config.grpc_adapter {
             fleet = fleet.via_grpc_adapter();
         }
@@ -204,6 +207,7 @@ impl App {
             clientappio,
             clientapp_program: std::env::var_os(node::CLIENTAPP_COMMAND_ENV)
                 .unwrap_or_else(|| "flwr-clientapp".into()),
+            shutdown_grace: self.config.shutdown_grace,
         };
         tracing::info!(superlink = %self.config.superlink, "joining the SuperLink");
         let node = Node::new(fleet, state, settings, stop.clone());
@@ -220,6 +224,8 @@ impl App {
         tracker.close();
         Running {
             stop,
+            abort,
+            grace: self.config.shutdown_grace,
             servers_stop,
             done,
             tracker,
@@ -232,6 +238,8 @@ impl App {
 /// A running SuperNode.
 pub struct Running {
     stop: CancellationToken,
+    abort: CancellationToken,
+    grace: Duration,
     servers_stop: CancellationToken,
     done: CancellationToken,
     tracker: TaskTracker,
@@ -245,11 +253,19 @@ impl Running {
         self.done.cancelled().await;
     }
 
-    /// Leaves the SuperLink (deactivate, unregister), stops the servers and waits, at most
-    /// `deadline`. Returns the node's outcome.
-    pub async fn shutdown(self, deadline: Duration) -> Result<(), String> {
+    /// Finishes the message in hand (its ClientApp has `--shutdown-grace-seconds`), leaves the
+    /// SuperLink (deactivate, unregister) and stops the servers; after the grace and `leaving`
+    /// more, cuts what is left short. Returns the node's outcome.
+    pub async fn shutdown(self, leaving: Duration) -> Result<(), String> {
         self.stop.cancel();
-        let _ = tokio::time::timeout(deadline, self.done.cancelled()).await;
+        let deadline = self.grace.saturating_add(leaving);
+        if tokio::time::timeout(deadline, self.done.cancelled())
+            .await
+            .is_err()
+        {
+            self.abort.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.done.cancelled()).await;
+        }
         // Stopping now: servers that end from here on have not failed (also when the node did
         // not end within the deadline).
         self.done.cancel();

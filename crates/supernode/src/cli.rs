@@ -103,6 +103,17 @@ pub struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_address: Option<String>,
 
+    /// On SIGTERM or SIGINT: how long the ClientApp of the message in hand may take to reply
+    /// before the SuperNode answers that message with an error (NODE_UNAVAILABLE) and leaves.
+    /// Not in Flower.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "5",
+        allow_negative_numbers = true
+    )]
+    pub shutdown_grace_seconds: f64,
+
     /// How log lines are written: `text`, or `json` (one object per line). Not in Flower.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: flwr_transport::logging::LogFormat,

@@ -44,6 +44,8 @@ pub struct Config {
     pub health_address: Option<Address>,
     /// `--metrics-address`: Prometheus metrics over plaintext HTTP (not in Flower).
     pub metrics_address: Option<Address>,
+    /// `--shutdown-grace-seconds`: how long the message in hand may take at shutdown.
+    pub shutdown_grace: Duration,
     /// Peers allowed on the ClientAppIo API; `None`: every peer.
     pub clientappio_allow: Option<Arc<PeerFilter>>,
 }
@@ -149,6 +151,15 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
         None => None,
     };
+    let shutdown_grace = match Duration::try_from_secs_f64(a.shutdown_grace_seconds) {
+        Ok(d) => d,
+        Err(_) => {
+            return Err(ConfigError::Negative {
+                flag: "shutdown-grace-seconds",
+                value: a.shutdown_grace_seconds.to_string(),
+            })
+        }
+    };
     let max_wait_time = match a.max_wait_time {
         Some(s) if !(s >= 0.0 && s.is_finite()) => {
             return Err(ConfigError::Negative {
@@ -175,6 +186,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
             .as_deref()
             .map(|h| address("--health-server-address", h))
             .transpose()?,
+        shutdown_grace,
         metrics_address: a
             .metrics_address
             .as_deref()

@@ -40,6 +40,8 @@ const PULL_BACKOFF_CAP: f64 = 10.0;
 const PULL_MAX_TIME: Duration = Duration::from_secs(7200);
 /// The reason of CLIENT_APP_CRASHED replies.
 const CRASHED_REASON: &str = "ClientApp stopped responding.";
+const SHUTDOWN_REASON: &str =
+    "The SuperNode shut down before its ClientApp replied (--shutdown-grace-seconds).";
 
 /// How the node runs.
 #[derive(Clone, Debug)]
@@ -54,6 +56,8 @@ pub struct Settings {
     pub clientappio: String,
     /// The ClientApp program.
     pub clientapp_program: OsString,
+    /// At shutdown, how long the message in hand may take to be answered by its ClientApp.
+    pub shutdown_grace: Duration,
 }
 
 /// Why the node stopped.
@@ -125,7 +129,7 @@ impl Node {
             Err(FleetError::Cancelled) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        let heartbeat = tokio::spawn(heartbeats(self.fleet.clone(), self.stop.clone()));
+        let heartbeat = tokio::spawn(heartbeats(self.fleet.clone()));
         let result = self.serve().await;
         heartbeat.abort();
         let _ = heartbeat.await;
@@ -325,7 +329,9 @@ impl Node {
 
     /// Waits for the ClientApp's reply, launching the ClientApp when the node does so itself. A
     /// ClientApp that exits without replying, or whose token expires, gets a CLIENT_APP_CRASHED
-    /// reply made here.
+    /// reply made here. At shutdown the ClientApp has `shutdown_grace` to reply; then it is
+    /// stopped and the message is answered NODE_UNAVAILABLE, so that the ServerApp does not
+    /// wait for its TTL.
     async fn wait_for_reply(
         &self,
         ins: &MessageMeta,
@@ -353,6 +359,7 @@ impl Node {
         }
         let mut token_seen = false;
         let mut exited_at: Option<Instant> = None;
+        let mut shutdown_by: Option<tokio::time::Instant> = None;
         loop {
             if let Some((reply, tree, runtime)) = self.state.reply_to(&ins.message_id) {
                 if self.all_available(&tree) {
@@ -380,15 +387,26 @@ impl Node {
                 self.state.end_token(run_id);
                 return self.crashed_reply(ins);
             }
+            if shutdown_by.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                tracing::warn!(
+                    run_id,
+                    "shutting down: the ClientApp did not reply in time; the message is answered with an error"
+                );
+                if let Some(c) = &child {
+                    process::signal_group(c.pid, Signal::SIGTERM);
+                }
+                self.state.end_token(run_id);
+                return self.error_reply(ins, error_code::NODE_UNAVAILABLE, SHUTDOWN_REASON);
+            }
+            let poll = tokio::time::sleep(Duration::from_millis(250));
             tokio::select! {
-                () = self.stop.cancelled() => {
-                    if let Some(c) = &child {
-                        process::signal_group(c.pid, Signal::SIGTERM);
-                    }
-                    return Err(FleetError::Cancelled.into());
+                () = self.stop.cancelled(), if shutdown_by.is_none() => {
+                    let grace = self.settings.shutdown_grace;
+                    tracing::info!(run_id, "shutting down: the message in hand has {grace:?} to be answered");
+                    shutdown_by = Some(tokio::time::Instant::now() + grace);
                 }
                 () = self.state.changed() => {}
-                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                () = poll => {}
             }
         }
     }
@@ -537,7 +555,9 @@ async fn pull_one(
 }
 
 /// Heartbeats on Flower's schedule: at once, then every (interval − 5 s) × U(0.7, 0.9).
-async fn heartbeats(fleet: Fleet, stop: CancellationToken) {
+/// Heartbeats until aborted by its owner: they go on while a message in hand is finished at
+/// shutdown, so that the SuperLink does not take the node for gone meanwhile.
+async fn heartbeats(fleet: Fleet) {
     loop {
         match fleet.heartbeat(HEARTBEAT_INTERVAL).await {
             Ok(true) => tracing::debug!("heartbeat sent"),
@@ -546,10 +566,7 @@ async fn heartbeats(fleet: Fleet, stop: CancellationToken) {
             Err(e) => tracing::warn!("heartbeat failed: {e}"),
         }
         let wait = (HEARTBEAT_INTERVAL - 5.0) * (0.7 + 0.2 * rand_unit());
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
-        }
+        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
     }
 }
 

@@ -139,6 +139,70 @@ fn python_superlink_with_our_supernodes_in_both_isolation_modes() {
     );
 }
 
+/// SIGTERM while a message is in hand: the node finishes it within `--shutdown-grace-seconds`
+/// (its ClientApp's reply goes to the SuperLink), or, when the ClientApp takes longer than the
+/// grace, answers it NODE_UNAVAILABLE at once instead of leaving the ServerApp to wait for the
+/// message's TTL; either way it then leaves the SuperLink and exits 0.
+#[test]
+fn sigterm_finishes_the_message_in_hand_or_answers_it_with_an_error() {
+    let s = setup();
+    let mut superlink = SuperLink::start(
+        &federation::sibling_binary(SUPERNODE, "superlink"),
+        Some(&s.tls),
+        &s.home("superlink"),
+        &["--metrics-address", "127.0.0.1:0"],
+    );
+    let out = superlink
+        .proc
+        .wait_for_output("Metrics serving", Duration::from_secs(10));
+    let metrics = federation::logged_address(&out, "Metrics serving");
+    let (mut patient, _) = s.our_node(
+        "patient",
+        &superlink.fleet,
+        &["--shutdown-grace-seconds", "60"],
+    );
+    let (mut hasty, _) = s.our_node(
+        "hasty",
+        &superlink.fleet,
+        &[
+            "--shutdown-grace-seconds",
+            "1",
+            "--node-config",
+            "partition-id=1",
+        ],
+    );
+    // Each training ClientApp sleeps 4 s before it replies.
+    let _run = s.cli(&superlink.control).start_run_streaming(
+        &federation::example_app(),
+        "num-server-rounds=1 client-delay=4",
+    );
+    for node in [&mut patient, &mut hasty] {
+        node.wait_for_output("ClientApp process started", Duration::from_secs(120));
+        node.signal(Signal::SIGTERM);
+    }
+    let (status, hasty_out) = hasty.wait(Duration::from_secs(30));
+    assert!(status.success(), "{hasty_out}");
+    assert!(
+        hasty_out.contains("the ClientApp did not reply in time")
+            && hasty_out.contains("deactivated"),
+        "{hasty_out}"
+    );
+    let (status, patient_out) = patient.wait(Duration::from_secs(90));
+    assert!(status.success(), "{patient_out}");
+    assert!(
+        !patient_out.contains("did not reply in time") && patient_out.contains("deactivated"),
+        "{patient_out}"
+    );
+    // Both answers reached the SuperLink: the patient node's ClientApp reply and the hasty
+    // node's error reply.
+    let text = flwr_testkit::metrics::scrape(&metrics);
+    assert_eq!(
+        flwr_testkit::metrics::value(&text, "flwr_messages_stored_total", &[("kind", "reply")]),
+        Some(2.0),
+        "{text}\npatient:\n{patient_out}\nhasty:\n{hasty_out}"
+    );
+}
+
 /// `--grpc-adapter`: our SuperNodes against Flower's SuperLink on that transport, and against
 /// ours, beside a Python SuperNode on the adapter.
 #[test]
