@@ -16,14 +16,14 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
 missing=()
-for tool in cargo openssl ssh-keygen setpriv setsid pgrep timeout promtool python3 docker docker-compose debootstrap; do
+for tool in cargo openssl ssh-keygen setpriv setsid pgrep timeout promtool systemd-analyze dpkg-deb python3 docker docker-compose debootstrap; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=("PostgreSQL server (initdb)")
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test: missing tools: ${missing[*]}" >&2
-  echo "test: on Debian: apt-get install openssl openssh-client util-linux procps coreutils prometheus python3 python3-venv docker.io docker-compose debootstrap postgresql haproxy" >&2
+  echo "test: on Debian: apt-get install openssl openssh-client util-linux procps coreutils prometheus systemd dpkg python3 python3-venv docker.io docker-compose debootstrap postgresql haproxy" >&2
   exit 1
 fi
 

@@ -507,3 +507,101 @@ fn compose_ha_loses_replicas_mid_run_and_the_run_completes() {
     let sha = federation::expected_model_sha256(1000, 3, 1.0);
     assert!(log.contains(&format!("sha256={sha}")), "{log}\n{}", logs());
 }
+
+/// The Debian packages (`scripts/package.sh`, cargo-deb): their units, unpacked over a root with
+/// systemd's own units, pass `systemd-analyze verify` with nothing to say and are rated at most
+/// 2.0 ("OK") by `systemd-analyze security`; installed in a clean container from the project's
+/// Debian base, they create the `flwr` user, and the SuperLink starts as that user.
+#[test]
+fn debian_packages_install_and_their_units_verify() {
+    images();
+    let dir = tempfile::tempdir().unwrap();
+    let debs = dir.path().join("debs");
+    let repo = python::repo_root();
+    let (status, out) = run_within(
+        Command::new(repo.join("scripts/package.sh"))
+            .env("PROFILE", "debug")
+            .env("OUT", &debs),
+        Duration::from_secs(20 * 60),
+    );
+    assert!(status.success(), "scripts/package.sh:\n{out}");
+    let deb = |name: &str| debs.join(format!("{name}_{}-1_amd64.deb", env!("CARGO_PKG_VERSION")));
+
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("lib/systemd/system")).unwrap();
+    let (status, out) = run(Command::new("cp")
+        .args(["-a", "/lib/systemd/system/."])
+        .arg(root.join("lib/systemd/system")));
+    assert!(status.success(), "{out}");
+    std::fs::copy("/bin/kill", root.join("bin/kill")).unwrap();
+    for name in ["flwr-superlink", "flwr-supernode"] {
+        let (status, out) = run(Command::new("dpkg-deb").arg("-x").arg(deb(name)).arg(&root));
+        assert!(status.success(), "{out}");
+    }
+    for unit in ["flwr-superlink.service", "flwr-supernode@.service"] {
+        let (status, out) = run(Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(format!("--root={}", root.display()))
+            .arg(root.join("lib/systemd/system").join(unit)));
+        assert!(
+            status.success() && out.trim().is_empty(),
+            "systemd-analyze verify {unit}:\n{out}"
+        );
+    }
+    for unit in ["flwr-superlink.service", "flwr-supernode@site.service"] {
+        let (status, out) = run(Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(format!("--root={}", root.display()))
+            .arg(unit));
+        assert!(status.success(), "systemd-analyze security {unit}:\n{out}");
+        let marker = format!("Overall exposure level for {unit}: ");
+        let exposure: f64 = out
+            .split(&marker)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level in:\n{out}"));
+        assert!(exposure <= 2.0, "{unit} is exposed {exposure}:\n{out}");
+    }
+
+    // A clean machine: the project's Debian base, the packages, the SuperLink as user flwr.
+    let script = r#"
+dpkg -i /pkgs/*.deb >/dev/null
+id flwr
+test -f /lib/systemd/system/flwr-superlink.service
+test -f /lib/systemd/system/flwr-supernode@.service
+test -f /etc/flwr/superlink.env
+runuser -u flwr -- superlink --version
+runuser -u flwr -- supernode --version
+mkdir -p /var/lib/flwr/superlink && chown flwr:flwr /var/lib/flwr/superlink
+runuser -u flwr -- superlink --insecure --isolation process \
+    --database /var/lib/flwr/superlink/state.db --storage-dir /var/lib/flwr/superlink/ffs \
+    --fleet-api-address 127.0.0.1:9092 --control-api-address 127.0.0.1:9093 \
+    --serverappio-api-address 127.0.0.1:9091 >/tmp/superlink.log 2>&1 &
+for i in $(seq 120); do
+    grep -q "Fleet API (grpc-rere) serving" /tmp/superlink.log && break
+    sleep 0.25
+done
+cat /tmp/superlink.log
+stat -c '%U %n' /var/lib/flwr/superlink/state.db
+"#;
+    let (status, out) = run_within(
+        Command::new("docker")
+            .args(["run", "--rm", "-v"])
+            .arg(format!("{}:/pkgs:ro", debs.display()))
+            .args(["flower-rs/debian:bookworm", "sh", "-ec", script]),
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "{out}");
+    for expected in [
+        "uid=",
+        "(flwr)",
+        "Flower version: 1.28.0 (superlink",
+        "Flower version: 1.28.0 (supernode",
+        "Fleet API (grpc-rere) serving",
+        "flwr /var/lib/flwr/superlink/state.db",
+    ] {
+        assert!(out.contains(expected), "no {expected:?} in:\n{out}");
+    }
+}
