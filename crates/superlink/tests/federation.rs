@@ -19,11 +19,14 @@ struct Federation {
     superlink: SuperLink,
     nodes: Vec<Proc>,
     cli: Cli,
+    /// The CA that signed the SuperLink's certificate, and the files it serves.
+    ca: pki::Ca,
+    tls: pki::TlsFiles,
 }
 
 fn federation(nodes: usize, superlink_flags: &[&str]) -> Federation {
     let dir = tempfile::tempdir().unwrap();
-    let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
+    let (ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
     let superlink = SuperLink::start(
         BIN.as_ref(),
         Some(&tls),
@@ -47,6 +50,8 @@ fn federation(nodes: usize, superlink_flags: &[&str]) -> Federation {
         superlink,
         nodes,
         cli,
+        ca,
+        tls,
     }
 }
 
@@ -118,6 +123,74 @@ fn tls_federation_with_python_supernodes_completes_with_the_predicted_model() {
     assert!(status.success(), "{nodes}");
     assert_eq!(nodes.matches("\"online\"").count(), 2, "{nodes}");
     f.nodes.clear();
+}
+
+/// The server certificate is renewed twice while a run goes (same CA, new key): once with
+/// SIGHUP, once by replacing the files alone. The run completes with the predicted model, its
+/// SuperNodes never notice, and a new TLS client gets the certificate in place at that moment.
+#[test]
+fn the_server_certificate_is_renewed_during_a_run() {
+    let mut f = federation(2, &[]);
+    let mut run = f.cli.start_run_streaming(
+        &federation::example_app(),
+        "num-server-rounds=3 client-delay=3 model-size=2000",
+    );
+    let renew = |f: &Federation| {
+        let (cert, key) = f.ca.issue(pki::LOCAL_SANS, pki::Validity::default());
+        for (text, path) in [(&cert, &f.tls.cert), (&key, &f.tls.key)] {
+            let staged = path.with_extension("new");
+            std::fs::write(&staged, text).unwrap();
+            std::fs::rename(&staged, path).unwrap();
+        }
+        cert
+    };
+    run.wait_for_output("[ROUND 1/3]", Duration::from_secs(120));
+    let second = renew(&f);
+    f.superlink
+        .proc
+        .signal(flwr_testkit::process::Signal::SIGHUP);
+    f.superlink.proc.wait_for_output(
+        "loaded again (SIGHUP): new connections use it",
+        Duration::from_secs(10),
+    );
+    assert_eq!(served_certificate(&f.superlink.fleet), pem_body(&second));
+
+    run.wait_for_output("[ROUND 2/3]", Duration::from_secs(120));
+    let third = renew(&f);
+    f.superlink.proc.wait_for_output(
+        "loaded again (the files changed): new connections use it",
+        Duration::from_secs(30),
+    );
+    assert_eq!(served_certificate(&f.superlink.control), pem_body(&third));
+
+    let (status, out) = run.wait(Duration::from_secs(240));
+    assert!(
+        status.success(),
+        "flwr run failed:\n{out}\nsuperlink:\n{}",
+        f.superlink.proc.output()
+    );
+    check_completed_run(&f, &out, 3, 2000);
+}
+
+/// The certificate a new TLS client gets from `addr` (`openssl s_client`), as base64 without the
+/// PEM armour.
+fn served_certificate(addr: &str) -> String {
+    let (status, out) = flwr_testkit::process::run_within(
+        command("openssl").args(["s_client", "-connect", addr]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.contains("-----BEGIN CERTIFICATE-----"),
+        "openssl s_client {addr} ({status}):\n{out}"
+    );
+    pem_body(&out)
+}
+
+/// The base64 body of the first PEM certificate in `text`.
+fn pem_body(text: &str) -> String {
+    let start = text.find("-----BEGIN CERTIFICATE-----").unwrap() + 27;
+    let end = text[start..].find("-----END CERTIFICATE-----").unwrap() + start;
+    text[start..end].split_whitespace().collect()
 }
 
 /// Polls `probe` until it gives a value, failing the test after `limit`.
