@@ -6,6 +6,8 @@
 #   flower-rs/serverapp, flower-rs/clientapp            flwr-serverapp / flwr-clientapp
 #   flower-rs/postgres, flower-rs/haproxy               Debian's PostgreSQL 15 and HAProxy 2.6,
 #                                                       for high availability (compose-ha.yml)
+#   flower-rs/prometheus                                Debian's Prometheus 2.42 (compose-ha.yml's
+#                                                       `monitoring` profile)
 #
 # Settings (environment):
 #   BASE_PYTHON   base of the Python images   (default python:3.11-slim-bookworm)
@@ -38,7 +40,7 @@ cp "$repo/target/$PROFILE/superlink" "$repo/target/$PROFILE/supernode" "$context
 # pip inside the build trusts the CA bundle pip trusts here (a TLS-inspecting proxy's CA, say).
 ca="${BUILD_CA_BUNDLE:-${PIP_CERT:-${SSL_CERT_FILE:-}}}"
 if [ -n "$ca" ] && [ -f "$ca" ]; then cp "$ca" "$context/build-ca.crt"; else : > "$context/build-ca.crt"; fi
-cp "$repo/docker/ha/haproxy.cfg" "$repo/docker/ha/postgres-entrypoint.sh" "$context/"
+cp "$repo/docker/ha/haproxy.cfg" "$repo/docker/ha/postgres-entrypoint.sh" "$repo/docker/monitoring/prometheus.yml" "$context/"
 
 build() { # name, dockerfile, base
   echo "build-images: flower-rs/$1:$TAG"
@@ -54,6 +56,7 @@ build superlink-slim superlink-slim.Dockerfile "$BASE_DEBIAN"
 build supernode-slim supernode-slim.Dockerfile "$BASE_DEBIAN"
 build postgres postgres.Dockerfile "$BASE_DEBIAN"
 build haproxy haproxy.Dockerfile "$BASE_DEBIAN"
+build prometheus prometheus.Dockerfile "$BASE_DEBIAN"
 
 echo
-docker images --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' | grep "^flower-rs/" | grep -E "(superlink|supernode|serverapp|clientapp|postgres|haproxy)(-slim)?:$TAG" | sort
+docker images --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' | grep "^flower-rs/" | grep -E "(superlink|supernode|serverapp|clientapp|postgres|haproxy|prometheus)(-slim)?:$TAG" | sort

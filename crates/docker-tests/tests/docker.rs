@@ -450,6 +450,8 @@ fn compose_ha_loses_replicas_mid_run_and_the_run_completes() {
             ("DB_PASSWORD_FILE", password.display().to_string()),
             ("TAG", TAG.to_owned()),
             ("CONTROL_PUBLISH", "127.0.0.1:".to_owned()),
+            ("COMPOSE_PROFILES", "monitoring".to_owned()),
+            ("PROMETHEUS_PUBLISH", "127.0.0.1:".to_owned()),
         ],
     };
     let control = compose.up("haproxy");
@@ -506,6 +508,98 @@ fn compose_ha_loses_replicas_mid_run_and_the_run_completes() {
     let (_, log) = cli.run(&["log", &run_id.to_string(), CONNECTION, "--show"]);
     let sha = federation::expected_model_sha256(1000, 3, 1.0);
     assert!(log.contains(&format!("sha256={sha}")), "{log}\n{}", logs());
+
+    // The monitoring profile: Prometheus scraped the replicas and the SuperNodes through it all.
+    let query = |expr: &str| -> Option<f64> {
+        let (status, out) = compose.run(&[
+            "exec",
+            "-T",
+            "prometheus",
+            "promtool",
+            "query",
+            "instant",
+            "http://localhost:9090",
+            expr,
+        ]);
+        status.success().then_some(())?;
+        out.split("=> ")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let start = Instant::now();
+    for (expr, at_least) in [
+        ("max(flwr_nodes_online)", 2.0),
+        ("count(up{job=\"flwr-supernode\"} == 1)", 2.0),
+        ("count(up{job=\"flwr-superlink\"} == 1)", 2.0),
+        // Three rounds of training and evaluation on two nodes.
+        (
+            "sum(flwr_messages_handled_total{outcome=\"replied\"})",
+            12.0,
+        ),
+        ("sum(flwr_rpc_duration_seconds_count{api=\"fleet\"})", 1.0),
+    ] {
+        while query(expr).is_none_or(|v| v < at_least) {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "Prometheus: {expr} = {:?}, expected at least {at_least}\n{}",
+                query(expr),
+                compose.run(&["logs", "--no-color", "prometheus"]).1
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// The Grafana dashboard of the monitoring profile: every panel's query is valid PromQL
+/// (`promtool check rules`) and names only metrics the daemons serve (the README's tables).
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_we_serve() {
+    let repo = python::repo_root();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo.join("docker/monitoring/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yml");
+    let groups = serde_json::json!({"groups": [{"name": "dashboard", "rules": exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| serde_json::json!({"record": format!("dashboard:panel{i}"), "expr": e}))
+        .collect::<Vec<_>>()}]});
+    std::fs::write(&rules, groups.to_string()).unwrap();
+    let (status, out) = run(Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&rules));
+    assert!(status.success(), "{out}");
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    for expr in &exprs {
+        for (i, _) in expr.match_indices("flwr_") {
+            let name: String = expr[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                readme.contains(&format!("| `{base}` |")),
+                "the dashboard's {base} (in {expr}) is not in the README's metrics tables"
+            );
+        }
+    }
 }
 
 /// The Debian packages (`scripts/package.sh`, cargo-deb): their units, unpacked over a root with
