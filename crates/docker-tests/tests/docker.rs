@@ -531,7 +531,7 @@ fn compose_ha_loses_replicas_mid_run_and_the_run_completes() {
     };
     let start = Instant::now();
     for (expr, at_least) in [
-        ("max(flwr_nodes_online)", 2.0),
+        ("max(flwr_nodes{status=\"online\"})", 2.0),
         ("count(up{job=\"flwr-supernode\"} == 1)", 2.0),
         ("count(up{job=\"flwr-superlink\"} == 1)", 2.0),
         // Three rounds of training and evaluation on two nodes.

@@ -238,4 +238,16 @@ impl MemoryObjectStore {
     pub fn is_empty(&self) -> Result<bool, StoreError> {
         Ok(self.len()? == 0)
     }
+
+    /// Bytes of the contents held (pushed objects).
+    pub fn content_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .objects
+            .values()
+            .filter_map(|e| e.content.as_ref())
+            .map(|c| c.len() as u64)
+            .sum())
+    }
 }

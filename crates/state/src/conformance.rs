@@ -20,14 +20,16 @@ macro_rules! conformance_tests {
             lost_deliveries_are_repeated_until_confirmed,
             delivered_instructions_belong_to_their_node,
             replies_and_generated_errors,
-            stopping_a_run_drops_its_messages
+            stopping_a_run_drops_its_messages,
+            census_by_status
         );
         $crate::conformance_tests!(@objects $make;
             preregister_put_get,
             shared_objects_survive,
             run_cleanup,
             trees,
-            availability
+            availability,
+            content_bytes
         );
         mod fab_store {
             /// The engine's own FAB store, or the on-disk one the SuperLink gives the engines
@@ -126,6 +128,45 @@ pub mod link {
             .await
             .unwrap());
         (node, run)
+    }
+
+    /// Nodes and runs counted by status; an online node whose heartbeat is late counts as
+    /// offline.
+    pub async fn census_by_status(s: &dyn LinkState, clock: &ManualClock) {
+        assert_eq!(s.census().await.unwrap(), Census::default());
+        let late = online_node(s, "late").await;
+        clock.advance(1000.0);
+        online_node(s, "online").await;
+        s.create_node(new_node("registered", 0.0)).await.unwrap();
+        let gone = s.create_node(new_node("gone", 0.0)).await.unwrap();
+        assert_eq!(s.unregister_node(gone, None).await.unwrap(), Ok(()));
+        s.create_run(new_run()).await.unwrap();
+        let done = s.create_run(new_run()).await.unwrap();
+        for status in [
+            RunStatus::new(Status::Starting),
+            RunStatus::new(Status::Running),
+            RunStatus::finished(SubStatus::Completed, ""),
+        ] {
+            assert!(s.update_run_status(done, status).await.unwrap());
+        }
+        let census = s.census().await.unwrap();
+        let nodes: Vec<(&str, u64)> = census.nodes.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(
+            nodes,
+            vec![
+                ("offline", 1),
+                ("online", 1),
+                ("registered", 1),
+                ("unregistered", 1)
+            ],
+            "node {late} is late"
+        );
+        let runs: Vec<(&str, &str, u64)> = census
+            .runs
+            .iter()
+            .map(|((a, b), n)| (a.as_str(), b.as_str(), *n))
+            .collect();
+        assert_eq!(runs, vec![("finished", "completed", 1), ("pending", "", 1)]);
     }
 
     /// Another online node, with key `key`.
@@ -891,6 +932,22 @@ pub mod objects {
             "available objects are not asked for"
         );
         assert_eq!(s.len().await.unwrap(), 6);
+    }
+
+    /// `content_bytes` counts the contents pushed, not the objects only pre-registered.
+    pub async fn content_bytes(s: &dyn ObjectStore) {
+        assert_eq!(s.content_bytes().await.unwrap(), 0);
+        let f = fixture(b"bytes");
+        s.preregister(1, &tree(&f)).await.unwrap();
+        assert_eq!(s.content_bytes().await.unwrap(), 0);
+        assert!(s.put(&f.chunk.0, f.chunk.1.clone()).await.unwrap());
+        assert_eq!(s.content_bytes().await.unwrap(), f.chunk.1.len() as u64);
+        push_all(s, &f).await;
+        let all: usize = [&f.chunk, &f.array, &f.rec, &f.cfg, &f.dict, &f.msg]
+            .iter()
+            .map(|(_, b)| b.len())
+            .sum();
+        assert_eq!(s.content_bytes().await.unwrap(), all as u64);
     }
 
     /// `unavailable` names what is pending or unknown, in the order asked, and reads nothing.

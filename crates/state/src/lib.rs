@@ -281,6 +281,16 @@ impl NodeStatus {
             Self::Unregistered => "unregistered",
         }
     }
+
+    /// From a stored string (the database engines); anything unknown is `registered`.
+    pub fn from_stored(s: &str) -> Self {
+        match s {
+            "online" => Self::Online,
+            "offline" => Self::Offline,
+            "unregistered" => Self::Unregistered,
+            _ => Self::Registered,
+        }
+    }
 }
 
 /// A node as the state keeps it (statuses already refreshed for "now").
@@ -410,6 +420,29 @@ pub enum NodeRefusal {
     NotFound(NodeId),
 }
 
+/// How many nodes and runs the state holds, by status (what the SuperLink's metrics read at
+/// each scrape).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Nodes by status: `registered`, `online` (with a heartbeat in time), `offline` (also an
+    /// online node whose heartbeat is late), `unregistered`.
+    pub nodes: std::collections::BTreeMap<&'static str, u64>,
+    /// Runs by status and sub-status (`("finished", "completed")`; the sub-status is empty
+    /// before the end).
+    pub runs: std::collections::BTreeMap<(String, String), u64>,
+}
+
+impl Census {
+    /// Counts a node whose stored status is `status`, online until `online_until`, at `now`.
+    pub fn count_node(&mut self, status: NodeStatus, online_until: Option<f64>, now: f64) {
+        let status = match status {
+            NodeStatus::Online if online_until.is_none_or(|t| t <= now) => NodeStatus::Offline,
+            s => s,
+        };
+        *self.nodes.entry(status.as_str()).or_default() += 1;
+    }
+}
+
 /// The SuperLink's state.
 #[async_trait]
 pub trait LinkState: Send + Sync {
@@ -424,6 +457,9 @@ pub trait LinkState: Send + Sync {
     async fn flush(&self) -> Result<(), StateError> {
         Ok(())
     }
+
+    /// Nodes and runs by status.
+    async fn census(&self) -> Result<Census, StateError>;
 
     // ----- nodes -----
     /// Creates a node with a fresh random id (not 0 or 1), status `registered`.

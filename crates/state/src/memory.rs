@@ -388,6 +388,25 @@ impl LinkState for MemoryLinkState {
         Ok(out)
     }
 
+    async fn census(&self) -> Result<Census, StateError> {
+        let now = self.clock.now();
+        let mut census = Census::default();
+        for n in self.nodes.read().by_id.values() {
+            census.count_node(n.status, n.online_until, now);
+        }
+        for e in self.runs.lock().runs.values() {
+            let s = &e.run.status;
+            *census
+                .runs
+                .entry((
+                    s.status.as_str().to_owned(),
+                    s.sub_status.as_str().to_owned(),
+                ))
+                .or_default() += 1;
+        }
+        Ok(census)
+    }
+
     async fn online_node_ids(&self) -> Result<Vec<NodeId>, StateError> {
         let now = self.clock.now();
         let nodes = self.nodes.read();

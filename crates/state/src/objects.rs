@@ -33,6 +33,8 @@ pub trait ObjectStore: Send + Sync {
     async fn tree(&self, id: &ObjectId) -> Result<Option<ObjectTree>, StoreError>;
     /// Number of objects held (available or not).
     async fn len(&self) -> Result<usize, StoreError>;
+    /// Bytes of the objects' contents held (pushed ones).
+    async fn content_bytes(&self) -> Result<u64, StoreError>;
     /// True when the store holds nothing.
     async fn is_empty(&self) -> Result<bool, StoreError> {
         Ok(self.len().await? == 0)
@@ -72,5 +74,8 @@ impl ObjectStore for MemoryObjects {
     }
     async fn len(&self) -> Result<usize, StoreError> {
         self.0.len()
+    }
+    async fn content_bytes(&self) -> Result<u64, StoreError> {
+        self.0.content_bytes()
     }
 }

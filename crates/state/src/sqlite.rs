@@ -356,6 +356,9 @@ impl LinkState for SqliteLinkState {
     async fn online_node_ids(&self) -> Result<Vec<NodeId>, StateError> {
         self.on_lane(|db| db.online_node_ids()).await
     }
+    async fn census(&self) -> Result<Census, StateError> {
+        self.on_lane(|db| db.census()).await
+    }
     async fn create_run(&self, run: NewRun) -> Result<RunId, StateError> {
         self.on_lane(move |db| db.create_run(run)).await
     }
@@ -524,6 +527,9 @@ impl ObjectStore for SqliteObjects {
     async fn len(&self) -> Result<usize, StoreError> {
         self.on_lane(|db| db.len()).await
     }
+    async fn content_bytes(&self) -> Result<u64, StoreError> {
+        self.on_lane(|db| db.content_bytes()).await
+    }
 }
 
 /// The state database: one connection, used on its lane's thread only.
@@ -583,12 +589,7 @@ fn node_from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
         node_id: r.get::<_, i64>(0)? as u64,
         owner_aid: r.get(1)?,
         owner_name: r.get(2)?,
-        status: match status.as_str() {
-            "online" => NodeStatus::Online,
-            "offline" => NodeStatus::Offline,
-            "unregistered" => NodeStatus::Unregistered,
-            _ => NodeStatus::Registered,
-        },
+        status: NodeStatus::from_stored(&status),
         registered_at: r.get(4)?,
         last_activated_at: r.get(5)?,
         last_deactivated_at: r.get(6)?,
@@ -925,6 +926,35 @@ impl StateDb {
             tx.prepare_cached("SELECT node_id FROM node WHERE status = 'online' AND online_until > ?1 ORDER BY node_id")?
                 .query_map(params![now], |r| r.get::<_, i64>(0).map(|v| v as u64))?
                 .collect()
+        })
+    }
+
+    pub(crate) fn census(&self) -> Result<Census, StateError> {
+        self.read(|tx, now| {
+            let mut census = Census::default();
+            let mut nodes = tx.prepare_cached("SELECT status, online_until FROM node")?;
+            let rows = nodes.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<f64>>(1)?))
+            })?;
+            for row in rows {
+                let (status, until) = row?;
+                census.count_node(NodeStatus::from_stored(&status), until, now);
+            }
+            let mut runs = tx.prepare_cached(
+                "SELECT status, sub_status, COUNT(*) FROM run GROUP BY status, sub_status",
+            )?;
+            let rows = runs.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (status, sub, n) = row?;
+                census.runs.insert((status, sub), n.max(0) as u64);
+            }
+            Ok(census)
         })
     }
 
@@ -1627,6 +1657,14 @@ impl ObjectDb {
             tx.prepare_cached("SELECT COUNT(*) FROM object")?
                 .query_row([], |r| r.get::<_, i64>(0))
                 .map(|n| n as usize)
+        })
+    }
+
+    pub(crate) fn content_bytes(&self) -> Result<u64, StoreError> {
+        self.read(|tx| {
+            tx.prepare_cached("SELECT COALESCE(SUM(LENGTH(content)), 0) FROM object")?
+                .query_row([], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
         })
     }
 }

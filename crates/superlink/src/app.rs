@@ -312,8 +312,8 @@ impl App {
             if let Some(a) = addresses.metrics {
                 tracing::info!(address = %a, "Metrics serving (plaintext HTTP, /metrics)");
             }
-            let state = self.stores.state.clone();
-            let refresh = move || crate::metrics::refresh(state.clone());
+            let (state, objects) = (self.stores.state.clone(), self.stores.objects.clone());
+            let refresh = move || crate::metrics::refresh(state.clone(), objects.clone());
             failure.watch(
                 &tracker,
                 "Metrics",

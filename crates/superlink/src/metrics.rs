@@ -1,10 +1,10 @@
 //! The SuperLink's own metrics (see the README's table): what it records where things happen
 //! (messages, object bytes, run status changes, signature checks, ServerApp launches), and what
-//! it reads from its state at each scrape (nodes online).
+//! it reads from its state at each scrape (nodes and runs by status, objects held).
 
 use std::sync::Arc;
 
-use flwr_state::LinkState;
+use flwr_state::{LinkState, ObjectStore};
 
 /// Describes the SuperLink's metrics (once the recorder is installed).
 pub fn describe() {
@@ -39,15 +39,46 @@ pub fn describe() {
         "ServerApp processes of this SuperLink that exited, by outcome (success, failure)"
     );
     describe_gauge!(
-        "flwr_nodes_online",
-        "SuperNodes online (in the shared state: the same on every replica)"
+        "flwr_nodes",
+        "SuperNodes by status (registered, online, offline, unregistered), read from the state at each scrape: the same on every replica"
+    );
+    describe_gauge!(
+        "flwr_runs",
+        "Runs by status and sub-status, read from the state at each scrape"
+    );
+    describe_gauge!(
+        "flwr_objects_stored",
+        "Objects held (pre-registered or pushed), read from the state at each scrape"
+    );
+    describe_gauge!(
+        "flwr_object_content_bytes",
+        Unit::Bytes,
+        "Bytes of the object contents held, read from the state at each scrape"
     );
 }
 
 /// What a scrape reads from the state first.
-pub async fn refresh(state: Arc<dyn LinkState>) {
-    match state.online_node_ids().await {
-        Ok(ids) => metrics::gauge!("flwr_nodes_online").set(ids.len() as f64),
-        Err(e) => tracing::debug!(error = %e, "metrics: cannot count the online nodes"),
+pub async fn refresh(state: Arc<dyn LinkState>, objects: Arc<dyn ObjectStore>) {
+    match state.census().await {
+        Ok(census) => {
+            for status in ["registered", "online", "offline", "unregistered"] {
+                let n = census.nodes.get(status).copied().unwrap_or(0);
+                metrics::gauge!("flwr_nodes", "status" => status).set(n as f64);
+            }
+            for ((status, sub_status), n) in census.runs {
+                metrics::gauge!("flwr_runs", "status" => status, "sub_status" => sub_status)
+                    .set(n as f64);
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "metrics: cannot count nodes and runs"),
+    }
+    match (objects.len().await, objects.content_bytes().await) {
+        (Ok(n), Ok(bytes)) => {
+            metrics::gauge!("flwr_objects_stored").set(n as f64);
+            metrics::gauge!("flwr_object_content_bytes").set(bytes as f64);
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(error = %e, "metrics: cannot count the objects")
+        }
     }
 }

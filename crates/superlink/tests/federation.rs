@@ -104,7 +104,7 @@ fn tls_federation_with_python_supernodes_completes_with_the_predicted_model() {
         (running == Some(1.0)).then_some(text)
     });
     assert_eq!(
-        flwr_testkit::metrics::value(&during, "flwr_nodes_online", &[]),
+        flwr_testkit::metrics::value(&during, "flwr_nodes", &[("status", "online")]),
         Some(2.0),
         "{during}"
     );
@@ -263,6 +263,21 @@ fn check_metrics_of_the_run(text: &str) {
         "{text}"
     );
     assert!(count("process_resident_memory_bytes", &[]) > 0.0, "{text}");
+    // What the state holds, read at the scrape.
+    assert_eq!(
+        count(
+            "flwr_runs",
+            &[("status", "finished"), ("sub_status", "completed")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(count("flwr_nodes", &[("status", "online")]), 2.0, "{text}");
+    assert!(value(text, "flwr_objects_stored", &[]).is_some(), "{text}");
+    assert!(
+        value(text, "flwr_object_content_bytes", &[]).is_some(),
+        "{text}"
+    );
 }
 
 /// The grpc-adapter transport: Flower's own SuperNodes with `--grpc-adapter`, over TLS. (Flower's

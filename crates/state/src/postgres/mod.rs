@@ -578,12 +578,7 @@ fn node_from_row(r: &Row) -> Node {
         node_id: uid(r.get(0)),
         owner_aid: r.get(1),
         owner_name: r.get(2),
-        status: match status {
-            "online" => NodeStatus::Online,
-            "offline" => NodeStatus::Offline,
-            "unregistered" => NodeStatus::Unregistered,
-            _ => NodeStatus::Registered,
-        },
+        status: NodeStatus::from_stored(status),
         registered_at: r.get(4),
         last_activated_at: r.get(5),
         last_deactivated_at: r.get(6),
@@ -1040,6 +1035,34 @@ impl LinkState for PgLinkState {
                 .collect())
         }
         .await)
+    }
+
+    async fn census(&self) -> Result<Census, StateError> {
+        in_tx!(&self.shared, |tx, now| {
+            async {
+                let mut census = Census::default();
+                let stmt = tx
+                    .prepare_cached("SELECT status, online_until FROM node")
+                    .await?;
+                for r in tx.query(&stmt, &[]).await? {
+                    let status: &str = r.get(0);
+                    census.count_node(NodeStatus::from_stored(status), r.get(1), now);
+                }
+                let stmt = tx
+                    .prepare_cached(
+                        "SELECT status, sub_status, COUNT(*) FROM run GROUP BY status, sub_status",
+                    )
+                    .await?;
+                for r in tx.query(&stmt, &[]).await? {
+                    let n: i64 = r.get(2);
+                    census
+                        .runs
+                        .insert((r.get(0), r.get(1)), u64::try_from(n).unwrap_or(0));
+                }
+                Ok(census)
+            }
+            .await
+        })
     }
 
     async fn online_node_ids(&self) -> Result<Vec<NodeId>, StateError> {
@@ -2104,6 +2127,21 @@ impl ObjectStore for PgObjects {
                 .await?
                 .get(0);
             Ok(usize::try_from(n).unwrap_or(0))
+        }
+        .await)
+        .map_err(store_error)
+    }
+
+    async fn content_bytes(&self) -> Result<u64, StoreError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            let n: i64 = tx
+                .query_one(
+                    "SELECT COALESCE(SUM(octet_length(content)), 0)::BIGINT FROM object",
+                    &[],
+                )
+                .await?
+                .get(0);
+            Ok(u64::try_from(n).unwrap_or(0))
         }
         .await)
         .map_err(store_error)
