@@ -149,7 +149,7 @@ fn target(control: &str, fleet: &str, serverappio: &str, ca: Option<PathBuf>) ->
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    flwr_transport::logging::init(flwr_transport::logging::LogFormat::Text);
+    let _logging = flwr_transport::logging::init(Default::default())?;
     match Cli::parse().command {
         Command::Compare {
             smoke,

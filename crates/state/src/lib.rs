@@ -443,6 +443,17 @@ impl Census {
     }
 }
 
+/// Records one call of a database engine (queue or pool wait included) in the histogram
+/// `flwr_state_call_duration_seconds{engine, outcome}` (a no-op without a metrics recorder).
+pub fn record_call(engine: &'static str, started: std::time::Instant, ok: bool) {
+    metrics::histogram!(
+        "flwr_state_call_duration_seconds",
+        "engine" => engine,
+        "outcome" => if ok { "ok" } else { "error" },
+    )
+    .record(started.elapsed().as_secs_f64());
+}
+
 /// The SuperLink's state.
 #[async_trait]
 pub trait LinkState: Send + Sync {

@@ -277,7 +277,10 @@ where
     F: FnOnce(&D) -> Result<R, E> + Send + 'static,
 {
     let db = db.clone();
-    lane.run(move || f(&db)).await?
+    let started = std::time::Instant::now();
+    let result = lane.run(move || f(&db)).await?;
+    crate::record_call("sqlite", started, result.is_ok());
+    result
 }
 
 impl From<crate::lane::LaneClosed> for StateError {

@@ -126,6 +126,11 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: flwr_transport::logging::LogFormat,
 
+    /// Also export the spans (one per gRPC call, with its node and run) to an OpenTelemetry
+    /// collector's OTLP/gRPC receiver, e.g. `http://127.0.0.1:4317`. Not in Flower.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
     /// ServerAppIo API address (IPv4, IPv6 or name, with port; port 0 picks a free one).
     /// `--simulationio-api-address` is a deprecated alias.
     #[arg(long, visible_alias = "simulationio-api-address", default_value = SERVERAPPIO_DEFAULT, value_name = "SERVERAPPIO_API_ADDRESS")]

@@ -580,10 +580,13 @@ impl Core {
     }
 
     async fn run_of_token(&self, token: String) -> Result<RunId> {
-        self.state
+        let run_id = self
+            .state
             .run_id_by_token(&token)
             .await?
-            .ok_or(Error::InvalidToken)
+            .ok_or(Error::InvalidToken)?;
+        tracing::Span::current().record("run_id", run_id);
+        Ok(run_id)
     }
 
     /// `PullAppInputs`: context, run (still `starting`) and FAB; the run turns `running`.

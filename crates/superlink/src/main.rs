@@ -14,29 +14,39 @@ async fn main() -> ExitCode {
         println!("{}", version_line());
         return ExitCode::SUCCESS;
     }
-    if let Some(path) = &parsed.args.log_file {
-        let rotation = flwr_transport::logfile::Rotation {
-            path: path.clone(),
-            interval: std::time::Duration::from_secs(
-                3600 * u64::from(parsed.args.log_rotation_interval_hours),
-            ),
-            backups: parsed.args.log_rotation_backup_count as usize,
-        };
-        if let Err(e) = flwr_transport::logging::init_with_file(rotation, parsed.args.log_format) {
-            eprintln!(
-                "error: cannot open `--log-file` '{}': {e}. Choose a writable path (the Docker images run as UID 49999).",
-                path.display()
-            );
+    let options = flwr_transport::logging::LogOptions {
+        format: parsed.args.log_format,
+        file: parsed
+            .args
+            .log_file
+            .as_ref()
+            .map(|path| flwr_transport::logfile::Rotation {
+                path: path.clone(),
+                interval: std::time::Duration::from_secs(
+                    3600 * u64::from(parsed.args.log_rotation_interval_hours),
+                ),
+                backups: parsed.args.log_rotation_backup_count as usize,
+            }),
+        otlp: parsed
+            .args
+            .otlp_endpoint
+            .clone()
+            .map(|e| (e, "flwr-superlink")),
+    };
+    let logging = match flwr_transport::logging::init(options) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
-    } else {
-        flwr_transport::logging::init(parsed.args.log_format);
-    }
-    match run(parsed).await {
+    };
+    let status = match run(parsed).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    logging.shutdown();
+    status
 }

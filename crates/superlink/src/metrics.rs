@@ -38,6 +38,11 @@ pub fn describe() {
         "flwr_serverapp_exits_total",
         "ServerApp processes of this SuperLink that exited, by outcome (success, failure)"
     );
+    metrics::describe_histogram!(
+        "flwr_state_call_duration_seconds",
+        Unit::Seconds,
+        "Calls of the state engine, by engine (sqlite, postgresql) and outcome, waiting for the SQLite lane or a PostgreSQL connection included"
+    );
     describe_gauge!(
         "flwr_nodes",
         "SuperNodes by status (registered, online, offline, unregistered), read from the state at each scrape: the same on every replica"

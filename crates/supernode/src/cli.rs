@@ -118,6 +118,11 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: flwr_transport::logging::LogFormat,
 
+    /// Also export the spans to an OpenTelemetry collector's OTLP/gRPC receiver, e.g.
+    /// `http://127.0.0.1:4317`. Not in Flower.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
     /// Only peers in these networks may connect to the ClientAppIo API, which has no
     /// authentication beyond its per-message tokens (comma-separated addresses or networks, e.g.
     /// `127.0.0.1,10.0.0.0/8`) [default: every peer]. Not in Flower.

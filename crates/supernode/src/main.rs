@@ -14,12 +14,29 @@ async fn main() -> ExitCode {
         println!("{}", version_line());
         return ExitCode::SUCCESS;
     }
-    flwr_transport::logging::init(parsed.args.log_format);
-    match run(parsed).await {
+    let options = flwr_transport::logging::LogOptions {
+        format: parsed.args.log_format,
+        file: None,
+        otlp: parsed
+            .args
+            .otlp_endpoint
+            .clone()
+            .map(|e| (e, "flwr-supernode")),
+    };
+    let logging = match flwr_transport::logging::init(options) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = match run(parsed).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    logging.shutdown();
+    status
 }

@@ -30,6 +30,11 @@ pub fn describe() {
         "flwr_clientapp_launches_total",
         "ClientApp processes this SuperNode launched (isolation subprocess), by outcome (started, not_started)"
     );
+    describe_histogram!(
+        "flwr_clientapp_duration_seconds",
+        Unit::Seconds,
+        "From a ClientApp's launch (isolation subprocess) to the reply to its message"
+    );
     describe_counter!(
         "flwr_clientapp_crashes_total",
         "Instructions answered CLIENT_APP_CRASHED (the ClientApp exited without replying or stopped responding)"

@@ -80,6 +80,17 @@ enum HandleError {
     UnusableRun(String),
 }
 
+/// Records in `flwr_clientapp_duration_seconds` how long a ClientApp this node launched took to
+/// answer, when dropped.
+struct ClientAppTimer(Instant);
+
+impl Drop for ClientAppTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("flwr_clientapp_duration_seconds")
+            .record(self.0.elapsed().as_secs_f64());
+    }
+}
+
 /// What a handled instruction was answered with.
 enum Replied {
     /// The ClientApp's reply.
@@ -357,6 +368,8 @@ impl Node {
                 None => tracing::debug!(run_id, "a ClientApp already serves this run"),
             }
         }
+        // From the launch to the reply (or the error reply made here), however this call ends.
+        let _timed = child.as_ref().map(|_| ClientAppTimer(Instant::now()));
         let mut token_seen = false;
         let mut exited_at: Option<Instant> = None;
         let mut shutdown_by: Option<tokio::time::Instant> = None;

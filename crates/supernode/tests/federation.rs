@@ -122,6 +122,11 @@ fn python_superlink_with_our_supernodes_in_both_isolation_modes() {
         "{text}"
     );
     assert_eq!(count("flwr_clientapp_crashes_total", &[]), 0.0, "{text}");
+    assert_eq!(
+        count("flwr_clientapp_duration_seconds_count", &[]),
+        count("flwr_clientapp_launches_total", &[("outcome", "started")]),
+        "{text}"
+    );
     assert!(
         count(
             "flwr_fleet_call_duration_seconds_count",

@@ -68,37 +68,122 @@ where
     }
 }
 
-/// Installs the global subscriber (once; later calls do nothing), writing to standard error.
-pub fn init(format: LogFormat) {
-    install(format, None);
+/// Where logs and spans go, from the flags.
+#[derive(Debug, Default)]
+pub struct LogOptions {
+    /// `--log-format`.
+    pub format: LogFormat,
+    /// `--log-file` and its rotation: also write there.
+    pub file: Option<crate::logfile::Rotation>,
+    /// `--otlp-endpoint` (`http://HOST:PORT`, OTLP over gRPC): also export the spans there, as
+    /// the service `service`.
+    pub otlp: Option<(String, &'static str)>,
 }
 
-/// Installs the global subscriber writing to standard error and to a rotated log file.
-pub fn init_with_file(
-    rotation: crate::logfile::Rotation,
-    format: LogFormat,
-) -> std::io::Result<()> {
-    let file = crate::logfile::RotatingFile::open(rotation)?;
-    install(format, Some(file));
-    Ok(())
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// `--log-file` cannot be opened.
+    #[error("cannot open `--log-file` '{}': {source}. Choose a writable path (the Docker images run as UID 49999).", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--otlp-endpoint` cannot be used.
+    #[error("`--otlp-endpoint` '{endpoint}': {why}. Give the address of an OpenTelemetry collector's OTLP/gRPC receiver, e.g. http://127.0.0.1:4317.")]
+    Otlp {
+        /// The flag's value.
+        endpoint: String,
+        /// Why.
+        why: String,
+    },
 }
 
-fn install(format: LogFormat, file: Option<crate::logfile::RotatingFile>) {
+/// The installed logging; [`Logging::shutdown`] sends the spans not exported yet.
+#[must_use = "shut it down at exit, so that the last spans are exported"]
+pub struct Logging {
+    otlp: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Logging {
+    /// Exports what is left (waits at most a few seconds).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.otlp {
+            if let Err(e) = provider.shutdown() {
+                tracing::warn!("the last spans could not be exported over OTLP: {e}");
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber (once; later calls change nothing): standard error, and the
+/// file and the OTLP exporter that `options` name. Call it inside the Tokio runtime (the OTLP
+/// exporter's connection lives there).
+pub fn init(options: LogOptions) -> Result<Logging, LogError> {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let mut layers = vec![layer(
-        format,
+        options.format,
         std::io::stderr,
         std::io::stderr().is_terminal(),
     )];
-    if let Some(file) = file {
-        layers.push(layer(format, file, false));
+    if let Some(rotation) = options.file {
+        let path = rotation.path.clone();
+        let file = crate::logfile::RotatingFile::open(rotation)
+            .map_err(|source| LogError::File { path, source })?;
+        layers.push(layer(options.format, file, false));
     }
+    let provider = match options.otlp {
+        Some((endpoint, service)) => {
+            let provider = otlp_provider(&endpoint, service)?;
+            use opentelemetry::trace::TracerProvider as _;
+            let tracer = provider.tracer(service);
+            layers.push(Box::new(tracing_opentelemetry::layer().with_tracer(tracer)));
+            Some(provider)
+        }
+        None => None,
+    };
     let _ = tracing_subscriber::registry()
         .with(env_filter())
         .with(layers)
         .try_init();
+    Ok(Logging { otlp: provider })
+}
+
+/// Spans in batches to an OTLP/gRPC receiver at `endpoint` (plaintext `http://` only: a
+/// collector on the host or the pod).
+fn otlp_provider(
+    endpoint: &str,
+    service: &'static str,
+) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, LogError> {
+    use opentelemetry_otlp::WithExportConfig;
+    let refused = |why: String| LogError::Otlp {
+        endpoint: endpoint.to_owned(),
+        why,
+    };
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| refused(format!("not a URL ({e})")))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(refused(
+            "only http://HOST:PORT is supported (plaintext, to a collector nearby)".into(),
+        ));
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| refused(e.to_string()))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }
 
 #[cfg(test)]

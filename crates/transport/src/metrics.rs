@@ -212,6 +212,8 @@ where
             peer = peer.as_deref().unwrap_or(""),
             node_id = tracing::field::Empty,
             run_id = tracing::field::Empty,
+            code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
         let mut timer = Timer {
             api: self.api,
@@ -280,6 +282,11 @@ impl Drop for Timer {
     fn drop(&mut self) {
         let seconds = self.start.elapsed().as_secs_f64();
         let code = self.code.unwrap_or("CANCELLED");
+        self.span.record("code", code);
+        self.span.record(
+            "otel.status_code",
+            if code == "OK" { "OK" } else { "ERROR" },
+        );
         tracing::debug!(parent: &self.span, code, seconds, "call done");
         metrics::histogram!(
             "flwr_rpc_duration_seconds",

@@ -427,7 +427,8 @@ macro_rules! in_tx {
     ($shared:expr, |$tx:ident, $now:ident| $body:expr) => {{
         let shared: &Shared = $shared;
         let mut attempt = 0;
-        loop {
+        let started = std::time::Instant::now();
+        let result = loop {
             attempt += 1;
             let mut client = match shared.pool.get().await {
                 Ok(c) => c,
@@ -449,7 +450,9 @@ macro_rules! in_tx {
                 Err(e) if retryable(&e) && attempt < ATTEMPTS => continue,
                 Err(e) => break Err(pg_error(&shared.name, &e)),
             }
-        }
+        };
+        $crate::record_call("postgresql", started, result.is_ok());
+        result
     }};
 }
 
@@ -459,14 +462,17 @@ macro_rules! in_tx {
 macro_rules! read {
     ($shared:expr, |$client:ident| $body:expr) => {{
         let shared: &Shared = $shared;
-        match shared.pool.get().await {
+        let started = std::time::Instant::now();
+        let result = match shared.pool.get().await {
             Err(e) => Err(pool_error(&shared.name, e)),
             Ok(client) => {
                 let $client = &client;
                 let outcome: Result<_, tokio_postgres::Error> = $body;
                 outcome.map_err(|e| pg_error(&shared.name, &e))
             }
-        }
+        };
+        $crate::record_call("postgresql", started, result.is_ok());
+        result
     }};
 }
 
