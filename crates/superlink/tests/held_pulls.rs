@@ -226,3 +226,127 @@ async fn sigterm_drains_calls_in_flight_and_reports_not_serving_first() {
     assert!(status.success(), "{out}");
     assert!(out.contains("draining: health NOT_SERVING"), "{out}");
 }
+
+/// High availability, the lost-answer window: replica A holds a ServerApp's pull with the reply
+/// already taken (marked delivered in the database) while its object is not in yet, and is
+/// SIGKILLed. Nothing is lost: the ServerApp asks replica B, which gives the reply (unconfirmed
+/// replies are given again) once the node has pushed its object through B.
+#[cfg(feature = "external")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_while_it_holds_a_taken_reply_loses_nothing() {
+    let pg = flwr_testkit::postgres::shared();
+    let db = pg.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--isolation",
+        "process",
+        "--database",
+        db.as_str(),
+        "--serverappio-pull-hold",
+        "30",
+    ];
+    let mut a = SuperLink::start(BIN.as_ref(), None, &dir.path().join("a"), &flags);
+    let b = SuperLink::start(BIN.as_ref(), None, &dir.path().join("b"), &flags);
+    let key = std::sync::Arc::new(NodeSigningKey::generate());
+    let node = join(&b.fleet, &key).await;
+    let (run_id, token) = running_run(&a.control, &a.serverappio).await;
+    let ins = push_instruction(&a.serverappio, &token, run_id, node).await;
+
+    // Through B (which learns of the instruction from A's notification), the node takes the
+    // instruction and pushes its reply; the reply's object follows six seconds later.
+    let mut fleet = fleet_client(&b.fleet);
+    let start = Instant::now();
+    while fleet
+        .pull_messages(signed(
+            &key,
+            pb::PullMessagesRequest {
+                node: Some(pb::Node { node_id: node }),
+                message_ids: vec![],
+            },
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .messages_list
+        .is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "B never gave the instruction"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet
+        .confirm_message_received(signed(
+            &key,
+            pb::ConfirmMessageReceivedRequest {
+                node: Some(pb::Node { node_id: node }),
+                run_id,
+                message_object_id: ins.to_hex(),
+            },
+            None,
+        ))
+        .await
+        .unwrap();
+    let replying = tokio::spawn({
+        let (fleet, key) = (b.fleet.clone(), key.clone());
+        async move { push_reply(&fleet, &key, node, run_id, ins, Duration::from_secs(6)).await }
+    });
+    // The ServerApp's held pull on A takes the reply and waits for its object.
+    let held = tokio::spawn({
+        let mut appio = AppIo::new(channel(&a.serverappio));
+        let request = take(&token, run_id, ins);
+        async move { appio.pull_messages(request).await }
+    });
+    let start = Instant::now();
+    while pg
+        .psql_in(&db, "SELECT COUNT(*) FROM message_res WHERE delivered")
+        .trim()
+        != "1"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "replica A never took the reply:\n{}",
+            a.proc.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !held.is_finished(),
+        "the pull is held: the object is not in"
+    );
+    a.proc.signal(flwr_testkit::process::Signal::SIGKILL);
+    let lost = held.await.unwrap();
+    assert!(lost.is_err(), "A died with the pull in hand: {lost:?}");
+
+    // The ServerApp asks again, through B: the reply comes once its object is in.
+    let mut appio = AppIo::new(channel(&b.serverappio));
+    let answer = appio
+        .pull_messages(take(&token, run_id, ins))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply_id = replying.await.unwrap();
+    let got: Vec<(String, bool)> = answer
+        .messages_list
+        .iter()
+        .map(|m| {
+            (
+                m.metadata.as_ref().unwrap().message_id.clone(),
+                m.error.is_none(),
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![(reply_id.to_hex(), true)]);
+    let object = appio
+        .pull_object(pb::PullObjectRequest {
+            node: Some(pb::Node { node_id: 1 }),
+            run_id,
+            object_id: reply_id.to_hex(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(object.object_found && object.object_available);
+}

@@ -207,9 +207,9 @@ where
         // the node and the run when they know them.
         let span = tracing::info_span!(
             "rpc",
-            api = self.api,
+            api = %self.api,
             method = %method,
-            peer = peer.as_deref().unwrap_or(""),
+            peer = %peer.as_deref().unwrap_or(""),
             node_id = tracing::field::Empty,
             run_id = tracing::field::Empty,
             code = tracing::field::Empty,
