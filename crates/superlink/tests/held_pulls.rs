@@ -245,7 +245,7 @@ async fn a_replica_killed_while_it_holds_a_taken_reply_loses_nothing() {
         "--serverappio-pull-hold",
         "30",
     ];
-    let mut a = SuperLink::start(BIN.as_ref(), None, &dir.path().join("a"), &flags);
+    let a = SuperLink::start(BIN.as_ref(), None, &dir.path().join("a"), &flags);
     let b = SuperLink::start(BIN.as_ref(), None, &dir.path().join("b"), &flags);
     let key = std::sync::Arc::new(NodeSigningKey::generate());
     let node = join(&b.fleet, &key).await;
