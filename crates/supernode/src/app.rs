@@ -38,6 +38,9 @@ pub enum BuildError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] grpc::BindError),
+    /// `--trusted-entities` cannot be used.
+    #[error(transparent)]
+    TrustedEntities(#[from] crate::trusted::TrustedEntitiesError),
     /// `--metrics-address`: the metrics recorder could not be set up.
     #[error(transparent)]
     Metrics(#[from] flwr_transport::metrics::MetricsError),
@@ -51,6 +54,7 @@ pub struct App {
     /// The roots behind `tls`, loaded again on SIGHUP or when `--root-certificates` changes.
     roots: Option<Arc<tls::ClientRoots>>,
     node_config: Vec<(String, flwr_objects::ConfigValue)>,
+    trusted: Option<Arc<crate::trusted::TrustedEntities>>,
     clientappio: TcpListener,
     health: Option<TcpListener>,
     metrics: Option<(TcpListener, flwr_transport::metrics::PrometheusHandle)>,
@@ -69,7 +73,7 @@ impl App {
             None => None,
         };
         let cfg = config.clone();
-        let (tls, key, node_config) =
+        let (tls, key, node_config, trusted) =
             tokio::task::spawn_blocking(move || -> Result<_, BuildError> {
                 let tls = tls::load_reloadable_client_config(&cfg.tls)?;
                 let key = match &cfg.key {
@@ -82,7 +86,11 @@ impl App {
                     Some(v) => node_config::parse(v)?,
                     None => Vec::new(),
                 };
-                Ok((tls, key, node_config))
+                let trusted = match &cfg.trusted_entities {
+                    Some(p) => Some(Arc::new(crate::trusted::TrustedEntities::load(p)?)),
+                    None => None,
+                };
+                Ok((tls, key, node_config, trusted))
             })
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
@@ -106,6 +114,7 @@ impl App {
             tls,
             roots,
             node_config,
+            trusted,
             clientappio,
             health,
             metrics,
@@ -208,6 +217,7 @@ impl App {
             clientapp_program: std::env::var_os(node::CLIENTAPP_COMMAND_ENV)
                 .unwrap_or_else(|| "flwr-clientapp".into()),
             shutdown_grace: self.config.shutdown_grace,
+            trusted: self.trusted,
         };
         tracing::info!(superlink = %self.config.superlink, "joining the SuperLink");
         let node = Node::new(fleet, state, settings, stop.clone());

@@ -46,6 +46,9 @@ pub struct Config {
     pub metrics_address: Option<Address>,
     /// `--shutdown-grace-seconds`: how long the message in hand may take at shutdown.
     pub shutdown_grace: Duration,
+    /// `--trusted-entities`: the file of publishers whose signed FABs are accepted (read at
+    /// start); `None`: every FAB is accepted, as in Flower.
+    pub trusted_entities: Option<std::path::PathBuf>,
     /// Peers allowed on the ClientAppIo API; `None`: every peer.
     pub clientappio_allow: Option<Arc<PeerFilter>>,
 }
@@ -86,19 +89,7 @@ pub enum ConfigError {
     /// An allow-list does not parse.
     #[error(transparent)]
     Networks(#[from] PeerFilterError),
-    /// A flag whose feature is not built yet.
-    #[error("`--{flag}` is not supported yet by this SuperNode: {what}. Leave it out for now.")]
-    NotSupportedYet {
-        /// The flag, without `--`.
-        flag: &'static str,
-        /// What it would enable.
-        what: &'static str,
-    },
 }
-
-/// Flags whose features are not built yet. A flag listed here is refused when given, never
-/// silently ignored.
-const NOT_SUPPORTED_YET: &[(&str, &str)] = &[("trusted-entities", "verification of signed FABs")];
 
 fn address(flag: &'static str, value: &str) -> Result<Address, ConfigError> {
     value
@@ -110,11 +101,6 @@ fn address(flag: &'static str, value: &str) -> Result<Address, ConfigError> {
 pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError> {
     let a = &parsed.args;
     let mut warnings = Vec::new();
-    for (flag, what) in NOT_SUPPORTED_YET {
-        if parsed.given(flag) {
-            return Err(ConfigError::NotSupportedYet { flag, what });
-        }
-    }
     if a.rest {
         return Err(ConfigError::Transport("rest"));
     }
@@ -187,6 +173,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
             .map(|h| address("--health-server-address", h))
             .transpose()?,
         shutdown_grace,
+        trusted_entities: a.trusted_entities.clone(),
         metrics_address: a
             .metrics_address
             .as_deref()

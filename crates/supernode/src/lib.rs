@@ -4,6 +4,7 @@
 //! * [`cli`]: the command line, flag for flag as `flower-supernode`.
 //! * [`config`]: validation of the flags into a [`config::Config`].
 //! * [`metrics`]: the SuperNode's Prometheus metrics (`--metrics-address`).
+//! * [`trusted`]: `--trusted-entities`, the publishers whose signatures make a FAB acceptable.
 
 pub mod app;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod node;
 pub mod node_config;
 pub mod state;
+pub mod trusted;
 
 use std::time::Duration;
 

@@ -58,6 +58,8 @@ pub struct Settings {
     pub clientapp_program: OsString,
     /// At shutdown, how long the message in hand may take to be answered by its ClientApp.
     pub shutdown_grace: Duration,
+    /// `--trusted-entities`: when set, a run's FAB must be signed by one of them.
+    pub trusted: Option<std::sync::Arc<crate::trusted::TrustedEntities>>,
 }
 
 /// Why the node stopped.
@@ -283,6 +285,12 @@ impl Node {
                 "the FAB of run {run_id} does not match its hash {}",
                 run.fab_hash
             )));
+        }
+        if let Some(trusted) = &self.settings.trusted {
+            trusted
+                .verify(&fab.content, &fab.verifications)
+                .map_err(|e| HandleError::UnusableRun(format!("run {run_id}: {e}")))?;
+            tracing::info!(run_id, "the FAB is signed by a trusted entity");
         }
         let content = fab.content.clone();
         let info = tokio::task::spawn_blocking(move || flwr_fab::inspect(&content))

@@ -77,13 +77,13 @@ fn flower_rules() {
 }
 
 #[test]
-fn unbuilt_features_are_refused_not_ignored() {
-    match parse(&["--trusted-entities", "t.yaml"]) {
-        Err(e @ ConfigError::NotSupportedYet { .. }) => {
-            assert!(e.to_string().contains("not supported yet"), "{e}")
-        }
-        other => panic!("{other:?}"),
-    }
+fn numbers_and_files_of_the_flags() {
+    let c = parse(&["--trusted-entities", "t.yaml"]).unwrap();
+    assert_eq!(c.trusted_entities, Some("t.yaml".into()));
+    assert!(matches!(
+        parse(&["--rest"]),
+        Err(ConfigError::Transport("rest"))
+    ));
     let c = parse(&[
         "--node-config",
         "a=1",

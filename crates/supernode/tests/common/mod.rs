@@ -45,6 +45,9 @@ pub trait Script: Send + Sync + 'static {
     async fn get_fab(&self) -> R<pb::GetFabResponse> {
         unused()
     }
+    async fn pull_object(&self) -> R<pb::PullObjectResponse> {
+        unused()
+    }
     async fn confirm_message_received(
         &self,
         _: pb::ConfirmMessageReceivedRequest,
@@ -111,7 +114,7 @@ impl<S: Script> pb::fleet_server::Fleet for Fake<S> {
         unused()
     }
     async fn pull_object(&self, _: Request<pb::PullObjectRequest>) -> R<pb::PullObjectResponse> {
-        unused()
+        self.0.pull_object().await
     }
     async fn confirm_message_received(
         &self,
