@@ -89,14 +89,10 @@ impl App {
         clock: Arc<dyn Clock>,
     ) -> Result<App, BuildError> {
         // Before TLS is loaded, so that the certificates' expiry is recorded.
-        let recorder = match &config.metrics_address {
-            Some(_) => {
-                let handle = flwr_transport::metrics::install()?;
-                crate::metrics::describe();
-                Some(handle)
-            }
-            None => None,
-        };
+        let recorder = flwr_transport::metrics::install_if_serving(
+            config.metrics_address.as_ref(),
+            crate::metrics::describe,
+        )?;
         let (tls, tls_cert) = match config.tls.clone() {
             Some(files) => {
                 let (loaded, cert) =

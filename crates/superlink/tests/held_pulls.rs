@@ -45,8 +45,9 @@ async fn one_instruction(
     (superlink, dir, key, node, run_id, token, ins)
 }
 
-/// The node takes the instruction and replies: the reply message, then (after `object_delay`)
-/// its object. Returns the reply's id.
+/// The node takes the instruction (pulling until it comes: another replica learns of it from a
+/// notification) and replies: the reply message, then (after `object_delay`) its object.
+/// Returns the reply's id.
 async fn reply(
     fleet_addr: &str,
     key: &NodeSigningKey,
@@ -56,19 +57,26 @@ async fn reply(
     object_delay: Duration,
 ) -> ObjectId {
     let mut fleet = fleet_client(fleet_addr);
-    let pulled = fleet
-        .pull_messages(signed(
-            key,
-            pb::PullMessagesRequest {
-                node: Some(pb::Node { node_id: node }),
-                message_ids: vec![],
-            },
-            None,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(pulled.messages_list.len(), 1);
+    let start = Instant::now();
+    loop {
+        let pulled = fleet
+            .pull_messages(signed(
+                key,
+                pb::PullMessagesRequest {
+                    node: Some(pb::Node { node_id: node }),
+                    message_ids: vec![],
+                },
+                None,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        if pulled.messages_list.len() == 1 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no instruction");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     fleet
         .confirm_message_received(signed(
             key,
@@ -82,6 +90,20 @@ async fn reply(
         .await
         .unwrap();
     push_reply(fleet_addr, key, node, run_id, ins, object_delay).await
+}
+
+/// The ServerApp can pull the object `id` at once.
+async fn assert_available(appio: &mut AppIo, run_id: u64, id: ObjectId) {
+    let object = appio
+        .pull_object(pb::PullObjectRequest {
+            node: Some(pb::Node { node_id: 1 }),
+            run_id,
+            object_id: id.to_hex(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(object.object_found && object.object_available);
 }
 
 fn take(token: &str, run_id: u64, ins: ObjectId) -> pb::PullAppMessagesRequest {
@@ -133,16 +155,7 @@ async fn a_held_pull_answers_once_the_reply_and_its_objects_are_in() {
         "answered only when the hold ran out: {took:?}"
     );
     // Its object is there for the ServerApp to pull at once.
-    let object = appio
-        .pull_object(pb::PullObjectRequest {
-            node: Some(pb::Node { node_id: 1 }),
-            run_id,
-            object_id: reply_id.to_hex(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(object.object_found && object.object_available);
+    assert_available(&mut appio, run_id, reply_id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -252,46 +265,11 @@ async fn a_replica_killed_while_it_holds_a_taken_reply_loses_nothing() {
     let (run_id, token) = running_run(&a.control, &a.serverappio).await;
     let ins = push_instruction(&a.serverappio, &token, run_id, node).await;
 
-    // Through B (which learns of the instruction from A's notification), the node takes the
-    // instruction and pushes its reply; the reply's object follows six seconds later.
-    let mut fleet = fleet_client(&b.fleet);
-    let start = Instant::now();
-    while fleet
-        .pull_messages(signed(
-            &key,
-            pb::PullMessagesRequest {
-                node: Some(pb::Node { node_id: node }),
-                message_ids: vec![],
-            },
-            None,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .messages_list
-        .is_empty()
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "B never gave the instruction"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    fleet
-        .confirm_message_received(signed(
-            &key,
-            pb::ConfirmMessageReceivedRequest {
-                node: Some(pb::Node { node_id: node }),
-                run_id,
-                message_object_id: ins.to_hex(),
-            },
-            None,
-        ))
-        .await
-        .unwrap();
+    // Through B, the node takes the instruction and pushes its reply; the reply's object follows
+    // six seconds later.
     let replying = tokio::spawn({
         let (fleet, key) = (b.fleet.clone(), key.clone());
-        async move { push_reply(&fleet, &key, node, run_id, ins, Duration::from_secs(6)).await }
+        async move { reply(&fleet, &key, node, run_id, ins, Duration::from_secs(6)).await }
     });
     // The ServerApp's held pull on A takes the reply and waits for its object.
     let held = tokio::spawn({
@@ -339,14 +317,5 @@ async fn a_replica_killed_while_it_holds_a_taken_reply_loses_nothing() {
         })
         .collect();
     assert_eq!(got, vec![(reply_id.to_hex(), true)]);
-    let object = appio
-        .pull_object(pb::PullObjectRequest {
-            node: Some(pb::Node { node_id: 1 }),
-            run_id,
-            object_id: reply_id.to_hex(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(object.object_found && object.object_available);
+    assert_available(&mut appio, run_id, reply_id).await;
 }

@@ -64,14 +64,10 @@ impl App {
     /// Loads the files the flags name and binds the listeners.
     pub async fn build(config: Config) -> Result<App, BuildError> {
         // Before TLS is loaded, so that the certificates' expiry is recorded.
-        let recorder = match &config.metrics_address {
-            Some(_) => {
-                let handle = flwr_transport::metrics::install()?;
-                crate::metrics::describe();
-                Some(handle)
-            }
-            None => None,
-        };
+        let recorder = flwr_transport::metrics::install_if_serving(
+            config.metrics_address.as_ref(),
+            crate::metrics::describe,
+        )?;
         let cfg = config.clone();
         let (tls, key, node_config, trusted) =
             tokio::task::spawn_blocking(move || -> Result<_, BuildError> {

@@ -23,20 +23,5 @@ async fn main() -> ExitCode {
             .clone()
             .map(|e| (e, "flwr-supernode")),
     };
-    let logging = match flwr_transport::logging::init(options) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let status = match run(parsed).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            ExitCode::FAILURE
-        }
-    };
-    logging.shutdown();
-    status
+    flwr_transport::logging::run_logged(options, run(parsed)).await
 }

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
+pub mod fab;
 pub mod federation;
 pub mod haproxy;
 pub mod metrics;

@@ -153,6 +153,31 @@ pub fn init(options: LogOptions) -> Result<Logging, LogError> {
     Ok(Logging { otlp: provider })
 }
 
+/// A daemon's `main`: sets up logging from `options`, runs `daemon`, exports the last spans, and
+/// gives the exit status (1 when logging cannot be set up, or the daemon fails: its error is
+/// logged with its causes).
+pub async fn run_logged<E: std::fmt::Display>(
+    options: LogOptions,
+    daemon: impl std::future::Future<Output = Result<(), E>>,
+) -> std::process::ExitCode {
+    let logging = match init(options) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let status = match daemon.await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    };
+    logging.shutdown();
+    status
+}
+
 /// Spans in batches to an OTLP/gRPC receiver at `endpoint` (plaintext `http://` only: a
 /// collector on the host or the pod).
 fn otlp_provider(

@@ -68,6 +68,20 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     Ok(handle)
 }
 
+/// With `--metrics-address`: the recorder ([`install`]) and the daemon's own descriptions
+/// (`describe`); without it, nothing (recording stays a no-op).
+pub fn install_if_serving(
+    address: Option<&crate::address::Address>,
+    describe: fn(),
+) -> Result<Option<PrometheusHandle>, MetricsError> {
+    let Some(_) = address else {
+        return Ok(None);
+    };
+    let handle = install()?;
+    describe();
+    Ok(Some(handle))
+}
+
 fn describe() {
     metrics::describe_histogram!(
         "flwr_rpc_duration_seconds",

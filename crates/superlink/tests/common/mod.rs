@@ -3,8 +3,6 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
-
 use bytes::Bytes;
 use flwr_proto::proto as pb;
 use flwr_transport::node_auth::{self, NodeSigningKey};
@@ -15,30 +13,12 @@ pub fn channel(addr: &str) -> Channel {
     flwr_transport::grpc::channel(&addr.parse().unwrap(), None)
 }
 
+/// A FAB holding `pyproject`.
 pub fn fab(pyproject: &str) -> Bytes {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut z = zip::ZipWriter::new(&mut buf);
-        z.start_file("pyproject.toml", zip::write::SimpleFileOptions::default())
-            .unwrap();
-        z.write_all(pyproject.as_bytes()).unwrap();
-        z.finish().unwrap();
-    }
-    Bytes::from(buf.into_inner())
+    Bytes::from(flwr_testkit::fab::zip(pyproject))
 }
 
-pub const PYPROJECT: &str = r#"
-[project]
-name = "app"
-version = "1.0.0"
-[tool.flwr.app]
-publisher = "tests"
-[tool.flwr.app.components]
-serverapp = "a:app"
-clientapp = "b:app"
-[tool.flwr.app.config]
-rounds = 3
-"#;
+pub use flwr_testkit::fab::PYPROJECT;
 
 /// Signs a Fleet request as `key`, at `timestamp` (now when `None`).
 pub fn signed<T>(key: &NodeSigningKey, body: T, timestamp: Option<String>) -> Request<T> {

@@ -124,6 +124,129 @@ impl<S: Script> pb::fleet_server::Fleet for Fake<S> {
     }
 }
 
+/// What a fake SuperLink with [`OneInstruction`] saw.
+#[derive(Default)]
+pub struct Seen {
+    /// The ids of the messages confirmed.
+    pub confirmed: Vec<String>,
+    /// The replies pushed.
+    pub replies: Vec<flwr_objects::message::MessageMeta>,
+    /// Object pulls (answered "unknown").
+    pub object_pulls: usize,
+}
+
+/// A training instruction of `run_id` for [`NODE`], created now.
+pub fn instruction(run_id: u64) -> flwr_objects::message::MessageMeta {
+    use flwr_objects::message::{MessageMeta, SUPERLINK_NODE_ID};
+    MessageMeta {
+        run_id,
+        message_id: "ab".repeat(32),
+        src_node_id: SUPERLINK_NODE_ID,
+        dst_node_id: NODE,
+        reply_to_message_id: String::new(),
+        group_id: "1".into(),
+        ttl: 3600.0,
+        message_type: "train".into(),
+        created_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64(),
+        error: None,
+        has_content: true,
+    }
+}
+
+/// A SuperLink with one instruction, delivered until the node confirms it (as our SuperLink
+/// repeats an unconfirmed delivery); its run says the FAB's hash is `fab_hash` and GetFab
+/// gives `fab` with `verifications`. The tests stop at the FAB: objects are "unknown".
+pub struct OneInstruction {
+    pub instruction: flwr_objects::message::MessageMeta,
+    pub fab: bytes::Bytes,
+    pub fab_hash: String,
+    pub verifications: std::collections::HashMap<String, String>,
+    pub seen: std::sync::Arc<std::sync::Mutex<Seen>>,
+}
+
+impl OneInstruction {
+    /// An instruction of `run_id` whose run has `fab` (and its true hash), no verifications.
+    pub fn new(run_id: u64, fab: bytes::Bytes) -> Self {
+        use sha2::Digest;
+        OneInstruction {
+            instruction: instruction(run_id),
+            fab_hash: hex::encode(sha2::Sha256::digest(&fab)),
+            fab,
+            verifications: Default::default(),
+            seen: Default::default(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Script for OneInstruction {
+    async fn pull_messages(&self) -> R<pb::PullMessagesResponse> {
+        use flwr_proto::convert::{message_to_pb, tree_to_pb};
+        if !self.seen.lock().unwrap().confirmed.is_empty() {
+            return Ok(Response::new(pb::PullMessagesResponse::default()));
+        }
+        let tree = flwr_objects::ObjectTree::leaf(flwr_objects::ObjectId::of(
+            b"the instruction's content",
+        ));
+        Ok(Response::new(pb::PullMessagesResponse {
+            messages_list: vec![message_to_pb(&self.instruction)],
+            message_object_trees: vec![tree_to_pb(&tree)],
+            ..Default::default()
+        }))
+    }
+    async fn push_messages(&self, request: pb::PushMessagesRequest) -> R<pb::PushMessagesResponse> {
+        let mut results = std::collections::HashMap::new();
+        for m in &request.messages_list {
+            let reply =
+                flwr_proto::convert::message_from_pb(m).map_err(Status::invalid_argument)?;
+            results.insert(reply.message_id.clone(), 0);
+            self.seen.lock().unwrap().replies.push(reply);
+        }
+        Ok(Response::new(pb::PushMessagesResponse {
+            results,
+            ..Default::default()
+        }))
+    }
+    async fn get_run(&self) -> R<pb::GetRunResponse> {
+        Ok(Response::new(pb::GetRunResponse {
+            run: Some(pb::Run {
+                run_id: self.instruction.run_id,
+                fab_id: "tests/app".into(),
+                fab_version: "1.0.0".into(),
+                fab_hash: self.fab_hash.clone(),
+                ..Default::default()
+            }),
+        }))
+    }
+    async fn get_fab(&self) -> R<pb::GetFabResponse> {
+        Ok(Response::new(pb::GetFabResponse {
+            fab: Some(pb::Fab {
+                content: self.fab.clone(),
+                verifications: self.verifications.clone(),
+                ..Default::default()
+            }),
+        }))
+    }
+    async fn pull_object(&self) -> R<pb::PullObjectResponse> {
+        self.seen.lock().unwrap().object_pulls += 1;
+        Ok(Response::new(pb::PullObjectResponse::default()))
+    }
+    async fn confirm_message_received(
+        &self,
+        request: pb::ConfirmMessageReceivedRequest,
+    ) -> R<pb::ConfirmMessageReceivedResponse> {
+        self.seen
+            .lock()
+            .unwrap()
+            .confirmed
+            .push(request.message_object_id);
+        Ok(Response::new(pb::ConfirmMessageReceivedResponse {}))
+    }
+}
+
 /// A running fake SuperLink (plaintext, port 0); stops when dropped after [`FakeSuperLink::stop`].
 pub struct FakeSuperLink {
     /// Where it listens (host:port).
@@ -164,6 +287,11 @@ pub const SUPERNODE: &str = env!("CARGO_BIN_EXE_supernode");
 /// Our SuperNode against `superlink` (plaintext), ClientAppIo on port 0, in process isolation;
 /// returns it with its ClientAppIo address.
 pub fn supernode(superlink: &str) -> (Proc, String) {
+    supernode_with(superlink, &[])
+}
+
+/// [`supernode`] with `extra` flags.
+pub fn supernode_with(superlink: &str, extra: &[&str]) -> (Proc, String) {
     let mut cmd = command(SUPERNODE);
     cmd.args([
         "--insecure",
@@ -172,7 +300,8 @@ pub fn supernode(superlink: &str) -> (Proc, String) {
         "--isolation",
         "process",
     ])
-    .args(["--clientappio-api-address", "127.0.0.1:0"]);
+    .args(["--clientappio-api-address", "127.0.0.1:0"])
+    .args(extra);
     let mut p = Proc::spawn("supernode", cmd);
     let out = p.wait_for_output("ClientAppIo API serving", Duration::from_secs(30));
     let appio = logged_address(&out, "ClientAppIo API serving");
