@@ -15,6 +15,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     let fds = protox::compile(&files, [&root])?;
+    // Every RPC path of the schema, for the servers' metrics (a path outside it is "unknown").
+    let mut paths = Vec::new();
+    for file in &fds.file {
+        for service in &file.service {
+            for method in &service.method {
+                paths.push(format!(
+                    "/{}.{}/{}",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    paths.sort();
+    let out = PathBuf::from(std::env::var("OUT_DIR")?).join("rpc_paths.rs");
+    std::fs::write(
+        out,
+        format!("/// Every RPC path of the schema (`/package.Service/Method`), sorted.\npub const RPC_PATHS: &[&str] = &{paths:?};\n"),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -14,5 +14,24 @@ pub mod flwr {
 
 pub use flwr::proto;
 
+include!(concat!(env!("OUT_DIR"), "/rpc_paths.rs"));
+
+/// True when `path` names an RPC of the schema.
+pub fn is_rpc_path(path: &str) -> bool {
+    RPC_PATHS.binary_search(&path).is_ok()
+}
+
 pub mod adapter;
 pub mod convert;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rpc_paths_are_the_schemas() {
+        assert!(super::is_rpc_path("/flwr.proto.Fleet/PullMessages"));
+        assert!(super::is_rpc_path("/flwr.proto.ServerAppIo/PushMessages"));
+        assert!(super::is_rpc_path("/flwr.proto.GrpcAdapter/SendReceive"));
+        assert!(!super::is_rpc_path("/flwr.proto.Fleet/Invented"));
+        assert!(!super::is_rpc_path("/flwr.proto.Fleet/"));
+    }
+}

@@ -369,7 +369,11 @@ fn spawn_server(
     options: ServeOptions,
 ) {
     let stop = failure.stop().clone();
-    let routes = flwr_transport::metrics::Instrumented::new(options.api, routes.prepare());
+    let routes = flwr_transport::metrics::Instrumented::new(
+        options.api,
+        flwr_proto::is_rpc_path,
+        routes.prepare(),
+    );
     let serving = server::serve(routes, listener, tls, options, stop);
     failure.watch(tracker, name, serving);
 }

@@ -57,9 +57,40 @@ async fn the_scrape_counts_calls_signatures_nodes_runs_and_state_calls() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    // Paths outside the schema, made up by the peer: one label for all of them.
+    for path in [
+        "/flwr.proto.Fleet/Invented1",
+        "/flwr.proto.Fleet/Invented2",
+        "/no.such.Service/Anything",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(common::channel(&superlink.fleet));
+        grpc.ready().await.unwrap();
+        let answer: Result<tonic::Response<pb::Node>, _> = grpc
+            .unary(
+                tonic::Request::new(pb::Node { node_id: 1 }),
+                path.parse().unwrap(),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await;
+        assert!(answer.is_err(), "{path}");
+    }
 
     let text = scrape(&metrics);
+    assert!(
+        !text.contains("Invented") && !text.contains("Anything"),
+        "{text}"
+    );
     let count = |name: &str, labels: &[(&str, &str)]| value(&text, name, labels).unwrap_or(0.0);
+    let unknown: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("flwr_rpc_duration_seconds_count{")
+                && l.contains("api=\"fleet\"")
+                && l.contains("method=\"unknown\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(unknown, 3.0, "{text}");
     let calls = |api: &str, method: &str, code: &str| {
         count(
             "flwr_rpc_duration_seconds_count",

@@ -152,7 +152,11 @@ impl App {
             &tracker,
             "ClientAppIo API",
             flwr_transport::server::serve(
-                flwr_transport::metrics::Instrumented::new("clientappio", routes.prepare()),
+                flwr_transport::metrics::Instrumented::new(
+                    "clientappio",
+                    flwr_proto::is_rpc_path,
+                    routes.prepare(),
+                ),
                 self.clientappio,
                 None,
                 flwr_transport::server::ServeOptions {

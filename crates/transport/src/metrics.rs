@@ -179,13 +179,16 @@ fn text(status: http::StatusCode, body: String) -> Response<http_body_util::Full
 #[derive(Clone)]
 pub struct Instrumented<S> {
     api: &'static str,
+    known: fn(&str) -> bool,
     inner: S,
 }
 
 impl<S> Instrumented<S> {
-    /// `api`: the label of the server, e.g. `fleet`.
-    pub fn new(api: &'static str, inner: S) -> Self {
-        Self { api, inner }
+    /// `api`: the label of the server, e.g. `fleet`; `known`: whether a request path is an RPC
+    /// of the schema (any other is timed as method [`UNKNOWN_METHOD`], so that a peer cannot
+    /// grow the metrics with names of its own).
+    pub fn new(api: &'static str, known: fn(&str) -> bool, inner: S) -> Self {
+        Self { api, known, inner }
     }
 }
 
@@ -205,14 +208,12 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let method = req
-            .uri()
-            .path()
-            .rsplit('/')
-            .next()
-            .filter(|m| !m.is_empty())
-            .unwrap_or("unknown")
-            .to_owned();
+        let path = req.uri().path();
+        let method = match path.rsplit('/').next() {
+            Some(m) if (self.known)(path) => m,
+            _ => UNKNOWN_METHOD,
+        }
+        .to_owned();
         let peer = req
             .extensions()
             .get::<crate::server::Connection>()
@@ -281,6 +282,9 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         Unauthenticated => "UNAUTHENTICATED",
     }
 }
+
+/// The `method` label of calls to a path outside the schema.
+pub const UNKNOWN_METHOD: &str = "unknown";
 
 /// One call being timed; recorded once, when its response body is done or dropped (a call the
 /// peer gave up on before its status was sent counts as CANCELLED).
