@@ -36,6 +36,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// How often histograms are compacted (the exporter's upkeep).
 const UPKEEP: Duration = Duration::from_secs(5);
 
+/// Scrape connections open at once; more are closed at once (a scraper needs one or two).
+const MAX_SCRAPE_CONNECTIONS: usize = 32;
+
 /// Why metrics could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -119,6 +122,7 @@ pub async fn serve<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let connections = TaskTracker::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPE_CONNECTIONS));
     let collector = std::sync::Arc::new(metrics_process::Collector::default());
     let mut upkeep = tokio::time::interval(UPKEEP);
     loop {
@@ -128,6 +132,10 @@ pub async fn serve<F, Fut>(
             accepted = listener.accept() => {
                 let Ok((tcp, peer)) = accepted else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many metrics connections: closed");
                     continue;
                 };
                 let (handle, refresh, collector) = (handle.clone(), refresh.clone(), collector.clone());
@@ -144,6 +152,7 @@ pub async fn serve<F, Fut>(
                 });
                 let stop = stop.clone();
                 connections.spawn(async move {
+                    let _slot = slot;
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(Duration::from_secs(10))
