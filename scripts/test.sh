@@ -110,7 +110,7 @@ run_lane() {
     fi
     # In a session of its own, so that whatever it leaves behind (a daemon of a test that was
     # stopped, in a process group of its own) is found by the session id and stopped too.
-    (cd "$dir" && exec setsid bash -c 'echo $$ >"$0"; exec timeout --kill-after=30 "$@"' \
+    (cd "$dir" && exec setsid --wait bash -c 'echo $$ >"$0"; exec timeout --kill-after=30 "$@"' \
       "$out.sid" "$limit" "$exe" "$@") >"$out" 2>&1 || rc=$?
     local sid left
     sid="$(cat "$out.sid" 2>/dev/null || true)"
@@ -122,7 +122,7 @@ run_lane() {
     if [ "$rc" -eq 0 ]; then
       echo "test: [$lane] $name passed in $((SECONDS - began)) s"
     elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-      echo "test: [$lane] $name TIMED OUT after $((SECONDS - began)) s; its last lines:"
+      echo "test: [$lane] $name TIMED OUT or KILLED (exit $rc) after $((SECONDS - began)) s; its last lines:"
       tail -n 40 "$out" | sed "s/^/    /"
       echo "$name (timed out)" >>"$failed"
     else
@@ -131,7 +131,7 @@ run_lane() {
     fi
   done <"$work/lane-$lane"
   if [ "$lane" = rest ]; then
-    if cargo test --workspace --doc --quiet >>"$log" 2>&1; then
+    if timeout --kill-after=30 "$per_binary" cargo test --workspace --doc --quiet >>"$log" 2>&1; then
       echo "test: [$lane] doc tests passed"
     else
       echo "test: [$lane] doc tests FAILED"

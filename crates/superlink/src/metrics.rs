@@ -62,6 +62,16 @@ pub fn describe() {
     );
 }
 
+/// The statuses a run can be in, with their sub-statuses.
+const RUN_STATUSES: [(&str, &str); 6] = [
+    ("pending", ""),
+    ("starting", ""),
+    ("running", ""),
+    ("finished", "completed"),
+    ("finished", "failed"),
+    ("finished", "stopped"),
+];
+
 /// What a scrape reads from the state first.
 pub async fn refresh(state: Arc<dyn LinkState>, objects: Arc<dyn ObjectStore>) {
     match state.census().await {
@@ -70,7 +80,13 @@ pub async fn refresh(state: Arc<dyn LinkState>, objects: Arc<dyn ObjectStore>) {
                 let n = census.nodes.get(status).copied().unwrap_or(0);
                 metrics::gauge!("flwr_nodes", "status" => status).set(n as f64);
             }
-            for ((status, sub_status), n) in census.runs {
+            // Every pair each time, so that a pair no run is in any more reads 0.
+            for (status, sub_status) in RUN_STATUSES {
+                let n = census
+                    .runs
+                    .get(&(status.to_owned(), sub_status.to_owned()))
+                    .copied()
+                    .unwrap_or(0);
                 metrics::gauge!("flwr_runs", "status" => status, "sub_status" => sub_status)
                     .set(n as f64);
             }

@@ -82,8 +82,16 @@ impl App {
                     Some(v) => node_config::parse(v)?,
                     None => Vec::new(),
                 };
+                // An empty file verifies nothing, as in Flower (said at start).
                 let trusted = match &cfg.trusted_entities {
-                    Some(p) => Some(Arc::new(crate::trusted::TrustedEntities::load(p)?)),
+                    Some(p) => Some(crate::trusted::TrustedEntities::load(p)?)
+                        .filter(|t| {
+                            if t.is_empty() {
+                                tracing::warn!(file = %p.display(), "`--trusted-entities` lists no entity: every FAB is accepted, as Flower does");
+                            }
+                            !t.is_empty()
+                        })
+                        .map(Arc::new),
                     None => None,
                 };
                 Ok((tls, key, node_config, trusted))
@@ -277,7 +285,8 @@ impl Running {
             let _ = tokio::time::timeout(Duration::from_secs(2), self.done.cancelled()).await;
         }
         // Stopping now: servers that end from here on have not failed (also when the node did
-        // not end within the deadline).
+        // not end within the deadline), and nothing of the node goes on.
+        self.abort.cancel();
         self.done.cancel();
         self.servers_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;

@@ -107,6 +107,8 @@ pub struct Node {
     state: NodeState,
     settings: Settings,
     stop: CancellationToken,
+    /// When `stop` was cancelled.
+    stop_seen: std::sync::Arc<std::sync::OnceLock<tokio::time::Instant>>,
 }
 
 impl Node {
@@ -122,6 +124,7 @@ impl Node {
             state,
             settings,
             stop,
+            stop_seen: Default::default(),
         }
     }
 
@@ -137,7 +140,25 @@ impl Node {
 
     /// Runs until `stop` is cancelled (then leaves the SuperLink) or the SuperLink is lost.
     pub async fn run(self) -> Result<(), NodeError> {
-        match self.join().await {
+        // The moment of the signal: the message in hand has the grace from then on.
+        let watcher = tokio::spawn({
+            let (stop, seen) = (self.stop.clone(), self.stop_seen.clone());
+            async move {
+                stop.cancelled().await;
+                let _ = seen.set(tokio::time::Instant::now());
+            }
+        });
+        let joined = tokio::select! {
+            r = self.join() => r,
+            () = self.stop.cancelled() => Err(FleetError::Cancelled),
+        };
+        let result = self.serve_joined(joined).await;
+        watcher.abort();
+        result
+    }
+
+    async fn serve_joined(&self, joined: Result<u64, FleetError>) -> Result<(), NodeError> {
+        match joined {
             Ok(_) => {}
             Err(FleetError::Cancelled) => return Ok(()),
             Err(e) => return Err(e.into()),
@@ -424,7 +445,12 @@ impl Node {
                 () = self.stop.cancelled(), if shutdown_by.is_none() => {
                     let grace = self.settings.shutdown_grace;
                     tracing::info!(run_id, "shutting down: the message in hand has {grace:?} to be answered");
-                    shutdown_by = Some(tokio::time::Instant::now() + grace);
+                    let since = *self.stop_seen.get_or_init(tokio::time::Instant::now);
+                    shutdown_by = Some(
+                        since
+                            .checked_add(grace)
+                            .unwrap_or_else(|| since + Duration::from_secs(86_400 * 365)),
+                    );
                 }
                 () = self.state.changed() => {}
                 () = poll => {}

@@ -131,15 +131,25 @@ impl TrustedEntities {
         }
         let digest = sha2::Sha256::digest(fab);
         let mut why = Vec::new();
+        // As Flower: every record must be JSON, and a trusted one readable; a signature that
+        // does not verify lets the next one try.
+        let mut records = Vec::new();
         for (id, record) in verifications {
             if id == "valid_license" {
                 continue;
             }
+            let v: serde_json::Value = serde_json::from_str(record)
+                .map_err(|e| Unverified::NotSigned(format!("{id}: unreadable record ({e})")))?;
+            records.push((id, v));
+        }
+        for (id, record) in records {
             let Some(key) = self.keys.get(id) else {
                 why.push(format!("{id}: not a trusted entity"));
                 continue;
             };
-            match check(key, &digest, record) {
+            let (signed_at, signature) =
+                fields(&record).map_err(|e| Unverified::NotSigned(format!("{id}: {e}")))?;
+            match check(key, &digest, signed_at, &signature) {
                 Ok(()) => return Ok(()),
                 Err(e) => why.push(format!("{id}: {e}")),
             }
@@ -151,22 +161,34 @@ impl TrustedEntities {
     }
 }
 
-/// One signature record: `{"signature": <base64url>, "signed_at": <int>}`.
-fn check(key: &[u8; 32], digest: &[u8], record: &str) -> Result<(), String> {
-    let v: serde_json::Value =
-        serde_json::from_str(record).map_err(|e| format!("unreadable record ({e})"))?;
-    let signed_at = v["signed_at"]
+/// The signing time and the signature of a record `{"signature": <base64url>, "signed_at":
+/// <int>}` (the standard alphabet and padding are taken too, as Python's decoder takes them).
+fn fields(record: &serde_json::Value) -> Result<(u64, Vec<u8>), String> {
+    let signed_at = record["signed_at"]
         .as_u64()
         .ok_or("no signing time in the record")?;
-    let signature = v["signature"]
+    let signature: String = record["signature"]
         .as_str()
-        .ok_or("no signature in the record")?;
-    let signature = base64ct::Base64UrlUnpadded::decode_vec(signature.trim_end_matches('='))
+        .ok_or("no signature in the record")?
+        .chars()
+        .filter(|c| *c != '=')
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
+    let signature = base64ct::Base64UrlUnpadded::decode_vec(&signature)
         .map_err(|_| "the signature is not base64url")?;
+    Ok((signed_at, signature))
+}
+
+/// Ed25519 of `key` over `signed_at` (8 bytes, big-endian) followed by the FAB's digest.
+fn check(key: &[u8; 32], digest: &[u8], signed_at: u64, signature: &[u8]) -> Result<(), String> {
     let mut message = signed_at.to_be_bytes().to_vec();
     message.extend_from_slice(digest);
     aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, key)
-        .verify(&message, &signature)
+        .verify(&message, signature)
         .map_err(|_| "the signature does not verify (a tampered FAB, or another key)".to_owned())
 }
 
@@ -230,6 +252,29 @@ mod tests {
             ("fpk_b".to_owned(), signed(&pair, fab, 1_700_000_000)),
         ]);
         assert!(t.verify(fab, &unknown).is_err());
+        // As Flower: any record that is not JSON refuses the FAB, even beside a good one.
+        let mut malformed = ok.clone();
+        malformed.insert("fpk_z".to_owned(), "not JSON".to_owned());
+        assert!(t.verify(fab, &malformed).is_err());
+        // The standard base64 alphabet, with padding, is read as Python reads it.
+        let record: serde_json::Value = serde_json::from_str(&ok["fpk_a"]).unwrap();
+        let mut signature = record["signature"]
+            .as_str()
+            .unwrap()
+            .replace('-', "+")
+            .replace('_', "/");
+        while !signature.len().is_multiple_of(4) {
+            signature.push('=');
+        }
+        let padded = HashMap::from([
+            ("valid_license".to_owned(), "yes".to_owned()),
+            (
+                "fpk_a".to_owned(),
+                serde_json::json!({"signature": signature, "signed_at": record["signed_at"]})
+                    .to_string(),
+            ),
+        ]);
+        assert_eq!(t.verify(fab, &padded), Ok(()));
     }
 
     #[test]

@@ -19,20 +19,25 @@ pub fn flwr_level_directive(level: &str) -> Option<&'static str> {
 
 /// The filter the environment asks for.
 pub fn env_filter() -> EnvFilter {
+    EnvFilter::new(env_directive())
+}
+
+/// The filter directive the environment asks for (said once when it is not valid).
+fn env_directive() -> String {
     if let Ok(spec) = std::env::var("RUST_LOG") {
-        if let Ok(filter) = EnvFilter::try_new(&spec) {
-            return filter;
+        if EnvFilter::try_new(&spec).is_ok() {
+            return spec;
         }
         eprintln!("RUST_LOG={spec:?} is not a valid filter; using `info`");
     } else if let Ok(level) = std::env::var("FLWR_LOG_LEVEL") {
         match flwr_level_directive(&level) {
-            Some(d) => return EnvFilter::new(d),
+            Some(d) => return d.to_owned(),
             None => eprintln!(
                 "FLWR_LOG_LEVEL={level:?} is not a log level (DEBUG, INFO, WARNING, ERROR); using INFO"
             ),
         }
     }
-    EnvFilter::new("info")
+    "info".to_owned()
 }
 
 /// How log lines are written (`--log-format`).
@@ -46,11 +51,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// The subscriber the output layers sit on: the registry behind the level filter.
-type Filtered = tracing_subscriber::layer::Layered<EnvFilter, tracing_subscriber::Registry>;
-type BoxedLayer = Box<dyn tracing_subscriber::Layer<Filtered> + Send + Sync>;
+/// Each output has a filter of its own: the log lines the level the environment asks for, the
+/// OTLP export the daemons' own spans and events at `info` whatever that level.
+type BoxedLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
 
-fn layer<W>(format: LogFormat, writer: W, ansi: bool) -> BoxedLayer
+fn layer<W>(format: LogFormat, writer: W, ansi: bool, directive: &str) -> BoxedLayer
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -58,12 +63,14 @@ where
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_target(false);
+    let filter = EnvFilter::new(directive);
     match format {
-        LogFormat::Text => fmt.with_ansi(ansi).boxed(),
+        LogFormat::Text => fmt.with_ansi(ansi).with_filter(filter).boxed(),
         LogFormat::Json => fmt
             .json()
             .with_current_span(true)
             .with_span_list(false)
+            .with_filter(filter)
             .boxed(),
     }
 }
@@ -125,31 +132,40 @@ pub fn init(options: LogOptions) -> Result<Logging, LogError> {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let directive = env_directive();
     let mut layers = vec![layer(
         options.format,
         std::io::stderr,
         std::io::stderr().is_terminal(),
+        &directive,
     )];
     if let Some(rotation) = options.file {
         let path = rotation.path.clone();
         let file = crate::logfile::RotatingFile::open(rotation)
             .map_err(|source| LogError::File { path, source })?;
-        layers.push(layer(options.format, file, false));
+        layers.push(layer(options.format, file, false, &directive));
     }
     let provider = match options.otlp {
         Some((endpoint, service)) => {
             let provider = otlp_provider(&endpoint, service)?;
             use opentelemetry::trace::TracerProvider as _;
             let tracer = provider.tracer(service);
-            layers.push(Box::new(tracing_opentelemetry::layer().with_tracer(tracer)));
+            // Ours only (never the HTTP/2 stack's, the exporter's own connection among them).
+            let ours = tracing_subscriber::filter::filter_fn(|m| {
+                m.target().starts_with("flwr_") && *m.level() <= tracing::Level::INFO
+            });
+            layers.push(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(ours)
+                    .boxed(),
+            );
             Some(provider)
         }
         None => None,
     };
-    let _ = tracing_subscriber::registry()
-        .with(env_filter())
-        .with(layers)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(layers).try_init();
     Ok(Logging { otlp: provider })
 }
 

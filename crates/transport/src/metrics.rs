@@ -36,6 +36,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// How often histograms are compacted (the exporter's upkeep).
 const UPKEEP: Duration = Duration::from_secs(5);
 
+/// How long a scrape waits for the figures read from the state.
+const REFRESH_LIMIT: Duration = Duration::from_secs(5);
+
 /// Scrape connections open at once; more are closed at once (a scraper needs one or two).
 const MAX_SCRAPE_CONNECTIONS: usize = 32;
 
@@ -145,7 +148,10 @@ pub async fn serve<F, Fut>(
                         if req.uri().path() != "/metrics" {
                             return Ok::<_, Infallible>(text(http::StatusCode::NOT_FOUND, "try /metrics\n".into()));
                         }
-                        refresh().await;
+                        // A database that does not answer leaves the other figures scrapable.
+                        if tokio::time::timeout(REFRESH_LIMIT, refresh()).await.is_err() {
+                            tracing::debug!("metrics: the state did not answer in time; its figures are the last ones read");
+                        }
                         collector.collect();
                         Ok(text(http::StatusCode::OK, handle.render()))
                     }
