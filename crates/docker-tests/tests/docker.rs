@@ -605,7 +605,8 @@ fn the_grafana_dashboard_queries_only_metrics_we_serve() {
 /// The Debian packages (`scripts/package.sh`, cargo-deb): their units, unpacked over a root with
 /// systemd's own units, pass `systemd-analyze verify` with nothing to say and are rated at most
 /// 2.0 ("OK") by `systemd-analyze security`; installed in a clean container from the project's
-/// Debian base, they create the `flwr` user, and the SuperLink starts as that user.
+/// Debian base, they create the `flwr` user, the SuperLink starts as that user, and they remove
+/// cleanly (the user stays).
 #[test]
 fn debian_packages_install_and_their_units_verify() {
     images();
@@ -679,6 +680,9 @@ for i in $(seq 120); do
 done
 cat /tmp/superlink.log
 stat -c '%U %n' /var/lib/flwr/superlink/state.db
+dpkg -r flwr-superlink flwr-supernode >/dev/null
+test ! -e /usr/bin/superlink && test ! -e /lib/systemd/system/flwr-superlink.service
+id flwr >/dev/null && echo "removed; the flwr user stays"
 "#;
     let (status, out) = run_within(
         Command::new("docker")
@@ -695,6 +699,7 @@ stat -c '%U %n' /var/lib/flwr/superlink/state.db
         "Flower version: 1.28.0 (supernode",
         "Fleet API (grpc-rere) serving",
         "flwr /var/lib/flwr/superlink/state.db",
+        "removed; the flwr user stays",
     ] {
         assert!(out.contains(expected), "no {expected:?} in:\n{out}");
     }
