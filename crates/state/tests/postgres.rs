@@ -264,7 +264,11 @@ mod replicas {
     /// A database written before `delivered_at` and `confirmed` existed (and before object and
     /// FAB bytes were stored uncompressed) gets them when a replica starts, and what it held is
     /// still delivered.
-    #[tokio::test]
+    // Multi-threaded, and psql off the runtime (block_in_place): the ALTER TABLEs wait for the
+    // transactions of the replicas' background tasks (the sweeper), which must be able to run
+    // meanwhile. On one thread, psql blocked the runtime while a sweeper transaction held its
+    // locks: a deadlock that hung the whole test binary now and then.
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_database_from_before_the_added_columns_is_upgraded() {
         let url = flwr_testkit::postgres::shared().create_database();
         let clock = Arc::new(ManualClock::new());
@@ -281,24 +285,16 @@ mod replicas {
         let storage = "SELECT string_agg(attrelid::regclass || '=' || attstorage::text, ' ' ORDER BY attrelid::regclass::text) \
                        FROM pg_attribute WHERE attname = 'content' \
                        AND attrelid IN ('object'::regclass, 'fab'::regclass)";
-        assert_eq!(
-            pg.psql_in(&url, storage).trim(),
-            "fab=e object=e",
-            "a new database"
-        );
-        pg.psql_in(
-            &url,
+        let psql = |sql: &str| tokio::task::block_in_place(|| pg.psql_in(&url, sql));
+        assert_eq!(psql(storage).trim(), "fab=e object=e", "a new database");
+        psql(
             "ALTER TABLE message_ins DROP COLUMN confirmed, DROP COLUMN delivered_at; \
              ALTER TABLE token DROP COLUMN launcher; \
              ALTER TABLE object ALTER COLUMN content SET STORAGE EXTENDED; \
              ALTER TABLE fab ALTER COLUMN content SET STORAGE EXTENDED",
         );
         let b = replica(&url, clock.clone()).await.state;
-        assert_eq!(
-            pg.psql_in(&url, storage).trim(),
-            "fab=e object=e",
-            "upgraded"
-        );
+        assert_eq!(psql(storage).trim(), "fab=e object=e", "upgraded");
         assert_eq!(
             b.pull_instruction(node).await.unwrap(),
             Some(queued.clone())
