@@ -18,15 +18,19 @@ use parking_lot::Mutex;
 use crate::id::ObjectId;
 use crate::tree::ObjectTree;
 
+/// What a storage engine's driver reported (a database error, a closed worker), kept whole so
+/// that callers can look into it.
+pub type DriverError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// A store backend failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The backend failed (disk full, database error...).
     #[error("object store: {0}")]
-    Backend(String),
+    Backend(#[source] DriverError),
     /// The database cannot be reached now; callers may retry.
     #[error("object store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] DriverError),
 }
 
 /// What the store knows about an id.

@@ -228,7 +228,7 @@ pub mod link {
         }
     }
 
-    fn reply_to(ins: &MessageMeta, tag: &str, now: f64) -> MessageMeta {
+    pub fn reply_to(ins: &MessageMeta, tag: &str, now: f64) -> MessageMeta {
         MessageMeta {
             run_id: ins.run_id,
             message_id: format!("{tag:f>64}"),

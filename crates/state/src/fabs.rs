@@ -129,8 +129,11 @@ impl FabStore for FileFabs {
         let fabs = self.clone();
         tokio::task::spawn_blocking(move || fabs.put_blocking(&content))
             .await
-            .map_err(|e| StateError::Backend(format!("FAB storage failed: {e}")))?
-            .map_err(|e| StateError::Backend(e.to_string()))
+            .map_err(|e| StateError::Worker {
+                what: "FAB storage",
+                source: Box::new(e),
+            })?
+            .map_err(StateError::from)
     }
 
     async fn get(&self, hash: &str) -> Result<Option<Bytes>, StateError> {
@@ -138,8 +141,11 @@ impl FabStore for FileFabs {
         let hash = hash.to_owned();
         tokio::task::spawn_blocking(move || fabs.get_blocking(&hash))
             .await
-            .map_err(|e| StateError::Backend(format!("FAB read failed: {e}")))?
-            .map_err(|e| StateError::Backend(e.to_string()))
+            .map_err(|e| StateError::Worker {
+                what: "FAB read",
+                source: Box::new(e),
+            })?
+            .map_err(StateError::from)
     }
 }
 

@@ -30,7 +30,7 @@ use flwr_objects::message::MessageMeta;
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::fabs::FabStore;
 pub use crate::objects::ObjectStore;
-pub use flwr_objects::store::{Lookup, StoreError};
+pub use flwr_objects::store::{DriverError, Lookup, StoreError};
 
 /// Run ids and node ids are unsigned 64-bit on the wire.
 pub type RunId = u64;
@@ -398,13 +398,80 @@ pub enum StateError {
     /// The public key is registered already (keys are unique forever).
     #[error("Public key already in use")]
     PublicKeyInUse,
-    /// The backend failed.
-    #[error("state backend: {0}")]
-    Backend(String),
+    /// The database failed an operation (a broken constraint, a full disk, a read-only file, a
+    /// refused login, a bad URL); `detail` says what, and the fix when there is one.
+    #[error("{target}: {detail}")]
+    Database {
+        /// The database: a file's path, or a URL with its password masked.
+        target: String,
+        /// What went wrong, in words an operator can act on.
+        detail: String,
+        /// The driver's error.
+        #[source]
+        source: DriverError,
+    },
     /// The database cannot be reached now (a lost connection, a restarting server); callers may
     /// retry.
-    #[error("state database unavailable: {0}")]
-    Unavailable(String),
+    #[error("state database unavailable: {target}: {detail}")]
+    Unavailable {
+        /// The database (password masked).
+        target: String,
+        /// What went wrong.
+        detail: String,
+        /// The driver's error.
+        #[source]
+        source: DriverError,
+    },
+    /// The database holds a schema this SuperLink cannot use.
+    #[error("{target}: the database has schema version {found}, {fix}")]
+    SchemaVersion {
+        /// The database.
+        target: String,
+        /// The version it holds.
+        found: i64,
+        /// What this SuperLink knows, and what to do.
+        fix: String,
+    },
+    /// A file or directory of the state cannot be used.
+    #[error("{}: {action}: {source}", path.display())]
+    File {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// What was tried.
+        action: &'static str,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The FAB storage directory failed.
+    #[error(transparent)]
+    FabStorage(#[from] crate::fabs::FfsError),
+    /// A worker of the engine could not start or ended early (its thread, a blocking task).
+    #[error("{what}: {source}")]
+    Worker {
+        /// The worker.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: DriverError,
+    },
+}
+
+impl StateError {
+    /// True when the database cannot be reached now (callers may retry).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StateError::Unavailable { .. })
+    }
+}
+
+impl From<StateError> for StoreError {
+    fn from(e: StateError) -> Self {
+        if e.is_unavailable() {
+            StoreError::Unavailable(Box::new(e))
+        } else {
+            StoreError::Backend(Box::new(e))
+        }
+    }
 }
 
 /// Why a node lifecycle call was refused.
@@ -452,6 +519,20 @@ pub fn record_call(engine: &'static str, started: std::time::Instant, ok: bool) 
         "outcome" => if ok { "ok" } else { "error" },
     )
     .record(started.elapsed().as_secs_f64());
+}
+
+/// What a SuperLink learns of the replies and reply objects that other SuperLinks sharing its
+/// state store (for held ServerApp pulls, which wait for them).
+pub enum Arrivals {
+    /// No other process writes this state: the SuperLink's own arrivals are all there are.
+    NoneElsewhere,
+    /// Runs with new replies or reply objects, stored by any SuperLink sharing the state (its
+    /// own included); `None` when some may have been missed (the announcements stopped for a
+    /// while), so that waiters look again.
+    Announced(tokio::sync::broadcast::Receiver<Option<RunId>>),
+    /// Others may write, and this engine cannot tell when (now): waiters must look from time to
+    /// time.
+    Unannounced,
 }
 
 /// The SuperLink's state.
@@ -596,6 +677,11 @@ pub trait LinkState: Send + Sync {
     /// streams wait for output instead of polling); `None` when the caller must poll.
     fn log_events(&self) -> Option<tokio::sync::broadcast::Receiver<RunId>> {
         None
+    }
+    /// How a held ServerApp pull learns of replies and reply objects that did not pass through
+    /// its own SuperLink process (see [`Arrivals`]).
+    fn arrivals_elsewhere(&self) -> Arrivals {
+        Arrivals::Unannounced
     }
     /// Stores a validated reply after checking it against its instruction.
     async fn store_reply(

@@ -229,6 +229,10 @@ impl Messages {
 
 #[async_trait::async_trait]
 impl LinkState for MemoryLinkState {
+    /// Written by this process's memory only.
+    fn arrivals_elsewhere(&self) -> crate::Arrivals {
+        crate::Arrivals::NoneElsewhere
+    }
     async fn create_node(&self, node: NewNode) -> Result<NodeId, StateError> {
         let now = self.clock.now();
         let mut nodes = self.nodes.write();

@@ -149,7 +149,11 @@ fn backend(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
             }
             _ => "",
         };
-        StateError::Backend(format!("{}: {e}{hint}", path.display()))
+        StateError::Database {
+            target: path.display().to_string(),
+            detail: format!("{e}{hint}"),
+            source: Box::new(e),
+        }
     }
 }
 
@@ -195,10 +199,13 @@ fn open_connection(path: &Path, schema: &str) -> Result<Connection, StateError> 
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(&err)?;
     if version != 0 && version != SCHEMA_VERSION {
-        return Err(StateError::Backend(format!(
-            "{}: the database has schema version {version}, this SuperLink writes version {SCHEMA_VERSION}; use a new --database file",
-            path.display()
-        )));
+        return Err(StateError::SchemaVersion {
+            target: path.display().to_string(),
+            found: version,
+            fix: format!(
+                "this SuperLink writes version {SCHEMA_VERSION}; use a new --database file"
+            ),
+        });
     }
     conn.execute_batch(schema).map_err(&err)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -210,11 +217,10 @@ fn open_connection(path: &Path, schema: &str) -> Result<Connection, StateError> 
 /// connection of its own served by its own lane. Blocking: call it off the async threads.
 pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Stores, StateError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StateError::Backend(format!(
-                "{}: cannot create the directory: {e}",
-                dir.display()
-            ))
+        std::fs::create_dir_all(dir).map_err(|source| StateError::File {
+            path: dir.to_path_buf(),
+            action: "cannot create the directory",
+            source,
         })?;
     }
     let state = open_connection(path, STATE_SCHEMA)?;
@@ -236,8 +242,10 @@ pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Stores, StateError> {
         hints.queued.write().extend(queued);
     }
     let lane = |name| {
-        Lane::start(name)
-            .map_err(|e| StateError::Backend(format!("cannot start the {name} thread: {e}")))
+        Lane::start(name).map_err(|e| StateError::Worker {
+            what: "cannot start a thread of the SQLite engine",
+            source: Box::new(e),
+        })
     };
     Ok(Stores {
         state: Arc::new(SqliteLinkState {
@@ -285,13 +293,16 @@ where
 
 impl From<crate::lane::LaneClosed> for StateError {
     fn from(e: crate::lane::LaneClosed) -> Self {
-        StateError::Backend(e.to_string())
+        StateError::Worker {
+            what: "the SQLite engine",
+            source: Box::new(e),
+        }
     }
 }
 
 impl From<crate::lane::LaneClosed> for StoreError {
     fn from(e: crate::lane::LaneClosed) -> Self {
-        StoreError::Backend(e.to_string())
+        StoreError::Backend(Box::new(e))
     }
 }
 
@@ -307,6 +318,10 @@ impl SqliteLinkState {
 
 #[async_trait::async_trait]
 impl LinkState for SqliteLinkState {
+    /// Written by one SuperLink process (the file is not shared by replicas) only.
+    fn arrivals_elsewhere(&self) -> crate::Arrivals {
+        crate::Arrivals::NoneElsewhere
+    }
     async fn create_node(&self, node: NewNode) -> Result<NodeId, StateError> {
         self.on_lane(move |db| db.create_node(node)).await
     }
@@ -1458,7 +1473,7 @@ impl ObjectDb {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<R>,
     ) -> Result<R, StoreError> {
-        let err = |e: rusqlite::Error| StoreError::Backend(backend(&self.path)(e).to_string());
+        let err = |e: rusqlite::Error| StoreError::from(backend(&self.path)(e));
         let mut conn = self.conn.lock();
         let _writing = self.writer.0.lock();
         let tx = conn
@@ -1473,7 +1488,7 @@ impl ObjectDb {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<R>,
     ) -> Result<R, StoreError> {
-        let err = |e: rusqlite::Error| StoreError::Backend(backend(&self.path)(e).to_string());
+        let err = |e: rusqlite::Error| StoreError::from(backend(&self.path)(e));
         let mut conn = self.conn.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Deferred)

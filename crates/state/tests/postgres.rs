@@ -67,7 +67,7 @@ mod replicas {
     #[tokio::test]
     async fn hints_follow_the_other_replicas() {
         let (a, b, clock) = two_replicas().await;
-        let (a, b) = (a.state, b.state);
+        let (a, a_objects, b) = (a.state, a.objects, b.state);
         // An instruction stored through A: B's hint turns to "maybe" and B delivers it.
         let (node, run, message) = instruction_heard_by_b(&a, &b, &clock).await;
         assert_eq!(b.node_id_by_public_key(b"key").await.unwrap(), Some(node));
@@ -95,6 +95,29 @@ mod replicas {
         a.add_log(run, "hello\n").await.unwrap();
         let woke = tokio::time::timeout(Duration::from_secs(10), logs.recv()).await;
         assert_eq!(woke.unwrap().unwrap(), run);
+
+        // A reply and an object stored through A wake B's held pulls of the run (and only
+        // with the run's id); the memory and SQLite engines have no one else to hear from.
+        let Arrivals::Announced(mut arrivals) = b.arrivals_elsewhere() else {
+            panic!("B announces the arrivals through other replicas");
+        };
+        let reply = link::reply_to(&message, "r", clock.now());
+        assert!(a.store_reply(reply).await.unwrap().is_ok());
+        let woke = tokio::time::timeout(Duration::from_secs(10), arrivals.recv()).await;
+        assert_eq!(woke.unwrap().unwrap(), Some(run));
+        let object = flwr_objects::ObjectId::of(b"reply content");
+        let tree = flwr_objects::tree::ObjectTree {
+            id: object,
+            children: vec![],
+        };
+        a_objects.preregister(run, &tree).await.unwrap();
+        a_objects
+            .put(&object, bytes::Bytes::from_static(b"reply content"))
+            .await
+            .unwrap();
+        let woke = tokio::time::timeout(Duration::from_secs(10), arrivals.recv()).await;
+        assert_eq!(woke.unwrap().unwrap(), Some(run));
+        assert!(arrivals.is_empty(), "one announcement per arrival");
 
         // Unregistered through A: B forgets the key.
         a.unregister_node(node, None).await.unwrap().unwrap();

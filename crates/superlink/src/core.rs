@@ -90,9 +90,14 @@ pub struct Core {
     replies: tokio::sync::broadcast::Sender<RunId>,
 }
 
-/// While a ServerApp's pull is held, how often it looks again without news (replies stored by
-/// another replica announce nothing here).
+/// While a ServerApp's pull is held, how often it looks again without news when replies stored
+/// by other replicas are not announced here (PostgreSQL while its notifications are down).
 const HELD_PULL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+/// While a ServerApp's pull is held and arrivals are announced, how often it still looks again:
+/// for the replies the SuperLink makes itself as time passes (a node gone offline or
+/// unregistered, an instruction expired), which nothing announces. Nodes go offline after tens of
+/// seconds without a heartbeat, so this adds little to when such a reply is seen.
+const HELD_PULL_TIMER: std::time::Duration = std::time::Duration::from_secs(5);
 /// While a ServerApp's pull is held, the least time between two of its looks.
 const HELD_PULL_GAP: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -743,6 +748,7 @@ impl Core {
             return Ok(out);
         };
         let mut arrivals = self.replies.subscribe();
+        let mut elsewhere = self.state.arrivals_elsewhere();
         let deadline = tokio::time::Instant::now() + hold;
         let mut missing = message_ids;
         let mut out = Vec::new();
@@ -783,19 +789,20 @@ impl Core {
             if missing.is_empty() || last {
                 break;
             }
-            let wake = deadline.min(tokio::time::Instant::now() + HELD_PULL_POLL);
-            let _ = tokio::time::timeout_at(wake, async {
-                loop {
-                    match arrivals.recv().await {
-                        Ok(run) if run != run_id => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            std::future::pending::<()>().await
-                        }
-                        _ => return,
-                    }
-                }
-            })
-            .await;
+            let (every, cause) = match elsewhere {
+                flwr_state::Arrivals::Unannounced => (HELD_PULL_POLL, "poll"),
+                _ => (HELD_PULL_TIMER, "timer"),
+            };
+            let wake = deadline.min(tokio::time::Instant::now() + every);
+            let woke =
+                tokio::time::timeout_at(wake, next_arrival(run_id, &mut arrivals, &mut elsewhere))
+                    .await;
+            let cause = match woke {
+                Ok(()) => "arrival",
+                Err(_) if wake < deadline => cause,
+                Err(_) => "hold_ended",
+            };
+            metrics::counter!("flwr_held_pull_wakeups_total", "cause" => cause).increment(1);
             // Arrivals come in bursts (a reply, then its objects; many nodes at once): pull
             // again at most every HELD_PULL_GAP, so a large fan-out costs a few pulls, not one
             // per arrival.
@@ -1000,6 +1007,42 @@ impl Core {
     /// One node.
     pub async fn node(&self, node_id: NodeId) -> Result<Option<Node>> {
         self.state.node(node_id).await.map_err(Error::from)
+    }
+}
+
+/// Waits for news of `run_id`: a reply or object stored through this SuperLink, or one stored
+/// through another that shares the state (or word that such news may have been missed). A lag
+/// counts as news; a channel that closed never wakes.
+async fn next_arrival(
+    run_id: RunId,
+    here: &mut tokio::sync::broadcast::Receiver<RunId>,
+    elsewhere: &mut flwr_state::Arrivals,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let local = async {
+        loop {
+            match here.recv().await {
+                Ok(run) if run != run_id => continue,
+                Err(RecvError::Closed) => std::future::pending::<()>().await,
+                _ => return,
+            }
+        }
+    };
+    let remote = async {
+        let flwr_state::Arrivals::Announced(events) = elsewhere else {
+            return std::future::pending::<()>().await;
+        };
+        loop {
+            match events.recv().await {
+                Ok(Some(run)) if run != run_id => continue,
+                Err(RecvError::Closed) => std::future::pending::<()>().await,
+                _ => return,
+            }
+        }
+    };
+    tokio::select! {
+        () = local => {}
+        () = remote => {}
     }
 }
 

@@ -162,7 +162,7 @@ pub enum Error {
     // ------------------------------------------------------------------ the SuperLink itself
     /// The state database cannot be reached now; clients retry.
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(#[source] flwr_state::DriverError),
     /// The state engine failed.
     #[error("SuperLink {0}")]
     State(#[source] StateError),
@@ -194,8 +194,8 @@ impl From<StateError> for Error {
         match e {
             StateError::RunNotFound(id) => Error::UnknownRun(id),
             StateError::PublicKeyInUse => Error::PublicKeyInUse,
-            StateError::Unavailable(m) => Error::Unavailable(m),
-            e @ StateError::Backend(_) => Error::State(e),
+            e if e.is_unavailable() => Error::Unavailable(Box::new(e)),
+            e => Error::State(e),
         }
     }
 }
@@ -203,7 +203,7 @@ impl From<StateError> for Error {
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => Error::Unavailable(m),
+            e @ StoreError::Unavailable(_) => Error::Unavailable(Box::new(e)),
             other => Error::Objects(other),
         }
     }

@@ -19,6 +19,26 @@ use crate::core::{Core, LaunchEvent};
 use flwr_state::{RunId, RunStatus, RunType, SubStatus};
 use flwr_transport::process::{self, CommandLine};
 
+/// Why a pending run's ServerApp was not launched.
+#[derive(Debug, thiserror::Error)]
+enum LaunchError {
+    /// The state failed (its token or its run could not be read).
+    #[error(transparent)]
+    State(#[from] crate::error::Error),
+    /// The run was deleted between its token and its start.
+    #[error("the run vanished before its ServerApp started")]
+    RunVanished,
+    /// The program could not be started; the run ends failed with this text.
+    #[error("The SuperLink could not start `{program}`: {source}. Install flwr in this environment (pip install flwr==1.28.0) or set {env} to the ServerApp program.", env = SERVERAPP_COMMAND_ENV)]
+    NotStarted {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Environment variable naming the ServerApp program (default `flwr-serverapp` on `PATH`).
 pub const SERVERAPP_COMMAND_ENV: &str = "FLWR_SERVERAPP_COMMAND";
 /// Environment variable naming the simulation program (default `flwr-simulation` on `PATH`).
@@ -175,21 +195,16 @@ impl Launcher {
         run_id: RunId,
         children: &mut HashMap<RunId, u32>,
         waits: &mut JoinSet<Done>,
-    ) -> Result<(), String> {
-        let token = self
-            .core
-            .request_token(run_id, Some(&self.name))
-            .await
-            .map_err(|e| e.to_string())?;
+    ) -> Result<(), LaunchError> {
+        let token = self.core.request_token(run_id, Some(&self.name)).await?;
         if token.is_empty() {
             return Ok(()); // someone else (an external executor) took it
         }
         let run = self
             .core
             .get_run(run_id)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("run vanished")?;
+            .await?
+            .ok_or(LaunchError::RunVanished)?;
         let program = match run.run_type {
             RunType::ServerApp => self.programs.serverapp.clone(),
             RunType::Simulation => self.programs.simulation.clone(),
@@ -233,22 +248,21 @@ impl Launcher {
                 });
                 Ok(())
             }
-            Err(e) => {
+            Err(source) => {
                 metrics::counter!("flwr_serverapp_launches_total", "outcome" => "not_started")
                     .increment(1);
-                let details = format!(
-                    "The SuperLink could not start `{}`: {e}. Install flwr in this environment (pip install flwr==1.28.0) or set {} to the ServerApp program.",
-                    program.to_string_lossy(),
-                    SERVERAPP_COMMAND_ENV
-                );
+                let e = LaunchError::NotStarted {
+                    program: program.to_string_lossy().into_owned(),
+                    source,
+                };
                 let _ = self
                     .core
                     .update_run_status(
                         run_id,
-                        Some(RunStatus::finished(SubStatus::Failed, details.clone())),
+                        Some(RunStatus::finished(SubStatus::Failed, e.to_string())),
                     )
                     .await;
-                Err(details)
+                Err(e)
             }
         }
     }

@@ -38,6 +38,10 @@ pub fn describe() {
         "flwr_serverapp_exits_total",
         "ServerApp processes of this SuperLink that exited, by outcome (success, failure)"
     );
+    describe_counter!(
+        "flwr_held_pull_wakeups_total",
+        "Held ServerApp pulls (--serverappio-pull-hold) that looked again, by cause (arrival: a reply or object of the run was stored, through this replica or another; timer: 5 s without news, for the replies the SuperLink makes itself; poll: 500 ms without news while other replicas' arrivals were not announced; hold_ended: the last look)"
+    );
     metrics::describe_histogram!(
         "flwr_state_call_duration_seconds",
         Unit::Seconds,

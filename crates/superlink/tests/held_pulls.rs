@@ -321,3 +321,73 @@ async fn a_replica_killed_while_it_holds_a_taken_reply_loses_nothing() {
     assert_eq!(got, vec![(reply_id.to_hex(), true)]);
     assert_available(&mut appio, run_id, reply_id).await;
 }
+
+/// Across replicas a held pull waits for news, not for a timer: the ServerApp's pull is held by
+/// replica A while the node replies through replica B, its object a second after its message.
+/// A learns of both through PostgreSQL's notifications and answers with the complete reply; its
+/// metrics show that every look it took again was for an arrival, none on a timer (a missing
+/// announcement would show as a 5 s timer look, or as 500 ms polls).
+#[cfg(feature = "external")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_through_another_replica_wakes_the_held_pull() {
+    use flwr_testkit::federation::logged_address;
+    use flwr_testkit::metrics::{scrape, value};
+    let pg = flwr_testkit::postgres::shared();
+    let db = pg.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--isolation",
+        "process",
+        "--database",
+        db.as_str(),
+        "--serverappio-pull-hold",
+        "30",
+        "--metrics-address",
+        "127.0.0.1:0",
+    ];
+    let mut a = SuperLink::start(BIN.as_ref(), None, &dir.path().join("a"), &flags);
+    let b = SuperLink::start(BIN.as_ref(), None, &dir.path().join("b"), &flags);
+    let out = a
+        .proc
+        .wait_for_output("Metrics serving", Duration::from_secs(10));
+    let metrics = logged_address(&out, "Metrics serving");
+    let key = NodeSigningKey::generate();
+    let node = join(&b.fleet, &key).await;
+    let (run_id, token) = running_run(&a.control, &a.serverappio).await;
+    let ins = push_instruction(&a.serverappio, &token, run_id, node).await;
+
+    let held = tokio::spawn({
+        let mut appio = AppIo::new(channel(&a.serverappio));
+        let request = take(&token, run_id, ins);
+        async move { appio.pull_messages(request).await }
+    });
+    let reply_id = reply(&b.fleet, &key, node, run_id, ins, Duration::from_secs(1)).await;
+    let answer = held.await.unwrap().unwrap().into_inner();
+    let ids: Vec<String> = answer
+        .messages_list
+        .iter()
+        .map(|m| m.metadata.as_ref().unwrap().message_id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![reply_id.to_hex()],
+        "answered complete, before the hold ended"
+    );
+    let mut appio = AppIo::new(channel(&a.serverappio));
+    assert_available(&mut appio, run_id, reply_id).await;
+
+    let text = scrape(&metrics);
+    let wakeups =
+        |cause| value(&text, "flwr_held_pull_wakeups_total", &[("cause", cause)]).unwrap_or(0.0);
+    assert!(
+        wakeups("arrival") >= 1.0,
+        "A was woken by the arrivals:\n{text}"
+    );
+    for cause in ["poll", "timer", "hold_ended"] {
+        assert_eq!(
+            wakeups(cause),
+            0.0,
+            "A looked again without news ({cause}):\n{text}"
+        );
+    }
+}

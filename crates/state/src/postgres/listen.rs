@@ -1,6 +1,6 @@
 //! What a replica learns from the others, through PostgreSQL's `LISTEN`/`NOTIFY`: which nodes may
 //! have queued instructions, which node keys were unregistered, which runs changed status or have
-//! new log output.
+//! new log output or new replies.
 //!
 //! The hints answer the most frequent questions (an empty poll, a known key, a running run)
 //! without a database round trip. They may say "maybe" for nothing, never "no" for something: they are
@@ -23,11 +23,13 @@ use crate::{NodeId, RunId};
 pub(crate) const CHANNEL: &str = "flwr_events";
 
 /// Payload prefixes: a queued instruction for a node, an unregistered node, new log output, a
-/// run's new status (which also wakes its log streams: they end when it finishes).
+/// run's new status (which also wakes its log streams: they end when it finishes), a reply or
+/// an object stored for a run (which wakes its held ServerApp pulls).
 pub(crate) const INSTRUCTION: char = 'i';
 pub(crate) const UNREGISTERED: char = 'u';
 pub(crate) const LOG: char = 'l';
 pub(crate) const RUN_STATUS: char = 'r';
+pub(crate) const ARRIVAL: char = 'a';
 
 /// Keys remembered before the cache starts over (a bound on its memory).
 const KEY_LIMIT: usize = 100_000;
@@ -60,6 +62,9 @@ pub(crate) struct Hints {
     runs_gen: AtomicU64,
     /// Runs with new log output.
     logs: broadcast::Sender<RunId>,
+    /// Runs with new replies or objects; `None` after a reconnection (some may have been
+    /// missed).
+    arrivals: broadcast::Sender<Option<RunId>>,
 }
 
 impl Default for Hints {
@@ -73,6 +78,7 @@ impl Default for Hints {
             running: Mutex::new(HashMap::new()),
             runs_gen: AtomicU64::new(0),
             logs: broadcast::channel(1024).0,
+            arrivals: broadcast::channel(1024).0,
         }
     }
 }
@@ -178,11 +184,22 @@ impl Hints {
         self.live().then(|| self.logs.subscribe())
     }
 
+    /// Reply and object arrivals, while they are delivered.
+    pub(crate) fn arrival_events(&self) -> Option<broadcast::Receiver<Option<RunId>>> {
+        self.live().then(|| self.arrivals.subscribe())
+    }
+
     fn apply(&self, payload: &str) {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let mut chars = payload.chars();
         let kind = chars.next();
-        let Ok(id) = chars.as_str().parse::<u64>() else {
+        // Ids come as Rust wrote them (u64), or as the database holds them (i64, from SQL).
+        let text = chars.as_str();
+        let Some(id) = text
+            .parse::<u64>()
+            .ok()
+            .or_else(|| text.parse::<i64>().ok().map(|v| v as u64))
+        else {
             return;
         };
         match kind {
@@ -196,6 +213,9 @@ impl Hints {
             }
             Some(LOG) => {
                 let _ = self.logs.send(id);
+            }
+            Some(ARRIVAL) => {
+                let _ = self.arrivals.send(Some(id));
             }
             _ => {}
         }
@@ -216,6 +236,8 @@ impl Hints {
         }
         *self.queued.lock() = queued.into_iter().map(|n| (n, seq)).collect();
         self.live.store(true, Ordering::SeqCst);
+        // Waiters that subscribed before the connection broke missed what came meanwhile.
+        let _ = self.arrivals.send(None);
     }
 }
 
@@ -338,5 +360,14 @@ mod tests {
             !h.is_running(3, 0.0),
             "a reconnection forgets what it may have missed"
         );
+        // Arrivals: ids as Rust writes them and as the database holds them (run ids past
+        // i64::MAX are negative there); a reconnection says that some may have been missed.
+        let mut arrivals = h.arrival_events().expect("live");
+        h.apply("a18446744073709551615");
+        h.apply("a-1");
+        h.apply("a12");
+        h.rebuild(vec![]);
+        let got: Vec<Option<RunId>> = (0..4).map(|_| arrivals.try_recv().unwrap()).collect();
+        assert_eq!(got, vec![Some(u64::MAX), Some(u64::MAX), Some(12), None]);
     }
 }

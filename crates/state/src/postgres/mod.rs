@@ -253,7 +253,11 @@ pub async fn connect(options: PgOptions, clock: Arc<dyn Clock>) -> Result<Stores
     let (config, tls) = options
         .target
         .client_config()
-        .map_err(|e| StateError::Backend(format!("{name}: {e}")))?;
+        .map_err(|e| StateError::Database {
+            target: name.clone(),
+            detail: e.to_string(),
+            source: Box::new(e),
+        })?;
     let hints = Arc::new(listen::Hints::default());
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
@@ -285,7 +289,11 @@ pub async fn connect(options: PgOptions, clock: Arc<dyn Clock>) -> Result<Stores
         .recycle_timeout(Some(options.wait))
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build();
-    let pool = pool.map_err(|e| StateError::Backend(format!("{name}: {e}")))?;
+    let pool = pool.map_err(|e| StateError::Database {
+        target: name.clone(),
+        detail: e.to_string(),
+        source: Box::new(e),
+    })?;
     let shared = Arc::new(Shared {
         pool,
         clock,
@@ -311,7 +319,7 @@ pub async fn connect(options: PgOptions, clock: Arc<dyn Clock>) -> Result<Stores
 }
 
 /// A PostgreSQL error as the state reports it: connection trouble is [`StateError::Unavailable`].
-fn pg_error(name: &str, e: &tokio_postgres::Error) -> StateError {
+fn pg_error(name: &str, e: tokio_postgres::Error) -> StateError {
     use std::error::Error as _;
     let unavailable = e.is_closed()
         || e.code().is_some_and(|c| {
@@ -331,14 +339,23 @@ fn pg_error(name: &str, e: &tokio_postgres::Error) -> StateError {
             None => e.to_string(),
         },
     };
-    let detail = match fix_for(e) {
+    let detail = match fix_for(&e) {
         Some(fix) => format!("{detail} ({fix})"),
         None => detail,
     };
+    let (target, source) = (name.to_owned(), Box::new(e));
     if unavailable {
-        StateError::Unavailable(format!("{name}: {detail}"))
+        StateError::Unavailable {
+            target,
+            detail,
+            source,
+        }
     } else {
-        StateError::Backend(format!("{name}: {detail}"))
+        StateError::Database {
+            target,
+            detail,
+            source,
+        }
     }
 }
 
@@ -409,8 +426,12 @@ fn tls_error(e: &tokio_postgres::Error) -> Option<&rustls::Error> {
 
 fn pool_error(name: &str, e: deadpool_postgres::PoolError) -> StateError {
     match e {
-        deadpool_postgres::PoolError::Backend(e) => pg_error(name, &e),
-        other => StateError::Unavailable(format!("{name}: no database connection ({other})")),
+        deadpool_postgres::PoolError::Backend(e) => pg_error(name, e),
+        other => StateError::Unavailable {
+            target: name.to_owned(),
+            detail: format!("no database connection ({other})"),
+            source: Box::new(other),
+        },
     }
 }
 
@@ -448,7 +469,7 @@ macro_rules! in_tx {
             match outcome {
                 Ok(v) => break Ok(v),
                 Err(e) if retryable(&e) && attempt < ATTEMPTS => continue,
-                Err(e) => break Err(pg_error(&shared.name, &e)),
+                Err(e) => break Err(pg_error(&shared.name, e)),
             }
         };
         $crate::record_call("postgresql", started, result.is_ok());
@@ -468,7 +489,7 @@ macro_rules! read {
             Ok(client) => {
                 let $client = &client;
                 let outcome: Result<_, tokio_postgres::Error> = $body;
-                outcome.map_err(|e| pg_error(&shared.name, &e))
+                outcome.map_err(|e| pg_error(&shared.name, e))
             }
         };
         $crate::record_call("postgresql", started, result.is_ok());
@@ -558,11 +579,14 @@ impl Shared {
         .await
         })?;
         if version > SCHEMA_VERSION {
-            return Err(StateError::Backend(format!(
-                "{}: the database has schema version {version}, newer than this SuperLink knows \
-                 ({SCHEMA_VERSION}): upgrade this SuperLink, or point it to another database",
-                self.name
-            )));
+            return Err(StateError::SchemaVersion {
+                target: self.name.clone(),
+                found: version.into(),
+                fix: format!(
+                    "newer than this SuperLink knows ({SCHEMA_VERSION}): upgrade this SuperLink, \
+                     or point it to another database"
+                ),
+            });
         }
         Ok(())
     }
@@ -908,6 +932,13 @@ impl LinkState for PgLinkState {
 
     fn log_events(&self) -> Option<tokio::sync::broadcast::Receiver<RunId>> {
         self.shared.hints.log_events()
+    }
+
+    fn arrivals_elsewhere(&self) -> crate::Arrivals {
+        match self.shared.hints.arrival_events() {
+            Some(events) => crate::Arrivals::Announced(events),
+            None => crate::Arrivals::Unannounced,
+        }
     }
 
     async fn activate_node(
@@ -1634,6 +1665,7 @@ impl LinkState for PgLinkState {
             let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ins_id];
             params.extend(row.params());
             tx.execute(&stmt, &params).await?;
+            notify(tx, listen::ARRIVAL, message.run_id).await?;
             Ok(Ok(message.message_id.clone()))
         }
         .await
@@ -1867,13 +1899,6 @@ async fn delete_cascading(tx: &Tx<'_>, root: &ObjectId) -> PgResult<()> {
     Ok(())
 }
 
-fn store_error(e: StateError) -> StoreError {
-    match e {
-        StateError::Unavailable(m) => StoreError::Unavailable(m),
-        other => StoreError::Backend(other.to_string()),
-    }
-}
-
 /// The PostgreSQL object store engine.
 pub struct PgObjects {
     shared: Arc<Shared>,
@@ -1980,18 +2005,31 @@ impl ObjectStore for PgObjects {
                 .collect())
         }
         .await)
-        .map_err(store_error)
+        .map_err(StoreError::from)
     }
 
     async fn put(&self, oid: &ObjectId, content: Bytes) -> Result<bool, StoreError> {
         in_tx!(&self.shared, |tx, _now| async {
             let key = oid.as_bytes().as_slice();
+            // Stored, and announced to every replica for each run the object belongs to (held
+            // ServerApp pulls wait for the objects of replies), in one statement.
             let stmt = tx
                 .prepare_cached(
-                    "UPDATE object SET content = $2 WHERE object_id = $1 AND content IS NULL",
+                    "WITH stored AS (UPDATE object SET content = $2 \
+                       WHERE object_id = $1 AND content IS NULL RETURNING object_id), \
+                     announced AS (SELECT pg_notify($3, $4 || r.run_id::TEXT) \
+                       FROM stored JOIN object_run r USING (object_id)) \
+                     SELECT (SELECT COUNT(*) FROM stored), (SELECT COUNT(*) FROM announced)",
                 )
                 .await?;
-            if tx.execute(&stmt, &[&key, &content.as_ref()]).await? > 0 {
+            let arrival = listen::ARRIVAL.to_string();
+            let row = tx
+                .query_one(
+                    &stmt,
+                    &[&key, &content.as_ref(), &listen::CHANNEL, &arrival],
+                )
+                .await?;
+            if row.get::<_, i64>(0) > 0 {
                 return Ok(true);
             }
             let stmt = tx
@@ -2000,7 +2038,7 @@ impl ObjectStore for PgObjects {
             Ok(tx.query_opt(&stmt, &[&key]).await?.is_some())
         }
         .await)
-        .map_err(store_error)
+        .map_err(StoreError::from)
     }
 
     async fn get(&self, oid: &ObjectId) -> Result<Lookup, StoreError> {
@@ -2019,7 +2057,7 @@ impl ObjectStore for PgObjects {
             )
         }
         .await)
-        .map_err(store_error)
+        .map_err(StoreError::from)
     }
 
     async fn unavailable(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>, StoreError> {
@@ -2038,7 +2076,7 @@ impl ObjectStore for PgObjects {
                 .collect())
         }
         .await)
-        .map_err(store_error)?;
+        .map_err(StoreError::from)?;
         Ok(ids
             .iter()
             .filter(|i| !here.contains(i.as_bytes().as_slice()))
@@ -2051,7 +2089,7 @@ impl ObjectStore for PgObjects {
             delete_cascading(tx, oid).await
         }
         .await)
-        .map_err(store_error)
+        .map_err(StoreError::from)
     }
 
     async fn delete_objects_in_run(&self, run_id: u64) -> Result<(), StoreError> {
@@ -2071,7 +2109,7 @@ impl ObjectStore for PgObjects {
             Ok(())
         }
         .await)
-        .map_err(store_error)
+        .map_err(StoreError::from)
     }
 
     async fn tree(&self, root: &ObjectId) -> Result<Option<ObjectTree>, StoreError> {
@@ -2123,7 +2161,7 @@ impl ObjectStore for PgObjects {
             Ok(build(root, &children, 0))
         }
         .await)
-        .map_err(store_error)
+        .map_err(StoreError::from)
     }
 
     async fn len(&self) -> Result<usize, StoreError> {
@@ -2135,7 +2173,7 @@ impl ObjectStore for PgObjects {
             Ok(usize::try_from(n).unwrap_or(0))
         }
         .await)
-        .map_err(store_error)
+        .map_err(StoreError::from)
     }
 
     async fn content_bytes(&self) -> Result<u64, StoreError> {
@@ -2150,7 +2188,7 @@ impl ObjectStore for PgObjects {
             Ok(u64::try_from(n).unwrap_or(0))
         }
         .await)
-        .map_err(store_error)
+        .map_err(StoreError::from)
     }
 }
 

@@ -119,9 +119,11 @@ mod tests {
             to_status(Error::BadObject(VerifyError::Interrupted)).code(),
             Code::Internal
         );
-        let internal = to_status(Error::State(flwr_state::StateError::Backend(
-            "/srv/state.db: NOT NULL constraint failed: run.x".into(),
-        )));
+        let internal = to_status(Error::State(flwr_state::StateError::Database {
+            target: "/srv/state.db".into(),
+            detail: "NOT NULL constraint failed: run.x".into(),
+            source: "NOT NULL constraint failed: run.x".into(),
+        }));
         assert_eq!(internal.code(), Code::Internal);
         assert!(
             !internal.message().contains("/srv") && !internal.message().contains("NOT NULL"),
