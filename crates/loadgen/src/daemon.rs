@@ -3,12 +3,11 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use flwr_testkit::process::{Group, Signal};
 
 /// Linux reports CPU times in `USER_HZ` ticks, which is 100 on every architecture it supports.
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -215,7 +214,7 @@ const HEALTH_LOGGED: &str = "Health service serving";
 /// A running daemon.
 pub struct Daemon {
     name: String,
-    child: Option<Child>,
+    group: Option<Group>,
     log: PathBuf,
     /// From exec to the first SERVING health check.
     pub started_in: Duration,
@@ -242,14 +241,14 @@ impl Daemon {
             .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
         let mut daemon = Daemon {
             name: name.to_owned(),
-            child: Some(child),
+            group: Some(Group::adopt(child)),
             log: log.to_owned(),
             started_in: Duration::ZERO,
         };
-        let child = daemon.child.as_mut().ok_or_else(|| anyhow!("no child"))?;
-        let mut alive = || match child.try_wait() {
-            Ok(Some(status)) => Err(anyhow!("{name} exited ({status}) before serving")),
-            _ => Ok(()),
+        let group = daemon.group.as_ref().ok_or_else(|| anyhow!("no child"))?;
+        let mut alive = || match group.status() {
+            Some(status) => Err(anyhow!("{name} exited ({status}) before serving")),
+            None => Ok(()),
         };
         let timeout = Duration::from_secs(120);
         let serving = async {
@@ -287,7 +286,7 @@ impl Daemon {
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
+        self.group.as_ref().map(Group::pid).unwrap_or(0)
     }
 
     /// CPU time and memory now.
@@ -307,30 +306,17 @@ impl Daemon {
 
     /// SIGTERM to the group, SIGKILL after `grace`, and reap.
     pub async fn stop(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else {
+        let Some(group) = self.group.take() else {
             return;
         };
-        let group = Pid::from_raw(child.id() as i32);
-        let _ = killpg(group, Signal::SIGTERM);
+        group.signal_group(Signal::SIGTERM);
         let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
+        while Instant::now() < deadline && group.status().is_none() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // The leader is gone or overdue; make sure nothing of the group lingers.
-        let _ = killpg(group, Signal::SIGKILL);
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-            let _ = child.wait();
-        }
+        // The leader is gone or overdue: dropping the group kills whatever is left of it (the
+        // leader is not reaped before that, so the group id is still its own) and reaps it.
+        drop(group);
     }
 }
 

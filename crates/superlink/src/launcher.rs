@@ -85,7 +85,7 @@ enum Done {
     /// A ServerApp process ended (and was reaped), with how.
     Exited(RunId, String),
     /// The grace of a ServerApp asked to stop is over.
-    KillDue(RunId, u32),
+    KillDue(RunId, process::Group),
 }
 
 impl Launcher {
@@ -112,7 +112,7 @@ impl Launcher {
 
     /// Runs until `stop` is cancelled, then ends and reaps every child.
     pub async fn run(mut self) {
-        let mut children: HashMap<RunId, u32> = HashMap::new();
+        let mut children: HashMap<RunId, process::Group> = HashMap::new();
         let mut waits: JoinSet<Done> = JoinSet::new();
         let mut sweep = tokio::time::interval(SWEEP);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -122,13 +122,13 @@ impl Launcher {
                 ev = self.events.recv() => match ev {
                     Some(LaunchEvent::RunPending) => self.launch_pending(&mut children, &mut waits).await,
                     Some(LaunchEvent::RunStopped(run_id)) => {
-                        if let Some(pid) = children.get(&run_id) {
-                            tracing::info!(run_id, pid, "stopping the ServerApp of a stopped run");
-                            process::signal_group(*pid, Signal::SIGTERM);
-                            let pid = *pid;
+                        if let Some(group) = children.get(&run_id) {
+                            tracing::info!(run_id, pid = group.pid(), "stopping the ServerApp of a stopped run");
+                            group.signal(Signal::SIGTERM);
+                            let group = group.clone();
                             waits.spawn(async move {
                                 tokio::time::sleep(KILL_GRACE).await;
-                                Done::KillDue(run_id, pid)
+                                Done::KillDue(run_id, group)
                             });
                         }
                     }
@@ -140,21 +140,20 @@ impl Launcher {
                         children.remove(&run_id);
                         tracing::info!(run_id, "ServerApp process ended: {how}");
                     }
-                    // Only a child still listed is signalled: once its end is handled here, its
-                    // pid may belong to another process.
-                    Ok(Done::KillDue(run_id, pid)) => {
-                        if children.get(&run_id) == Some(&pid) {
-                            tracing::warn!(run_id, pid, "the ServerApp ignored SIGTERM: killing it");
-                            process::signal_group(pid, Signal::SIGKILL);
+                    // A child that was reaped meanwhile is not signalled (its group says so).
+                    Ok(Done::KillDue(run_id, group)) => {
+                        if children.get(&run_id).is_some_and(|g| g.pid() == group.pid()) {
+                            tracing::warn!(run_id, pid = group.pid(), "the ServerApp ignored SIGTERM: killing it");
                         }
+                        group.signal(Signal::SIGKILL);
                     }
                     Err(_) => {}
                 },
             }
         }
         // Shutdown: end every ServerApp group, then reap.
-        for pid in children.values() {
-            process::signal_group(*pid, Signal::SIGTERM);
+        for group in children.values() {
+            group.signal(Signal::SIGTERM);
         }
         let reaped = tokio::time::timeout(KILL_GRACE, async {
             while let Some(done) = waits.join_next().await {
@@ -168,14 +167,18 @@ impl Launcher {
         })
         .await;
         if reaped.is_err() {
-            for pid in children.values() {
-                process::signal_group(*pid, Signal::SIGKILL);
+            for group in children.values() {
+                group.signal(Signal::SIGKILL);
             }
         }
         waits.shutdown().await;
     }
 
-    async fn launch_pending(&self, children: &mut HashMap<RunId, u32>, waits: &mut JoinSet<Done>) {
+    async fn launch_pending(
+        &self,
+        children: &mut HashMap<RunId, process::Group>,
+        waits: &mut JoinSet<Done>,
+    ) {
         let pending = match self.core.pending_runs().await {
             Ok(p) => p,
             Err(e) => {
@@ -193,7 +196,7 @@ impl Launcher {
     async fn launch(
         &self,
         run_id: RunId,
-        children: &mut HashMap<RunId, u32>,
+        children: &mut HashMap<RunId, process::Group>,
         waits: &mut JoinSet<Done>,
     ) -> Result<(), LaunchError> {
         let token = self.core.request_token(run_id, Some(&self.name)).await?;
@@ -225,8 +228,8 @@ impl Launcher {
         };
         match process::spawn(&cmd, format!("run {run_id}")) {
             Ok(spawned) => {
-                tracing::info!(run_id, pid = spawned.pid, program = %program.to_string_lossy(), "ServerApp process started");
-                children.insert(run_id, spawned.pid);
+                tracing::info!(run_id, pid = spawned.group.pid(), program = %program.to_string_lossy(), "ServerApp process started");
+                children.insert(run_id, spawned.group);
                 metrics::counter!("flwr_serverapp_launches_total", "outcome" => "started")
                     .increment(1);
                 waits.spawn(async move {

@@ -435,7 +435,7 @@ impl Node {
                     "shutting down: the ClientApp did not reply in time; the message is answered with an error"
                 );
                 if let Some(c) = &child {
-                    process::signal_group(c.pid, Signal::SIGTERM);
+                    c.group.signal(Signal::SIGTERM);
                 }
                 self.state.end_token(run_id);
                 return self.error_reply(ins, error_code::NODE_UNAVAILABLE, SHUTDOWN_REASON);
@@ -478,7 +478,11 @@ impl Node {
             ],
         };
         let spawned = process::spawn(&cmd, format!("clientapp run {run_id}"))?;
-        tracing::info!(run_id, pid = spawned.pid, "ClientApp process started");
+        tracing::info!(
+            run_id,
+            pid = spawned.group.pid(),
+            "ClientApp process started"
+        );
         Ok(spawned)
     }
 

@@ -1,4 +1,5 @@
-//! Child processes owned by a test: killed (with their process group) and reaped on drop.
+//! Child processes owned by a test (or by the benchmark): killed (with their process group) and
+//! reaped on drop, through one handle, [`Group`].
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -10,10 +11,78 @@ use std::time::{Duration, Instant};
 pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+/// A child that leads a process group of its own, owned. Its exit is observed without reaping it
+/// (`waitid` with `WNOWAIT`), so its pid, which is also the group's id, stays its own until the
+/// handle is dropped: a signal to the group can never reach another process that got the pid
+/// again, and members that outlive the child can still be killed. Dropping the handle kills the
+/// whole group and reaps the child.
+pub struct Group {
+    pid: Pid,
+    child: Mutex<Child>,
+    ended: Mutex<Option<ExitStatus>>,
+}
+
+impl Group {
+    /// Takes ownership of `child`, which must lead its own process group (started from
+    /// [`command`], or with `process_group(0)`).
+    pub fn adopt(child: Child) -> Group {
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+        Group {
+            pid,
+            child: Mutex::new(child),
+            ended: Mutex::new(None),
+        }
+    }
+
+    /// The child's pid (the group's id).
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    /// The exit status once the child has ended (it stays unreaped until the drop).
+    pub fn status(&self) -> Option<ExitStatus> {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+        use std::os::unix::process::ExitStatusExt;
+        let mut ended = self.ended.lock().unwrap();
+        if ended.is_none() {
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            *ended = match waitid(Id::Pid(self.pid), flags) {
+                Ok(WaitStatus::Exited(_, code)) => Some(ExitStatus::from_raw((code & 0xff) << 8)),
+                Ok(WaitStatus::Signaled(_, signal, core)) => Some(ExitStatus::from_raw(
+                    signal as i32 | if core { 0x80 } else { 0 },
+                )),
+                _ => None,
+            };
+        }
+        *ended
+    }
+
+    /// Sends `signal` to the child alone.
+    pub fn signal(&self, signal: Signal) {
+        let _ = nix::sys::signal::kill(self.pid, signal);
+    }
+
+    /// Sends `signal` to the whole group (through the system call, never through the `kill`
+    /// program, whose parsing of negative ids is not to be trusted).
+    pub fn signal_group(&self, signal: Signal) {
+        let _ = nix::sys::signal::killpg(self.pid, signal);
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // The child is not reaped yet, so the group id is still its own.
+        self.signal_group(Signal::SIGKILL);
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// A running child with its captured output.
 pub struct Proc {
     name: String,
-    child: Option<Child>,
+    group: Group,
     output: Arc<Mutex<String>>,
     readers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -57,7 +126,7 @@ impl Proc {
         }
         Proc {
             name: name.to_owned(),
-            child: Some(child),
+            group: Group::adopt(child),
             output,
             readers,
         }
@@ -70,7 +139,7 @@ impl Proc {
 
     /// The child's pid.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.group.pid()
     }
 
     /// Waits until the output contains `needle`, or fails the test after `timeout`.
@@ -127,9 +196,7 @@ impl Proc {
 
     /// The exit status if the child has exited.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.group.status()
     }
 
     /// Waits for the child to exit (fails the test after `timeout`) and returns its status and
@@ -151,42 +218,12 @@ impl Proc {
 
     /// Sends `signal` to the child (not its group).
     pub fn signal(&self, signal: Signal) {
-        if let Some(pid) = self.live_pid() {
-            let _ = nix::sys::signal::kill(pid, signal);
-        }
+        self.group.signal(signal);
     }
 
     /// Sends `signal` to the child's whole process group.
     pub fn signal_group(&self, signal: Signal) {
-        if let Some(pid) = self.live_pid() {
-            let _ = nix::sys::signal::killpg(pid, signal);
-        }
-    }
-
-    /// The pid while the child has not been reaped (never 0 or 1).
-    fn live_pid(&self) -> Option<Pid> {
-        let id = self.child.as_ref()?.id();
-        let id = i32::try_from(id).ok().filter(|p| *p > 1)?;
-        Some(Pid::from_raw(id))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if child.try_wait().ok().flatten().is_none() {
-                // The whole group: the child and whatever it started (signals through the
-                // system call, never through the `kill` program, whose parsing of negative
-                // ids is not to be trusted).
-                if let Ok(pid) = i32::try_from(child.id()) {
-                    if pid > 1 {
-                        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                    }
-                }
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
+        self.group.signal_group(signal);
     }
 }
 
@@ -245,18 +282,15 @@ pub fn run_within(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String) 
             .map(|t| String::from_utf8_lossy(&t.lock().unwrap()).into_owned())
             .collect::<String>()
     };
+    let group = Group::adopt(child);
     let start = Instant::now();
     loop {
-        if let Some(status) = child.try_wait().ok().flatten() {
+        if let Some(status) = group.status() {
             await_readers(&readers, Duration::from_secs(5));
             return (status, collected());
         }
         if start.elapsed() > timeout {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            drop(group);
             panic!(
                 "{name} still ran after {timeout:?}; output so far:\n{}",
                 collected()
@@ -272,4 +306,53 @@ pub fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The state letter of a process in `/proc` (`None` once it is gone).
+    fn state_of(pid: Pid) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.chars().next()
+    }
+
+    fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !check() {
+            assert!(start.elapsed() < Duration::from_secs(20), "never: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A leader that exits before a member of its group: its end is seen without reaping it (its
+    /// pid, the group's id, stays taken), and the drop kills the member that outlived it.
+    #[test]
+    fn a_group_outlived_by_a_member_is_killed_whole_on_drop() {
+        let mut cmd = command("sh");
+        cmd.args(["-c", "sleep 60 >/dev/null & echo $!"])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let member = Pid::from_raw(line.trim().parse().unwrap());
+        let group = Group::adopt(child);
+        let leader = Pid::from_raw(group.pid() as i32);
+        eventually("the leader's end is seen", || group.status().is_some());
+        assert!(group.status().unwrap().success());
+        assert_eq!(state_of(leader), Some('Z'), "seen, not reaped");
+        assert!(
+            matches!(state_of(member), Some('S' | 'R')),
+            "the member lives on"
+        );
+        drop(group);
+        assert_eq!(state_of(leader), None, "reaped");
+        eventually("the member is killed", || {
+            matches!(state_of(member), None | Some('Z'))
+        });
+    }
 }

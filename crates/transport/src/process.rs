@@ -19,18 +19,39 @@ pub struct CommandLine {
     pub args: Vec<OsString>,
 }
 
-/// A started child whose process group can be signalled.
+/// A started child: the right to signal its process group, and its end.
 #[derive(Debug)]
 pub struct Spawned {
-    /// The child's pid, which is also its process group id.
-    pub pid: u32,
+    /// Signals the child's process group.
+    pub group: Group,
     /// Resolves with the exit status once the child ended and its output was read.
     pub done: tokio::task::JoinHandle<std::io::Result<ExitStatus>>,
 }
 
+/// The right to signal a child's process group (cheap to clone). The signal goes through the
+/// task that reaps the child, which sends it only while the child is not reaped: once reaped,
+/// its pid (the group's id) may name another process, and signals go nowhere.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pid: u32,
+    signals: tokio::sync::mpsc::UnboundedSender<Signal>,
+}
+
+impl Group {
+    /// The child's pid, which is also its process group id (for logs).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends `signal` to the group, unless the child was reaped already.
+    pub fn signal(&self, signal: Signal) {
+        let _ = self.signals.send(signal);
+    }
+}
+
 /// Starts `cmd` in a new process group. Each output line is logged with `label`. The returned
-/// task owns the child: dropping or aborting it kills the child (not its group: use
-/// [`signal_group`] first).
+/// task owns the child and reaps it; aborting it kills the child (not its group: signal the
+/// [`Group`] first). Dropping the [`Spawned`] leaves the child running, still reaped.
 pub fn spawn(cmd: &CommandLine, label: String) -> std::io::Result<Spawned> {
     let mut c = tokio::process::Command::new(&cmd.program);
     c.args(&cmd.args)
@@ -43,12 +64,32 @@ pub fn spawn(cmd: &CommandLine, label: String) -> std::io::Result<Spawned> {
     let pid = child.id().unwrap_or(0);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
+    let (signals, mut requests) = tokio::sync::mpsc::unbounded_channel::<Signal>();
     let done = tokio::spawn(async move {
-        let (status, (), ()) =
-            tokio::join!(child.wait(), pump(stdout, &label), pump(stderr, &label));
+        let reaped = async {
+            loop {
+                tokio::select! {
+                    // The wait first: a child that has ended is reaped before any signal, and
+                    // then no signal is sent any more.
+                    biased;
+                    status = child.wait() => break status,
+                    Some(signal) = requests.recv() => {
+                        if let Ok(p) = i32::try_from(pid) {
+                            if p > 0 {
+                                let _ = killpg(Pid::from_raw(p), signal);
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let (status, (), ()) = tokio::join!(reaped, pump(stdout, &label), pump(stderr, &label));
         status
     });
-    Ok(Spawned { pid, done })
+    Ok(Spawned {
+        group: Group { pid, signals },
+        done,
+    })
 }
 
 /// Logs every line of a child's output stream until it closes.
@@ -80,18 +121,31 @@ pub fn strip_ansi(line: &str) -> String {
     out
 }
 
-/// Sends `signal` to the process group `pid` leads. Errors (the group is gone) are ignored.
-pub fn signal_group(pid: u32, signal: Signal) {
-    if let Ok(p) = i32::try_from(pid) {
-        if p > 0 {
-            let _ = killpg(Pid::from_raw(p), signal);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A group is signalled while its child lives (the whole group: the child's own child too),
+    /// and never once the child was reaped.
+    #[tokio::test]
+    async fn signals_reach_the_group_until_the_child_is_reaped() {
+        let cmd = CommandLine {
+            program: "sh".into(),
+            args: vec!["-c".into(), "sleep 30 & wait".into()],
+        };
+        let spawned = spawn(&cmd, "test".into()).unwrap();
+        let group = spawned.group.clone();
+        group.signal(Signal::SIGTERM);
+        let status = tokio::time::timeout(std::time::Duration::from_secs(20), spawned.done)
+            .await
+            .expect("the group ended")
+            .unwrap()
+            .unwrap();
+        assert!(!status.success());
+        // Reaped: the task that could signal is gone, and with it the way to the pid.
+        assert!(group.signals.is_closed());
+        group.signal(Signal::SIGKILL);
+    }
 
     #[test]
     fn strips_colours() {
