@@ -38,7 +38,16 @@ pub enum BuildError {
     Bind(#[from] grpc::BindError),
     /// The state could not be opened.
     #[error("cannot open the state database: {0}")]
-    State(String),
+    State(#[from] flwr_state::StateError),
+    /// A start-up task ended before its work did.
+    #[error("{what} did not finish: {source}")]
+    TaskLost {
+        /// The work.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// `--storage-dir` cannot be used.
     #[error(transparent)]
     Storage(#[from] flwr_state::fabs::FfsError),
@@ -109,17 +118,17 @@ impl App {
                 let (p, c) = (path.clone(), clock.clone());
                 let opened = tokio::task::spawn_blocking(move || flwr_state::sqlite::open(&p, c))
                     .await
-                    .map_err(|e| BuildError::State(e.to_string()))?
-                    .map_err(|e| BuildError::State(e.to_string()))?;
+                    .map_err(|source| BuildError::TaskLost {
+                        what: "opening the SQLite database",
+                        source,
+                    })??;
                 tracing::info!(database = %path.display(), "State in SQLite");
                 opened
             }
             Database::Postgres(target) => {
                 let name = target.masked();
                 let options = flwr_state::postgres::PgOptions::new(target.clone());
-                let stores = flwr_state::postgres::connect(options, clock.clone())
-                    .await
-                    .map_err(|e| BuildError::State(e.to_string()))?;
+                let stores = flwr_state::postgres::connect(options, clock.clone()).await?;
                 tracing::info!(database = %name, "State in PostgreSQL");
                 stores
             }
@@ -128,7 +137,10 @@ impl App {
             let fabs = flwr_state::fabs::FileFabs::new(config.storage_dir.clone());
             tokio::task::spawn_blocking(move || fabs.check_writable())
                 .await
-                .map_err(|e| BuildError::State(e.to_string()))??;
+                .map_err(|source| BuildError::TaskLost {
+                    what: "checking --storage-dir",
+                    source,
+                })??;
         }
         let control = grpc::bind("--control-api-address", &config.control_address).await?;
         let serverappio =
