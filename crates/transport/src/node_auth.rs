@@ -595,5 +595,30 @@ Y2/69RgO4AolgVIt503dAAAABHRlc3QB
                 .contains("`ssh-ed25519` key, but an ECDSA key"),
             "{e}"
         );
+        // A P-256 key with a passphrase (ssh-keygen -t ecdsa -b 256 -N secret).
+        let encrypted = b"-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAACmFlczI1Ni1jdHIAAAAGYmNyeXB0AAAAGAAAABCteJIjke
+sdVL82bacQGkdYAAAAEAAAAAEAAABoAAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlz
+dHAyNTYAAABBBAvQtcQn9HJ1IIPGpHS2/DPryQEXiVLoE8wkBE4xjrmnT8aBhh+dtn3OhH
+ix2cC+aeyerO8uzKkPDZQQH7WPyBMAAACgxeIWWECAtTN6Fnb4G8UkP2WktX2oBRqRatmw
+4R8qkyK1O/UeoL/j7FrgJqFDDSBkKxEFWSSj7wV7eTU6jdB0uat84AZF2V51zgt6f3Xz/o
+Fq13yokIrDfENwegmF4rn6vnbXev1oWGVVvqQr2ovqCpIU5CBZlIR/Z//TOGS4qNA2zoJ/
+CnACHZOwQGkwYZNHhOYfWmGAyXGM37ewKNxrOQ==
+-----END OPENSSH PRIVATE KEY-----
+";
+        let e = NodeSigningKey::from_openssh(encrypted, "enc").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("encrypted with a passphrase (cipher `aes256-ctr`)"),
+            "{e}"
+        );
+        // The Ed25519 container cut short (its last line gone).
+        let text = std::str::from_utf8(ed).unwrap();
+        let cut = text.replace("Y2/69RgO4AolgVIt503dAAAABHRlc3QB\n", "");
+        assert_ne!(cut, text);
+        let e = NodeSigningKey::from_openssh(cut.as_bytes(), "cut").unwrap_err();
+        assert!(e.to_string().contains("truncated or malformed"), "{e}");
+        let e = NodeSigningKey::from_openssh(&encrypted[..100], "half").unwrap_err();
+        assert!(e.to_string().contains("no `-----BEGIN OPENSSH"), "{e}");
     }
 }
