@@ -88,6 +88,8 @@ pub struct Core {
     /// The run of each reply and object stored through this SuperLink, for held ServerApp
     /// pulls.
     replies: tokio::sync::broadcast::Sender<RunId>,
+    /// Node signatures verified lately.
+    verified: Arc<flwr_transport::node_auth::VerifiedSignatures>,
 }
 
 /// While a ServerApp's pull is held, how often it looks again without news when replies stored
@@ -103,6 +105,8 @@ const HELD_PULL_GAP: std::time::Duration = std::time::Duration::from_millis(100)
 
 /// Parsed keys kept at most (the cache is cleared when it grows past this).
 const KEY_CACHE_LIMIT: usize = 100_000;
+/// Verified node signatures remembered at most (about 60 bytes each).
+const VERIFIED_SIGNATURES_LIMIT: usize = 100_000;
 /// Node scopes kept at most (likewise).
 const SCOPE_CACHE_LIMIT: usize = 100_000;
 
@@ -152,7 +156,15 @@ impl Core {
             keys: Arc::new(RwLock::new(HashMap::new())),
             scopes: Arc::new(parking_lot::Mutex::new(HashMap::new())),
             replies: tokio::sync::broadcast::channel(1024).0,
+            verified: Arc::new(flwr_transport::node_auth::VerifiedSignatures::new(
+                VERIFIED_SIGNATURES_LIMIT,
+            )),
         }
+    }
+
+    /// Node signatures verified lately (a signature presented again is not verified again).
+    pub fn verified(&self) -> &flwr_transport::node_auth::VerifiedSignatures {
+        &self.verified
     }
 
     /// The clock.

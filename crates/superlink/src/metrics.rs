@@ -28,7 +28,7 @@ pub fn describe() {
     );
     describe_counter!(
         "flwr_signature_checks_total",
-        "SuperNode signatures, by outcome (valid, invalid; skipped: vouched for by the connection under --fleet-auth-per-connection)"
+        "SuperNode signatures, by outcome (valid, invalid; cached: the same key, timestamp and signature verified before; skipped: vouched for by the connection under --fleet-auth-per-connection)"
     );
     describe_counter!(
         "flwr_serverapp_launches_total",

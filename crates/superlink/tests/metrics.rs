@@ -57,6 +57,36 @@ async fn the_scrape_counts_calls_signatures_nodes_runs_and_state_calls() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    // The same signed call twice (a replay): verified once, then found among the verified
+    // signatures; a forged signature with the same key and timestamp is still refused.
+    let once = signed(
+        &key,
+        pb::SendNodeHeartbeatRequest {
+            node: Some(pb::Node { node_id: node }),
+            heartbeat_interval: 30.0,
+        },
+        None,
+    );
+    let headers = once.metadata().clone();
+    let body = *once.get_ref();
+    for _ in 0..2 {
+        let again = tonic::Request::from_parts(headers.clone(), tonic::Extensions::default(), body);
+        fleet_client(&superlink.fleet)
+            .send_node_heartbeat(again)
+            .await
+            .unwrap();
+    }
+    let mut forged_again =
+        tonic::Request::from_parts(headers.clone(), tonic::Extensions::default(), body);
+    forged_again.metadata_mut().insert_bin(
+        flwr_transport::node_auth::SIGNATURE_HEADER,
+        tonic::metadata::MetadataValue::from_bytes(&NodeSigningKey::generate().sign(b"x")),
+    );
+    let refused_again = fleet_client(&superlink.fleet)
+        .send_node_heartbeat(forged_again)
+        .await
+        .unwrap_err();
+    assert_eq!(refused_again.code(), tonic::Code::Unauthenticated);
     // Paths outside the schema, made up by the peer: one label for all of them.
     for path in [
         "/flwr.proto.Fleet/Invented1",
@@ -101,19 +131,25 @@ async fn the_scrape_counts_calls_signatures_nodes_runs_and_state_calls() {
     assert_eq!(calls("fleet", "ActivateNode", "OK"), 1.0, "{text}");
     assert_eq!(
         calls("fleet", "SendNodeHeartbeat", "UNAUTHENTICATED"),
-        1.0,
+        2.0,
         "{text}"
     );
+    assert_eq!(calls("fleet", "SendNodeHeartbeat", "OK"), 2.0, "{text}");
     assert_eq!(calls("control", "StartRun", "OK"), 1.0, "{text}");
     assert_eq!(calls("serverappio", "PullAppInputs", "OK"), 1.0, "{text}");
     assert_eq!(
         count("flwr_signature_checks_total", &[("outcome", "valid")]),
-        2.0,
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        count("flwr_signature_checks_total", &[("outcome", "cached")]),
+        1.0,
         "{text}"
     );
     assert_eq!(
         count("flwr_signature_checks_total", &[("outcome", "invalid")]),
-        1.0,
+        2.0,
         "{text}"
     );
     assert_eq!(count("flwr_nodes", &[("status", "online")]), 1.0, "{text}");

@@ -457,10 +457,88 @@ pub fn verify_signed_timestamp(
     Ok(())
 }
 
+/// Signed timestamps verified lately, remembered by a digest of (key, timestamp, signature),
+/// so that the same three presented again (a replayed or repeated call) cost no ECDSA work. The
+/// caller still checks the timestamp window on every call. Safe wherever the SuperLink runs,
+/// unlike the per-connection proof: the three were verified together, whichever connection
+/// presents them again. Bounded: an entry is useless once its timestamp left the window, and
+/// when `limit` entries are held those are dropped first, then all.
+pub struct VerifiedSignatures {
+    entries: parking_lot::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
+    limit: usize,
+}
+
+/// How long a verified signature is remembered: its timestamp's whole window.
+const REMEMBER_FOR: std::time::Duration =
+    std::time::Duration::from_secs((TIMESTAMP_TOLERANCE + 2.0 * SYSTEM_TIME_TOLERANCE) as u64);
+
+impl VerifiedSignatures {
+    /// Remembers at most `limit` signatures.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            entries: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            limit,
+        }
+    }
+
+    fn digest(public_key: &[u8], timestamp: &str, signature: &[u8]) -> [u8; 32] {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for part in [public_key, timestamp.as_bytes(), signature] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    /// True when these three were verified within [`REMEMBER_FOR`].
+    pub fn contains(&self, public_key: &[u8], timestamp: &str, signature: &[u8]) -> bool {
+        let digest = Self::digest(public_key, timestamp, signature);
+        self.entries
+            .lock()
+            .get(&digest)
+            .is_some_and(|at| at.elapsed() < REMEMBER_FOR)
+    }
+
+    /// Remembers three that were just verified.
+    pub fn insert(&self, public_key: &[u8], timestamp: &str, signature: &[u8]) {
+        let digest = Self::digest(public_key, timestamp, signature);
+        let mut entries = self.entries.lock();
+        if entries.len() >= self.limit {
+            entries.retain(|_, at| at.elapsed() < REMEMBER_FOR);
+            if entries.len() >= self.limit {
+                entries.clear();
+            }
+        }
+        entries.insert(digest, std::time::Instant::now());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn verified_signatures_are_remembered_by_all_three_parts_and_bounded() {
+        let cache = VerifiedSignatures::new(2);
+        cache.insert(b"k", "t", b"s");
+        assert!(cache.contains(b"k", "t", b"s"));
+        for (k, t, s) in [
+            (&b"K"[..], "t", &b"s"[..]),
+            (b"k", "T", b"s"),
+            (b"k", "t", b"S"),
+        ] {
+            assert!(!cache.contains(k, t, s), "{k:?} {t} {s:?}");
+        }
+        // Parts are delimited: moving a byte from one to the next is another triple.
+        assert!(!cache.contains(b"kt", "", b"s"));
+        cache.insert(b"k2", "t", b"s");
+        cache.insert(b"k3", "t", b"s");
+        assert!(cache.entries.lock().len() <= 2, "bounded");
+        assert!(cache.contains(b"k3", "t", b"s"));
+    }
 
     #[test]
     fn generated_key_signs_and_verifies_with_sha256() {

@@ -164,6 +164,12 @@ async fn authenticate(
         if !node_auth::timestamp_in_window(ts, now) {
             return Err(AuthError::InvalidTimestamp.into());
         }
+    } else if core.verified().contains(&public_key, ts, &sig) {
+        // Verified before (a repeated call): the window is all that can have changed.
+        metrics::counter!("flwr_signature_checks_total", "outcome" => "cached").increment(1);
+        if !node_auth::timestamp_in_window(ts, now) {
+            return Err(AuthError::InvalidTimestamp.into());
+        }
     } else {
         let verified = core
             .parse_key(&public_key)
@@ -172,6 +178,7 @@ async fn authenticate(
         let outcome = if verified.is_ok() { "valid" } else { "invalid" };
         metrics::counter!("flwr_signature_checks_total", "outcome" => outcome).increment(1);
         verified?;
+        core.verified().insert(&public_key, ts, &sig);
         if let (Some(_), Some(c)) = (core.settings().proof_per_connection, connection) {
             c.proved(public_key.clone());
         }
