@@ -240,17 +240,21 @@ async fn sigterm_drains_calls_in_flight_and_reports_not_serving_first() {
     assert!(out.contains("draining: health NOT_SERVING"), "{out}");
 }
 
-/// High availability, the lost-answer window: replica A holds a ServerApp's pull with the reply
-/// already taken (marked delivered in the database) while its object is not in yet, and is
-/// SIGKILLed. Nothing is lost: the ServerApp asks replica B, which gives the reply (unconfirmed
-/// replies are given again) once the node has pushed its object through B.
+/// Two replicas on a fresh PostgreSQL database, holding pulls for 30 s, with `extra` flags.
 #[cfg(feature = "external")]
-#[tokio::test(flavor = "multi_thread")]
-async fn a_replica_killed_while_it_holds_a_taken_reply_loses_nothing() {
+fn two_replicas(
+    extra: &[&str],
+) -> (
+    &'static flwr_testkit::postgres::PgCluster,
+    String,
+    tempfile::TempDir,
+    SuperLink,
+    SuperLink,
+) {
     let pg = flwr_testkit::postgres::shared();
     let db = pg.create_database();
     let dir = tempfile::tempdir().unwrap();
-    let flags = [
+    let mut flags = vec![
         "--isolation",
         "process",
         "--database",
@@ -258,8 +262,20 @@ async fn a_replica_killed_while_it_holds_a_taken_reply_loses_nothing() {
         "--serverappio-pull-hold",
         "30",
     ];
+    flags.extend_from_slice(extra);
     let a = SuperLink::start(BIN.as_ref(), None, &dir.path().join("a"), &flags);
     let b = SuperLink::start(BIN.as_ref(), None, &dir.path().join("b"), &flags);
+    (pg, db, dir, a, b)
+}
+
+/// High availability, the lost-answer window: replica A holds a ServerApp's pull with the reply
+/// already taken (marked delivered in the database) while its object is not in yet, and is
+/// SIGKILLed. Nothing is lost: the ServerApp asks replica B, which gives the reply (unconfirmed
+/// replies are given again) once the node has pushed its object through B.
+#[cfg(feature = "external")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_while_it_holds_a_taken_reply_loses_nothing() {
+    let (pg, db, _dir, a, b) = two_replicas(&[]);
     let key = std::sync::Arc::new(NodeSigningKey::generate());
     let node = join(&b.fleet, &key).await;
     let (run_id, token) = running_run(&a.control, &a.serverappio).await;
@@ -332,21 +348,7 @@ async fn a_replica_killed_while_it_holds_a_taken_reply_loses_nothing() {
 async fn a_reply_through_another_replica_wakes_the_held_pull() {
     use flwr_testkit::federation::logged_address;
     use flwr_testkit::metrics::{scrape, value};
-    let pg = flwr_testkit::postgres::shared();
-    let db = pg.create_database();
-    let dir = tempfile::tempdir().unwrap();
-    let flags = [
-        "--isolation",
-        "process",
-        "--database",
-        db.as_str(),
-        "--serverappio-pull-hold",
-        "30",
-        "--metrics-address",
-        "127.0.0.1:0",
-    ];
-    let mut a = SuperLink::start(BIN.as_ref(), None, &dir.path().join("a"), &flags);
-    let b = SuperLink::start(BIN.as_ref(), None, &dir.path().join("b"), &flags);
+    let (_pg, _db, _dir, mut a, b) = two_replicas(&["--metrics-address", "127.0.0.1:0"]);
     let out = a
         .proc
         .wait_for_output("Metrics serving", Duration::from_secs(10));
