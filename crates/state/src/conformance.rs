@@ -31,6 +31,19 @@ macro_rules! conformance_tests {
             availability,
             content_bytes
         );
+        mod link_state_with_objects {
+            #[tokio::test]
+            async fn messages_with_objects() {
+                let clock = ::std::sync::Arc::new($crate::ManualClock::new());
+                let stores = ($make)(clock.clone()).await;
+                $crate::conformance::objects::messages_with_objects(
+                    &*stores.state,
+                    &*stores.objects,
+                    &clock,
+                )
+                .await;
+            }
+        }
         mod fab_store {
             /// The engine's own FAB store, or the on-disk one the SuperLink gives the engines
             /// that have none (in a fresh directory, removed afterwards).
@@ -834,6 +847,8 @@ pub mod objects {
     use flwr_objects::content::{serialize, ObjectType};
     use flwr_objects::{ObjectId, ObjectTree};
 
+    use super::link;
+    use crate::{Clock, LinkState, ManualClock, PulledReply, ReplyRejected};
     use crate::{Lookup, ObjectStore};
 
     fn obj(t: ObjectType, children: &[ObjectId], body: &[u8]) -> (ObjectId, Bytes) {
@@ -891,6 +906,72 @@ pub mod objects {
         for (id, b) in [&f.chunk, &f.array, &f.rec, &f.cfg, &f.dict, &f.msg] {
             assert!(s.put(id, b.clone()).await.unwrap());
         }
+    }
+
+    /// PushMessages in one step: an instruction or a reply stored with its tree pre-registered;
+    /// a reply that fails the caller's checks (`store: false`) or its instruction's still gets
+    /// its tree pre-registered, as Flower does.
+    pub async fn messages_with_objects(
+        s: &dyn LinkState,
+        o: &dyn ObjectStore,
+        clock: &ManualClock,
+    ) {
+        let (node, run) = link::setup(s, "n1").await;
+        let f = fixture(b"ins");
+        let t = tree(&f);
+        let all: Vec<ObjectId> = t.post_order().iter().map(|n| n.id).collect();
+        let mut ins = link::instruction(run, node, "", clock.now(), 600.0);
+        ins.message_id = f.msg.0.to_hex();
+        let (stored, to_push) = s
+            .store_instruction_with_objects(o, ins.clone(), &t)
+            .await
+            .unwrap();
+        assert_eq!(stored, Some(ins.message_id.clone()));
+        assert_eq!(to_push, all, "every object, children first");
+        assert_eq!(o.get(&f.msg.0).await.unwrap(), Lookup::Pending);
+        assert_eq!(s.pull_instruction(node).await.unwrap(), Some(ins.clone()));
+        // Not the SuperLink's: not stored, the objects registered all the same.
+        let g = fixture(b"stray");
+        let mut stray = link::instruction(run, node, "", clock.now(), 600.0);
+        stray.message_id = g.msg.0.to_hex();
+        stray.src_node_id = node;
+        let (stored, to_push) = s
+            .store_instruction_with_objects(o, stray, &tree(&g))
+            .await
+            .unwrap();
+        assert_eq!((stored, to_push.len()), (None, 6));
+
+        let r = fixture(b"reply");
+        let mut reply = link::reply_to(&ins, "", clock.now());
+        reply.message_id = r.msg.0.to_hex();
+        let trees = [tree(&r), tree(&r)];
+        let (outcome, to_push) = s
+            .store_reply_with_objects(o, reply.clone(), &trees, false)
+            .await
+            .unwrap();
+        assert_eq!(outcome, None, "refused by the caller: not stored");
+        assert_eq!(to_push.len(), 6, "each object once");
+        let (outcome, to_push) = s
+            .store_reply_with_objects(o, reply.clone(), &trees, true)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Some(Ok(reply.message_id.clone())));
+        assert_eq!(to_push.len(), 6, "still to push");
+        let mut orphan = reply.clone();
+        orphan.reply_to_message_id = "0".repeat(64);
+        let (outcome, _) = s
+            .store_reply_with_objects(o, orphan, &trees, true)
+            .await
+            .unwrap();
+        assert!(matches!(
+            outcome,
+            Some(Err(ReplyRejected::NoInstruction(_)))
+        ));
+        let taken = s
+            .take_replies(std::slice::from_ref(&ins.message_id))
+            .await
+            .unwrap();
+        assert_eq!(taken, vec![PulledReply::Stored(reply)]);
     }
 
     pub async fn preregister_put_get(s: &dyn ObjectStore) {

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use flwr_objects::message::MessageMeta;
+use flwr_objects::{ObjectId, ObjectTree};
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::fabs::FabStore;
@@ -446,6 +447,9 @@ pub enum StateError {
     /// The FAB storage directory failed.
     #[error(transparent)]
     FabStorage(#[from] crate::fabs::FfsError),
+    /// The object store failed (in a call that used both).
+    #[error(transparent)]
+    Objects(#[from] StoreError),
     /// A worker of the engine could not start or ended early (its thread, a blocking task).
     #[error("{what}: {source}")]
     Worker {
@@ -460,12 +464,18 @@ pub enum StateError {
 impl StateError {
     /// True when the database cannot be reached now (callers may retry).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StateError::Unavailable { .. })
+        matches!(
+            self,
+            StateError::Unavailable { .. } | StateError::Objects(StoreError::Unavailable(_))
+        )
     }
 }
 
 impl From<StateError> for StoreError {
     fn from(e: StateError) -> Self {
+        if let StateError::Objects(inner) = e {
+            return inner;
+        }
         if e.is_unavailable() {
             StoreError::Unavailable(Box::new(e))
         } else {
@@ -533,6 +543,24 @@ pub enum Arrivals {
     /// Others may write, and this engine cannot tell when (now): waiters must look from time to
     /// time.
     Unannounced,
+}
+
+/// Pre-registers every tree for `run_id`; the ids to push, each once, in order.
+pub async fn preregister_all(
+    objects: &dyn ObjectStore,
+    run_id: RunId,
+    trees: &[ObjectTree],
+) -> Result<Vec<ObjectId>, StateError> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for t in trees {
+        for id in objects.preregister(run_id, t).await? {
+            if seen.insert(id) {
+                out.push(id);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The SuperLink's state.
@@ -688,6 +716,38 @@ pub trait LinkState: Send + Sync {
         &self,
         message: MessageMeta,
     ) -> Result<Result<String, ReplyRejected>, StateError>;
+    /// A Fleet `PushMessages` in one step: pre-registers `trees` for the reply's run in
+    /// `objects` ([`preregister_all`]), then stores the reply when `store` is true (it passed the
+    /// caller's checks). Returns the reply's outcome (`None` when not stored) and the objects to
+    /// push. An engine that keeps objects in its own database (PostgreSQL) does both in one
+    /// transaction, with its own object store, which must be the one given.
+    async fn store_reply_with_objects(
+        &self,
+        objects: &dyn ObjectStore,
+        message: MessageMeta,
+        trees: &[ObjectTree],
+        store: bool,
+    ) -> Result<(Option<Result<String, ReplyRejected>>, Vec<ObjectId>), StateError> {
+        let to_push = preregister_all(objects, message.run_id, trees).await?;
+        let stored = match store {
+            true => Some(self.store_reply(message).await?),
+            false => None,
+        };
+        Ok((stored, to_push))
+    }
+    /// A ServerAppIo `PushMessages` of one instruction in one step: pre-registers `tree` for its
+    /// run, then stores the instruction ([`LinkState::store_instruction`]). Returns the stored id
+    /// and the objects to push; in one transaction where the engine can, as
+    /// [`LinkState::store_reply_with_objects`].
+    async fn store_instruction_with_objects(
+        &self,
+        objects: &dyn ObjectStore,
+        message: MessageMeta,
+        tree: &ObjectTree,
+    ) -> Result<(Option<String>, Vec<ObjectId>), StateError> {
+        let to_push = preregister_all(objects, message.run_id, std::slice::from_ref(tree)).await?;
+        Ok((self.store_instruction(message).await?, to_push))
+    }
     /// The replies to these instructions (or errors the SuperLink makes for them). An
     /// instruction answered with an error the SuperLink makes is deleted. One answered with its
     /// node's reply stays, the reply marked taken, until the ServerApp confirms the reply

@@ -337,7 +337,6 @@ impl Core {
     ) -> Result<(Option<String>, Vec<ObjectId>)> {
         let run_id = reply.run_id;
         self.gate(run_id).await?;
-        let to_push = self.preregister(run_id, trees).await?;
         let now = self.clock.now();
         let mut errors = reply.validate(true, now);
         if reply.src_node_id != caller {
@@ -345,21 +344,26 @@ impl Core {
                 "`metadata.src_node_id` is not the calling node {caller}"
             ));
         }
-        let stored = if errors.is_empty() {
-            match self.state.store_reply(reply).await? {
-                Ok(id) => {
-                    let _ = self.replies.send(run_id);
-                    metrics::counter!("flwr_messages_stored_total", "kind" => "reply").increment(1);
-                    Some(id)
-                }
-                Err(why) => {
-                    tracing::warn!(%why, "reply refused");
-                    None
-                }
+        // The objects are pre-registered either way (Flower does too); with PostgreSQL, in the
+        // reply's transaction.
+        let (outcome, to_push) = self
+            .state
+            .store_reply_with_objects(&*self.objects, reply, &trees, errors.is_empty())
+            .await?;
+        let stored = match outcome {
+            Some(Ok(id)) => {
+                let _ = self.replies.send(run_id);
+                metrics::counter!("flwr_messages_stored_total", "kind" => "reply").increment(1);
+                Some(id)
             }
-        } else {
-            tracing::warn!(errors = ?errors, "reply refused");
-            None
+            Some(Err(why)) => {
+                tracing::warn!(%why, "reply refused");
+                None
+            }
+            None => {
+                tracing::warn!(errors = ?errors, "reply refused");
+                None
+            }
         };
         // A number no engine should store (NaN, infinite, negative) counts as nothing.
         let runtime = if runtime.is_finite() && runtime >= 0.0 {
@@ -375,19 +379,6 @@ impl Core {
         };
         self.state.add_run_usage(run_id, 0, 0, runtime).await?;
         Ok((stored, to_push))
-    }
-
-    async fn preregister(&self, run_id: RunId, trees: Vec<ObjectTree>) -> Result<Vec<ObjectId>> {
-        let mut out = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for t in &trees {
-            for id in self.objects.preregister(run_id, t).await? {
-                if seen.insert(id) {
-                    out.push(id);
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Adds traffic to a run.
@@ -727,12 +718,15 @@ impl Core {
                     "Malformed PushMessages: `Message.metadata` has mismatched `run_id`".into(),
                 ));
             }
-            for id in self.preregister(run_id, vec![tree]).await? {
+            let (stored, pushable) = self
+                .state
+                .store_instruction_with_objects(&*self.objects, meta, &tree)
+                .await?;
+            for id in pushable {
                 if seen.insert(id) {
                     to_push.push(id);
                 }
             }
-            let stored = self.state.store_instruction(meta).await?;
             if stored.is_some() {
                 metrics::counter!("flwr_messages_stored_total", "kind" => "instruction")
                     .increment(1);

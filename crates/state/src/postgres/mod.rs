@@ -1479,34 +1479,38 @@ impl LinkState for PgLinkState {
         if message.src_node_id != SUPERLINK_NODE_ID {
             return Ok(None);
         }
-        let stored = in_tx!(&self.shared, |tx, _now| {
-            async {
-            if get_run(tx, message.run_id, false).await?.is_none() {
-                return Ok(None);
-            }
-            let dst_ok = get_node(tx, message.dst_node_id, false)
-                .await?
-                .is_some_and(|n| matches!(n.status, NodeStatus::Online | NodeStatus::Offline));
-            if !dst_ok {
-                return Ok(None);
-            }
-            delete_message(tx, &message.message_id).await?;
-            let stmt = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO message_ins ({META_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-                ))
-                .await?;
-            tx.execute(&stmt, &MetaRow::new(&message).params()).await?;
-            notify(tx, listen::INSTRUCTION, message.dst_node_id).await?;
-            Ok(Some(message.message_id.clone()))
-        }
-        .await
-        })?;
+        let stored = in_tx!(&self.shared, |tx, _now| store_instruction_tx(tx, &message)
+            .await)?;
         if stored.is_some() {
             // This replica's own hint turns at once; its notification arrives a moment later.
             self.shared.hints.queued_here(message.dst_node_id);
         }
         Ok(stored)
+    }
+
+    async fn store_instruction_with_objects(
+        &self,
+        _objects: &dyn ObjectStore,
+        message: MessageMeta,
+        tree: &ObjectTree,
+    ) -> Result<(Option<String>, Vec<ObjectId>), StateError> {
+        let ours = message.src_node_id == SUPERLINK_NODE_ID;
+        let (stored, to_push) = in_tx!(&self.shared, |tx, _now| {
+            async {
+                let to_push =
+                    preregister_all_tx(tx, message.run_id, std::slice::from_ref(tree)).await?;
+                let stored = match ours {
+                    true => store_instruction_tx(tx, &message).await?,
+                    false => None,
+                };
+                Ok((stored, to_push))
+            }
+            .await
+        })?;
+        if stored.is_some() {
+            self.shared.hints.queued_here(message.dst_node_id);
+        }
+        Ok((stored, to_push))
     }
 
     async fn pull_instruction(&self, node_id: NodeId) -> Result<Option<MessageMeta>, StateError> {
@@ -1637,38 +1641,27 @@ impl LinkState for PgLinkState {
         &self,
         message: MessageMeta,
     ) -> Result<Result<String, ReplyRejected>, StateError> {
+        in_tx!(&self.shared, |tx, now| store_reply_tx(tx, &message, now)
+            .await)
+    }
+
+    async fn store_reply_with_objects(
+        &self,
+        _objects: &dyn ObjectStore,
+        message: MessageMeta,
+        trees: &[ObjectTree],
+        store: bool,
+    ) -> Result<(Option<Result<String, ReplyRejected>>, Vec<ObjectId>), StateError> {
         in_tx!(&self.shared, |tx, now| {
             async {
-            let ins_id = message.reply_to_message_id.as_str();
-            let ins = match instruction(tx, ins_id, true).await? {
-                Some(i) if expired(&i, now) => {
-                    delete_message(tx, ins_id).await?;
-                    None
-                }
-                other => other,
-            };
-            let Some(ins) = ins else {
-                return Ok(Err(ReplyRejected::NoInstruction(ins_id.to_owned())));
-            };
-            if let Err(why) = check_reply(&ins, &message) {
-                return Ok(Err(why));
+                let to_push = preregister_all_tx(tx, message.run_id, trees).await?;
+                let stored = match store {
+                    true => Some(store_reply_tx(tx, &message, now).await?),
+                    false => None,
+                };
+                Ok((stored, to_push))
             }
-            let stmt = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO message_res (ins_id, {META_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                     ON CONFLICT (ins_id) DO UPDATE SET delivered = FALSE, run_id = $2, message_id = $3, \
-                     src_node_id = $4, dst_node_id = $5, reply_to = $6, group_id = $7, ttl = $8, \
-                     message_type = $9, created_at = $10, error_code = $11, error_reason = $12, has_content = $13"
-                ))
-                .await?;
-            let row = MetaRow::new(&message);
-            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ins_id];
-            params.extend(row.params());
-            tx.execute(&stmt, &params).await?;
-            notify(tx, listen::ARRIVAL, message.run_id).await?;
-            Ok(Ok(message.message_id.clone()))
-        }
-        .await
+            .await
         })
     }
 
@@ -1838,6 +1831,183 @@ impl LinkState for PgLinkState {
     }
 }
 
+/// [`LinkState::store_reply`] in `tx`.
+async fn store_reply_tx(
+    tx: &Tx<'_>,
+    message: &MessageMeta,
+    now: f64,
+) -> PgResult<Result<String, ReplyRejected>> {
+    let ins_id = message.reply_to_message_id.as_str();
+    let ins = match instruction(tx, ins_id, true).await? {
+        Some(i) if expired(&i, now) => {
+            delete_message(tx, ins_id).await?;
+            None
+        }
+        other => other,
+    };
+    let Some(ins) = ins else {
+        return Ok(Err(ReplyRejected::NoInstruction(ins_id.to_owned())));
+    };
+    if let Err(why) = check_reply(&ins, message) {
+        return Ok(Err(why));
+    }
+    let stmt = tx
+        .prepare_cached(&format!(
+            "INSERT INTO message_res (ins_id, {META_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (ins_id) DO UPDATE SET delivered = FALSE, run_id = $2, message_id = $3, \
+             src_node_id = $4, dst_node_id = $5, reply_to = $6, group_id = $7, ttl = $8, \
+             message_type = $9, created_at = $10, error_code = $11, error_reason = $12, has_content = $13"
+        ))
+        .await?;
+    let row = MetaRow::new(message);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ins_id];
+    params.extend(row.params());
+    tx.execute(&stmt, &params).await?;
+    notify(tx, listen::ARRIVAL, message.run_id).await?;
+    Ok(Ok(message.message_id.clone()))
+}
+
+/// [`LinkState::store_instruction`] in `tx`, for an instruction from the SuperLink.
+async fn store_instruction_tx(tx: &Tx<'_>, message: &MessageMeta) -> PgResult<Option<String>> {
+    if get_run(tx, message.run_id, false).await?.is_none() {
+        return Ok(None);
+    }
+    let dst_ok = get_node(tx, message.dst_node_id, false)
+        .await?
+        .is_some_and(|n| matches!(n.status, NodeStatus::Online | NodeStatus::Offline));
+    if !dst_ok {
+        return Ok(None);
+    }
+    delete_message(tx, &message.message_id).await?;
+    let stmt = tx
+        .prepare_cached(&format!(
+            "INSERT INTO message_ins ({META_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        ))
+        .await?;
+    tx.execute(&stmt, &MetaRow::new(message).params()).await?;
+    notify(tx, listen::INSTRUCTION, message.dst_node_id).await?;
+    Ok(Some(message.message_id.clone()))
+}
+
+/// Pre-registers every tree for `run_id` in `tx`; the ids to push, each once, in order.
+async fn preregister_all_tx(
+    tx: &Tx<'_>,
+    run_id: RunId,
+    trees: &[ObjectTree],
+) -> PgResult<Vec<ObjectId>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for t in trees {
+        for id in preregister_tx(tx, run_id, t).await? {
+            if seen.insert(id) {
+                out.push(id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Pre-registers `tree` for `run_id` in `tx`; the ids still to push (deduplicated, in
+/// post-order).
+async fn preregister_tx(tx: &Tx<'_>, run_id: u64, tree: &ObjectTree) -> PgResult<Vec<ObjectId>> {
+    // Each distinct object once, children before parents; then four statements for the
+    // whole tree, however large.
+    let mut seen = HashSet::new();
+    let nodes: Vec<&ObjectTree> = tree
+        .post_order()
+        .into_iter()
+        .filter(|n| seen.insert(n.id))
+        .collect();
+    let keys: Vec<&[u8]> = nodes.iter().map(|n| n.id.as_bytes().as_slice()).collect();
+    let blobs: Vec<Vec<u8>> = nodes
+        .iter()
+        .map(|n| children_blob(&n.children.iter().map(|c| c.id).collect::<Vec<_>>()))
+        .collect();
+    // Keys in one order, so that replicas inserting overlapping trees wait rather than
+    // deadlock.
+    let mut sorted: Vec<(&[u8], &[u8])> = keys
+        .iter()
+        .copied()
+        .zip(blobs.iter().map(Vec::as_slice))
+        .collect();
+    sorted.sort_unstable();
+    let (sorted_keys, sorted_blobs): (Vec<&[u8]>, Vec<&[u8]>) = sorted.into_iter().unzip();
+    {
+        // The objects that are there already are locked first, so that a concurrent release
+        // (a confirmed message whose tree shares them) cannot delete one between our seeing
+        // it and our counting a reference to it: it waits, then sees our count.
+        let stmt = tx
+            .prepare_cached(
+                "SELECT object_id FROM object WHERE object_id = ANY($1) \
+             ORDER BY object_id FOR SHARE",
+            )
+            .await?;
+        tx.execute(&stmt, &[&sorted_keys]).await?;
+        // Inserted once across replicas: only the inserter counts the references.
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO object (object_id, content, children, ref_count) \
+             SELECT k, NULL, c, 0 FROM unnest($1::BYTEA[], $2::BYTEA[]) AS u(k, c) \
+             ON CONFLICT DO NOTHING RETURNING object_id",
+            )
+            .await?;
+        let inserted: HashSet<Vec<u8>> = tx
+            .query(&stmt, &[&sorted_keys, &sorted_blobs])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut references: HashMap<&[u8], i32> = HashMap::new();
+        for node in nodes
+            .iter()
+            .filter(|n| inserted.contains(n.id.as_bytes().as_slice()))
+        {
+            for c in &node.children {
+                *references.entry(c.id.as_bytes().as_slice()).or_default() += 1;
+            }
+        }
+        if !references.is_empty() {
+            let mut counts: Vec<(&[u8], i32)> = references.into_iter().collect();
+            counts.sort_unstable();
+            let (ids, n): (Vec<&[u8]>, Vec<i32>) = counts.into_iter().unzip();
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE object SET ref_count = object.ref_count + u.n \
+                 FROM unnest($1::BYTEA[], $2::INT[]) AS u(k, n) WHERE object_id = u.k",
+                )
+                .await?;
+            tx.execute(&stmt, &[&ids, &n]).await?;
+        }
+        // Objects that were there already still need their content when it is missing.
+        let stmt = tx
+            .prepare_cached(
+                "SELECT object_id FROM object WHERE object_id = ANY($1) AND content IS NOT NULL",
+            )
+            .await?;
+        let available: HashSet<Vec<u8>> = tx
+            .query(&stmt, &[&sorted_keys])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let stmt = tx
+        .prepare_cached(
+            "INSERT INTO object_run (object_id, run_id) SELECT k, $2 FROM unnest($1::BYTEA[]) AS k \
+             ON CONFLICT DO NOTHING",
+                )
+        .await?;
+        tx.execute(&stmt, &[&sorted_keys, &id(run_id)]).await?;
+        Ok(nodes
+            .iter()
+            .filter(|n| {
+                let key = n.id.as_bytes().as_slice();
+                inserted.contains(key) || !available.contains(key)
+            })
+            .map(|n| n.id)
+            .collect())
+    }
+}
+
 fn children_blob(ids: &[ObjectId]) -> Vec<u8> {
     ids.iter()
         .flat_map(|i| i.as_bytes().iter().copied())
@@ -1911,100 +2081,8 @@ impl ObjectStore for PgObjects {
         run_id: u64,
         tree: &ObjectTree,
     ) -> Result<Vec<ObjectId>, StoreError> {
-        // Each distinct object once, children before parents; then four statements for the
-        // whole tree, however large.
-        let mut seen = HashSet::new();
-        let nodes: Vec<&ObjectTree> = tree
-            .post_order()
-            .into_iter()
-            .filter(|n| seen.insert(n.id))
-            .collect();
-        let keys: Vec<&[u8]> = nodes.iter().map(|n| n.id.as_bytes().as_slice()).collect();
-        let blobs: Vec<Vec<u8>> = nodes
-            .iter()
-            .map(|n| children_blob(&n.children.iter().map(|c| c.id).collect::<Vec<_>>()))
-            .collect();
-        // Keys in one order, so that replicas inserting overlapping trees wait rather than
-        // deadlock.
-        let mut sorted: Vec<(&[u8], &[u8])> = keys
-            .iter()
-            .copied()
-            .zip(blobs.iter().map(Vec::as_slice))
-            .collect();
-        sorted.sort_unstable();
-        let (sorted_keys, sorted_blobs): (Vec<&[u8]>, Vec<&[u8]>) = sorted.into_iter().unzip();
-        in_tx!(&self.shared, |tx, _now| async {
-            // The objects that are there already are locked first, so that a concurrent release
-            // (a confirmed message whose tree shares them) cannot delete one between our seeing
-            // it and our counting a reference to it: it waits, then sees our count.
-            let stmt = tx
-                .prepare_cached(
-                    "SELECT object_id FROM object WHERE object_id = ANY($1) \
-                     ORDER BY object_id FOR SHARE",
-                )
-                .await?;
-            tx.execute(&stmt, &[&sorted_keys]).await?;
-            // Inserted once across replicas: only the inserter counts the references.
-            let stmt = tx
-                .prepare_cached(
-                    "INSERT INTO object (object_id, content, children, ref_count) \
-                     SELECT k, NULL, c, 0 FROM unnest($1::BYTEA[], $2::BYTEA[]) AS u(k, c) \
-                     ON CONFLICT DO NOTHING RETURNING object_id",
-                )
-                .await?;
-            let inserted: HashSet<Vec<u8>> = tx
-                .query(&stmt, &[&sorted_keys, &sorted_blobs])
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            let mut references: HashMap<&[u8], i32> = HashMap::new();
-            for node in nodes.iter().filter(|n| inserted.contains(n.id.as_bytes().as_slice())) {
-                for c in &node.children {
-                    *references.entry(c.id.as_bytes().as_slice()).or_default() += 1;
-                }
-            }
-            if !references.is_empty() {
-                let mut counts: Vec<(&[u8], i32)> = references.into_iter().collect();
-                counts.sort_unstable();
-                let (ids, n): (Vec<&[u8]>, Vec<i32>) = counts.into_iter().unzip();
-                let stmt = tx
-                    .prepare_cached(
-                        "UPDATE object SET ref_count = object.ref_count + u.n \
-                         FROM unnest($1::BYTEA[], $2::INT[]) AS u(k, n) WHERE object_id = u.k",
-                    )
-                    .await?;
-                tx.execute(&stmt, &[&ids, &n]).await?;
-            }
-            // Objects that were there already still need their content when it is missing.
-            let stmt = tx
-                .prepare_cached(
-                    "SELECT object_id FROM object WHERE object_id = ANY($1) AND content IS NOT NULL",
-                )
-                .await?;
-            let available: HashSet<Vec<u8>> = tx
-                .query(&stmt, &[&sorted_keys])
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            let stmt = tx
-                .prepare_cached(
-                    "INSERT INTO object_run (object_id, run_id) SELECT k, $2 FROM unnest($1::BYTEA[]) AS k \
-                     ON CONFLICT DO NOTHING",
-                )
-                .await?;
-            tx.execute(&stmt, &[&sorted_keys, &id(run_id)]).await?;
-            Ok(nodes
-                .iter()
-                .filter(|n| {
-                    let key = n.id.as_bytes().as_slice();
-                    inserted.contains(key) || !available.contains(key)
-                })
-                .map(|n| n.id)
-                .collect())
-        }
-        .await)
+        in_tx!(&self.shared, |tx, _now| preregister_tx(tx, run_id, tree)
+            .await)
         .map_err(StoreError::from)
     }
 
