@@ -149,7 +149,7 @@ fn target(control: &str, fleet: &str, serverappio: &str, ca: Option<PathBuf>) ->
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let _logging = flwr_transport::logging::init(Default::default())?;
+    let _logging = flwr_daemon::logging::init(Default::default())?;
     match Cli::parse().command {
         Command::Compare {
             smoke,

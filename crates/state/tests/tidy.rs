@@ -5,26 +5,7 @@
 
 use std::path::Path;
 
-/// The names in a manifest's `[dependencies]` table.
-fn dependencies(manifest: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(manifest).unwrap();
-    let mut in_deps = false;
-    let mut names = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_deps = line == "[dependencies]";
-            continue;
-        }
-        if in_deps {
-            if let Some((name, _)) = line.split_once(['=', '.']) {
-                if !name.trim().is_empty() && !name.starts_with('#') {
-                    names.push(name.trim().to_owned());
-                }
-            }
-        }
-    }
-    names
-}
+use flwr_testkit::tidy::dependencies;
 
 #[test]
 fn the_state_and_what_it_builds_on_know_no_protobuf_or_grpc() {

@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flwr_daemon::tasks::Failure;
 use flwr_proto::proto as pb;
 use flwr_transport::address::Address;
 use flwr_transport::metrics::PrometheusHandle;
 use flwr_transport::server::{self, ServeOptions};
-use flwr_transport::tasks::Failure;
 use flwr_transport::{grpc, limits, tls};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -235,11 +235,12 @@ impl App {
         );
 
         let health_state = flwr_transport::health::HealthState::default();
-        let open_files = flwr_transport::connections::raise_open_file_limit();
+        let open_files = flwr_daemon::connections::raise_open_file_limit();
         let options = ServeOptions {
-            max_connections: self.config.max_connections.unwrap_or_else(|| {
-                flwr_transport::connections::default_max_connections(open_files)
-            }),
+            max_connections: self
+                .config
+                .max_connections
+                .unwrap_or_else(|| flwr_daemon::connections::default_max_connections(open_files)),
             idle_timeout: self.config.idle_timeout,
             ..ServeOptions::default()
         };

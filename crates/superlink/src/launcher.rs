@@ -16,8 +16,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, LaunchEvent};
+use flwr_daemon::process::{self, CommandLine};
 use flwr_state::{RunId, RunStatus, RunType, SubStatus};
-use flwr_transport::process::{self, CommandLine};
 
 /// Why a pending run's ServerApp was not launched.
 #[derive(Debug, thiserror::Error)]

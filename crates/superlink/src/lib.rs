@@ -22,7 +22,7 @@ pub mod service;
 
 /// The version line of `--version`.
 pub fn version_line() -> String {
-    flwr_transport::cli::version_line("superlink", env!("CARGO_PKG_VERSION"))
+    flwr_daemon::cli::version_line("superlink", env!("CARGO_PKG_VERSION"))
 }
 
 /// Runs a SuperLink from parsed flags until SIGINT, SIGTERM or SIGQUIT.

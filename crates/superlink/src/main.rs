@@ -14,13 +14,13 @@ async fn main() -> ExitCode {
         println!("{}", version_line());
         return ExitCode::SUCCESS;
     }
-    let options = flwr_transport::logging::LogOptions {
+    let options = flwr_daemon::logging::LogOptions {
         format: parsed.args.log_format,
         file: parsed
             .args
             .log_file
             .as_ref()
-            .map(|path| flwr_transport::logfile::Rotation {
+            .map(|path| flwr_daemon::logfile::Rotation {
                 path: path.clone(),
                 interval: std::time::Duration::from_secs(
                     3600 * u64::from(parsed.args.log_rotation_interval_hours),
@@ -33,5 +33,5 @@ async fn main() -> ExitCode {
             .clone()
             .map(|e| (e, "flwr-superlink")),
     };
-    flwr_transport::logging::run_logged(options, run(parsed)).await
+    flwr_daemon::logging::run_logged(options, run(parsed)).await
 }

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flwr_daemon::tasks::Failure;
 use flwr_proto::proto as pb;
 use flwr_transport::address::Address;
 use flwr_transport::node_auth::NodeSigningKey;
-use flwr_transport::tasks::Failure;
 use flwr_transport::{grpc, limits, tls};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

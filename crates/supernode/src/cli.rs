@@ -116,7 +116,7 @@ pub struct Args {
 
     /// How log lines are written: `text`, or `json` (one object per line). Not in Flower.
     #[arg(long, value_enum, default_value = "text")]
-    pub log_format: flwr_transport::logging::LogFormat,
+    pub log_format: flwr_daemon::logging::LogFormat,
 
     /// Also export the spans to an OpenTelemetry collector's OTLP/gRPC receiver, e.g.
     /// `http://127.0.0.1:4317`. Not in Flower.
@@ -131,7 +131,7 @@ pub struct Args {
 }
 
 /// Parsed `supernode` flags.
-pub type Parsed = flwr_transport::cli::Parsed<Args>;
+pub type Parsed = flwr_daemon::cli::Parsed<Args>;
 
 /// Parses a command line (the first item is the program name).
 pub fn parse_from<I, T>(argv: I) -> Result<Parsed, clap::Error>

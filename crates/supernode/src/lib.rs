@@ -24,7 +24,7 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The version line of `--version`.
 pub fn version_line() -> String {
-    flwr_transport::cli::version_line("supernode", env!("CARGO_PKG_VERSION"))
+    flwr_daemon::cli::version_line("supernode", env!("CARGO_PKG_VERSION"))
 }
 
 /// Why the SuperNode stopped with an error.

@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
         println!("{}", version_line());
         return ExitCode::SUCCESS;
     }
-    let options = flwr_transport::logging::LogOptions {
+    let options = flwr_daemon::logging::LogOptions {
         format: parsed.args.log_format,
         file: None,
         otlp: parsed
@@ -23,5 +23,5 @@ async fn main() -> ExitCode {
             .clone()
             .map(|e| (e, "flwr-supernode")),
     };
-    flwr_transport::logging::run_logged(options, run(parsed)).await
+    flwr_daemon::logging::run_logged(options, run(parsed)).await
 }

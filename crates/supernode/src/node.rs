@@ -11,13 +11,13 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use flwr_daemon::process::{self, CommandLine};
 use flwr_objects::content;
 use flwr_objects::message::{error_code, MessageError, MessageMeta, SUPERLINK_NODE_ID};
 use flwr_objects::store::Lookup;
 use flwr_objects::{ConfigValue, ObjectId, ObjectTree};
 use flwr_proto::convert::{config_to_pb, message_from_pb, message_to_pb, tree_from_pb, tree_to_pb};
 use flwr_proto::proto as pb;
-use flwr_transport::process::{self, CommandLine};
 use nix::sys::signal::Signal;
 use prost::Message as _;
 use sha2::Digest;

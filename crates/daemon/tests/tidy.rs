@@ -1,0 +1,35 @@
+//! ARCHITECTURE.md's "flwr-daemon is apart from the wire", checked: its manifest names no gRPC,
+//! HTTP/2, TLS or protobuf crate, and no crate of ours that speaks them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use flwr_testkit::tidy::dependencies;
+
+#[test]
+fn the_daemon_plumbing_knows_no_wire() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let deps = dependencies(&manifest);
+    assert!(
+        deps.iter().any(|d| d == "tokio"),
+        "read the table: {deps:?}"
+    );
+    for wire in [
+        "tonic",
+        "prost",
+        "hyper",
+        "h2",
+        "rustls",
+        "tokio-rustls",
+        "flwr-proto",
+        "flwr-transport",
+    ] {
+        assert!(
+            !deps
+                .iter()
+                .any(|d| d == wire || d.starts_with(&format!("{wire}-"))),
+            "crates/daemon depends on {wire}: {deps:?}"
+        );
+    }
+}
