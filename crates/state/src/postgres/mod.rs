@@ -2031,20 +2031,19 @@ async fn delete_cascading(tx: &Tx<'_>, root: &ObjectId) -> PgResult<()> {
         }
         level.sort_unstable();
         level.dedup();
+        // The unreferenced objects of this level go, with their run links, in one statement.
         let stmt = tx
             .prepare_cached(
-                "DELETE FROM object WHERE object_id = ANY($1) AND ref_count = 0 RETURNING object_id, children",
+                "WITH gone AS (DELETE FROM object WHERE object_id = ANY($1) AND ref_count = 0 \
+                   RETURNING object_id, children), \
+                 unlinked AS (DELETE FROM object_run WHERE object_id IN (SELECT object_id FROM gone)) \
+                 SELECT object_id, children FROM gone",
             )
             .await?;
         let rows = tx.query(&stmt, &[&level]).await?;
         if rows.is_empty() {
             break;
         }
-        let deleted: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
-        let stmt = tx
-            .prepare_cached("DELETE FROM object_run WHERE object_id = ANY($1)")
-            .await?;
-        tx.execute(&stmt, &[&deleted]).await?;
         let mut released: HashMap<Vec<u8>, i32> = HashMap::new();
         for row in &rows {
             for c in children_of(&row.get::<_, Vec<u8>>(1)) {
@@ -2192,31 +2191,29 @@ impl ObjectStore for PgObjects {
 
     async fn tree(&self, root: &ObjectId) -> Result<Option<ObjectTree>, StoreError> {
         read!(&self.shared, |tx| async {
-            // One query per level (Message → RecordDict → record → Array → chunk).
+            // The whole tree in one query: each object's children are its 32-byte ids one
+            // after the other. UNION keeps one row per object and depth, so a tree that shares
+            // subtrees costs its objects times its depth at most, never its paths.
+            let stmt = tx
+                .prepare_cached(
+                    "WITH RECURSIVE t(object_id, children, depth) AS ( \
+                       SELECT object_id, children, 0 FROM object WHERE object_id = $1 \
+                       UNION \
+                       SELECT o.object_id, o.children, t.depth + 1 FROM t \
+                       CROSS JOIN LATERAL generate_series(0, length(t.children) / 32 - 1) AS g(i) \
+                       JOIN object o ON o.object_id = substring(t.children FROM g.i * 32 + 1 FOR 32) \
+                       WHERE t.depth < 64) \
+                     SELECT DISTINCT object_id, children FROM t",
+                )
+                .await?;
+            let rows = tx.query(&stmt, &[&root.as_bytes().as_slice()]).await?;
             let mut children: HashMap<ObjectId, Vec<ObjectId>> = HashMap::new();
-            let mut level = vec![*root];
-            for _ in 0..=64 {
-                if level.is_empty() {
-                    break;
-                }
-                let keys: Vec<&[u8]> = level.iter().map(|i| i.as_bytes().as_slice()).collect();
-                let stmt = tx
-                    .prepare_cached(
-                        "SELECT object_id, children FROM object WHERE object_id = ANY($1)",
-                    )
-                    .await?;
-                let rows = tx.query(&stmt, &[&keys]).await?;
-                let mut next = Vec::new();
-                for row in rows {
-                    let raw: Vec<u8> = row.get(0);
-                    let Ok(b) = <[u8; 32]>::try_from(raw.as_slice()) else {
-                        continue;
-                    };
-                    let kids = children_of(&row.get::<_, Vec<u8>>(1));
-                    next.extend(kids.iter().filter(|k| !children.contains_key(k)).copied());
-                    children.insert(ObjectId::from_bytes(b), kids);
-                }
-                level = next;
+            for row in rows {
+                let raw: Vec<u8> = row.get(0);
+                let Ok(b) = <[u8; 32]>::try_from(raw.as_slice()) else {
+                    continue;
+                };
+                children.insert(ObjectId::from_bytes(b), children_of(&row.get::<_, Vec<u8>>(1)));
             }
             fn build(
                 id: &ObjectId,
