@@ -112,6 +112,16 @@ async fn every_api_refuses_bad_input_cleanly() {
     };
     let key = NodeSigningKey::generate();
     let pem = Bytes::copy_from_slice(key.public_key_pem());
+    // RegisterNode (Fleet) for `key`, signed at `timestamp` (now when `None`).
+    let register = |timestamp: Option<String>| {
+        signed(
+            &key,
+            pb::RegisterNodeFleetRequest {
+                public_key: pem.clone(),
+            },
+            timestamp,
+        )
+    };
 
     // ---------------- Nothing there yet.
     let mut overrides = std::collections::HashMap::new();
@@ -308,17 +318,7 @@ async fn every_api_refuses_bad_input_cleanly() {
         ),
         case(
             "RegisterNode (Fleet) signed 400 s ago",
-            call!(
-                fleet,
-                register_node,
-                signed(
-                    &key,
-                    pb::RegisterNodeFleetRequest {
-                        public_key: pem.clone(),
-                    },
-                    Some(stale),
-                )
-            ),
+            call!(fleet, register_node, register(Some(stale))),
             Code::Unauthenticated,
             exactly("Invalid timestamp"),
         ),
@@ -609,13 +609,7 @@ async fn every_api_refuses_bad_input_cleanly() {
     // ---------------- A registered, online node sends bad requests.
     let node_id = fleet
         .clone()
-        .register_node(signed(
-            &key,
-            pb::RegisterNodeFleetRequest {
-                public_key: pem.clone(),
-            },
-            None,
-        ))
+        .register_node(register(None))
         .await
         .unwrap()
         .into_inner()
@@ -638,17 +632,7 @@ async fn every_api_refuses_bad_input_cleanly() {
     let cases = vec![
         case(
             "RegisterNode (Fleet) with a key in use",
-            call!(
-                fleet,
-                register_node,
-                signed(
-                    &key,
-                    pb::RegisterNodeFleetRequest {
-                        public_key: pem.clone(),
-                    },
-                    None,
-                )
-            ),
+            call!(fleet, register_node, register(None)),
             Code::FailedPrecondition,
             exactly("Public key already in use"),
         ),
