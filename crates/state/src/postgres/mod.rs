@@ -435,6 +435,14 @@ fn pool_error(name: &str, e: deadpool_postgres::PoolError) -> StateError {
     }
 }
 
+/// How long to wait before attempt `attempt + 1` of an aborted transaction: a random time up
+/// to 50 ms, doubled after each attempt ("full jitter").
+fn retry_pause(attempt: usize) -> std::time::Duration {
+    use rand_core::RngCore;
+    let cap_ms = 50u64 << attempt.saturating_sub(1).min(6);
+    std::time::Duration::from_millis(u64::from(rand_core::OsRng.next_u32()) % (cap_ms + 1))
+}
+
 fn retryable(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| {
         *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
@@ -468,7 +476,15 @@ macro_rules! in_tx {
             .await;
             match outcome {
                 Ok(v) => break Ok(v),
-                Err(e) if retryable(&e) && attempt < ATTEMPTS => continue,
+                Err(e) if retryable(&e) && attempt < ATTEMPTS => {
+                    // The transaction that won goes on; retried at once, this one can take the
+                    // same locks first again and deadlock with it again (seen five times in a
+                    // row on a loaded machine). A random pause, longer after each attempt,
+                    // lets the winner finish; the connection goes back to the pool meanwhile.
+                    drop(client);
+                    tokio::time::sleep(retry_pause(attempt)).await;
+                    continue;
+                }
                 Err(e) => break Err(pg_error(&shared.name, e)),
             }
         };
