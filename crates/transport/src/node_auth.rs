@@ -481,7 +481,8 @@ impl VerifiedSignatures {
         }
     }
 
-    fn digest(public_key: &[u8], timestamp: &str, signature: &[u8]) -> [u8; 32] {
+    /// The digest under which these three are remembered (compute it once per call).
+    pub fn digest(public_key: &[u8], timestamp: &str, signature: &[u8]) -> [u8; 32] {
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         for part in [public_key, timestamp.as_bytes(), signature] {
             ctx.update(&(part.len() as u64).to_be_bytes());
@@ -492,18 +493,16 @@ impl VerifiedSignatures {
         out
     }
 
-    /// True when these three were verified within [`REMEMBER_FOR`].
-    pub fn contains(&self, public_key: &[u8], timestamp: &str, signature: &[u8]) -> bool {
-        let digest = Self::digest(public_key, timestamp, signature);
+    /// True when the three behind `digest` were verified within [`REMEMBER_FOR`].
+    pub fn contains(&self, digest: &[u8; 32]) -> bool {
         self.entries
             .lock()
-            .get(&digest)
+            .get(digest)
             .is_some_and(|at| at.elapsed() < REMEMBER_FOR)
     }
 
-    /// Remembers three that were just verified.
-    pub fn insert(&self, public_key: &[u8], timestamp: &str, signature: &[u8]) {
-        let digest = Self::digest(public_key, timestamp, signature);
+    /// Remembers the three behind `digest`, just verified.
+    pub fn insert(&self, digest: [u8; 32]) {
         let mut entries = self.entries.lock();
         if entries.len() >= self.limit {
             entries.retain(|_, at| at.elapsed() < REMEMBER_FOR);
@@ -523,21 +522,24 @@ mod tests {
     #[test]
     fn verified_signatures_are_remembered_by_all_three_parts_and_bounded() {
         let cache = VerifiedSignatures::new(2);
-        cache.insert(b"k", "t", b"s");
-        assert!(cache.contains(b"k", "t", b"s"));
+        cache.insert(VerifiedSignatures::digest(b"k", "t", b"s"));
+        assert!(cache.contains(&VerifiedSignatures::digest(b"k", "t", b"s")));
         for (k, t, s) in [
             (&b"K"[..], "t", &b"s"[..]),
             (b"k", "T", b"s"),
             (b"k", "t", b"S"),
         ] {
-            assert!(!cache.contains(k, t, s), "{k:?} {t} {s:?}");
+            assert!(
+                !cache.contains(&VerifiedSignatures::digest(k, t, s)),
+                "{k:?} {t} {s:?}"
+            );
         }
         // Parts are delimited: moving a byte from one to the next is another triple.
-        assert!(!cache.contains(b"kt", "", b"s"));
-        cache.insert(b"k2", "t", b"s");
-        cache.insert(b"k3", "t", b"s");
+        assert!(!cache.contains(&VerifiedSignatures::digest(b"kt", "", b"s")));
+        cache.insert(VerifiedSignatures::digest(b"k2", "t", b"s"));
+        cache.insert(VerifiedSignatures::digest(b"k3", "t", b"s"));
         assert!(cache.entries.lock().len() <= 2, "bounded");
-        assert!(cache.contains(b"k3", "t", b"s"));
+        assert!(cache.contains(&VerifiedSignatures::digest(b"k3", "t", b"s")));
     }
 
     #[test]

@@ -159,14 +159,16 @@ async fn authenticate(
         (Some(max_age), Some(c)) => c.holds(&public_key, max_age),
         _ => false,
     };
-    if vouched {
-        metrics::counter!("flwr_signature_checks_total", "outcome" => "skipped").increment(1);
-        if !node_auth::timestamp_in_window(ts, now) {
-            return Err(AuthError::InvalidTimestamp.into());
-        }
-    } else if core.verified().contains(&public_key, ts, &sig) {
-        // Verified before (a repeated call): the window is all that can have changed.
-        metrics::counter!("flwr_signature_checks_total", "outcome" => "cached").increment(1);
+    // Vouched for by the connection, or verified before (a repeated call): the window is all
+    // that can have changed. The digest is computed once, for the lookup and the insert.
+    let digest = (!vouched).then(|| node_auth::VerifiedSignatures::digest(&public_key, ts, &sig));
+    let known = match &digest {
+        None => Some("skipped"),
+        Some(d) if core.verified().contains(d) => Some("cached"),
+        Some(_) => None,
+    };
+    if let Some(outcome) = known {
+        metrics::counter!("flwr_signature_checks_total", "outcome" => outcome).increment(1);
         if !node_auth::timestamp_in_window(ts, now) {
             return Err(AuthError::InvalidTimestamp.into());
         }
@@ -178,7 +180,9 @@ async fn authenticate(
         let outcome = if verified.is_ok() { "valid" } else { "invalid" };
         metrics::counter!("flwr_signature_checks_total", "outcome" => outcome).increment(1);
         verified?;
-        core.verified().insert(&public_key, ts, &sig);
+        if let Some(d) = digest {
+            core.verified().insert(d);
+        }
         if let (Some(_), Some(c)) = (core.settings().proof_per_connection, connection) {
             c.proved(public_key.clone());
         }
