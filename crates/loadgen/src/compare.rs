@@ -133,8 +133,8 @@ const MB: usize = 1000 * 1000;
 
 impl Plan {
     /// The workloads of the issue: fan-out N ∈ {10, 100, 1000} with 1 KB and 1 MB, 50 MB with
-    /// N = 10, 5 rounds; SQLite on the 1 KB rows; idle fleets of 1,000 and 10,000 nodes for
-    /// 60 s.
+    /// N = 10, 5 rounds; SQLite with 1 KB (N up to 1,000) and 1 MB (N = 100 and 1,000); idle
+    /// fleets of 1,000 and 10,000 nodes for 60 s.
     pub fn full() -> Plan {
         Plan {
             fanout: vec![
@@ -146,7 +146,7 @@ impl Plan {
                 (1000, MB),
                 (10, 50 * MB),
             ],
-            fanout_sqlite: vec![(10, KB), (100, KB), (1000, KB)],
+            fanout_sqlite: vec![(10, KB), (100, KB), (1000, KB), (100, MB), (1000, MB)],
             fanout_postgres: vec![(100, KB), (1000, KB), (100, MB), (1000, MB)],
             replicas: vec![1, 3],
             idle_postgres: vec![10_000],
@@ -182,8 +182,10 @@ impl Plan {
 /// Which parts run.
 #[derive(Clone, Copy, Debug)]
 pub struct Sections {
-    /// Fan-out rounds (and the echo ceiling).
+    /// Fan-out rounds on the in-memory engine (and the echo ceiling).
     pub fanout: bool,
+    /// Fan-out rounds on SQLite.
+    pub sqlite: bool,
     /// Idle fleets.
     pub idle: bool,
     /// Start-up time and idle memory.
@@ -546,6 +548,8 @@ impl Comparison {
                     self.ceiling(nodes, bytes).await?;
                 }
             }
+        }
+        if sections.sqlite {
             for (nodes, bytes) in self.plan.fanout_sqlite.clone() {
                 eprintln!("fan-out {} N={nodes} (SQLite)", fmt_bytes(bytes));
                 self.fanout(nodes, bytes, Engine::Sqlite).await?;

@@ -25,7 +25,10 @@ struct Cli {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Section {
     Startup,
+    /// Fan-out on the in-memory engine (and the echo ceiling).
     Fanout,
+    /// Fan-out on SQLite.
+    Sqlite,
     Idle,
     Supernode,
     /// Our replicas on PostgreSQL behind HAProxy (needs Debian's postgresql and haproxy).
@@ -174,6 +177,7 @@ async fn main() -> Result<()> {
             let sections = Sections {
                 startup: all || only.contains(&Section::Startup),
                 fanout: all || only.contains(&Section::Fanout),
+                sqlite: all || only.contains(&Section::Sqlite),
                 idle: all || only.contains(&Section::Idle),
                 supernode: all || only.contains(&Section::Supernode),
                 postgres: all || only.contains(&Section::Postgres),

@@ -408,20 +408,20 @@ pub mod link {
     }
 
     pub async fn tokens_expire_into_failed_runs(s: &dyn LinkState, clock: &ManualClock) {
+        assert_eq!(s.claim_run(404, None).await.unwrap(), None, "no such run");
         let run = s.create_run(new_run()).await.unwrap();
-        let token = s.create_token(run, None).await.unwrap().unwrap();
+        let token = s.claim_run(run, None).await.unwrap().unwrap();
         assert_eq!(token.len(), 256);
         assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+        let claimed = s.run(run).await.unwrap().unwrap();
+        assert_eq!(claimed.status, RunStatus::new(Status::Starting), "claimed");
+        assert_eq!(claimed.starting_at, Some(clock.now()));
         assert_eq!(
-            s.create_token(run, None).await.unwrap(),
+            s.claim_run(run, None).await.unwrap(),
             None,
             "one token per run"
         );
         assert_eq!(s.run_id_by_token(&token).await.unwrap(), Some(run));
-        assert!(s
-            .update_run_status(run, RunStatus::new(Status::Starting))
-            .await
-            .unwrap());
         assert!(s
             .update_run_status(run, RunStatus::new(Status::Running))
             .await
@@ -451,16 +451,22 @@ pub mod link {
         assert!(!s.app_heartbeat(&token).await.unwrap());
         assert_eq!(s.run_id_by_token(&token).await.unwrap(), None);
 
-        // A deleted token is gone; a new one may be made.
+        // A deleted token is gone; a run that is no longer pending gets no other.
         let other = s.create_run(new_run()).await.unwrap();
-        let t = s.create_token(other, None).await.unwrap().unwrap();
+        let t = s.claim_run(other, None).await.unwrap().unwrap();
         s.delete_token(other).await.unwrap();
         assert_eq!(s.run_id_by_token(&t).await.unwrap(), None);
-        assert!(s.create_token(other, None).await.unwrap().is_some());
+        assert_eq!(s.claim_run(other, None).await.unwrap(), None, "starting");
+        let stopped = s.create_run(new_run()).await.unwrap();
+        assert!(s
+            .update_run_status(stopped, RunStatus::finished(SubStatus::Stopped, ""))
+            .await
+            .unwrap());
+        assert_eq!(s.claim_run(stopped, None).await.unwrap(), None, "finished");
 
         // A token of a ServerApp that a SuperLink started as its child: the reason names it.
         let launched = s.create_run(new_run()).await.unwrap();
-        s.create_token(launched, Some("host-a (pid 7)"))
+        s.claim_run(launched, Some("host-a (pid 7)"))
             .await
             .unwrap()
             .unwrap();

@@ -1,11 +1,12 @@
 //! The SuperLink's state: runs, nodes, tokens, logs and messages ([`LinkState`]) and the
 //! content-addressed objects of messages ([`ObjectStore`]), each behind an async trait with
-//! engines in memory and in SQLite.
+//! engines in memory, in SQLite and in PostgreSQL.
 //!
-//! Each method is one critical section (one lock scope or one SQL transaction), so a cancelled
-//! RPC never leaves half a change behind, and each engine does its own scheduling: the in-memory
-//! engine answers at once, the SQLite engine runs every call on its connection's [`lane`] (one
-//! thread with a queue), never on the caller's thread. This crate knows nothing of protobuf or
+//! Each method is atomic (locks taken with no `.await` between them in memory, one transaction
+//! in SQLite and PostgreSQL), so a cancelled RPC never leaves half a change behind, and each
+//! engine does its own scheduling: the in-memory engine answers at once, the SQLite engine runs
+//! every call on its connection's [`lane`] (one thread with a queue), never on the caller's
+//! thread, and PostgreSQL awaits a pooled connection. This crate knows nothing of protobuf or
 //! gRPC.
 //!
 //! Time comes from a [`Clock`]; statuses that Flower evaluates lazily (a node going offline, an
@@ -648,10 +649,13 @@ pub trait LinkState: Send + Sync {
     async fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError>;
 
     // ----- app tokens -----
-    /// A new token for the run (256 hex characters, valid for 30 s), or `None` if the run has one.
-    /// `launcher` names the SuperLink that starts the ServerApp as its own child process
-    /// (`--isolation subprocess`); should the token expire, the run's reason names it.
-    async fn create_token(
+    /// `RequestToken`, in one step: a token for a `pending` run (256 hex characters, valid for
+    /// 30 s), and the run turned `starting`. `None` when the run is unknown, not pending, or has
+    /// a token already (so replicas racing for a run start it once, and none can leave it with
+    /// a token but still pending). `launcher` names the SuperLink that starts the ServerApp as
+    /// its own child process (`--isolation subprocess`); should the token expire, the run's
+    /// reason names it.
+    async fn claim_run(
         &self,
         run_id: RunId,
         launcher: Option<&str>,

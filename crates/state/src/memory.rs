@@ -562,7 +562,7 @@ impl LinkState for MemoryLinkState {
         Ok(())
     }
 
-    async fn create_token(
+    async fn claim_run(
         &self,
         run_id: RunId,
         launcher: Option<&str>,
@@ -573,6 +573,15 @@ impl LinkState for MemoryLinkState {
         if runs.token_of_run.contains_key(&run_id) {
             return Ok(None);
         }
+        let starting = RunStatus::new(Status::Starting);
+        let Some(e) = runs.runs.get_mut(&run_id) else {
+            return Ok(None);
+        };
+        if !e.run.status.is_valid_transition(&starting) {
+            return Ok(None);
+        }
+        e.run.status = starting;
+        e.run.starting_at = Some(now);
         let token = random_token();
         runs.tokens.insert(
             token.clone(),

@@ -415,13 +415,13 @@ impl LinkState for SqliteLinkState {
         self.on_lane(move |db| db.set_context(run_id, context))
             .await
     }
-    async fn create_token(
+    async fn claim_run(
         &self,
         run_id: RunId,
         launcher: Option<&str>,
     ) -> Result<Option<String>, StateError> {
         let launcher = launcher.map(str::to_owned);
-        self.on_lane(move |db| db.create_token(run_id, launcher.as_deref()))
+        self.on_lane(move |db| db.claim_run(run_id, launcher.as_deref()))
             .await
     }
     async fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError> {
@@ -735,52 +735,62 @@ fn delete_message(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Runs `f` in one transaction on `conn`. With `writer` (a write): `BEGIN IMMEDIATE`, holding
+/// this process's right to write until the commit. Without (a read): a deferred transaction,
+/// a consistent snapshot that takes no write lock (the Fleet API looks up the caller's node on
+/// every call).
+fn in_transaction<R>(
+    conn: &Mutex<Connection>,
+    writer: Option<&Writer>,
+    path: &Path,
+    f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<R>,
+) -> Result<R, StateError> {
+    let mut conn = conn.lock();
+    let _writing = writer.map(|w| w.0.lock());
+    let behavior = if writer.is_some() {
+        TransactionBehavior::Immediate
+    } else {
+        TransactionBehavior::Deferred
+    };
+    let tx = conn
+        .transaction_with_behavior(behavior)
+        .map_err(backend(path))?;
+    let r = f(&tx).map_err(backend(path))?;
+    tx.commit().map_err(backend(path))?;
+    Ok(r)
+}
+
 impl StateDb {
-    /// Runs `f` in one immediate transaction.
+    /// Runs `f` in one immediate transaction, with the time it starts at.
     fn tx<R>(
         &self,
         f: impl FnOnce(&Transaction<'_>, f64) -> rusqlite::Result<R>,
     ) -> Result<R, StateError> {
         let now = self.clock.now();
-        let mut conn = self.conn.lock();
-        let _writing = self.writer.0.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend(&self.path))?;
-        let r = f(&tx, now).map_err(backend(&self.path))?;
-        tx.commit().map_err(backend(&self.path))?;
-        Ok(r)
+        in_transaction(&self.conn, Some(&self.writer), &self.path, |tx| f(tx, now))
     }
-    /// Runs `f`, which only reads, in one deferred transaction: a consistent snapshot that takes
-    /// no write lock (the Fleet API looks up the caller's node on every call).
+    /// Runs `f`, which only reads, in one deferred transaction.
     fn read<R>(
         &self,
         f: impl FnOnce(&Transaction<'_>, f64) -> rusqlite::Result<R>,
     ) -> Result<R, StateError> {
         let now = self.clock.now();
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Deferred)
-            .map_err(backend(&self.path))?;
-        let r = f(&tx, now).map_err(backend(&self.path))?;
-        tx.commit().map_err(backend(&self.path))?;
-        Ok(r)
+        in_transaction(&self.conn, None, &self.path, |tx| f(tx, now))
     }
 }
 
 /// The state methods, synchronous: [`SqliteLinkState`] runs each on the lane.
 impl StateDb {
     pub(crate) fn create_node(&self, node: NewNode) -> Result<NodeId, StateError> {
-        let taken = self.tx(|tx, _| {
-            tx.prepare_cached("SELECT 1 FROM node WHERE public_key = ?1")?
-                .query_row(params![node.public_key.as_ref()], |_| Ok(()))
-                .optional()
-                .map(|o| o.is_some())
-        })?;
-        if taken {
-            return Err(StateError::PublicKeyInUse);
-        }
         self.tx(|tx, now| {
+            let taken = tx
+                .prepare_cached("SELECT 1 FROM node WHERE public_key = ?1")?
+                .query_row(params![node.public_key.as_ref()], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if taken {
+                return Ok(Err(StateError::PublicKeyInUse));
+            }
             let mut id = random_id();
             while get_node(tx, id)?.is_some() {
                 id = random_id();
@@ -789,8 +799,8 @@ impl StateDb {
                  VALUES (?1, ?2, ?3, 'registered', ?4, ?5, ?6)")?.execute(
                 params![id as i64, node.owner_aid, node.owner_name, now, node.heartbeat_interval, node.public_key.as_ref()],
             )?;
-            Ok(id)
-        })
+            Ok(Ok(id))
+        })?
     }
 
     pub(crate) fn node_id_by_public_key(
@@ -1099,7 +1109,7 @@ impl StateDb {
         Ok(())
     }
 
-    pub(crate) fn create_token(
+    pub(crate) fn claim_run(
         &self,
         run_id: RunId,
         launcher: Option<&str>,
@@ -1114,6 +1124,16 @@ impl StateDb {
             {
                 return Ok(None);
             }
+            let starting = RunStatus::new(Status::Starting);
+            match get_run(tx, run_id)? {
+                Some(run) if run.status.is_valid_transition(&starting) => {}
+                _ => return Ok(None),
+            }
+            tx.prepare_cached(
+                "UPDATE run SET status = ?2, sub_status = '', details = '', starting_at = ?3 \
+                 WHERE run_id = ?1",
+            )?
+            .execute(params![run_id as i64, starting.status.as_str(), now])?;
             let token = random_token();
             tx.prepare_cached(
                 "INSERT INTO token (token, run_id, active_until, launcher) VALUES (?1, ?2, ?3, ?4)",
@@ -1469,33 +1489,19 @@ fn children_of(blob: &[u8]) -> Vec<ObjectId> {
 }
 
 impl ObjectDb {
+    /// Runs `f` in one immediate transaction.
     fn tx<R>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<R>,
     ) -> Result<R, StoreError> {
-        let err = |e: rusqlite::Error| StoreError::from(backend(&self.path)(e));
-        let mut conn = self.conn.lock();
-        let _writing = self.writer.0.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let r = f(&tx).map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(r)
+        in_transaction(&self.conn, Some(&self.writer), &self.path, f).map_err(StoreError::from)
     }
     /// Runs `f`, which only reads, in one deferred transaction (no write lock).
     fn read<R>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<R>,
     ) -> Result<R, StoreError> {
-        let err = |e: rusqlite::Error| StoreError::from(backend(&self.path)(e));
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Deferred)
-            .map_err(err)?;
-        let r = f(&tx).map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(r)
+        in_transaction(&self.conn, None, &self.path, f).map_err(StoreError::from)
     }
 }
 
@@ -1823,6 +1829,10 @@ mod tests {
             "delivered after the upgrade: repeated",
         )
         .await;
-        assert!(s.create_token(run, Some("here")).await.unwrap().is_some());
+        let fresh = s
+            .create_run(crate::conformance::link::new_run())
+            .await
+            .unwrap();
+        assert!(s.claim_run(fresh, Some("here")).await.unwrap().is_some());
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use flwr_objects::content::{self, VerifyError};
+use flwr_objects::content;
 use flwr_objects::message::MessageMeta;
 use flwr_objects::store::Lookup;
 use flwr_objects::{ObjectId, ObjectTree};
@@ -414,15 +414,12 @@ impl Core {
 
     /// `PushObject` (both APIs, after their gate and checks). Returns `stored`.
     pub async fn push_object(&self, run_id: RunId, id: String, content: Bytes) -> Result<bool> {
-        let Ok(id) = ObjectId::parse(&id) else {
+        let Some(id) = content::admit(&id, &content)
+            .await
+            .map_err(Error::BadObject)?
+        else {
             return Ok(false);
         };
-        let verified = content::verify_shared(id, &content).await;
-        match verified {
-            Ok(()) => {}
-            Err(VerifyError::HashMismatch { .. }) => return Ok(false),
-            Err(e) => return Err(Error::BadObject(e)),
-        }
         let bytes = content.len() as u64;
         let stored = self.objects.put(&id, content).await?;
         if stored {
@@ -566,20 +563,11 @@ impl Core {
     /// unknown, or cannot start. `launcher` names this SuperLink when it starts the ServerApp
     /// itself (`--isolation subprocess`).
     pub async fn request_token(&self, run_id: RunId, launcher: Option<&str>) -> Result<String> {
-        let Some(token) = self.state.create_token(run_id, launcher).await? else {
+        let Some(token) = self.state.claim_run(run_id, launcher).await? else {
             return Ok(String::new());
         };
-        let started = self
-            .set_run_status(run_id, RunStatus::new(Status::Starting))
-            .await;
-        match started {
-            Ok(true) => Ok(token),
-            Ok(false) | Err(Error::UnknownRun(_)) => {
-                self.state.delete_token(run_id).await?;
-                Ok(String::new())
-            }
-            Err(e) => Err(e),
-        }
+        count_status_change(Status::Starting, SubStatus::None);
+        Ok(token)
     }
 
     /// `GetRun` (ServerAppIo): no gate, `None` for unknown runs.
@@ -660,11 +648,10 @@ impl Core {
 
     /// Every status change this SuperLink makes goes through here, counted when applied.
     async fn set_run_status(&self, run_id: RunId, status: RunStatus) -> Result<bool> {
-        let (to, sub) = (status.status.as_str(), status.sub_status.as_str());
+        let (to, sub) = (status.status, status.sub_status);
         let applied = self.state.update_run_status(run_id, status).await?;
         if applied {
-            metrics::counter!("flwr_run_status_changes_total", "status" => to, "sub_status" => sub)
-                .increment(1);
+            count_status_change(to, sub);
         }
         Ok(applied)
     }
@@ -1050,6 +1037,11 @@ async fn next_arrival(
         () = local => {}
         () = remote => {}
     }
+}
+
+fn count_status_change(to: Status, sub: SubStatus) {
+    metrics::counter!("flwr_run_status_changes_total", "status" => to.as_str(), "sub_status" => sub.as_str())
+        .increment(1);
 }
 
 fn count_delivered_replies(out: &[(MessageMeta, ObjectTree)]) {

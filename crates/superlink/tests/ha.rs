@@ -160,6 +160,20 @@ fn replicas_die_mid_run(kind: Nodes) {
         &federation::example_app(),
         "num-server-rounds=3 client-delay=3.0",
     );
+    // `balance first` puts every client on replica 0, then on replica 1: replica 2 never
+    // holds the ServerApp, so a log streamed from it is all written through the others.
+    let direct: Vec<Cli> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Cli::new(
+                &dir.path().join(format!("cli-{i}")),
+                &r.control,
+                Some(&tls.ca),
+            )
+        })
+        .collect();
+    let streamed = direct[2].stream_log(run_id);
 
     let diagnostics = |procs: &[Option<Proc>]| {
         let mut d = format!("serverapp:\n{}\n", serverapp.output());
@@ -209,17 +223,19 @@ fn replicas_die_mid_run(kind: Nodes) {
     let sha = federation::expected_model_sha256(1000, 3, 1.0);
     assert!(log.contains(&format!("sha256={sha}")), "{log}");
     // Every surviving replica tells the same story.
-    for (i, r) in replicas.iter().enumerate() {
-        if procs[i].is_none() {
-            continue;
-        }
-        let direct = Cli::new(
-            &dir.path().join(format!("cli-{i}")),
-            &r.control,
-            Some(&tls.ca),
-        );
+    for i in (0..replicas.len()).filter(|&i| procs[i].is_some()) {
+        let direct = &direct[i];
         assert_eq!(direct.status_of(run_id), "finished:completed");
+        let (_, log) = direct.run(&["log", &run_id.to_string(), federation::CONNECTION, "--show"]);
+        assert!(log.contains(&format!("sha256={sha}")), "replica-{i}: {log}");
     }
+    let (status, streamed) = streamed.wait(Duration::from_secs(60));
+    assert!(
+        status.success()
+            && streamed.contains("[ROUND 3/3]")
+            && streamed.contains(&format!("sha256={sha}")),
+        "the log streamed from replica-2 ({status}):\n{streamed}"
+    );
     if std::env::var_os("HA_DEBUG").is_some() {
         for n in &_nodes {
             eprintln!("NODE:\n{}", n.output());
@@ -374,12 +390,16 @@ fn haproxy_drains_replicas_whose_database_is_gone_and_takes_them_back() {
         })
         .unzip();
     let (mut lb, _front) = start_haproxy(&replicas, dir.path());
-    let down = "Server fleet_replicas/replica1 is DOWN";
-    let up = "Server fleet_replicas/replica1 is UP";
-    assert!(!lb.output().contains(down), "{}", lb.output());
-    // The database goes: every replica says NOT_SERVING and HAProxy takes it out; it comes back.
+    let said = |server: &str, state: &str| format!("Server fleet_replicas/{server} is {state}");
+    assert!(!lb.output().contains(" is DOWN"), "{}", lb.output());
+    // The database goes: every replica says NOT_SERVING and HAProxy takes each out; they come
+    // back.
     cluster.stop();
-    lb.wait_for_output(down, Duration::from_secs(30));
+    for server in ["replica0", "replica1"] {
+        lb.wait_for_output(&said(server, "DOWN"), Duration::from_secs(30));
+    }
     cluster.restart();
-    lb.wait_for_output(up, Duration::from_secs(30));
+    for server in ["replica0", "replica1"] {
+        lb.wait_for_output(&said(server, "UP"), Duration::from_secs(30));
+    }
 }

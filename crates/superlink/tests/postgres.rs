@@ -190,24 +190,32 @@ fn replica(url: &str, home: &std::path::Path) -> SuperLink {
     )
 }
 
+/// Also: the password may come from the URL or from `PGPASSWORD`, and the log names the
+/// database with the password masked.
 #[test]
 fn replicas_starting_together_make_one_schema_and_both_serve() {
     let cluster = postgres::shared();
     let url = cluster.create_database();
+    let without_password = url.replace(&format!(":{}@", postgres::PASSWORD), "@");
+    assert_ne!(url, without_password);
     let homes: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let spawn = |home: &std::path::Path| {
+    let spawn = |home: &std::path::Path, url: &str, pgpassword: Option<&str>| {
         let mut cmd = command(BIN);
-        cmd.args(["--insecure", "--isolation", "process", "--database", &url])
+        cmd.args(["--insecure", "--isolation", "process", "--database", url])
             .args(["--serverappio-api-address", "127.0.0.1:0"])
             .args(["--fleet-api-address", "127.0.0.1:0"])
             .args(["--control-api-address", "127.0.0.1:0"])
             .env("FLWR_HOME", home)
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .env_remove("PGPASSWORD");
+        if let Some(pw) = pgpassword {
+            cmd.env("PGPASSWORD", pw);
+        }
         Proc::spawn("superlink", cmd)
     };
     // Both started before either looks at the database.
-    let mut a = spawn(homes[0].path());
-    let mut b = spawn(homes[1].path());
+    let mut a = spawn(homes[0].path(), &url, None);
+    let mut b = spawn(homes[1].path(), &without_password, Some(postgres::PASSWORD));
     for p in [&mut a, &mut b] {
         p.wait_for_output("Fleet API (grpc-rere) serving", Duration::from_secs(60));
     }
@@ -215,6 +223,13 @@ fn replicas_starting_together_make_one_schema_and_both_serve() {
     assert_eq!(count.trim(), "1", "one schema row: {count}");
     for p in [&mut a, &mut b] {
         assert!(p.try_status().is_none(), "{}", p.output());
+        let out = p.output();
+        assert!(
+            out.contains("State in PostgreSQL")
+                && out.contains(&format!("postgresql://{}:****@127.0.0.1:", postgres::USER))
+                && !out.contains(postgres::PASSWORD),
+            "the database named, its password masked:\n{out}"
+        );
     }
 }
 
@@ -314,6 +329,33 @@ fn a_postgresql_restart_drains_the_replica_and_the_run_goes_on() {
     // The database goes away in the middle of the run: the replica says it cannot serve.
     cluster.stop();
     wait_health(&rt, &health, false, Duration::from_secs(15));
+    // A call that needs the database is answered UNAVAILABLE (clients retry); the log, not
+    // the caller, learns which database and why.
+    let refused = rt.block_on(async {
+        use flwr_proto::proto as pb;
+        use flwr_transport::tls::{load_client_config, ClientTlsChoice};
+        let tls = load_client_config(&ClientTlsChoice::RootCertificates(tls.ca.clone()))
+            .unwrap()
+            .unwrap();
+        let channel =
+            flwr_transport::grpc::channel(&superlink.control.parse().unwrap(), Some(tls.config));
+        pb::control_client::ControlClient::new(channel)
+            .list_runs(pb::ListRunsRequest {
+                run_id: None,
+                limit: None,
+            })
+            .await
+            .unwrap_err()
+    });
+    assert!(
+        refused.code() == tonic::Code::Unavailable && refused.message().contains("database"),
+        "{refused:?}"
+    );
+    let log = superlink.proc.output();
+    assert!(
+        log.contains("state database unavailable: postgresql://"),
+        "{log}"
+    );
     cluster.restart();
     wait_health(&rt, &health, true, Duration::from_secs(30));
 

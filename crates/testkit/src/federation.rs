@@ -272,6 +272,18 @@ impl Cli {
         Proc::spawn("flwr run", c)
     }
 
+    /// `flwr log <run> local-deployment-tls --stream` in the background: it ends with the run.
+    pub fn stream_log(&self, run_id: u64) -> Proc {
+        let mut c = command(python::tool("flwr"));
+        c.arg("log")
+            .arg(run_id.to_string())
+            .arg(CONNECTION)
+            .arg("--stream")
+            .env("FLWR_HOME", &self.home)
+            .env("PATH", path_with_venv());
+        Proc::spawn("flwr log --stream", c)
+    }
+
     /// `flwr run <app> local-deployment-tls --run-config <cfg>` (not streamed): the run's id.
     pub fn start_run(&self, app: &Path, run_config: &str) -> u64 {
         let (status, out) = self.run(&[

@@ -2,9 +2,10 @@
 //! SuperLink replica of a federation in one database, so that any replica can serve any request.
 //!
 //! Every method is one transaction (READ COMMITTED, with row locks where two replicas could race:
-//! a pending run is claimed with `FOR UPDATE SKIP LOCKED`, an instruction is delivered once,
-//! an object is inserted once), retried when PostgreSQL reports a deadlock or a serialization
-//! failure. A replica killed in the middle of a call leaves nothing half-written.
+//! a pending run is claimed once (its row locked, its one token unique), an instruction is
+//! delivered once (`FOR UPDATE SKIP LOCKED`), an object is inserted once), retried when
+//! PostgreSQL reports a deadlock or a serialization failure. A replica killed in the middle of a
+//! call leaves nothing half-written.
 //!
 //! Connections come from a bounded pool. When the database cannot be reached the calls fail with
 //! [`StateError::Unavailable`], which the SuperLink answers with UNAVAILABLE (clients retry) and
@@ -1354,16 +1355,23 @@ impl LinkState for PgLinkState {
         Ok(())
     }
 
-    async fn create_token(
+    async fn claim_run(
         &self,
         run_id: RunId,
         launcher: Option<&str>,
     ) -> Result<Option<String>, StateError> {
-        in_tx!(&self.shared, |tx, now| {
+        let claimed = in_tx!(&self.shared, |tx, now| {
             async {
             expire_tokens(tx, now).await?;
+            // Racing replicas wait for each other on the run's row; the second finds it
+            // starting.
+            let starting = RunStatus::new(Status::Starting);
+            match get_run(tx, run_id, true).await? {
+                Some(run) if run.status.is_valid_transition(&starting) => {}
+                _ => return Ok(None),
+            }
             let token = random_token();
-            // One token per run: the unique run id decides between racing replicas.
+            // One token per run (a unique run id).
             let stmt = tx
                 .prepare_cached(
                     "INSERT INTO token (token, run_id, active_until, launcher) VALUES ($1, $2, $3, $4) \
@@ -1376,10 +1384,26 @@ impl LinkState for PgLinkState {
                     &[&token, &id(run_id), &(now + heartbeat::DEFAULT_INTERVAL), &launcher],
                 )
                 .await?;
-            Ok((inserted == 1).then_some(token))
+            if inserted != 1 {
+                return Ok(None);
+            }
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE run SET status = $2, sub_status = '', details = '', starting_at = $3 \
+                     WHERE run_id = $1",
+                )
+                .await?;
+            tx.execute(&stmt, &[&id(run_id), &starting.status.as_str(), &now])
+                .await?;
+            notify(tx, listen::RUN_STATUS, run_id).await?;
+            Ok(Some(token))
         }
         .await
-        })
+        })?;
+        if claimed.is_some() {
+            self.shared.hints.forget_run(run_id);
+        }
+        Ok(claimed)
     }
 
     async fn run_id_by_token(&self, token: &str) -> Result<Option<RunId>, StateError> {
@@ -1949,13 +1973,15 @@ async fn preregister_tx(tx: &Tx<'_>, run_id: u64, tree: &ObjectTree) -> PgResult
     sorted.sort_unstable();
     let (sorted_keys, sorted_blobs): (Vec<&[u8]>, Vec<&[u8]>) = sorted.into_iter().unzip();
     {
-        // The objects that are there already are locked first, so that a concurrent release
-        // (a confirmed message whose tree shares them) cannot delete one between our seeing
-        // it and our counting a reference to it: it waits, then sees our count.
+        // The objects that are there already are locked first, in id order, so that a
+        // concurrent release (a confirmed message whose tree shares them) cannot delete one
+        // between our seeing it and our counting a reference to it: it waits, then sees our
+        // count. The lock is the one the count's UPDATE takes: a shared lock, upgraded later,
+        // would deadlock two pre-registrations that both add a reference to the same object.
         let stmt = tx
             .prepare_cached(
                 "SELECT object_id FROM object WHERE object_id = ANY($1) \
-             ORDER BY object_id FOR SHARE",
+             ORDER BY object_id FOR NO KEY UPDATE",
             )
             .await?;
         tx.execute(&stmt, &[&sorted_keys]).await?;
@@ -2040,6 +2066,31 @@ fn children_of(blob: &[u8]) -> Vec<ObjectId> {
 /// Deletes `root` if nothing references it, then the children that become unreferenced: one
 /// level of the tree at a time.
 async fn delete_cascading(tx: &Tx<'_>, root: &ObjectId) -> PgResult<()> {
+    // Every object the cascade may touch (the root, when nothing references it, and all its
+    // descendants) is locked first, in object-id order: the order in which a pre-registration
+    // locks the objects it finds. Locking level by level instead (parent, then children) meets
+    // a pre-registration of a tree sharing a child whose id sorts before its parent's in a
+    // deadlock, which PostgreSQL breaks only after `deadlock_timeout`.
+    let stmt = tx
+        .prepare_cached(
+            "WITH RECURSIVE t(object_id, children, depth) AS ( \
+               SELECT object_id, children, 0 FROM object WHERE object_id = $1 AND ref_count = 0 \
+               UNION \
+               SELECT o.object_id, o.children, t.depth + 1 FROM t \
+               CROSS JOIN LATERAL generate_series(0, length(t.children) / 32 - 1) AS g(i) \
+               JOIN object o ON o.object_id = substring(t.children FROM g.i * 32 + 1 FOR 32) \
+               WHERE t.depth < 64) \
+             SELECT object_id FROM object WHERE object_id IN (SELECT object_id FROM t) \
+             ORDER BY object_id FOR NO KEY UPDATE",
+        )
+        .await?;
+    if tx
+        .query(&stmt, &[&root.as_bytes().as_slice()])
+        .await?
+        .is_empty()
+    {
+        return Ok(());
+    }
     let mut level: Vec<Vec<u8>> = vec![root.as_bytes().to_vec()];
     for _ in 0..=64 {
         if level.is_empty() {

@@ -278,7 +278,7 @@ impl PgTarget {
     }
 
     fn rustls_config(&self, verify: Verify) -> Result<rustls::ClientConfig, PgTargetError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| PgTargetError::BadUrl {
