@@ -113,7 +113,13 @@ fn validate(doc: &toml::Table) -> Result<FabInfo, FabError> {
             }
             if let Some(cfg) = app.get("config") {
                 match cfg.as_table() {
-                    Some(t) => flatten(t, "", &mut config, &mut errors),
+                    Some(t) => {
+                        let bad;
+                        (config, bad) = flatten_config(t);
+                        errors.extend(bad.into_iter().map(|k| format!(
+                            "The value for key {k} needs to be of type `int`, `float`, `bool, `str`, or  a `dict` of those."
+                        )));
+                    }
                     None => errors.push("[tool.flwr.app.config] must be a table".to_owned()),
                 }
             }
@@ -156,36 +162,42 @@ fn validate(doc: &toml::Table) -> Result<FabInfo, FabError> {
     })
 }
 
-fn flatten(
-    t: &toml::Table,
-    prefix: &str,
-    out: &mut Vec<(String, ConfigValue)>,
-    errors: &mut Vec<String>,
-) {
-    for (k, v) in t {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        let value = match v {
-            toml::Value::Table(inner) => {
-                flatten(inner, &key, out, errors);
-                continue;
-            }
-            toml::Value::String(s) => ConfigValue::Str(s.clone()),
-            toml::Value::Integer(i) => ConfigValue::Int(*i),
-            toml::Value::Float(f) => ConfigValue::Double(*f),
-            toml::Value::Boolean(b) => ConfigValue::Bool(*b),
-            _ => {
-                errors.push(format!(
-                    "The value for key {k} needs to be of type `int`, `float`, `bool, `str`, or  a `dict` of those."
-                ));
-                continue;
-            }
-        };
-        out.push((key, value));
+/// A config table as Flower flattens it: nested tables become dotted keys (`a.b.c`), leaves
+/// are strings, integers, floats or booleans. Also the leaf keys of any other type (arrays,
+/// dates), which Flower refuses, in the order met.
+pub fn flatten_config(t: &toml::Table) -> (Vec<(String, ConfigValue)>, Vec<String>) {
+    fn go(
+        t: &toml::Table,
+        prefix: &str,
+        out: &mut Vec<(String, ConfigValue)>,
+        bad: &mut Vec<String>,
+    ) {
+        for (k, v) in t {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            let value = match v {
+                toml::Value::Table(inner) => {
+                    go(inner, &key, out, bad);
+                    continue;
+                }
+                toml::Value::String(s) => ConfigValue::Str(s.clone()),
+                toml::Value::Integer(i) => ConfigValue::Int(*i),
+                toml::Value::Float(f) => ConfigValue::Double(*f),
+                toml::Value::Boolean(b) => ConfigValue::Bool(*b),
+                _ => {
+                    bad.push(k.clone());
+                    continue;
+                }
+            };
+            out.push((key, value));
+        }
     }
+    let (mut out, mut bad) = (Vec::new(), Vec::new());
+    go(t, "", &mut out, &mut bad);
+    (out, bad)
 }
 
 /// The run config an app sees: the FAB's config with the overrides applied (overrides of keys

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use bytes::Bytes;
 use flwr_objects::message::{MessageMeta, SUPERLINK_NODE_ID};
+use flwr_objects::store::Lookup;
 use flwr_objects::{ObjectId, ObjectTree};
 use flwr_proto::convert::{message_from_pb, message_to_pb, tree_from_pb, tree_to_pb};
 use flwr_proto::proto as pb;
-use flwr_supernode::fleet::{Fleet, FleetError, RetryPolicy};
+use flwr_supernode::fleet::{Fleet, FleetError, Pulled, RetryPolicy};
 use flwr_transport::node_auth::NodeSigningKey;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -184,11 +185,11 @@ impl SimNode {
             loop {
                 let got = tokio::select! {
                     () = stop.cancelled() => return,
-                    r = self.fleet.pull_messages() => r,
+                    r = self.fleet.pull_message() => r,
                 };
                 match got {
-                    Ok(resp) if !resp.messages_list.is_empty() => {
-                        if let Err(e) = self.answer(&resp, behaviour.reply_bytes).await {
+                    Ok(Some(pulled)) => {
+                        if let Err(e) = self.answer(pulled, behaviour.reply_bytes).await {
                             tracing::warn!(node_id = self.node_id(), "answering failed: {e:#}");
                             self.stats.failed_answers.fetch_add(1, Ordering::Relaxed);
                             if let Ok(mut last) = self.stats.last_failure.lock() {
@@ -196,7 +197,7 @@ impl SimNode {
                             }
                         }
                     }
-                    Ok(_) => {
+                    Ok(None) => {
                         tokio::select! {
                             () = stop.cancelled() => return,
                             () = tokio::time::sleep(behaviour.poll) => {}
@@ -213,9 +214,8 @@ impl SimNode {
         tokio::join!(heartbeats, work);
     }
 
-    async fn answer(&self, resp: &pb::PullMessagesResponse, reply_bytes: usize) -> Result<()> {
-        let ins = message_from_pb(&resp.messages_list[0]).map_err(|e| anyhow!(e))?;
-        let tree = tree_from_pb(&resp.message_object_trees[0]).map_err(|e| anyhow!(e))?;
+    async fn answer(&self, pulled: Pulled, reply_bytes: usize) -> Result<()> {
+        let (ins, tree) = pulled.map_err(|e| anyhow!(e))?;
         // One object at a time: an instruction reaches the node before the ServerApp has pushed
         // its objects, and pulling ahead only multiplies the retries.
         for node in tree.post_order() {
@@ -239,11 +239,8 @@ impl SimNode {
             has_content: true,
         };
         let built = payload::build(reply, &payload::floats(reply_bytes, self.node_id() as u32));
-        let pushed = self
-            .fleet
-            .push_messages(message_to_pb(&built.meta), tree_to_pb(&built.tree), 0.0)
-            .await?;
-        if pushed.results.contains_key("None") {
+        let pushed = self.fleet.push_reply(&built.meta, &built.tree, 0.0).await?;
+        if !pushed.accepted {
             bail!("the SuperLink refused the reply");
         }
         let objects: HashMap<String, Bytes> = built
@@ -269,13 +266,13 @@ impl SimNode {
 async fn pull_instruction_object(fleet: &Fleet, run_id: u64, id: ObjectId) -> Result<()> {
     let mut delay = OBJECT_RETRY_FIRST;
     loop {
-        let r = fleet.pull_object(run_id, id.to_hex()).await?;
-        if r.object_available {
-            flwr_objects::content::verify_shared(id, &r.object_content).await?;
-            return Ok(());
-        }
-        if !r.object_found {
-            bail!("object {id} unknown to the SuperLink");
+        match fleet.pull_object(run_id, id.to_hex()).await? {
+            Lookup::Available(content) => {
+                flwr_objects::content::verify_shared(id, &content).await?;
+                return Ok(());
+            }
+            Lookup::Unknown => bail!("object {id} unknown to the SuperLink"),
+            Lookup::Pending => {}
         }
         let jitter = 0.8 + 0.4 * flwr_supernode::fleet::rand_unit();
         tokio::time::sleep(delay.mul_f64(jitter)).await;

@@ -186,6 +186,21 @@ pub async fn verify_shared(claimed: ObjectId, content: &bytes::Bytes) -> Result<
     }
 }
 
+/// What a `PushObject` (ServerAppIo, Fleet or ClientAppIo) may store, decided as Flower
+/// decides it: `Some(id)` when the bytes are the object `claimed` names; `None` when the id is
+/// not one or the bytes hash to another (Flower answers `stored: false`, no error); an error
+/// when the bytes hash right but are not an object.
+pub async fn admit(claimed: &str, content: &bytes::Bytes) -> Result<Option<ObjectId>, VerifyError> {
+    let Ok(id) = ObjectId::parse(claimed) else {
+        return Ok(None);
+    };
+    match verify_shared(id, content).await {
+        Ok(()) => Ok(Some(id)),
+        Err(VerifyError::HashMismatch { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

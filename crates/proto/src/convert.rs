@@ -112,6 +112,34 @@ pub fn pull_object_response(lookup: Lookup) -> pb::PullObjectResponse {
     }
 }
 
+/// A `PullObject` answer read back (the inverse of [`pull_object_response`]).
+pub fn lookup_from_pb(r: pb::PullObjectResponse) -> Lookup {
+    match (r.object_found, r.object_available) {
+        (_, true) => Lookup::Available(r.object_content),
+        (true, false) => Lookup::Pending,
+        (false, false) => Lookup::Unknown,
+    }
+}
+
+/// An app's context, encoded (`flwr.proto.Context`) with an empty state: the one a ServerApp
+/// starts from (node 1, no configs), or a ClientApp on a SuperNode.
+pub fn context_bytes(
+    run_id: u64,
+    node_id: u64,
+    node_config: &[(String, ConfigValue)],
+    run_config: &[(String, ConfigValue)],
+) -> Bytes {
+    use prost::Message as _;
+    let ctx = pb::Context {
+        run_id,
+        node_id,
+        node_config: config_to_pb(node_config),
+        state: Some(pb::RecordDict::default()),
+        run_config: config_to_pb(run_config),
+    };
+    Bytes::from(ctx.encode_to_vec())
+}
+
 /// A config value from the wire (`None` for an unset scalar).
 pub fn scalar_from_pb(s: &pb::Scalar) -> Option<ConfigValue> {
     use pb::scalar::Scalar as S;
@@ -166,6 +194,17 @@ pub fn config_to_pb(items: &[(String, ConfigValue)]) -> HashMap<String, pb::Scal
 mod tests {
     use super::*;
     use prost::Message as _;
+
+    #[test]
+    fn pull_object_answers_read_back() {
+        for lookup in [
+            Lookup::Unknown,
+            Lookup::Pending,
+            Lookup::Available(Bytes::from_static(b"x")),
+        ] {
+            assert_eq!(lookup_from_pb(pull_object_response(lookup.clone())), lookup);
+        }
+    }
 
     #[test]
     fn hand_encoded_message_bodies_equal_prost() {

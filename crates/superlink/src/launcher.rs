@@ -147,6 +147,10 @@ impl Launcher {
                         }
                         group.signal(Signal::SIGKILL);
                     }
+                    // A watch task that panicked takes the launcher with it, and the daemon's
+                    // panic policy stops the daemon with the message; none is cancelled but by
+                    // the shutdown below.
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                     Err(_) => {}
                 },
             }

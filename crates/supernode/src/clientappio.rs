@@ -175,19 +175,14 @@ impl pb::client_app_io_server::ClientAppIo for ClientAppIoService {
         request: Request<pb::PushObjectRequest>,
     ) -> Result<Response<pb::PushObjectResponse>, Status> {
         let body = request.into_inner();
-        let Ok(id) = ObjectId::parse(&body.object_id) else {
-            return Ok(Response::new(pb::PushObjectResponse { stored: false }));
-        };
         let content = body.object_content;
-        let verified = content::verify_shared(id, &content).await;
-        match verified {
-            Ok(()) => {}
-            Err(VerifyError::HashMismatch { .. }) => {
-                return Ok(Response::new(pb::PushObjectResponse { stored: false }))
-            }
-            Err(e) => return Err(to_status(Refusal::BadObject(e))),
-        }
-        let stored = self.state.objects().put(&id, content).or_status()?;
+        let admitted = content::admit(&body.object_id, &content)
+            .await
+            .map_err(|e| to_status(Refusal::BadObject(e)))?;
+        let stored = match admitted {
+            Some(id) => self.state.objects().put(&id, content).or_status()?,
+            None => false,
+        };
         Ok(Response::new(pb::PushObjectResponse { stored }))
     }
 

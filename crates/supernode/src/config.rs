@@ -78,8 +78,8 @@ pub enum ConfigError {
     /// A transport this SuperNode does not speak.
     #[error("`--{0}` is not supported by this SuperNode yet; use `--grpc-rere` (the default) or `--grpc-adapter`.")]
     Transport(&'static str),
-    /// A negative number.
-    #[error("`--{flag}` must be zero or more, got {value}.")]
+    /// Not a count or a number of seconds (negative, or not a number).
+    #[error("`--{flag}` must be a number, zero or more; got {value}.")]
     Negative {
         /// The flag.
         flag: &'static str,
@@ -89,6 +89,18 @@ pub enum ConfigError {
     /// An allow-list does not parse.
     #[error(transparent)]
     Networks(#[from] PeerFilterError),
+}
+
+/// Seconds given to `--flag`: zero or more; beyond what a `Duration` holds is as good as no
+/// limit.
+fn seconds(flag: &'static str, value: f64) -> Result<Duration, ConfigError> {
+    if !(value >= 0.0 && value.is_finite()) {
+        return Err(ConfigError::Negative {
+            flag,
+            value: value.to_string(),
+        });
+    }
+    Ok(Duration::try_from_secs_f64(value).unwrap_or(Duration::MAX))
 }
 
 fn address(flag: &'static str, value: &str) -> Result<Address, ConfigError> {
@@ -137,26 +149,11 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
         None => None,
     };
-    let shutdown_grace = match Duration::try_from_secs_f64(a.shutdown_grace_seconds) {
-        Ok(d) => d,
-        Err(_) => {
-            return Err(ConfigError::Negative {
-                flag: "shutdown-grace-seconds",
-                value: a.shutdown_grace_seconds.to_string(),
-            })
-        }
-    };
-    let max_wait_time = match a.max_wait_time {
-        Some(s) if !(s >= 0.0 && s.is_finite()) => {
-            return Err(ConfigError::Negative {
-                flag: "max-wait-time",
-                value: s.to_string(),
-            })
-        }
-        // Beyond what a Duration holds is as good as no limit.
-        Some(s) => Some(Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX)),
-        None => None,
-    };
+    let shutdown_grace = seconds("shutdown-grace-seconds", a.shutdown_grace_seconds)?;
+    let max_wait_time = a
+        .max_wait_time
+        .map(|s| seconds("max-wait-time", s))
+        .transpose()?;
     let config = Config {
         superlink: address("--superlink", &a.superlink)?,
         grpc_adapter: a.grpc_adapter,

@@ -1,18 +1,62 @@
 //! The Fleet API client: every call signed as Flower's SuperNode signs it, and retried with
 //! Flower's policy (exponential backoff with full jitter, capped at 20 s, within
-//! `--max-retries` / `--max-wait-time`; a TLS handshake failure ends at once).
+//! `--max-retries` / `--max-wait-time`; a TLS handshake failure ends at once). The SuperNode's
+//! edge: what it returns is in the object model, not protobuf.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use flwr_objects::message::MessageMeta;
+use flwr_objects::store::Lookup;
+use flwr_objects::{ConfigValue, ObjectTree};
 use flwr_proto::adapter;
+use flwr_proto::convert::{
+    config_from_pb, lookup_from_pb, message_from_pb, message_to_pb, tree_from_pb, tree_to_pb,
+};
 use flwr_proto::proto as pb;
 use flwr_transport::node_auth::{self, NodeSigningKey};
+use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
+
+/// A pulled instruction and its object tree, or why they cannot be read (Flower's text).
+pub type Pulled = Result<(MessageMeta, ObjectTree), String>;
+
+/// A run as `GetRun` describes it.
+#[derive(Clone, Debug)]
+pub struct RunInfo {
+    /// The SHA-256 of its FAB (hex).
+    pub fab_hash: String,
+    /// `publisher/name` of its app.
+    pub fab_id: String,
+    /// The run config's overrides, or why they cannot be read.
+    pub override_config: Result<Vec<(String, ConfigValue)>, String>,
+    /// The run as received (encoded `flwr.proto.Run`), handed to ClientApps whole.
+    pub encoded: Bytes,
+}
+
+/// A FAB as `GetFab` returns it.
+#[derive(Clone, Debug)]
+pub struct Fab {
+    /// The zip.
+    pub content: Bytes,
+    /// Signatures and licence by key id (Flower Hub's), for `--trusted-entities`.
+    pub verifications: HashMap<String, String>,
+}
+
+/// What the SuperLink said to a pushed reply.
+#[derive(Clone, Debug)]
+pub struct Pushed {
+    /// False when it refused the reply (its run or instruction is gone).
+    pub accepted: bool,
+    /// The objects it still needs (hex ids).
+    pub objects_to_push: HashSet<String>,
+}
 
 /// Largest wait between attempts.
 const MAX_BACKOFF: f64 = 20.0;
@@ -366,51 +410,68 @@ impl Fleet {
         Ok(r.success)
     }
 
-    /// PullMessages: at most one instruction and its tree.
-    pub async fn pull_messages(&self) -> Result<pb::PullMessagesResponse, FleetError> {
+    /// PullMessages: at most one instruction and its tree (or why they cannot be read).
+    pub async fn pull_message(&self) -> Result<Option<Pulled>, FleetError> {
         let body = pb::PullMessagesRequest {
             node: self.node(),
             message_ids: Vec::new(),
         };
-        self.call_retrying(Retry::ConnectionAndServer, "PullMessages", body)
-            .await
+        let r: pb::PullMessagesResponse = self
+            .call_retrying(Retry::ConnectionAndServer, "PullMessages", body)
+            .await?;
+        Ok(
+            match (r.messages_list.first(), r.message_object_trees.first()) {
+                (Some(m), Some(t)) => {
+                    Some(message_from_pb(m).and_then(|m| Ok((m, tree_from_pb(t)?))))
+                }
+                _ => None,
+            },
+        )
     }
 
     /// GetRun.
-    pub async fn get_run(&self, run_id: u64) -> Result<pb::Run, FleetError> {
+    pub async fn get_run(&self, run_id: u64) -> Result<RunInfo, FleetError> {
         let body = pb::GetRunRequest {
             node: self.node(),
             run_id,
         };
         let r: pb::GetRunResponse = self.call("GetRun", body).await?;
-        r.run
-            .ok_or_else(|| FleetError::Incomplete(format!("run {run_id}")))
+        let run = r
+            .run
+            .ok_or_else(|| FleetError::Incomplete(format!("run {run_id}")))?;
+        Ok(RunInfo {
+            override_config: config_from_pb(&run.override_config),
+            encoded: Bytes::from(run.encode_to_vec()),
+            fab_hash: run.fab_hash,
+            fab_id: run.fab_id,
+        })
     }
 
     /// GetFab.
-    pub async fn get_fab(&self, run_id: u64, hash: &str) -> Result<pb::Fab, FleetError> {
+    pub async fn get_fab(&self, run_id: u64, hash: &str) -> Result<Fab, FleetError> {
         let body = pb::GetFabRequest {
             node: self.node(),
             hash_str: hash.to_owned(),
             run_id,
         };
         let r: pb::GetFabResponse = self.call("GetFab", body).await?;
-        r.fab
-            .ok_or_else(|| FleetError::Incomplete(format!("FAB {hash}")))
+        let fab = r
+            .fab
+            .ok_or_else(|| FleetError::Incomplete(format!("FAB {hash}")))?;
+        Ok(Fab {
+            content: fab.content,
+            verifications: fab.verifications,
+        })
     }
 
     /// PullObject.
-    pub async fn pull_object(
-        &self,
-        run_id: u64,
-        object_id: String,
-    ) -> Result<pb::PullObjectResponse, FleetError> {
+    pub async fn pull_object(&self, run_id: u64, object_id: String) -> Result<Lookup, FleetError> {
         let body = pb::PullObjectRequest {
             node: self.node(),
             run_id,
             object_id,
         };
-        self.call("PullObject", body).await
+        Ok(lookup_from_pb(self.call("PullObject", body).await?))
     }
 
     /// ConfirmMessageReceived.
@@ -426,19 +487,24 @@ impl Fleet {
     }
 
     /// PushMessages with one reply.
-    pub async fn push_messages(
+    pub async fn push_reply(
         &self,
-        message: pb::Message,
-        tree: pb::ObjectTree,
+        reply: &MessageMeta,
+        tree: &ObjectTree,
         clientapp_runtime: f64,
-    ) -> Result<pb::PushMessagesResponse, FleetError> {
+    ) -> Result<Pushed, FleetError> {
         let body = pb::PushMessagesRequest {
             node: self.node(),
-            messages_list: vec![message],
-            message_object_trees: vec![tree],
+            messages_list: vec![message_to_pb(reply)],
+            message_object_trees: vec![tree_to_pb(tree)],
             clientapp_runtime_list: vec![clientapp_runtime],
         };
-        self.call("PushMessages", body).await
+        let r: pb::PushMessagesResponse = self.call("PushMessages", body).await?;
+        Ok(Pushed {
+            // The SuperLink answers a refused reply with the id "None".
+            accepted: !r.results.contains_key("None"),
+            objects_to_push: r.objects_to_push.into_iter().collect(),
+        })
     }
 
     /// PushObject.

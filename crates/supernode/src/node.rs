@@ -5,7 +5,6 @@
 //! its database) is joined again instead of exiting; replies the SuperNode makes itself (a
 //! ClientApp that crashed or stopped sending heartbeats) reach the SuperLink.
 
-use std::collections::HashSet;
 use std::ffi::OsString;
 
 use std::time::{Duration, Instant};
@@ -16,14 +15,12 @@ use flwr_objects::content;
 use flwr_objects::message::{error_code, MessageError, MessageMeta, SUPERLINK_NODE_ID};
 use flwr_objects::store::Lookup;
 use flwr_objects::{ConfigValue, ObjectId, ObjectTree};
-use flwr_proto::convert::{config_to_pb, message_from_pb, message_to_pb, tree_from_pb, tree_to_pb};
-use flwr_proto::proto as pb;
+use flwr_proto::convert::context_bytes;
 use nix::sys::signal::Signal;
-use prost::Message as _;
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::{rand_unit, Fleet, FleetError, RetryPolicy};
+use crate::fleet::{rand_unit, Fleet, FleetError, Pulled, Pushed, RetryPolicy};
 use crate::state::{NodeState, RunEntry};
 
 /// The heartbeat interval the node announces (Flower's default).
@@ -68,6 +65,10 @@ pub enum NodeError {
     /// The SuperLink could not be reached or refused the node.
     #[error(transparent)]
     Fleet(#[from] FleetError),
+    /// The task that sends heartbeats panicked: the SuperLink would soon take the node for
+    /// offline, so the node stops rather than serve unseen.
+    #[error("the heartbeat task failed: {0}")]
+    Heartbeats(#[source] tokio::task::JoinError),
 }
 
 /// Why one message could not be handled (the node goes on with the next).
@@ -163,10 +164,16 @@ impl Node {
             Err(FleetError::Cancelled) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        let heartbeat = tokio::spawn(heartbeats(self.fleet.clone()));
-        let result = self.serve().await;
-        heartbeat.abort();
-        let _ = heartbeat.await;
+        let mut heartbeat = tokio::spawn(heartbeats(self.fleet.clone()));
+        let result = tokio::select! {
+            r = self.serve() => r,
+            // It ends by itself only when the node stops, and serving ends then too.
+            Err(e) = &mut heartbeat => Err(NodeError::Heartbeats(e)),
+        };
+        if !heartbeat.is_finished() {
+            heartbeat.abort();
+            let _ = heartbeat.await;
+        }
         self.leave().await;
         result
     }
@@ -175,28 +182,20 @@ impl Node {
         loop {
             let pulled = tokio::select! {
                 () = self.stop.cancelled() => return Ok(()),
-                r = self.fleet.pull_messages() => r,
+                r = self.fleet.pull_message() => r,
             };
             match pulled {
-                Ok(resp) => match (
-                    resp.messages_list.first(),
-                    resp.message_object_trees.first(),
-                ) {
-                    (Some(m), Some(t)) => {
-                        let (m, t) = (m.clone(), t.clone());
-                        match self.handle(m, t).await {
-                            Ok(()) => {}
-                            Err(HandleError::Fleet(FleetError::Cancelled)) => return Ok(()),
-                            Err(HandleError::Fleet(FleetError::InvalidNodeId)) => {
-                                self.rejoin().await?
-                            }
-                            Err(HandleError::Fleet(
-                                e @ (FleetError::Handshake(_) | FleetError::GaveUp { .. }),
-                            )) => return Err(e.into()),
-                            Err(e) => tracing::warn!("message dropped: {e}"),
-                        }
-                    }
-                    _ => {
+                Ok(pulled) => match pulled {
+                    Some(pulled) => match self.handle(pulled).await {
+                        Ok(()) => {}
+                        Err(HandleError::Fleet(FleetError::Cancelled)) => return Ok(()),
+                        Err(HandleError::Fleet(FleetError::InvalidNodeId)) => self.rejoin().await?,
+                        Err(HandleError::Fleet(
+                            e @ (FleetError::Handshake(_) | FleetError::GaveUp { .. }),
+                        )) => return Err(e.into()),
+                        Err(e) => tracing::warn!("message dropped: {e}"),
+                    },
+                    None => {
                         tokio::select! {
                             () = self.stop.cancelled() => return Ok(()),
                             () = tokio::time::sleep(POLL_INTERVAL) => {}
@@ -238,9 +237,8 @@ impl Node {
         }
     }
 
-    async fn handle(&self, message: pb::Message, tree: pb::ObjectTree) -> Result<(), HandleError> {
-        let meta = message_from_pb(&message).map_err(HandleError::Bad)?;
-        let tree = tree_from_pb(&tree).map_err(HandleError::Bad)?;
+    async fn handle(&self, pulled: Pulled) -> Result<(), HandleError> {
+        let (meta, tree) = pulled.map_err(HandleError::Bad)?;
         let run_id = meta.run_id;
         tracing::info!(run_id, message_id = %meta.message_id, message_type = %meta.message_type, "received a message");
         let arrived = Instant::now();
@@ -320,24 +318,23 @@ impl Node {
             .map_err(|e| {
                 HandleError::UnusableRun(format!("the FAB of run {run_id} is not usable: {e}"))
             })?;
-        let overrides = flwr_proto::convert::config_from_pb(&run.override_config).map_err(|e| {
+        let overrides = run.override_config.map_err(|e| {
             HandleError::UnusableRun(format!("the run config of run {run_id} is not usable: {e}"))
         })?;
         let run_config = flwr_fab::run_config(&info, &overrides);
-        let context = pb::Context {
+        let context = context_bytes(
             run_id,
-            node_id: self.fleet.node_id(),
-            node_config: config_to_pb(&self.settings.node_config),
-            state: Some(pb::RecordDict::default()),
-            run_config: config_to_pb(&run_config),
-        };
+            self.fleet.node_id(),
+            &self.settings.node_config,
+            &run_config,
+        );
         self.state.add_run(
             run_id,
             RunEntry {
-                run: Bytes::from(run.encode_to_vec()),
+                run: run.encoded,
                 fab: fab.content,
                 fab_hash: run.fab_hash.clone(),
-                context: Bytes::from(context.encode_to_vec()),
+                context,
             },
         );
         tracing::info!(run_id, fab_id = %run.fab_id, "new run");
@@ -537,12 +534,10 @@ impl Node {
         tree: &ObjectTree,
         runtime: f64,
     ) -> Result<(), HandleError> {
-        let resp = self
-            .fleet
-            .push_messages(message_to_pb(reply), tree_to_pb(tree), runtime)
-            .await?;
-        let accepted = !resp.results.contains_key("None");
-        let wanted: HashSet<String> = resp.objects_to_push.into_iter().collect();
+        let Pushed {
+            accepted,
+            objects_to_push: wanted,
+        } = self.fleet.push_reply(reply, tree, runtime).await?;
         for node in tree.post_order() {
             let hex = node.id.to_hex();
             if !wanted.contains(&hex) {
@@ -577,9 +572,16 @@ async fn pull_one(
     let start = Instant::now();
     let mut delay = 1.0f64;
     loop {
-        let r = fleet.pull_object(run_id, id.to_hex()).await?;
-        if r.object_available {
-            let content = r.object_content;
+        let found = match fleet.pull_object(run_id, id.to_hex()).await? {
+            Lookup::Available(content) => Some(content),
+            Lookup::Pending => None,
+            Lookup::Unknown => {
+                return Err(HandleError::Bad(format!(
+                    "the SuperLink does not know object {id}"
+                )))
+            }
+        };
+        if let Some(content) = found {
             content::verify_shared(id, &content)
                 .await
                 .map_err(|e| HandleError::Bad(format!("object from the SuperLink refused: {e}")))?;
@@ -588,11 +590,6 @@ async fn pull_one(
                 .put(&id, content)
                 .map_err(|e| HandleError::Bad(e.to_string()))?;
             return Ok(());
-        }
-        if !r.object_found {
-            return Err(HandleError::Bad(format!(
-                "the SuperLink does not know object {id}"
-            )));
         }
         if start.elapsed() > PULL_MAX_TIME {
             return Err(HandleError::Bad(format!(

@@ -130,34 +130,10 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
 }
 
 fn flatten(t: &toml::Table) -> Result<Vec<(String, ConfigValue)>, NodeConfigError> {
-    fn go(
-        t: &toml::Table,
-        prefix: &str,
-        out: &mut Vec<(String, ConfigValue)>,
-    ) -> Result<(), NodeConfigError> {
-        for (k, v) in t {
-            let key = if prefix.is_empty() {
-                k.clone()
-            } else {
-                format!("{prefix}.{k}")
-            };
-            let value = match v {
-                toml::Value::Table(inner) => {
-                    go(inner, &key, out)?;
-                    continue;
-                }
-                toml::Value::String(s) => ConfigValue::Str(s.clone()),
-                toml::Value::Integer(i) => ConfigValue::Int(*i),
-                toml::Value::Float(f) => ConfigValue::Double(*f),
-                toml::Value::Boolean(b) => ConfigValue::Bool(*b),
-                _ => return Err(NodeConfigError::BadType(k.clone())),
-            };
-            out.push((key, value));
-        }
-        Ok(())
+    let (mut out, bad) = flwr_fab::flatten_config(t);
+    if let Some(k) = bad.into_iter().next() {
+        return Err(NodeConfigError::BadType(k));
     }
-    let mut out = Vec::new();
-    go(t, "", &mut out)?;
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }

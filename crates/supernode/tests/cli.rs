@@ -104,6 +104,25 @@ fn numbers_and_files_of_the_flags() {
         parse(&["--max-retries", "-1"]),
         Err(ConfigError::Negative { .. })
     ));
+    // Seconds: a number, zero or more; more than a clock holds is no limit, never a panic.
+    for flag in ["--max-wait-time", "--shutdown-grace-seconds"] {
+        for bad in ["-1", "NaN", "inf"] {
+            let e = parse(&[flag, bad]).unwrap_err().to_string();
+            assert!(
+                e.contains(&flag[2..]) && e.contains("zero or more"),
+                "{flag} {bad}: {e}"
+            );
+        }
+    }
+    let c = parse(&[
+        "--max-wait-time",
+        "1e300",
+        "--shutdown-grace-seconds",
+        "1e300",
+    ])
+    .unwrap();
+    assert_eq!(c.max_wait_time, Some(std::time::Duration::MAX));
+    assert_eq!(c.shutdown_grace, std::time::Duration::MAX);
 }
 
 #[test]

@@ -238,6 +238,12 @@ pub struct SignedTimestamp {
 
 mod openssh {
     //! The unencrypted `openssh-key-v1` container (OpenSSH's PROTOCOL.key), ECDSA keys only.
+    //!
+    //! Read here rather than with the `ssh-key` crate (which the SuperNode uses for the Ed25519
+    //! public keys of `--trusted-entities`): ssh-key 0.6.7 takes an ECDSA private scalar only as
+    //! an mpint of exactly the field's size, so it refuses P-521 keys (and about one P-256 or
+    //! P-384 key in 256) whose scalar begins with a zero byte, which `ssh-keygen` and Python's
+    //! `cryptography` write; `node_auth_interop` caught it.
 
     use super::Curve;
     use base64ct::Encoding;

@@ -466,7 +466,12 @@ async fn idle(activity: &mut watch::Receiver<Activity>, timeout: Option<Duration
             }
             continue;
         }
-        let deadline = tokio::time::Instant::from_std(now.idle_since + timeout);
+        // A timeout beyond what the clock can hold (`--connection-idle-timeout 1e19`) never
+        // comes.
+        let Some(deadline) = now.idle_since.checked_add(timeout) else {
+            return std::future::pending().await;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => return,
             changed = activity.changed() => {
@@ -723,5 +728,28 @@ impl RateLimitedWarning {
             self.count = 0;
             self.last = Some(Instant::now());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--connection-idle-timeout 1e19`: a deadline past what the clock holds never comes (it
+    /// panicked in `Instant + Duration`); an ordinary one does.
+    #[tokio::test]
+    async fn an_idle_timeout_beyond_the_clock_never_fires() {
+        let (_tx, mut rx) = watch::channel(Activity {
+            in_flight: 0,
+            idle_since: Instant::now(),
+        });
+        let never = Duration::try_from_secs_f64(1e19).unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(50), idle(&mut rx, Some(never)));
+        assert!(waited.await.is_err(), "still waiting");
+        let soon = tokio::time::timeout(
+            Duration::from_secs(5),
+            idle(&mut rx, Some(Duration::from_millis(10))),
+        );
+        assert!(soon.await.is_ok(), "an ordinary timeout fires");
     }
 }

@@ -265,7 +265,7 @@ pub struct Loaded<T> {
 
 /// The crypto provider every TLS endpoint of ours uses.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Loads the server configuration from the three files. Blocking (reads files).

@@ -102,14 +102,7 @@ pub fn node_to_pb(n: &Node) -> pb::NodeInfo {
 
 /// The ServerApp's initial context: node 1, empty state and configs.
 pub fn initial_context(run_id: u64) -> Bytes {
-    let ctx = pb::Context {
-        run_id,
-        node_id: 1,
-        node_config: HashMap::new(),
-        state: Some(pb::RecordDict::default()),
-        run_config: HashMap::new(),
-    };
-    Bytes::from(ctx.encode_to_vec())
+    flwr_proto::convert::context_bytes(run_id, 1, &[], &[])
 }
 
 /// A stored context back on the wire.
