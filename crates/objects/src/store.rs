@@ -33,45 +33,80 @@ pub enum StoreError {
     Unavailable(#[source] DriverError),
 }
 
-/// What the store knows about an id.
+/// What the store knows about an id: with `C`, how it holds the bytes (the bytes themselves
+/// unless said otherwise).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Lookup {
+pub enum Lookup<C = Bytes> {
     /// Never pre-registered (or deleted).
     Unknown,
     /// Pre-registered, not pushed yet.
     Pending,
     /// Pushed.
-    Available(Bytes),
+    Available(C),
+}
+
+/// How a store holds an object's bytes: the bytes, or a handle to them kept elsewhere (the
+/// SuperLink's in-memory engine keeps large ones in files). Dropped when the object goes.
+pub trait Content: Clone + Send + Sync + std::fmt::Debug + 'static {
+    /// The size of the bytes.
+    fn len(&self) -> usize;
+    /// True for no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Content for Bytes {
+    fn len(&self) -> usize {
+        Bytes::len(self)
+    }
 }
 
 #[derive(Debug)]
-struct Entry {
-    content: Option<Bytes>,
+struct Entry<C> {
+    content: Option<C>,
     children: Vec<ObjectId>,
     ref_count: u32,
     runs: Vec<u64>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    objects: HashMap<ObjectId, Entry>,
+#[derive(Debug)]
+struct Inner<C> {
+    objects: HashMap<ObjectId, Entry<C>>,
     runs: HashMap<u64, HashSet<ObjectId>>,
 }
 
-/// The in-memory engine.
-#[derive(Debug, Default)]
-pub struct MemoryObjectStore {
-    inner: Mutex<Inner>,
+impl<C> Default for Inner<C> {
+    fn default() -> Self {
+        Self {
+            objects: HashMap::new(),
+            runs: HashMap::new(),
+        }
+    }
 }
 
-impl MemoryObjectStore {
+/// The in-memory engine.
+#[derive(Debug)]
+pub struct MemoryObjectStore<C = Bytes> {
+    inner: Mutex<Inner<C>>,
+}
+
+impl<C> Default for MemoryObjectStore<C> {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+}
+
+impl<C> MemoryObjectStore<C> {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
 }
 
-impl Inner {
+impl<C> Inner<C> {
     /// Deletes `id` if unreferenced, then its children that become unreferenced.
     fn delete_cascading(&mut self, id: &ObjectId) {
         let mut stack = vec![*id];
@@ -99,7 +134,7 @@ impl Inner {
 }
 
 /// The store's operations (the SuperLink's async `ObjectStore` trait wraps these).
-impl MemoryObjectStore {
+impl<C: Content> MemoryObjectStore<C> {
     /// Pre-registers `tree` for `run_id`; returns the ids still to push (deduplicated, in
     /// post-order).
     pub fn preregister(&self, run_id: u64, tree: &ObjectTree) -> Result<Vec<ObjectId>, StoreError> {
@@ -146,7 +181,7 @@ impl MemoryObjectStore {
 
     /// Stores verified bytes; false when the id was never pre-registered. A second put of an
     /// available object changes nothing and returns true.
-    pub fn put(&self, id: &ObjectId, content: Bytes) -> Result<bool, StoreError> {
+    pub fn put(&self, id: &ObjectId, content: C) -> Result<bool, StoreError> {
         let mut inner = self.inner.lock();
         match inner.objects.get_mut(id) {
             None => Ok(false),
@@ -160,7 +195,7 @@ impl MemoryObjectStore {
     }
 
     /// Looks an id up.
-    pub fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
+    pub fn get(&self, id: &ObjectId) -> Result<Lookup<C>, StoreError> {
         let inner = self.inner.lock();
         Ok(match inner.objects.get(id) {
             None => Lookup::Unknown,
@@ -216,7 +251,7 @@ impl MemoryObjectStore {
     /// The tree rooted at `id`, from the registered child lists; `None` if any node is missing.
     pub fn tree(&self, id: &ObjectId) -> Result<Option<ObjectTree>, StoreError> {
         let inner = self.inner.lock();
-        fn build(inner: &Inner, id: &ObjectId, depth: usize) -> Option<ObjectTree> {
+        fn build<C>(inner: &Inner<C>, id: &ObjectId, depth: usize) -> Option<ObjectTree> {
             // Trees are shallow (Message → RecordDict → record → Array → chunk); a deep one is
             // corrupt, and the limit keeps a cycle from looping.
             if depth > 64 {

@@ -20,6 +20,7 @@ pub mod lane;
 pub mod memory;
 pub mod objects;
 pub mod postgres;
+pub mod spill;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -814,9 +815,14 @@ pub struct Stores {
 
 /// Both engines in memory (`--database :flwr-in-memory:`); the clock is shared.
 pub fn in_memory(clock: Arc<dyn Clock>) -> Stores {
+    in_memory_spilling(clock, None)
+}
+
+/// Both engines in memory, large objects' bytes in files as `spill` says (none: all in memory).
+pub fn in_memory_spilling(clock: Arc<dyn Clock>, spill: Option<spill::SpillPolicy>) -> Stores {
     Stores {
         state: Arc::new(memory::MemoryLinkState::new(clock)),
-        objects: Arc::new(objects::MemoryObjects::default()),
+        objects: Arc::new(objects::MemoryObjects::new(spill)),
         fabs: None,
     }
 }

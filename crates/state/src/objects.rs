@@ -5,6 +5,8 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use flwr_objects::store::{Lookup, MemoryObjectStore, StoreError};
+
+use crate::spill::{Held, SpillPolicy, Spiller};
 use flwr_objects::{ObjectId, ObjectTree};
 
 /// A content-addressed, reference-counted object store.
@@ -41,9 +43,34 @@ pub trait ObjectStore: Send + Sync {
     }
 }
 
-/// The in-memory engine: every call is one short lock scope, answered at once.
-#[derive(Debug, Default)]
-pub struct MemoryObjects(MemoryObjectStore);
+/// The in-memory engine: every call is one short lock scope, answered at once; with a
+/// [`SpillPolicy`], large objects' bytes wait in files (see [`crate::spill`]).
+#[derive(Debug)]
+pub struct MemoryObjects {
+    store: MemoryObjectStore<Held>,
+    spill: Spiller,
+}
+
+impl Default for MemoryObjects {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl MemoryObjects {
+    /// Every object in memory (`None`), or large ones in files.
+    pub fn new(spill: Option<SpillPolicy>) -> Self {
+        Self {
+            store: MemoryObjectStore::new(),
+            spill: Spiller::new(spill),
+        }
+    }
+
+    /// Bytes of objects held in memory (not in files).
+    pub fn inline_bytes(&self) -> u64 {
+        self.spill.inline_bytes()
+    }
+}
 
 #[async_trait]
 impl ObjectStore for MemoryObjects {
@@ -52,30 +79,42 @@ impl ObjectStore for MemoryObjects {
         run_id: u64,
         tree: &ObjectTree,
     ) -> Result<Vec<ObjectId>, StoreError> {
-        self.0.preregister(run_id, tree)
+        self.store.preregister(run_id, tree)
     }
     async fn put(&self, id: &ObjectId, content: Bytes) -> Result<bool, StoreError> {
-        self.0.put(id, content)
+        // Only a pending object needs its bytes held (and maybe written out).
+        match self.store.get(id)? {
+            Lookup::Unknown => Ok(false),
+            Lookup::Available(_) => Ok(true),
+            Lookup::Pending => {
+                let held = self.spill.hold(content).await;
+                self.store.put(id, held)
+            }
+        }
     }
     async fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
-        self.0.get(id)
+        Ok(match self.store.get(id)? {
+            Lookup::Unknown => Lookup::Unknown,
+            Lookup::Pending => Lookup::Pending,
+            Lookup::Available(held) => Lookup::Available(self.spill.bytes(held).await?),
+        })
     }
     async fn unavailable(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>, StoreError> {
-        self.0.unavailable(ids)
+        self.store.unavailable(ids)
     }
     async fn delete(&self, id: &ObjectId) -> Result<(), StoreError> {
-        self.0.delete(id)
+        self.store.delete(id)
     }
     async fn delete_objects_in_run(&self, run_id: u64) -> Result<(), StoreError> {
-        self.0.delete_objects_in_run(run_id)
+        self.store.delete_objects_in_run(run_id)
     }
     async fn tree(&self, id: &ObjectId) -> Result<Option<ObjectTree>, StoreError> {
-        self.0.tree(id)
+        self.store.tree(id)
     }
     async fn len(&self) -> Result<usize, StoreError> {
-        self.0.len()
+        self.store.len()
     }
     async fn content_bytes(&self) -> Result<u64, StoreError> {
-        self.0.content_bytes()
+        self.store.content_bytes()
     }
 }

@@ -1,3 +1,117 @@
-//! The conformance suite on the in-memory engine.
+//! The conformance suite on the in-memory engine, with every object in memory and with every
+//! object's bytes in files; and where the spilling engine keeps which bytes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 flwr_state::conformance_tests!(|clock| async move { flwr_state::in_memory(clock) });
+
+mod spilling {
+    flwr_state::conformance_tests!(|clock| async move {
+        let all_to_files = flwr_state::spill::SpillPolicy {
+            dir: std::env::temp_dir(),
+            threshold: 0,
+            budget: 0,
+        };
+        flwr_state::in_memory_spilling(clock, Some(all_to_files))
+    });
+}
+
+mod where_bytes_wait {
+    use bytes::Bytes;
+    use flwr_objects::store::Lookup;
+    use flwr_objects::{ObjectId, ObjectTree};
+    use flwr_state::objects::MemoryObjects;
+    use flwr_state::spill::SpillPolicy;
+    use flwr_state::ObjectStore;
+
+    /// A root with one leaf per content; the contents by id.
+    fn tree(contents: &[Bytes]) -> (ObjectTree, Vec<(ObjectId, Bytes)>) {
+        let leaves: Vec<(ObjectId, Bytes)> = contents
+            .iter()
+            .map(|c| (ObjectId::of(c), c.clone()))
+            .collect();
+        let root = Bytes::from_static(b"root");
+        let t = ObjectTree {
+            id: ObjectId::of(&root),
+            children: leaves.iter().map(|(id, _)| ObjectTree::leaf(*id)).collect(),
+        };
+        let mut all = leaves;
+        all.push((t.id, root));
+        (t, all)
+    }
+
+    #[tokio::test]
+    async fn large_objects_in_files_small_ones_in_memory_up_to_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MemoryObjects::new(Some(SpillPolicy {
+            dir: dir.path().to_owned(),
+            threshold: 1000,
+            budget: 3000,
+        }));
+        let big = Bytes::from(vec![7u8; 2000]);
+        let smalls: Vec<Bytes> = (0..4u8).map(|i| Bytes::from(vec![i; 800])).collect();
+        let mut contents = vec![big.clone()];
+        contents.extend(smalls.iter().cloned());
+        let (t, objects) = tree(&contents);
+        store.preregister(1, &t).await.unwrap();
+
+        assert!(store.put(&ObjectId::of(&big), big.clone()).await.unwrap());
+        assert_eq!(store.inline_bytes(), 0, "at the threshold: in a file");
+        for s in &smalls[..3] {
+            assert!(store.put(&ObjectId::of(s), s.clone()).await.unwrap());
+        }
+        assert_eq!(store.inline_bytes(), 2400, "small ones in memory");
+        assert!(store
+            .put(&ObjectId::of(&smalls[3]), smalls[3].clone())
+            .await
+            .unwrap());
+        assert_eq!(store.inline_bytes(), 2400, "beyond the budget: in a file");
+        assert!(store
+            .put(&t.id, objects.last().unwrap().1.clone())
+            .await
+            .unwrap());
+        assert_eq!(store.content_bytes().await.unwrap(), 2000 + 4 * 800 + 4);
+
+        for (id, content) in &objects {
+            assert_eq!(
+                store.get(id).await.unwrap(),
+                Lookup::Available(content.clone()),
+                "{id} reads back whole"
+            );
+        }
+        store.delete(&t.id).await.unwrap();
+        assert_eq!(store.len().await.unwrap(), 0);
+        assert_eq!(
+            store.inline_bytes(),
+            0,
+            "memory given back with the objects"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing left in the directory (the files have no names)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_directory_that_takes_no_files_keeps_objects_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = SpillPolicy {
+            dir: dir.path().join("missing"),
+            threshold: 0,
+            budget: 0,
+        };
+        let store = MemoryObjects::new(Some(policy));
+        let content = Bytes::from(vec![1u8; 5000]);
+        let (t, objects) = tree(std::slice::from_ref(&content));
+        store.preregister(1, &t).await.unwrap();
+        for (id, c) in &objects {
+            assert!(store.put(id, c.clone()).await.unwrap());
+        }
+        assert_eq!(store.inline_bytes(), 5000 + 4, "kept in memory");
+        assert_eq!(
+            store.get(&ObjectId::of(&content)).await.unwrap(),
+            Lookup::Available(content)
+        );
+    }
+}

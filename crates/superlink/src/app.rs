@@ -113,7 +113,33 @@ impl App {
             None => (None, None),
         };
         let stores = match &config.database {
-            Database::InMemory => flwr_state::in_memory(clock.clone()),
+            Database::InMemory => {
+                // Large objects wait in files rather than in memory; where files cannot be
+                // written, everything stays in memory (said once, here).
+                let policy = flwr_state::spill::SpillPolicy::in_temp_dir();
+                let checked = policy.clone();
+                let usable = tokio::task::spawn_blocking(move || checked.check())
+                    .await
+                    .map_err(|source| BuildError::TaskLost {
+                        what: "checking the spill directory",
+                        source,
+                    })?;
+                let spill = match usable {
+                    Ok(()) => {
+                        tracing::info!(
+                            dir = %policy.dir.display(),
+                            "Objects of {} KiB and more wait in unnamed files there",
+                            policy.threshold / 1024
+                        );
+                        Some(policy)
+                    }
+                    Err(e) => {
+                        tracing::warn!("objects stay in memory: no file can be made in {e} (set TMPDIR to a writable directory)");
+                        None
+                    }
+                };
+                flwr_state::in_memory_spilling(clock.clone(), spill)
+            }
             Database::Sqlite(path) => {
                 let (p, c) = (path.clone(), clock.clone());
                 let opened = tokio::task::spawn_blocking(move || flwr_state::sqlite::open(&p, c))
