@@ -127,9 +127,9 @@ impl App {
                 let spill = match usable {
                     Ok(()) => {
                         tracing::info!(
-                            dir = %policy.dir.display(),
-                            "Objects of {} KiB and more wait in unnamed files there",
-                            policy.threshold / 1024
+                            "Objects of {} KiB and more wait in unnamed files in {}",
+                            policy.threshold / 1024,
+                            policy.dir.display()
                         );
                         Some(policy)
                     }
