@@ -20,3 +20,19 @@ fn only_the_status_module_builds_grpc_statuses() {
         offenders.join("\n")
     );
 }
+
+/// ARCHITECTURE.md's "only the service layers know protobuf types", checked for the SuperLink's
+/// domain (`core`, the launcher): they name no generated type, no prost and no tonic.
+#[test]
+fn the_domain_names_no_protobuf_type() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for file in ["core.rs", "launcher.rs"] {
+        let text = std::fs::read_to_string(src.join(file)).unwrap();
+        for wire in ["flwr_proto::proto", "pb::", "prost::", "tonic::"] {
+            assert!(
+                !text.contains(wire),
+                "src/{file} names `{wire}`: convert in the service layer instead"
+            );
+        }
+    }
+}

@@ -31,3 +31,17 @@ fn only_clientappio_to_status_builds_grpc_statuses() {
         offenders.join("\n")
     );
 }
+
+/// ARCHITECTURE.md's "only the service layers know protobuf types", checked for the SuperNode's
+/// decisions (`node`): the Fleet client (`fleet`) and ClientAppIo (`clientappio`) convert.
+#[test]
+fn the_node_names_no_protobuf_type() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/node.rs")).unwrap();
+    for wire in ["flwr_proto::proto", "pb::", "prost::", "tonic::"] {
+        assert!(
+            !text.contains(wire),
+            "src/node.rs names `{wire}`: convert in `fleet` instead"
+        );
+    }
+}
