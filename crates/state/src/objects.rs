@@ -70,6 +70,11 @@ impl MemoryObjects {
     pub fn inline_bytes(&self) -> u64 {
         self.spill.inline_bytes()
     }
+
+    /// Files of spilled objects open now.
+    pub fn open_files(&self) -> usize {
+        self.spill.open_files()
+    }
 }
 
 #[async_trait]

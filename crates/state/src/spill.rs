@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,16 +29,20 @@ pub struct SpillPolicy {
     /// Smaller objects stay in memory up to this many bytes in all; beyond, every new object
     /// goes to a file.
     pub budget: u64,
+    /// Files open at once at most (each spilled object holds one descriptor, taken from those
+    /// the connections need); beyond, objects stay in memory.
+    pub max_files: usize,
 }
 
 impl SpillPolicy {
     /// Objects of 64 KiB and more, and everything beyond 64 MiB of small ones, in the system's
-    /// temporary directory (`TMPDIR`, else `/tmp`).
-    pub fn in_temp_dir() -> Self {
+    /// temporary directory (`TMPDIR`, else `/tmp`), in at most `max_files` files.
+    pub fn in_temp_dir(max_files: usize) -> Self {
         Self {
             dir: std::env::temp_dir(),
             threshold: 64 * 1024,
             budget: 64 * 1024 * 1024,
+            max_files,
         }
     }
 
@@ -88,6 +92,31 @@ impl Drop for Inline {
 pub struct Spilled {
     file: File,
     len: usize,
+    _slot: FileSlot,
+}
+
+/// One of the files the spiller may have open, counted while it lives (also while the file is
+/// being written, so that a write abandoned by a cancelled call gives its place back).
+#[derive(Debug)]
+struct FileSlot {
+    open: Arc<AtomicUsize>,
+    /// Files open before this one.
+    before: usize,
+}
+
+impl FileSlot {
+    fn take(open: &Arc<AtomicUsize>) -> Self {
+        Self {
+            before: open.fetch_add(1, Ordering::Relaxed),
+            open: open.clone(),
+        }
+    }
+}
+
+impl Drop for FileSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Decides where each object's bytes go, and reads them back.
@@ -96,6 +125,8 @@ pub struct Spiller {
     policy: Option<SpillPolicy>,
     /// Bytes of the objects held in memory.
     inline: Arc<AtomicU64>,
+    /// Spilled objects' files open now.
+    files: Arc<AtomicUsize>,
     /// A failed write was reported already (one warning, not one per object).
     warned: AtomicBool,
 }
@@ -106,6 +137,7 @@ impl Spiller {
         Self {
             policy,
             inline: Arc::default(),
+            files: Arc::default(),
             warned: AtomicBool::new(false),
         }
     }
@@ -115,16 +147,32 @@ impl Spiller {
         self.inline.load(Ordering::Relaxed)
     }
 
+    /// Spilled objects' files open now.
+    pub fn open_files(&self) -> usize {
+        self.files.load(Ordering::Relaxed)
+    }
+
     /// Holds `bytes`: in a file when the policy says so and the write succeeds, else in memory.
     pub async fn hold(&self, bytes: Bytes) -> Held {
         if let Some(p) = &self.policy {
             let len = bytes.len();
-            if len >= p.threshold || self.inline_bytes() + len as u64 > p.budget {
+            let large = len >= p.threshold || self.inline_bytes() + len as u64 > p.budget;
+            // Over the file cap, objects stay in memory.
+            let slot = large
+                .then(|| FileSlot::take(&self.files))
+                .filter(|s| s.before < p.max_files);
+            if let Some(slot) = slot {
                 let dir = p.dir.clone();
                 let data = bytes.clone();
                 let written = tokio::task::spawn_blocking(move || write(&dir, &data)).await;
                 match written {
-                    Ok(Ok(file)) => return Held::Spilled(Arc::new(Spilled { file, len })),
+                    Ok(Ok(file)) => {
+                        return Held::Spilled(Arc::new(Spilled {
+                            file,
+                            len,
+                            _slot: slot,
+                        }))
+                    }
                     Ok(Err(e)) => {
                         if !self.warned.swap(true, Ordering::Relaxed) {
                             tracing::warn!(

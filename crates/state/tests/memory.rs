@@ -11,6 +11,7 @@ mod spilling {
             dir: std::env::temp_dir(),
             threshold: 0,
             budget: 0,
+            max_files: usize::MAX,
         };
         flwr_state::in_memory_spilling(clock, Some(all_to_files))
     });
@@ -47,6 +48,7 @@ mod where_bytes_wait {
             dir: dir.path().to_owned(),
             threshold: 1000,
             budget: 3000,
+            max_files: 2,
         }));
         let big = Bytes::from(vec![7u8; 2000]);
         let smalls: Vec<Bytes> = (0..4u8).map(|i| Bytes::from(vec![i; 800])).collect();
@@ -71,6 +73,15 @@ mod where_bytes_wait {
             .await
             .unwrap());
         assert_eq!(store.content_bytes().await.unwrap(), 2000 + 4 * 800 + 4);
+        assert_eq!(store.open_files(), 2);
+        // At the cap of open files, a large object stays in memory.
+        let large = Bytes::from(vec![9u8; 1500]);
+        let other = ObjectTree::leaf(ObjectId::of(&large));
+        store.preregister(2, &other).await.unwrap();
+        assert!(store.put(&other.id, large).await.unwrap());
+        assert_eq!(store.open_files(), 2, "no third file");
+        assert_eq!(store.inline_bytes(), 2404 + 1500);
+        store.delete(&other.id).await.unwrap();
 
         for (id, content) in &objects {
             assert_eq!(
@@ -100,6 +111,7 @@ mod where_bytes_wait {
             dir: dir.path().join("missing"),
             threshold: 0,
             budget: 0,
+            max_files: usize::MAX,
         };
         let store = MemoryObjects::new(Some(policy));
         let content = Bytes::from(vec![1u8; 5000]);

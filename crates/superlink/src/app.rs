@@ -116,7 +116,10 @@ impl App {
             Database::InMemory => {
                 // Large objects wait in files rather than in memory; where files cannot be
                 // written, everything stays in memory (said once, here).
-                let policy = flwr_state::spill::SpillPolicy::in_temp_dir();
+                // A quarter of the open-file limit at most: the rest is for connections.
+                let open_files = flwr_daemon::connections::raise_open_file_limit();
+                let max_files = usize::try_from(open_files / 4).unwrap_or(usize::MAX);
+                let policy = flwr_state::spill::SpillPolicy::in_temp_dir(max_files);
                 let checked = policy.clone();
                 let usable = tokio::task::spawn_blocking(move || checked.check())
                     .await
