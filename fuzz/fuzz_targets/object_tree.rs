@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(tree) = tree_from_pb(&wire) else {
         return;
     };
-    let store = MemoryObjectStore::new();
+    let store: MemoryObjectStore = MemoryObjectStore::new();
     let to_push = store.preregister(1, &tree).expect("memory store");
     assert!(to_push.len() <= tree.len());
     let _ = store.tree(&tree.id).expect("memory store");
