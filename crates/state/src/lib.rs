@@ -802,6 +802,16 @@ pub fn no_heartbeat_details(launcher: Option<&str>) -> String {
     }
 }
 
+/// The column of the `run` table that records when a run reached `status` (the SQL engines').
+pub(crate) fn status_column(status: Status) -> &'static str {
+    match status {
+        Status::Starting => "starting_at",
+        Status::Running => "running_at",
+        Status::Finished => "finished_at",
+        Status::Pending => "pending_at",
+    }
+}
+
 /// The engines of one database.
 #[derive(Clone)]
 pub struct Stores {

@@ -211,6 +211,17 @@ impl Runs {
     }
 }
 
+/// A run's new status and when it was reached (the transition is checked by the caller).
+fn write_status(run: &mut Run, status: RunStatus, now: f64) {
+    match status.status {
+        Status::Starting => run.starting_at = Some(now),
+        Status::Running => run.running_at = Some(now),
+        Status::Finished => run.finished_at = Some(now),
+        Status::Pending => {}
+    }
+    run.status = status;
+}
+
 fn expired(meta: &MessageMeta, now: f64) -> bool {
     meta.created_at + meta.ttl <= now
 }
@@ -517,13 +528,7 @@ impl LinkState for MemoryLinkState {
         if !e.run.status.is_valid_transition(&status) {
             return Ok(false);
         }
-        match status.status {
-            Status::Starting => e.run.starting_at = Some(now),
-            Status::Running => e.run.running_at = Some(now),
-            Status::Finished => e.run.finished_at = Some(now),
-            Status::Pending => {}
-        }
-        e.run.status = status;
+        write_status(&mut e.run, status, now);
         Ok(true)
     }
 
@@ -580,8 +585,7 @@ impl LinkState for MemoryLinkState {
         if !e.run.status.is_valid_transition(&starting) {
             return Ok(None);
         }
-        e.run.status = starting;
-        e.run.starting_at = Some(now);
+        write_status(&mut e.run, starting, now);
         let token = random_token();
         runs.tokens.insert(
             token.clone(),

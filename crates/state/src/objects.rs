@@ -5,9 +5,9 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use flwr_objects::store::{Lookup, MemoryObjectStore, StoreError};
+use flwr_objects::{ObjectId, ObjectTree};
 
 use crate::spill::{Held, SpillPolicy, Spiller};
-use flwr_objects::{ObjectId, ObjectTree};
 
 /// A content-addressed, reference-counted object store.
 #[async_trait]

@@ -735,6 +735,27 @@ fn delete_message(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Writes a run's new status and when it was reached (the transition is checked by the caller).
+fn write_status(
+    tx: &Transaction<'_>,
+    run_id: RunId,
+    status: &RunStatus,
+    now: f64,
+) -> rusqlite::Result<()> {
+    let column = crate::status_column(status.status);
+    tx.prepare_cached(&format!(
+        "UPDATE run SET status = ?2, sub_status = ?3, details = ?4, {column} = ?5 WHERE run_id = ?1"
+    ))?
+    .execute(params![
+        run_id as i64,
+        status.status.as_str(),
+        status.sub_status.as_str(),
+        status.details,
+        now
+    ])?;
+    Ok(())
+}
+
 /// Runs `f` in one transaction on `conn`. With `writer` (a write): `BEGIN IMMEDIATE`, holding
 /// this process's right to write until the commit. Without (a read): a deferred transaction,
 /// a consistent snapshot that takes no write lock (the Fleet API looks up the caller's node on
@@ -1049,19 +1070,13 @@ impl StateDb {
     ) -> Result<bool, StateError> {
         let r = self.tx(|tx, now| {
             expire_tokens(tx, now)?;
-            let Some(run) = get_run(tx, run_id)? else { return Ok(None) };
+            let Some(run) = get_run(tx, run_id)? else {
+                return Ok(None);
+            };
             if !run.status.is_valid_transition(&status) {
                 return Ok(Some(false));
             }
-            let column = match status.status {
-                Status::Starting => "starting_at",
-                Status::Running => "running_at",
-                Status::Finished => "finished_at",
-                Status::Pending => "pending_at",
-            };
-            tx.prepare_cached(&format!("UPDATE run SET status = ?2, sub_status = ?3, details = ?4, {column} = ?5 WHERE run_id = ?1"))?.execute(
-                params![run_id as i64, status.status.as_str(), status.sub_status.as_str(), status.details, now],
-            )?;
+            write_status(tx, run_id, &status, now)?;
             Ok(Some(true))
         })?;
         r.ok_or(StateError::RunNotFound(run_id))
@@ -1129,11 +1144,7 @@ impl StateDb {
                 Some(run) if run.status.is_valid_transition(&starting) => {}
                 _ => return Ok(None),
             }
-            tx.prepare_cached(
-                "UPDATE run SET status = ?2, sub_status = '', details = '', starting_at = ?3 \
-                 WHERE run_id = ?1",
-            )?
-            .execute(params![run_id as i64, starting.status.as_str(), now])?;
+            write_status(tx, run_id, &starting, now)?;
             let token = random_token();
             tx.prepare_cached(
                 "INSERT INTO token (token, run_id, active_until, launcher) VALUES (?1, ?2, ?3, ?4)",

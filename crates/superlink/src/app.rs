@@ -86,6 +86,38 @@ pub struct App {
     metrics: Option<(TcpListener, PrometheusHandle)>,
 }
 
+/// Where the in-memory engine's large objects wait: files in `TMPDIR`, at most a quarter of the
+/// open-file limit (the rest is for connections); `None`, everything in memory, where no file
+/// can be made (said once, here).
+async fn spill_policy() -> Result<Option<flwr_state::spill::SpillPolicy>, BuildError> {
+    let open_files = flwr_daemon::connections::raise_open_file_limit();
+    let max_files = usize::try_from(open_files / 4).unwrap_or(usize::MAX);
+    let policy = flwr_state::spill::SpillPolicy::in_temp_dir(max_files);
+    let checked = policy.clone();
+    let usable = tokio::task::spawn_blocking(move || checked.check())
+        .await
+        .map_err(|source| BuildError::TaskLost {
+            what: "checking the spill directory",
+            source,
+        })?;
+    match usable {
+        Ok(()) => {
+            tracing::info!(
+                "Objects of {} KiB and more wait in unnamed files in {}",
+                policy.threshold / 1024,
+                policy.dir.display()
+            );
+            Ok(Some(policy))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "objects stay in memory: no file can be made in {e} (set TMPDIR to a writable directory)"
+            );
+            Ok(None)
+        }
+    }
+}
+
 impl App {
     /// Loads TLS and binds every listener. Nothing is bound when TLS fails to load.
     pub async fn build(config: Config) -> Result<App, BuildError> {
@@ -114,34 +146,7 @@ impl App {
         };
         let stores = match &config.database {
             Database::InMemory => {
-                // Large objects wait in files rather than in memory; where files cannot be
-                // written, everything stays in memory (said once, here).
-                // A quarter of the open-file limit at most: the rest is for connections.
-                let open_files = flwr_daemon::connections::raise_open_file_limit();
-                let max_files = usize::try_from(open_files / 4).unwrap_or(usize::MAX);
-                let policy = flwr_state::spill::SpillPolicy::in_temp_dir(max_files);
-                let checked = policy.clone();
-                let usable = tokio::task::spawn_blocking(move || checked.check())
-                    .await
-                    .map_err(|source| BuildError::TaskLost {
-                        what: "checking the spill directory",
-                        source,
-                    })?;
-                let spill = match usable {
-                    Ok(()) => {
-                        tracing::info!(
-                            "Objects of {} KiB and more wait in unnamed files in {}",
-                            policy.threshold / 1024,
-                            policy.dir.display()
-                        );
-                        Some(policy)
-                    }
-                    Err(e) => {
-                        tracing::warn!("objects stay in memory: no file can be made in {e} (set TMPDIR to a writable directory)");
-                        None
-                    }
-                };
-                flwr_state::in_memory_spilling(clock.clone(), spill)
+                flwr_state::in_memory_spilling(clock.clone(), spill_policy().await?)
             }
             Database::Sqlite(path) => {
                 let (p, c) = (path.clone(), clock.clone());

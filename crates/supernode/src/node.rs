@@ -185,23 +185,21 @@ impl Node {
                 r = self.fleet.pull_message() => r,
             };
             match pulled {
-                Ok(pulled) => match pulled {
-                    Some(pulled) => match self.handle(pulled).await {
-                        Ok(()) => {}
-                        Err(HandleError::Fleet(FleetError::Cancelled)) => return Ok(()),
-                        Err(HandleError::Fleet(FleetError::InvalidNodeId)) => self.rejoin().await?,
-                        Err(HandleError::Fleet(
-                            e @ (FleetError::Handshake(_) | FleetError::GaveUp { .. }),
-                        )) => return Err(e.into()),
-                        Err(e) => tracing::warn!("message dropped: {e}"),
-                    },
-                    None => {
-                        tokio::select! {
-                            () = self.stop.cancelled() => return Ok(()),
-                            () = tokio::time::sleep(POLL_INTERVAL) => {}
-                        }
-                    }
+                Ok(Some(pulled)) => match self.handle(pulled).await {
+                    Ok(()) => {}
+                    Err(HandleError::Fleet(FleetError::Cancelled)) => return Ok(()),
+                    Err(HandleError::Fleet(FleetError::InvalidNodeId)) => self.rejoin().await?,
+                    Err(HandleError::Fleet(
+                        e @ (FleetError::Handshake(_) | FleetError::GaveUp { .. }),
+                    )) => return Err(e.into()),
+                    Err(e) => tracing::warn!("message dropped: {e}"),
                 },
+                Ok(None) => {
+                    tokio::select! {
+                        () = self.stop.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(POLL_INTERVAL) => {}
+                    }
+                }
                 Err(FleetError::Cancelled) => return Ok(()),
                 Err(FleetError::InvalidNodeId) => self.rejoin().await?,
                 Err(FleetError::RunNotRunning(m)) => tracing::debug!("pull refused: {m}"),

@@ -790,6 +790,29 @@ async fn get_run(tx: &Tx<'_>, run_id: RunId, lock: bool) -> PgResult<Option<Run>
 
 /// Ends the tokens whose app stopped sending heartbeats, and their runs (failed), once: the
 /// token rows are deleted under their lock, so two replicas never both end one.
+/// Writes a run's new status and when it was reached (the transition is checked by the caller),
+/// and tells the other replicas: they forget it was running, log streams end when it finishes.
+async fn write_status(tx: &Tx<'_>, run_id: RunId, status: &RunStatus, now: f64) -> PgResult<()> {
+    let column = crate::status_column(status.status);
+    let stmt = tx
+        .prepare_cached(&format!(
+            "UPDATE run SET status = $2, sub_status = $3, details = $4, {column} = $5 WHERE run_id = $1"
+        ))
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &id(run_id),
+            &status.status.as_str(),
+            &status.sub_status.as_str(),
+            &status.details,
+            &now,
+        ],
+    )
+    .await?;
+    notify(tx, listen::RUN_STATUS, run_id).await
+}
+
 async fn expire_tokens(tx: &Tx<'_>, now: f64) -> PgResult<()> {
     let stmt = tx
         .prepare_cached(
@@ -1265,40 +1288,17 @@ impl LinkState for PgLinkState {
     ) -> Result<bool, StateError> {
         let applied = in_tx!(&self.shared, |tx, now| {
             async {
-            expire_tokens(tx, now).await?;
-            let Some(run) = get_run(tx, run_id, true).await? else {
-                return Ok(None);
-            };
-            if !run.status.is_valid_transition(&status) {
-                return Ok(Some(false));
+                expire_tokens(tx, now).await?;
+                let Some(run) = get_run(tx, run_id, true).await? else {
+                    return Ok(None);
+                };
+                if !run.status.is_valid_transition(&status) {
+                    return Ok(Some(false));
+                }
+                write_status(tx, run_id, &status, now).await?;
+                Ok(Some(true))
             }
-            let column = match status.status {
-                Status::Starting => "starting_at",
-                Status::Running => "running_at",
-                Status::Finished => "finished_at",
-                Status::Pending => "pending_at",
-            };
-            let stmt = tx
-                .prepare_cached(&format!(
-                    "UPDATE run SET status = $2, sub_status = $3, details = $4, {column} = $5 WHERE run_id = $1"
-                ))
-                .await?;
-            tx.execute(
-                &stmt,
-                &[
-                    &id(run_id),
-                    &status.status.as_str(),
-                    &status.sub_status.as_str(),
-                    &status.details,
-                    &now,
-                ],
-            )
-            .await?;
-            // Other replicas forget it was running; log streams end when it finishes.
-            notify(tx, listen::RUN_STATUS, run_id).await?;
-            Ok(Some(true))
-        }
-        .await
+            .await
         })?;
         if applied == Some(true) {
             self.shared.hints.forget_run(run_id);
@@ -1387,15 +1387,7 @@ impl LinkState for PgLinkState {
             if inserted != 1 {
                 return Ok(None);
             }
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE run SET status = $2, sub_status = '', details = '', starting_at = $3 \
-                     WHERE run_id = $1",
-                )
-                .await?;
-            tx.execute(&stmt, &[&id(run_id), &starting.status.as_str(), &now])
-                .await?;
-            notify(tx, listen::RUN_STATUS, run_id).await?;
+            write_status(tx, run_id, &starting, now).await?;
             Ok(Some(token))
         }
         .await
