@@ -345,9 +345,12 @@ mod tests {
         eventually("the leader's end is seen", || group.status().is_some());
         assert!(group.status().unwrap().success());
         assert_eq!(state_of(leader), Some('Z'), "seen, not reaped");
+        // Alive in any state: a process just started may still be in uninterruptible sleep
+        // (D) while its program loads on a busy machine.
         assert!(
-            matches!(state_of(member), Some('S' | 'R')),
-            "the member lives on"
+            matches!(state_of(member), Some(s) if s != 'Z' && s != 'X'),
+            "the member lives on: {:?}",
+            state_of(member)
         );
         drop(group);
         assert_eq!(state_of(leader), None, "reaped");
