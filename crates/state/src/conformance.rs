@@ -21,7 +21,8 @@ macro_rules! conformance_tests {
             delivered_instructions_belong_to_their_node,
             replies_and_generated_errors,
             stopping_a_run_drops_its_messages,
-            census_by_status
+            census_by_status,
+            simulation_config_by_federation
         );
         $crate::conformance_tests!(@objects $make;
             preregister_put_get,
@@ -498,6 +499,32 @@ pub mod link {
             s.logs_after(999, 0.0).await,
             Err(StateError::RunNotFound(999))
         ));
+    }
+
+    pub async fn simulation_config_by_federation(s: &dyn LinkState, _clock: &ManualClock) {
+        assert_eq!(s.simulation_config("@none/default").await.unwrap(), None);
+        s.set_simulation_config("@none/default", Bytes::from_static(b"first"))
+            .await
+            .unwrap();
+        s.set_simulation_config("other", Bytes::from_static(b""))
+            .await
+            .unwrap();
+        s.set_simulation_config("@none/default", Bytes::from_static(b"second"))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.simulation_config("@none/default")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(&b"second"[..])
+        );
+        // Empty settings (every field unset) are settings, not their absence.
+        assert_eq!(
+            s.simulation_config("other").await.unwrap().as_deref(),
+            Some(&b""[..])
+        );
+        assert_eq!(s.simulation_config("none").await.unwrap(), None);
     }
 
     pub async fn instructions_are_delivered_once_in_order(s: &dyn LinkState, clock: &ManualClock) {

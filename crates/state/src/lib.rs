@@ -649,6 +649,18 @@ pub trait LinkState: Send + Sync {
     /// Replaces the stored context.
     async fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError>;
 
+    // ----- federations -----
+    /// The simulation settings of `federation` (an encoded `SimulationConfig`) as last set, or
+    /// `None` if they never were. Shared by every SuperLink on the same database, and kept
+    /// across restarts by the durable engines.
+    async fn simulation_config(&self, federation: &str) -> Result<Option<Bytes>, StateError>;
+    /// Replaces the simulation settings of `federation`.
+    async fn set_simulation_config(
+        &self,
+        federation: &str,
+        config: Bytes,
+    ) -> Result<(), StateError>;
+
     // ----- app tokens -----
     /// `RequestToken`, in one step: a token for a `pending` run (256 hex characters, valid for
     /// 30 s), and the run turned `starting`. `None` when the run is unknown, not pending, or has

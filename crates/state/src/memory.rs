@@ -70,6 +70,8 @@ pub struct MemoryLinkState {
     nodes: RwLock<Nodes>,
     runs: Mutex<Runs>,
     messages: Mutex<Messages>,
+    /// Simulation settings by federation.
+    federations: Mutex<HashMap<String, Bytes>>,
 }
 
 /// Reason texts of the errors the SuperLink makes (Flower's, byte for byte).
@@ -167,6 +169,7 @@ impl MemoryLinkState {
             nodes: RwLock::new(Nodes::default()),
             runs: Mutex::new(Runs::default()),
             messages: Mutex::new(Messages::default()),
+            federations: Mutex::default(),
         }
     }
 }
@@ -555,6 +558,21 @@ impl LinkState for MemoryLinkState {
             .runs
             .get(&run_id)
             .map(|e| e.context.clone()))
+    }
+
+    async fn simulation_config(&self, federation: &str) -> Result<Option<Bytes>, StateError> {
+        Ok(self.federations.lock().get(federation).cloned())
+    }
+
+    async fn set_simulation_config(
+        &self,
+        federation: &str,
+        config: Bytes,
+    ) -> Result<(), StateError> {
+        self.federations
+            .lock()
+            .insert(federation.to_owned(), config);
+        Ok(())
     }
 
     async fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError> {

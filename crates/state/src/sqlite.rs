@@ -68,6 +68,10 @@ CREATE TABLE IF NOT EXISTS run (
     federation_config BLOB,
     context BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS federation (
+    name TEXT PRIMARY KEY,
+    simulation_config BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS token (
     token TEXT PRIMARY KEY,
     run_id INTEGER NOT NULL UNIQUE,
@@ -413,6 +417,20 @@ impl LinkState for SqliteLinkState {
     }
     async fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError> {
         self.on_lane(move |db| db.set_context(run_id, context))
+            .await
+    }
+    async fn simulation_config(&self, federation: &str) -> Result<Option<Bytes>, StateError> {
+        let federation = federation.to_owned();
+        self.on_lane(move |db| db.simulation_config(&federation))
+            .await
+    }
+    async fn set_simulation_config(
+        &self,
+        federation: &str,
+        config: Bytes,
+    ) -> Result<(), StateError> {
+        let federation = federation.to_owned();
+        self.on_lane(move |db| db.set_simulation_config(&federation, config))
             .await
     }
     async fn claim_run(
@@ -1111,6 +1129,30 @@ impl StateDb {
                 .optional()
                 .map(|o| o.map(Bytes::from))
         })
+    }
+
+    pub(crate) fn simulation_config(&self, federation: &str) -> Result<Option<Bytes>, StateError> {
+        self.read(|tx, _| {
+            tx.prepare_cached("SELECT simulation_config FROM federation WHERE name = ?1")?
+                .query_row(params![federation], |r| r.get::<_, Vec<u8>>(0))
+                .optional()
+                .map(|o| o.map(Bytes::from))
+        })
+    }
+
+    pub(crate) fn set_simulation_config(
+        &self,
+        federation: &str,
+        config: Bytes,
+    ) -> Result<(), StateError> {
+        self.tx(|tx, _| {
+            tx.prepare_cached(
+                "INSERT INTO federation (name, simulation_config) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET simulation_config = excluded.simulation_config",
+            )?
+            .execute(params![federation, config.as_ref()])
+        })?;
+        Ok(())
     }
 
     pub(crate) fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError> {

@@ -289,8 +289,8 @@ mod replicas {
     }
 
     /// A database written before `delivered_at` and `confirmed` existed (and before object and
-    /// FAB bytes were stored uncompressed) gets them when a replica starts, and what it held is
-    /// still delivered.
+    /// FAB bytes were stored uncompressed, and before federations kept simulation settings) gets
+    /// them when a replica starts, and what it held is still delivered.
     // Multi-threaded, and psql off the runtime (block_in_place): the ALTER TABLEs wait for the
     // transactions of the replicas' background tasks (the sweeper), which must be able to run
     // meanwhile. On one thread, psql blocked the runtime while a sweeper transaction held its
@@ -330,6 +330,12 @@ mod replicas {
             .await;
         let fresh = b.create_run(link::new_run()).await.unwrap();
         assert!(b.claim_run(fresh, Some("here")).await.unwrap().is_some());
+        // Then one written before federations kept simulation settings, and nothing else.
+        psql("DROP TABLE federation");
+        let c = replica(&url, clock.clone()).await.state;
+        c.set_simulation_config("@none/default", bytes::Bytes::from_static(b"x"))
+            .await
+            .expect("the federation table is made again");
     }
 
     #[tokio::test]

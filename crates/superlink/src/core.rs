@@ -906,6 +906,20 @@ impl Core {
         Ok(Some(run_id))
     }
 
+    /// The default federation's simulation settings (an encoded `SimulationConfig`) as last
+    /// set through any SuperLink sharing the state; `None` if they never were.
+    pub async fn simulation_config(&self) -> Result<Option<Bytes>> {
+        Ok(self.state.simulation_config(DEFAULT_FEDERATION).await?)
+    }
+
+    /// Replaces the default federation's simulation settings.
+    pub async fn set_simulation_config(&self, config: Bytes) -> Result<()> {
+        Ok(self
+            .state
+            .set_simulation_config(DEFAULT_FEDERATION, config)
+            .await?)
+    }
+
     /// A run the caller owns, or Flower's Control errors.
     pub async fn owned_run(&self, run_id: RunId, flwr_aid: &str) -> Result<Run> {
         let run = self.state.run(run_id).await?.ok_or(Error::NoSuchRun)?;

@@ -82,3 +82,148 @@ async fn the_app_serves_on_port_0_and_drains_in_process() {
         "the Control API is closed"
     );
 }
+
+/// A `--simulation` SuperLink on SQLite, in process.
+async fn simulation_app(dir: &std::path::Path) -> App {
+    let parsed = cli::parse_from([
+        "superlink",
+        "--insecure",
+        "--simulation",
+        "--isolation",
+        "process",
+        "--control-api-address",
+        "127.0.0.1:0",
+        "--serverappio-api-address",
+        "127.0.0.1:0",
+        "--database",
+        dir.join("state.db").to_str().unwrap(),
+        "--storage-dir",
+        dir.join("ffs").to_str().unwrap(),
+    ])
+    .unwrap();
+    let (config, _warnings) = config::from_parsed(&parsed).unwrap();
+    App::build(config).await.unwrap()
+}
+
+async fn shown_simulation_config(control: &str) -> pb::SimulationConfig {
+    pb::control_client::ControlClient::new(channel(control))
+        .show_federation(pb::ShowFederationRequest {
+            federation_name: "@none/default".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .federation
+        .unwrap()
+        .config
+        .expect("a simulation federation shows its settings")
+}
+
+/// The settings a simulation run hands to the simulation with its inputs.
+async fn run_simulation_config(
+    control: &str,
+    serverappio: &str,
+    overrides: Option<pb::SimulationConfig>,
+) -> pb::SimulationConfig {
+    let run_id = pb::control_client::ControlClient::new(channel(control))
+        .start_run(pb::StartRunRequest {
+            fab: Some(pb::Fab {
+                content: common::fab(common::PYPROJECT),
+                ..Default::default()
+            }),
+            override_federation_config: overrides,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_id
+        .unwrap();
+    let mut appio = pb::server_app_io_client::ServerAppIoClient::new(channel(serverappio));
+    let token = appio
+        .request_token(pb::RequestTokenRequest { run_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    appio
+        .pull_app_inputs(pb::PullAppInputsRequest { token })
+        .await
+        .unwrap()
+        .into_inner()
+        .federation_config
+        .expect("a simulation run carries the federation's settings")
+}
+
+/// `flwr federation simulation-config` is stored with the state: `ShowFederation` shows it, every
+/// new run carries it (with the run's own `--federation-config` on top, as Flower resolves them)
+/// to the simulation, and a restart on the same database keeps it.
+#[tokio::test(flavor = "multi_thread")]
+async fn simulation_settings_are_stored_and_carried_into_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = simulation_app(dir.path()).await;
+    let (control, serverappio) = (
+        app.addresses().control.to_string(),
+        app.addresses().serverappio.to_string(),
+    );
+    let running = app.spawn();
+
+    let defaults = shown_simulation_config(&control).await;
+    assert_eq!(defaults.num_supernodes, Some(10), "Flower's defaults");
+    assert_eq!(defaults.backend.as_deref(), Some("ray"));
+    pb::control_client::ControlClient::new(channel(&control))
+        .configure_simulation_federation(pb::ConfigureSimulationFederationRequest {
+            federation_name: "@none/default".to_owned(),
+            config: Some(pb::SimulationConfig {
+                num_supernodes: Some(3),
+                verbose: Some(true),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let set = shown_simulation_config(&control).await;
+    assert_eq!(set.num_supernodes, Some(3));
+    assert_eq!(set.verbose, Some(true));
+    assert_eq!(
+        set.client_resources_num_cpus,
+        Some(2),
+        "unset fields keep theirs"
+    );
+
+    let plain = run_simulation_config(&control, &serverappio, None).await;
+    assert_eq!(
+        plain, set,
+        "a run without overrides takes the federation's settings"
+    );
+    let overridden = run_simulation_config(
+        &control,
+        &serverappio,
+        Some(pb::SimulationConfig {
+            num_supernodes: Some(5),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(
+        overridden.num_supernodes,
+        Some(5),
+        "the run's own override wins"
+    );
+    assert_eq!(
+        overridden.verbose,
+        Some(true),
+        "the rest from the federation"
+    );
+    assert!(running.shutdown(Duration::from_secs(10)).await);
+
+    let app = simulation_app(dir.path()).await;
+    let control = app.addresses().control.to_string();
+    let running = app.spawn();
+    assert_eq!(
+        shown_simulation_config(&control).await,
+        set,
+        "kept across a restart"
+    );
+    assert!(running.shutdown(Duration::from_secs(10)).await);
+}

@@ -62,6 +62,10 @@ CREATE INDEX IF NOT EXISTS message_res_by_id ON message_res (message_id);
 ALTER TABLE token ADD COLUMN IF NOT EXISTS launcher TEXT;
 ALTER TABLE object ALTER COLUMN content SET STORAGE EXTERNAL;
 ALTER TABLE fab ALTER COLUMN content SET STORAGE EXTERNAL;
+CREATE TABLE IF NOT EXISTS federation (
+    name TEXT PRIMARY KEY,
+    simulation_config BYTEA NOT NULL
+);
 "#;
 
 const SCHEMA: &str = r#"
@@ -164,6 +168,10 @@ CREATE INDEX IF NOT EXISTS object_run_by_run ON object_run (run_id);
 CREATE TABLE IF NOT EXISTS fab (
     hash TEXT PRIMARY KEY,
     content BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS federation (
+    name TEXT PRIMARY KEY,
+    simulation_config BYTEA NOT NULL
 );
 "#;
 
@@ -581,7 +589,7 @@ impl Shared {
                     "SELECT (SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = current_schema() \
                      AND (table_name, column_name) IN (('message_ins', 'delivered_at'), ('message_ins', 'confirmed'), \
                      ('token', 'launcher'))) < 3 \
-                     OR to_regclass('message_res_by_id') IS NULL \
+                     OR to_regclass('message_res_by_id') IS NULL OR to_regclass('federation') IS NULL \
                      OR EXISTS (SELECT 1 FROM pg_attribute WHERE attname = 'content' AND attstorage <> 'e' \
                      AND attrelid IN (to_regclass('object'), to_regclass('fab')))",
                     &[],
@@ -1339,6 +1347,39 @@ impl LinkState for PgLinkState {
                 .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
         }
         .await)
+    }
+
+    async fn simulation_config(&self, federation: &str) -> Result<Option<Bytes>, StateError> {
+        in_tx!(&self.shared, |tx, _now| async {
+            let stmt = tx
+                .prepare_cached("SELECT simulation_config FROM federation WHERE name = $1")
+                .await?;
+            Ok(tx
+                .query_opt(&stmt, &[&federation])
+                .await?
+                .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
+        }
+        .await)
+    }
+
+    async fn set_simulation_config(
+        &self,
+        federation: &str,
+        config: Bytes,
+    ) -> Result<(), StateError> {
+        in_tx!(&self.shared, |tx, _now| {
+            async {
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO federation (name, simulation_config) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET simulation_config = excluded.simulation_config",
+                )
+                .await?;
+            tx.execute(&stmt, &[&federation, &config.as_ref()]).await
+        }
+        .await
+        })?;
+        Ok(())
     }
 
     async fn set_context(&self, run_id: RunId, context: Bytes) -> Result<(), StateError> {

@@ -2,10 +2,8 @@
 //! no-op account, and the only federation is `@none/default`.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use prost::Message as _;
 
 use flwr_proto::proto as pb;
@@ -34,9 +32,6 @@ const STREAM_OUTAGE_GRACE: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 pub struct ControlService {
     core: Core,
-    /// The federation's simulation settings (`--simulation` only), changed by
-    /// `ConfigureSimulationFederation`, copied into every new run.
-    simulation: Option<Arc<Mutex<pb::SimulationConfig>>>,
 }
 
 /// Flower's default simulation settings.
@@ -65,24 +60,45 @@ fn merged(mut base: pb::SimulationConfig, update: &pb::SimulationConfig) -> pb::
 impl ControlService {
     /// A service over the domain.
     pub fn new(core: Core) -> Self {
-        let simulation = core
-            .settings()
-            .simulation
-            .then(|| Arc::new(Mutex::new(default_simulation_config())));
-        Self { core, simulation }
+        Self { core }
+    }
+
+    /// The federation's simulation settings (`--simulation` only, else `None`): as last set by
+    /// `ConfigureSimulationFederation` through any SuperLink sharing the state, or Flower's
+    /// defaults.
+    async fn simulation_config(&self) -> Result<Option<pb::SimulationConfig>, Status> {
+        if !self.core.settings().simulation {
+            return Ok(None);
+        }
+        match self.core.simulation_config().await.or_status()? {
+            Some(stored) => pb::SimulationConfig::decode(stored)
+                .map(Some)
+                .map_err(|source| {
+                    to_status(Error::Corrupt {
+                        what: "simulation config",
+                        source,
+                    })
+                }),
+            None => Ok(Some(default_simulation_config())),
+        }
     }
 
     fn now(&self) -> String {
         isoformat(self.core.clock().now())
     }
 
-    fn federation(
+    async fn federation(
         &self,
         nodes: Vec<pb::NodeInfo>,
         runs: Vec<pb::Run>,
         with_members: bool,
-    ) -> pb::Federation {
-        pb::Federation {
+    ) -> Result<pb::Federation, Status> {
+        let config = if with_members {
+            self.simulation_config().await?
+        } else {
+            None
+        };
+        Ok(pb::Federation {
             name: DEFAULT_FEDERATION.to_owned(),
             nodes,
             runs,
@@ -99,13 +115,9 @@ impl ControlService {
                 Vec::new()
             },
             archived: false,
-            simulation: self.simulation.is_some(),
-            config: if with_members {
-                self.simulation.as_ref().map(|c| c.lock().clone())
-            } else {
-                None
-            },
-        }
+            simulation: self.core.settings().simulation,
+            config,
+        })
     }
 
     /// Flower's checks before refusing node membership changes.
@@ -259,9 +271,14 @@ impl pb::control_server::Control for ControlService {
         }
         let overrides = config_from_pb(&body.override_config).or_status()?;
         let fab = body.fab.map(|f| f.content).unwrap_or_default();
-        let federation_config = body
-            .override_federation_config
-            .map(|c| bytes::Bytes::from(prost::Message::encode_to_vec(&c)));
+        // A simulation run carries the federation's settings with the request's on top.
+        let federation_config = self.simulation_config().await?.map(|current| {
+            let resolved = match &body.override_federation_config {
+                Some(update) => merged(current, update),
+                None => current,
+            };
+            bytes::Bytes::from(resolved.encode_to_vec())
+        });
         let run_id = self
             .core
             .start_run(
@@ -406,7 +423,7 @@ impl pb::control_server::Control for ControlService {
         _request: Request<pb::ListFederationsRequest>,
     ) -> Result<Response<pb::ListFederationsResponse>, Status> {
         Ok(Response::new(pb::ListFederationsResponse {
-            federations: vec![self.federation(Vec::new(), Vec::new(), false)],
+            federations: vec![self.federation(Vec::new(), Vec::new(), false).await?],
         }))
     }
 
@@ -420,11 +437,13 @@ impl pb::control_server::Control for ControlService {
         }
         let nodes = self.core.nodes_of(NOOP_ACCOUNT_ID).await.or_status()?;
         let runs = self.core.runs_of(NOOP_ACCOUNT_ID).await.or_status()?;
-        let federation = self.federation(
-            nodes.iter().map(node_to_pb).collect(),
-            runs.iter().map(run_to_pb).collect(),
-            true,
-        );
+        let federation = self
+            .federation(
+                nodes.iter().map(node_to_pb).collect(),
+                runs.iter().map(run_to_pb).collect(),
+                true,
+            )
+            .await?;
         Ok(Response::new(pb::ShowFederationResponse {
             federation: Some(federation),
             now: self.now(),
@@ -523,16 +542,18 @@ impl pb::control_server::Control for ControlService {
         } else {
             body.federation_name.as_str()
         };
-        match &self.simulation {
-            Some(cfg) if name == DEFAULT_FEDERATION => {
-                if let Some(update) = &body.config {
-                    let mut current = cfg.lock();
-                    *current = merged(current.clone(), update);
-                }
-                Ok(Response::new(pb::ConfigureSimulationFederationResponse {}))
-            }
-            _ => Err(to_status(Error::FederationNotFound)),
+        let current = match self.simulation_config().await? {
+            Some(current) if name == DEFAULT_FEDERATION => current,
+            _ => return Err(to_status(Error::FederationNotFound)),
+        };
+        if let Some(update) = &body.config {
+            let config = merged(current, update).encode_to_vec();
+            self.core
+                .set_simulation_config(config.into())
+                .await
+                .or_status()?;
         }
+        Ok(Response::new(pb::ConfigureSimulationFederationResponse {}))
     }
 
     type StreamRunEventsStream = EventStream;
