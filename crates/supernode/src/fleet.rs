@@ -95,7 +95,7 @@ pub enum FleetError {
         seconds: f64,
         /// Attempts made.
         tries: u32,
-        /// The last failure.
+        /// The message of the last failure.
         last: String,
     },
     /// Shutdown was requested while waiting.
@@ -104,15 +104,35 @@ pub enum FleetError {
     /// Any other status: not retried.
     #[error("{}: {}", .0.code(), .0.message())]
     Status(Status),
-    /// The SuperLink answered without what was asked for.
-    #[error("the SuperLink sent no {0}")]
-    Incomplete(String),
-    /// The SuperLink's answer cannot be used.
-    #[error("the SuperLink's answer cannot be used: {0}")]
-    Unusable(String),
+    /// `GetRun` answered without the run.
+    #[error("the SuperLink sent no run {0} in its GetRun answer")]
+    NoRun(u64),
+    /// `GetFab` answered without the FAB.
+    #[error("the SuperLink sent no FAB {0} in its GetFab answer")]
+    NoFab(String),
+    /// A call this client cannot make (a method the grpc-adapter does not carry).
+    #[error("{0} is not a Fleet method this transport carries")]
+    NotCarried(&'static str),
+    /// The grpc-adapter answered with another message than the call's.
+    #[error("Invalid grpc_message_name. Expected {expected}, but got {got}.")]
+    WrongAnswer {
+        /// The call's answer type.
+        expected: &'static str,
+        /// What came.
+        got: String,
+    },
+    /// An answer that does not decode.
+    #[error("the SuperLink's {what} does not decode: {source}")]
+    Undecodable {
+        /// The answer type.
+        what: &'static str,
+        /// The decoder's complaint.
+        #[source]
+        source: prost::DecodeError,
+    },
     /// The connection to the SuperLink cannot take calls any more.
     #[error("the connection to the SuperLink failed: {0}")]
-    Channel(String),
+    Channel(#[source] tonic::transport::Error),
 }
 
 fn is_transport_failure(s: &Status) -> bool {
@@ -289,8 +309,7 @@ impl Fleet {
                     self.stop.cancel();
                     return Err(FleetError::Cancelled);
                 }
-                Err(Refused::Channel(e)) => return Err(FleetError::Channel(e)),
-                Err(Refused::Unusable(e)) => return Err(FleetError::Unusable(e)),
+                Err(Refused::Failed(e)) => return Err(e),
             };
             if let Some(ce) = flwr_transport::grpc::find_connect_error(&status) {
                 if ce.is_handshake() {
@@ -436,9 +455,7 @@ impl Fleet {
             run_id,
         };
         let r: pb::GetRunResponse = self.call("GetRun", body).await?;
-        let run = r
-            .run
-            .ok_or_else(|| FleetError::Incomplete(format!("run {run_id}")))?;
+        let run = r.run.ok_or(FleetError::NoRun(run_id))?;
         Ok(RunInfo {
             override_config: config_from_pb(&run.override_config),
             encoded: Bytes::from(run.encode_to_vec()),
@@ -455,9 +472,7 @@ impl Fleet {
             run_id,
         };
         let r: pb::GetFabResponse = self.call("GetFab", body).await?;
-        let fab = r
-            .fab
-            .ok_or_else(|| FleetError::Incomplete(format!("FAB {hash}")))?;
+        let fab = r.fab.ok_or_else(|| FleetError::NoFab(hash.to_owned()))?;
         Ok(Fab {
             content: fab.content,
             verifications: fab.verifications,
@@ -540,10 +555,8 @@ enum Refused {
     Status(Status),
     /// The SuperLink answered with the adapter's `should-exit` flag.
     Exit,
-    /// The channel cannot take calls any more.
-    Channel(String),
-    /// The answer cannot be used (the adapter named another message, or it does not decode).
-    Unusable(String),
+    /// The call could not be made, or its answer cannot be used.
+    Failed(FleetError),
 }
 
 /// One attempt of a Fleet call, into the metrics: its duration by method and outcome, and
@@ -556,8 +569,8 @@ fn record_attempt<R>(method: &'static str, answer: &Result<R, Refused>, took: Du
             !is_transport_failure(s),
         ),
         Err(Refused::Exit) => ("EXIT", true),
-        Err(Refused::Channel(_)) => ("CHANNEL", false),
-        Err(Refused::Unusable(_)) => ("UNUSABLE", true),
+        Err(Refused::Failed(FleetError::Channel(_))) => ("CHANNEL", false),
+        Err(Refused::Failed(_)) => ("UNUSABLE", true),
     };
     metrics::histogram!("flwr_fleet_call_duration_seconds", "method" => method, "code" => code)
         .record(took.as_secs_f64());
@@ -576,22 +589,19 @@ impl Stub {
                 let mut grpc = flwr_transport::limits!(tonic::client::Grpc::new(channel.clone()));
                 grpc.ready()
                     .await
-                    .map_err(|e| Refused::Channel(e.to_string()))?;
+                    .map_err(|e| Refused::Failed(FleetError::Channel(e)))?;
                 let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!(
                     "/flwr.proto.Fleet/{method}"
                 ))
-                .map_err(|e| Refused::Unusable(format!("{method}: {e}")))?;
+                .map_err(|_| Refused::Failed(FleetError::NotCarried(method)))?;
                 grpc.unary(request, path, tonic_prost::ProstCodec::default())
                     .await
                     .map(tonic::Response::into_inner)
                     .map_err(Refused::Status)
             }
             Stub::Adapter(client) => {
-                let rpc = adapter::by_method(method).ok_or_else(|| {
-                    Refused::Unusable(format!(
-                        "{method} is not a Fleet method the adapter carries"
-                    ))
-                })?;
+                let rpc = adapter::by_method(method)
+                    .ok_or(Refused::Failed(FleetError::NotCarried(method)))?;
                 let (metadata, extensions, body) = request.into_parts();
                 let container =
                     adapter::container(rpc.request, rpc.module, body.encode_to_vec().into());
@@ -610,13 +620,17 @@ impl Stub {
                     return Err(Refused::Exit);
                 }
                 if answer.grpc_message_name != rpc.response {
-                    return Err(Refused::Unusable(format!(
-                        "Invalid grpc_message_name. Expected {}, but got {}.",
-                        rpc.response, answer.grpc_message_name
-                    )));
+                    return Err(Refused::Failed(FleetError::WrongAnswer {
+                        expected: rpc.response,
+                        got: answer.grpc_message_name,
+                    }));
                 }
-                R::decode(answer.grpc_message_content)
-                    .map_err(|e| Refused::Unusable(format!("{}: {e}", rpc.response)))
+                R::decode(answer.grpc_message_content).map_err(|source| {
+                    Refused::Failed(FleetError::Undecodable {
+                        what: rpc.response,
+                        source,
+                    })
+                })
             }
         }
     }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use flwr_daemon::process::{self, CommandLine};
 use flwr_objects::content;
 use flwr_objects::message::{error_code, MessageError, MessageMeta, SUPERLINK_NODE_ID};
-use flwr_objects::store::Lookup;
+use flwr_objects::store::{Lookup, StoreError};
 use flwr_objects::{ConfigValue, ObjectId, ObjectTree};
 use flwr_proto::convert::context_bytes;
 use nix::sys::signal::Signal;
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{rand_unit, Fleet, FleetError, Pulled, Pushed, RetryPolicy};
 use crate::state::{NodeState, RunEntry};
+use crate::trusted::Unverified;
 
 /// The heartbeat interval the node announces (Flower's default).
 pub const HEARTBEAT_INTERVAL: f64 = 30.0;
@@ -76,11 +77,57 @@ pub enum NodeError {
 enum HandleError {
     #[error(transparent)]
     Fleet(#[from] FleetError),
-    #[error("{0}")]
-    Bad(String),
+    /// The instruction the SuperLink sent cannot be read.
+    #[error("the instruction from the SuperLink cannot be read: {0}")]
+    UnreadableInstruction(String),
+    /// The node's own object store failed.
+    #[error("the node's object store: {0}")]
+    Store(#[from] StoreError),
+    /// The SuperLink answered a pull with "no such object".
+    #[error("the SuperLink does not know object {0}")]
+    UnknownObject(ObjectId),
+    /// An object's bytes are not what its id says.
+    #[error("object {id} from the SuperLink refused: {source}")]
+    ObjectRefused {
+        /// The object.
+        id: ObjectId,
+        /// What is wrong with it.
+        #[source]
+        source: content::VerifyError,
+    },
+    /// An object stayed announced but absent for [`PULL_MAX_TIME`].
+    #[error("object {0} did not become available within two hours")]
+    ObjectNeverAvailable(ObjectId),
+    /// A reply's object vanished from the node's store before it was pushed.
+    #[error("reply object {0} is missing locally")]
+    ReplyObjectMissing(ObjectId),
+    /// A task of the node's own (an object pull, a FAB inspection) panicked or was cancelled.
+    #[error("a task of this node failed: {0}")]
+    TaskLost(#[from] tokio::task::JoinError),
     /// The run's FAB or configuration cannot be used: no message of the run ever can be.
-    #[error("{0}")]
-    UnusableRun(String),
+    #[error(transparent)]
+    UnusableRun(#[from] UnusableRun),
+}
+
+/// Why a run's FAB or configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum UnusableRun {
+    #[error("the FAB of run {run_id} does not match its hash {hash}")]
+    HashMismatch { run_id: u64, hash: String },
+    #[error("run {run_id}: {source}")]
+    Untrusted {
+        run_id: u64,
+        #[source]
+        source: Unverified,
+    },
+    #[error("the FAB of run {run_id} is not usable: {source}")]
+    BadFab {
+        run_id: u64,
+        #[source]
+        source: flwr_fab::FabError,
+    },
+    #[error("the run config of run {run_id} is not usable: {reason}")]
+    BadConfig { run_id: u64, reason: String },
 }
 
 /// Records in `flwr_clientapp_duration_seconds` how long a ClientApp this node launched took to
@@ -236,7 +283,7 @@ impl Node {
     }
 
     async fn handle(&self, pulled: Pulled) -> Result<(), HandleError> {
-        let (meta, tree) = pulled.map_err(HandleError::Bad)?;
+        let (meta, tree) = pulled.map_err(HandleError::UnreadableInstruction)?;
         let run_id = meta.run_id;
         tracing::info!(run_id, message_id = %meta.message_id, message_type = %meta.message_type, "received a message");
         let arrived = Instant::now();
@@ -263,7 +310,8 @@ impl Node {
         let (reply, reply_tree, runtime) = match self.ensure_run(run_id).await {
             // Left unconfirmed, the instruction would come back every few seconds until its
             // TTL, and the ServerApp would wait that long: it gets the reason now instead.
-            Err(HandleError::UnusableRun(reason)) => {
+            Err(HandleError::UnusableRun(unusable)) => {
+                let reason = unusable.to_string();
                 tracing::error!(run_id, "{reason}: answering with an error");
                 self.fleet.confirm(run_id, ins.message_id.clone()).await?;
                 self.error_reply(ins, error_code::INVALID_FAB, &reason)?
@@ -298,27 +346,25 @@ impl Node {
         let fab = self.fleet.get_fab(run_id, &run.fab_hash).await?;
         let hash = hex::encode(sha2::Sha256::digest(&fab.content));
         if hash != run.fab_hash {
-            return Err(HandleError::UnusableRun(format!(
-                "the FAB of run {run_id} does not match its hash {}",
-                run.fab_hash
-            )));
+            return Err(UnusableRun::HashMismatch {
+                run_id,
+                hash: run.fab_hash,
+            }
+            .into());
         }
         if let Some(trusted) = &self.settings.trusted {
             trusted
                 .verify(&fab.content, &fab.verifications)
-                .map_err(|e| HandleError::UnusableRun(format!("run {run_id}: {e}")))?;
+                .map_err(|source| UnusableRun::Untrusted { run_id, source })?;
             tracing::info!(run_id, "the FAB is signed by a trusted entity");
         }
         let content = fab.content.clone();
         let info = tokio::task::spawn_blocking(move || flwr_fab::inspect(&content))
-            .await
-            .map_err(|e| HandleError::Bad(e.to_string()))?
-            .map_err(|e| {
-                HandleError::UnusableRun(format!("the FAB of run {run_id} is not usable: {e}"))
-            })?;
-        let overrides = run.override_config.map_err(|e| {
-            HandleError::UnusableRun(format!("the run config of run {run_id} is not usable: {e}"))
-        })?;
+            .await?
+            .map_err(|source| UnusableRun::BadFab { run_id, source })?;
+        let overrides = run
+            .override_config
+            .map_err(|reason| UnusableRun::BadConfig { run_id, reason })?;
         let run_config = flwr_fab::run_config(&info, &overrides);
         let context = context_bytes(
             run_id,
@@ -341,11 +387,7 @@ impl Node {
 
     /// Pulls every object of the tree the node does not have yet, checking each one.
     async fn pull_tree(&self, run_id: u64, tree: &ObjectTree) -> Result<(), HandleError> {
-        let missing = self
-            .state
-            .objects()
-            .preregister(run_id, tree)
-            .map_err(|e| HandleError::Bad(e.to_string()))?;
+        let missing = self.state.objects().preregister(run_id, tree)?;
         let mut pending = missing.into_iter();
         let mut set = tokio::task::JoinSet::new();
         loop {
@@ -357,7 +399,7 @@ impl Node {
                 None => return Ok(()),
                 Some(Ok(Ok(()))) => {}
                 Some(Ok(Err(e))) => return Err(e),
-                Some(Err(e)) => return Err(HandleError::Bad(e.to_string())),
+                Some(Err(e)) => return Err(e.into()),
             }
         }
     }
@@ -517,12 +559,8 @@ impl Node {
         let (bytes, id) = reply.seal_error_message();
         let tree = ObjectTree::leaf(id);
         let store = self.state.objects();
-        store
-            .preregister(ins.run_id, &tree)
-            .map_err(|e| HandleError::Bad(e.to_string()))?;
-        store
-            .put(&id, Bytes::from(bytes))
-            .map_err(|e| HandleError::Bad(e.to_string()))?;
+        store.preregister(ins.run_id, &tree)?;
+        store.put(&id, Bytes::from(bytes))?;
         Ok((reply, tree, 0.0))
     }
 
@@ -542,9 +580,7 @@ impl Node {
                 continue;
             }
             let Ok(Lookup::Available(bytes)) = self.state.objects().get(&node.id) else {
-                return Err(HandleError::Bad(format!(
-                    "reply object {hex} is missing locally"
-                )));
+                return Err(HandleError::ReplyObjectMissing(node.id));
             };
             self.fleet.push_object(reply.run_id, hex, bytes).await?;
         }
@@ -573,26 +609,17 @@ async fn pull_one(
         let found = match fleet.pull_object(run_id, id.to_hex()).await? {
             Lookup::Available(content) => Some(content),
             Lookup::Pending => None,
-            Lookup::Unknown => {
-                return Err(HandleError::Bad(format!(
-                    "the SuperLink does not know object {id}"
-                )))
-            }
+            Lookup::Unknown => return Err(HandleError::UnknownObject(id)),
         };
         if let Some(content) = found {
             content::verify_shared(id, &content)
                 .await
-                .map_err(|e| HandleError::Bad(format!("object from the SuperLink refused: {e}")))?;
-            state
-                .objects()
-                .put(&id, content)
-                .map_err(|e| HandleError::Bad(e.to_string()))?;
+                .map_err(|source| HandleError::ObjectRefused { id, source })?;
+            state.objects().put(&id, content)?;
             return Ok(());
         }
         if start.elapsed() > PULL_MAX_TIME {
-            return Err(HandleError::Bad(format!(
-                "object {id} did not become available"
-            )));
+            return Err(HandleError::ObjectNeverAvailable(id));
         }
         let wait = delay * (0.8 + 0.4 * rand_unit());
         tokio::time::sleep(Duration::from_secs_f64(wait)).await;
