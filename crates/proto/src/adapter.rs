@@ -18,12 +18,15 @@ pub struct FleetRpc {
     pub request: &'static str,
     /// The response's class name (`PullMessagesResponse`).
     pub response: &'static str,
+    /// Its path on the REST transport, after `/api/v0/fleet/` (`pull-messages`).
+    pub rest: &'static str,
     /// The Python module that defines both (`flwr.proto.fleet_pb2`), sent in the metadata.
     pub module: &'static str,
 }
 
 const fn rpc(
     method: &'static str,
+    rest: &'static str,
     request: &'static str,
     response: &'static str,
     module: &'static str,
@@ -32,6 +35,7 @@ const fn rpc(
         method,
         request,
         response,
+        rest,
         module,
     }
 }
@@ -40,72 +44,84 @@ const fn rpc(
 pub const FLEET_RPCS: [FleetRpc; 12] = [
     rpc(
         "RegisterNode",
+        "register-node",
         "RegisterNodeFleetRequest",
         "RegisterNodeFleetResponse",
         "flwr.proto.fleet_pb2",
     ),
     rpc(
         "ActivateNode",
+        "activate-node",
         "ActivateNodeRequest",
         "ActivateNodeResponse",
         "flwr.proto.fleet_pb2",
     ),
     rpc(
         "DeactivateNode",
+        "deactivate-node",
         "DeactivateNodeRequest",
         "DeactivateNodeResponse",
         "flwr.proto.fleet_pb2",
     ),
     rpc(
         "UnregisterNode",
+        "unregister-node",
         "UnregisterNodeFleetRequest",
         "UnregisterNodeFleetResponse",
         "flwr.proto.fleet_pb2",
     ),
     rpc(
         "SendNodeHeartbeat",
+        "send-node-heartbeat",
         "SendNodeHeartbeatRequest",
         "SendNodeHeartbeatResponse",
         "flwr.proto.heartbeat_pb2",
     ),
     rpc(
         "PullMessages",
+        "pull-messages",
         "PullMessagesRequest",
         "PullMessagesResponse",
         "flwr.proto.fleet_pb2",
     ),
     rpc(
         "PushMessages",
+        "push-messages",
         "PushMessagesRequest",
         "PushMessagesResponse",
         "flwr.proto.fleet_pb2",
     ),
     rpc(
         "GetRun",
+        "get-run",
         "GetRunRequest",
         "GetRunResponse",
         "flwr.proto.run_pb2",
     ),
     rpc(
         "GetFab",
+        "get-fab",
         "GetFabRequest",
         "GetFabResponse",
         "flwr.proto.fab_pb2",
     ),
     rpc(
         "PushObject",
+        "push-object",
         "PushObjectRequest",
         "PushObjectResponse",
         "flwr.proto.message_pb2",
     ),
     rpc(
         "PullObject",
+        "pull-object",
         "PullObjectRequest",
         "PullObjectResponse",
         "flwr.proto.message_pb2",
     ),
     rpc(
         "ConfirmMessageReceived",
+        "confirm-message-received",
         "ConfirmMessageReceivedRequest",
         "ConfirmMessageReceivedResponse",
         "flwr.proto.message_pb2",
@@ -115,6 +131,24 @@ pub const FLEET_RPCS: [FleetRpc; 12] = [
 /// The RPC whose request has this class name.
 pub fn by_request(name: &str) -> Option<&'static FleetRpc> {
     FLEET_RPCS.iter().find(|r| r.request == name)
+}
+
+/// The RPC served at `/api/v0/fleet/<rest>` on the REST transport.
+pub fn by_rest_path(rest: &str) -> Option<&'static FleetRpc> {
+    FLEET_RPCS.iter().find(|r| r.rest == rest)
+}
+
+/// The RPC a REST request path names: `/api/v0/fleet/<rest>`, also with the doubled leading
+/// slash Flower 1.28.0's REST SuperNode sends (`//api/v0/fleet/register-node`).
+pub fn by_rest_request_path(path: &str) -> Option<&'static FleetRpc> {
+    path.trim_start_matches('/')
+        .strip_prefix("api/v0/fleet/")
+        .and_then(by_rest_path)
+}
+
+/// Whether `path` is a REST path of a Fleet RPC (for the metrics' method label).
+pub fn is_rest_path(path: &str) -> bool {
+    by_rest_request_path(path).is_some()
 }
 
 /// The RPC of this Fleet method.
@@ -182,8 +216,19 @@ mod tests {
         for m in methods {
             let rpc = by_method(m).unwrap();
             assert_eq!(by_request(rpc.request), Some(rpc));
+            assert_eq!(by_rest_path(rpc.rest), Some(rpc));
             assert!(rpc.response.ends_with("Response"), "{rpc:?}");
         }
         assert_eq!(by_request("Nothing"), None);
+        assert_eq!(
+            by_rest_request_path("//api/v0/fleet/register-node").map(|r| r.method),
+            Some("RegisterNode")
+        );
+        assert_eq!(
+            by_rest_request_path("/api/v0/fleet/send-node-heartbeat").map(|r| r.method),
+            Some("SendNodeHeartbeat")
+        );
+        assert_eq!(by_rest_request_path("/api/v0/fleet/nothing"), None);
+        assert_eq!(by_rest_request_path("/api/v1/fleet/get-run"), None);
     }
 }

@@ -17,13 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::Routes;
 
-use crate::cli::Isolation;
+use crate::cli::{FleetApiType, Isolation};
 use crate::config::{Config, Database};
 use crate::core::{Core, Settings};
 use crate::launcher::{Launcher, Programs};
 use crate::service::{
     control::ControlService, fleet::FleetService, grpc_adapter::GrpcAdapterService,
-    serverappio::ServerAppIoService,
+    rest::RestService, serverappio::ServerAppIoService,
 };
 use flwr_state::{Clock, LinkState, Stores, SystemClock};
 
@@ -251,7 +251,7 @@ impl App {
         let settings = Settings {
             enable_supernode_auth: self.config.enable_supernode_auth,
             simulation: self.config.simulation,
-            fleet_adapter: self.config.fleet_api_type == crate::cli::FleetApiType::GrpcAdapter,
+            fleet_adapter: self.config.fleet_api_type == FleetApiType::GrpcAdapter,
             proof_per_connection: self.config.fleet_auth_per_connection,
             pull_hold: self.config.pull_hold,
         };
@@ -320,28 +320,53 @@ impl App {
         );
 
         if let Some(l) = self.fleet {
-            let fleet = match self.config.fleet_api_type {
-                crate::cli::FleetApiType::GrpcAdapter => {
-                    Routes::new(GrpcAdapterService::guarded(core.clone()))
-                }
-                _ => Routes::new(FleetService::guarded(core.clone())),
-            };
+            let transport = self.config.fleet_api_type;
             if let Some(a) = addresses.fleet {
-                let transport = match self.config.fleet_api_type {
-                    crate::cli::FleetApiType::GrpcAdapter => "grpc-adapter",
-                    _ => "grpc-rere",
+                let name = match transport {
+                    FleetApiType::GrpcRere => "grpc-rere",
+                    FleetApiType::GrpcAdapter => "grpc-adapter",
+                    FleetApiType::Rest => "REST, HTTP/1.1",
                 };
-                tracing::info!(address = %a, "Fleet API ({transport}) serving ({tls_note})");
+                tracing::info!(address = %a, "Fleet API ({name}) serving ({tls_note})");
             }
-            spawn_server(
-                &tracker,
-                &failure,
-                "Fleet API",
-                fleet,
-                l,
-                self.tls.clone(),
-                options("fleet"),
-            );
+            match transport {
+                FleetApiType::Rest => {
+                    let rest = flwr_transport::metrics::Instrumented::new(
+                        "fleet",
+                        flwr_proto::adapter::is_rest_path,
+                        RestService::new(core.clone()),
+                    );
+                    let serving = server::serve(
+                        rest,
+                        l,
+                        self.tls.as_deref().map(tls::for_http1),
+                        ServeOptions {
+                            protocol: server::Protocol::Http1,
+                            ..options("fleet")
+                        },
+                        failure.stop().clone(),
+                    );
+                    failure.watch(&tracker, "Fleet API", serving);
+                }
+                FleetApiType::GrpcAdapter => spawn_server(
+                    &tracker,
+                    &failure,
+                    "Fleet API",
+                    Routes::new(GrpcAdapterService::guarded(core.clone())),
+                    l,
+                    self.tls.clone(),
+                    options("fleet"),
+                ),
+                FleetApiType::GrpcRere => spawn_server(
+                    &tracker,
+                    &failure,
+                    "Fleet API",
+                    Routes::new(FleetService::guarded(core.clone())),
+                    l,
+                    self.tls.clone(),
+                    options("fleet"),
+                ),
+            }
         }
         if let Some(l) = self.health {
             if let Some(a) = addresses.health {

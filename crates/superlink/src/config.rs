@@ -113,12 +113,6 @@ pub enum ConfigError {
          `--ssl-certfile`, `--ssl-keyfile` and `--ssl-ca-certfile` instead of `--insecure`."
     )]
     AuthNeedsTls,
-    /// `--enable-supernode-auth` with another transport.
-    #[error(
-        "The `--enable-supernode-auth` flag is only supported with `--fleet-api-type grpc-rere` \
-         or `grpc-adapter`."
-    )]
-    AuthNeedsGrpcRere,
     /// An allow-list does not parse.
     #[error(transparent)]
     Networks(#[from] PeerFilterError),
@@ -142,13 +136,6 @@ pub enum ConfigError {
     /// `--database-password-file` without a PostgreSQL database.
     #[error("`--database-password-file` is only used with `--database postgresql://...`")]
     PasswordFileWithoutPostgres,
-    /// A Fleet transport other than grpc-rere.
-    #[error(
-        "`--fleet-api-type {0}` is not supported by this SuperLink yet; use `grpc-rere` (the \
-         default), which Flower's SuperNodes use unless started with `--grpc-adapter` or `--rest`, \
-         or `grpc-adapter`."
-    )]
-    FleetApiType(&'static str),
 }
 
 /// Where FABs go by default: `$FLWR_HOME/superlink/ffs`, `FLWR_HOME` defaulting to `~/.flwr`.
@@ -239,9 +226,6 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         if a.insecure {
             return Err(ConfigError::AuthNeedsTls);
         }
-        if a.fleet_api_type == FleetApiType::Rest {
-            return Err(ConfigError::AuthNeedsGrpcRere);
-        }
     } else if !a.simulation {
         warnings.push(
             "SuperNode authentication is disabled: the SuperLink accepts any SuperNode that signs \
@@ -264,16 +248,22 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
     let fleet_address = if a.simulation {
         None
     } else {
-        match a.fleet_api_type {
-            FleetApiType::GrpcRere | FleetApiType::GrpcAdapter => {}
-            FleetApiType::Rest => return Err(ConfigError::FleetApiType("rest")),
-        }
-        let value = a
-            .fleet_api_address
-            .as_deref()
-            .unwrap_or(cli::FLEET_GRPC_DEFAULT);
+        let default = match a.fleet_api_type {
+            FleetApiType::GrpcRere | FleetApiType::GrpcAdapter => cli::FLEET_GRPC_DEFAULT,
+            FleetApiType::Rest => cli::FLEET_REST_DEFAULT,
+        };
+        let value = a.fleet_api_address.as_deref().unwrap_or(default);
         Some(address("--fleet-api-address", value)?)
     };
+    if a.fleet_api_type == FleetApiType::Rest && !a.simulation && !a.enable_supernode_auth {
+        warnings.push(
+            "The REST Fleet API accepts unsigned calls (Flower's REST SuperNode signs none) and \
+             takes them to come from the node their body names: start with \
+             `--enable-supernode-auth` to accept only signed calls (our SuperNode signs its REST \
+             calls)."
+                .to_owned(),
+        );
+    }
     if a.fleet_api_num_workers != 1 {
         warnings.push(format!(
             "`--fleet-api-num-workers {}` is ignored: this SuperLink serves the Fleet API on all \

@@ -112,10 +112,13 @@ fn flower_refusals() {
         parse(&["--insecure", "--enable-supernode-auth"]),
         Err(ConfigError::AuthNeedsTls)
     ));
-    assert!(matches!(
-        parse(&["--insecure", "--fleet-api-type", "rest"]),
-        Err(ConfigError::FleetApiType("rest"))
-    ));
+    let c = parse(&["--insecure", "--fleet-api-type", "rest"]).unwrap();
+    assert_eq!(c.fleet_api_type, FleetApiType::Rest);
+    assert_eq!(
+        c.fleet_address.unwrap().to_string(),
+        "0.0.0.0:9095",
+        "Flower's REST default"
+    );
     let c = parse(&["--insecure", "--fleet-api-type", "grpc-adapter"]).unwrap();
     assert_eq!(c.fleet_api_type, FleetApiType::GrpcAdapter);
     let e = parse(&["--insecure", "--fleet-api-address", "nowhere"])

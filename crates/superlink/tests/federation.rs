@@ -315,6 +315,47 @@ fn grpc_adapter_federation_with_python_supernodes() {
     check_completed_run(&f, &out, 2, 5000);
 }
 
+/// The REST transport: Flower 1.28.0's own SuperNodes with `--rest`, unmodified, over TLS. They
+/// sign nothing and double the leading slash of most paths (`//api/v0/fleet/register-node`,
+/// which Flower's own REST server answers 404): ours serves them.
+#[test]
+fn rest_federation_with_python_supernodes() {
+    let f = federation(0, &["--fleet-api-type", "rest"]);
+    let dir = f._dir.path();
+    let ca = dir.join("certificates/ca.crt");
+    let url = format!("https://{}", f.superlink.fleet);
+    let nodes: Vec<Proc> = (0..2)
+        .map(|i| {
+            python_supernode(
+                &format!("rest-{i}"),
+                &url,
+                Some(&ca),
+                &dir.join(format!("node-{i}")),
+                &["--rest"],
+            )
+        })
+        .collect();
+    let (status, out) = f
+        .cli
+        .start_run_streaming(
+            &federation::example_app(),
+            "num-server-rounds=2 model-size=5000",
+        )
+        .wait(Duration::from_secs(240));
+    assert!(
+        status.success(),
+        "flwr run failed:\n{out}\nsuperlink:\n{}\nSuperNode:\n{}",
+        f.superlink.proc.output(),
+        nodes[0].output()
+    );
+    check_completed_run(&f, &out, 2, 5000);
+    let log = f.superlink.proc.output();
+    assert!(
+        log.contains("accepts unsigned calls"),
+        "the start-up warning says REST calls are not authenticated:\n{log}"
+    );
+}
+
 #[test]
 fn isolation_process_with_an_external_serverapp() {
     let f = federation(2, &["--isolation", "process"]);

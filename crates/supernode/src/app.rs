@@ -17,7 +17,7 @@ use tonic::service::Routes;
 
 use crate::cli::Isolation;
 use crate::clientappio::ClientAppIoService;
-use crate::config::{Config, KeySource};
+use crate::config::{Config, KeySource, Transport};
 use crate::fleet::{Fleet, RetryPolicy};
 use crate::node::{self, Node, Settings};
 use crate::node_config;
@@ -209,10 +209,14 @@ impl App {
             max_tries: self.config.max_retries.map(|n| n.saturating_add(1)),
             max_time: self.config.max_wait_time,
         };
+        let rest = (self.config.transport == Transport::Rest)
+            .then(|| flwr_transport::rest::client(&self.config.superlink, self.tls.clone()));
         let channel = grpc::channel(&self.config.superlink, self.tls);
         let mut fleet = Fleet::new(channel, self.key, retry, abort.clone());
-        if self.config.grpc_adapter {
-            fleet = fleet.via_grpc_adapter();
+        match (self.config.transport, rest) {
+            (Transport::GrpcAdapter, _) => fleet = fleet.via_grpc_adapter(),
+            (Transport::Rest, Some(client)) => fleet = fleet.via_rest(client),
+            _ => {}
         }
         let clientappio = Address::from_socket_addr(appio_addr)
             .connectable()

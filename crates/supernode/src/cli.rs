@@ -46,7 +46,8 @@ pub struct Args {
     #[arg(long)]
     pub grpc_adapter: bool,
 
-    /// Use the REST transport (not supported by this SuperNode).
+    /// Use the REST transport: HTTP/1.1 to a SuperLink started with `--fleet-api-type rest`;
+    /// `--superlink` then starts with `http://` or `https://`.
     #[arg(long)]
     pub rest: bool,
 

@@ -24,8 +24,8 @@ pub enum KeySource {
 pub struct Config {
     /// The SuperLink's Fleet API.
     pub superlink: Address,
-    /// Reach it through the grpc-adapter transport (`--grpc-adapter`) instead of grpc-rere.
-    pub grpc_adapter: bool,
+    /// Which transport reaches it.
+    pub transport: Transport,
     /// How to secure the connection.
     pub tls: ClientTlsChoice,
     /// The node's identity.
@@ -53,6 +53,18 @@ pub struct Config {
     pub clientappio_allow: Option<Arc<PeerFilter>>,
 }
 
+/// The Fleet transport (`--grpc-rere`, `--grpc-adapter`, `--rest`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// One gRPC method per Fleet call (the default).
+    #[default]
+    GrpcRere,
+    /// Every call packed into `GrpcAdapter/SendReceive`.
+    GrpcAdapter,
+    /// HTTP/1.1 `POST /api/v0/fleet/<method>`.
+    Rest,
+}
+
 /// Why the command line cannot start a SuperNode. Each message names the flag and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -75,9 +87,18 @@ pub enum ConfigError {
          `--root-certificates` (or rely on the system trust store)."
     )]
     KeyWithoutTls,
-    /// A transport this SuperNode does not speak.
-    #[error("`--{0}` is not supported by this SuperNode yet; use `--grpc-rere` (the default) or `--grpc-adapter`.")]
-    Transport(&'static str),
+    /// `--rest` with a `--superlink` that is not a URL.
+    #[error(
+        "When using the REST API, please provide `https://` or `http://` before the server \
+         address (e.g. `http://127.0.0.1:8080`); got `--superlink {0}`."
+    )]
+    RestAddress(String),
+    /// `--rest --insecure` with an `https://` SuperLink.
+    #[error(
+        "`--insecure` with `--superlink {0}`: on the REST transport the URL's scheme decides; \
+         use `http://` for a plaintext SuperLink, or drop `--insecure` for TLS."
+    )]
+    RestInsecureHttps(String),
     /// Not a count or a number of seconds (negative, or not a number).
     #[error("`--{flag}` must be a number, zero or more; got {value}.")]
     Negative {
@@ -113,10 +134,35 @@ fn address(flag: &'static str, value: &str) -> Result<Address, ConfigError> {
 pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError> {
     let a = &parsed.args;
     let mut warnings = Vec::new();
-    if a.rest {
-        return Err(ConfigError::Transport("rest"));
-    }
-    let tls = tls::client_tls_choice(a.insecure, a.root_certificates.as_deref())?;
+    let transport = if a.rest {
+        Transport::Rest
+    } else if a.grpc_adapter {
+        Transport::GrpcAdapter
+    } else {
+        Transport::GrpcRere
+    };
+    // On REST, `--superlink` is a URL whose scheme says whether TLS is used (as in Flower).
+    let (superlink, insecure) = if transport == Transport::Rest {
+        if let Some(rest) = a.superlink.strip_prefix("https://") {
+            if a.insecure {
+                return Err(ConfigError::RestInsecureHttps(a.superlink.clone()));
+            }
+            (rest, false)
+        } else if let Some(rest) = a.superlink.strip_prefix("http://") {
+            (rest, true)
+        } else {
+            return Err(ConfigError::RestAddress(a.superlink.clone()));
+        }
+    } else {
+        (a.superlink.as_str(), a.insecure)
+    };
+    let superlink = superlink.trim_end_matches('/');
+    let tls = if insecure && !a.insecure {
+        // `http://` on REST: `--root-certificates` would go unused.
+        tls::client_tls_choice(true, None)?
+    } else {
+        tls::client_tls_choice(insecure, a.root_certificates.as_deref())?
+    };
     if tls == ClientTlsChoice::Insecure {
         warnings.push(format!(
             "Option `--insecure` was set: the connection to {} is not encrypted.",
@@ -155,8 +201,8 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         .map(|s| seconds("max-wait-time", s))
         .transpose()?;
     let config = Config {
-        superlink: address("--superlink", &a.superlink)?,
-        grpc_adapter: a.grpc_adapter,
+        superlink: address("--superlink", superlink)?,
+        transport,
         tls,
         key,
         max_retries,

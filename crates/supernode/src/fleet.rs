@@ -212,6 +212,14 @@ impl Fleet {
         self
     }
 
+    /// This client on the REST transport (`--rest`): every call as an HTTP/1.1 POST through
+    /// `client`, signed in the same headers as on grpc-rere (a SuperLink started with
+    /// `--enable-supernode-auth` checks them; Flower's ignores them).
+    pub fn via_rest(mut self, client: flwr_transport::rest::RestClient) -> Self {
+        self.stub = Stub::Rest(client);
+        self
+    }
+
     /// This client signing once per `max_age` and sending the same signed timestamp until then.
     /// Flower's SuperNode (and ours) signs every call; load generators use this to keep their
     /// own CPU out of the measurement. The SuperLink still verifies every call in full, since
@@ -547,6 +555,8 @@ enum Stub {
     Rere(Channel),
     /// grpc-adapter: every call packed into `GrpcAdapter/SendReceive`.
     Adapter(pb::grpc_adapter_client::GrpcAdapterClient<Channel>),
+    /// REST: `POST /api/v0/fleet/<method>` over HTTP/1.1, signed in the same headers as gRPC.
+    Rest(flwr_transport::rest::RestClient),
 }
 
 /// Why a call on the [`Stub`] failed.
@@ -632,7 +642,99 @@ impl Stub {
                     })
                 })
             }
+            Stub::Rest(client) => {
+                let rpc = adapter::by_method(method)
+                    .ok_or(Refused::Failed(FleetError::NotCarried(method)))?;
+                let (metadata, _, body) = request.into_parts();
+                let mut post = http::Request::new(http_body_util::Full::new(Bytes::from(
+                    body.encode_to_vec(),
+                )));
+                *post.method_mut() = http::Method::POST;
+                *post.uri_mut() = format!("http://superlink/api/v0/fleet/{}", rpc.rest)
+                    .parse()
+                    .map_err(|_| Refused::Failed(FleetError::NotCarried(method)))?;
+                let headers = post.headers_mut();
+                headers.extend(metadata.into_headers());
+                let protobuf = http::HeaderValue::from_static(REST_MEDIA_TYPE);
+                headers.insert(http::header::CONTENT_TYPE, protobuf.clone());
+                headers.insert(http::header::ACCEPT, protobuf);
+                let response = client
+                    .request(post)
+                    .await
+                    .map_err(|e| Refused::Status(rest_status::unreachable(e)))?;
+                let (parts, body) = response.into_parts();
+                let body = http_body_util::BodyExt::collect(body)
+                    .await
+                    .map_err(|e| Refused::Status(rest_status::unreachable(e)))?
+                    .to_bytes();
+                if parts.status != http::StatusCode::OK {
+                    return Err(Refused::Status(rest_status::refusal(&parts, &body)));
+                }
+                R::decode(body).map_err(|source| {
+                    Refused::Failed(FleetError::Undecodable {
+                        what: rpc.response,
+                        source,
+                    })
+                })
+            }
         }
+    }
+}
+
+/// The media type of REST bodies.
+const REST_MEDIA_TYPE: &str = "application/protobuf";
+
+/// The statuses a REST call fails with: the ones the same call would have failed with on gRPC,
+/// rebuilt from the HTTP answer (the only statuses this client makes; tidy.rs knows this module).
+mod rest_status {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use tonic::{Code, Status};
+
+    /// A REST call that reached no answer, as the UNAVAILABLE a gRPC call would fail with; the error
+    /// stays its source (so a TLS failure is still found by `find_connect_error`).
+    pub(super) fn unreachable<E: std::error::Error + Send + Sync + 'static>(e: E) -> Status {
+        let mut why = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            why.push_str(": ");
+            why.push_str(&c.to_string());
+            cause = c.source();
+        }
+        let mut status = Status::unavailable(why);
+        status.set_source(Arc::new(e));
+        status
+    }
+
+    /// A REST answer other than 200, as the status the call would have had on gRPC: the code from
+    /// the `grpc-status` header our SuperLink sends, or else the nearest to the HTTP status (Flower's
+    /// REST server answers 500 to any failure); the body's text as the message.
+    pub(super) fn refusal(parts: &http::response::Parts, body: &Bytes) -> Status {
+        let code = parts
+            .headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map(Code::from_i32)
+            .unwrap_or(match parts.status.as_u16() {
+                400 => Code::InvalidArgument,
+                401 => Code::Unauthenticated,
+                403 => Code::PermissionDenied,
+                404 | 405 => Code::Unimplemented,
+                413 | 429 => Code::ResourceExhausted,
+                503 => Code::Unavailable,
+                504 => Code::DeadlineExceeded,
+                500..=599 => Code::Internal,
+                _ => Code::Unknown,
+            });
+        let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
+        let message = if text.trim().is_empty() {
+            format!("HTTP {}", parts.status)
+        } else {
+            text.trim().to_owned()
+        };
+        Status::new(code, message)
     }
 }
 

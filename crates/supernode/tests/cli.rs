@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use flwr_supernode::cli::{self, Isolation};
-use flwr_supernode::config::{self, ConfigError, KeySource};
+use flwr_supernode::config::{self, ConfigError, KeySource, Transport};
 use flwr_testkit::pki;
 use flwr_testkit::process::run;
 use flwr_transport::tls::{ClientTlsChoice, TlsError};
@@ -49,11 +49,39 @@ fn flower_rules() {
         parse(&["--insecure", "--auth-supernode-private-key", "k"]),
         Err(ConfigError::KeyWithoutTls)
     ));
-    assert!(parse(&["--grpc-adapter"]).unwrap().grpc_adapter);
-    assert!(!parse(&["--grpc-rere"]).unwrap().grpc_adapter);
+    let transport = |args: &[&str]| parse(args).unwrap().transport;
+    assert_eq!(transport(&["--grpc-adapter"]), Transport::GrpcAdapter);
+    assert_eq!(transport(&["--grpc-rere"]), Transport::GrpcRere);
+    assert_eq!(transport(&[]), Transport::GrpcRere);
+    // REST: the URL's scheme decides TLS, as in Flower.
+    let c = parse(&["--rest", "--superlink", "https://link.example:9095"]).unwrap();
+    assert_eq!(c.transport, Transport::Rest);
+    assert_eq!(c.superlink.to_string(), "link.example:9095");
+    assert_eq!(c.tls, ClientTlsChoice::SystemRoots);
+    let c = parse(&[
+        "--rest",
+        "--root-certificates",
+        "ca.crt",
+        "--superlink",
+        "https://127.0.0.1:9095/",
+    ])
+    .unwrap();
+    assert_eq!(c.tls, ClientTlsChoice::RootCertificates("ca.crt".into()));
+    assert_eq!(c.superlink.to_string(), "127.0.0.1:9095");
+    let c = parse(&["--rest", "--superlink", "http://127.0.0.1:9095"]).unwrap();
+    assert_eq!(c.tls, ClientTlsChoice::Insecure);
+    let e = parse(&["--rest", "--superlink", "127.0.0.1:9095"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`https://` or `http://`"), "{e}");
     assert!(matches!(
-        parse(&["--rest"]),
-        Err(ConfigError::Transport("rest"))
+        parse(&[
+            "--rest",
+            "--insecure",
+            "--superlink",
+            "https://127.0.0.1:9095"
+        ]),
+        Err(ConfigError::RestInsecureHttps(_))
     ));
     let c = parse(&[
         "--grpc-rere",
@@ -80,10 +108,6 @@ fn flower_rules() {
 fn numbers_and_files_of_the_flags() {
     let c = parse(&["--trusted-entities", "t.yaml"]).unwrap();
     assert_eq!(c.trusted_entities, Some("t.yaml".into()));
-    assert!(matches!(
-        parse(&["--rest"]),
-        Err(ConfigError::Transport("rest"))
-    ));
     let c = parse(&[
         "--node-config",
         "a=1",

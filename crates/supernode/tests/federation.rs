@@ -245,6 +245,85 @@ fn grpc_adapter_with_flowers_superlink_and_ours() {
     run_app(&cli, "num-server-rounds=2", 2);
 }
 
+/// `--rest`: our SuperNodes against Flower's REST SuperLink (which checks no signature), then
+/// against ours with `--enable-supernode-auth`: ours signs its REST calls, so a registered key
+/// joins and serves a run, an unregistered one is refused with Flower's text, and Flower's own
+/// REST SuperNode (which signs nothing) cannot join.
+#[test]
+fn rest_with_flowers_superlink_and_ours() {
+    let s = setup();
+    let superlink = SuperLink::start_python(
+        Some(&s.tls),
+        &s.home("flower-superlink"),
+        &["--fleet-api-type", "rest"],
+    );
+    let url = format!("https://{}", superlink.fleet);
+    let (_a, _) = s.our_node("flower-a", &url, &["--rest"]);
+    let (_b, _) = s.our_node(
+        "flower-b",
+        &url,
+        &["--rest", "--node-config", "partition-id=1"],
+    );
+    run_app(&s.cli(&superlink.control), "num-server-rounds=2", 2);
+    drop(superlink);
+
+    let ours = SuperLink::start(
+        &federation::sibling_binary(SUPERNODE, "superlink"),
+        Some(&s.tls),
+        &s.home("our-superlink"),
+        &["--fleet-api-type", "rest", "--enable-supernode-auth"],
+    );
+    let url = format!("https://{}", ours.fleet);
+    let key = pki::ssh_node_key(s.dir.path(), "registered-key");
+    let stranger = pki::ssh_node_key(s.dir.path(), "stranger-key");
+    let cli = Cli::new(&s.home("cli-ours"), &ours.control, Some(&s.tls.ca));
+    cli.register_supernode(&key);
+    let (_node, _) = s.our_node(
+        "registered",
+        &url,
+        &[
+            "--rest",
+            "--auth-supernode-private-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    run_app(&cli, "num-server-rounds=1 min-nodes=1", 1);
+
+    let (stranger_node, _) = s.our_node(
+        "stranger",
+        &url,
+        &[
+            "--rest",
+            "--auth-supernode-private-key",
+            stranger.to_str().unwrap(),
+            "--max-retries",
+            "0",
+        ],
+    );
+    let (status, out) = stranger_node.wait(Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "an unregistered key must not join:\n{out}"
+    );
+    assert!(
+        out.contains("No SuperNode found with the given public key"),
+        "{out}"
+    );
+    let (status, out) = python_supernode(
+        "python",
+        &url,
+        Some(&s.tls.ca),
+        &s.home("python"),
+        &["--rest"],
+    )
+    .wait(Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "an unsigned REST SuperNode must not join:\n{out}"
+    );
+    assert!(out.contains("Failed to register node"), "{out}");
+}
+
 #[test]
 fn all_ours_and_a_mixed_federation() {
     let s = setup();

@@ -116,11 +116,11 @@ impl SuperLink {
         .arg(home.join("ffs"))
         .args(extra);
         let mut proc = Proc::spawn("superlink", cmd);
-        let fleet_serving = if extra
-            .windows(2)
-            .any(|w| w == ["--fleet-api-type", "grpc-adapter"])
-        {
+        let transport = |t: &str| extra.windows(2).any(|w| w == ["--fleet-api-type", t]);
+        let fleet_serving = if transport("grpc-adapter") {
             "Fleet API (grpc-adapter) serving"
+        } else if transport("rest") {
+            "Fleet API (REST, HTTP/1.1) serving"
         } else {
             "Fleet API (grpc-rere) serving"
         };

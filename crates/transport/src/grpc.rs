@@ -173,7 +173,7 @@ pub enum EitherStream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-async fn connect(
+pub(crate) async fn connect(
     address: &Address,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<ClientStream, ConnectError> {

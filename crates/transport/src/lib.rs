@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod health;
 pub mod metrics;
 pub mod node_auth;
+pub mod rest;
 pub mod server;
 pub mod signals;
 pub mod tls;

@@ -93,7 +93,22 @@ pub struct ServeOptions {
     pub body_budget: BodyBudget,
     /// The `api` label of this server's metrics (e.g. `fleet`).
     pub api: &'static str,
+    /// Which HTTP the connections speak.
+    pub protocol: Protocol,
 }
+
+/// The HTTP version a server speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/2 only (gRPC).
+    #[default]
+    Http2,
+    /// HTTP/1.1 only (the REST transport).
+    Http1,
+}
+
+/// How long an HTTP/1.1 client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for ServeOptions {
     fn default() -> Self {
@@ -103,6 +118,7 @@ impl Default for ServeOptions {
             allow: None,
             body_budget: BodyBudget::default(),
             api: "grpc",
+            protocol: Protocol::Http2,
         }
     }
 }
@@ -400,8 +416,17 @@ async fn serve_connection<S, B>(
             }
         })
     };
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder = match options.protocol {
+        Protocol::Http2 => builder.http2_only(),
+        Protocol::Http1 => builder.http1_only(),
+    };
     builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
         .timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)

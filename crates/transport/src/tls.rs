@@ -268,6 +268,14 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// `config` for an HTTP/1.1 server (the REST transport): the same certificate (reloads
+/// included), offering `http/1.1` instead of `h2` in the handshake.
+pub fn for_http1(config: &ServerConfig) -> Arc<ServerConfig> {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
 /// Loads the server configuration from the three files. Blocking (reads files).
 pub fn load_server_config(files: &ServerTlsFiles) -> Result<Loaded<ServerConfig>, TlsError> {
     load_reloadable_server_config(files).map(|(loaded, _)| loaded)

@@ -202,6 +202,43 @@ async fn authenticate(
     Ok(Caller { public_key, node })
 }
 
+/// The status a refused call gets.
+fn refusal_status(refusal: Refusal) -> tonic::Status {
+    match refusal {
+        Refusal::State(e) => super::status::to_status(e),
+        other => super::status::to_status(crate::error::Error::NotAuthenticated(other.to_string())),
+    }
+}
+
+/// [`authenticate`] for a transport that knows the Fleet method before the body (REST): the
+/// caller of a call to `method` signed in `headers`, or the status that refuses it.
+pub async fn authenticate_method(
+    core: &Core,
+    method: &'static str,
+    headers: &http::HeaderMap,
+    connection: Option<&ProvenKey>,
+) -> Result<Caller, tonic::Status> {
+    let access = match joins(method) {
+        Some(m) => Access::Join(m),
+        None => Access::Node,
+    };
+    authenticate(core, access, headers, connection)
+        .await
+        .map_err(refusal_status)
+}
+
+/// Whether `headers` carry any of the signed metadata (a REST call from Flower's SuperNode
+/// carries none).
+pub fn is_signed(headers: &http::HeaderMap) -> bool {
+    [
+        node_auth::PUBLIC_KEY_HEADER,
+        node_auth::TIMESTAMP_HEADER,
+        node_auth::SIGNATURE_HEADER,
+    ]
+    .into_iter()
+    .any(|h| headers.contains_key(h))
+}
+
 /// The Fleet service behind [`authenticate`].
 #[derive(Clone)]
 pub struct FleetGuard<S> {
@@ -269,14 +306,8 @@ where
                     inner.oneshot(request).await
                 }
                 Err(refusal) => {
-                    let status = match refusal {
-                        Refusal::State(e) => super::status::to_status(e),
-                        other => super::status::to_status(crate::error::Error::NotAuthenticated(
-                            other.to_string(),
-                        )),
-                    };
                     // The body is dropped unread: HTTP/2 resets the stream.
-                    Ok(status.into_http())
+                    Ok(refusal_status(refusal).into_http())
                 }
             }
         })

@@ -9,16 +9,13 @@
 //! [`FleetGuard`] verifies them here too, before the body is read, and `--enable-supernode-auth`
 //! means what it means on grpc-rere.
 
-use std::future::Future;
-
-use bytes::Bytes;
-use flwr_proto::adapter::{self, FleetRpc};
+use flwr_proto::adapter;
 use flwr_proto::proto as pb;
 use flwr_transport::node_auth::AuthError;
-use pb::fleet_server::Fleet as _;
 use tonic::{Request, Response, Status};
 
 use super::fleet::FleetService;
+use super::fleet_dispatch::{self, Attribution};
 use super::fleet_guard::{joins, Caller, FleetGuard};
 use super::status::to_status;
 use crate::core::Core;
@@ -40,34 +37,6 @@ impl GrpcAdapterService {
                 fleet: FleetService::new(core.clone()),
             }));
         FleetGuard::new(server, core)
-    }
-
-    /// Decodes the carried request, runs `handler` on it with the call's metadata and verified
-    /// caller, and packs its answer.
-    async fn relay<T, R, F, Fut>(
-        rpc: &FleetRpc,
-        request: Request<Bytes>,
-        handler: F,
-    ) -> Result<pb::MessageContainer, Status>
-    where
-        T: prost::Message + Default,
-        R: prost::Message,
-        F: FnOnce(Request<T>) -> Fut,
-        Fut: Future<Output = Result<Response<R>, Status>>,
-    {
-        let (metadata, extensions, content) = request.into_parts();
-        let body = T::decode(content).map_err(|e| {
-            to_status(Error::Malformed(format!(
-                "Error parsing message with type 'flwr.proto.{}': {e}",
-                rpc.request
-            )))
-        })?;
-        let answer = handler(Request::from_parts(metadata, extensions, body)).await?;
-        Ok(adapter::container(
-            rpc.response,
-            rpc.module,
-            Bytes::from(answer.into_inner().encode_to_vec()),
-        ))
     }
 }
 
@@ -97,28 +66,8 @@ impl pb::grpc_adapter_server::GrpcAdapter for GrpcAdapterService {
             Some(_) => {}
         }
         let request = Request::from_parts(metadata, extensions, container.grpc_message_content);
-        let f = &self.fleet;
-        let answer = match rpc.method {
-            "RegisterNode" => Self::relay(rpc, request, |r| f.register_node(r)).await,
-            "ActivateNode" => Self::relay(rpc, request, |r| f.activate_node(r)).await,
-            "DeactivateNode" => Self::relay(rpc, request, |r| f.deactivate_node(r)).await,
-            "UnregisterNode" => Self::relay(rpc, request, |r| f.unregister_node(r)).await,
-            "SendNodeHeartbeat" => Self::relay(rpc, request, |r| f.send_node_heartbeat(r)).await,
-            "PullMessages" => Self::relay(rpc, request, |r| f.pull_messages(r)).await,
-            "PushMessages" => Self::relay(rpc, request, |r| f.push_messages(r)).await,
-            "GetRun" => Self::relay(rpc, request, |r| f.get_run(r)).await,
-            "GetFab" => Self::relay(rpc, request, |r| f.get_fab(r)).await,
-            "PushObject" => Self::relay(rpc, request, |r| f.push_object(r)).await,
-            "PullObject" => Self::relay(rpc, request, |r| f.pull_object(r)).await,
-            "ConfirmMessageReceived" => {
-                Self::relay(rpc, request, |r| f.confirm_message_received(r)).await
-            }
-            // The table and this match list the same twelve methods (a unit test of the table
-            // checks them); a thirteenth would be refused here until it has its arm.
-            other => Err(to_status(Error::Malformed(format!(
-                "Invalid grpc_message_name: {other}"
-            )))),
-        }?;
+        let answer = fleet_dispatch::call(&self.fleet, rpc, request, Attribution::Verified).await?;
+        let answer = adapter::container(rpc.response, rpc.module, answer);
         Ok(Response::new(answer))
     }
 }

@@ -5,7 +5,9 @@
 pub mod control;
 pub mod convert;
 pub mod fleet;
+pub mod fleet_dispatch;
 pub mod fleet_guard;
 pub mod grpc_adapter;
+pub mod rest;
 pub mod serverappio;
 pub mod status;
