@@ -1159,23 +1159,52 @@ pub mod fabs {
     use bytes::Bytes;
 
     use crate::fabs::fab_hash;
-    use crate::FabStore;
+    use crate::{FabStore, StoredFab, Verifications};
 
-    /// A FAB is kept under its SHA-256, storing it again changes nothing, and an unknown hash
-    /// finds nothing.
+    /// A FAB is kept under its SHA-256 with its verifications, storing it again changes nothing
+    /// but signed verifications (unsigned ones never erase them), and an unknown hash finds
+    /// nothing.
     pub async fn fabs_by_hash(s: &dyn FabStore) {
         let fab = Bytes::from_static(b"PK\x03\x04 not really a zip, but bytes all the same");
         let other = Bytes::from(vec![7u8; 3 * 1024 * 1024]);
-        let hash = s.put(fab.clone()).await.unwrap();
+        let none = Verifications::new();
+        let hash = s.put(fab.clone(), none.clone()).await.unwrap();
         assert_eq!(
             hash,
             fab_hash(&fab),
             "the hash is the content's SHA-256 (hex)"
         );
-        assert_eq!(s.put(fab.clone()).await.unwrap(), hash, "stored once");
-        let big = s.put(other.clone()).await.unwrap();
-        assert_eq!(s.get(&hash).await.unwrap(), Some(fab));
-        assert_eq!(s.get(&big).await.unwrap(), Some(other));
+        assert_eq!(
+            s.put(fab.clone(), none.clone()).await.unwrap(),
+            hash,
+            "stored once"
+        );
+        let big = s.put(other.clone(), none.clone()).await.unwrap();
+        let stored = |content: &Bytes, verifications: &Verifications| {
+            Some(StoredFab {
+                content: content.clone(),
+                verifications: verifications.clone(),
+            })
+        };
+        assert_eq!(s.get(&hash).await.unwrap(), stored(&fab, &none));
+        assert_eq!(s.get(&big).await.unwrap(), stored(&other, &none));
         assert_eq!(s.get(&fab_hash(b"never stored")).await.unwrap(), None);
+
+        let signed: Verifications = [
+            ("valid_license".to_owned(), "Valid".to_owned()),
+            (
+                "fpk_1".to_owned(),
+                r#"{"signature": "c2ln", "signed_at": 1}"#.to_owned(),
+            ),
+        ]
+        .into();
+        assert_eq!(s.put(fab.clone(), signed.clone()).await.unwrap(), hash);
+        assert_eq!(s.get(&hash).await.unwrap(), stored(&fab, &signed));
+        s.put(fab.clone(), none).await.unwrap();
+        assert_eq!(
+            s.get(&hash).await.unwrap(),
+            stored(&fab, &signed),
+            "a FAB sent again without verifications keeps its own"
+        );
     }
 }

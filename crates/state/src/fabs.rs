@@ -3,6 +3,7 @@
 //! SQLite engines); the PostgreSQL engine keeps them in the database, so that every replica
 //! serves every FAB.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -12,13 +13,29 @@ use sha2::{Digest, Sha256};
 
 use crate::StateError;
 
+/// A FAB's verifications: publisher key id → signature record (JSON), and `valid_license`, as
+/// Flower Hub's answer has them; empty for a FAB the CLI sent.
+pub type Verifications = BTreeMap<String, String>;
+
+/// A stored FAB.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredFab {
+    /// Its bytes.
+    pub content: Bytes,
+    /// What it was stored with (see [`Verifications`]).
+    pub verifications: Verifications,
+}
+
 /// FABs stored by their SHA-256.
 #[async_trait]
 pub trait FabStore: Send + Sync {
-    /// Stores a FAB (once) and returns its hash.
-    async fn put(&self, content: Bytes) -> Result<String, StateError>;
+    /// Stores a FAB (once) with its verifications, and returns its hash. Storing it again with
+    /// verifications replaces them; with none keeps those it has (a FAB signed on Flower Hub
+    /// that the CLI also sends stays signed).
+    async fn put(&self, content: Bytes, verifications: Verifications)
+        -> Result<String, StateError>;
     /// The FAB with this hash, if stored.
-    async fn get(&self, hash: &str) -> Result<Option<Bytes>, StateError>;
+    async fn get(&self, hash: &str) -> Result<Option<StoredFab>, StateError>;
 }
 
 /// A FAB store failure, naming the path and the fix.
@@ -88,9 +105,14 @@ impl FileFabs {
         Ok(())
     }
 
-    /// Stores a FAB and returns its hash. Writing is atomic (temporary file, then rename), so a
-    /// full disk never leaves a truncated FAB behind.
-    pub fn put_blocking(&self, content: &[u8]) -> Result<String, FfsError> {
+    /// Stores a FAB and returns its hash; its verifications go to `<hash>.META` as a JSON
+    /// object, as in Flower's store. Writing is atomic (temporary file, then rename), so a full
+    /// disk never leaves a truncated FAB behind.
+    pub fn put_blocking(
+        &self,
+        content: &[u8],
+        verifications: &Verifications,
+    ) -> Result<String, FfsError> {
         let hash = fab_hash(content);
         let path = self.dir.join(&hash);
         let err = |action, source| self.error(action, source);
@@ -99,35 +121,55 @@ impl FileFabs {
             write_atomic(&path, content).map_err(|e| err("write to", e))?;
         }
         let meta = self.dir.join(format!("{hash}.META"));
-        if !meta.exists() {
-            write_atomic(&meta, b"{}").map_err(|e| err("write to", e))?;
+        if !verifications.is_empty() || !meta.exists() {
+            let json = serde_json::to_vec(verifications).unwrap_or_else(|_| b"{}".to_vec());
+            write_atomic(&meta, &json).map_err(|e| err("write to", e))?;
         }
         Ok(hash)
     }
 
     /// The FAB with this hash, if stored. A hash that is not 64 hex characters is never a path.
-    pub fn get_blocking(&self, hash: &str) -> Result<Option<Bytes>, FfsError> {
+    /// Verifications that cannot be read count as none (a SuperNode with trusted entities then
+    /// refuses the FAB, which is the safe side).
+    pub fn get_blocking(&self, hash: &str) -> Result<Option<StoredFab>, FfsError> {
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(None);
         }
-        match std::fs::read(self.dir.join(hash)) {
-            Ok(b) => Ok(Some(Bytes::from(b))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(FfsError {
-                action: "read from",
-                path: self.dir.clone(),
-                hint: hint(&e),
-                source: e,
+        let read_error = |e: std::io::Error| FfsError {
+            action: "read from",
+            path: self.dir.clone(),
+            hint: hint(&e),
+            source: e,
+        };
+        let content = match std::fs::read(self.dir.join(hash)) {
+            Ok(b) => Bytes::from(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(read_error(e)),
+        };
+        let verifications = match std::fs::read(self.dir.join(format!("{hash}.META"))) {
+            Ok(json) => serde_json::from_slice(&json).unwrap_or_else(|e| {
+                tracing::warn!(hash, error = %e, "the verifications of a FAB cannot be read");
+                Verifications::new()
             }),
-        }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Verifications::new(),
+            Err(e) => return Err(read_error(e)),
+        };
+        Ok(Some(StoredFab {
+            content,
+            verifications,
+        }))
     }
 }
 
 #[async_trait]
 impl FabStore for FileFabs {
-    async fn put(&self, content: Bytes) -> Result<String, StateError> {
+    async fn put(
+        &self,
+        content: Bytes,
+        verifications: Verifications,
+    ) -> Result<String, StateError> {
         let fabs = self.clone();
-        tokio::task::spawn_blocking(move || fabs.put_blocking(&content))
+        tokio::task::spawn_blocking(move || fabs.put_blocking(&content, &verifications))
             .await
             .map_err(|e| StateError::Worker {
                 what: "FAB storage",
@@ -136,7 +178,7 @@ impl FabStore for FileFabs {
             .map_err(StateError::from)
     }
 
-    async fn get(&self, hash: &str) -> Result<Option<Bytes>, StateError> {
+    async fn get(&self, hash: &str) -> Result<Option<StoredFab>, StateError> {
         let fabs = self.clone();
         let hash = hash.to_owned();
         tokio::task::spawn_blocking(move || fabs.get_blocking(&hash))
@@ -171,10 +213,12 @@ mod tests {
     fn stores_by_hash() {
         let dir = tempfile::tempdir().unwrap();
         let ffs = FileFabs::new(dir.path().join("ffs"));
-        let h = ffs.put_blocking(b"fab bytes").unwrap();
+        let h = ffs
+            .put_blocking(b"fab bytes", &Verifications::new())
+            .unwrap();
         assert_eq!(h, fab_hash(b"fab bytes"));
         assert_eq!(
-            ffs.get_blocking(&h).unwrap().as_deref(),
+            ffs.get_blocking(&h).unwrap().map(|f| f.content).as_deref(),
             Some(&b"fab bytes"[..])
         );
         assert_eq!(ffs.get_blocking(&"0".repeat(64)).unwrap(), None);

@@ -31,7 +31,7 @@ use flwr_objects::message::MessageMeta;
 use flwr_objects::{ObjectId, ObjectTree};
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
-pub use crate::fabs::FabStore;
+pub use crate::fabs::{FabStore, StoredFab, Verifications};
 pub use crate::objects::ObjectStore;
 pub use flwr_objects::store::{DriverError, Lookup, StoreError};
 

@@ -318,7 +318,8 @@ mod replicas {
             "ALTER TABLE message_ins DROP COLUMN confirmed, DROP COLUMN delivered_at; \
              ALTER TABLE token DROP COLUMN launcher; \
              ALTER TABLE object ALTER COLUMN content SET STORAGE EXTENDED; \
-             ALTER TABLE fab ALTER COLUMN content SET STORAGE EXTENDED",
+             ALTER TABLE fab ALTER COLUMN content SET STORAGE EXTENDED; \
+             ALTER TABLE fab DROP COLUMN verifications",
         );
         let b = replica(&url, clock.clone()).await.state;
         assert_eq!(psql(storage).trim(), "fab=e object=e", "upgraded");
@@ -330,6 +331,17 @@ mod replicas {
             .await;
         let fresh = b.create_run(link::new_run()).await.unwrap();
         assert!(b.claim_run(fresh, Some("here")).await.unwrap().is_some());
+        let fabs = replica(&url, clock.clone()).await.fabs.unwrap();
+        let signed: Verifications = [("valid_license".to_owned(), "Valid".to_owned())].into();
+        let hash = fabs
+            .put(bytes::Bytes::from_static(b"fab"), signed.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            fabs.get(&hash).await.unwrap().unwrap().verifications,
+            signed,
+            "FABs keep verifications after the upgrade"
+        );
         // Then one written before federations kept simulation settings, and nothing else.
         psql("DROP TABLE federation");
         let c = replica(&url, clock.clone()).await.state;

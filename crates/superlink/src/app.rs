@@ -266,7 +266,8 @@ impl App {
             self.clock.clone(),
             settings,
             launch_tx,
-        );
+        )
+        .with_hub(crate::hub::Hub::new(self.config.platform_api_url.clone()));
 
         let health_state = flwr_transport::health::HealthState::default();
         let open_files = flwr_daemon::connections::raise_open_file_limit();

@@ -208,6 +208,11 @@ pub struct Args {
     #[arg(long)]
     pub fleet_auth_per_connection: bool,
 
+    /// Flower's Platform API, from which `flwr run @account/app[==x.y.z]` fetches the app's FAB
+    /// and its publisher signatures (Flower Hub). Not in Flower (which always uses the default).
+    #[arg(long, value_name = "URL", default_value = crate::hub::DEFAULT_PLATFORM_API_URL)]
+    pub platform_api_url: String,
+
     /// How long a ServerApp's PullMessages may wait for the replies it asks for that are not in
     /// yet; it is answered as soon as all are in (0: at once, as Flower). Flower's ServerApp
     /// sleeps 3 seconds after a pull that missed replies, so up to 3 seconds only replaces part

@@ -57,6 +57,8 @@ pub struct Config {
     /// With `--fleet-auth-per-connection`: how long a signature verified on a Fleet connection
     /// vouches for its key on that connection.
     pub fleet_auth_per_connection: Option<Duration>,
+    /// `--platform-api-url`: where Flower Hub runs come from.
+    pub platform_api_url: String,
     /// `--serverappio-pull-hold`: how long a ServerApp's PullMessages waits for missing replies
     /// (`None`: not at all).
     pub pull_hold: Option<Duration>,
@@ -133,6 +135,9 @@ pub enum ConfigError {
     /// A PostgreSQL URL or password file that cannot be used.
     #[error(transparent)]
     Postgres(#[from] flwr_state::postgres::PgTargetError),
+    /// `--platform-api-url` is not an `http(s)://` URL.
+    #[error("`--platform-api-url {0}`: expected an `https://` (or `http://`) URL, like the default https://api.flower.ai/v1")]
+    PlatformApiUrl(String),
     /// `--database-password-file` without a PostgreSQL database.
     #[error("`--database-password-file` is only used with `--database postgresql://...`")]
     PasswordFileWithoutPostgres,
@@ -330,6 +335,14 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         fleet_auth_per_connection: a
             .fleet_auth_per_connection
             .then_some(PROOF_PER_CONNECTION_AGE),
+        platform_api_url: {
+            let url = a.platform_api_url.as_str();
+            let scheme = url.starts_with("https://") || url.starts_with("http://");
+            if !scheme || url.parse::<http::Uri>().is_err() {
+                return Err(ConfigError::PlatformApiUrl(url.to_owned()));
+            }
+            url.to_owned()
+        },
         pull_hold,
         shutdown_grace,
     };

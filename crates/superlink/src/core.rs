@@ -18,10 +18,12 @@ use tokio::sync::mpsc;
 
 use flwr_state::{
     heartbeat, Clock, ConfigValue, FabStore, LinkState, NewNode, NewRun, Node, NodeId, NodeRefusal,
-    ObjectStore, PulledReply, Run, RunId, RunStatus, RunType, Status, SubStatus,
+    ObjectStore, PulledReply, Run, RunId, RunStatus, RunType, Status, StoredFab, SubStatus,
+    Verifications,
 };
 
 use crate::error::{Error, Result};
+use crate::hub::Hub;
 
 use flwr_fab as fab;
 
@@ -62,6 +64,15 @@ pub struct Settings {
     pub pull_hold: Option<std::time::Duration>,
 }
 
+/// Where a run's FAB comes from.
+#[derive(Clone, Debug)]
+pub enum FabSource {
+    /// Sent with `StartRun` (`flwr run <dir>`).
+    Uploaded(Bytes),
+    /// Fetched from Flower Hub (`flwr run @account/app[==x.y.z]`).
+    Hub(String),
+}
+
 /// The inputs a ServerApp pulls with its token.
 #[derive(Clone, Debug)]
 pub struct AppInputs {
@@ -69,8 +80,8 @@ pub struct AppInputs {
     pub context: Bytes,
     /// The run as it was before it turned `running`.
     pub run: Run,
-    /// FAB bytes.
-    pub fab: Bytes,
+    /// The FAB and its verifications.
+    pub fab: StoredFab,
 }
 
 /// The SuperLink's domain, shared by all services (cheap to clone).
@@ -90,6 +101,8 @@ pub struct Core {
     replies: tokio::sync::broadcast::Sender<RunId>,
     /// Node signatures verified lately.
     verified: Arc<flwr_transport::node_auth::VerifiedSignatures>,
+    /// Where Flower Hub runs come from.
+    hub: Arc<Hub>,
 }
 
 /// While a ServerApp's pull is held, how often it looks again without news when replies stored
@@ -159,7 +172,14 @@ impl Core {
             verified: Arc::new(flwr_transport::node_auth::VerifiedSignatures::new(
                 VERIFIED_SIGNATURES_LIMIT,
             )),
+            hub: Arc::new(Hub::new(crate::hub::DEFAULT_PLATFORM_API_URL)),
         }
+    }
+
+    /// This domain fetching Flower Hub runs from `hub` (`--platform-api-url`).
+    pub fn with_hub(mut self, hub: Hub) -> Self {
+        self.hub = Arc::new(hub);
+        self
     }
 
     /// Node signatures verified lately (a signature presented again is not verified again).
@@ -403,12 +423,12 @@ impl Core {
     }
 
     /// Fleet `GetFab`.
-    pub async fn fleet_get_fab(&self, run_id: RunId, hash: String) -> Result<Bytes> {
+    pub async fn fleet_get_fab(&self, run_id: RunId, hash: String) -> Result<StoredFab> {
         self.fleet_get_run(run_id).await?;
         self.read_fab(hash).await
     }
 
-    async fn read_fab(&self, hash: String) -> Result<Bytes> {
+    async fn read_fab(&self, hash: String) -> Result<StoredFab> {
         self.fabs.get(&hash).await?.ok_or(Error::NoSuchFab(hash))
     }
 
@@ -853,13 +873,22 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     pub async fn start_run(
         &self,
-        fab: Bytes,
+        source: FabSource,
         overrides: Vec<(String, ConfigValue)>,
         federation: String,
         federation_config: Option<Bytes>,
         context_for: impl FnOnce(RunId) -> Bytes,
         flwr_aid: &str,
     ) -> Result<Option<RunId>> {
+        let (fab, verifications) = match source {
+            FabSource::Uploaded(fab) => (fab, Verifications::new()),
+            FabSource::Hub(app_spec) => {
+                if self.settings.fleet_adapter {
+                    return Err(Error::HubOverAdapter);
+                }
+                self.hub.fetch(&app_spec).await?
+            }
+        };
         if fab.len() > fab::FAB_MAX_SIZE {
             tracing::error!(size = fab.len(), "FAB larger than 10 MiB refused");
             return Ok(None);
@@ -880,7 +909,7 @@ impl Core {
                 source,
             })??;
         fab::check_overrides(&info, overrides.iter().map(|(k, _)| k.as_str()))?;
-        let hash = self.fabs.put(fab.clone()).await?;
+        let hash = self.fabs.put(fab.clone(), verifications).await?;
         let (run_type, federation_config) = if self.settings.simulation {
             (RunType::Simulation, federation_config)
         } else {

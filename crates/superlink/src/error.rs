@@ -53,9 +53,9 @@ pub enum Error {
     /// The FAB, or an override of its config, is unusable.
     #[error("{0}")]
     UnusableFab(#[source] FabError),
-    /// `flwr run` asked for an app from the Flower platform, which this SuperLink cannot fetch.
-    #[error("Installing the app '{0}' from the Flower platform is not supported by this SuperLink; run the app from a local directory (`flwr run <path>`).")]
-    PlatformApp(String),
+    /// A Flower Hub app could not be fetched.
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
     /// A Flower Hub run on a SuperLink whose Fleet API is on the grpc-adapter transport.
     #[error(
         "The selected SuperLink transport type is not supported for connecting to Flower Hub."

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod error;
+pub mod hub;
 pub mod launcher;
 pub mod metrics;
 pub mod service;

@@ -112,6 +112,12 @@ fn flower_refusals() {
         parse(&["--insecure", "--enable-supernode-auth"]),
         Err(ConfigError::AuthNeedsTls)
     ));
+    assert!(matches!(
+        parse(&["--insecure", "--platform-api-url", "api.flower.ai"]),
+        Err(ConfigError::PlatformApiUrl(_))
+    ));
+    let c = parse(&["--insecure", "--platform-api-url", "http://127.0.0.1:9/v1"]).unwrap();
+    assert_eq!(c.platform_api_url, "http://127.0.0.1:9/v1");
     let c = parse(&["--insecure", "--fleet-api-type", "rest"]).unwrap();
     assert_eq!(c.fleet_api_type, FleetApiType::Rest);
     assert_eq!(

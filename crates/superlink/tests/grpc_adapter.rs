@@ -234,4 +234,19 @@ async fn the_adapter_carries_fleet_calls_and_refuses_bad_containers() {
     );
     assert_eq!(c, Code::Unimplemented);
     heartbeat(&mut client, &key, node).await;
+
+    // A Flower Hub run is refused on this transport, before anything is fetched, as in Flower.
+    let (c, m) = code(
+        pb::control_client::ControlClient::new(channel(&superlink.control))
+            .start_run(pb::StartRunRequest {
+                app_spec: "@acme/app==1.0.0".to_owned(),
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(c, Code::FailedPrecondition);
+    assert_eq!(
+        m,
+        "The selected SuperLink transport type is not supported for connecting to Flower Hub."
+    );
 }

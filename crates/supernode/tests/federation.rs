@@ -14,6 +14,8 @@ use flwr_testkit::pki::{self, TlsFiles};
 use flwr_testkit::ports;
 use flwr_testkit::process::{Proc, Signal};
 
+mod common;
+
 const SUPERNODE: &str = env!("CARGO_BIN_EXE_supernode");
 
 struct Setup {
@@ -50,8 +52,13 @@ impl Setup {
 
 /// Runs the example app; with one, two or four nodes the model must be bit-exact.
 fn run_app(cli: &Cli, run_config: &str, rounds: u32) -> u64 {
+    run_app_from(cli, &federation::example_app(), run_config, rounds)
+}
+
+/// [`run_app`] with the app at `app` (a directory, or `@account/app==x.y.z` on Flower Hub).
+fn run_app_from(cli: &Cli, app: &std::path::Path, run_config: &str, rounds: u32) -> u64 {
     let (status, out) = cli
-        .start_run_streaming(&federation::example_app(), run_config)
+        .start_run_streaming(app, run_config)
         .wait(Duration::from_secs(240));
     assert!(status.success(), "flwr run failed:\n{out}");
     assert!(out.contains("FEDAVG-CHECK OK"), "{out}");
@@ -322,6 +329,144 @@ fn rest_with_flowers_superlink_and_ours() {
         "an unsigned REST SuperNode must not join:\n{out}"
     );
     assert!(out.contains("Failed to register node"), "{out}");
+}
+
+/// A stand-in for Flower Hub's Platform API on `listener`: `POST /v1/hub/fetch-fab` answers a
+/// download link for `@acme/numpy-fedavg==1.0.0` with `verification` (404 with the versions there
+/// are for any other), and the link serves `fab`.
+async fn serve_hub(
+    listener: tokio::net::TcpListener,
+    fab: bytes::Bytes,
+    verification: serde_json::Value,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use http_body_util::{BodyExt, Full};
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let service = tower::service_fn(
+        move |request: http::Request<flwr_transport::server::BudgetBody>| {
+            let (fab, verification, base) = (fab.clone(), verification.clone(), base.clone());
+            async move {
+                let path = request.uri().path().to_owned();
+                let asked = request.into_body().collect().await.unwrap().to_bytes();
+                let (status, body) = match path.as_str() {
+                    "/v1/hub/fetch-fab" => {
+                        let asked: serde_json::Value = serde_json::from_slice(&asked).unwrap();
+                        assert_eq!(asked["flwr_version"], "1.28.0", "{asked}");
+                        if asked["app_id"] == "@acme/numpy-fedavg"
+                            && asked["app_version"] == "1.0.0"
+                        {
+                            let link = serde_json::json!({
+                                "fab_url": format!("{base}/fabs/numpy-fedavg.fab"),
+                                "verifications": [verification],
+                            });
+                            (200, bytes::Bytes::from(link.to_string()))
+                        } else {
+                            let detail = serde_json::json!({
+                                "detail": {"available_app_versions": ["1.0.0"]}
+                            });
+                            (404, bytes::Bytes::from(detail.to_string()))
+                        }
+                    }
+                    "/fabs/numpy-fedavg.fab" => (200, fab),
+                    _ => (404, bytes::Bytes::new()),
+                };
+                let mut response = http::Response::new(Full::new(body));
+                *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        },
+    );
+    let options = flwr_transport::server::ServeOptions {
+        protocol: flwr_transport::server::Protocol::Http1,
+        ..Default::default()
+    };
+    flwr_transport::server::serve(service, listener, None, options, stop).await;
+}
+
+/// `flwr run @account/app==x.y.z` (Flower Hub), with the Platform API played by a local server
+/// (`--platform-api-url`): our SuperLink fetches the FAB and its publisher signature, stores them
+/// together and hands both to SuperNodes, whose `--trusted-entities` accept it; the run completes
+/// with the predicted model. A version the Platform API does not have is refused with Flower's
+/// text, naming the versions there are.
+#[test]
+fn flower_hub_runs_reach_trusted_supernodes_with_their_signatures() {
+    use aws_lc_rs::signature::Ed25519KeyPair;
+    let s = setup();
+    // The example app as `flwr build` packs it, signed as Flower Hub signs.
+    let build = s.home("build");
+    std::fs::create_dir_all(&build).unwrap();
+    let (status, out) = flwr_testkit::process::run(
+        std::process::Command::new(flwr_testkit::python::tool("flwr"))
+            .args(["build", "--app"])
+            .arg(federation::example_app())
+            .current_dir(&build)
+            .env("PATH", federation::path_with_venv()),
+    );
+    assert!(status.success(), "flwr build: {out}");
+    let fab_file = std::fs::read_dir(&build)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "fab"))
+        .expect("flwr build wrote a .fab");
+    let fab = bytes::Bytes::from(std::fs::read(fab_file).unwrap());
+    let publisher = Ed25519KeyPair::generate().unwrap();
+    let signed: serde_json::Value =
+        serde_json::from_str(&common::signature(&publisher, &fab)).unwrap();
+    let mut verification = serde_json::json!({"public_key_id": "fpk_acme"});
+    for (k, v) in signed.as_object().unwrap() {
+        verification[k] = v.clone();
+    }
+    let trusted = s.home("trusted-entities.yaml");
+    std::fs::write(
+        &trusted,
+        format!("fpk_acme: '{}'\n", common::ssh_public(&publisher)),
+    )
+    .unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let hub_url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    runtime.spawn(serve_hub(listener, fab, verification, stop.clone()));
+
+    let superlink = SuperLink::start(
+        &federation::sibling_binary(SUPERNODE, "superlink"),
+        Some(&s.tls),
+        &s.home("superlink"),
+        &["--platform-api-url", &hub_url],
+    );
+    let trusted = trusted.to_str().unwrap();
+    let (_a, _) = s.our_node("a", &superlink.fleet, &["--trusted-entities", trusted]);
+    let (_b, _) = s.our_node(
+        "b",
+        &superlink.fleet,
+        &[
+            "--trusted-entities",
+            trusted,
+            "--node-config",
+            "partition-id=1",
+        ],
+    );
+    let cli = s.cli(&superlink.control);
+    run_app_from(
+        &cli,
+        std::path::Path::new("@acme/numpy-fedavg==1.0.0"),
+        "num-server-rounds=2",
+        2,
+    );
+
+    let (status, out) = cli
+        .start_run_streaming(std::path::Path::new("@acme/numpy-fedavg==9.9.9"), "")
+        .wait(Duration::from_secs(60));
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("@acme/numpy-fedavg==9.9.9 not found in Platform API")
+            && out.contains("1.0.0"),
+        "{out}"
+    );
+    stop.cancel();
 }
 
 #[test]

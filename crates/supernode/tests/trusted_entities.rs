@@ -8,38 +8,18 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
-use base64ct::Encoding as _;
+use aws_lc_rs::signature::Ed25519KeyPair;
 use bytes::Bytes;
 use flwr_objects::message::error_code;
 use flwr_testkit::process::Signal;
-use sha2::Digest;
 
 mod common;
-use common::{supernode_with, until_while_alive, FakeSuperLink, OneInstruction, SUPERNODE};
+use common::{
+    signature, ssh_public, supernode_with, until_while_alive, FakeSuperLink, OneInstruction,
+    SUPERNODE,
+};
 
 const RUN: u64 = 9;
-
-/// `{"signature": ..., "signed_at": ...}` by `pair` over `content`, as Flower Hub signs.
-fn signature(pair: &Ed25519KeyPair, content: &[u8]) -> String {
-    let at: u64 = 1_767_000_000;
-    let mut m = at.to_be_bytes().to_vec();
-    m.extend_from_slice(&sha2::Sha256::digest(content));
-    let sig = base64ct::Base64UrlUnpadded::encode_string(pair.sign(&m).as_ref());
-    format!("{{\"signature\": \"{sig}\", \"signed_at\": {at}}}")
-}
-
-fn ssh_public(pair: &Ed25519KeyPair) -> String {
-    let mut wire = Vec::new();
-    for part in [b"ssh-ed25519".as_slice(), pair.public_key().as_ref()] {
-        wire.extend_from_slice(&(part.len() as u32).to_be_bytes());
-        wire.extend_from_slice(part);
-    }
-    format!(
-        "ssh-ed25519 {} publisher",
-        base64ct::Base64::encode_string(&wire)
-    )
-}
 
 /// What the node does with one message whose FAB is `content` with `verifications`: the error
 /// reply's reason, or `None` when it went on to the message's objects.

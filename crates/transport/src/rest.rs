@@ -64,6 +64,45 @@ impl tower::Service<http::Uri> for Connector {
     }
 }
 
+/// A client of any `http://` or `https://` URL (TLS with `tls`, offering `http/1.1`), for
+/// fetching from web services (Flower Hub).
+pub fn url_client(tls: Arc<rustls::ClientConfig>) -> Client<UrlConnector, Full<Bytes>> {
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .build(UrlConnector { tls: Arc::new(tls) })
+}
+
+/// Connects to the host and port a URI names, over TLS for `https`.
+#[derive(Clone)]
+pub struct UrlConnector {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl tower::Service<http::Uri> for UrlConnector {
+    type Response = RestIo;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<RestIo, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let host = uri.host().unwrap_or_default().to_owned();
+        let tls = https.then(|| self.tls.clone());
+        Box::pin(async move {
+            let address: Address = format!("{host}:{port}")
+                .parse()
+                .map_err(|_| ConnectError::ServerName(host.clone()))?;
+            connect(&address, tls).await.map(RestIo)
+        })
+    }
+}
+
 /// A connection of the REST client.
 pub struct RestIo(ClientStream);
 

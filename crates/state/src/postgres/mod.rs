@@ -62,6 +62,7 @@ CREATE INDEX IF NOT EXISTS message_res_by_id ON message_res (message_id);
 ALTER TABLE token ADD COLUMN IF NOT EXISTS launcher TEXT;
 ALTER TABLE object ALTER COLUMN content SET STORAGE EXTERNAL;
 ALTER TABLE fab ALTER COLUMN content SET STORAGE EXTERNAL;
+ALTER TABLE fab ADD COLUMN IF NOT EXISTS verifications TEXT NOT NULL DEFAULT '{}';
 CREATE TABLE IF NOT EXISTS federation (
     name TEXT PRIMARY KEY,
     simulation_config BYTEA NOT NULL
@@ -167,7 +168,8 @@ CREATE TABLE IF NOT EXISTS object_run (
 CREATE INDEX IF NOT EXISTS object_run_by_run ON object_run (run_id);
 CREATE TABLE IF NOT EXISTS fab (
     hash TEXT PRIMARY KEY,
-    content BYTEA NOT NULL
+    content BYTEA NOT NULL,
+    verifications TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS federation (
     name TEXT PRIMARY KEY,
@@ -588,7 +590,7 @@ impl Shared {
                 .query_one(
                     "SELECT (SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = current_schema() \
                      AND (table_name, column_name) IN (('message_ins', 'delivered_at'), ('message_ins', 'confirmed'), \
-                     ('token', 'launcher'))) < 3 \
+                     ('token', 'launcher'), ('fab', 'verifications'))) < 4 \
                      OR to_regclass('message_res_by_id') IS NULL OR to_regclass('federation') IS NULL \
                      OR EXISTS (SELECT 1 FROM pg_attribute WHERE attname = 'content' AND attstorage <> 'e' \
                      AND attrelid IN (to_regclass('object'), to_regclass('fab')))",
@@ -2374,31 +2376,47 @@ pub struct PgFabs {
 
 #[async_trait]
 impl FabStore for PgFabs {
-    async fn put(&self, content: Bytes) -> Result<String, StateError> {
+    async fn put(
+        &self,
+        content: Bytes,
+        verifications: Verifications,
+    ) -> Result<String, StateError> {
         let hash = crate::fabs::fab_hash(&content);
+        let json = serde_json::to_string(&verifications).unwrap_or_else(|_| "{}".to_owned());
+        let signed = !verifications.is_empty();
         in_tx!(&self.shared, |tx, _now| async {
             let stmt = tx
                 .prepare_cached(
-                    "INSERT INTO fab (hash, content) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    "INSERT INTO fab (hash, content, verifications) VALUES ($1, $2, $3) \
+                     ON CONFLICT (hash) DO UPDATE SET verifications = excluded.verifications \
+                     WHERE $4",
                 )
                 .await?;
-            tx.execute(&stmt, &[&hash, &content.as_ref()]).await?;
+            tx.execute(&stmt, &[&hash, &content.as_ref(), &json, &signed])
+                .await?;
             Ok(())
         }
         .await)?;
         Ok(hash)
     }
 
-    async fn get(&self, hash: &str) -> Result<Option<Bytes>, StateError> {
-        in_tx!(&self.shared, |tx, _now| async {
+    async fn get(&self, hash: &str) -> Result<Option<StoredFab>, StateError> {
+        let row = in_tx!(&self.shared, |tx, _now| async {
             let stmt = tx
-                .prepare_cached("SELECT content FROM fab WHERE hash = $1")
+                .prepare_cached("SELECT content, verifications FROM fab WHERE hash = $1")
                 .await?;
             Ok(tx
                 .query_opt(&stmt, &[&hash])
                 .await?
-                .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
+                .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, String>(1))))
         }
-        .await)
+        .await)?;
+        Ok(row.map(|(content, json)| StoredFab {
+            content: Bytes::from(content),
+            verifications: serde_json::from_str(&json).unwrap_or_else(|e| {
+                tracing::warn!(hash, error = %e, "the verifications of a FAB cannot be read");
+                Verifications::new()
+            }),
+        }))
     }
 }

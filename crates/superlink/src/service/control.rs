@@ -14,7 +14,8 @@ use super::convert::isoformat;
 use super::convert::{config_from_pb, initial_context, node_to_pb, run_to_pb};
 use super::status::{to_status, OrStatus};
 use crate::core::{
-    Core, DEFAULT_FEDERATION, DEFAULT_FEDERATION_DESCRIPTION, NOOP_ACCOUNT_ID, NOOP_ACCOUNT_NAME,
+    Core, FabSource, DEFAULT_FEDERATION, DEFAULT_FEDERATION_DESCRIPTION, NOOP_ACCOUNT_ID,
+    NOOP_ACCOUNT_NAME,
 };
 use crate::error::Error;
 use flwr_state::Status as RunStatusKind;
@@ -263,14 +264,12 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
         let body = request.into_inner();
-        if !body.app_spec.is_empty() {
-            if self.core.settings().fleet_adapter {
-                return Err(to_status(Error::HubOverAdapter));
-            }
-            return Err(to_status(Error::PlatformApp(body.app_spec)));
-        }
         let overrides = config_from_pb(&body.override_config).or_status()?;
-        let fab = body.fab.map(|f| f.content).unwrap_or_default();
+        let fab = if body.app_spec.is_empty() {
+            FabSource::Uploaded(body.fab.map(|f| f.content).unwrap_or_default())
+        } else {
+            FabSource::Hub(body.app_spec)
+        };
         // A simulation run carries the federation's settings with the request's on top.
         let federation_config = self.simulation_config().await?.map(|current| {
             let resolved = match &body.override_federation_config {

@@ -214,7 +214,7 @@ impl pb::fleet_server::Fleet for FleetService {
     ) -> Result<Response<pb::GetFabResponse>, Status> {
         authenticated_node(&request, node_of(&request.get_ref().node))?;
         let body = request.into_inner();
-        let content = self
+        let fab = self
             .core
             .fleet_get_fab(body.run_id, body.hash_str.clone())
             .await
@@ -222,8 +222,8 @@ impl pb::fleet_server::Fleet for FleetService {
         Ok(Response::new(pb::GetFabResponse {
             fab: Some(pb::Fab {
                 hash_str: body.hash_str,
-                content,
-                verifications: Default::default(),
+                content: fab.content,
+                verifications: fab.verifications.into_iter().collect(),
             }),
         }))
     }

@@ -111,8 +111,8 @@ impl pb::server_app_io_server::ServerAppIo for ServerAppIoService {
             context: Some(context),
             fab: Some(pb::Fab {
                 hash_str: inputs.run.fab_hash.clone(),
-                content: inputs.fab,
-                verifications: Default::default(),
+                content: inputs.fab.content,
+                verifications: inputs.fab.verifications.into_iter().collect(),
             }),
             run: Some(run_to_pb(&inputs.run)),
             federation_config,

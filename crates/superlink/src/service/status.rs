@@ -31,7 +31,7 @@ pub fn to_status(e: Error) -> Status {
         Error::RunNotStarted(_)
         | Error::RunAlreadyFinished(_)
         | Error::UnusableFab(_)
-        | Error::PlatformApp(_)
+        | Error::Hub(_)
         | Error::HubOverAdapter
         | Error::RegisterThroughCli
         | Error::UnregisterThroughCli

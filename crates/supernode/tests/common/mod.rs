@@ -6,6 +6,10 @@
 
 use std::time::Duration;
 
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+use base64ct::Encoding as _;
+use sha2::Digest;
+
 use flwr_proto::proto as pb;
 use flwr_testkit::federation::logged_address;
 use flwr_testkit::process::{command, Proc};
@@ -330,4 +334,25 @@ pub async fn until_while_alive(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `{"signature": ..., "signed_at": ...}` by `pair` over `content`, as Flower Hub signs.
+pub fn signature(pair: &Ed25519KeyPair, content: &[u8]) -> String {
+    let at: u64 = 1_767_000_000;
+    let mut m = at.to_be_bytes().to_vec();
+    m.extend_from_slice(&sha2::Sha256::digest(content));
+    let sig = base64ct::Base64UrlUnpadded::encode_string(pair.sign(&m).as_ref());
+    format!("{{\"signature\": \"{sig}\", \"signed_at\": {at}}}")
+}
+
+pub fn ssh_public(pair: &Ed25519KeyPair) -> String {
+    let mut wire = Vec::new();
+    for part in [b"ssh-ed25519".as_slice(), pair.public_key().as_ref()] {
+        wire.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        wire.extend_from_slice(part);
+    }
+    format!(
+        "ssh-ed25519 {} publisher",
+        base64ct::Base64::encode_string(&wire)
+    )
 }
