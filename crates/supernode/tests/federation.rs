@@ -332,19 +332,19 @@ fn rest_with_flowers_superlink_and_ours() {
 }
 
 /// A stand-in for Flower Hub's Platform API on `listener`: `POST /v1/hub/fetch-fab` answers a
-/// download link for `@acme/numpy-fedavg==1.0.0` with `verification` (404 with the versions there
-/// are for any other), and the link serves `fab`.
+/// download link for the versions of `@acme/numpy-fedavg` in `versions`, with their verification
+/// (404 with the versions there are for any other), and the link serves `fab`.
 async fn serve_hub(
     listener: tokio::net::TcpListener,
     fab: bytes::Bytes,
-    verification: serde_json::Value,
+    versions: Vec<(&'static str, serde_json::Value)>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     use http_body_util::{BodyExt, Full};
     let base = format!("http://{}", listener.local_addr().unwrap());
     let service = tower::service_fn(
         move |request: http::Request<flwr_transport::server::BudgetBody>| {
-            let (fab, verification, base) = (fab.clone(), verification.clone(), base.clone());
+            let (fab, versions, base) = (fab.clone(), versions.clone(), base.clone());
             async move {
                 let path = request.uri().path().to_owned();
                 let asked = request.into_body().collect().await.unwrap().to_bytes();
@@ -352,17 +352,20 @@ async fn serve_hub(
                     "/v1/hub/fetch-fab" => {
                         let asked: serde_json::Value = serde_json::from_slice(&asked).unwrap();
                         assert_eq!(asked["flwr_version"], "1.28.0", "{asked}");
-                        if asked["app_id"] == "@acme/numpy-fedavg"
-                            && asked["app_version"] == "1.0.0"
-                        {
+                        let known = versions
+                            .iter()
+                            .find(|(v, _)| asked["app_version"] == *v)
+                            .filter(|_| asked["app_id"] == "@acme/numpy-fedavg");
+                        if let Some((_, verification)) = known {
                             let link = serde_json::json!({
                                 "fab_url": format!("{base}/fabs/numpy-fedavg.fab"),
                                 "verifications": [verification],
                             });
                             (200, bytes::Bytes::from(link.to_string()))
                         } else {
+                            let available: Vec<&str> = versions.iter().map(|(v, _)| *v).collect();
                             let detail = serde_json::json!({
-                                "detail": {"available_app_versions": ["1.0.0"]}
+                                "detail": {"available_app_versions": available}
                             });
                             (404, bytes::Bytes::from(detail.to_string()))
                         }
@@ -386,8 +389,9 @@ async fn serve_hub(
 /// `flwr run @account/app==x.y.z` (Flower Hub), with the Platform API played by a local server
 /// (`--platform-api-url`): our SuperLink fetches the FAB and its publisher signature, stores them
 /// together and hands both to SuperNodes, whose `--trusted-entities` accept it; the run completes
-/// with the predicted model. A version the Platform API does not have is refused with Flower's
-/// text, naming the versions there are.
+/// with the predicted model. The same FAB signed by a key the nodes do not trust: the nodes
+/// answer with an error reply that says why, and the run fails within seconds. A version the
+/// Platform API does not have is refused with Flower's text, naming the versions there are.
 #[test]
 fn flower_hub_runs_reach_trusted_supernodes_with_their_signatures() {
     use aws_lc_rs::signature::Ed25519KeyPair;
@@ -410,12 +414,20 @@ fn flower_hub_runs_reach_trusted_supernodes_with_their_signatures() {
         .expect("flwr build wrote a .fab");
     let fab = bytes::Bytes::from(std::fs::read(fab_file).unwrap());
     let publisher = Ed25519KeyPair::generate().unwrap();
-    let signed: serde_json::Value =
-        serde_json::from_str(&common::signature(&publisher, &fab)).unwrap();
-    let mut verification = serde_json::json!({"public_key_id": "fpk_acme"});
-    for (k, v) in signed.as_object().unwrap() {
-        verification[k] = v.clone();
-    }
+    let stranger = Ed25519KeyPair::generate().unwrap();
+    let verification = |key: &Ed25519KeyPair| {
+        let signed: serde_json::Value =
+            serde_json::from_str(&common::signature(key, &fab)).unwrap();
+        let mut v = serde_json::json!({"public_key_id": "fpk_acme"});
+        for (k, x) in signed.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    let versions = vec![
+        ("1.0.0", verification(&publisher)),
+        ("1.0.1", verification(&stranger)),
+    ];
     let trusted = s.home("trusted-entities.yaml");
     std::fs::write(
         &trusted,
@@ -429,7 +441,7 @@ fn flower_hub_runs_reach_trusted_supernodes_with_their_signatures() {
         .unwrap();
     let hub_url = format!("http://{}/v1", listener.local_addr().unwrap());
     let stop = tokio_util::sync::CancellationToken::new();
-    runtime.spawn(serve_hub(listener, fab, verification, stop.clone()));
+    runtime.spawn(serve_hub(listener, fab, versions, stop.clone()));
 
     let superlink = SuperLink::start(
         &federation::sibling_binary(SUPERNODE, "superlink"),
@@ -438,7 +450,7 @@ fn flower_hub_runs_reach_trusted_supernodes_with_their_signatures() {
         &["--platform-api-url", &hub_url],
     );
     let trusted = trusted.to_str().unwrap();
-    let (_a, _) = s.our_node("a", &superlink.fleet, &["--trusted-entities", trusted]);
+    let (a, _) = s.our_node("a", &superlink.fleet, &["--trusted-entities", trusted]);
     let (_b, _) = s.our_node(
         "b",
         &superlink.fleet,
@@ -457,13 +469,34 @@ fn flower_hub_runs_reach_trusted_supernodes_with_their_signatures() {
         2,
     );
 
+    let started = Instant::now();
+    let (_, out) = cli
+        .start_run_streaming(
+            std::path::Path::new("@acme/numpy-fedavg==1.0.1"),
+            "num-server-rounds=1",
+        )
+        .wait(Duration::from_secs(120));
+    let run_id = Cli::run_id_in(&out);
+    let status = cli.await_status(run_id, "finished:failed", Duration::from_secs(60));
+    assert_eq!(status, "finished:failed", "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "the untrusted FAB's run took {:?} to fail",
+        started.elapsed()
+    );
+    assert!(
+        a.output().contains("not signed by a trusted entity"),
+        "{}",
+        a.output()
+    );
+
     let (status, out) = cli
         .start_run_streaming(std::path::Path::new("@acme/numpy-fedavg==9.9.9"), "")
         .wait(Duration::from_secs(60));
     assert!(!status.success(), "{out}");
     assert!(
         out.contains("@acme/numpy-fedavg==9.9.9 not found in Platform API")
-            && out.contains("1.0.0"),
+            && out.contains("1.0.0, 1.0.1"),
         "{out}"
     );
     stop.cancel();
