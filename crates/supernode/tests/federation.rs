@@ -415,18 +415,20 @@ fn flower_hub_runs_reach_trusted_supernodes_with_their_signatures() {
     let fab = bytes::Bytes::from(std::fs::read(fab_file).unwrap());
     let publisher = Ed25519KeyPair::generate().unwrap();
     let stranger = Ed25519KeyPair::generate().unwrap();
-    let verification = |key: &Ed25519KeyPair| {
+    let verification_of = |key: &Ed25519KeyPair, content: &[u8]| {
         let signed: serde_json::Value =
-            serde_json::from_str(&common::signature(key, &fab)).unwrap();
+            serde_json::from_str(&common::signature(key, content)).unwrap();
         let mut v = serde_json::json!({"public_key_id": "fpk_acme"});
         for (k, x) in signed.as_object().unwrap() {
             v[k] = x.clone();
         }
         v
     };
+    let verification = |key: &Ed25519KeyPair| verification_of(key, &fab);
     let versions = vec![
         ("1.0.0", verification(&publisher)),
         ("1.0.1", verification(&stranger)),
+        ("1.0.2", verification_of(&publisher, b"other bytes")),
     ];
     let trusted = s.home("trusted-entities.yaml");
     std::fs::write(
@@ -469,26 +471,48 @@ fn flower_hub_runs_reach_trusted_supernodes_with_their_signatures() {
         2,
     );
 
-    let started = Instant::now();
-    let (_, out) = cli
-        .start_run_streaming(
+    // Signed by a key the nodes do not trust, signed over other bytes (a tampered FAB), and sent
+    // from a local directory (no license): each run fails within seconds, the nodes saying why.
+    // (The local app differs from the signed one by a comment in its code: the same bytes as a FAB
+    // signed on Flower Hub would carry its verifications, which are about the bytes.)
+    let local = s.home("local-app");
+    let (status, out) = flwr_testkit::process::run(
+        std::process::Command::new("cp")
+            .arg("-r")
+            .arg(federation::example_app())
+            .arg(&local),
+    );
+    assert!(status.success(), "{out}");
+    let init = local.join("numpy_fedavg/__init__.py");
+    let mut text = std::fs::read_to_string(&init).unwrap();
+    text.push_str("\n# a local change\n");
+    std::fs::write(&init, text).unwrap();
+    for (app, why) in [
+        (
             std::path::Path::new("@acme/numpy-fedavg==1.0.1"),
-            "num-server-rounds=1",
-        )
-        .wait(Duration::from_secs(120));
-    let run_id = Cli::run_id_in(&out);
-    let status = cli.await_status(run_id, "finished:failed", Duration::from_secs(60));
-    assert_eq!(status, "finished:failed", "{out}");
-    assert!(
-        started.elapsed() < Duration::from_secs(90),
-        "the untrusted FAB's run took {:?} to fail",
-        started.elapsed()
-    );
-    assert!(
-        a.output().contains("not signed by a trusted entity"),
-        "{}",
-        a.output()
-    );
+            "not signed by a trusted entity",
+        ),
+        (
+            std::path::Path::new("@acme/numpy-fedavg==1.0.2"),
+            "does not verify",
+        ),
+        (local.as_path(), "carries no license"),
+    ] {
+        let started = Instant::now();
+        let (_, out) = cli
+            .start_run_streaming(app, "num-server-rounds=1")
+            .wait(Duration::from_secs(120));
+        let run_id = Cli::run_id_in(&out);
+        let status = cli.await_status(run_id, "finished:failed", Duration::from_secs(60));
+        assert_eq!(status, "finished:failed", "{}: {out}", app.display());
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{}: the run took {:?} to fail",
+            app.display(),
+            started.elapsed()
+        );
+        assert!(a.output().contains(why), "{why}: {}", a.output());
+    }
 
     let (status, out) = cli
         .start_run_streaming(std::path::Path::new("@acme/numpy-fedavg==9.9.9"), "")
@@ -496,7 +520,7 @@ fn flower_hub_runs_reach_trusted_supernodes_with_their_signatures() {
     assert!(!status.success(), "{out}");
     assert!(
         out.contains("@acme/numpy-fedavg==9.9.9 not found in Platform API")
-            && out.contains("1.0.0, 1.0.1"),
+            && out.contains("1.0.0, 1.0.1, 1.0.2"),
         "{out}"
     );
     stop.cancel();
