@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flwr_state::Verifications;
-use flwr_transport::rest::{url_client, UrlConnector};
+use flwr_transport::rest::{error_chain, url_client, UrlConnector};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use tokio::sync::OnceCell;
@@ -274,17 +274,6 @@ fn not_found(app_id: &str, version: Option<&str>, answer: &[u8]) -> HubError {
         }
         _ => HubError::NotFound(app_id.to_owned()),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// A shared Hub client.

@@ -280,22 +280,19 @@ fn check_metrics_of_the_run(text: &str) {
     );
 }
 
-/// The grpc-adapter transport: Flower's own SuperNodes with `--grpc-adapter`, over TLS. (Flower's
-/// SuperNode ignores `--auth-supernode-private-key` on this transport, so registered keys on the
-/// adapter are tested with ours, in the SuperNode's federation tests.)
-#[test]
-fn grpc_adapter_federation_with_python_supernodes() {
-    let f = federation(0, &["--fleet-api-type", "grpc-adapter"]);
+/// Two of Flower's SuperNodes with `node_flags` against `fleet` (over TLS, with the federation's
+/// CA) run the example app to the predicted model.
+fn python_nodes_run_the_app(f: &Federation, name: &str, fleet: &str, node_flags: &[&str]) {
     let dir = f._dir.path();
     let ca = dir.join("certificates/ca.crt");
     let nodes: Vec<Proc> = (0..2)
         .map(|i| {
             python_supernode(
-                &format!("adapter-{i}"),
-                &f.superlink.fleet,
+                &format!("{name}-{i}"),
+                fleet,
                 Some(&ca),
                 &dir.join(format!("node-{i}")),
-                &["--grpc-adapter"],
+                node_flags,
             )
         })
         .collect();
@@ -312,7 +309,16 @@ fn grpc_adapter_federation_with_python_supernodes() {
         f.superlink.proc.output(),
         nodes[0].output()
     );
-    check_completed_run(&f, &out, 2, 5000);
+    check_completed_run(f, &out, 2, 5000);
+}
+
+/// The grpc-adapter transport: Flower's own SuperNodes with `--grpc-adapter`, over TLS. (Flower's
+/// SuperNode ignores `--auth-supernode-private-key` on this transport, so registered keys on the
+/// adapter are tested with ours, in the SuperNode's federation tests.)
+#[test]
+fn grpc_adapter_federation_with_python_supernodes() {
+    let f = federation(0, &["--fleet-api-type", "grpc-adapter"]);
+    python_nodes_run_the_app(&f, "adapter", &f.superlink.fleet, &["--grpc-adapter"]);
 }
 
 /// The REST transport: Flower 1.28.0's own SuperNodes with `--rest`, unmodified, over TLS. They
@@ -321,34 +327,8 @@ fn grpc_adapter_federation_with_python_supernodes() {
 #[test]
 fn rest_federation_with_python_supernodes() {
     let f = federation(0, &["--fleet-api-type", "rest"]);
-    let dir = f._dir.path();
-    let ca = dir.join("certificates/ca.crt");
     let url = format!("https://{}", f.superlink.fleet);
-    let nodes: Vec<Proc> = (0..2)
-        .map(|i| {
-            python_supernode(
-                &format!("rest-{i}"),
-                &url,
-                Some(&ca),
-                &dir.join(format!("node-{i}")),
-                &["--rest"],
-            )
-        })
-        .collect();
-    let (status, out) = f
-        .cli
-        .start_run_streaming(
-            &federation::example_app(),
-            "num-server-rounds=2 model-size=5000",
-        )
-        .wait(Duration::from_secs(240));
-    assert!(
-        status.success(),
-        "flwr run failed:\n{out}\nsuperlink:\n{}\nSuperNode:\n{}",
-        f.superlink.proc.output(),
-        nodes[0].output()
-    );
-    check_completed_run(&f, &out, 2, 5000);
+    python_nodes_run_the_app(&f, "rest", &url, &["--rest"]);
     let log = f.superlink.proc.output();
     assert!(
         log.contains("accepts unsigned calls"),

@@ -695,14 +695,7 @@ mod rest_status {
     /// A REST call that reached no answer, as the UNAVAILABLE a gRPC call would fail with; the error
     /// stays its source (so a TLS failure is still found by `find_connect_error`).
     pub(super) fn unreachable<E: std::error::Error + Send + Sync + 'static>(e: E) -> Status {
-        let mut why = e.to_string();
-        let mut cause = e.source();
-        while let Some(c) = cause {
-            why.push_str(": ");
-            why.push_str(&c.to_string());
-            cause = c.source();
-        }
-        let mut status = Status::unavailable(why);
+        let mut status = Status::unavailable(flwr_transport::rest::error_chain(&e));
         status.set_source(Arc::new(e));
         status
     }

@@ -252,6 +252,77 @@ fn grpc_adapter_with_flowers_superlink_and_ours() {
     run_app(&cli, "num-server-rounds=2", 2);
 }
 
+/// A SuperLink of ours with `--enable-supernode-auth` on the Fleet transport `transport`
+/// (`grpc-adapter` or `rest`): our SuperNode with a key registered through the CLI joins and
+/// serves a run; one with an unregistered key is refused with Flower's text; Flower's own
+/// SuperNode (which makes its own key, or signs nothing) cannot join and says `python_refusal`.
+fn only_registered_keys_join(s: &Setup, transport: &str, python_refusal: &str) {
+    let ours = SuperLink::start(
+        &federation::sibling_binary(SUPERNODE, "superlink"),
+        Some(&s.tls),
+        &s.home(&format!("auth-superlink-{transport}")),
+        &["--fleet-api-type", transport, "--enable-supernode-auth"],
+    );
+    let fleet = if transport == "rest" {
+        format!("https://{}", ours.fleet)
+    } else {
+        ours.fleet.clone()
+    };
+    let flag = if transport == "rest" {
+        "--rest"
+    } else {
+        "--grpc-adapter"
+    };
+    let key = pki::ssh_node_key(s.dir.path(), "registered-key");
+    let stranger = pki::ssh_node_key(s.dir.path(), "stranger-key");
+    let cli = Cli::new(
+        &s.home(&format!("cli-auth-{transport}")),
+        &ours.control,
+        Some(&s.tls.ca),
+    );
+    cli.register_supernode(&key);
+    let (_node, _) = s.our_node(
+        "registered",
+        &fleet,
+        &[flag, "--auth-supernode-private-key", key.to_str().unwrap()],
+    );
+    run_app(&cli, "num-server-rounds=1 min-nodes=1", 1);
+
+    let (stranger_node, _) = s.our_node(
+        "stranger",
+        &fleet,
+        &[
+            flag,
+            "--auth-supernode-private-key",
+            stranger.to_str().unwrap(),
+            "--max-retries",
+            "0",
+        ],
+    );
+    let (status, out) = stranger_node.wait(Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "an unregistered key must not join:\n{out}"
+    );
+    assert!(
+        out.contains("No SuperNode found with the given public key"),
+        "{out}"
+    );
+    let (status, out) = python_supernode(
+        "python",
+        &fleet,
+        Some(&s.tls.ca),
+        &s.home(&format!("python-{transport}")),
+        &[flag],
+    )
+    .wait(Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "Flower's SuperNode must not join:\n{out}"
+    );
+    assert!(out.contains(python_refusal), "{out}");
+}
+
 /// `--rest`: our SuperNodes against Flower's REST SuperLink (which checks no signature), then
 /// against ours with `--enable-supernode-auth`: ours signs its REST calls, so a registered key
 /// joins and serves a run, an unregistered one is refused with Flower's text, and Flower's own
@@ -274,61 +345,7 @@ fn rest_with_flowers_superlink_and_ours() {
     run_app(&s.cli(&superlink.control), "num-server-rounds=2", 2);
     drop(superlink);
 
-    let ours = SuperLink::start(
-        &federation::sibling_binary(SUPERNODE, "superlink"),
-        Some(&s.tls),
-        &s.home("our-superlink"),
-        &["--fleet-api-type", "rest", "--enable-supernode-auth"],
-    );
-    let url = format!("https://{}", ours.fleet);
-    let key = pki::ssh_node_key(s.dir.path(), "registered-key");
-    let stranger = pki::ssh_node_key(s.dir.path(), "stranger-key");
-    let cli = Cli::new(&s.home("cli-ours"), &ours.control, Some(&s.tls.ca));
-    cli.register_supernode(&key);
-    let (_node, _) = s.our_node(
-        "registered",
-        &url,
-        &[
-            "--rest",
-            "--auth-supernode-private-key",
-            key.to_str().unwrap(),
-        ],
-    );
-    run_app(&cli, "num-server-rounds=1 min-nodes=1", 1);
-
-    let (stranger_node, _) = s.our_node(
-        "stranger",
-        &url,
-        &[
-            "--rest",
-            "--auth-supernode-private-key",
-            stranger.to_str().unwrap(),
-            "--max-retries",
-            "0",
-        ],
-    );
-    let (status, out) = stranger_node.wait(Duration::from_secs(60));
-    assert!(
-        !status.success(),
-        "an unregistered key must not join:\n{out}"
-    );
-    assert!(
-        out.contains("No SuperNode found with the given public key"),
-        "{out}"
-    );
-    let (status, out) = python_supernode(
-        "python",
-        &url,
-        Some(&s.tls.ca),
-        &s.home("python"),
-        &["--rest"],
-    )
-    .wait(Duration::from_secs(60));
-    assert!(
-        !status.success(),
-        "an unsigned REST SuperNode must not join:\n{out}"
-    );
-    assert!(out.contains("Failed to register node"), "{out}");
+    only_registered_keys_join(&s, "rest", "Failed to register node");
 }
 
 /// A stand-in for Flower Hub's Platform API on `listener`: `POST /v1/hub/fetch-fab` answers a
@@ -631,62 +648,7 @@ fn registered_key_with_python_superlink_auth() {
 /// key, and Flower's SuperNode (which makes its own key on this transport), are refused.
 #[test]
 fn registered_keys_over_the_grpc_adapter() {
-    let s = setup();
-    let superlink = SuperLink::start(
-        &federation::sibling_binary(SUPERNODE, "superlink"),
-        Some(&s.tls),
-        &s.home("superlink"),
-        &[
-            "--fleet-api-type",
-            "grpc-adapter",
-            "--enable-supernode-auth",
-        ],
-    );
-    let key = pki::ssh_node_key(s.dir.path(), "registered-key");
-    let stranger = pki::ssh_node_key(s.dir.path(), "stranger-key");
-    let cli = s.cli(&superlink.control);
-    cli.register_supernode(&key);
-    let (_node, _) = s.our_node(
-        "registered",
-        &superlink.fleet,
-        &[
-            "--grpc-adapter",
-            "--auth-supernode-private-key",
-            key.to_str().unwrap(),
-        ],
-    );
-    run_app(&cli, "num-server-rounds=1 min-nodes=1", 1);
-
-    let (stranger_node, _) = s.our_node(
-        "stranger",
-        &superlink.fleet,
-        &[
-            "--grpc-adapter",
-            "--auth-supernode-private-key",
-            stranger.to_str().unwrap(),
-            "--max-retries",
-            "0",
-        ],
-    );
-    let (status, out) = stranger_node.wait(Duration::from_secs(60));
-    assert!(
-        !status.success(),
-        "an unregistered key must not join:\n{out}"
-    );
-    assert!(
-        out.contains("No SuperNode found with the given public key"),
-        "{out}"
-    );
-    let (status, out) = python_supernode(
-        "python",
-        &superlink.fleet,
-        Some(&s.tls.ca),
-        &s.home("python"),
-        &["--grpc-adapter"],
-    )
-    .wait(Duration::from_secs(60));
-    assert!(!status.success(), "{out}");
-    assert!(out.contains("must be registered via the CLI"), "{out}");
+    only_registered_keys_join(&setup(), "grpc-adapter", "must be registered via the CLI");
 }
 
 fn restart_keeps_serving(database: bool) {

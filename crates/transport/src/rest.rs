@@ -103,6 +103,19 @@ impl tower::Service<http::Uri> for UrlConnector {
     }
 }
 
+/// An error and its sources, `: `-separated (the client's own errors say little alone:
+/// "client error (Connect)").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// A connection of the REST client.
 pub struct RestIo(ClientStream);
 
