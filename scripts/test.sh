@@ -115,8 +115,12 @@ run_lane() {
     local sid left
     sid="$(cat "$out.sid" 2>/dev/null || true)"
     if [ -n "$sid" ] && left="$(pgrep -s "$sid" | xargs)" && [ -n "$left" ]; then
+      # Named, so that a leak can be told from the clusters the PostgreSQL tests share for the
+      # life of their binary (their postmaster and its workers, stopped here by design).
+      local names
+      names="$(ps -o comm= -p "${left// /,}" 2>/dev/null | sort | uniq -c | awk '{print $2 "x" $1}' | xargs)"
       pkill -KILL -s "$sid" || true
-      echo "test: [$lane] $name left processes running ($left): stopped"
+      echo "test: [$lane] $name left processes running ($left: ${names:-gone}): stopped"
     fi
     { echo "=== $name ($exe)"; cat "$out"; } >>"$log"
     if [ "$rc" -eq 0 ]; then
