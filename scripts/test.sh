@@ -114,9 +114,13 @@ run_lane() {
       "$out.sid" "$limit" "$exe" "$@") >"$out" 2>&1 || rc=$?
     local sid left
     sid="$(cat "$out.sid" 2>/dev/null || true)"
+    # What stops by itself once the binary is gone gets 10 s to do so: the PostgreSQL tests'
+    # shared cluster has a watchdog that stops it and removes its files a second or two after.
+    if [ -n "$sid" ]; then
+      for _ in $(seq 100); do pgrep -s "$sid" >/dev/null || break; sleep 0.1; done
+    fi
     if [ -n "$sid" ] && left="$(pgrep -s "$sid" | xargs)" && [ -n "$left" ]; then
-      # Named, so that a leak can be told from the clusters the PostgreSQL tests share for the
-      # life of their binary (their postmaster and its workers, stopped here by design).
+      # Named, so that the leak can be found.
       local names
       names="$(ps -o comm= -p "${left// /,}" 2>/dev/null | sort | uniq -c | awk '{print $2 "x" $1}' | xargs)"
       pkill -KILL -s "$sid" || true
