@@ -6,7 +6,6 @@
 //! Platform API's address is `--platform-api-url` (Flower's is fixed); every failure is
 //! FAILED_PRECONDITION with Flower's text.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -275,9 +274,6 @@ fn not_found(app_id: &str, version: Option<&str>, answer: &[u8]) -> HubError {
         _ => HubError::NotFound(app_id.to_owned()),
     }
 }
-
-/// A shared Hub client.
-pub type SharedHub = Arc<Hub>;
 
 #[cfg(test)]
 mod tests {

@@ -125,32 +125,12 @@ async fn run_simulation_config(
     serverappio: &str,
     overrides: Option<pb::SimulationConfig>,
 ) -> pb::SimulationConfig {
-    let run_id = pb::control_client::ControlClient::new(channel(control))
-        .start_run(pb::StartRunRequest {
-            fab: Some(pb::Fab {
-                content: common::fab(common::PYPROJECT),
-                ..Default::default()
-            }),
-            override_federation_config: overrides,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .run_id
-        .unwrap();
-    let mut appio = pb::server_app_io_client::ServerAppIoClient::new(channel(serverappio));
-    let token = appio
-        .request_token(pb::RequestTokenRequest { run_id })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    appio
-        .pull_app_inputs(pb::PullAppInputsRequest { token })
-        .await
-        .unwrap()
-        .into_inner()
+    let request = pb::StartRunRequest {
+        override_federation_config: overrides,
+        ..common::start_run_request()
+    };
+    let (_, _, inputs) = common::start_and_pull(control, serverappio, request).await;
+    inputs
         .federation_config
         .expect("a simulation run carries the federation's settings")
 }

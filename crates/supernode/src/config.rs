@@ -157,12 +157,12 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         (a.superlink.as_str(), a.insecure)
     };
     let superlink = superlink.trim_end_matches('/');
-    let tls = if insecure && !a.insecure {
-        // `http://` on REST: `--root-certificates` would go unused.
-        tls::client_tls_choice(true, None)?
-    } else {
-        tls::client_tls_choice(insecure, a.root_certificates.as_deref())?
-    };
+    // `http://` on REST without `--insecure`: `--root-certificates` would go unused.
+    let roots = a
+        .root_certificates
+        .as_deref()
+        .filter(|_| !insecure || a.insecure);
+    let tls = tls::client_tls_choice(insecure, roots)?;
     if tls == ClientTlsChoice::Insecure {
         warnings.push(format!(
             "Option `--insecure` was set: the connection to {} is not encrypted.",

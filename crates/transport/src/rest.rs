@@ -28,14 +28,9 @@ const POOL_IDLE: Duration = Duration::from_secs(30);
 /// A client of the server at `address`, over TLS with `tls` when given. Requests name the
 /// server with any `http://` authority: this connector decides where and how to connect.
 pub fn client(address: &Address, tls: Option<Arc<rustls::ClientConfig>>) -> RestClient {
-    let tls = tls.map(|c| {
-        let mut c = (*c).clone();
-        c.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(c)
-    });
     let connector = Connector {
         address: address.clone(),
-        tls,
+        tls: tls.as_deref().map(for_http1),
     };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
@@ -67,11 +62,19 @@ impl tower::Service<http::Uri> for Connector {
 /// A client of any `http://` or `https://` URL (TLS with `tls`, offering `http/1.1`), for
 /// fetching from web services (Flower Hub).
 pub fn url_client(tls: Arc<rustls::ClientConfig>) -> Client<UrlConnector, Full<Bytes>> {
-    let mut tls = (*tls).clone();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
-        .build(UrlConnector { tls: Arc::new(tls) })
+        .build(UrlConnector {
+            tls: for_http1(&tls),
+        })
+}
+
+/// `config` offering `http/1.1` instead of `h2` in the handshake (the same roots, reloads
+/// included).
+fn for_http1(config: &rustls::ClientConfig) -> Arc<rustls::ClientConfig> {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
 }
 
 /// Connects to the host and port a URI names, over TLS for `https`.

@@ -86,19 +86,28 @@ pub async fn join(fleet: &str, key: &NodeSigningKey) -> u64 {
         .node_id
 }
 
-/// A run started through Control and made running through the ServerApp's token flow; returns
-/// its id and the token.
-pub async fn running_run(control: &str, serverappio: &str) -> (u64, String) {
+/// A `StartRun` of the test FAB ([`PYPROJECT`]).
+pub fn start_run_request() -> pb::StartRunRequest {
+    pb::StartRunRequest {
+        fab: Some(pb::Fab {
+            content: fab(PYPROJECT),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A run started through Control with `request` and made running through the ServerApp's token
+/// flow; returns its id, the token and the inputs the ServerApp pulled.
+pub async fn start_and_pull(
+    control: &str,
+    serverappio: &str,
+    request: pb::StartRunRequest,
+) -> (u64, String, pb::PullAppInputsResponse) {
     let mut control = pb::control_client::ControlClient::new(channel(control));
     let mut appio = pb::server_app_io_client::ServerAppIoClient::new(channel(serverappio));
     let run_id = control
-        .start_run(pb::StartRunRequest {
-            fab: Some(pb::Fab {
-                content: fab(PYPROJECT),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .start_run(request)
         .await
         .unwrap()
         .into_inner()
@@ -110,12 +119,20 @@ pub async fn running_run(control: &str, serverappio: &str) -> (u64, String) {
         .unwrap()
         .into_inner()
         .token;
-    appio
+    let inputs = appio
         .pull_app_inputs(pb::PullAppInputsRequest {
             token: token.clone(),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    (run_id, token, inputs)
+}
+
+/// A run of the test FAB started through Control and made running through the ServerApp's
+/// token flow; returns its id and the token.
+pub async fn running_run(control: &str, serverappio: &str) -> (u64, String) {
+    let (run_id, token, _) = start_and_pull(control, serverappio, start_run_request()).await;
     (run_id, token)
 }
 
