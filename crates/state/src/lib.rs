@@ -15,6 +15,7 @@
 pub mod clock;
 pub mod codec;
 pub mod conformance;
+pub mod doorbell;
 pub mod fabs;
 pub mod lane;
 pub mod memory;
@@ -31,6 +32,7 @@ use flwr_objects::message::MessageMeta;
 use flwr_objects::{ObjectId, ObjectTree};
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::doorbell::{Doorbell, Doorbells};
 pub use crate::fabs::{FabStore, StoredFab, Verifications};
 pub use crate::objects::ObjectStore;
 pub use flwr_objects::store::{DriverError, Lookup, StoreError};
@@ -728,6 +730,12 @@ pub trait LinkState: Send + Sync {
     fn arrivals_elsewhere(&self) -> Arrivals {
         Arrivals::Unannounced
     }
+    /// Gives the engine the bells of the nodes whose Fleet pulls wait in this process, for the
+    /// instructions stored through other processes sharing the state (PostgreSQL rings a node's
+    /// bell when another replica announces an instruction for it, and every bell when it may
+    /// have missed announcements). Engines that no other process writes keep nothing: the
+    /// caller rings for what it stores itself.
+    fn attach_doorbells(&self, _bells: std::sync::Arc<Doorbells>) {}
     /// Stores a validated reply after checking it against its instruction.
     async fn store_reply(
         &self,

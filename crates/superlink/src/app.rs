@@ -254,6 +254,7 @@ impl App {
             fleet_adapter: self.config.fleet_api_type == FleetApiType::GrpcAdapter,
             proof_per_connection: self.config.fleet_auth_per_connection,
             pull_hold: self.config.pull_hold,
+            fleet_pull_hold: self.config.fleet_pull_hold,
         };
         let core = Core::new(
             self.stores.state.clone(),
@@ -267,7 +268,8 @@ impl App {
             settings,
             launch_tx,
         )
-        .with_hub(crate::hub::Hub::new(self.config.platform_api_url.clone()));
+        .with_hub(crate::hub::Hub::new(self.config.platform_api_url.clone()))
+        .closing_with(stop.clone());
 
         let health_state = flwr_transport::health::HealthState::default();
         let open_files = flwr_daemon::connections::raise_open_file_limit();

@@ -220,6 +220,14 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value = "3")]
     pub serverappio_pull_hold: String,
 
+    /// The longest a SuperNode's PullMessages may wait for an instruction, when the SuperNode
+    /// asks to wait (ours do, with a request header Flower's SuperNodes never send: theirs are
+    /// answered at once, as by Flower). A held pull is answered as soon as an instruction for
+    /// the node and its objects are in, so our SuperNodes start on a message without their
+    /// 1-second poll (0: never hold). Not in Flower.
+    #[arg(long, value_name = "SECONDS", default_value = "30")]
+    pub fleet_pull_hold: String,
+
     /// On SIGTERM or SIGINT: how long calls in flight may take to finish while the SuperLink
     /// drains (its health service answers NOT_SERVING and it accepts no new connection) before
     /// it exits anyway. Not in Flower.

@@ -62,6 +62,9 @@ pub struct Config {
     /// `--serverappio-pull-hold`: how long a ServerApp's PullMessages waits for missing replies
     /// (`None`: not at all).
     pub pull_hold: Option<Duration>,
+    /// `--fleet-pull-hold`: the longest a SuperNode's PullMessages waits for an instruction when
+    /// it asks to (`None`: not at all).
+    pub fleet_pull_hold: Option<Duration>,
     /// `--shutdown-grace-seconds`: how long a shutdown lets calls in flight finish.
     pub shutdown_grace: Duration,
 }
@@ -70,8 +73,8 @@ pub struct Config {
 /// its connection before the next call's signature is verified again.
 pub const PROOF_PER_CONNECTION_AGE: Duration = Duration::from_secs(60);
 
-/// The longest `--serverappio-pull-hold` (a held call must end well before any client's
-/// deadline).
+/// The longest `--serverappio-pull-hold` and `--fleet-pull-hold` (a held call must end well
+/// before any client's deadline).
 pub const MAX_PULL_HOLD: Duration = Duration::from_secs(60);
 
 /// Why the command line cannot start a SuperLink. Each message names the flag and the fix.
@@ -316,6 +319,13 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
             value: a.serverappio_pull_hold.clone(),
         });
     }
+    let fleet_pull_hold = seconds_or_never("--fleet-pull-hold", &a.fleet_pull_hold)?;
+    if fleet_pull_hold.is_some_and(|h| h > MAX_PULL_HOLD) {
+        return Err(ConfigError::Seconds {
+            flag: "--fleet-pull-hold",
+            value: a.fleet_pull_hold.clone(),
+        });
+    }
     let config = Config {
         tls,
         isolation: a.isolation,
@@ -344,6 +354,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
             url.to_owned()
         },
         pull_hold,
+        fleet_pull_hold,
         shutdown_grace,
     };
     Ok((config, warnings))

@@ -15,11 +15,12 @@ use flwr_objects::{ObjectId, ObjectTree};
 use flwr_transport::node_auth::NodePublicKey;
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use flwr_state::{
-    heartbeat, Clock, ConfigValue, FabStore, LinkState, NewNode, NewRun, Node, NodeId, NodeRefusal,
-    ObjectStore, PulledReply, Run, RunId, RunStatus, RunType, Status, StoredFab, SubStatus,
-    Verifications,
+    heartbeat, Clock, ConfigValue, Doorbells, FabStore, LinkState, NewNode, NewRun, Node, NodeId,
+    NodeRefusal, ObjectStore, PulledReply, Run, RunId, RunStatus, RunType, Status, StoredFab,
+    SubStatus, Verifications,
 };
 
 use crate::error::{Error, Result};
@@ -62,6 +63,9 @@ pub struct Settings {
     /// `--serverappio-pull-hold`: how long a ServerApp's PullMessages waits for the replies it
     /// asks for (`None`: it is answered at once).
     pub pull_hold: Option<std::time::Duration>,
+    /// `--fleet-pull-hold`: the longest a SuperNode's PullMessages waits for an instruction when
+    /// the SuperNode asks to (`None`: every pull is answered at once).
+    pub fleet_pull_hold: Option<std::time::Duration>,
 }
 
 /// Where a run's FAB comes from.
@@ -103,6 +107,12 @@ pub struct Core {
     verified: Arc<flwr_transport::node_auth::VerifiedSignatures>,
     /// Where Flower Hub runs come from.
     hub: Arc<Hub>,
+    /// The bells of the nodes whose Fleet pulls are held here.
+    doorbells: Arc<Doorbells>,
+    /// The bells of the objects that held Fleet pulls wait for.
+    object_bells: Arc<Doorbells<ObjectId>>,
+    /// Cancelled when the SuperLink shuts down: held pulls answer what they have.
+    closing: CancellationToken,
 }
 
 /// While a ServerApp's pull is held, how often it looks again without news when replies stored
@@ -115,6 +125,15 @@ const HELD_PULL_POLL: std::time::Duration = std::time::Duration::from_millis(500
 const HELD_PULL_TIMER: std::time::Duration = std::time::Duration::from_secs(5);
 /// While a ServerApp's pull is held, the least time between two of its looks.
 const HELD_PULL_GAP: std::time::Duration = std::time::Duration::from_millis(100);
+/// While a SuperNode's pull is held and instructions stored by other replicas are not announced
+/// here, how often it looks again (a SuperNode that does not hold polls every second).
+const HELD_FLEET_PULL_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+/// While a held SuperNode pull waits for its instruction's objects, the least time between two
+/// looks woken by objects announced through other replicas (announced by run, not by object).
+const HELD_FLEET_OBJECT_GAP: std::time::Duration = std::time::Duration::from_millis(250);
+/// While a SuperNode's pull is held and instructions are announced, how often it still looks
+/// again (a safety net; a ring is what normally ends the wait).
+const HELD_FLEET_PULL_TIMER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Parsed keys kept at most (the cache is cleared when it grows past this).
 const KEY_CACHE_LIMIT: usize = 100_000;
@@ -159,6 +178,8 @@ impl Core {
         settings: Settings,
         launcher: Option<mpsc::UnboundedSender<LaunchEvent>>,
     ) -> Self {
+        let doorbells = Doorbells::<NodeId>::new();
+        state.attach_doorbells(doorbells.clone());
         Self {
             state,
             objects,
@@ -173,7 +194,16 @@ impl Core {
                 VERIFIED_SIGNATURES_LIMIT,
             )),
             hub: Arc::new(Hub::new(crate::hub::DEFAULT_PLATFORM_API_URL)),
+            doorbells,
+            object_bells: Doorbells::new(),
+            closing: CancellationToken::new(),
         }
+    }
+
+    /// This domain ending its held pulls when `closing` is cancelled (the SuperLink's shutdown).
+    pub fn closing_with(mut self, closing: CancellationToken) -> Self {
+        self.closing = closing;
+        self
     }
 
     /// This domain fetching Flower Hub runs from `hub` (`--platform-api-url`).
@@ -345,6 +375,111 @@ impl Core {
         }
     }
 
+    /// Fleet `PullMessages` from a SuperNode that asked to wait up to `wait` (ours do, Flower's
+    /// never ask): with nothing to pull, the call is held (up to `wait` and `--fleet-pull-hold`)
+    /// until an instruction for the node is stored, through this SuperLink or another replica,
+    /// and then until its objects are all in (as they are pushed after the instruction), so the
+    /// node's object pulls need no retry. Without `wait`, or without `--fleet-pull-hold`, it is
+    /// [`Core::pull_instruction`]. Returns the instruction, if any, and whether the call was held
+    /// (so the caller can tell the SuperNode that it may pull again at once).
+    pub async fn pull_instruction_held(
+        &self,
+        node_id: NodeId,
+        wait: Option<std::time::Duration>,
+    ) -> Result<(
+        Option<(MessageMeta, ObjectTree)>,
+        Option<std::time::Duration>,
+    )> {
+        let hold = match (wait, self.settings.fleet_pull_hold) {
+            (Some(w), Some(cap)) if !w.is_zero() => w.min(cap),
+            _ => return Ok((self.pull_instruction(node_id).await?, None)),
+        };
+        let deadline = tokio::time::Instant::now() + hold;
+        let bell = self.doorbells.bell(node_id);
+        let outcome = loop {
+            // Armed before the look: an instruction stored between the look and the wait rings
+            // this bell.
+            let rung = bell.rung();
+            tokio::pin!(rung);
+            rung.as_mut().enable();
+            if let Some((meta, tree)) = self.pull_instruction(node_id).await? {
+                self.await_objects(meta.run_id, &tree, deadline).await?;
+                break Some((meta, tree));
+            }
+            let every = match self.state.arrivals_elsewhere() {
+                flwr_state::Arrivals::Unannounced => HELD_FLEET_PULL_POLL,
+                _ => HELD_FLEET_PULL_TIMER,
+            };
+            let wake = deadline.min(tokio::time::Instant::now() + every);
+            tokio::select! {
+                () = rung => {}
+                () = tokio::time::sleep_until(wake) => {}
+                () = self.closing.cancelled() => break None,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // One last look, so that nothing stored at the deadline waits for the next pull.
+                break self.pull_instruction(node_id).await?;
+            }
+        };
+        let label = if outcome.is_some() {
+            "instruction"
+        } else {
+            "empty"
+        };
+        metrics::counter!("flwr_fleet_held_pulls_total", "outcome" => label).increment(1);
+        Ok((outcome, Some(hold)))
+    }
+
+    /// Waits (up to `deadline`, or the shutdown) until every object of `tree` is in the store.
+    /// It waits for one missing object at a time, on that object's bell (rung when it is stored
+    /// through this SuperLink), so a fan-out whose instructions all wait for their objects costs
+    /// each of them a look per object, not a look per object pushed. Objects stored through
+    /// other replicas are announced by run only: those wake it at most every
+    /// [`HELD_FLEET_OBJECT_GAP`].
+    async fn await_objects(
+        &self,
+        run_id: RunId,
+        tree: &ObjectTree,
+        deadline: tokio::time::Instant,
+    ) -> Result<()> {
+        let mut missing: Vec<ObjectId> = tree.post_order().into_iter().map(|n| n.id).collect();
+        let mut elsewhere = self.state.arrivals_elsewhere();
+        loop {
+            missing = self.objects.unavailable(&missing).await?;
+            let Some(&next) = missing.first() else {
+                return Ok(());
+            };
+            // Armed before the look at this object: its storing rings after the look or is seen.
+            let bell = self.object_bells.bell(next);
+            let rung = bell.rung();
+            tokio::pin!(rung);
+            rung.as_mut().enable();
+            if self.objects.unavailable(&[next]).await?.is_empty() {
+                continue;
+            }
+            let looked = tokio::time::Instant::now();
+            let every = match elsewhere {
+                flwr_state::Arrivals::Unannounced => HELD_PULL_POLL,
+                _ => HELD_PULL_TIMER,
+            };
+            let wake = deadline.min(looked + every);
+            let remote = async {
+                // Announced by run, maybe by another replica: look again, not too often.
+                arrival_elsewhere(run_id, &mut elsewhere).await;
+                tokio::time::sleep_until(looked + HELD_FLEET_OBJECT_GAP).await;
+            };
+            tokio::select! {
+                () = rung => {}
+                () = remote => {}
+                () = tokio::time::sleep_until(wake) => {}
+                () = self.closing.cancelled() => return Ok(()),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+        }
+    }
+
     /// Fleet `PushMessages`: the first message is the reply. Returns its id (or `None` when
     /// Flower would answer `{"None": 0}`) and the objects to push. Stricter than Flower, a node
     /// may only reply as itself (`src_node_id` = the caller).
@@ -444,8 +579,9 @@ impl Core {
         let stored = self.objects.put(&id, content).await?;
         if stored {
             metrics::counter!("flwr_object_bytes_total", "direction" => "in").increment(bytes);
-            // A held ServerApp pull may be waiting for this object.
+            // A held ServerApp pull may be waiting for this object, or a held Fleet pull.
             let _ = self.replies.send(run_id);
+            self.object_bells.ring(id);
         }
         Ok(stored)
     }
@@ -725,10 +861,15 @@ impl Core {
                     "Malformed PushMessages: `Message.metadata` has mismatched `run_id`".into(),
                 ));
             }
+            let dst = meta.dst_node_id;
             let (stored, pushable) = self
                 .state
                 .store_instruction_with_objects(&*self.objects, meta, &tree)
                 .await?;
+            if stored.is_some() {
+                // A pull held for this node takes it now.
+                self.doorbells.ring(dst);
+            }
             for id in pushable {
                 if seen.insert(id) {
                     to_push.push(id);
@@ -1064,21 +1205,25 @@ async fn next_arrival(
             }
         }
     };
-    let remote = async {
-        let flwr_state::Arrivals::Announced(events) = elsewhere else {
-            return std::future::pending::<()>().await;
-        };
-        loop {
-            match events.recv().await {
-                Ok(Some(run)) if run != run_id => continue,
-                Err(RecvError::Closed) => std::future::pending::<()>().await,
-                _ => return,
-            }
-        }
-    };
     tokio::select! {
         () = local => {}
-        () = remote => {}
+        () = arrival_elsewhere(run_id, elsewhere) => {}
+    }
+}
+
+/// Resolves when `elsewhere` announces an arrival for `run_id` (or may have missed one); never
+/// when arrivals are not announced.
+async fn arrival_elsewhere(run_id: RunId, elsewhere: &mut flwr_state::Arrivals) {
+    use tokio::sync::broadcast::error::RecvError;
+    let flwr_state::Arrivals::Announced(events) = elsewhere else {
+        return std::future::pending::<()>().await;
+    };
+    loop {
+        match events.recv().await {
+            Ok(Some(run)) if run != run_id => continue,
+            Err(RecvError::Closed) => std::future::pending::<()>().await,
+            _ => return,
+        }
     }
 }
 

@@ -39,6 +39,10 @@ pub fn describe() {
         "ServerApp processes of this SuperLink that exited, by outcome (success, failure)"
     );
     describe_counter!(
+        "flwr_fleet_held_pulls_total",
+        "SuperNode pulls held (--fleet-pull-hold; only our SuperNodes ask), by outcome (instruction: answered as soon as an instruction and its objects were in; empty: the hold ended)"
+    );
+    describe_counter!(
         "flwr_held_pull_wakeups_total",
         "Held ServerApp pulls (--serverappio-pull-hold) that looked again, by cause (arrival: a reply or object of the run was stored, through this replica or another; timer: 5 s without news, for the replies the SuperLink makes itself; poll: 500 ms without news while other replicas' arrivals were not announced; hold_ended: the last look)"
     );

@@ -263,6 +263,15 @@ fn check_metrics_of_the_run(text: &str) {
         "{text}"
     );
     assert!(count("process_resident_memory_bytes", &[]) > 0.0, "{text}");
+    // Flower's SuperNodes never ask to wait: none of their pulls was held, each was answered
+    // at once, as by Flower.
+    for outcome in ["instruction", "empty"] {
+        assert_eq!(
+            count("flwr_fleet_held_pulls_total", &[("outcome", outcome)]),
+            0.0,
+            "{text}"
+        );
+    }
     // What the state holds, read at the scrape.
     assert_eq!(
         count(

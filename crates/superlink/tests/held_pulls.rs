@@ -3,6 +3,10 @@
 //! leaving the ServerApp to its 3-second sleep; with nothing arriving it answers what there is
 //! when the hold ends; `0` answers at once, as Flower. A held call is also how the drain at
 //! SIGTERM is tested: NOT_SERVING first, calls in flight finish.
+//!
+//! `--fleet-pull-hold`: a SuperNode's PullMessages that asks to wait (our SuperNodes' request
+//! header) is held until an instruction for the node is in, through this replica or another; one
+//! that does not ask (Flower's SuperNodes) is answered at once, as by Flower.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
@@ -392,4 +396,134 @@ async fn a_reply_through_another_replica_wakes_the_held_pull() {
             "A looked again without news ({cause}):\n{text}"
         );
     }
+}
+
+/// A node's PullMessages, asking to wait `wait_ms` (our SuperNode's header) or not (as Flower's
+/// SuperNode asks).
+async fn pull_as_node(
+    fleet_addr: &str,
+    key: &NodeSigningKey,
+    node: u64,
+    wait_ms: Option<u64>,
+) -> tonic::Response<pb::PullMessagesResponse> {
+    let mut request = signed(
+        key,
+        pb::PullMessagesRequest {
+            node: Some(pb::Node { node_id: node }),
+            message_ids: vec![],
+        },
+        None,
+    );
+    if let Some(ms) = wait_ms {
+        request
+            .metadata_mut()
+            .insert(flwr_transport::grpc::PULL_WAIT_HEADER, ms.into());
+    }
+    fleet_client(fleet_addr)
+        .pull_messages(request)
+        .await
+        .unwrap()
+}
+
+fn held_for(answer: &tonic::Response<pb::PullMessagesResponse>) -> Option<String> {
+    answer
+        .metadata()
+        .get(flwr_transport::grpc::PULL_WAIT_HEADER)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_asking_to_wait_is_held_and_one_that_does_not_is_answered_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default --fleet-pull-hold (30 s).
+    let superlink = SuperLink::start(BIN.as_ref(), None, dir.path(), &["--isolation", "process"]);
+    let flowers = NodeSigningKey::generate();
+    let flowers_node = join(&superlink.fleet, &flowers).await;
+    let ours = std::sync::Arc::new(NodeSigningKey::generate());
+    let our_node = join(&superlink.fleet, &ours).await;
+    let (run_id, token) = running_run(&superlink.control, &superlink.serverappio).await;
+
+    // As Flower's SuperNode asks (no header): answered at once, empty, and not marked held.
+    let started = Instant::now();
+    let answer = pull_as_node(&superlink.fleet, &flowers, flowers_node, None).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(answer.get_ref().messages_list.is_empty());
+    assert_eq!(held_for(&answer), None);
+
+    // Ours asks to wait 20 s: held until its instruction is in, then answered with it at once.
+    let started = Instant::now();
+    let held = tokio::spawn({
+        let (fleet, key) = (superlink.fleet.clone(), ours.clone());
+        async move { pull_as_node(&fleet, &key, our_node, Some(20_000)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!held.is_finished(), "nothing to pull yet: held");
+    let ins = push_instruction(&superlink.serverappio, &token, run_id, our_node).await;
+    let answer = held.await.unwrap();
+    let took = started.elapsed();
+    let ids: Vec<String> = answer
+        .get_ref()
+        .messages_list
+        .iter()
+        .map(|m| m.metadata.as_ref().unwrap().message_id.clone())
+        .collect();
+    assert_eq!(ids, vec![ins.to_hex()]);
+    assert_eq!(held_for(&answer).as_deref(), Some("20000"));
+    assert!(
+        took < Duration::from_secs(8),
+        "answered when the instruction came, not on a timer or when the hold ended: {took:?}"
+    );
+
+    // --fleet-pull-hold 0: nobody is held.
+    drop(superlink);
+    let dir = tempfile::tempdir().unwrap();
+    let superlink = SuperLink::start(
+        BIN.as_ref(),
+        None,
+        dir.path(),
+        &["--isolation", "process", "--fleet-pull-hold", "0"],
+    );
+    let node = join(&superlink.fleet, &ours).await;
+    let started = Instant::now();
+    let answer = pull_as_node(&superlink.fleet, &ours, node, Some(20_000)).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(held_for(&answer), None);
+}
+
+/// Across replicas: our node's pull is held by replica B while the ServerApp pushes its
+/// instruction through replica A. B learns of it from PostgreSQL's notification and answers at
+/// once with the instruction (its object in), long before the hold ends.
+#[cfg(feature = "external")]
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instruction_through_another_replica_ends_the_held_node_pull() {
+    let (_pg, _db, _dir, a, b) = two_replicas(&[]);
+    let key = std::sync::Arc::new(NodeSigningKey::generate());
+    let node = join(&b.fleet, &key).await;
+    let (run_id, token) = running_run(&a.control, &a.serverappio).await;
+    let held = tokio::spawn({
+        let (fleet, key) = (b.fleet.clone(), key.clone());
+        async move { pull_as_node(&fleet, &key, node, Some(20_000)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!held.is_finished(), "nothing to pull yet: held");
+    let pushed = Instant::now();
+    let ins = push_instruction(&a.serverappio, &token, run_id, node).await;
+    let answer = held.await.unwrap();
+    let took = pushed.elapsed();
+    let ids: Vec<String> = answer
+        .get_ref()
+        .messages_list
+        .iter()
+        .map(|m| m.metadata.as_ref().unwrap().message_id.clone())
+        .collect();
+    assert_eq!(ids, vec![ins.to_hex()], "{}", b.proc.output());
+    // B's own look without news comes 10 s into the hold, the hold's end at 20 s.
+    assert!(
+        took < Duration::from_secs(5),
+        "woken by the notification, not by a timer or the hold's end: {took:?}"
+    );
 }

@@ -301,13 +301,35 @@ impl Fleet {
         T: prost::Message + Clone + 'static,
         R: prost::Message + Default + 'static,
     {
+        self.call_with_header(retry, name, body, None)
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// [`Fleet::call_retrying`] with one more request header; also returns the answer's headers
+    /// (none on the grpc-adapter and REST transports).
+    async fn call_with_header<T, R>(
+        &self,
+        retry: Retry,
+        name: &'static str,
+        body: T,
+        header: Option<(&'static str, MetadataValue<tonic::metadata::Ascii>)>,
+    ) -> Result<(R, tonic::metadata::MetadataMap), FleetError>
+    where
+        T: prost::Message + Clone + 'static,
+        R: prost::Message + Default + 'static,
+    {
         let start = Instant::now();
         let mut tries: u32 = 0;
         let mut ceiling = 1.0f64;
         loop {
             tries += 1;
             let attempt = Instant::now();
-            let answer = self.stub.unary(name, self.signed(body.clone())).await;
+            let mut request = self.signed(body.clone());
+            if let Some((key, value)) = &header {
+                request.metadata_mut().insert(*key, value.clone());
+            }
+            let answer = self.stub.unary(name, request).await;
             record_attempt(name, &answer, attempt.elapsed());
             let status = match answer {
                 Ok(r) => return Ok(r),
@@ -439,21 +461,39 @@ impl Fleet {
 
     /// PullMessages: at most one instruction and its tree (or why they cannot be read).
     pub async fn pull_message(&self) -> Result<Option<Pulled>, FleetError> {
+        self.pull_message_waiting(None).await.map(|(p, _)| p)
+    }
+
+    /// PullMessages, asking the SuperLink to hold the call up to `wait` until an instruction
+    /// comes (the long poll of our SuperLinks, [`flwr_transport::grpc::PULL_WAIT_HEADER`]; only
+    /// on grpc-rere). Also returns whether the SuperLink held it: Flower's SuperLink answers at
+    /// once, and then the caller keeps its poll interval.
+    pub async fn pull_message_waiting(
+        &self,
+        wait: Option<Duration>,
+    ) -> Result<(Option<Pulled>, bool), FleetError> {
         let body = pb::PullMessagesRequest {
             node: self.node(),
             message_ids: Vec::new(),
         };
-        let r: pb::PullMessagesResponse = self
-            .call_retrying(Retry::ConnectionAndServer, "PullMessages", body)
+        let header = match (&self.stub, wait) {
+            (Stub::Rere(_), Some(w)) => Some((
+                flwr_transport::grpc::PULL_WAIT_HEADER,
+                MetadataValue::from(w.as_millis() as u64),
+            )),
+            _ => None,
+        };
+        let (r, answer_headers): (pb::PullMessagesResponse, _) = self
+            .call_with_header(Retry::ConnectionAndServer, "PullMessages", body, header)
             .await?;
-        Ok(
-            match (r.messages_list.first(), r.message_object_trees.first()) {
-                (Some(m), Some(t)) => {
-                    Some(message_from_pb(m).and_then(|m| Ok((m, tree_from_pb(t)?))))
-                }
-                _ => None,
-            },
-        )
+        let held = answer_headers
+            .get(flwr_transport::grpc::PULL_WAIT_HEADER)
+            .is_some();
+        let pulled = match (r.messages_list.first(), r.message_object_trees.first()) {
+            (Some(m), Some(t)) => Some(message_from_pb(m).and_then(|m| Ok((m, tree_from_pb(t)?)))),
+            _ => None,
+        };
+        Ok((pulled, held))
     }
 
     /// GetRun.
@@ -589,7 +629,11 @@ fn record_attempt<R>(method: &'static str, answer: &Result<R, Refused>, took: Du
 
 impl Stub {
     /// Fleet method `method` with `request`.
-    async fn unary<T, R>(&self, method: &'static str, request: Request<T>) -> Result<R, Refused>
+    async fn unary<T, R>(
+        &self,
+        method: &'static str,
+        request: Request<T>,
+    ) -> Result<(R, tonic::metadata::MetadataMap), Refused>
     where
         T: prost::Message + 'static,
         R: prost::Message + Default + 'static,
@@ -606,7 +650,10 @@ impl Stub {
                 .map_err(|_| Refused::Failed(FleetError::NotCarried(method)))?;
                 grpc.unary(request, path, tonic_prost::ProstCodec::default())
                     .await
-                    .map(tonic::Response::into_inner)
+                    .map(|r| {
+                        let (headers, body, _) = r.into_parts();
+                        (body, headers)
+                    })
                     .map_err(Refused::Status)
             }
             Stub::Adapter(client) => {
@@ -635,12 +682,14 @@ impl Stub {
                         got: answer.grpc_message_name,
                     }));
                 }
-                R::decode(answer.grpc_message_content).map_err(|source| {
-                    Refused::Failed(FleetError::Undecodable {
-                        what: rpc.response,
-                        source,
+                R::decode(answer.grpc_message_content)
+                    .map(|r| (r, tonic::metadata::MetadataMap::new()))
+                    .map_err(|source| {
+                        Refused::Failed(FleetError::Undecodable {
+                            what: rpc.response,
+                            source,
+                        })
                     })
-                })
             }
             Stub::Rest(client) => {
                 let rpc = adapter::by_method(method)
@@ -670,12 +719,14 @@ impl Stub {
                 if parts.status != http::StatusCode::OK {
                     return Err(Refused::Status(rest_status::refusal(&parts, &body)));
                 }
-                R::decode(body).map_err(|source| {
-                    Refused::Failed(FleetError::Undecodable {
-                        what: rpc.response,
-                        source,
+                R::decode(body)
+                    .map(|r| (r, tonic::metadata::MetadataMap::new()))
+                    .map_err(|source| {
+                        Refused::Failed(FleetError::Undecodable {
+                            what: rpc.response,
+                            source,
+                        })
                     })
-                })
             }
         }
     }

@@ -36,6 +36,10 @@ pub fn describe() {
         "From a ClientApp's launch (isolation subprocess) to the reply to its message"
     );
     describe_counter!(
+        "flwr_held_pulls_total",
+        "Pulls the SuperLink held until an instruction came or its hold ended (our SuperLink; Flower's answers at once, and then the node polls every second)"
+    );
+    describe_counter!(
         "flwr_clientapp_crashes_total",
         "Instructions answered CLIENT_APP_CRASHED (the ClientApp exited without replying or stopped responding)"
     );

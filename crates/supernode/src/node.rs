@@ -26,8 +26,12 @@ use crate::trusted::Unverified;
 
 /// The heartbeat interval the node announces (Flower's default).
 pub const HEARTBEAT_INTERVAL: f64 = 30.0;
-/// How long to wait between empty pulls.
+/// How long to wait between empty pulls (the least, when the SuperLink holds them).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a pull asks the SuperLink to hold it until an instruction comes (our SuperLinks
+/// do, up to their `--fleet-pull-hold`; Flower's answer at once, and then the node polls every
+/// [`POLL_INTERVAL`]).
+pub const PULL_WAIT: Duration = Duration::from_secs(20);
 /// Environment variable naming the ClientApp program (default `flwr-clientapp` on `PATH`).
 pub const CLIENTAPP_COMMAND_ENV: &str = "FLWR_CLIENTAPP_COMMAND";
 /// Object pulls that may run at once.
@@ -227,9 +231,21 @@ impl Node {
 
     async fn serve(&self) -> Result<(), NodeError> {
         loop {
+            let asked = tokio::time::Instant::now();
             let pulled = tokio::select! {
                 () = self.stop.cancelled() => return Ok(()),
-                r = self.fleet.pull_message() => r,
+                r = self.fleet.pull_message_waiting(Some(PULL_WAIT)) => r,
+            };
+            // A pull the SuperLink held may be followed by the next at once; still never more
+            // than one empty pull per POLL_INTERVAL (a SuperLink ending its holds early).
+            let pulled = match pulled {
+                Ok((p, held)) => {
+                    if held {
+                        metrics::counter!("flwr_held_pulls_total").increment(1);
+                    }
+                    Ok(p)
+                }
+                Err(e) => Err(e),
             };
             match pulled {
                 Ok(Some(pulled)) => match self.handle(pulled).await {
@@ -244,7 +260,7 @@ impl Node {
                 Ok(None) => {
                     tokio::select! {
                         () = self.stop.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(POLL_INTERVAL) => {}
+                        () = tokio::time::sleep_until(asked + POLL_INTERVAL) => {}
                     }
                 }
                 Err(FleetError::Cancelled) => return Ok(()),

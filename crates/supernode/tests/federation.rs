@@ -93,6 +93,7 @@ fn run_app_from(cli: &Cli, app: &std::path::Path, run_config: &str, rounds: u32)
 fn python_superlink_with_our_supernodes_in_both_isolation_modes() {
     let s = setup();
     let superlink = SuperLink::start_python(Some(&s.tls), &s.home("superlink"), &[]);
+    let node_started = Instant::now();
     let (mut a, _) = s.our_node(
         "node-a",
         &superlink.fleet,
@@ -148,6 +149,23 @@ fn python_superlink_with_our_supernodes_in_both_isolation_modes() {
             &[("api", "clientappio"), ("code", "OK")]
         ) > 0.0,
         "{text}"
+    );
+    // Flower's SuperLink ignores our long-poll header and answers every pull at once: the node
+    // sees that no pull was held and keeps polling once a second (plus one pull per message).
+    assert_eq!(count("flwr_held_pulls_total", &[]), 0.0, "{text}");
+    let pulls: f64 = ["OK", "UNAVAILABLE"]
+        .iter()
+        .map(|code| {
+            count(
+                "flwr_fleet_call_duration_seconds_count",
+                &[("method", "PullMessages"), ("code", code)],
+            )
+        })
+        .sum();
+    let seconds = node_started.elapsed().as_secs_f64();
+    assert!(
+        pulls <= seconds + 4.0 + 5.0,
+        "{pulls} pulls in {seconds:.0} s: no faster than one a second\n{text}"
     );
 }
 
@@ -546,17 +564,47 @@ fn flower_hub_runs_reach_trusted_supernodes_with_their_signatures() {
 #[test]
 fn all_ours_and_a_mixed_federation() {
     let s = setup();
-    let superlink = SuperLink::start(
+    let mut superlink = SuperLink::start(
         &federation::sibling_binary(SUPERNODE, "superlink"),
         Some(&s.tls),
         &s.home("superlink"),
-        &[],
+        &["--metrics-address", "127.0.0.1:0"],
     );
-    let (_a, _) = s.our_node("node-a", &superlink.fleet, &[]);
+    let out = superlink
+        .proc
+        .wait_for_output("Metrics serving", Duration::from_secs(10));
+    let link_metrics = federation::logged_address(&out, "Metrics serving");
+    let (mut a, _) = s.our_node(
+        "node-a",
+        &superlink.fleet,
+        &["--metrics-address", "127.0.0.1:0"],
+    );
+    let out = a.wait_for_output("Metrics serving", Duration::from_secs(10));
+    let node_metrics = federation::logged_address(&out, "Metrics serving");
     let (b, appio_b) = s.our_node("node-b", &superlink.fleet, &["--isolation", "process"]);
     let executor = clientapp_executor(&appio_b, &s.home("executor-b"));
     let cli = s.cli(&superlink.control);
     run_app(&cli, "num-server-rounds=1", 1);
+
+    // Our SuperNodes ask our SuperLink to hold their pulls (the long poll): instructions reach
+    // them as they are stored, not at their next poll.
+    use flwr_testkit::metrics::{scrape, value};
+    let text = scrape(&node_metrics);
+    assert!(
+        value(&text, "flwr_held_pulls_total", &[]).unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    let text = scrape(&link_metrics);
+    assert!(
+        value(
+            &text,
+            "flwr_fleet_held_pulls_total",
+            &[("outcome", "instruction")]
+        )
+        .unwrap_or(0.0)
+            >= 2.0,
+        "{text}"
+    );
 
     // Mixed: node-b leaves (gracefully: it deactivates and unregisters), a Python SuperNode
     // joins; the next run has one SuperNode of each kind.

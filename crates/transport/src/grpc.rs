@@ -30,6 +30,14 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub(crate) const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
+/// Fleet `PullMessages` long poll (ours only): our SuperNode sends this request header with the
+/// milliseconds it is willing to wait for an instruction; our SuperLink holds the call up to that
+/// long (and its `--fleet-pull-hold`) and answers with the same header, carrying the milliseconds
+/// it held, so that the SuperNode knows it may pull again at once. Flower's SuperNodes never send
+/// it (and are answered at once); Flower's SuperLink ignores it (and never answers with it, so
+/// our SuperNode keeps its poll interval there).
+pub const PULL_WAIT_HEADER: &str = "flwr-rs-pull-wait-ms";
+
 /// Applies [`MAX_MESSAGE_BYTES`] to a generated server or client type.
 #[macro_export]
 macro_rules! limits {

@@ -65,6 +65,8 @@ pub(crate) struct Hints {
     /// Runs with new replies or objects; `None` after a reconnection (some may have been
     /// missed).
     arrivals: broadcast::Sender<Option<RunId>>,
+    /// The bells of the nodes whose Fleet pulls wait in this process.
+    doorbells: std::sync::OnceLock<Arc<crate::Doorbells>>,
 }
 
 impl Default for Hints {
@@ -79,6 +81,7 @@ impl Default for Hints {
             runs_gen: AtomicU64::new(0),
             logs: broadcast::channel(1024).0,
             arrivals: broadcast::channel(1024).0,
+            doorbells: std::sync::OnceLock::new(),
         }
     }
 }
@@ -86,6 +89,29 @@ impl Default for Hints {
 impl Hints {
     fn live(&self) -> bool {
         self.live.load(Ordering::SeqCst)
+    }
+
+    /// Rings these bells from now on (the first bells given stay).
+    pub(crate) fn attach_doorbells(&self, bells: Arc<crate::Doorbells>) {
+        let _ = self.doorbells.set(bells);
+    }
+
+    fn ring(&self, node: NodeId) {
+        if let Some(b) = self.doorbells.get() {
+            b.ring(node);
+        }
+    }
+
+    fn ring_all(&self) {
+        if let Some(b) = self.doorbells.get() {
+            b.ring_all();
+        }
+    }
+
+    /// The notifications stopped: waiters can no longer count on them and look for themselves.
+    fn went_deaf(&self) {
+        self.live.store(false, Ordering::SeqCst);
+        self.ring_all();
     }
 
     /// False only when `node` certainly has no queued instruction.
@@ -114,6 +140,7 @@ impl Hints {
     pub(crate) fn queued_here(&self, node: NodeId) {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         self.queued.lock().insert(node, seq);
+        self.ring(node);
     }
 
     /// `node` was unregistered (through this replica or another): its key no longer names it.
@@ -205,6 +232,7 @@ impl Hints {
         match kind {
             Some(INSTRUCTION) => {
                 self.queued.lock().insert(id, seq);
+                self.ring(id);
             }
             Some(UNREGISTERED) => self.forget_node(id),
             Some(RUN_STATUS) => {
@@ -238,6 +266,7 @@ impl Hints {
         self.live.store(true, Ordering::SeqCst);
         // Waiters that subscribed before the connection broke missed what came meanwhile.
         let _ = self.arrivals.send(None);
+        self.ring_all();
     }
 }
 
@@ -260,7 +289,7 @@ where
             Err(e) => tracing::debug!("{name}: cannot listen for notifications yet: {e}"),
         }
         was_live = hints.live();
-        hints.live.store(false, Ordering::SeqCst);
+        hints.went_deaf();
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -991,6 +991,10 @@ impl LinkState for PgLinkState {
         }
     }
 
+    fn attach_doorbells(&self, bells: Arc<crate::Doorbells>) {
+        self.shared.hints.attach_doorbells(bells);
+    }
+
     async fn activate_node(
         &self,
         public_key: &[u8],

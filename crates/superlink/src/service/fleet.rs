@@ -141,8 +141,19 @@ impl pb::fleet_server::Fleet for FleetService {
     ) -> Result<Response<pb::PullMessagesResponse>, Status> {
         let node_id = authenticated_node(&request, node_of(&request.get_ref().node))?;
         let request_len = request.get_ref().encoded_len() as u64;
+        let wait = request
+            .metadata()
+            .get(flwr_transport::grpc::PULL_WAIT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(std::time::Duration::from_millis);
         let mut resp = pb::PullMessagesResponse::default();
-        if let Some((meta, tree)) = self.core.pull_instruction(node_id).await.or_status()? {
+        let (pulled, held) = self
+            .core
+            .pull_instruction_held(node_id, wait)
+            .await
+            .or_status()?;
+        if let Some((meta, tree)) = pulled {
             let run_id = meta.run_id;
             resp.messages_list.push(message_to_pb(&meta));
             resp.message_object_trees.push(tree_to_pb(&tree));
@@ -151,7 +162,14 @@ impl pb::fleet_server::Fleet for FleetService {
                 .await
                 .or_status()?;
         }
-        Ok(Response::new(resp))
+        let mut resp = Response::new(resp);
+        if let Some(held) = held {
+            resp.metadata_mut().insert(
+                flwr_transport::grpc::PULL_WAIT_HEADER,
+                tonic::metadata::MetadataValue::from(held.as_millis() as u64),
+            );
+        }
+        Ok(resp)
     }
 
     async fn push_messages(
