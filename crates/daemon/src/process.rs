@@ -92,8 +92,36 @@ pub fn spawn(cmd: &CommandLine, label: String) -> std::io::Result<Spawned> {
     })
 }
 
+/// Starts `cmd` in a new process group with its stdin, stdout and stderr piped to the caller,
+/// which talks to it, owns it and reaps it (`wait`); it is killed when the returned handle is
+/// dropped unreaped.
+pub fn spawn_piped(cmd: &CommandLine) -> std::io::Result<tokio::process::Child> {
+    tokio::process::Command::new(&cmd.program)
+        .args(&cmd.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// A process another process of ours started and reaps (the SuperNode's ClientApp fork
+/// launcher): `signals` go to that reaper, which sends them only while the process is not reaped;
+/// `done` resolves with its exit status.
+pub fn relayed(
+    pid: u32,
+    signals: tokio::sync::mpsc::UnboundedSender<Signal>,
+    done: tokio::task::JoinHandle<std::io::Result<ExitStatus>>,
+) -> Spawned {
+    Spawned {
+        group: Group { pid, signals },
+        done,
+    }
+}
+
 /// Logs every line of a child's output stream until it closes.
-async fn pump(stream: Option<impl tokio::io::AsyncRead + Unpin>, label: &str) {
+pub async fn pump(stream: Option<impl tokio::io::AsyncRead + Unpin>, label: &str) {
     if let Some(s) = stream {
         let mut lines = BufReader::new(s).lines();
         while let Ok(Some(line)) = lines.next_line().await {

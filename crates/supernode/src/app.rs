@@ -226,6 +226,9 @@ impl App {
             node_config: self.node_config,
             launch_apps: self.config.isolation == Isolation::Subprocess,
             clientappio,
+            // Forked only from `flwr-clientapp` itself: an override may be any program.
+            fork_apps: self.config.clientapp_launch == crate::cli::ClientAppLaunch::Fork
+                && std::env::var_os(node::CLIENTAPP_COMMAND_ENV).is_none(),
             clientapp_program: std::env::var_os(node::CLIENTAPP_COMMAND_ENV)
                 .unwrap_or_else(|| "flwr-clientapp".into()),
             shutdown_grace: self.config.shutdown_grace,

@@ -20,6 +20,15 @@ pub enum Isolation {
     Process,
 }
 
+/// How the SuperNode starts a ClientApp process per message (`--isolation subprocess`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClientAppLaunch {
+    /// A Python process that imported `flwr` once forks a fresh process per message.
+    Fork,
+    /// `flwr-clientapp` is run afresh per message, as Flower's SuperNode does.
+    Exec,
+}
+
 /// Flags of `supernode`, as `flower-supernode` 1.28.0 has them.
 #[derive(Debug, Parser)]
 #[command(
@@ -86,6 +95,13 @@ pub struct Args {
     /// elsewhere).
     #[arg(long, value_enum, default_value = "subprocess")]
     pub isolation: Isolation,
+
+    /// With `--isolation subprocess`: how each message's ClientApp process starts. `fork`: from
+    /// a Python process that has imported `flwr` (and numpy) once, so a message does not wait
+    /// for those imports; each message still gets a fresh process that keeps nothing from the
+    /// last. `exec`: `flwr-clientapp` afresh per message, as Flower. Not in Flower.
+    #[arg(long, value_enum, default_value = "fork")]
+    pub clientapp_launch: ClientAppLaunch,
 
     /// ClientAppIo API address (IPv4, IPv6 or name, with port), plaintext.
     #[arg(long, default_value = CLIENTAPPIO_DEFAULT, value_name = "CLIENTAPPIO_API_ADDRESS")]

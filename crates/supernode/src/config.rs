@@ -38,6 +38,8 @@ pub struct Config {
     pub node_config: Option<String>,
     /// How ClientApps run.
     pub isolation: Isolation,
+    /// `--clientapp-launch`.
+    pub clientapp_launch: crate::cli::ClientAppLaunch,
     /// ClientAppIo API address.
     pub clientappio_address: Address,
     /// Health service address.
@@ -209,6 +211,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<(Config, Vec<String>), ConfigError
         max_wait_time,
         node_config: a.node_config.clone(),
         isolation: a.isolation,
+        clientapp_launch: a.clientapp_launch,
         clientappio_address: address("--clientappio-api-address", &a.clientappio_api_address)?,
         health_address: a
             .health_server_address

@@ -4,6 +4,7 @@
 //! * [`cli`]: the command line, flag for flag as `flower-supernode`.
 //! * [`config`]: validation of the flags into a [`config::Config`].
 //! * [`metrics`]: the SuperNode's Prometheus metrics (`--metrics-address`).
+//! * [`forker`]: the ClientApp fork launcher (`--clientapp-launch fork`).
 //! * [`trusted`]: `--trusted-entities`, the publishers whose signatures make a FAB acceptable.
 
 pub mod app;
@@ -11,6 +12,7 @@ pub mod cli;
 pub mod clientappio;
 pub mod config;
 pub mod fleet;
+pub mod forker;
 pub mod metrics;
 pub mod node;
 pub mod node_config;

@@ -56,6 +56,8 @@ pub struct Settings {
     pub launch_apps: bool,
     /// The ClientAppIo address ClientApps connect to.
     pub clientappio: String,
+    /// Fork ClientApps from a launcher that imported `flwr` once (`--clientapp-launch fork`).
+    pub fork_apps: bool,
     /// The ClientApp program.
     pub clientapp_program: OsString,
     /// At shutdown, how long the message in hand may take to be answered by its ClientApp.
@@ -161,6 +163,8 @@ pub struct Node {
     stop: CancellationToken,
     /// When `stop` was cancelled.
     stop_seen: std::sync::Arc<std::sync::OnceLock<tokio::time::Instant>>,
+    /// The ClientApp fork launcher (`--clientapp-launch fork`).
+    forker: Option<crate::forker::Forker>,
 }
 
 impl Node {
@@ -171,12 +175,15 @@ impl Node {
         settings: Settings,
         stop: CancellationToken,
     ) -> Self {
+        let forker = (settings.launch_apps && settings.fork_apps)
+            .then(|| crate::forker::Forker::new(settings.clientapp_program.clone()));
         Self {
             fleet,
             state,
             settings,
             stop,
             stop_seen: Default::default(),
+            forker,
         }
     }
 
@@ -433,7 +440,7 @@ impl Node {
         let mut child = None;
         if self.settings.launch_apps {
             match self.state.create_token(run_id) {
-                Some(token) => match self.launch(run_id, token) {
+                Some(token) => match self.launch(run_id, token).await {
                     Ok(c) => {
                         metrics::counter!("flwr_clientapp_launches_total", "outcome" => "started")
                             .increment(1);
@@ -517,7 +524,7 @@ impl Node {
             .all(|n| matches!(self.state.objects().get(&n.id), Ok(Lookup::Available(_))))
     }
 
-    fn launch(&self, run_id: u64, token: String) -> std::io::Result<process::Spawned> {
+    async fn launch(&self, run_id: u64, token: String) -> std::io::Result<process::Spawned> {
         let cmd = CommandLine {
             program: self.settings.clientapp_program.clone(),
             args: vec![
@@ -530,7 +537,25 @@ impl Node {
                 std::process::id().to_string().into(),
             ],
         };
-        let spawned = process::spawn(&cmd, format!("clientapp run {run_id}"))?;
+        let label = format!("clientapp run {run_id}");
+        if let Some(forker) = &self.forker {
+            match forker.launch(&cmd.args, &label).await {
+                Ok(forked) => {
+                    tracing::info!(
+                        run_id,
+                        pid = forked.group.pid(),
+                        "ClientApp process started (forked)"
+                    );
+                    return Ok(forked);
+                }
+                Err(e) => tracing::warn!(
+                    run_id,
+                    "{e}; starting {} instead",
+                    self.settings.clientapp_program.to_string_lossy()
+                ),
+            }
+        }
+        let spawned = process::spawn(&cmd, label)?;
         tracing::info!(
             run_id,
             pid = spawned.group.pid(),

@@ -50,6 +50,20 @@ impl Setup {
     }
 }
 
+/// The example ClientApp counts its calls in a module-level variable and prints the count: in
+/// `out` (a SuperNode's log) `messages` calls were logged, each the first of its process.
+fn assert_fresh_process_per_message(out: &str, messages: usize) {
+    let counts: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split("CLIENTAPP-CALLS ").nth(1))
+        .collect();
+    assert_eq!(counts.len(), messages, "{out}");
+    assert!(
+        counts.iter().all(|c| c.starts_with("1 ")),
+        "a ClientApp process served more than one message: {counts:?}"
+    );
+}
+
 /// Runs the example app; with one, two or four nodes the model must be bit-exact.
 fn run_app(cli: &Cli, run_config: &str, rounds: u32) -> u64 {
     run_app_from(cli, &federation::example_app(), run_config, rounds)
@@ -97,7 +111,12 @@ fn python_superlink_with_our_supernodes_in_both_isolation_modes() {
     let (mut a, _) = s.our_node(
         "node-a",
         &superlink.fleet,
-        &["--metrics-address", "127.0.0.1:0"],
+        &[
+            "--metrics-address",
+            "127.0.0.1:0",
+            "--clientapp-launch",
+            "exec",
+        ],
     );
     let out = a.wait_for_output("Metrics serving", Duration::from_secs(10));
     let metrics = federation::logged_address(&out, "Metrics serving");
@@ -109,6 +128,12 @@ fn python_superlink_with_our_supernodes_in_both_isolation_modes() {
     let _executor = clientapp_executor(&appio_b, &s.home("executor-b"));
     let cli = s.cli(&superlink.control);
     run_app(&cli, "num-server-rounds=2", 2);
+
+    // `--clientapp-launch exec`: flwr-clientapp afresh per message, as Flower; no launcher.
+    let out = a.output();
+    assert!(out.contains("ClientApp process started"), "{out}");
+    assert!(!out.contains("forked"), "{out}");
+    assert_fresh_process_per_message(&out, 4);
 
     // Two rounds of training and evaluation: four instructions for each node.
     use flwr_testkit::metrics::{check_with_promtool, scrape, value};
@@ -585,6 +610,11 @@ fn all_ours_and_a_mixed_federation() {
     let executor = clientapp_executor(&appio_b, &s.home("executor-b"));
     let cli = s.cli(&superlink.control);
     run_app(&cli, "num-server-rounds=1", 1);
+    // node-a forks its ClientApps (the default, --clientapp-launch fork) from a launcher that
+    // imported flwr once; each message still ran in a fresh process.
+    let out = a.output();
+    assert!(out.contains("ClientApp process started (forked)"), "{out}");
+    assert_fresh_process_per_message(&out, 2);
 
     // Our SuperNodes ask our SuperLink to hold their pulls (the long poll): instructions reach
     // them as they are stored, not at their next poll.

@@ -21,7 +21,7 @@ fn flower_on_a_taken_port_is_started_again_on_new_ports() {
         .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], taken)).into())
         .unwrap();
     let mut attempts = Vec::new();
-    let (proc, control) = ports::start_with_fresh_ports("flower-superlink", 3, |p| {
+    let (mut proc, control) = ports::start_with_fresh_ports("flower-superlink", 3, |p| {
         let control = if attempts.is_empty() { taken } else { p[2] };
         attempts.push(control);
         let [appio, fleet, control] = [p[0], p[1], control].map(|p| format!("127.0.0.1:{p}"));
@@ -42,10 +42,7 @@ fn flower_on_a_taken_port_is_started_again_on_new_ports() {
     });
     assert_eq!(attempts.len(), 2, "one failed start, then one on new ports");
     assert_ne!(attempts[1], taken);
-    assert!(
-        proc.output().contains("Starting Control API"),
-        "{}",
-        proc.output()
-    );
+    // Its ports answer before its log says so has been read: wait for the line.
+    proc.wait_for_output("Starting Control API", Duration::from_secs(30));
     assert!(control.ends_with(&attempts[1].to_string()));
 }
