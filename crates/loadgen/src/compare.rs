@@ -124,6 +124,10 @@ pub struct Plan {
     pub starts: usize,
     /// Instructions sent to each SuperNode.
     pub supernode_rounds: u32,
+    /// Rounds of the example app in the whole-federation row (`flwr run`, 0: no such row).
+    pub federation_rounds: u32,
+    /// Runs of each kind in the whole-federation row (the median is reported).
+    pub federation_runs: u32,
     /// A fan-out's rounds (or an idle fleet's joining) that take longer than this fail.
     pub row_timeout: Duration,
 }
@@ -156,6 +160,8 @@ impl Plan {
             idle_interval: 10.0,
             starts: 5,
             supernode_rounds: 5,
+            federation_rounds: 3,
+            federation_runs: 3,
             row_timeout: Duration::from_secs(180),
         }
     }
@@ -174,6 +180,8 @@ impl Plan {
             idle_interval: 10.0,
             starts: 1,
             supernode_rounds: 1,
+            federation_rounds: 1,
+            federation_runs: 1,
             row_timeout: Duration::from_secs(120),
         }
     }
@@ -192,6 +200,8 @@ pub struct Sections {
     pub startup: bool,
     /// SuperNodes under one SuperLink.
     pub supernode: bool,
+    /// A whole federation, Flower's daemons against ours.
+    pub federation: bool,
     /// Our replicas on PostgreSQL behind HAProxy.
     pub postgres: bool,
 }
@@ -565,6 +575,10 @@ impl Comparison {
             eprintln!("SuperNodes");
             self.supernodes().await?;
         }
+        if sections.federation && self.plan.federation_rounds > 0 {
+            eprintln!("whole federation");
+            self.federation().await?;
+        }
         if sections.postgres {
             ha::check_programs()?;
             for (nodes, bytes) in self.plan.fanout_postgres.clone() {
@@ -923,6 +937,59 @@ impl Comparison {
     }
 
     /// The table as Markdown.
+    /// The example app through `flwr run --stream` over TLS, on a SuperLink and two SuperNodes
+    /// of each kind (isolation subprocess: each SuperNode starts the ClientApps, ours as it does
+    /// by default), the time from `flwr run` to its end (the run finished), median of the runs.
+    async fn federation(&mut self) -> Result<()> {
+        let rounds = self.plan.federation_rounds;
+        let venv = flwr_testkit::python::venv_bin();
+        if venv.canonicalize().ok() != self.programs.venv_bin.canonicalize().ok() {
+            bail!(
+                "the federation row runs the venv of FLWR_VENV ({}), not {}: set FLWR_VENV",
+                venv.display(),
+                self.programs.venv_bin.display()
+            );
+        }
+        let mut figures = Vec::new();
+        for flavor in [Flavor::Flower, Flavor::Ours] {
+            let mut times = Vec::new();
+            for _ in 0..self.plan.federation_runs {
+                self.starts += 1;
+                let home = self.dir.path().join(format!("federation-{}", self.starts));
+                let (programs, tls) = (self.programs.clone(), self.tls.clone());
+                let took = tokio::task::spawn_blocking(move || {
+                    federation_once(flavor, &programs, &tls, &home, rounds)
+                })
+                .await
+                .map_err(|e| anyhow!("the federation run failed: {e}"))
+                .and_then(|r| r);
+                match took {
+                    Ok(t) => times.push(t),
+                    Err(e) => {
+                        times.clear();
+                        figures.push(Figure::failed(format!("{e:#}")));
+                        break;
+                    }
+                }
+            }
+            if !times.is_empty() {
+                figures.push(Figure::of(median(&mut times)));
+            }
+        }
+        let ours = figures.pop().unwrap_or_default();
+        let flower = figures.pop().unwrap_or_default();
+        self.push(
+            &format!(
+                "whole federation: example app, {rounds} round(s), 2 SuperNodes, TLS, isolation subprocess"
+            ),
+            "flwr run → run finished, median (s)",
+            Better::Lower,
+            flower,
+            ours,
+        );
+        Ok(())
+    }
+
     pub fn table(&self) -> String {
         let mut out = String::from("| workload | metric | Flower 1.28.0 | ours | ours vs Flower |\n|---|---|---:|---:|---|\n");
         for r in &self.rows {
@@ -985,6 +1052,67 @@ impl Comparison {
 
 /// The Flower cell of a row that only we can run (open-source Flower has no PostgreSQL mode):
 /// empty, not failed.
+/// One whole-federation run (see [`Comparison::federation`]): seconds from `flwr run` to its end,
+/// once both SuperNodes are online.
+fn federation_once(
+    flavor: Flavor,
+    programs: &Programs,
+    tls: &TlsFiles,
+    home: &Path,
+    rounds: u32,
+) -> Result<f64> {
+    use flwr_testkit::federation::{self as fed, Cli, SuperLink, CONNECTION};
+    let link = match flavor {
+        Flavor::Flower => SuperLink::start_python(Some(tls), &home.join("superlink"), &[]),
+        Flavor::Ours => {
+            SuperLink::start(&programs.superlink, Some(tls), &home.join("superlink"), &[])
+        }
+    };
+    let _nodes: Vec<flwr_testkit::process::Proc> = (0..2)
+        .map(|i| {
+            let name = format!("node-{i}");
+            let dir = home.join(&name);
+            match flavor {
+                Flavor::Flower => {
+                    fed::python_supernode(&name, &link.fleet, Some(&tls.ca), &dir, &[])
+                }
+                Flavor::Ours => {
+                    fed::our_supernode(
+                        &programs.supernode,
+                        &name,
+                        &link.fleet,
+                        Some(&tls.ca),
+                        &dir,
+                        &[],
+                    )
+                    .0
+                }
+            }
+        })
+        .collect();
+    let cli = Cli::new(&home.join("cli"), &link.control, Some(&tls.ca));
+    let joined = Instant::now();
+    loop {
+        let (_, listed) = cli.run(&["supernode", "list", CONNECTION, "--format", "json"]);
+        if listed.matches("\"online\"").count() >= 2 {
+            break;
+        }
+        if joined.elapsed() > Duration::from_secs(60) {
+            bail!("the SuperNodes did not come online within 60 s:\n{listed}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let started = Instant::now();
+    let (status, out) = cli
+        .start_run_streaming(&fed::example_app(), &format!("num-server-rounds={rounds}"))
+        .wait(Duration::from_secs(600));
+    let took = started.elapsed().as_secs_f64();
+    if !status.success() || !out.contains("FEDAVG-CHECK OK") {
+        bail!("the run did not complete (see {}):\n{out}", home.display());
+    }
+    Ok(took)
+}
+
 fn not_in_flower() -> Figure {
     Figure::default()
 }

@@ -31,6 +31,8 @@ enum Section {
     Sqlite,
     Idle,
     Supernode,
+    /// A whole federation: `flwr run` of the example app on two SuperNodes.
+    Federation,
     /// Our replicas on PostgreSQL behind HAProxy (needs Debian's postgresql and haproxy).
     Postgres,
 }
@@ -180,6 +182,7 @@ async fn main() -> Result<()> {
                 sqlite: all || only.contains(&Section::Sqlite),
                 idle: all || only.contains(&Section::Idle),
                 supernode: all || only.contains(&Section::Supernode),
+                federation: all || only.contains(&Section::Federation),
                 postgres: all || only.contains(&Section::Postgres),
             };
             let mut cmp = Comparison::new(programs, plan)?;

@@ -56,6 +56,7 @@ fn the_comparison_runs_every_section_with_tiny_sizes() {
         "idle fleet, 20 nodes, heartbeat 10s, 3s, ours with --fleet-auth-per-connection",
         "fan-out 1 KB, N=3, SQLite",
         "SuperNode, 1 KB instruction, our SuperLink",
+        "whole federation: example app, 1 round(s), 2 SuperNodes, TLS, isolation subprocess",
         "fan-out 1 KB, N=3, PostgreSQL, 1 replica behind HAProxy",
         "fan-out 1 KB, N=3, PostgreSQL, 3 replicas behind HAProxy",
     ] {
