@@ -384,6 +384,8 @@ pub struct Comparison {
     starts: usize,
     /// Extra flags for our SuperLink (the opt-in rows set them for one run).
     ours_extra: Vec<&'static str>,
+    /// Extra flags for our SuperNode (likewise).
+    ours_node_extra: Vec<&'static str>,
     /// Rows so far.
     pub rows: Vec<Row>,
 }
@@ -412,6 +414,7 @@ impl Comparison {
             postgres: None,
             starts: 0,
             ours_extra: Vec::new(),
+            ours_node_extra: Vec::new(),
             rows: Vec::new(),
         })
     }
@@ -536,6 +539,9 @@ impl Comparison {
                 ])
                 .arg("--root-certificates")
                 .arg(&self.tls.ca);
+                if flavor == Flavor::Ours {
+                    cmd.args(&self.ours_node_extra);
+                }
                 (cmd, home.join("supernode.log"))
             },
             [],
@@ -872,9 +878,10 @@ impl Comparison {
         );
     }
 
-    async fn supernodes(&mut self) -> Result<()> {
-        let mut latency = Vec::new();
-        for flavor in [Flavor::Flower, Flavor::Ours] {
+    /// The median time from an instruction stored to its reply stored, for one SuperNode of
+    /// `flavor` under our SuperLink.
+    async fn supernode_latency(&mut self, flavor: Flavor) -> Figure {
+        let measured = async {
             let (mut link, target) = self.superlink(Flavor::Ours, Engine::Memory).await?;
             let fleet = target.fleet.to_string();
             let mut node = self.supernode(flavor, &fleet).await?;
@@ -903,21 +910,50 @@ impl Comparison {
             .await;
             node.stop(Duration::from_secs(10)).await;
             link.stop(Duration::from_secs(10)).await;
-            latency.push(match result {
-                Ok(mut t) => Figure::of(median(&mut t)),
-                Err(e) => Figure::failed(format!("{e:#}")),
-            });
+            result
         }
-        let ours = latency.pop().unwrap_or_default();
-        let flower = latency.pop().unwrap_or_default();
-        self.push(
-            "SuperNode, 1 KB instruction, our SuperLink",
-            "instruction stored → reply stored, median (s)",
-            Better::Lower,
-            flower,
-            ours,
-        );
-        // Both SuperNodes launch the same Python program per message; its cost, measured alone:
+        .await;
+        match measured {
+            Ok(mut t) => Figure::of(median(&mut t)),
+            Err(e) => Figure::failed(format!("{e:#}")),
+        }
+    }
+
+    async fn supernodes(&mut self) -> Result<()> {
+        // Flower's SuperNode, then ours as it runs by default (the ClientApp forked, the pull
+        // held by our SuperLink), then ours without each lever in turn: `exec` starts
+        // flwr-clientapp afresh per message, and `--fleet-pull-hold 0` on our SuperLink leaves
+        // the node to its 1 s poll (ours as it was before both).
+        let flower = self.supernode_latency(Flavor::Flower).await;
+        let variants: [(&str, Vec<&'static str>, Vec<&'static str>); 3] = [
+            ("", vec![], vec![]),
+            (
+                ", ours with --clientapp-launch exec",
+                vec![],
+                vec!["--clientapp-launch", "exec"],
+            ),
+            (
+                ", ours with --clientapp-launch exec, SuperLink --fleet-pull-hold 0",
+                vec!["--fleet-pull-hold", "0"],
+                vec!["--clientapp-launch", "exec"],
+            ),
+        ];
+        for (suffix, link, node) in variants {
+            self.ours_extra = link;
+            self.ours_node_extra = node;
+            let ours = self.supernode_latency(Flavor::Ours).await;
+            self.ours_extra.clear();
+            self.ours_node_extra.clear();
+            self.push(
+                &format!("SuperNode, 1 KB instruction, our SuperLink{suffix}"),
+                "instruction stored → reply stored, median (s)",
+                Better::Lower,
+                flower.clone(),
+                ours,
+            );
+        }
+        // Flower's SuperNode (and ours with `exec`) launches this Python program per message;
+        // ours by default imports it once and forks. Its cost, measured alone:
         let mut launches = Vec::new();
         for _ in 0..3 {
             let took =
@@ -925,10 +961,10 @@ impl Comparison {
             launches.push(took.as_secs_f64());
         }
         let launch = median(&mut launches);
-        let note = Some("same program for both".to_owned());
+        let note = Some("per message: Flower's, ours with exec; ours forks".to_owned());
         self.push(
             "SuperNode, 1 KB instruction, our SuperLink",
-            "of which: flwr-clientapp launch (python + imports, --help) (s)",
+            "flwr-clientapp launch alone (python + imports, --help) (s)",
             Better::Neither,
             Figure::of(launch).with_note(note.clone()),
             Figure::of(launch).with_note(note),
