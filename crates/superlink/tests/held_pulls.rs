@@ -425,6 +425,15 @@ async fn pull_as_node(
         .unwrap()
 }
 
+/// The ids of the instructions a node's pull was answered with.
+fn message_ids(answer: &pb::PullMessagesResponse) -> Vec<String> {
+    answer
+        .messages_list
+        .iter()
+        .map(|m| m.metadata.as_ref().unwrap().message_id.clone())
+        .collect()
+}
+
 fn held_for(answer: &tonic::Response<pb::PullMessagesResponse>) -> Option<String> {
     answer
         .metadata()
@@ -465,12 +474,7 @@ async fn a_node_asking_to_wait_is_held_and_one_that_does_not_is_answered_at_once
     let ins = push_instruction(&superlink.serverappio, &token, run_id, our_node).await;
     let answer = held.await.unwrap();
     let took = started.elapsed();
-    let ids: Vec<String> = answer
-        .get_ref()
-        .messages_list
-        .iter()
-        .map(|m| m.metadata.as_ref().unwrap().message_id.clone())
-        .collect();
+    let ids = message_ids(answer.get_ref());
     assert_eq!(ids, vec![ins.to_hex()]);
     assert_eq!(held_for(&answer).as_deref(), Some("20000"));
     assert!(
@@ -514,12 +518,7 @@ async fn an_instruction_through_another_replica_ends_the_held_node_pull() {
     let ins = push_instruction(&a.serverappio, &token, run_id, node).await;
     let answer = held.await.unwrap();
     let took = pushed.elapsed();
-    let ids: Vec<String> = answer
-        .get_ref()
-        .messages_list
-        .iter()
-        .map(|m| m.metadata.as_ref().unwrap().message_id.clone())
-        .collect();
+    let ids = message_ids(answer.get_ref());
     assert_eq!(ids, vec![ins.to_hex()], "{}", b.proc.output());
     // B's own look without news comes 10 s into the hold, the hold's end at 20 s.
     assert!(
