@@ -445,16 +445,18 @@ impl Core {
         let mut missing: Vec<ObjectId> = tree.post_order().into_iter().map(|n| n.id).collect();
         let mut elsewhere = self.state.arrivals_elsewhere();
         loop {
-            missing = self.objects.unavailable(&missing).await?;
             let Some(&next) = missing.first() else {
                 return Ok(());
             };
-            // Armed before the look at this object: its storing rings after the look or is seen.
+            // Armed before the look: an object stored after the look rings, one stored before is
+            // seen by it.
             let bell = self.object_bells.bell(next);
             let rung = bell.rung();
             tokio::pin!(rung);
             rung.as_mut().enable();
-            if self.objects.unavailable(&[next]).await?.is_empty() {
+            missing = self.objects.unavailable(&missing).await?;
+            if !missing.contains(&next) {
+                // In: wait on the next missing one, if any.
                 continue;
             }
             let looked = tokio::time::Instant::now();

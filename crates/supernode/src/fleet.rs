@@ -466,8 +466,7 @@ impl Fleet {
 
     /// PullMessages, asking the SuperLink to hold the call up to `wait` until an instruction
     /// comes (the long poll of our SuperLinks, [`flwr_transport::grpc::PULL_WAIT_HEADER`]; only
-    /// on grpc-rere). Also returns whether the SuperLink held it: Flower's SuperLink answers at
-    /// once, and then the caller keeps its poll interval.
+    /// on grpc-rere). Also returns whether the SuperLink says it held it (Flower's never does).
     pub async fn pull_message_waiting(
         &self,
         wait: Option<Duration>,

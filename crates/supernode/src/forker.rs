@@ -174,9 +174,9 @@ impl Forker {
         }
     }
 
-    /// Forks a ClientApp running `flwr-clientapp <args>`; `label` names its output in the log.
-    pub async fn launch(&self, args: &[OsString], label: &str) -> Result<Spawned, ForkError> {
-        let zygote = self.zygote(label).await?;
+    /// Forks a ClientApp running `flwr-clientapp <args>`.
+    pub async fn launch(&self, args: &[OsString]) -> Result<Spawned, ForkError> {
+        let zygote = self.zygote().await?;
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let args: Vec<String> = args
             .iter()
@@ -229,21 +229,21 @@ impl Forker {
     }
 
     /// The running launcher, started if there is none (or it died).
-    async fn zygote(&self, label: &str) -> Result<Arc<Zygote>, ForkError> {
+    async fn zygote(&self) -> Result<Arc<Zygote>, ForkError> {
         if let Some(z) = self.zygote.lock().as_ref() {
             if !z.task.is_finished() {
                 return Ok(z.clone());
             }
         }
         let python = interpreter(&self.program)?;
-        let z = Arc::new(start(&python, label).await?);
+        let z = Arc::new(start(&python).await?);
         *self.zygote.lock() = Some(z.clone());
         Ok(z)
     }
 }
 
 /// Starts the launcher with `python` and waits until it has imported `flwr`.
-async fn start(python: &[OsString], label: &str) -> Result<Zygote, ForkError> {
+async fn start(python: &[OsString]) -> Result<Zygote, ForkError> {
     let Some((program, args)) = python.split_first() else {
         return Err(ForkError::Launcher("no interpreter".into()));
     };
@@ -274,7 +274,8 @@ async fn start(python: &[OsString], label: &str) -> Result<Zygote, ForkError> {
     );
     let (commands, mut to_write) = mpsc::unbounded_channel::<String>();
     let started: Arc<Mutex<HashMap<u64, oneshot::Sender<Forked>>>> = Arc::default();
-    let label = format!("{label} (forked)");
+    // One stream for every child, whatever its run (each ClientApp logs its run itself).
+    let label = "clientapp (forked)";
     let task = tokio::spawn({
         let started = started.clone();
         async move {
@@ -324,7 +325,7 @@ async fn start(python: &[OsString], label: &str) -> Result<Zygote, ForkError> {
                     () = writes => {}
                 }
             };
-            let ((), ()) = tokio::join!(serve, process::pump(stderr, &label));
+            let ((), ()) = tokio::join!(serve, process::pump(stderr, label));
             // The launcher closed its stdout and every child its stderr: reap it.
             let _ = child.wait().await;
             tracing::warn!("the ClientApp launcher exited; the next message starts another");

@@ -243,17 +243,15 @@ impl Node {
                 () = self.stop.cancelled() => return Ok(()),
                 r = self.fleet.pull_message_waiting(Some(PULL_WAIT)) => r,
             };
-            // A pull the SuperLink held may be followed by the next at once; still never more
-            // than one empty pull per POLL_INTERVAL (a SuperLink ending its holds early).
-            let pulled = match pulled {
-                Ok((p, held)) => {
-                    if held {
-                        metrics::counter!("flwr_held_pulls_total").increment(1);
-                    }
-                    Ok(p)
+            // After an empty answer the next pull goes a POLL_INTERVAL after this one was asked:
+            // at once after a pull our SuperLink held, a second later after Flower's SuperLink
+            // answered at once (or a SuperLink ended its hold early).
+            let pulled = pulled.map(|(p, held)| {
+                if held {
+                    metrics::counter!("flwr_held_pulls_total").increment(1);
                 }
-                Err(e) => Err(e),
-            };
+                p
+            });
             match pulled {
                 Ok(Some(pulled)) => match self.handle(pulled).await {
                     Ok(()) => {}
@@ -539,7 +537,7 @@ impl Node {
         };
         let label = format!("clientapp run {run_id}");
         if let Some(forker) = &self.forker {
-            match forker.launch(&cmd.args, &label).await {
+            match forker.launch(&cmd.args).await {
                 Ok(forked) => {
                     tracing::info!(
                         run_id,

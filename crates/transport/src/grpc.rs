@@ -33,9 +33,9 @@ pub(crate) const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Fleet `PullMessages` long poll (ours only): our SuperNode sends this request header with the
 /// milliseconds it is willing to wait for an instruction; our SuperLink holds the call up to that
 /// long (and its `--fleet-pull-hold`) and answers with the same header, carrying the milliseconds
-/// it held, so that the SuperNode knows it may pull again at once. Flower's SuperNodes never send
-/// it (and are answered at once); Flower's SuperLink ignores it (and never answers with it, so
-/// our SuperNode keeps its poll interval there).
+/// it held (the SuperNode counts its held pulls by it). Flower's SuperNodes never send it (and are
+/// answered at once); Flower's SuperLink ignores it and answers at once, and our SuperNode then
+/// keeps its poll interval (it pulls at most once a second after an empty answer).
 pub const PULL_WAIT_HEADER: &str = "flwr-rs-pull-wait-ms";
 
 /// Applies [`MAX_MESSAGE_BYTES`] to a generated server or client type.
