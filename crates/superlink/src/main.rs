@@ -4,6 +4,9 @@ use std::process::ExitCode;
 
 use flwr_superlink::{cli, run, version_line};
 
+#[global_allocator]
+static ALLOCATOR: flwr_daemon::Allocator = flwr_daemon::Allocator {};
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let parsed = match cli::parse_from(std::env::args_os()) {

@@ -446,6 +446,25 @@ pub fn timestamp_in_window(timestamp: &str, now: DateTime<Utc>) -> bool {
     })
 }
 
+/// A call's signed metadata as it came in its headers: the public key and the signature decoded
+/// from base64 (padded or not, as gRPC allows), the timestamp as text. `None` when any of the
+/// three is missing or damaged. Reads the headers in place (no copy of the map per call).
+pub fn signed_metadata(headers: &http::HeaderMap) -> Option<(bytes::Bytes, &str, bytes::Bytes)> {
+    let public_key = binary_header(headers, PUBLIC_KEY_HEADER)?;
+    let timestamp = headers.get(TIMESTAMP_HEADER)?.to_str().ok()?;
+    let signature = binary_header(headers, SIGNATURE_HEADER)?;
+    Some((public_key, timestamp, signature))
+}
+
+/// The bytes of a binary (`-bin`) header.
+fn binary_header(headers: &http::HeaderMap, name: &str) -> Option<bytes::Bytes> {
+    use base64ct::Encoding;
+    let text = std::str::from_utf8(headers.get(name)?.as_bytes()).ok()?;
+    base64ct::Base64Unpadded::decode_vec(text.trim_end_matches('='))
+        .ok()
+        .map(bytes::Bytes::from)
+}
+
 /// Checks a signed call: the timestamp window first (cheap), then the signature (the costly
 /// part), so that stale replays cost no ECDSA work.
 pub fn verify_signed_timestamp(
@@ -706,5 +725,29 @@ CnACHZOwQGkwYZNHhOYfWmGAyXGM37ewKNxrOQ==
         assert!(e.to_string().contains("truncated or malformed"), "{e}");
         let e = NodeSigningKey::from_openssh(&encrypted[..100], "half").unwrap_err();
         assert!(e.to_string().contains("no `-----BEGIN OPENSSH"), "{e}");
+    }
+
+    #[test]
+    fn signed_metadata_is_read_from_padded_and_unpadded_binary_headers() {
+        let headers = |key: &str, sig: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(PUBLIC_KEY_HEADER, key.parse().unwrap());
+            h.insert(TIMESTAMP_HEADER, "2026-12-02T12:00:00Z".parse().unwrap());
+            h.insert(SIGNATURE_HEADER, sig.parse().unwrap());
+            h
+        };
+        // "key" is "a2V5" either way; "sg" is "c2c=" padded and "c2c" unpadded.
+        for (key, sig) in [("a2V5", "c2c="), ("a2V5", "c2c")] {
+            let h = headers(key, sig);
+            let (k, t, s) = signed_metadata(&h).expect(sig);
+            assert_eq!(
+                (&k[..], t, &s[..]),
+                (&b"key"[..], "2026-12-02T12:00:00Z", &b"sg"[..])
+            );
+        }
+        assert!(signed_metadata(&headers("a2V5", "not base64!")).is_none());
+        let mut missing = headers("a2V5", "c2c");
+        missing.remove(TIMESTAMP_HEADER);
+        assert!(signed_metadata(&missing).is_none());
     }
 }

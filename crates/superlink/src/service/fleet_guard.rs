@@ -17,7 +17,6 @@ use flwr_transport::node_auth::{self, AuthError};
 use flwr_transport::server::{Connection, ProvenKey};
 use http::{Request, Response};
 use tonic::body::Body;
-use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tower::{Service, ServiceExt};
 
@@ -141,17 +140,7 @@ async fn authenticate(
     headers: &http::HeaderMap,
     connection: Option<&ProvenKey>,
 ) -> Result<Caller, Refusal> {
-    let md = MetadataMap::from_headers(headers.clone());
-    let key = md
-        .get_bin(node_auth::PUBLIC_KEY_HEADER)
-        .and_then(|v| v.to_bytes().ok());
-    let ts = md
-        .get(node_auth::TIMESTAMP_HEADER)
-        .and_then(|v| v.to_str().ok());
-    let sig = md
-        .get_bin(node_auth::SIGNATURE_HEADER)
-        .and_then(|v| v.to_bytes().ok());
-    let (Some(public_key), Some(ts), Some(sig)) = (key, ts, sig) else {
+    let Some((public_key, ts, sig)) = node_auth::signed_metadata(headers) else {
         return Err(AuthError::MissingMetadata.into());
     };
     let now = chrono::Utc::now();
