@@ -33,3 +33,22 @@ fn the_daemon_plumbing_knows_no_wire() {
         );
     }
 }
+
+/// ARCHITECTURE.md's "both daemons run on `flwr_daemon::Allocator`", checked in their `main.rs`.
+#[test]
+fn both_daemons_run_on_the_shared_allocator() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for daemon in ["superlink", "supernode"] {
+        let main = std::fs::read_to_string(crates.join(daemon).join("src/main.rs")).unwrap();
+        let declared = main
+            .split("#[global_allocator]")
+            .nth(1)
+            .and_then(|rest| rest.lines().find(|l| !l.trim().is_empty()))
+            .unwrap_or_default();
+        assert!(
+            declared.contains("flwr_daemon::Allocator"),
+            "crates/{daemon}/src/main.rs does not declare flwr_daemon::Allocator as its \
+             #[global_allocator]: {declared:?}"
+        );
+    }
+}

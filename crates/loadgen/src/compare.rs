@@ -291,8 +291,16 @@ impl Row {
     }
 
     fn verdict(&self) -> String {
-        if let (Some(c), Some(o)) = (self.ceiling, self.ours.value) {
-            return format!("ours = {:.0}% of the ceiling", 100.0 * o / c);
+        match (self.ceiling, self.ours.value) {
+            (Some(c), Some(o)) if self.better == Better::Lower => {
+                return if c > 0.0 {
+                    format!("ours = {}× the floor", fmt_num(o / c))
+                } else {
+                    "—".into()
+                };
+            }
+            (Some(c), Some(o)) => return format!("ours = {:.0}% of the ceiling", 100.0 * o / c),
+            _ => {}
         }
         match (self.better_by(), self.flower.value, self.ours.value) {
             (Some(x), _, _) if (0.995..1.005).contains(&x) => "same".into(),
@@ -708,7 +716,11 @@ impl Comparison {
         Ok(())
     }
 
-    async fn ceiling(&mut self, nodes: usize, bytes: usize) -> Result<()> {
+    /// Starts the bare echo service and opens `clients` channels to it (each its own connection).
+    async fn echo_server(
+        &mut self,
+        clients: usize,
+    ) -> Result<(Daemon, Vec<tonic::transport::Channel>)> {
         self.starts += 1;
         let home = self.dir.path().join(format!("echo-{}", self.starts));
         std::fs::create_dir_all(&home)?;
@@ -721,13 +733,18 @@ impl Comparison {
             "127.0.0.1:0",
         ]);
         self.tls_args(&mut cmd);
-        let mut daemon =
+        let daemon =
             Daemon::start("echo server", cmd, Health::Logged, &home.join("echo.log")).await?;
         let address = daemon.logged_address(echo::SERVING)?;
         let addr: flwr_transport::address::Address = address.parse()?;
-        let channels: Vec<_> = (0..nodes)
+        let channels = (0..clients)
             .map(|_| flwr_transport::grpc::channel(&addr, Some(self.client_tls.clone())))
             .collect();
+        Ok((daemon, channels))
+    }
+
+    async fn ceiling(&mut self, nodes: usize, bytes: usize) -> Result<()> {
+        let (mut daemon, channels) = self.echo_server(nodes).await?;
         let mut moved = 0u64;
         let mut took = Duration::ZERO;
         for _ in 0..self.plan.rounds {
@@ -810,6 +827,68 @@ impl Comparison {
                 flower.figure(get),
                 opted.figure(get),
             );
+        }
+        self.idle_floor(n, &name).await
+    }
+
+    /// What `n` idle nodes cost a bare tonic + rustls service (the echo service, answering
+    /// heartbeat-sized calls that carry a signed heartbeat's headers, at the same cadence): the
+    /// floor under the idle rows of `workload` (ours with the per-connection proof, which leaves
+    /// out the ECDSA work the echo service does not do either).
+    async fn idle_floor(&mut self, n: usize, workload: &str) -> Result<()> {
+        let (mut daemon, channels) = self.echo_server(n).await?;
+        let clients = echo::IdleClients::start(&channels, self.plan.idle_interval).await;
+        let clients = match clients {
+            Ok(c) => c,
+            Err(e) => {
+                daemon.stop(Duration::from_secs(5)).await;
+                return Err(e.context("connecting the idle floor's clients"));
+            }
+        };
+        let before = daemon.sample()?;
+        let t0 = Instant::now();
+        tokio::time::sleep(self.plan.idle_time).await;
+        let after = daemon.sample()?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let (answered, failed) = clients.counts();
+        clients.stop().await;
+        daemon.stop(Duration::from_secs(5)).await;
+        if failed > 0 {
+            anyhow::bail!("the idle floor's echo service failed {failed} of {answered} calls");
+        }
+        let floors = [
+            (
+                "server CPU (% of one core)",
+                100.0 * (after.cpu_seconds - before.cpu_seconds) / seconds,
+            ),
+            ("server RSS at the end (MiB)", after.rss as f64 / MIB),
+        ];
+        for (metric, floor) in floors {
+            let ours = self
+                .rows
+                .iter()
+                .rev()
+                .find(|r| r.workload == workload && r.metric == metric)
+                .and_then(|r| r.ours.value);
+            let row = Row {
+                workload: workload.into(),
+                metric: format!("floor: {metric} of a bare tonic+rustls echo, same calls"),
+                better: Better::Lower,
+                flower: Figure::default(),
+                ours: Figure {
+                    value: ours,
+                    note: None,
+                },
+                ceiling: Some(floor),
+            };
+            eprintln!(
+                "  {} | {} | floor {} | {}",
+                row.workload,
+                row.metric,
+                fmt_num(floor),
+                row.verdict()
+            );
+            self.rows.push(row);
         }
         Ok(())
     }
@@ -972,7 +1051,6 @@ impl Comparison {
         Ok(())
     }
 
-    /// The table as Markdown.
     /// The example app through `flwr run --stream` over TLS, on a SuperLink and two SuperNodes
     /// of each kind (isolation subprocess: each SuperNode starts the ClientApps, ours as it does
     /// by default), the time from `flwr run` to its end (the run finished), median of the runs.
@@ -1026,6 +1104,7 @@ impl Comparison {
         Ok(())
     }
 
+    /// The table as Markdown.
     pub fn table(&self) -> String {
         let mut out = String::from("| workload | metric | Flower 1.28.0 | ours | ours vs Flower |\n|---|---|---:|---:|---|\n");
         for r in &self.rows {
@@ -1035,6 +1114,9 @@ impl Comparison {
                 r.flower.cell()
             };
             let ours = match r.ceiling {
+                Some(c) if r.better == Better::Lower => {
+                    format!("{} (floor {})", r.ours.cell(), fmt_num(c))
+                }
                 Some(c) => format!("{} (ceiling {})", r.ours.cell(), fmt_num(c)),
                 None => r.ours.cell(),
             };

@@ -1,6 +1,7 @@
 //! The ceiling: the same payloads through a bare tonic + rustls service that answers every blob
 //! with itself, with the same gRPC settings and TLS files as the SuperLinks.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,8 @@ use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use flwr_transport::address::Address;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::{Request, Response, Status};
 
 use crate::payload::CHUNK_SIZE;
@@ -58,13 +61,15 @@ pub async fn serve(
     let routes = tonic::service::Routes::new(flwr_transport::limits!(
         pb::echo_server::EchoServer::new(EchoService)
     ));
-    let echo = flwr_transport::server::serve(
-        routes,
-        listener,
-        tls,
-        flwr_transport::server::ServeOptions::default(),
-        stop.clone(),
-    );
+    // As many connections as the open-file limit allows, as the daemons do (the idle floor
+    // holds as many clients as the idle fleet has nodes).
+    let options = flwr_transport::server::ServeOptions {
+        max_connections: flwr_daemon::connections::default_max_connections(
+            flwr_daemon::connections::raise_open_file_limit(),
+        ),
+        ..Default::default()
+    };
+    let echo = flwr_transport::server::serve(routes, listener, tls, options, stop.clone());
     let health = flwr_transport::health::serve(health_listener, Default::default(), stop.clone());
     tokio::join!(echo, health);
     signals.abort();
@@ -104,4 +109,132 @@ pub async fn round(
         total += r.context("echo task")??;
     }
     Ok((total, started.elapsed()))
+}
+
+/// The floor of the idle rows: clients of the bare echo service, each on its own connection,
+/// making one small call at the idle nodes' heartbeat cadence with the headers a signed
+/// heartbeat carries (a public key that stays the same, a timestamp and a signature that change),
+/// so that the service does what a SuperLink does for an idle node minus the SuperLink.
+pub struct IdleClients {
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    answered: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+/// Bytes of a P-384 public key in PEM, and of an ECDSA P-384 signature in DER, as SuperNodes
+/// send them.
+const KEY_PEM_BYTES: usize = 215;
+const SIGNATURE_BYTES: usize = 103;
+/// Clients connecting at once.
+const CONNECTING_AT_ONCE: usize = 200;
+
+impl IdleClients {
+    /// Connects one client per channel (a first call each), then starts their calls, `interval`
+    /// being the heartbeat interval the idle nodes announce.
+    pub async fn start(channels: &[tonic::transport::Channel], interval: f64) -> Result<Self> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(CONNECTING_AT_ONCE));
+        let mut connecting = JoinSet::new();
+        for (i, channel) in channels.iter().enumerate() {
+            let client = flwr_transport::limits!(pb::echo_client::EchoClient::new(channel.clone()));
+            let gate = gate.clone();
+            connecting.spawn(async move {
+                let _permit = gate.acquire_owned().await?;
+                let mut caller = Caller::new(i, client);
+                caller.call().await?;
+                anyhow::Ok(caller)
+            });
+        }
+        let stop = CancellationToken::new();
+        let answered = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let mut tasks = JoinSet::new();
+        while let Some(connected) = connecting.join_next().await {
+            let mut caller = connected.context("connecting task")??;
+            let (stop, answered, failed) = (stop.clone(), answered.clone(), failed.clone());
+            tasks.spawn(async move {
+                loop {
+                    // The idle nodes' wait between heartbeats (see `sim::SimNode::run`).
+                    let wait = ((interval - 5.0)
+                        * (0.7 + 0.2 * flwr_supernode::fleet::rand_unit()))
+                    .max(1.0);
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+                    }
+                    let counter = if caller.call().await.is_ok() {
+                        &answered
+                    } else {
+                        &failed
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        Ok(Self {
+            stop,
+            tasks,
+            answered,
+            failed,
+        })
+    }
+
+    /// Calls answered and failed so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.answered.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Stops every client.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// One idle client: its connection and the headers it sends.
+struct Caller {
+    client: pb::echo_client::EchoClient<tonic::transport::Channel>,
+    key: Bytes,
+    calls: u64,
+}
+
+impl Caller {
+    fn new(i: usize, client: pb::echo_client::EchoClient<tonic::transport::Channel>) -> Self {
+        let key = (0..KEY_PEM_BYTES)
+            .map(|b| (b ^ i) as u8)
+            .collect::<Vec<u8>>()
+            .into();
+        Self {
+            client,
+            key,
+            calls: 0,
+        }
+    }
+
+    /// One heartbeat-sized call (a 20-byte body, as SendNodeHeartbeat's).
+    async fn call(&mut self) -> Result<()> {
+        self.calls += 1;
+        let mut request = Request::new(pb::Blob {
+            data: Bytes::from_static(&[1; 20]),
+        });
+        let signature: Vec<u8> = (0..SIGNATURE_BYTES)
+            .map(|b| (b as u64 ^ self.calls) as u8)
+            .collect();
+        let timestamp: AsciiMetadataValue = flwr_transport::node_auth::timestamp_now().parse()?;
+        let md = request.metadata_mut();
+        md.insert_bin(
+            flwr_transport::node_auth::PUBLIC_KEY_HEADER,
+            MetadataValue::from_bytes(&self.key),
+        );
+        md.insert(flwr_transport::node_auth::TIMESTAMP_HEADER, timestamp);
+        md.insert_bin(
+            flwr_transport::node_auth::SIGNATURE_HEADER,
+            MetadataValue::from_bytes(&signature),
+        );
+        self.client.echo(request).await.context("Echo")?;
+        Ok(())
+    }
 }

@@ -12,6 +12,10 @@ use flwr_transport::tls::{
     load_client_config, load_server_config, ClientTlsChoice, ServerTlsFiles,
 };
 
+// The daemons' allocator, so that the echo service's floors (CPU, memory) are measured on it.
+#[global_allocator]
+static ALLOCATOR: flwr_daemon::Allocator = flwr_daemon::Allocator {};
+
 #[derive(Parser)]
 #[command(
     name = "flwr-bench",

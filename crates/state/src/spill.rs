@@ -14,7 +14,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use flwr_objects::store::{Content, StoreError};
@@ -93,6 +93,20 @@ pub struct Spilled {
     file: File,
     len: usize,
     _slot: FileSlot,
+    /// The bytes of the last read, while any reader still holds them: readers at about the same
+    /// time (nodes pulling the same instruction) share one read and one copy in memory. An
+    /// async lock, held across the read so that a second reader waits for the first one's
+    /// bytes instead of reading the file again; it keeps nothing alive by itself.
+    last_read: tokio::sync::Mutex<Weak<Vec<u8>>>,
+}
+
+/// Read bytes shared by the readers of one spilled object (see [`Spilled::last_read`]).
+struct SharedRead(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedRead {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// One of the files the spiller may have open, counted while it lives (also while the file is
@@ -171,6 +185,7 @@ impl Spiller {
                             file,
                             len,
                             _slot: slot,
+                            last_read: tokio::sync::Mutex::new(Weak::new()),
                         }))
                     }
                     Ok(Err(e)) => {
@@ -193,26 +208,34 @@ impl Spiller {
         }))
     }
 
-    /// The bytes of `held` (a read of the file, on the blocking pool, for a spilled object).
+    /// The bytes of `held`: for a spilled object, a read of the file on the blocking pool, or
+    /// the bytes another reader of the same object still holds.
     pub async fn bytes(&self, held: Held) -> Result<Bytes, StoreError> {
-        match held {
-            Held::Inline(i) => Ok(i.bytes.clone()),
-            Held::Spilled(s) => {
-                let read = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0; s.len];
-                    s.file.read_exact_at(&mut buf, 0).map(|()| Bytes::from(buf))
-                })
-                .await;
-                match read {
-                    Ok(r) => r.map_err(|e| {
-                        StoreError::Backend(
-                            format!("reading a spilled object back failed: {e}").into(),
-                        )
-                    }),
-                    Err(e) => Err(StoreError::Backend(Box::new(e))),
-                }
-            }
+        let s = match held {
+            Held::Inline(i) => return Ok(i.bytes.clone()),
+            Held::Spilled(s) => s,
+        };
+        let mut last = s.last_read.lock().await;
+        if let Some(shared) = last.upgrade() {
+            return Ok(Bytes::from_owner(SharedRead(shared)));
         }
+        let file = s.clone();
+        // Allocated here, on a runtime thread, not on the blocking pool's: the allocator gives
+        // a large block back to the system promptly when the thread that allocated it keeps
+        // allocating, and a blocking-pool thread may sleep until it exits.
+        let mut buf = vec![0; file.len];
+        let read =
+            tokio::task::spawn_blocking(move || file.file.read_exact_at(&mut buf, 0).map(|()| buf))
+                .await;
+        let buf = match read {
+            Ok(r) => r.map_err(|e| {
+                StoreError::Backend(format!("reading a spilled object back failed: {e}").into())
+            })?,
+            Err(e) => return Err(StoreError::Backend(Box::new(e))),
+        };
+        let shared = Arc::new(buf);
+        *last = Arc::downgrade(&shared);
+        Ok(Bytes::from_owner(SharedRead(shared)))
     }
 }
 

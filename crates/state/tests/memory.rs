@@ -126,4 +126,40 @@ mod where_bytes_wait {
             Lookup::Available(content)
         );
     }
+
+    #[tokio::test]
+    async fn readers_of_a_spilled_object_at_the_same_time_share_one_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MemoryObjects::new(Some(SpillPolicy {
+            dir: dir.path().to_owned(),
+            threshold: 0,
+            budget: 0,
+            max_files: usize::MAX,
+        }));
+        let content = Bytes::from(vec![3u8; 100_000]);
+        let (t, objects) = tree(std::slice::from_ref(&content));
+        store.preregister(1, &t).await.unwrap();
+        for (id, c) in &objects {
+            assert!(store.put(id, c.clone()).await.unwrap());
+        }
+        assert_eq!(store.inline_bytes(), 0, "in a file");
+        let read = || async {
+            match store.get(&ObjectId::of(&content)).await.unwrap() {
+                Lookup::Available(b) => b,
+                other => panic!("{other:?}"),
+            }
+        };
+        let first = read().await;
+        let second = read().await;
+        assert_eq!(first, content);
+        assert_eq!(
+            first.as_ptr(),
+            second.as_ptr(),
+            "the second reader gets the first one's bytes"
+        );
+        drop((first, second));
+        // Nobody holds them any more: the next reader reads the file again, and gets it whole.
+        let third = read().await;
+        assert_eq!(third, content);
+    }
 }
