@@ -290,9 +290,14 @@ impl Row {
         }
     }
 
+    /// A reference row whose figure is a floor (lower is better), not a ceiling.
+    fn is_floor(&self) -> bool {
+        self.ceiling.is_some() && self.better == Better::Lower
+    }
+
     fn verdict(&self) -> String {
         match (self.ceiling, self.ours.value) {
-            (Some(c), Some(o)) if self.better == Better::Lower => {
+            (Some(c), Some(o)) if self.is_floor() => {
                 return if c > 0.0 {
                     format!("ours = {}× the floor", fmt_num(o / c))
                 } else {
@@ -442,6 +447,45 @@ impl Comparison {
             row.metric,
             row.flower.cell(),
             row.ours.cell(),
+            row.verdict()
+        );
+        self.rows.push(row);
+    }
+
+    /// A row that sets ours (the figure of `ours_metric` in the row of `workload` pushed last)
+    /// against the bare echo service's `reference`: a ceiling (higher is better) or a floor
+    /// (`Better::Lower`).
+    fn push_reference(
+        &mut self,
+        workload: &str,
+        ours_metric: &str,
+        metric: String,
+        better: Better,
+        reference: f64,
+    ) {
+        let ours = self
+            .rows
+            .iter()
+            .rev()
+            .find(|r| r.workload == workload && r.metric == ours_metric)
+            .and_then(|r| r.ours.value);
+        let row = Row {
+            workload: workload.into(),
+            metric,
+            better,
+            flower: Figure::default(),
+            ours: Figure {
+                value: ours,
+                note: None,
+            },
+            ceiling: Some(reference),
+        };
+        eprintln!(
+            "  {} | {} | {} {} | {}",
+            row.workload,
+            row.metric,
+            if row.is_floor() { "floor" } else { "ceiling" },
+            fmt_num(reference),
             row.verdict()
         );
         self.rows.push(row);
@@ -755,30 +799,13 @@ impl Comparison {
         daemon.stop(Duration::from_secs(5)).await;
         let mbps = moved as f64 / MB as f64 / took.as_secs_f64();
         let workload = format!("fan-out {}, N={nodes}, in-memory", fmt_bytes(bytes));
-        let ours_mbps = self
-            .rows
-            .iter()
-            .rev()
-            .find(|r| r.workload == workload && r.metric == "payload MB/s")
-            .and_then(|r| r.ours.value);
-        let row = Row {
-            workload,
-            metric: "ceiling MB/s (bare tonic+rustls echo, same payloads)".into(),
-            better: Better::Neither,
-            flower: Figure::default(),
-            ours: Figure {
-                value: ours_mbps,
-                note: None,
-            },
-            ceiling: Some(mbps),
-        };
-        eprintln!(
-            "  {} | ceiling {} MB/s | {}",
-            row.workload,
-            fmt_num(mbps),
-            row.verdict()
+        self.push_reference(
+            &workload,
+            "payload MB/s",
+            "ceiling MB/s (bare tonic+rustls echo, same payloads)".into(),
+            Better::Neither,
+            mbps,
         );
-        self.rows.push(row);
         Ok(())
     }
 
@@ -864,31 +891,13 @@ impl Comparison {
             ("server RSS at the end (MiB)", after.rss as f64 / MIB),
         ];
         for (metric, floor) in floors {
-            let ours = self
-                .rows
-                .iter()
-                .rev()
-                .find(|r| r.workload == workload && r.metric == metric)
-                .and_then(|r| r.ours.value);
-            let row = Row {
-                workload: workload.into(),
-                metric: format!("floor: {metric} of a bare tonic+rustls echo, same calls"),
-                better: Better::Lower,
-                flower: Figure::default(),
-                ours: Figure {
-                    value: ours,
-                    note: None,
-                },
-                ceiling: Some(floor),
-            };
-            eprintln!(
-                "  {} | {} | floor {} | {}",
-                row.workload,
-                row.metric,
-                fmt_num(floor),
-                row.verdict()
+            self.push_reference(
+                workload,
+                metric,
+                format!("floor: {metric} of a bare tonic+rustls echo, same calls"),
+                Better::Lower,
+                floor,
             );
-            self.rows.push(row);
         }
         Ok(())
     }
@@ -1114,7 +1123,7 @@ impl Comparison {
                 r.flower.cell()
             };
             let ours = match r.ceiling {
-                Some(c) if r.better == Better::Lower => {
+                Some(c) if r.is_floor() => {
                     format!("{} (floor {})", r.ours.cell(), fmt_num(c))
                 }
                 Some(c) => format!("{} (ceiling {})", r.ours.cell(), fmt_num(c)),

@@ -154,13 +154,9 @@ impl IdleClients {
             let (stop, answered, failed) = (stop.clone(), answered.clone(), failed.clone());
             tasks.spawn(async move {
                 loop {
-                    // The idle nodes' wait between heartbeats (see `sim::SimNode::run`).
-                    let wait = ((interval - 5.0)
-                        * (0.7 + 0.2 * flwr_supernode::fleet::rand_unit()))
-                    .max(1.0);
                     tokio::select! {
                         () = stop.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+                        () = tokio::time::sleep(crate::sim::heartbeat_wait(interval)) => {}
                     }
                     let counter = if caller.call().await.is_ok() {
                         &answered

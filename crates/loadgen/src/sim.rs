@@ -168,12 +168,9 @@ impl SimNode {
                     Ok(true) => hb_stats.heartbeats.fetch_add(1, Ordering::Relaxed),
                     _ => hb_stats.failed_heartbeats.fetch_add(1, Ordering::Relaxed),
                 };
-                let wait = ((behaviour.heartbeat_interval - 5.0)
-                    * (0.7 + 0.2 * flwr_supernode::fleet::rand_unit()))
-                .max(1.0);
                 tokio::select! {
                     () = hb_stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+                    () = tokio::time::sleep(heartbeat_wait(behaviour.heartbeat_interval)) => {}
                 }
             }
         };
@@ -619,4 +616,12 @@ impl Driver {
             .await?;
         Ok(())
     }
+}
+
+/// How long a simulated node waits between heartbeats announced every `interval` seconds:
+/// 0.7–0.9 × (interval − 5 s), jittered, at least 1 s, as Flower's SuperNode sends them.
+pub fn heartbeat_wait(interval: f64) -> Duration {
+    Duration::from_secs_f64(
+        ((interval - 5.0) * (0.7 + 0.2 * flwr_supernode::fleet::rand_unit())).max(1.0),
+    )
 }
