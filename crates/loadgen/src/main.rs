@@ -117,6 +117,25 @@ enum Command {
         #[arg(long, default_value = "60")]
         seconds: u64,
     },
+    /// Ceiling rounds against a running echo server (`flwr-bench echo-server`): each client
+    /// sends what a node and its reply would move through a SuperLink in one round.
+    Echo {
+        /// The echo service's address.
+        #[arg(long)]
+        address: String,
+        /// CA certificate of the echo server (omit for a plaintext one).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Clients, each on its own connection.
+        #[arg(long, default_value = "10")]
+        nodes: usize,
+        /// Payload bytes per message.
+        #[arg(long, default_value = "1000")]
+        bytes: usize,
+        /// Rounds.
+        #[arg(long, default_value = "5")]
+        rounds: u32,
+    },
     /// The bare echo service of the ceiling (the comparison starts it itself).
     EchoServer {
         /// Where the echo service listens.
@@ -156,10 +175,51 @@ fn target(control: &str, fleet: &str, serverappio: &str, ca: Option<PathBuf>) ->
     })
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// mimalloc's option: milliseconds before memory freed goes back to the system (-1: never).
+const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
+/// Set in the load generator's process once it runs with [`PURGE_DELAY`] (see
+/// [`keep_freed_memory`]).
+const KEEPS_FREED_MEMORY: &str = "FLWR_BENCH_KEEPS_FREED_MEMORY";
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::EchoServer { .. }) {
+        keep_freed_memory()?;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+/// The load generator is the client of every row, on the cores of the server it measures: it
+/// keeps the memory it frees for its next messages instead of giving it back to the system at
+/// once, as the allocator does by default (at 50 MB messages the first touch of memory given
+/// back and taken again, page faults and zeroing, was half of its CPU). The allocator reads its
+/// options when the process starts, so the program runs itself again with the option set, then
+/// takes it out of its environment: the servers it starts (ours, Flower's, the echo service) run
+/// with the defaults, as deployed.
+fn keep_freed_memory() -> Result<()> {
+    if std::env::var_os(KEEPS_FREED_MEMORY).is_some() {
+        // Before any other thread exists.
+        std::env::remove_var(PURGE_DELAY);
+        std::env::remove_var(KEEPS_FREED_MEMORY);
+        return Ok(());
+    }
+    use std::os::unix::process::CommandExt as _;
+    // Not a child: this process becomes the program again (nothing to own or reap).
+    #[allow(clippy::disallowed_methods)]
+    let failed = std::process::Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env(PURGE_DELAY, "-1")
+        .env(KEEPS_FREED_MEMORY, "1")
+        .exec();
+    Err(failed).context("running flwr-bench again with its allocator's option")
+}
+
+async fn run(cli: Cli) -> Result<()> {
     let _logging = flwr_daemon::logging::init(Default::default())?;
-    match Cli::parse().command {
+    match cli.command {
         Command::Compare {
             smoke,
             only,
@@ -231,6 +291,28 @@ async fn main() -> Result<()> {
                     r.messages,
                     r.payload_bytes as f64 / 1e6,
                     r.errors
+                );
+            }
+        }
+        Command::Echo {
+            address,
+            ca,
+            nodes,
+            bytes,
+            rounds,
+        } => {
+            let t = target(&address, &address, &address, ca)?;
+            let channels: Vec<_> = (0..nodes)
+                .map(|_| flwr_transport::grpc::channel(&t.fleet, t.tls.clone()))
+                .collect();
+            for i in 0..rounds {
+                let (moved, took) = flwr_loadgen::echo::round(&channels, bytes).await?;
+                println!(
+                    "round {}: {:.3} s, {:.1} MB, {:.0} MB/s",
+                    i + 1,
+                    took.as_secs_f64(),
+                    moved as f64 / 1e6,
+                    moved as f64 / 1e6 / took.as_secs_f64()
                 );
             }
         }

@@ -60,55 +60,64 @@ fn push(objects: &mut Vec<(ObjectId, Bytes)>, bytes: Vec<u8>) -> ObjectId {
 }
 
 /// Builds a message whose content holds one float32 array with these bytes of data.
-pub fn build(mut meta: MessageMeta, data: &[u8]) -> Built {
-    let mut objects = Vec::new();
-    let npy = npy(data);
-    let n = data.len() / 4;
-    let mut chunk_ids: Vec<ObjectId> = Vec::new();
-    let mut indices = Vec::new();
-    for part in npy.chunks(CHUNK_SIZE) {
-        let id = push(&mut objects, serialize(ObjectType::ArrayChunk, &[], part));
-        let idx = match chunk_ids.iter().position(|c| *c == id) {
-            Some(i) => i,
-            None => {
-                chunk_ids.push(id);
-                chunk_ids.len() - 1
-            }
-        };
-        indices.push(idx.to_string());
-    }
-    let array_body = format!(
-        "{{\"dtype\": \"float32\", \"shape\": [{n}], \"stype\": \"numpy.ndarray\", \"arraychunk_ids\": [{}]}}",
-        indices.join(", ")
-    );
-    let array = push(
-        &mut objects,
-        serialize(ObjectType::Array, &chunk_ids, array_body.as_bytes()),
-    );
-    let record = push(
-        &mut objects,
-        serialize(
-            ObjectType::ArrayRecord,
-            &[array],
-            format!("{{\"w\": \"{array}\"}}").as_bytes(),
-        ),
-    );
-    let dict = push(
-        &mut objects,
-        serialize(
-            ObjectType::RecordDict,
-            &[record],
-            format!("{{\"arrays\": \"{record}\"}}").as_bytes(),
-        ),
-    );
-    meta.has_content = true;
-    meta.error = None;
-    let message = serialize(ObjectType::Message, &[dict], &meta.object_body());
-    let message_id = push(&mut objects, message);
-    meta.message_id = message_id.to_hex();
-    let tree = ObjectTree {
-        id: message_id,
-        children: vec![ObjectTree {
+pub fn build(meta: MessageMeta, data: &[u8]) -> Built {
+    Content::of(data).message(meta)
+}
+
+/// A message's content without the message: the objects under its RecordDict (one float32
+/// array), built once and sent under as many messages as wanted (a node's replies, each round).
+#[derive(Clone, Debug)]
+pub struct Content {
+    /// The RecordDict's tree.
+    tree: ObjectTree,
+    /// Its objects, children before parents.
+    objects: Vec<(ObjectId, Bytes)>,
+}
+
+impl Content {
+    /// The content holding one float32 array whose data is `data`.
+    pub fn of(data: &[u8]) -> Content {
+        let mut objects = Vec::new();
+        let npy = npy(data);
+        let n = data.len() / 4;
+        let mut chunk_ids: Vec<ObjectId> = Vec::new();
+        let mut indices = Vec::new();
+        for part in npy.chunks(CHUNK_SIZE) {
+            let id = push(&mut objects, serialize(ObjectType::ArrayChunk, &[], part));
+            let idx = match chunk_ids.iter().position(|c| *c == id) {
+                Some(i) => i,
+                None => {
+                    chunk_ids.push(id);
+                    chunk_ids.len() - 1
+                }
+            };
+            indices.push(idx.to_string());
+        }
+        let array_body = format!(
+            "{{\"dtype\": \"float32\", \"shape\": [{n}], \"stype\": \"numpy.ndarray\", \"arraychunk_ids\": [{}]}}",
+            indices.join(", ")
+        );
+        let array = push(
+            &mut objects,
+            serialize(ObjectType::Array, &chunk_ids, array_body.as_bytes()),
+        );
+        let record = push(
+            &mut objects,
+            serialize(
+                ObjectType::ArrayRecord,
+                &[array],
+                format!("{{\"w\": \"{array}\"}}").as_bytes(),
+            ),
+        );
+        let dict = push(
+            &mut objects,
+            serialize(
+                ObjectType::RecordDict,
+                &[record],
+                format!("{{\"arrays\": \"{record}\"}}").as_bytes(),
+            ),
+        );
+        let tree = ObjectTree {
             id: dict,
             children: vec![ObjectTree {
                 id: record,
@@ -117,12 +126,27 @@ pub fn build(mut meta: MessageMeta, data: &[u8]) -> Built {
                     children: chunk_ids.iter().map(|c| ObjectTree::leaf(*c)).collect(),
                 }],
             }],
-        }],
-    };
-    Built {
-        meta,
-        tree,
-        objects,
+        };
+        Content { tree, objects }
+    }
+
+    /// A message with this content (its id set in the returned metadata); the content's
+    /// objects are shared, not copied.
+    pub fn message(&self, mut meta: MessageMeta) -> Built {
+        meta.has_content = true;
+        meta.error = None;
+        let mut objects = self.objects.clone();
+        let message = serialize(ObjectType::Message, &[self.tree.id], &meta.object_body());
+        let message_id = push(&mut objects, message);
+        meta.message_id = message_id.to_hex();
+        Built {
+            meta,
+            tree: ObjectTree {
+                id: message_id,
+                children: vec![self.tree.clone()],
+            },
+            objects,
+        }
     }
 }
 

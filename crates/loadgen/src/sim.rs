@@ -116,6 +116,8 @@ pub struct SimNode {
     fleet: Fleet,
     /// Its counters.
     pub stats: Arc<NodeStats>,
+    /// The content of its replies, when built ahead (see [`SimNode::build_reply`]).
+    reply: Option<payload::Content>,
 }
 
 impl SimNode {
@@ -148,7 +150,20 @@ impl SimNode {
         Ok(SimNode {
             fleet,
             stats: Arc::default(),
+            reply: None,
         })
+    }
+
+    /// Builds the content of this node's replies (`bytes` of float32 data, the same every
+    /// round) now rather than at its first answer: before the rounds start, as a ServerApp
+    /// builds its instructions before a round's clock starts, so that the node's payload work
+    /// does not take the machine's CPU from the server during a round.
+    pub fn build_reply(&mut self, bytes: usize) {
+        self.reply = Some(self.reply_content(bytes));
+    }
+
+    fn reply_content(&self, bytes: usize) -> payload::Content {
+        payload::Content::of(&payload::floats(bytes, self.node_id() as u32))
     }
 
     /// The node id.
@@ -179,6 +194,10 @@ impl SimNode {
                 stop.cancelled().await;
                 return;
             }
+            let reply = match &self.reply {
+                Some(r) => r.clone(),
+                None => self.reply_content(behaviour.reply_bytes),
+            };
             loop {
                 let got = tokio::select! {
                     () = stop.cancelled() => return,
@@ -186,7 +205,7 @@ impl SimNode {
                 };
                 match got {
                     Ok(Some(pulled)) => {
-                        if let Err(e) = self.answer(pulled, behaviour.reply_bytes).await {
+                        if let Err(e) = self.answer(pulled, &reply).await {
                             tracing::warn!(node_id = self.node_id(), "answering failed: {e:#}");
                             self.stats.failed_answers.fetch_add(1, Ordering::Relaxed);
                             if let Ok(mut last) = self.stats.last_failure.lock() {
@@ -211,7 +230,7 @@ impl SimNode {
         tokio::join!(heartbeats, work);
     }
 
-    async fn answer(&self, pulled: Pulled, reply_bytes: usize) -> Result<()> {
+    async fn answer(&self, pulled: Pulled, content: &payload::Content) -> Result<()> {
         let (ins, tree) = pulled.map_err(|e| anyhow!(e))?;
         // One object at a time: an instruction reaches the node before the ServerApp has pushed
         // its objects, and pulling ahead only multiplies the retries.
@@ -235,7 +254,7 @@ impl SimNode {
             error: None,
             has_content: true,
         };
-        let built = payload::build(reply, &payload::floats(reply_bytes, self.node_id() as u32));
+        let built = content.message(reply);
         let pushed = self.fleet.push_reply(&built.meta, &built.tree, 0.0).await?;
         if !pushed.accepted {
             bail!("the SuperLink refused the reply");

@@ -115,7 +115,8 @@ impl FanOutSession {
         };
         let mut running = JoinSet::new();
         let stats = joined.iter().map(|n| n.stats.clone()).collect();
-        for node in joined {
+        for mut node in joined {
+            node.build_reply(w.bytes);
             running.spawn(node.run(behaviour, stop.clone()));
         }
         let control = flwr_transport::grpc::channel(&t.control, t.tls.clone());

@@ -100,12 +100,83 @@ pub struct Spilled {
     last_read: tokio::sync::Mutex<Weak<Vec<u8>>>,
 }
 
-/// Read bytes shared by the readers of one spilled object (see [`Spilled::last_read`]).
-struct SharedRead(Arc<Vec<u8>>);
+/// Read bytes shared by the readers of one spilled object (see [`Spilled::last_read`]); the
+/// last reader to let go gives the buffer back for the next read.
+struct SharedRead {
+    /// Always `Some` until dropped.
+    bytes: Option<Arc<Vec<u8>>>,
+    buffers: Arc<ReadBuffers>,
+}
+
+impl SharedRead {
+    fn bytes(bytes: Arc<Vec<u8>>, buffers: &Arc<ReadBuffers>) -> Bytes {
+        Bytes::from_owner(SharedRead {
+            bytes: Some(bytes),
+            buffers: buffers.clone(),
+        })
+    }
+}
 
 impl AsRef<[u8]> for SharedRead {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        self.bytes.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl Drop for SharedRead {
+    fn drop(&mut self) {
+        if let Some(Ok(buf)) = self.bytes.take().map(Arc::try_unwrap) {
+            self.buffers.give(buf);
+        }
+    }
+}
+
+/// Buffers of spilled objects read back, kept for the next reads: a read into a buffer that is
+/// already resident costs one copy, a read into a new one costs the memory's first touch too (a
+/// page fault and the zeroing of every page, a third of the server's CPU at 50 MB objects).
+/// Bounded: at most [`READ_BUFFER_BYTES`] wait here.
+#[derive(Debug, Default)]
+struct ReadBuffers {
+    free: parking_lot::Mutex<Vec<Vec<u8>>>,
+}
+
+/// Bytes of read buffers kept for reuse at most.
+const READ_BUFFER_BYTES: usize = 32 * 1024 * 1024;
+
+impl ReadBuffers {
+    /// A buffer of `len` bytes: a kept one that fits (the smallest), else a new one.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let kept = {
+            let mut free = self.free.lock();
+            let best = free
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= len)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| free.swap_remove(i))
+        };
+        match kept {
+            Some(mut buf) => {
+                buf.resize(len, 0);
+                buf
+            }
+            None => vec![0; len],
+        }
+    }
+
+    /// Keeps `buf` for a later read while the kept buffers stay within the bound.
+    fn give(&self, buf: Vec<u8>) {
+        let mut free = self.free.lock();
+        let kept: usize = free.iter().map(Vec::capacity).sum();
+        if kept + buf.capacity() <= READ_BUFFER_BYTES {
+            free.push(buf);
+        }
+    }
+
+    /// Bytes kept now.
+    fn kept(&self) -> usize {
+        self.free.lock().iter().map(Vec::capacity).sum()
     }
 }
 
@@ -143,6 +214,8 @@ pub struct Spiller {
     files: Arc<AtomicUsize>,
     /// A failed write was reported already (one warning, not one per object).
     warned: AtomicBool,
+    /// Read buffers kept for reuse.
+    buffers: Arc<ReadBuffers>,
 }
 
 impl Spiller {
@@ -153,7 +226,13 @@ impl Spiller {
             inline: Arc::default(),
             files: Arc::default(),
             warned: AtomicBool::new(false),
+            buffers: Arc::default(),
         }
+    }
+
+    /// Bytes of read buffers kept for the next reads of spilled objects.
+    pub fn kept_read_buffers(&self) -> usize {
+        self.buffers.kept()
     }
 
     /// Bytes held in memory now.
@@ -216,14 +295,14 @@ impl Spiller {
             Held::Spilled(s) => s,
         };
         let mut last = s.last_read.lock().await;
-        if let Some(shared) = last.upgrade() {
-            return Ok(Bytes::from_owner(SharedRead(shared)));
+        if let Some(bytes) = last.upgrade() {
+            return Ok(SharedRead::bytes(bytes, &self.buffers));
         }
         let file = s.clone();
-        // Allocated here, on a runtime thread, not on the blocking pool's: the allocator gives
-        // a large block back to the system promptly when the thread that allocated it keeps
+        // Taken here, on a runtime thread, not on the blocking pool's: the allocator gives a
+        // large new block back to the system promptly when the thread that allocated it keeps
         // allocating, and a blocking-pool thread may sleep until it exits.
-        let mut buf = vec![0; file.len];
+        let mut buf = self.buffers.take(file.len);
         let read =
             tokio::task::spawn_blocking(move || file.file.read_exact_at(&mut buf, 0).map(|()| buf))
                 .await;
@@ -233,9 +312,9 @@ impl Spiller {
             })?,
             Err(e) => return Err(StoreError::Backend(Box::new(e))),
         };
-        let shared = Arc::new(buf);
-        *last = Arc::downgrade(&shared);
-        Ok(Bytes::from_owner(SharedRead(shared)))
+        let bytes = Arc::new(buf);
+        *last = Arc::downgrade(&bytes);
+        Ok(SharedRead::bytes(bytes, &self.buffers))
     }
 }
 
@@ -244,4 +323,27 @@ fn write(dir: &std::path::Path, data: &[u8]) -> std::io::Result<File> {
     let mut file = tempfile::tempfile_in(dir)?;
     file.write_all(data)?;
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_buffers_kept_stay_within_their_bound_and_fit_what_is_asked() {
+        let buffers = ReadBuffers::default();
+        for _ in 0..10 {
+            buffers.give(vec![1; 5 * 1024 * 1024]);
+        }
+        assert!(buffers.kept() <= READ_BUFFER_BYTES, "{}", buffers.kept());
+        assert_eq!(buffers.kept(), 6 * 5 * 1024 * 1024);
+        // Too large for every kept one: a new buffer, the kept ones stay.
+        let large = buffers.take(6 * 1024 * 1024);
+        assert_eq!(large.len(), 6 * 1024 * 1024);
+        assert_eq!(buffers.kept(), 6 * 5 * 1024 * 1024);
+        // A kept one, cut to the length asked.
+        let small = buffers.take(1000);
+        assert_eq!(small.len(), 1000);
+        assert_eq!(buffers.kept(), 5 * 5 * 1024 * 1024);
+    }
 }

@@ -162,4 +162,44 @@ mod where_bytes_wait {
         let third = read().await;
         assert_eq!(third, content);
     }
+
+    #[tokio::test]
+    async fn a_spilled_read_reuses_the_buffer_of_an_earlier_one_and_reads_exactly_its_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MemoryObjects::new(Some(SpillPolicy {
+            dir: dir.path().to_owned(),
+            threshold: 0,
+            budget: 0,
+            max_files: usize::MAX,
+        }));
+        // A large object, then a smaller one: the second read lands in the first one's buffer
+        // and must see none of its bytes.
+        let large = Bytes::from(vec![1u8; 300_000]);
+        let small = Bytes::from((0..200_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        let (t, objects) = tree(&[large.clone(), small.clone()]);
+        store.preregister(1, &t).await.unwrap();
+        for (id, c) in &objects {
+            assert!(store.put(id, c.clone()).await.unwrap());
+        }
+        let read = |c: Bytes| {
+            let store = &store;
+            async move {
+                match store.get(&ObjectId::of(&c)).await.unwrap() {
+                    Lookup::Available(b) => b,
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        let first = read(large.clone()).await;
+        assert_eq!(first, large);
+        let at = first.as_ptr();
+        drop(first);
+        let second = read(small.clone()).await;
+        assert_eq!(second.as_ptr(), at, "the first read's buffer is reused");
+        assert_eq!(second, small);
+        // While a reader holds it, a read of the same object shares it and others get their own.
+        let third = read(large.clone()).await;
+        assert_ne!(third.as_ptr(), at);
+        assert_eq!((second, third), (small, large));
+    }
 }
