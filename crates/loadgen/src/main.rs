@@ -41,6 +41,20 @@ enum Section {
     Postgres,
 }
 
+/// The rounds of `fanout` and `echo`.
+#[derive(clap::Args)]
+struct Shape {
+    /// Simulated nodes (for `echo`: clients, each on its own connection).
+    #[arg(long, default_value = "10")]
+    nodes: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value = "1000")]
+    bytes: usize,
+    /// Rounds.
+    #[arg(long, default_value = "5")]
+    rounds: u32,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Starts our daemons and Flower 1.28.0's in turn, drives both with the same workloads and
@@ -82,15 +96,8 @@ enum Command {
         /// CA certificate of the SuperLink (omit for a plaintext SuperLink).
         #[arg(long)]
         ca: Option<PathBuf>,
-        /// Simulated nodes.
-        #[arg(long, default_value = "10")]
-        nodes: usize,
-        /// Payload bytes per message.
-        #[arg(long, default_value = "1000")]
-        bytes: usize,
-        /// Rounds.
-        #[arg(long, default_value = "5")]
-        rounds: u32,
+        #[command(flatten)]
+        shape: Shape,
         /// Milliseconds between a node's empty pulls (default: 2,000 pulls a second in all, at
         /// most one per node every 50 ms).
         #[arg(long)]
@@ -126,15 +133,8 @@ enum Command {
         /// CA certificate of the echo server (omit for a plaintext one).
         #[arg(long)]
         ca: Option<PathBuf>,
-        /// Clients, each on its own connection.
-        #[arg(long, default_value = "10")]
-        nodes: usize,
-        /// Payload bytes per message.
-        #[arg(long, default_value = "1000")]
-        bytes: usize,
-        /// Rounds.
-        #[arg(long, default_value = "5")]
-        rounds: u32,
+        #[command(flatten)]
+        shape: Shape,
     },
     /// The bare echo service of the ceiling (the comparison starts it itself).
     EchoServer {
@@ -272,9 +272,12 @@ async fn run(cli: Cli) -> Result<()> {
             fleet,
             serverappio,
             ca,
-            nodes,
-            bytes,
-            rounds,
+            shape:
+                Shape {
+                    nodes,
+                    bytes,
+                    rounds,
+                },
             poll_ms,
         } => {
             let target = target(&control, &fleet, &serverappio, ca)?;
@@ -297,9 +300,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Echo {
             address,
             ca,
-            nodes,
-            bytes,
-            rounds,
+            shape:
+                Shape {
+                    nodes,
+                    bytes,
+                    rounds,
+                },
         } => {
             let t = target(&address, &address, &address, ca)?;
             let channels: Vec<_> = (0..nodes)

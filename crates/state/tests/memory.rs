@@ -127,28 +127,37 @@ mod where_bytes_wait {
         );
     }
 
-    #[tokio::test]
-    async fn readers_of_a_spilled_object_at_the_same_time_share_one_read() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A store that spills every object, holding `contents` (all in files).
+    async fn spilling(dir: &std::path::Path, contents: &[Bytes]) -> MemoryObjects {
         let store = MemoryObjects::new(Some(SpillPolicy {
-            dir: dir.path().to_owned(),
+            dir: dir.to_owned(),
             threshold: 0,
             budget: 0,
             max_files: usize::MAX,
         }));
-        let content = Bytes::from(vec![3u8; 100_000]);
-        let (t, objects) = tree(std::slice::from_ref(&content));
+        let (t, objects) = tree(contents);
         store.preregister(1, &t).await.unwrap();
         for (id, c) in &objects {
             assert!(store.put(id, c.clone()).await.unwrap());
         }
-        assert_eq!(store.inline_bytes(), 0, "in a file");
-        let read = || async {
-            match store.get(&ObjectId::of(&content)).await.unwrap() {
-                Lookup::Available(b) => b,
-                other => panic!("{other:?}"),
-            }
-        };
+        assert_eq!(store.inline_bytes(), 0, "in files");
+        store
+    }
+
+    /// The bytes of `content` read back from `store`.
+    async fn read_back(store: &MemoryObjects, content: &Bytes) -> Bytes {
+        match store.get(&ObjectId::of(content)).await.unwrap() {
+            Lookup::Available(b) => b,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn readers_of_a_spilled_object_at_the_same_time_share_one_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = Bytes::from(vec![3u8; 100_000]);
+        let store = spilling(dir.path(), std::slice::from_ref(&content)).await;
+        let read = || read_back(&store, &content);
         let first = read().await;
         let second = read().await;
         assert_eq!(first, content);
@@ -166,29 +175,14 @@ mod where_bytes_wait {
     #[tokio::test]
     async fn a_spilled_read_reuses_the_buffer_of_an_earlier_one_and_reads_exactly_its_object() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MemoryObjects::new(Some(SpillPolicy {
-            dir: dir.path().to_owned(),
-            threshold: 0,
-            budget: 0,
-            max_files: usize::MAX,
-        }));
         // A large object, then a smaller one: the second read lands in the first one's buffer
         // and must see none of its bytes.
         let large = Bytes::from(vec![1u8; 300_000]);
         let small = Bytes::from((0..200_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
-        let (t, objects) = tree(&[large.clone(), small.clone()]);
-        store.preregister(1, &t).await.unwrap();
-        for (id, c) in &objects {
-            assert!(store.put(id, c.clone()).await.unwrap());
-        }
+        let store = spilling(dir.path(), &[large.clone(), small.clone()]).await;
         let read = |c: Bytes| {
             let store = &store;
-            async move {
-                match store.get(&ObjectId::of(&c)).await.unwrap() {
-                    Lookup::Available(b) => b,
-                    other => panic!("{other:?}"),
-                }
-            }
+            async move { read_back(store, &c).await }
         };
         let first = read(large.clone()).await;
         assert_eq!(first, large);
