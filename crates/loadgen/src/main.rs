@@ -272,16 +272,11 @@ async fn run(cli: Cli) -> Result<()> {
             fleet,
             serverappio,
             ca,
-            shape:
-                Shape {
-                    nodes,
-                    bytes,
-                    rounds,
-                },
+            shape,
             poll_ms,
         } => {
             let target = target(&control, &fleet, &serverappio, ca)?;
-            let mut w = FanOut::new(nodes, bytes, rounds);
+            let mut w = FanOut::new(shape.nodes, shape.bytes, shape.rounds);
             if let Some(ms) = poll_ms {
                 w.node_poll = Duration::from_millis(ms);
             }
