@@ -133,7 +133,7 @@ impl Drop for SharedRead {
 
 /// Buffers of spilled objects read back, kept for the next reads: a read into a buffer that is
 /// already resident costs one copy, a read into a new one costs the memory's first touch too (a
-/// page fault and the zeroing of every page, a third of the server's CPU at 50 MB objects).
+/// page fault and the zeroing of every page).
 /// Bounded: at most [`READ_BUFFER_BYTES`] wait here.
 #[derive(Debug, Default)]
 struct ReadBuffers {
@@ -175,6 +175,7 @@ impl ReadBuffers {
     }
 
     /// Bytes kept now.
+    #[cfg(test)]
     fn kept(&self) -> usize {
         self.free.lock().iter().map(Vec::capacity).sum()
     }
@@ -228,11 +229,6 @@ impl Spiller {
             warned: AtomicBool::new(false),
             buffers: Arc::default(),
         }
-    }
-
-    /// Bytes of read buffers kept for the next reads of spilled objects.
-    pub fn kept_read_buffers(&self) -> usize {
-        self.buffers.kept()
     }
 
     /// Bytes held in memory now.
