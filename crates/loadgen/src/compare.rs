@@ -130,6 +130,9 @@ pub struct Plan {
     pub federation_runs: u32,
     /// A fan-out's rounds (or an idle fleet's joining) that take longer than this fail.
     pub row_timeout: Duration,
+    /// The in-memory fan-out (nodes, payload bytes) run once more with our objects kept in
+    /// memory instead of files: what the files cost in speed.
+    pub unspilled: Option<(usize, usize)>,
 }
 
 const KB: usize = 1000;
@@ -163,6 +166,7 @@ impl Plan {
             federation_rounds: 3,
             federation_runs: 3,
             row_timeout: Duration::from_secs(180),
+            unspilled: Some((10, 50 * MB)),
         }
     }
 
@@ -183,6 +187,7 @@ impl Plan {
             federation_rounds: 1,
             federation_runs: 1,
             row_timeout: Duration::from_secs(120),
+            unspilled: Some((2, MB)),
         }
     }
 }
@@ -399,6 +404,8 @@ pub struct Comparison {
     ours_extra: Vec<&'static str>,
     /// Extra flags for our SuperNode (likewise).
     ours_node_extra: Vec<&'static str>,
+    /// Extra environment for our SuperLink (likewise).
+    ours_env: Vec<(&'static str, std::ffi::OsString)>,
     /// Rows so far.
     pub rows: Vec<Row>,
 }
@@ -428,6 +435,7 @@ impl Comparison {
             starts: 0,
             ours_extra: Vec::new(),
             ours_node_extra: Vec::new(),
+            ours_env: Vec::new(),
             rows: Vec::new(),
         })
     }
@@ -541,6 +549,7 @@ impl Comparison {
                 }
                 if flavor == Flavor::Ours {
                     cmd.args(&self.ours_extra);
+                    cmd.envs(self.ours_env.iter().map(|(k, v)| (k, v)));
                 }
                 (cmd, home.join("superlink.log"))
             },
@@ -614,6 +623,9 @@ impl Comparison {
                 self.fanout(nodes, bytes, Engine::Memory).await?;
                 if bytes >= MB {
                     self.ceiling(nodes, bytes).await?;
+                }
+                if self.plan.unspilled == Some((nodes, bytes)) {
+                    self.unspilled(nodes, bytes).await?;
                 }
             }
         }
@@ -803,6 +815,51 @@ impl Comparison {
             &workload,
             "payload MB/s",
             "ceiling MB/s (bare tonic+rustls echo, same payloads)".into(),
+            Better::Neither,
+            mbps,
+        );
+        Ok(())
+    }
+
+    /// Our fan-out of `bytes` to `nodes` once more, with every object in memory: our SuperLink
+    /// keeps its objects in memory when no file can be made in `TMPDIR` (it says so in its log,
+    /// checked here), so its throughput is the ceiling of the row that spills.
+    async fn unspilled(&mut self, nodes: usize, bytes: usize) -> Result<()> {
+        let no_dir = self.dir.path().join("not-a-directory");
+        std::fs::write(&no_dir, b"")?;
+        self.ours_env = vec![("TMPDIR", no_dir.join("spill").into_os_string())];
+        let started = self.superlink(Flavor::Ours, Engine::Memory).await;
+        self.ours_env.clear();
+        let (mut daemon, target) = started?;
+        let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
+        if !log.contains("objects stay in memory") {
+            daemon.stop(Duration::from_secs(10)).await;
+            bail!("our SuperLink did not keep its objects in memory (TMPDIR unusable): its log says nothing of it");
+        }
+        let w = FanOut::new(nodes, bytes, self.plan.rounds);
+        let run = drive_fanout(&target, w, self.plan.row_timeout, || {
+            Ok(ha::Sample {
+                servers: daemon.sample()?,
+                ..Default::default()
+            })
+        })
+        .await;
+        daemon.stop(Duration::from_secs(10)).await;
+        let Some(mbps) = FANOUT_METRICS
+            .iter()
+            .find(|(m, _, _)| *m == "payload MB/s")
+            .and_then(|(_, _, get)| run.figure(get, w.rounds).value)
+        else {
+            bail!(
+                "the in-memory fan-out failed: {}",
+                run.failure.unwrap_or_default()
+            );
+        };
+        let workload = format!("fan-out {}, N={nodes}, in-memory", fmt_bytes(bytes));
+        self.push_reference(
+            &workload,
+            "payload MB/s",
+            "ceiling MB/s: ours with every object in memory (no files)".into(),
             Better::Neither,
             mbps,
         );
@@ -1260,6 +1317,7 @@ async fn drive_fanout(
     let mut rounds = Vec::new();
     let outcome = tokio::time::timeout(timeout, session.rounds(|r| rounds.push(r))).await;
     let after = sample().unwrap_or_default();
+    let delivered = session.messages_delivered();
     let failure = match outcome {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(format!("{e:#}")),
@@ -1278,6 +1336,7 @@ async fn drive_fanout(
     }
     FanOutRun {
         rounds,
+        delivered,
         before,
         after,
         failure,
@@ -1346,6 +1405,8 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 struct FanOutRun {
     rounds: Vec<Round>,
+    /// Messages delivered while measured, those of an unfinished round included.
+    delivered: usize,
     before: ha::Sample,
     after: ha::Sample,
     failure: Option<String>,
@@ -1355,6 +1416,7 @@ impl FanOutRun {
     fn failed(why: String) -> FanOutRun {
         FanOutRun {
             rounds: Vec::new(),
+            delivered: 0,
             before: ha::Sample::default(),
             after: ha::Sample::default(),
             failure: Some(why),
@@ -1409,6 +1471,14 @@ const FANOUT_METRICS: &[(&str, Better, Metric<FanOutRun>)] = &[
     }),
     ("server CPU (s)", Better::Lower, |r| {
         Some(r.after.servers.cpu_seconds - r.before.servers.cpu_seconds)
+    }),
+    // Over every message delivered, an unfinished round's too: where a server finishes fewer
+    // rounds within the row's time, its CPU is over that time, not over its finished rounds.
+    ("server CPU per message (ms)", Better::Lower, |r| {
+        (r.delivered > 0).then(|| {
+            1000.0 * (r.after.servers.cpu_seconds - r.before.servers.cpu_seconds)
+                / r.delivered as f64
+        })
     }),
     ("server peak RSS (MiB)", Better::Lower, |r| {
         Some(r.after.servers.peak_rss as f64 / MIB)

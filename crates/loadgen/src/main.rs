@@ -186,6 +186,15 @@ fn main() -> Result<()> {
     if !matches!(cli.command, Command::EchoServer { .. }) {
         keep_freed_memory()?;
     }
+    if let Command::Compare { venv, .. } = &cli.command {
+        // The whole-federation row's helpers find the venv as the tests do, by FLWR_VENV (set
+        // here, before any other thread exists, when only `--venv` named it).
+        if std::env::var_os("FLWR_VENV").is_none() {
+            let venv = std::fs::canonicalize(venv)
+                .with_context(|| format!("--venv {}", venv.display()))?;
+            std::env::set_var("FLWR_VENV", venv);
+        }
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

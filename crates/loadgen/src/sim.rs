@@ -323,6 +323,9 @@ pub struct Driver {
     pub run_id: u64,
     /// Wait between polls for replies.
     pub poll: Duration,
+    /// Replies (not error replies) pulled with their objects so far, over every round, an
+    /// unfinished one included.
+    pub replies_delivered: usize,
     /// Keeps the token alive, as a ServerApp does (aborted when the driver is dropped).
     _heartbeat: AbortOnDrop,
 }
@@ -399,6 +402,7 @@ impl Driver {
             token,
             run_id,
             poll: Duration::from_millis(20),
+            replies_delivered: 0,
             _heartbeat: AbortOnDrop(heartbeat),
         })
     }
@@ -507,6 +511,7 @@ impl Driver {
                 } else {
                     let tree = tree_from_pb(t).map_err(|e| anyhow!(e))?;
                     reply_bytes += self.pull_objects(&tree).await?;
+                    self.replies_delivered += 1;
                 }
                 let node1 = Some(pb::Node {
                     node_id: SUPERLINK_NODE_ID,

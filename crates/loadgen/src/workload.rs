@@ -160,6 +160,17 @@ impl FanOutSession {
         Ok(())
     }
 
+    /// Messages delivered so far, an unfinished round's included: instructions answered by the
+    /// nodes (a node answers every instruction it pulls) and replies pulled by the ServerApp.
+    pub fn messages_delivered(&self) -> usize {
+        let answered: u64 = self
+            .stats
+            .iter()
+            .map(|s| s.replies.load(Ordering::Relaxed))
+            .sum();
+        answered as usize + self.driver.replies_delivered
+    }
+
     /// What the nodes did: replies sent, answers that failed and the last reason.
     pub fn nodes_summary(&self) -> String {
         let replies: u64 = self

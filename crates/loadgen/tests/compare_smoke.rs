@@ -85,6 +85,38 @@ fn the_comparison_runs_every_section_with_tiny_sizes() {
             && r["ceiling"].is_number()),
         "no idle floor in {rows:?}"
     );
+    // What the spill files cost: ours once more with every object in memory, a ceiling of the
+    // same workload's MB/s.
+    assert!(
+        rows.iter()
+            .any(|r| r["workload"] == "fan-out 1 MB, N=2, in-memory"
+                && r["metric"]
+                    .as_str()
+                    .unwrap()
+                    .contains("every object in memory")
+                && r["ceiling"].as_f64().is_some_and(|c| c > 0.0)),
+        "no in-memory ceiling in {rows:?}"
+    );
+    // CPU per message (over every delivered message) has both servers' figures wherever both
+    // run (ours may round to nothing in so short a run: CPU time counts in ticks).
+    let per_message: Vec<_> = rows
+        .iter()
+        .filter(|r| {
+            r["metric"] == "server CPU per message (ms)"
+                && !r["workload"].as_str().unwrap().contains("PostgreSQL")
+        })
+        .collect();
+    assert!(
+        !per_message.is_empty(),
+        "no CPU-per-message rows in {rows:?}"
+    );
+    for r in per_message {
+        assert!(
+            r["flower"]["value"].as_f64().is_some_and(|v| v > 0.0)
+                && r["ours"]["value"].as_f64().is_some_and(|v| v >= 0.0),
+            "{r}"
+        );
+    }
     for row in rows {
         if row["ceiling"].is_number() {
             // A ceiling (MB/s) is reached by moving bytes; a floor (CPU, memory of a short idle

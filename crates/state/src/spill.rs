@@ -4,10 +4,10 @@
 //! process's resident memory.
 //!
 //! Each spilled object is one unnamed file (`O_TMPFILE`) in the spill directory: nothing to name,
-//! nothing left behind by a crash, and the space is freed when the object goes (its last handle
-//! closes the file). Writes and reads run on the blocking pool. A write that fails (full disk,
-//! unwritable directory) keeps the object in memory and says so in the log: spilling saves
-//! memory, it never loses an object.
+//! nothing left behind by a crash. When the object goes, its file is kept for a later object for
+//! a short while ([`FilePool`]), then closed, which frees its space. Writes and reads run on the
+//! blocking pool. A write that fails (full disk, unwritable directory) keeps the object in memory
+//! and says so in the log: spilling saves memory, it never loses an object.
 
 use std::fs::File;
 use std::io::Write;
@@ -15,6 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flwr_objects::store::{Content, StoreError};
@@ -87,17 +88,132 @@ impl Drop for Inline {
     }
 }
 
-/// An object's bytes in an unnamed file, closed (and its space freed) with the last handle.
+/// An object's bytes in an unnamed file, given back to the file pool with the last handle.
 #[derive(Debug)]
 pub struct Spilled {
-    file: File,
+    /// `Some` until dropped.
+    file: Option<SpillFile>,
     len: usize,
-    _slot: FileSlot,
+    pool: Arc<FilePool>,
     /// The bytes of the last read, while any reader still holds them: readers at about the same
     /// time (nodes pulling the same instruction) share one read and one copy in memory. An
     /// async lock, held across the read so that a second reader waits for the first one's
     /// bytes instead of reading the file again; it keeps nothing alive by itself.
     last_read: tokio::sync::Mutex<Weak<Vec<u8>>>,
+}
+
+impl Drop for Spilled {
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            self.pool.give(file);
+        }
+    }
+}
+
+/// An open unnamed file of the spill directory, its first `size` bytes written.
+#[derive(Debug)]
+struct SpillFile {
+    file: File,
+    size: usize,
+    made: Instant,
+    _slot: FileSlot,
+}
+
+/// Where a spilled object's bytes are written: a kept file, or a new one in the directory.
+enum Target {
+    Kept(SpillFile),
+    New(FileSlot),
+}
+
+/// Writes `data` at the start of the target file (blocking).
+fn write(dir: &std::path::Path, target: Target, data: &[u8]) -> std::io::Result<SpillFile> {
+    let file = match target {
+        Target::Kept(mut kept) => {
+            kept.file.write_all_at(data, 0)?;
+            kept.size = kept.size.max(data.len());
+            kept
+        }
+        Target::New(slot) => {
+            let mut file = tempfile::tempfile_in(dir)?;
+            file.write_all(data)?;
+            SpillFile {
+                file,
+                size: data.len(),
+                made: Instant::now(),
+                _slot: slot,
+            }
+        }
+    };
+    Ok(file)
+}
+
+/// Files of delivered objects, kept for the next objects to spill. Writing over pages the file
+/// cache holds already costs one copy; a new file costs the allocation of every page (on a
+/// virtual machine often the host's first touch of it too) and, when it is closed, their
+/// release. Bounded: at most [`FILE_POOL_BYTES`] in [`FILE_POOL_FILES`] files; a file unused
+/// for [`FILE_POOL_IDLE`] is closed (by the spiller's closing task), and one older than
+/// [`FILE_MAX_AGE`] is not kept (before the kernel would write its pages to disk).
+#[derive(Debug, Default)]
+struct FilePool {
+    free: parking_lot::Mutex<Vec<(SpillFile, Instant)>>,
+}
+
+/// Bytes of spill files kept for reuse at most.
+const FILE_POOL_BYTES: usize = 512 * 1024 * 1024;
+/// Spill files kept for reuse at most.
+const FILE_POOL_FILES: usize = 256;
+/// A kept file unused this long is closed.
+const FILE_POOL_IDLE: Duration = Duration::from_secs(2);
+/// A file this old is closed instead of kept: the kernel writes out a file's pages that stayed
+/// dirty for 30 s (`vm.dirty_expire_centisecs`), which a short-lived file never costs.
+const FILE_MAX_AGE: Duration = Duration::from_secs(20);
+
+impl FilePool {
+    /// A kept file for `len` bytes: the smallest that holds them, else the largest (it grows).
+    fn take(&self, len: usize) -> Option<SpillFile> {
+        let mut free = self.free.lock();
+        let fits = free
+            .iter()
+            .enumerate()
+            .filter(|(_, (f, _))| f.size >= len)
+            .min_by_key(|(_, (f, _))| f.size)
+            .map(|(i, _)| i);
+        let i = fits.or_else(|| {
+            free.iter()
+                .enumerate()
+                .max_by_key(|(_, (f, _))| f.size)
+                .map(|(i, _)| i)
+        })?;
+        Some(free.swap_remove(i).0)
+    }
+
+    /// Keeps `file` for a later object while the pool stays within its bounds.
+    fn give(&self, file: SpillFile) {
+        if file.made.elapsed() >= FILE_MAX_AGE {
+            return;
+        }
+        let mut free = self.free.lock();
+        let kept: usize = free.iter().map(|(f, _)| f.size).sum();
+        if free.len() < FILE_POOL_FILES && kept + file.size <= FILE_POOL_BYTES {
+            free.push((file, Instant::now()));
+        }
+    }
+
+    /// Takes out the files unused for `idle` or more (to be closed by the caller).
+    fn stale(&self, idle: Duration) -> Vec<SpillFile> {
+        let mut free = self.free.lock();
+        let (stale, fresh) = std::mem::take(&mut *free)
+            .into_iter()
+            .partition(|(_, since)| since.elapsed() >= idle);
+        *free = fresh;
+        stale.into_iter().map(|(f, _)| f).collect()
+    }
+
+    /// Bytes kept now.
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        self.free.lock().iter().map(|(f, _)| f.size).sum()
+    }
 }
 
 /// Read bytes shared by the readers of one spilled object (see [`Spilled::last_read`]); the
@@ -217,6 +333,41 @@ pub struct Spiller {
     warned: AtomicBool,
     /// Read buffers kept for reuse.
     buffers: Arc<ReadBuffers>,
+    /// Files of delivered objects kept for reuse.
+    pool: Arc<FilePool>,
+    /// Closes the kept files unused for a while; started with the first spill, aborted with
+    /// the spiller.
+    closer: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Spiller {
+    fn drop(&mut self) {
+        if let Some(task) = self.closer.get() {
+            task.abort();
+        }
+    }
+}
+
+/// Every [`FILE_POOL_IDLE`] while the pool lives: closes its files unused that long, on the
+/// blocking pool (closing a file frees its pages).
+fn spawn_closer(pool: Weak<FilePool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(FILE_POOL_IDLE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(pool) = pool.upgrade() else {
+                return;
+            };
+            let stale = pool.stale(FILE_POOL_IDLE);
+            drop(pool);
+            if !stale.is_empty() {
+                if let Err(e) = tokio::task::spawn_blocking(move || drop(stale)).await {
+                    tracing::warn!("closing unused spill files failed: {e}");
+                }
+            }
+        }
+    })
 }
 
 impl Spiller {
@@ -228,6 +379,8 @@ impl Spiller {
             files: Arc::default(),
             warned: AtomicBool::new(false),
             buffers: Arc::default(),
+            pool: Arc::default(),
+            closer: std::sync::OnceLock::new(),
         }
     }
 
@@ -246,20 +399,24 @@ impl Spiller {
         if let Some(p) = &self.policy {
             let len = bytes.len();
             let large = len >= p.threshold || self.inline_bytes() + len as u64 > p.budget;
-            // Over the file cap, objects stay in memory.
-            let slot = large
-                .then(|| FileSlot::take(&self.files))
-                .filter(|s| s.before < p.max_files);
-            if let Some(slot) = slot {
+            // A kept file, else a new one; over the file cap, objects stay in memory.
+            let target = if large {
+                self.target(len, p.max_files)
+            } else {
+                None
+            };
+            if let Some(target) = target {
+                self.closer
+                    .get_or_init(|| spawn_closer(Arc::downgrade(&self.pool)));
                 let dir = p.dir.clone();
                 let data = bytes.clone();
-                let written = tokio::task::spawn_blocking(move || write(&dir, &data)).await;
+                let written = tokio::task::spawn_blocking(move || write(&dir, target, &data)).await;
                 match written {
                     Ok(Ok(file)) => {
                         return Held::Spilled(Arc::new(Spilled {
-                            file,
+                            file: Some(file),
                             len,
-                            _slot: slot,
+                            pool: self.pool.clone(),
                             last_read: tokio::sync::Mutex::new(Weak::new()),
                         }))
                     }
@@ -283,6 +440,17 @@ impl Spiller {
         }))
     }
 
+    /// Where the next object of `len` bytes goes: a kept file, else a new one while fewer than
+    /// `max_files` are open.
+    fn target(&self, len: usize, max_files: usize) -> Option<Target> {
+        if let Some(kept) = self.pool.take(len) {
+            return Some(Target::Kept(kept));
+        }
+        Some(FileSlot::take(&self.files))
+            .filter(|s| s.before < max_files)
+            .map(Target::New)
+    }
+
     /// The bytes of `held`: for a spilled object, a read of the file on the blocking pool, or
     /// the bytes another reader of the same object still holds.
     pub async fn bytes(&self, held: Held) -> Result<Bytes, StoreError> {
@@ -299,9 +467,11 @@ impl Spiller {
         // large new block back to the system promptly when the thread that allocated it keeps
         // allocating, and a blocking-pool thread may sleep until it exits.
         let mut buf = self.buffers.take(file.len);
-        let read =
-            tokio::task::spawn_blocking(move || file.file.read_exact_at(&mut buf, 0).map(|()| buf))
-                .await;
+        let read = tokio::task::spawn_blocking(move || match &file.file {
+            Some(f) => f.file.read_exact_at(&mut buf, 0).map(|()| buf),
+            None => Err(std::io::Error::other("the object's file was given back")),
+        })
+        .await;
         let buf = match read {
             Ok(r) => r.map_err(|e| {
                 StoreError::Backend(format!("reading a spilled object back failed: {e}").into())
@@ -312,13 +482,6 @@ impl Spiller {
         *last = Arc::downgrade(&bytes);
         Ok(SharedRead::bytes(bytes, &self.buffers))
     }
-}
-
-/// One unnamed file in `dir` holding `data`.
-fn write(dir: &std::path::Path, data: &[u8]) -> std::io::Result<File> {
-    let mut file = tempfile::tempfile_in(dir)?;
-    file.write_all(data)?;
-    Ok(file)
 }
 
 #[cfg(test)]
@@ -341,5 +504,51 @@ mod tests {
         let small = buffers.take(1000);
         assert_eq!(small.len(), 1000);
         assert_eq!(buffers.kept(), 5 * 5 * 1024 * 1024);
+    }
+
+    fn spill_file(size: usize, made: Instant) -> SpillFile {
+        SpillFile {
+            file: tempfile::tempfile().unwrap(),
+            size,
+            made,
+            _slot: FileSlot::take(&Arc::default()),
+        }
+    }
+
+    #[test]
+    fn kept_files_stay_within_their_bounds_and_the_unused_ones_go() {
+        let pool = FilePool::default();
+        let now = Instant::now();
+        pool.give(spill_file(FILE_POOL_BYTES / 2, now));
+        pool.give(spill_file(FILE_POOL_BYTES / 2, now));
+        pool.give(spill_file(1, now));
+        assert_eq!(
+            pool.kept(),
+            FILE_POOL_BYTES,
+            "over the bytes' bound: not kept"
+        );
+        // Old enough for the kernel to write it out soon: not kept.
+        let old = now.checked_sub(FILE_MAX_AGE).unwrap();
+        let pool = FilePool::default();
+        pool.give(spill_file(10, old));
+        assert_eq!(pool.kept(), 0);
+        for _ in 0..FILE_POOL_FILES + 1 {
+            pool.give(spill_file(10, now));
+        }
+        assert_eq!(
+            pool.kept(),
+            10 * FILE_POOL_FILES,
+            "over the files' bound: not kept"
+        );
+        // The smallest that fits, else the largest.
+        let pool = FilePool::default();
+        for size in [100, 300, 200] {
+            pool.give(spill_file(size, now));
+        }
+        assert_eq!(pool.take(150).unwrap().size, 200);
+        assert_eq!(pool.take(1000).unwrap().size, 300);
+        assert!(pool.stale(Duration::from_secs(3600)).is_empty());
+        assert_eq!(pool.stale(Duration::ZERO).len(), 1);
+        assert!(pool.take(1).is_none());
     }
 }

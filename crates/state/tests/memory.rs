@@ -196,4 +196,41 @@ mod where_bytes_wait {
         assert_ne!(third.as_ptr(), at);
         assert_eq!((second, third), (small, large));
     }
+
+    #[tokio::test]
+    async fn the_file_of_a_delivered_object_takes_the_next_one_which_reads_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Bytes::from(vec![1u8; 300_000]);
+        let store = spilling(dir.path(), std::slice::from_ref(&first)).await;
+        // A tree of one leaf and the root: two files.
+        assert_eq!(store.open_files(), 2);
+        for (i, len) in [(2u8, 200_000), (3, 250_000)] {
+            store.delete_objects_in_run(1).await.unwrap();
+            assert_eq!(
+                store.open_files(),
+                2,
+                "the files are kept for the next objects"
+            );
+            // Smaller than the file it lands in: its read must not run into the old bytes.
+            let next = Bytes::from(vec![i; len]);
+            let (t, objects) = tree(std::slice::from_ref(&next));
+            store.preregister(1, &t).await.unwrap();
+            for (id, c) in &objects {
+                assert!(store.put(id, c.clone()).await.unwrap());
+            }
+            assert_eq!(store.open_files(), 2, "no new file");
+            assert_eq!(read_back(&store, &next).await, next);
+        }
+        // Larger than every kept file: one grows, and reads back whole.
+        store.delete_objects_in_run(1).await.unwrap();
+        let large = Bytes::from(vec![4u8; 500_000]);
+        let (t, objects) = tree(std::slice::from_ref(&large));
+        store.preregister(1, &t).await.unwrap();
+        for (id, c) in &objects {
+            assert!(store.put(id, c.clone()).await.unwrap());
+        }
+        assert_eq!(store.open_files(), 2);
+        assert_eq!(read_back(&store, &large).await, large);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }
