@@ -670,8 +670,13 @@ impl Comparison {
     }
 
     async fn fanout_one(&mut self, flavor: Flavor, w: FanOut, engine: Engine) -> Result<FanOutRun> {
-        let (mut daemon, target) = self.superlink(flavor, engine).await?;
-        let run = drive_fanout(&target, w, self.plan.row_timeout, || {
+        let (daemon, target) = self.superlink(flavor, engine).await?;
+        Ok(self.fanout_on(daemon, &target, w).await)
+    }
+
+    /// Fan-out rounds against a started SuperLink, sampling it; then stops it.
+    async fn fanout_on(&self, mut daemon: Daemon, target: &Target, w: FanOut) -> FanOutRun {
+        let run = drive_fanout(target, w, self.plan.row_timeout, || {
             Ok(ha::Sample {
                 servers: daemon.sample()?,
                 ..Default::default()
@@ -679,7 +684,7 @@ impl Comparison {
         })
         .await;
         daemon.stop(Duration::from_secs(10)).await;
-        Ok(run)
+        run
     }
 
     /// The PostgreSQL cluster of the PostgreSQL rows (started on first use).
@@ -837,14 +842,7 @@ impl Comparison {
             bail!("our SuperLink did not keep its objects in memory (TMPDIR unusable): its log says nothing of it");
         }
         let w = FanOut::new(nodes, bytes, self.plan.rounds);
-        let run = drive_fanout(&target, w, self.plan.row_timeout, || {
-            Ok(ha::Sample {
-                servers: daemon.sample()?,
-                ..Default::default()
-            })
-        })
-        .await;
-        daemon.stop(Duration::from_secs(10)).await;
+        let run = self.fanout_on(daemon, &target, w).await;
         let Some(mbps) = FANOUT_METRICS
             .iter()
             .find(|(m, _, _)| *m == "payload MB/s")

@@ -2,7 +2,7 @@
 //! Each comes in phases (set up, measure, tear down) so that a caller can sample the server
 //! around the measured phase alone.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -163,26 +163,21 @@ impl FanOutSession {
     /// Messages delivered so far, an unfinished round's included: instructions answered by the
     /// nodes (a node answers every instruction it pulls) and replies pulled by the ServerApp.
     pub fn messages_delivered(&self) -> usize {
-        let answered: u64 = self
-            .stats
+        self.summed(|s| &s.replies) as usize + self.driver.replies_delivered
+    }
+
+    /// A counter summed over the nodes.
+    fn summed(&self, counter: impl Fn(&NodeStats) -> &AtomicU64) -> u64 {
+        self.stats
             .iter()
-            .map(|s| s.replies.load(Ordering::Relaxed))
-            .sum();
-        answered as usize + self.driver.replies_delivered
+            .map(|s| counter(s).load(Ordering::Relaxed))
+            .sum()
     }
 
     /// What the nodes did: replies sent, answers that failed and the last reason.
     pub fn nodes_summary(&self) -> String {
-        let replies: u64 = self
-            .stats
-            .iter()
-            .map(|s| s.replies.load(Ordering::Relaxed))
-            .sum();
-        let failed: u64 = self
-            .stats
-            .iter()
-            .map(|s| s.failed_answers.load(Ordering::Relaxed))
-            .sum();
+        let replies = self.summed(|s| &s.replies);
+        let failed = self.summed(|s| &s.failed_answers);
         let last = self
             .stats
             .iter()
