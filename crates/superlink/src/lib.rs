@@ -28,6 +28,7 @@ pub fn version_line() -> String {
 
 /// Runs a SuperLink from parsed flags until SIGINT, SIGTERM or SIGQUIT.
 pub async fn run(parsed: cli::Parsed) -> anyhow::Result<()> {
+    let mut signals = flwr_transport::signals::ShutdownSignals::install();
     tracing::info!("Starting Flower SuperLink ({})", version_line());
     let (config, warnings) = config::from_parsed(&parsed)?;
     for w in warnings {
@@ -37,7 +38,7 @@ pub async fn run(parsed: cli::Parsed) -> anyhow::Result<()> {
     let app = app::App::build(config).await?;
     let running = app.spawn();
     tokio::select! {
-        signal = flwr_transport::signals::shutdown_signal() => {
+        signal = signals.recv() => {
             tracing::info!("Received {signal}, shutting down");
             if !running.shutdown(grace).await {
                 tracing::warn!("Shutdown took longer than {grace:?} (--shutdown-grace-seconds); exiting anyway");

@@ -395,8 +395,8 @@ fn log_file_receives_the_logs() {
     let mut p = Proc::spawn("superlink", cmd);
     p.wait_for_output("Fleet API (grpc-rere) serving", Duration::from_secs(20));
     p.signal(flwr_testkit::process::Signal::SIGTERM);
-    let (status, _) = p.wait(Duration::from_secs(30));
-    assert!(status.success());
+    let (status, out) = p.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status}: {out}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("Starting Flower SuperLink") && text.contains("terminated gracefully"),
@@ -407,6 +407,41 @@ fn log_file_receives_the_logs() {
     let (code, out) = superlink(&["--insecure", "--log-file", "/proc/no/such/dir/x.log"]);
     assert_eq!(code, 1);
     assert!(out.contains("cannot open `--log-file`"), "{out}");
+}
+
+/// A supervisor may signal the daemon as soon as it says anything: the handlers are in place
+/// before the first line, so SIGTERM then ends it gracefully, and SIGHUP (which reloads
+/// certificates once it serves) is ignored, however early they come.
+#[test]
+fn signals_as_soon_as_it_starts() {
+    use flwr_testkit::process::Signal;
+    for early in [Signal::SIGTERM, Signal::SIGHUP] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = command(BIN);
+        cmd.env("NO_COLOR", "1").args([
+            "--insecure",
+            "--serverappio-api-address",
+            "127.0.0.1:0",
+            "--fleet-api-address",
+            "127.0.0.1:0",
+            "--control-api-address",
+            "127.0.0.1:0",
+        ]);
+        cmd.arg("--database")
+            .arg(dir.path().join("state.db"))
+            .arg("--storage-dir")
+            .arg(dir.path().join("ffs"));
+        let mut p = Proc::spawn("superlink", cmd);
+        // The signal comes while the SuperLink still opens its database.
+        p.signal_at_output("Starting Flower SuperLink", early, Duration::from_secs(20));
+        if early == Signal::SIGHUP {
+            p.wait_for_output("Fleet API (grpc-rere) serving", Duration::from_secs(20));
+            p.signal(Signal::SIGTERM);
+        }
+        let (status, out) = p.wait(Duration::from_secs(30));
+        assert!(status.success(), "{early}: {status}: {out}");
+        assert!(out.contains("terminated gracefully"), "{early}: {out}");
+    }
 }
 
 #[test]

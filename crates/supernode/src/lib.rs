@@ -46,6 +46,7 @@ pub enum RunError {
 /// Runs a SuperNode from parsed flags until SIGINT/SIGTERM/SIGQUIT (exit 0) or until the
 /// SuperLink is lost for good.
 pub async fn run(parsed: cli::Parsed) -> Result<(), RunError> {
+    let mut signals = flwr_transport::signals::ShutdownSignals::install();
     tracing::info!("Starting Flower SuperNode ({})", version_line());
     let (config, warnings) = config::from_parsed(&parsed)?;
     for w in warnings {
@@ -54,7 +55,7 @@ pub async fn run(parsed: cli::Parsed) -> Result<(), RunError> {
     let app = app::App::build(config).await?;
     let running = app.spawn();
     tokio::select! {
-        signal = flwr_transport::signals::shutdown_signal() => {
+        signal = signals.recv() => {
             tracing::info!("Received {signal}, leaving the SuperLink");
             running.shutdown(SHUTDOWN_DEADLINE).await.map_err(RunError::Node)?;
             tracing::info!("SuperNode terminated gracefully.");

@@ -193,6 +193,30 @@ fn binary_messages_and_exit_codes() {
     assert!(out.contains("`name=abc`"), "{out}");
 }
 
+/// SIGTERM at the SuperNode's first line (before it has built anything) ends it gracefully: the
+/// handlers are in place before it says anything.
+#[test]
+fn sigterm_as_soon_as_it_starts_ends_it_gracefully() {
+    let closed = flwr_testkit::ports::reserve_address();
+    let mut cmd = flwr_testkit::process::command(BIN);
+    cmd.args(["--insecure", "--superlink", &closed]);
+    cmd.args([
+        "--health-server-address",
+        "127.0.0.1:0",
+        "--clientappio-api-address",
+        "127.0.0.1:0",
+    ]);
+    let mut p = flwr_testkit::process::Proc::spawn("supernode", cmd);
+    p.signal_at_output(
+        "Starting Flower SuperNode",
+        flwr_testkit::process::Signal::SIGTERM,
+        std::time::Duration::from_secs(20),
+    );
+    let (status, out) = p.wait(std::time::Duration::from_secs(15));
+    assert!(status.success(), "{status}: {out}");
+    assert!(out.contains("terminated gracefully"), "{out}");
+}
+
 #[tokio::test]
 async fn health_service_and_sigterm_while_connecting() {
     // Nothing listens on a reserved port; the health service binds port 0 and logs its address.

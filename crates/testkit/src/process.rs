@@ -216,6 +216,24 @@ impl Proc {
         }
     }
 
+    /// Sends `signal` within microseconds of `needle` appearing in the output (spinning, not
+    /// sleeping between looks as [`Proc::wait_for_output`] does), for tests of what a signal does
+    /// at an early moment of the child's start. Panics with the output after `timeout`.
+    pub fn signal_at_output(&mut self, needle: &str, signal: Signal, timeout: Duration) {
+        let start = Instant::now();
+        while !self.output.lock().unwrap().contains(needle) {
+            if start.elapsed() > timeout {
+                panic!(
+                    "{}: no {needle:?} after {timeout:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            std::hint::spin_loop();
+        }
+        self.signal(signal);
+    }
+
     /// Sends `signal` to the child (not its group).
     pub fn signal(&self, signal: Signal) {
         self.group.signal(signal);

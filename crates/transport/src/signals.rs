@@ -1,24 +1,47 @@
 //! The signals a daemon acts on: those that end it gracefully, and SIGHUP, which loads its TLS
 //! files again.
 
-/// Resolves at the first SIGINT, SIGTERM or SIGQUIT, with the signal's name.
-pub async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, Signal, SignalKind};
-    async fn next(s: &mut Option<Signal>) {
-        match s {
-            Some(s) => {
-                s.recv().await;
-            }
-            None => std::future::pending().await,
+/// The signals that end a daemon gracefully: SIGINT, SIGTERM and SIGQUIT.
+///
+/// Install them before anything is served: a signal that comes before its handler exists takes
+/// the default action and kills the process (a supervisor that sees the daemon serving may send
+/// SIGTERM at once). SIGHUP is taken over at the same moment, so that one sent before the TLS
+/// reloader ([`reload_on_hangup`]) runs is ignored instead of killing the daemon.
+pub struct ShutdownSignals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    quit: Option<tokio::signal::unix::Signal>,
+    _hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    /// Installs the handlers now; must run inside a Tokio runtime.
+    pub fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self {
+            int: signal(SignalKind::interrupt()).ok(),
+            term: signal(SignalKind::terminate()).ok(),
+            quit: signal(SignalKind::quit()).ok(),
+            _hangup: signal(SignalKind::hangup()).ok(),
         }
     }
-    let mut term = signal(SignalKind::terminate()).ok();
-    let mut quit = signal(SignalKind::quit()).ok();
-    let mut int = signal(SignalKind::interrupt()).ok();
-    tokio::select! {
-        () = next(&mut int) => "SIGINT",
-        () = next(&mut term) => "SIGTERM",
-        () = next(&mut quit) => "SIGQUIT",
+
+    /// Resolves at the first of the three signals received since [`ShutdownSignals::install`],
+    /// with the signal's name.
+    pub async fn recv(&mut self) -> &'static str {
+        async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = next(&mut self.int) => "SIGINT",
+            () = next(&mut self.term) => "SIGTERM",
+            () = next(&mut self.quit) => "SIGQUIT",
+        }
     }
 }
 
