@@ -105,7 +105,9 @@ pub struct Spilled {
 impl Drop for Spilled {
     fn drop(&mut self) {
         if let Some(file) = self.file.take() {
-            self.pool.give(file);
+            if let Some(refused) = self.pool.give(file) {
+                drop_off_runtime(refused);
+            }
         }
     }
 }
@@ -187,15 +189,20 @@ impl FilePool {
         Some(free.swap_remove(i).0)
     }
 
-    /// Keeps `file` for a later object while the pool stays within its bounds.
-    fn give(&self, file: SpillFile) {
+    /// Keeps `file` for a later object while the pool stays within its bounds; gives it back
+    /// when it is not kept (to be closed by the caller).
+    #[must_use = "a file not kept is to be closed off the async threads"]
+    fn give(&self, file: SpillFile) -> Option<SpillFile> {
         if file.made.elapsed() >= FILE_MAX_AGE {
-            return;
+            return Some(file);
         }
         let mut free = self.free.lock();
         let kept: usize = free.iter().map(|(f, _)| f.size).sum();
         if free.len() < FILE_POOL_FILES && kept + file.size <= FILE_POOL_BYTES {
             free.push((file, Instant::now()));
+            None
+        } else {
+            Some(file)
         }
     }
 
@@ -213,6 +220,17 @@ impl FilePool {
     #[cfg(test)]
     fn kept(&self) -> usize {
         self.free.lock().iter().map(|(f, _)| f.size).sum()
+    }
+}
+
+/// Drops `value` on the blocking pool when called inside a Tokio runtime, else here: closing a
+/// spilled object's file frees its pages, milliseconds for a large one, which an async thread
+/// must not spend (the last handle of an object goes on whichever thread deletes it).
+fn drop_off_runtime<T: Send + 'static>(value: T) {
+    match tokio::runtime::Handle::try_current() {
+        // A runtime that is shutting down drops the task, and `value` with it, here.
+        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(value))),
+        Err(_) => drop(value),
     }
 }
 
@@ -519,9 +537,9 @@ mod tests {
     fn kept_files_stay_within_their_bounds_and_the_unused_ones_go() {
         let pool = FilePool::default();
         let now = Instant::now();
-        pool.give(spill_file(FILE_POOL_BYTES / 2, now));
-        pool.give(spill_file(FILE_POOL_BYTES / 2, now));
-        pool.give(spill_file(1, now));
+        assert!(pool.give(spill_file(FILE_POOL_BYTES / 2, now)).is_none());
+        assert!(pool.give(spill_file(FILE_POOL_BYTES / 2, now)).is_none());
+        assert_eq!(pool.give(spill_file(1, now)).map(|f| f.size), Some(1));
         assert_eq!(
             pool.kept(),
             FILE_POOL_BYTES,
@@ -530,11 +548,12 @@ mod tests {
         // Old enough for the kernel to write it out soon: not kept.
         let old = now.checked_sub(FILE_MAX_AGE).unwrap();
         let pool = FilePool::default();
-        pool.give(spill_file(10, old));
+        assert!(pool.give(spill_file(10, old)).is_some());
         assert_eq!(pool.kept(), 0);
-        for _ in 0..FILE_POOL_FILES + 1 {
-            pool.give(spill_file(10, now));
+        for _ in 0..FILE_POOL_FILES {
+            assert!(pool.give(spill_file(10, now)).is_none());
         }
+        assert!(pool.give(spill_file(10, now)).is_some());
         assert_eq!(
             pool.kept(),
             10 * FILE_POOL_FILES,
@@ -543,12 +562,40 @@ mod tests {
         // The smallest that fits, else the largest.
         let pool = FilePool::default();
         for size in [100, 300, 200] {
-            pool.give(spill_file(size, now));
+            assert!(pool.give(spill_file(size, now)).is_none());
         }
         assert_eq!(pool.take(150).unwrap().size, 200);
         assert_eq!(pool.take(1000).unwrap().size, 300);
         assert!(pool.stale(Duration::from_secs(3600)).is_empty());
         assert_eq!(pool.stale(Duration::ZERO).len(), 1);
         assert!(pool.take(1).is_none());
+    }
+
+    /// Records the thread it is dropped on.
+    struct DropsOn(std::sync::mpsc::Sender<std::thread::ThreadId>);
+
+    impl Drop for DropsOn {
+        fn drop(&mut self) {
+            let _ = self.0.send(std::thread::current().id());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn files_not_kept_are_closed_off_the_async_threads() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        drop_off_runtime(DropsOn(tx));
+        let here = std::thread::current().id();
+        let there = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(there, here, "dropped on the async thread");
+    }
+
+    #[test]
+    fn outside_a_runtime_files_not_kept_are_closed_at_once() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        drop_off_runtime(DropsOn(tx));
+        assert_eq!(rx.try_recv(), Ok(std::thread::current().id()));
     }
 }
