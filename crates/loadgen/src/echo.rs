@@ -34,12 +34,14 @@ impl pb::echo_server::Echo for EchoService {
 pub const SERVING: &str = "Echo service serving";
 
 /// Serves the echo service on `address` (TLS from `tls`) and a plaintext health service on
-/// `health`, until SIGTERM or SIGINT; prints both bound addresses (port 0 works).
+/// `health`, until SIGTERM, SIGINT or SIGQUIT; prints both bound addresses (port 0 works).
 pub async fn serve(
     address: &Address,
     health: &Address,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<()> {
+    // Handlers first: a SIGTERM right after the serving line must stop it gracefully.
+    let mut signals = flwr_transport::signals::ShutdownSignals::install();
     let listener = flwr_transport::grpc::bind("--address", address).await?;
     let health_listener = flwr_transport::grpc::bind("--health-server-address", health).await?;
     eprintln!("{SERVING} address={}", listener.local_addr()?);
@@ -50,13 +52,8 @@ pub async fn serve(
     let stop = tokio_util::sync::CancellationToken::new();
     let signal_stop = stop.clone();
     let signals = tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            r = tokio::signal::ctrl_c() => r?,
-        }
+        signals.recv().await;
         signal_stop.cancel();
-        std::io::Result::Ok(())
     });
     let routes = tonic::service::Routes::new(flwr_transport::limits!(
         pb::echo_server::EchoServer::new(EchoService)
