@@ -33,13 +33,19 @@ fn federation(nodes: usize, superlink_flags: &[&str]) -> Federation {
         &dir.path().join("superlink-home"),
         superlink_flags,
     );
-    let nodes = python_supernodes(
+    let mut superlink = superlink;
+    let nodes_started = python_supernodes(
         nodes,
         "supernode",
         &superlink.fleet,
         Some(&tls.ca),
         dir.path(),
     );
+    // Their ClientAppIo API listens before they join: a run must not start before both did.
+    superlink
+        .proc
+        .wait_for_output_count("SuperNode activated", nodes, Duration::from_secs(60));
+    let nodes = nodes_started;
     let cli = Cli::new(
         &dir.path().join("cli-home"),
         &superlink.control,
@@ -157,11 +163,21 @@ fn the_server_certificate_is_renewed_during_a_run() {
 
     run.wait_for_output("[ROUND 2/3]", Duration::from_secs(120));
     let third = renew(&f);
+    // The files are checked every 5 s, and a check may have logged a reload of the second
+    // renewal's files already: wait for the third certificate itself.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served_certificate(&f.superlink.control) != pem_body(&third) {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate is not served:\n{}",
+            f.superlink.proc.output()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     f.superlink.proc.wait_for_output(
         "loaded again (the files changed): new connections use it",
-        Duration::from_secs(30),
+        Duration::from_secs(10),
     );
-    assert_eq!(served_certificate(&f.superlink.control), pem_body(&third));
 
     let (status, out) = run.wait(Duration::from_secs(240));
     assert!(

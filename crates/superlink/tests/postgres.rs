@@ -310,13 +310,16 @@ fn a_postgresql_restart_drains_the_replica_and_the_run_goes_on() {
     let url = cluster.create_database();
     let dir = tempfile::tempdir().unwrap();
     let (_ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
-    let superlink = SuperLink::start(
+    let mut superlink = SuperLink::start(
         BIN.as_ref(),
         Some(&tls),
         &dir.path().join("superlink"),
         &["--database", &url, "--health-server-address", "127.0.0.1:0"],
     );
-    let health = federation::logged_address(&superlink.proc.output(), "Health service serving");
+    let out = superlink
+        .proc
+        .wait_for_output("Health service serving", Duration::from_secs(30));
+    let health = federation::logged_address(&out, "Health service serving");
     wait_health(&rt, &health, true, Duration::from_secs(10));
     let _nodes = python_supernodes(2, "node", &superlink.fleet, Some(&tls.ca), dir.path());
     let cli = Cli::new(&dir.path().join("cli"), &superlink.control, Some(&tls.ca));
@@ -351,10 +354,10 @@ fn a_postgresql_restart_drains_the_replica_and_the_run_goes_on() {
         refused.code() == tonic::Code::Unavailable && refused.message().contains("database"),
         "{refused:?}"
     );
-    let log = superlink.proc.output();
-    assert!(
-        log.contains("state database unavailable: postgresql://"),
-        "{log}"
+    // Logged by the SuperLink as it answers; read from its output by another thread.
+    superlink.proc.wait_for_output(
+        "state database unavailable: postgresql://",
+        Duration::from_secs(10),
     );
     cluster.restart();
     wait_health(&rt, &health, true, Duration::from_secs(30));

@@ -148,6 +148,28 @@ impl Proc {
             .unwrap_or_else(|failure| panic!("{failure}"))
     }
 
+    /// Waits until the output contains `needle` at least `count` times, or fails the test after
+    /// `timeout` (a line that repeats: one per node that joined, one per reload).
+    pub fn wait_for_output_count(
+        &mut self,
+        needle: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.output();
+            if out.matches(needle).count() >= count {
+                return out;
+            }
+            let what = format!("the output {needle:?} {count} times");
+            if let Err(failure) = self.check_alive(&what, start, timeout) {
+                panic!("{failure}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until the output contains `needle`; on exit or timeout, says which, with the output
     /// (for callers that start again, see [`crate::ports::start_with_fresh_ports`]).
     pub fn await_output(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {

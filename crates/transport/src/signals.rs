@@ -160,13 +160,13 @@ mod tests {
         }
     }
 
-    /// Read again when the files change, and once a "day" (here 1 s) even when they do not:
+    /// Read again when the files change, and once a "day" (here 3 s) even when they do not:
     /// that repeats the expiry warnings. Nothing in between (the files are looked at every 10 ms).
     #[tokio::test]
     async fn files_are_read_again_on_change_and_daily() {
         let target = Arc::new(Counting::default());
         let stop = tokio_util::sync::CancellationToken::new();
-        let day = Duration::from_secs(1);
+        let day = Duration::from_secs(3);
         let task = tokio::spawn(reload_every(
             Some(target.clone() as Arc<dyn Reloadable>),
             Duration::from_millis(10),

@@ -143,9 +143,10 @@ fn budget(large: usize) -> ServeOptions {
     }
 }
 
-/// Four 700 KiB messages at once on one connection, held by the service for a while.
+/// Four 700 KiB messages at once on one connection, held by the service for a while (long
+/// enough for a loaded machine to send the next ones while the first is held).
 async fn most_held(options: ServeOptions) -> usize {
-    let server = start(options, |_| Duration::from_millis(300)).await;
+    let server = start(options, |_| Duration::from_millis(1500)).await;
     let (send, _conn) = connect(server.addr).await;
     let calls: Vec<_> = (0..4)
         .map(|_| {
