@@ -74,16 +74,7 @@ fn days_left(metrics: &str) -> i64 {
 
 /// Waits until `needle` occurs in the output more often than `before` times.
 fn wait_for_another(proc: &mut Proc, needle: &str, before: usize) {
-    let start = Instant::now();
-    while proc.output().matches(needle).count() <= before {
-        assert!(proc.try_status().is_none(), "it exited:\n{}", proc.output());
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no {needle:?}:\n{}",
-            proc.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    proc.wait_for_output_count(needle, before + 1, Duration::from_secs(30));
 }
 
 #[tokio::test(flavor = "multi_thread")]
