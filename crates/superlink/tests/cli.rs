@@ -22,6 +22,17 @@ fn superlink(args: &[&str]) -> (i32, String) {
     (status.code().unwrap_or(-1), out)
 }
 
+/// Flags of a plaintext SuperLink with its three APIs on ports the system picks.
+const PLAINTEXT_ANY_PORTS: [&str; 7] = [
+    "--insecure",
+    "--serverappio-api-address",
+    "127.0.0.1:0",
+    "--fleet-api-address",
+    "127.0.0.1:0",
+    "--control-api-address",
+    "127.0.0.1:0",
+];
+
 fn parse(args: &[&str]) -> Result<config::Config, ConfigError> {
     let argv = std::iter::once("superlink").chain(args.iter().copied());
     config::from_parsed(&cli::parse_from(argv).unwrap()).map(|(c, _)| c)
@@ -373,16 +384,8 @@ fn log_file_receives_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("logs").join("superlink.log");
     let mut cmd = command(BIN);
-    cmd.env("NO_COLOR", "1").args([
-        "--insecure",
-        "--serverappio-api-address",
-        "127.0.0.1:0",
-        "--fleet-api-address",
-        "127.0.0.1:0",
-    ]);
+    cmd.env("NO_COLOR", "1").args(PLAINTEXT_ANY_PORTS);
     cmd.args([
-        "--control-api-address",
-        "127.0.0.1:0",
         "--log-rotation-interval-hours",
         "1",
         "--log-rotation-backup-count",
@@ -418,15 +421,7 @@ fn signals_as_soon_as_it_starts() {
     for early in [Signal::SIGTERM, Signal::SIGHUP] {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = command(BIN);
-        cmd.env("NO_COLOR", "1").args([
-            "--insecure",
-            "--serverappio-api-address",
-            "127.0.0.1:0",
-            "--fleet-api-address",
-            "127.0.0.1:0",
-            "--control-api-address",
-            "127.0.0.1:0",
-        ]);
+        cmd.env("NO_COLOR", "1").args(PLAINTEXT_ANY_PORTS);
         cmd.arg("--database")
             .arg(dir.path().join("state.db"))
             .arg("--storage-dir")
@@ -450,17 +445,9 @@ fn an_unusable_storage_dir_stops_the_superlink_at_start() {
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
     let storage = file.join("ffs");
-    let (code, out) = superlink(&[
-        "--insecure",
-        "--serverappio-api-address",
-        "127.0.0.1:0",
-        "--fleet-api-address",
-        "127.0.0.1:0",
-        "--control-api-address",
-        "127.0.0.1:0",
-        "--storage-dir",
-        storage.to_str().unwrap(),
-    ]);
+    let mut args = PLAINTEXT_ANY_PORTS.to_vec();
+    args.extend(["--storage-dir", storage.to_str().unwrap()]);
+    let (code, out) = superlink(&args);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("not-a-dir") && out.contains("--storage-dir") && !out.contains("serving"),
