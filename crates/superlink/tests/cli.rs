@@ -22,9 +22,8 @@ fn superlink(args: &[&str]) -> (i32, String) {
     (status.code().unwrap_or(-1), out)
 }
 
-/// Flags of a plaintext SuperLink with its three APIs on ports the system picks.
-const PLAINTEXT_ANY_PORTS: [&str; 7] = [
-    "--insecure",
+/// The three APIs of a SuperLink on ports the system picks.
+const ANY_PORTS: [&str; 6] = [
     "--serverappio-api-address",
     "127.0.0.1:0",
     "--fleet-api-address",
@@ -252,15 +251,10 @@ async fn port_zero_tls_serving_health_and_sigterm() {
         "certificates/server.pem",
         "--ssl-keyfile",
         "certificates/server.key",
-        "--serverappio-api-address",
-        "127.0.0.1:0",
-        "--fleet-api-address",
-        "127.0.0.1:0",
-        "--control-api-address",
-        "127.0.0.1:0",
         "--health-server-address",
         "127.0.0.1:0",
     ]);
+    cmd.args(ANY_PORTS);
     let mut p = Proc::spawn("superlink", cmd);
     let out = p.wait_for_output("Health service serving", Duration::from_secs(20));
     let health = bound_address(&out, "Health service serving");
@@ -384,7 +378,7 @@ fn log_file_receives_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("logs").join("superlink.log");
     let mut cmd = command(BIN);
-    cmd.env("NO_COLOR", "1").args(PLAINTEXT_ANY_PORTS);
+    cmd.env("NO_COLOR", "1").arg("--insecure").args(ANY_PORTS);
     cmd.args([
         "--log-rotation-interval-hours",
         "1",
@@ -421,7 +415,7 @@ fn signals_as_soon_as_it_starts() {
     for early in [Signal::SIGTERM, Signal::SIGHUP] {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = command(BIN);
-        cmd.env("NO_COLOR", "1").args(PLAINTEXT_ANY_PORTS);
+        cmd.env("NO_COLOR", "1").arg("--insecure").args(ANY_PORTS);
         cmd.arg("--database")
             .arg(dir.path().join("state.db"))
             .arg("--storage-dir")
@@ -445,7 +439,8 @@ fn an_unusable_storage_dir_stops_the_superlink_at_start() {
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
     let storage = file.join("ffs");
-    let mut args = PLAINTEXT_ANY_PORTS.to_vec();
+    let mut args = vec!["--insecure"];
+    args.extend(ANY_PORTS);
     args.extend(["--storage-dir", storage.to_str().unwrap()]);
     let (code, out) = superlink(&args);
     assert_eq!(code, 1, "{out}");

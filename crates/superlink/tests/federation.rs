@@ -27,25 +27,25 @@ struct Federation {
 fn federation(nodes: usize, superlink_flags: &[&str]) -> Federation {
     let dir = tempfile::tempdir().unwrap();
     let (ca, tls) = pki::write_tls_files(&dir.path().join("certificates"), pki::LOCAL_SANS);
-    let superlink = SuperLink::start(
+    let mut superlink = SuperLink::start(
         BIN.as_ref(),
         Some(&tls),
         &dir.path().join("superlink-home"),
         superlink_flags,
     );
-    let mut superlink = superlink;
-    let nodes_started = python_supernodes(
+    let nodes = python_supernodes(
         nodes,
         "supernode",
         &superlink.fleet,
         Some(&tls.ca),
         dir.path(),
     );
-    // Their ClientAppIo API listens before they join: a run must not start before both did.
-    superlink
-        .proc
-        .wait_for_output_count("SuperNode activated", nodes, Duration::from_secs(60));
-    let nodes = nodes_started;
+    // Their ClientAppIo API listens before they join: a run must not start before all did.
+    superlink.proc.wait_for_output_count(
+        "SuperNode activated",
+        nodes.len(),
+        Duration::from_secs(60),
+    );
     let cli = Cli::new(
         &dir.path().join("cli-home"),
         &superlink.control,
@@ -165,15 +165,9 @@ fn the_server_certificate_is_renewed_during_a_run() {
     let third = renew(&f);
     // The files are checked every 5 s, and a check may have logged a reload of the second
     // renewal's files already: wait for the third certificate itself.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while served_certificate(&f.superlink.control) != pem_body(&third) {
-        assert!(
-            Instant::now() < deadline,
-            "the renewed certificate is not served:\n{}",
-            f.superlink.proc.output()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    until(Duration::from_secs(30), || {
+        (served_certificate(&f.superlink.control) == pem_body(&third)).then_some(())
+    });
     f.superlink.proc.wait_for_output(
         "loaded again (the files changed): new connections use it",
         Duration::from_secs(10),

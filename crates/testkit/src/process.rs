@@ -156,30 +156,33 @@ impl Proc {
         count: usize,
         timeout: Duration,
     ) -> String {
-        let start = Instant::now();
-        loop {
-            let out = self.output();
-            if out.matches(needle).count() >= count {
-                return out;
-            }
-            let what = format!("the output {needle:?} {count} times");
-            if let Err(failure) = self.check_alive(&what, start, timeout) {
-                panic!("{failure}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.await_output_count(needle, count, timeout)
+            .unwrap_or_else(|failure| panic!("{failure}"))
     }
 
     /// Waits until the output contains `needle`; on exit or timeout, says which, with the output
     /// (for callers that start again, see [`crate::ports::start_with_fresh_ports`]).
     pub fn await_output(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        self.await_output_count(needle, 1, timeout)
+    }
+
+    fn await_output_count(
+        &mut self,
+        needle: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<String, String> {
         let start = Instant::now();
+        let what = match count {
+            1 => format!("the output {needle:?}"),
+            _ => format!("the output {needle:?} {count} times"),
+        };
         loop {
             let out = self.output();
-            if out.contains(needle) {
+            if out.matches(needle).count() >= count {
                 return Ok(out);
             }
-            self.check_alive(&format!("the output {needle:?}"), start, timeout)?;
+            self.check_alive(&what, start, timeout)?;
             std::thread::sleep(Duration::from_millis(20));
         }
     }
