@@ -205,7 +205,11 @@ impl SimNode {
                 };
                 match got {
                     Ok(Some(pulled)) => {
-                        if let Err(e) = self.answer(pulled, &reply).await {
+                        let answered = tokio::select! {
+                            () = stop.cancelled() => return,
+                            r = self.answer(pulled, &reply) => r,
+                        };
+                        if let Err(e) = answered {
                             tracing::warn!(node_id = self.node_id(), "answering failed: {e:#}");
                             self.stats.failed_answers.fetch_add(1, Ordering::Relaxed);
                             if let Ok(mut last) = self.stats.last_failure.lock() {

@@ -186,13 +186,14 @@ impl FanOutSession {
         format!("nodes sent {replies} replies, {failed} answers failed (one reason: {last})")
     }
 
-    /// Ends the run (best effort) and stops the nodes.
+    /// Stops the nodes, then ends the run (best effort): a node still answering when a row's
+    /// time runs out is stopped, not told that the run has ended.
     pub async fn finish(mut self) {
+        self.stop.cancel();
+        while self.running.join_next().await.is_some() {}
         if let Err(e) = self.driver.finish().await {
             tracing::debug!("finishing the run: {e:#}");
         }
-        self.stop.cancel();
-        while self.running.join_next().await.is_some() {}
     }
 }
 

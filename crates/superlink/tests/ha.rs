@@ -347,6 +347,9 @@ fn a_pending_run_is_launched_once_and_a_dead_launcher_fails_its_run() {
             && details.contains("--isolation process"),
         "{details}"
     );
+    // Neither the survivors, sweeping all along, nor anyone else launched it again.
+    let text = std::fs::read_to_string(&launches).unwrap_or_default();
+    assert_eq!(text.lines().count(), 1, "launched exactly once: {text}");
     drop(replicas);
 }
 

@@ -129,30 +129,27 @@ async fn a_held_pull_answers_once_the_reply_and_its_objects_are_in() {
     let pull = tokio::spawn({
         let mut appio = appio.clone();
         let request = take(&token, run_id, ins);
-        async move { appio.pull_messages(request).await }
+        async move {
+            let answer = appio.pull_messages(request).await;
+            (answer, started.elapsed())
+        }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let reply_id = reply(
-        &superlink.fleet,
-        &key,
-        node,
-        run_id,
-        ins,
-        Duration::from_secs(1),
-    )
-    .await;
-    let replied = started.elapsed();
-    let answer = pull.await.unwrap().unwrap().into_inner();
-    let took = started.elapsed();
+    let (before_reply, object_delay) = (Duration::from_millis(300), Duration::from_secs(1));
+    tokio::time::sleep(before_reply).await;
+    let reply_id = reply(&superlink.fleet, &key, node, run_id, ins, object_delay).await;
+    let (answer, took) = pull.await.unwrap();
+    let answer = answer.unwrap().into_inner();
     let ids: Vec<String> = answer
         .messages_list
         .iter()
         .map(|m| m.metadata.as_ref().unwrap().message_id.clone())
         .collect();
     assert_eq!(ids, vec![reply_id.to_hex()]);
+    // The reply's object is pushed no sooner than this after the pull started.
+    let object_in = before_reply + object_delay;
     assert!(
-        took >= replied,
-        "answered before the reply's object was in ({took:?} < {replied:?})"
+        took >= object_in,
+        "answered before the reply's object was in ({took:?} < {object_in:?})"
     );
     assert!(
         took < Duration::from_secs(15),
