@@ -318,7 +318,8 @@ fn a_pending_run_is_launched_once_and_a_dead_launcher_fails_its_run() {
     // No second launch can come once every launcher has swept the pending runs a few times
     // (every second): an absence, so a bounded wait rather than a condition.
     std::thread::sleep(Duration::from_secs(3));
-    let text = std::fs::read_to_string(&launches).unwrap_or_default();
+    let launched = || std::fs::read_to_string(&launches).unwrap_or_default();
+    let text = launched();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1, "launched exactly once: {text}");
     let launcher: usize = lines[0]
@@ -348,7 +349,7 @@ fn a_pending_run_is_launched_once_and_a_dead_launcher_fails_its_run() {
         "{details}"
     );
     // Neither the survivors, sweeping all along, nor anyone else launched it again.
-    let text = std::fs::read_to_string(&launches).unwrap_or_default();
+    let text = launched();
     assert_eq!(text.lines().count(), 1, "launched exactly once: {text}");
     drop(replicas);
 }

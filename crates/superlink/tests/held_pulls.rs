@@ -126,14 +126,7 @@ async fn a_held_pull_answers_once_the_reply_and_its_objects_are_in() {
     // The ServerApp asks before the node has even pulled; the node replies meanwhile, its
     // object a second after its message.
     let started = Instant::now();
-    let pull = tokio::spawn({
-        let mut appio = appio.clone();
-        let request = take(&token, run_id, ins);
-        async move {
-            let answer = appio.pull_messages(request).await;
-            (answer, started.elapsed())
-        }
-    });
+    let pull = timed_pull(appio.clone(), take(&token, run_id, ins), started);
     let (before_reply, object_delay) = (Duration::from_millis(300), Duration::from_secs(1));
     tokio::time::sleep(before_reply).await;
     let reply_id = reply(&superlink.fleet, &key, node, run_id, ins, object_delay).await;
@@ -157,6 +150,22 @@ async fn a_held_pull_answers_once_the_reply_and_its_objects_are_in() {
     );
     // Its object is there for the ServerApp to pull at once.
     assert_available(&mut appio, run_id, reply_id).await;
+}
+
+/// The ServerApp's pull `request` in a task of its own: its answer, and how long after `started`
+/// it came.
+fn timed_pull(
+    mut appio: AppIo,
+    request: pb::PullAppMessagesRequest,
+    started: Instant,
+) -> tokio::task::JoinHandle<(
+    Result<tonic::Response<pb::PullAppMessagesResponse>, tonic::Status>,
+    Duration,
+)> {
+    tokio::spawn(async move {
+        let answer = appio.pull_messages(request).await;
+        (answer, started.elapsed())
+    })
 }
 
 /// How long the ServerApp's pull of the reply to `ins` took; there is none.
@@ -367,15 +376,11 @@ async fn a_reply_through_another_replica_wakes_the_held_pull() {
     let (run_id, token) = running_run(&a.control, &a.serverappio).await;
     let ins = push_instruction(&a.serverappio, &token, run_id, node).await;
 
-    let held = tokio::spawn({
-        let mut appio = AppIo::new(channel(&a.serverappio));
-        let request = take(&token, run_id, ins);
-        async move {
-            let started = Instant::now();
-            let answer = appio.pull_messages(request).await;
-            (answer, started.elapsed())
-        }
-    });
+    let held = timed_pull(
+        AppIo::new(channel(&a.serverappio)),
+        take(&token, run_id, ins),
+        Instant::now(),
+    );
     let reply_id = reply(&b.fleet, &key, node, run_id, ins, Duration::from_secs(1)).await;
     let (answer, hold_lasted) = held.await.unwrap();
     let answer = answer.unwrap().into_inner();
