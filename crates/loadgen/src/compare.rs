@@ -130,9 +130,11 @@ pub struct Plan {
     pub federation_runs: u32,
     /// A fan-out's rounds (or an idle fleet's joining) that take longer than this fail.
     pub row_timeout: Duration,
-    /// The in-memory fan-out (nodes, payload bytes) run once more with our objects kept in
-    /// memory instead of files: what the files cost in speed.
-    pub unspilled: Option<(usize, usize)>,
+    /// The in-memory fan-out (nodes, payload bytes) of ours with objects in files and with
+    /// every object in memory, alternated: what the files cost in speed.
+    pub spill: Option<(usize, usize)>,
+    /// Runs of each kind in the spill rows (the median is reported).
+    pub spill_runs: usize,
 }
 
 const KB: usize = 1000;
@@ -166,7 +168,8 @@ impl Plan {
             federation_rounds: 3,
             federation_runs: 3,
             row_timeout: Duration::from_secs(180),
-            unspilled: Some((10, 50 * MB)),
+            spill: Some((10, 50 * MB)),
+            spill_runs: 3,
         }
     }
 
@@ -187,7 +190,8 @@ impl Plan {
             federation_rounds: 1,
             federation_runs: 1,
             row_timeout: Duration::from_secs(120),
-            unspilled: Some((2, MB)),
+            spill: Some((2, MB)),
+            spill_runs: 1,
         }
     }
 }
@@ -197,6 +201,8 @@ impl Plan {
 pub struct Sections {
     /// Fan-out rounds on the in-memory engine (and the echo ceiling).
     pub fanout: bool,
+    /// What the spill files cost: ours with and without them, alternated.
+    pub spill: bool,
     /// Fan-out rounds on SQLite.
     pub sqlite: bool,
     /// Idle fleets.
@@ -477,13 +483,25 @@ impl Comparison {
             .rev()
             .find(|r| r.workload == workload && r.metric == ours_metric)
             .and_then(|r| r.ours.value);
+        self.push_reference_of(workload, metric, better, ours, reference);
+    }
+
+    /// A row of ours (`ours`) against a reference: a ceiling, or a floor for lower-is-better.
+    fn push_reference_of(
+        &mut self,
+        workload: &str,
+        metric: String,
+        better: Better,
+        ours: impl Into<Option<f64>>,
+        reference: f64,
+    ) {
         let row = Row {
             workload: workload.into(),
             metric,
             better,
             flower: Figure::default(),
             ours: Figure {
-                value: ours,
+                value: ours.into(),
                 note: None,
             },
             ceiling: Some(reference),
@@ -624,10 +642,14 @@ impl Comparison {
                 if bytes >= MB {
                     self.ceiling(nodes, bytes).await?;
                 }
-                if self.plan.unspilled == Some((nodes, bytes)) {
-                    self.unspilled(nodes, bytes).await?;
-                }
             }
+        }
+        if let Some((nodes, bytes)) = self.plan.spill.filter(|_| sections.spill) {
+            eprintln!(
+                "fan-out {} N={nodes} (in-memory), ours with files and without",
+                fmt_bytes(bytes)
+            );
+            self.spill(nodes, bytes).await?;
         }
         if sections.sqlite {
             for (nodes, bytes) in self.plan.fanout_sqlite.clone() {
@@ -826,10 +848,75 @@ impl Comparison {
         Ok(())
     }
 
-    /// Our fan-out of `bytes` to `nodes` once more, with every object in memory: our SuperLink
-    /// keeps its objects in memory when no file can be made in `TMPDIR` (it says so in its log,
-    /// checked here), so its throughput is the ceiling of the row that spills.
-    async fn unspilled(&mut self, nodes: usize, bytes: usize) -> Result<()> {
+    /// Our fan-out of `bytes` to `nodes` with its objects in files and once more with every
+    /// object in memory, `plan.spill_runs` runs of each, alternated (files first in every other
+    /// pair) so that the machine's drift weighs on both alike: the medians make a ceiling row
+    /// (MB/s) and a floor row (server CPU) of what waiting in files costs.
+    async fn spill(&mut self, nodes: usize, bytes: usize) -> Result<()> {
+        let w = FanOut::new(nodes, bytes, self.plan.rounds);
+        let runs = self.plan.spill_runs.max(1);
+        let (mut files, mut memory) = (Vec::new(), Vec::new());
+        for pair in 0..runs {
+            let order = if pair % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for in_memory in order {
+                let run = if in_memory {
+                    self.unspilled(w).await?
+                } else {
+                    self.fanout_one(Flavor::Ours, w, Engine::Memory).await?
+                };
+                let kind = if in_memory { "in memory" } else { "with files" };
+                let figures = SPILL_METRICS.map(|(metric, _)| {
+                    FANOUT_METRICS
+                        .iter()
+                        .find(|(m, _, _)| *m == metric)
+                        .and_then(|(_, _, get)| run.figure(get, w.rounds).value)
+                });
+                let [Some(mbps), Some(cpu)] = figures else {
+                    bail!(
+                        "our fan-out {kind} failed: {}",
+                        run.failure.clone().unwrap_or_default()
+                    );
+                };
+                eprintln!(
+                    "  ours {kind}: {} MB/s, server CPU {} s",
+                    fmt_num(mbps),
+                    fmt_num(cpu)
+                );
+                if in_memory { &mut memory } else { &mut files }.push([mbps, cpu]);
+            }
+        }
+        let workload = format!(
+            "fan-out {}, N={nodes}, in-memory, ours with files and with every object in memory, \
+             {runs} alternated runs each",
+            fmt_bytes(bytes)
+        );
+        for (i, (metric, better)) in SPILL_METRICS.iter().enumerate() {
+            let median = |runs: &[[f64; 2]]| {
+                percentile(&mut runs.iter().map(|r| r[i]).collect::<Vec<_>>(), 50.0)
+            };
+            let reference = if *better == Better::Lower {
+                "floor"
+            } else {
+                "ceiling"
+            };
+            self.push_reference_of(
+                &workload,
+                format!("{metric}, median; {reference}: every object in memory (no files)"),
+                *better,
+                median(&files),
+                median(&memory),
+            );
+        }
+        Ok(())
+    }
+
+    /// One run of our fan-out with every object in memory: our SuperLink keeps its objects in
+    /// memory when no file can be made in `TMPDIR` (it says so in its log, checked here).
+    async fn unspilled(&mut self, w: FanOut) -> Result<FanOutRun> {
         let no_dir = self.dir.path().join("not-a-directory");
         std::fs::write(&no_dir, b"")?;
         self.ours_env = vec![("TMPDIR", no_dir.join("spill").into_os_string())];
@@ -841,27 +928,7 @@ impl Comparison {
             daemon.stop(Duration::from_secs(10)).await;
             bail!("our SuperLink did not keep its objects in memory (TMPDIR unusable): its log says nothing of it");
         }
-        let w = FanOut::new(nodes, bytes, self.plan.rounds);
-        let run = self.fanout_on(daemon, &target, w).await;
-        let Some(mbps) = FANOUT_METRICS
-            .iter()
-            .find(|(m, _, _)| *m == "payload MB/s")
-            .and_then(|(_, _, get)| run.figure(get, w.rounds).value)
-        else {
-            bail!(
-                "the in-memory fan-out failed: {}",
-                run.failure.unwrap_or_default()
-            );
-        };
-        let workload = format!("fan-out {}, N={nodes}, in-memory", fmt_bytes(bytes));
-        self.push_reference(
-            &workload,
-            "payload MB/s",
-            "ceiling MB/s: ours with every object in memory (no files)".into(),
-            Better::Neither,
-            mbps,
-        );
-        Ok(())
+        Ok(self.fanout_on(daemon, &target, w).await)
     }
 
     async fn idle_one(&mut self, flavor: Flavor, n: usize) -> Result<IdleRun> {
@@ -1439,6 +1506,12 @@ impl FanOutRun {
 }
 
 type Metric<T> = fn(&T) -> Option<f64>;
+
+/// The fan-out metrics of the spill rows (named as in [`FANOUT_METRICS`]).
+const SPILL_METRICS: [(&str, Better); 2] = [
+    ("payload MB/s", Better::Neither),
+    ("server CPU (s)", Better::Lower),
+];
 
 const FANOUT_METRICS: &[(&str, Better, Metric<FanOutRun>)] = &[
     ("msg/s", Better::Higher, |r| {

@@ -31,6 +31,9 @@ enum Section {
     Startup,
     /// Fan-out on the in-memory engine (and the echo ceiling).
     Fanout,
+    /// What the spill files cost: our 50 MB fan-out with files and with every object in
+    /// memory, alternated.
+    Spill,
     /// Fan-out on SQLite.
     Sqlite,
     Idle,
@@ -252,6 +255,7 @@ async fn run(cli: Cli) -> Result<()> {
             let sections = Sections {
                 startup: all || only.contains(&Section::Startup),
                 fanout: all || only.contains(&Section::Fanout),
+                spill: all || only.contains(&Section::Spill),
                 sqlite: all || only.contains(&Section::Sqlite),
                 idle: all || only.contains(&Section::Idle),
                 supernode: all || only.contains(&Section::Supernode),
