@@ -135,6 +135,9 @@ pub struct Plan {
     pub spill: Option<(usize, usize)>,
     /// Runs of each kind in the spill rows (the median is reported).
     pub spill_runs: usize,
+    /// The in-memory fan-out (nodes, payload bytes) run once more with our SuperLink keeping
+    /// the memory it frees ([`KEEP_FREED_MEMORY`]): what the allocator's default costs there.
+    pub keep_freed: Option<(usize, usize)>,
 }
 
 const KB: usize = 1000;
@@ -170,6 +173,7 @@ impl Plan {
             row_timeout: Duration::from_secs(180),
             spill: Some((10, 50 * MB)),
             spill_runs: 3,
+            keep_freed: Some((10, 50 * MB)),
         }
     }
 
@@ -192,6 +196,7 @@ impl Plan {
             row_timeout: Duration::from_secs(120),
             spill: Some((2, MB)),
             spill_runs: 1,
+            keep_freed: Some((2, MB)),
         }
     }
 }
@@ -420,6 +425,11 @@ pub struct Comparison {
 /// and idle rows are measured with it too, next to the default (every call verified, as Flower).
 const PROOF_PER_CONNECTION: &str = "--fleet-auth-per-connection";
 
+/// The allocator's option that keeps the memory a process frees for its next allocations
+/// instead of giving it back to the system after 10 ms (the daemons' default, which keeps a
+/// large idle fleet small): the operators' choice for federations of large models.
+const KEEP_FREED_MEMORY: (&str, &str) = ("MIMALLOC_PURGE_DELAY", "-1");
+
 impl Comparison {
     /// Prepares a scratch directory and fresh TLS files.
     pub fn new(programs: Programs, plan: Plan) -> Result<Comparison> {
@@ -646,7 +656,8 @@ impl Comparison {
         }
         if let Some((nodes, bytes)) = self.plan.spill.filter(|_| sections.spill) {
             eprintln!(
-                "fan-out {} N={nodes} (in-memory), ours with files and without",
+                "fan-out {} N={nodes} (in-memory), alternated runs: ours with files, in memory, \
+                 keeping freed memory; the echo service",
                 fmt_bytes(bytes)
             );
             self.spill(nodes, bytes).await?;
@@ -778,25 +789,34 @@ impl Comparison {
         let flower = self.fanout_one(Flavor::Flower, w, engine).await?;
         let ours = self.fanout_one(Flavor::Ours, w, engine).await?;
         let name = format!("fan-out {}, N={nodes}, {}", fmt_bytes(bytes), engine.name());
-        let total = self.plan.rounds;
-        for (metric, better, get) in FANOUT_METRICS {
-            let f = flower.figure(get, total);
-            let o = ours.figure(get, total);
-            self.push(&name, metric, *better, f, o);
-        }
+        self.push_fanout(&name, &flower, &ours);
         if bytes < MB && engine == Engine::Memory {
             self.ours_extra = vec![PROOF_PER_CONNECTION];
             let opted = self.fanout_one(Flavor::Ours, w, engine).await;
             self.ours_extra.clear();
-            let opted = opted?;
-            let name = format!("{name}, ours with {PROOF_PER_CONNECTION}");
-            for (metric, better, get) in FANOUT_METRICS {
-                let f = flower.figure(get, total);
-                let o = opted.figure(get, total);
-                self.push(&name, metric, *better, f, o);
-            }
+            self.push_fanout(
+                &format!("{name}, ours with {PROOF_PER_CONNECTION}"),
+                &flower,
+                &opted?,
+            );
+        }
+        if engine == Engine::Memory && self.plan.keep_freed == Some((nodes, bytes)) {
+            let (var, value) = KEEP_FREED_MEMORY;
+            self.ours_env = vec![(var, value.into())];
+            let kept = self.fanout_one(Flavor::Ours, w, engine).await;
+            self.ours_env.clear();
+            self.push_fanout(&format!("{name}, ours with {var}={value}"), &flower, &kept?);
         }
         Ok(())
+    }
+
+    /// The fan-out rows of `name`: Flower's run against ours.
+    fn push_fanout(&mut self, name: &str, flower: &FanOutRun, ours: &FanOutRun) {
+        let total = self.plan.rounds;
+        for (metric, better, get) in FANOUT_METRICS {
+            let (f, o) = (flower.figure(get, total), ours.figure(get, total));
+            self.push(name, metric, *better, f, o);
+        }
     }
 
     /// Starts the bare echo service and opens `clients` channels to it (each its own connection).
@@ -838,80 +858,135 @@ impl Comparison {
         daemon.stop(Duration::from_secs(5)).await;
         let mbps = moved as f64 / MB as f64 / took.as_secs_f64();
         let workload = format!("fan-out {}, N={nodes}, in-memory", fmt_bytes(bytes));
-        self.push_reference(
-            &workload,
-            "payload MB/s",
-            "ceiling MB/s (bare tonic+rustls echo, same payloads)".into(),
-            Better::Neither,
-            mbps,
-        );
+        let (var, value) = KEEP_FREED_MEMORY;
+        let kept = format!("{workload}, ours with {var}={value}");
+        for workload in [workload, kept] {
+            if self.rows.iter().any(|r| r.workload == workload) {
+                self.push_reference(
+                    &workload,
+                    "payload MB/s",
+                    "ceiling MB/s (bare tonic+rustls echo, same payloads)".into(),
+                    Better::Neither,
+                    mbps,
+                );
+            }
+        }
         Ok(())
     }
 
-    /// Our fan-out of `bytes` to `nodes` with its objects in files and once more with every
-    /// object in memory, `plan.spill_runs` runs of each, alternated (files first in every other
-    /// pair) so that the machine's drift weighs on both alike: the medians make a ceiling row
-    /// (MB/s) and a floor row (server CPU) of what waiting in files costs.
+    /// Our fan-out of `bytes` to `nodes` in turns with what it is measured against, each
+    /// `plan.spill_runs` times, the order rotated from one turn to the next so that the
+    /// machine's drift weighs on all alike: ours with its objects in files (as deployed), with
+    /// every object in memory, keeping the memory it frees ([`KEEP_FREED_MEMORY`]), and the bare
+    /// echo service. The medians make what waiting in files costs (a ceiling row of MB/s, a floor
+    /// row of server CPU) and our share of the echo ceiling, with and without the option.
     async fn spill(&mut self, nodes: usize, bytes: usize) -> Result<()> {
-        let w = FanOut::new(nodes, bytes, self.plan.rounds);
         let runs = self.plan.spill_runs.max(1);
-        let (mut files, mut memory) = (Vec::new(), Vec::new());
-        for pair in 0..runs {
-            let order = if pair % 2 == 0 {
-                [false, true]
-            } else {
-                [true, false]
-            };
-            for in_memory in order {
-                let run = if in_memory {
-                    self.unspilled(w).await?
+        let mut figures: [Vec<[f64; 2]>; Turn::ALL.len()] = Default::default();
+        for pass in 0..runs {
+            for j in 0..Turn::ALL.len() {
+                let k = (j + pass) % Turn::ALL.len();
+                let [mbps, cpu] = self.turn(Turn::ALL[k], nodes, bytes).await?;
+                let cpu_note = if cpu.is_nan() {
+                    String::new()
                 } else {
-                    self.fanout_one(Flavor::Ours, w, Engine::Memory).await?
-                };
-                let kind = if in_memory { "in memory" } else { "with files" };
-                let figures = SPILL_METRICS.map(|(metric, _)| {
-                    FANOUT_METRICS
-                        .iter()
-                        .find(|(m, _, _)| *m == metric)
-                        .and_then(|(_, _, get)| run.figure(get, w.rounds).value)
-                });
-                let [Some(mbps), Some(cpu)] = figures else {
-                    bail!(
-                        "our fan-out {kind} failed: {}",
-                        run.failure.clone().unwrap_or_default()
-                    );
+                    format!(", server CPU {} s", fmt_num(cpu))
                 };
                 eprintln!(
-                    "  ours {kind}: {} MB/s, server CPU {} s",
-                    fmt_num(mbps),
-                    fmt_num(cpu)
+                    "  {}: {} MB/s{cpu_note}",
+                    Turn::ALL[k].name(),
+                    fmt_num(mbps)
                 );
-                if in_memory { &mut memory } else { &mut files }.push([mbps, cpu]);
+                figures[k].push([mbps, cpu]);
             }
         }
-        let workload = format!(
-            "fan-out {}, N={nodes}, in-memory, ours with files and with every object in memory, \
-             {runs} alternated runs each",
-            fmt_bytes(bytes)
-        );
-        for (i, (metric, better)) in SPILL_METRICS.iter().enumerate() {
-            let median = |runs: &[[f64; 2]]| {
-                percentile(&mut runs.iter().map(|r| r[i]).collect::<Vec<_>>(), 50.0)
-            };
-            let reference = if *better == Better::Lower {
-                "floor"
-            } else {
-                "ceiling"
-            };
-            self.push_reference_of(
-                &workload,
-                format!("{metric}, median; {reference}: every object in memory (no files)"),
-                *better,
-                median(&files),
-                median(&memory),
-            );
+        let median = |turn: Turn, i: usize| {
+            let k = Turn::ALL.iter().position(|t| *t == turn).unwrap_or(0);
+            percentile(
+                &mut figures[k].iter().map(|f| f[i]).collect::<Vec<_>>(),
+                50.0,
+            )
+        };
+        let each = if runs == 1 {
+            "1 run of each kind".to_string()
+        } else {
+            format!("{runs} alternated runs of each kind")
+        };
+        let workload = format!("fan-out {}, N={nodes}, in-memory, {each}", fmt_bytes(bytes));
+        let no_files = "every object in memory (no files)";
+        let echo = "bare tonic+rustls echo, same payloads";
+        let (var, value) = KEEP_FREED_MEMORY;
+        let rows = [
+            (
+                format!("payload MB/s with files, median; ceiling: {no_files}"),
+                Better::Neither,
+                median(Turn::Files, 0),
+                median(Turn::InMemory, 0),
+            ),
+            (
+                format!("server CPU (s) with files, median; floor: {no_files}"),
+                Better::Lower,
+                median(Turn::Files, 1),
+                median(Turn::InMemory, 1),
+            ),
+            (
+                format!("payload MB/s with files, median; ceiling: {echo}"),
+                Better::Neither,
+                median(Turn::Files, 0),
+                median(Turn::Echo, 0),
+            ),
+            (
+                format!("payload MB/s with files and {var}={value}, median; ceiling: {echo}"),
+                Better::Neither,
+                median(Turn::KeepFreed, 0),
+                median(Turn::Echo, 0),
+            ),
+        ];
+        for (metric, better, ours, reference) in rows {
+            self.push_reference_of(&workload, metric, better, ours, reference);
         }
         Ok(())
+    }
+
+    /// One run of the spill section: MB/s and server CPU seconds (NaN for the echo service).
+    async fn turn(&mut self, turn: Turn, nodes: usize, bytes: usize) -> Result<[f64; 2]> {
+        let w = FanOut::new(nodes, bytes, self.plan.rounds);
+        let run = match turn {
+            Turn::Echo => {
+                let (mut daemon, channels) = self.echo_server(nodes).await?;
+                let (mut moved, mut took) = (0u64, Duration::ZERO);
+                for _ in 0..self.plan.rounds {
+                    let (m, t) = echo::round(&channels, bytes).await?;
+                    moved += m;
+                    took += t;
+                }
+                daemon.stop(Duration::from_secs(5)).await;
+                return Ok([moved as f64 / MB as f64 / took.as_secs_f64(), f64::NAN]);
+            }
+            Turn::Files => self.fanout_one(Flavor::Ours, w, Engine::Memory).await?,
+            Turn::InMemory => self.unspilled(w).await?,
+            Turn::KeepFreed => {
+                let (var, value) = KEEP_FREED_MEMORY;
+                self.ours_env = vec![(var, value.into())];
+                let run = self.fanout_one(Flavor::Ours, w, Engine::Memory).await;
+                self.ours_env.clear();
+                run?
+            }
+        };
+        let figures = SPILL_METRICS.map(|metric| {
+            FANOUT_METRICS
+                .iter()
+                .find(|(m, _, _)| *m == metric)
+                .and_then(|(_, _, get)| run.figure(get, w.rounds).value)
+        });
+        let [Some(mbps), Some(cpu)] = figures else {
+            bail!(
+                "{} failed: {}",
+                turn.name(),
+                run.failure.clone().unwrap_or_default()
+            );
+        };
+        Ok([mbps, cpu])
     }
 
     /// One run of our fan-out with every object in memory: our SuperLink keeps its objects in
@@ -1507,11 +1582,34 @@ impl FanOutRun {
 
 type Metric<T> = fn(&T) -> Option<f64>;
 
-/// The fan-out metrics of the spill rows (named as in [`FANOUT_METRICS`]).
-const SPILL_METRICS: [(&str, Better); 2] = [
-    ("payload MB/s", Better::Neither),
-    ("server CPU (s)", Better::Lower),
-];
+/// The fan-out metrics of a spill section's run (named as in [`FANOUT_METRICS`]).
+const SPILL_METRICS: [&str; 2] = ["payload MB/s", "server CPU (s)"];
+
+/// The runs that the spill section alternates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// Our SuperLink as deployed: large objects wait in files.
+    Files,
+    /// Ours with every object in memory.
+    InMemory,
+    /// Ours with files, keeping the memory it frees ([`KEEP_FREED_MEMORY`]).
+    KeepFreed,
+    /// The bare echo service.
+    Echo,
+}
+
+impl Turn {
+    const ALL: [Turn; 4] = [Turn::Files, Turn::InMemory, Turn::KeepFreed, Turn::Echo];
+
+    fn name(self) -> &'static str {
+        match self {
+            Turn::Files => "ours with files",
+            Turn::InMemory => "ours with every object in memory",
+            Turn::KeepFreed => "ours with files, keeping freed memory",
+            Turn::Echo => "the echo service",
+        }
+    }
+}
 
 const FANOUT_METRICS: &[(&str, Better, Metric<FanOutRun>)] = &[
     ("msg/s", Better::Higher, |r| {
