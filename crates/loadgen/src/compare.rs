@@ -130,8 +130,8 @@ pub struct Plan {
     pub federation_runs: u32,
     /// A fan-out's rounds (or an idle fleet's joining) that take longer than this fail.
     pub row_timeout: Duration,
-    /// The in-memory fan-out (nodes, payload bytes) of ours with objects in files and with
-    /// every object in memory, alternated: what the files cost in speed.
+    /// The in-memory fan-out (nodes, payload bytes) of the spill section's alternated runs:
+    /// ours with files, with every object in memory, keeping freed memory, and the echo.
     pub spill: Option<(usize, usize)>,
     /// Runs of each kind in the spill rows (the median is reported).
     pub spill_runs: usize,
@@ -206,7 +206,7 @@ impl Plan {
 pub struct Sections {
     /// Fan-out rounds on the in-memory engine (and the echo ceiling).
     pub fanout: bool,
-    /// What the spill files cost: ours with and without them, alternated.
+    /// Alternated 50 MB runs: what the spill files cost, and ours against the echo ceiling.
     pub spill: bool,
     /// Fan-out rounds on SQLite.
     pub sqlite: bool,
@@ -429,6 +429,12 @@ const PROOF_PER_CONNECTION: &str = "--fleet-auth-per-connection";
 /// instead of giving it back to the system after 10 ms (the daemons' default, which keeps a
 /// large idle fleet small): the operators' choice for federations of large models.
 const KEEP_FREED_MEMORY: (&str, &str) = ("MIMALLOC_PURGE_DELAY", "-1");
+
+/// [`KEEP_FREED_MEMORY`] as the rows name it (`VAR=value`).
+fn keep_freed_label() -> String {
+    let (var, value) = KEEP_FREED_MEMORY;
+    format!("{var}={value}")
+}
 
 impl Comparison {
     /// Prepares a scratch directory and fresh TLS files.
@@ -801,13 +807,23 @@ impl Comparison {
             );
         }
         if engine == Engine::Memory && self.plan.keep_freed == Some((nodes, bytes)) {
-            let (var, value) = KEEP_FREED_MEMORY;
-            self.ours_env = vec![(var, value.into())];
-            let kept = self.fanout_one(Flavor::Ours, w, engine).await;
-            self.ours_env.clear();
-            self.push_fanout(&format!("{name}, ours with {var}={value}"), &flower, &kept?);
+            let kept = self.fanout_keeping_freed(w).await?;
+            self.push_fanout(
+                &format!("{name}, ours with {}", keep_freed_label()),
+                &flower,
+                &kept,
+            );
         }
         Ok(())
+    }
+
+    /// Our in-memory fan-out with the SuperLink keeping the memory it frees.
+    async fn fanout_keeping_freed(&mut self, w: FanOut) -> Result<FanOutRun> {
+        let (var, value) = KEEP_FREED_MEMORY;
+        self.ours_env = vec![(var, value.into())];
+        let run = self.fanout_one(Flavor::Ours, w, Engine::Memory).await;
+        self.ours_env.clear();
+        run
     }
 
     /// The fan-out rows of `name`: Flower's run against ours.
@@ -846,7 +862,8 @@ impl Comparison {
         Ok((daemon, channels))
     }
 
-    async fn ceiling(&mut self, nodes: usize, bytes: usize) -> Result<()> {
+    /// The echo service's MB/s over the plan's rounds of `bytes` from `nodes` clients.
+    async fn echo_mbps(&mut self, nodes: usize, bytes: usize) -> Result<f64> {
         let (mut daemon, channels) = self.echo_server(nodes).await?;
         let mut moved = 0u64;
         let mut took = Duration::ZERO;
@@ -856,10 +873,13 @@ impl Comparison {
             took += t;
         }
         daemon.stop(Duration::from_secs(5)).await;
-        let mbps = moved as f64 / MB as f64 / took.as_secs_f64();
+        Ok(moved as f64 / MB as f64 / took.as_secs_f64())
+    }
+
+    async fn ceiling(&mut self, nodes: usize, bytes: usize) -> Result<()> {
+        let mbps = self.echo_mbps(nodes, bytes).await?;
         let workload = format!("fan-out {}, N={nodes}, in-memory", fmt_bytes(bytes));
-        let (var, value) = KEEP_FREED_MEMORY;
-        let kept = format!("{workload}, ours with {var}={value}");
+        let kept = format!("{workload}, ours with {}", keep_freed_label());
         for workload in [workload, kept] {
             if self.rows.iter().any(|r| r.workload == workload) {
                 self.push_reference(
@@ -882,6 +902,7 @@ impl Comparison {
     /// row of server CPU) and our share of the echo ceiling, with and without the option.
     async fn spill(&mut self, nodes: usize, bytes: usize) -> Result<()> {
         let runs = self.plan.spill_runs.max(1);
+        // Indexed by `Turn as usize`.
         let mut figures: [Vec<[f64; 2]>; Turn::ALL.len()] = Default::default();
         for pass in 0..runs {
             for j in 0..Turn::ALL.len() {
@@ -901,9 +922,11 @@ impl Comparison {
             }
         }
         let median = |turn: Turn, i: usize| {
-            let k = Turn::ALL.iter().position(|t| *t == turn).unwrap_or(0);
             percentile(
-                &mut figures[k].iter().map(|f| f[i]).collect::<Vec<_>>(),
+                &mut figures[turn as usize]
+                    .iter()
+                    .map(|f| f[i])
+                    .collect::<Vec<_>>(),
                 50.0,
             )
         };
@@ -915,7 +938,7 @@ impl Comparison {
         let workload = format!("fan-out {}, N={nodes}, in-memory, {each}", fmt_bytes(bytes));
         let no_files = "every object in memory (no files)";
         let echo = "bare tonic+rustls echo, same payloads";
-        let (var, value) = KEEP_FREED_MEMORY;
+        let kept = keep_freed_label();
         let rows = [
             (
                 format!("payload MB/s with files, median; ceiling: {no_files}"),
@@ -936,7 +959,7 @@ impl Comparison {
                 median(Turn::Echo, 0),
             ),
             (
-                format!("payload MB/s with files and {var}={value}, median; ceiling: {echo}"),
+                format!("payload MB/s with files and {kept}, median; ceiling: {echo}"),
                 Better::Neither,
                 median(Turn::KeepFreed, 0),
                 median(Turn::Echo, 0),
@@ -952,26 +975,10 @@ impl Comparison {
     async fn turn(&mut self, turn: Turn, nodes: usize, bytes: usize) -> Result<[f64; 2]> {
         let w = FanOut::new(nodes, bytes, self.plan.rounds);
         let run = match turn {
-            Turn::Echo => {
-                let (mut daemon, channels) = self.echo_server(nodes).await?;
-                let (mut moved, mut took) = (0u64, Duration::ZERO);
-                for _ in 0..self.plan.rounds {
-                    let (m, t) = echo::round(&channels, bytes).await?;
-                    moved += m;
-                    took += t;
-                }
-                daemon.stop(Duration::from_secs(5)).await;
-                return Ok([moved as f64 / MB as f64 / took.as_secs_f64(), f64::NAN]);
-            }
+            Turn::Echo => return Ok([self.echo_mbps(nodes, bytes).await?, f64::NAN]),
             Turn::Files => self.fanout_one(Flavor::Ours, w, Engine::Memory).await?,
             Turn::InMemory => self.unspilled(w).await?,
-            Turn::KeepFreed => {
-                let (var, value) = KEEP_FREED_MEMORY;
-                self.ours_env = vec![(var, value.into())];
-                let run = self.fanout_one(Flavor::Ours, w, Engine::Memory).await;
-                self.ours_env.clear();
-                run?
-            }
+            Turn::KeepFreed => self.fanout_keeping_freed(w).await?,
         };
         let figures = SPILL_METRICS.map(|metric| {
             FANOUT_METRICS
@@ -1599,6 +1606,7 @@ enum Turn {
 }
 
 impl Turn {
+    /// Every turn, in declaration order (`ALL[t as usize] == t`).
     const ALL: [Turn; 4] = [Turn::Files, Turn::InMemory, Turn::KeepFreed, Turn::Echo];
 
     fn name(self) -> &'static str {

@@ -31,8 +31,8 @@ enum Section {
     Startup,
     /// Fan-out on the in-memory engine (and the echo ceiling).
     Fanout,
-    /// What the spill files cost: our 50 MB fan-out with files and with every object in
-    /// memory, alternated.
+    /// Alternated 50 MB runs: ours with files, with every object in memory, keeping freed
+    /// memory, and the echo service (what the files cost, and ours against the echo ceiling).
     Spill,
     /// Fan-out on SQLite.
     Sqlite,
