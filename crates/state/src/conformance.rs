@@ -490,7 +490,11 @@ pub mod link {
         assert_eq!(all, "a\nb\n");
         clock.advance(1.0);
         s.add_log(run, "c\n").await.unwrap();
-        assert_eq!(s.logs_after(run, latest).await.unwrap().0, "c\n");
+        let (c, latest) = s.logs_after(run, latest).await.unwrap();
+        assert_eq!(c, "c\n");
+        // At the same instant: a stream that asks from just past what it sent still gets it.
+        s.add_log(run, "d\n").await.unwrap();
+        assert_eq!(s.logs_after(run, latest + 1e-6).await.unwrap().0, "d\n");
         assert!(matches!(
             s.add_log(999, "x").await,
             Err(StateError::RunNotFound(999))

@@ -21,6 +21,7 @@ pub mod lane;
 pub mod memory;
 pub mod objects;
 pub mod postgres;
+mod reads;
 pub mod spill;
 pub mod sqlite;
 
@@ -683,7 +684,8 @@ pub trait LinkState: Send + Sync {
     async fn app_heartbeat(&self, token: &str) -> Result<bool, StateError>;
 
     // ----- logs -----
-    /// Appends ServerApp output, stamped with the server's time.
+    /// Appends ServerApp output, stamped with the server's time, and at least [`LOG_STEP`]
+    /// after the run's last entry.
     async fn add_log(&self, run_id: RunId, text: &str) -> Result<(), StateError>;
     /// Everything logged after `after` (Unix seconds), and the time of the last entry (0 if none).
     async fn logs_after(&self, run_id: RunId, after: f64) -> Result<(String, f64), StateError>;
@@ -794,6 +796,11 @@ pub trait LinkState: Send + Sync {
 pub const REDELIVER_AFTER: f64 = 3.0;
 
 /// Heartbeat constants (Flower's).
+/// How far apart two log entries of a run are at least, when the clock has not moved between
+/// them (or went back): more than the 1e-6 s past its last entry from which a log stream (ours,
+/// Flower's) asks for more, so that the later entry is never skipped.
+pub const LOG_STEP: f64 = 2e-6;
+
 pub mod heartbeat {
     /// Default interval, seconds.
     pub const DEFAULT_INTERVAL: f64 = 30.0;

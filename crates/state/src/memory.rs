@@ -655,7 +655,7 @@ impl LinkState for MemoryLinkState {
             .ok_or(StateError::RunNotFound(run_id))?;
         // Keep timestamps strictly increasing, so that "after the last one" never skips text.
         let ts = match e.logs.last() {
-            Some((last, _)) if *last >= now => last + 1e-6,
+            Some((last, _)) if *last >= now => last + LOG_STEP,
             _ => now,
         };
         e.logs.push((ts, text.to_owned()));

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use flwr_objects::store::{Content, StoreError};
 
+use crate::reads::{LastRead, ReadBuffers};
+
 /// When objects leave memory.
 #[derive(Clone, Debug)]
 pub struct SpillPolicy {
@@ -96,10 +98,8 @@ pub struct Spilled {
     len: usize,
     pool: Arc<FilePool>,
     /// The bytes of the last read, while any reader still holds them: readers at about the same
-    /// time (nodes pulling the same instruction) share one read and one copy in memory. An
-    /// async lock, held across the read so that a second reader waits for the first one's
-    /// bytes instead of reading the file again; it keeps nothing alive by itself.
-    last_read: tokio::sync::Mutex<Weak<Vec<u8>>>,
+    /// time (nodes pulling the same instruction) share one read and one copy in memory.
+    last_read: LastRead,
 }
 
 impl Drop for Spilled {
@@ -234,87 +234,6 @@ fn drop_off_runtime<T: Send + 'static>(value: T) {
     }
 }
 
-/// Read bytes shared by the readers of one spilled object (see [`Spilled::last_read`]); the
-/// last reader to let go gives the buffer back for the next read.
-struct SharedRead {
-    /// Always `Some` until dropped.
-    bytes: Option<Arc<Vec<u8>>>,
-    buffers: Arc<ReadBuffers>,
-}
-
-impl SharedRead {
-    fn bytes(bytes: Arc<Vec<u8>>, buffers: &Arc<ReadBuffers>) -> Bytes {
-        Bytes::from_owner(SharedRead {
-            bytes: Some(bytes),
-            buffers: buffers.clone(),
-        })
-    }
-}
-
-impl AsRef<[u8]> for SharedRead {
-    fn as_ref(&self) -> &[u8] {
-        self.bytes.as_deref().map_or(&[], Vec::as_slice)
-    }
-}
-
-impl Drop for SharedRead {
-    fn drop(&mut self) {
-        if let Some(Ok(buf)) = self.bytes.take().map(Arc::try_unwrap) {
-            self.buffers.give(buf);
-        }
-    }
-}
-
-/// Buffers of spilled objects read back, kept for the next reads: a read into a buffer that is
-/// already resident costs one copy, a read into a new one costs the memory's first touch too (a
-/// page fault and the zeroing of every page).
-/// Bounded: at most [`READ_BUFFER_BYTES`] wait here.
-#[derive(Debug, Default)]
-struct ReadBuffers {
-    free: parking_lot::Mutex<Vec<Vec<u8>>>,
-}
-
-/// Bytes of read buffers kept for reuse at most.
-const READ_BUFFER_BYTES: usize = 32 * 1024 * 1024;
-
-impl ReadBuffers {
-    /// A buffer of `len` bytes: a kept one that fits (the smallest), else a new one.
-    fn take(&self, len: usize) -> Vec<u8> {
-        let kept = {
-            let mut free = self.free.lock();
-            let best = free
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.capacity() >= len)
-                .min_by_key(|(_, b)| b.capacity())
-                .map(|(i, _)| i);
-            best.map(|i| free.swap_remove(i))
-        };
-        match kept {
-            Some(mut buf) => {
-                buf.resize(len, 0);
-                buf
-            }
-            None => vec![0; len],
-        }
-    }
-
-    /// Keeps `buf` for a later read while the kept buffers stay within the bound.
-    fn give(&self, buf: Vec<u8>) {
-        let mut free = self.free.lock();
-        let kept: usize = free.iter().map(Vec::capacity).sum();
-        if kept + buf.capacity() <= READ_BUFFER_BYTES {
-            free.push(buf);
-        }
-    }
-
-    /// Bytes kept now.
-    #[cfg(test)]
-    fn kept(&self) -> usize {
-        self.free.lock().iter().map(Vec::capacity).sum()
-    }
-}
-
 /// One of the files the spiller may have open, counted while it lives (also while the file is
 /// being written, so that a write abandoned by a cancelled call gives its place back).
 #[derive(Debug)]
@@ -435,7 +354,7 @@ impl Spiller {
                             file: Some(file),
                             len,
                             pool: self.pool.clone(),
-                            last_read: tokio::sync::Mutex::new(Weak::new()),
+                            last_read: LastRead::default(),
                         }))
                     }
                     Ok(Err(e)) => {
@@ -476,9 +395,9 @@ impl Spiller {
             Held::Inline(i) => return Ok(i.bytes.clone()),
             Held::Spilled(s) => s,
         };
-        let mut last = s.last_read.lock().await;
-        if let Some(bytes) = last.upgrade() {
-            return Ok(SharedRead::bytes(bytes, &self.buffers));
+        let mut last = s.last_read.lock(&self.buffers).await;
+        if let Some(bytes) = last.shared() {
+            return Ok(bytes);
         }
         let file = s.clone();
         // Taken here, on a runtime thread, not on the blocking pool's: the allocator gives a
@@ -496,33 +415,13 @@ impl Spiller {
             })?,
             Err(e) => return Err(StoreError::Backend(Box::new(e))),
         };
-        let bytes = Arc::new(buf);
-        *last = Arc::downgrade(&bytes);
-        Ok(SharedRead::bytes(bytes, &self.buffers))
+        Ok(last.keep(buf))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn read_buffers_kept_stay_within_their_bound_and_fit_what_is_asked() {
-        let buffers = ReadBuffers::default();
-        for _ in 0..10 {
-            buffers.give(vec![1; 5 * 1024 * 1024]);
-        }
-        assert!(buffers.kept() <= READ_BUFFER_BYTES, "{}", buffers.kept());
-        assert_eq!(buffers.kept(), 6 * 5 * 1024 * 1024);
-        // Too large for every kept one: a new buffer, the kept ones stay.
-        let large = buffers.take(6 * 1024 * 1024);
-        assert_eq!(large.len(), 6 * 1024 * 1024);
-        assert_eq!(buffers.kept(), 6 * 5 * 1024 * 1024);
-        // A kept one, cut to the length asked.
-        let small = buffers.take(1000);
-        assert_eq!(small.len(), 1000);
-        assert_eq!(buffers.kept(), 5 * 5 * 1024 * 1024);
-    }
 
     fn spill_file(size: usize, made: Instant) -> SpillFile {
         SpillFile {

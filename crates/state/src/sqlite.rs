@@ -24,9 +24,11 @@ use crate::clock::Clock;
 use crate::codec::{decode_config, encode_config};
 use crate::lane::Lane;
 use crate::memory::{error_reply_for, message_unavailable, random_id, random_token};
+use crate::reads::{ReadBuffers, RecentReads};
 
-/// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes (`PRAGMA user_version`). Version 2 moved objects'
+/// bytes out of `object` into `object_content`; a file of version 1 is moved on when opened.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Keys remembered by the node-key hint before it starts over (a bound on its memory).
 const KEY_HINT_LIMIT: usize = 100_000;
@@ -127,9 +129,18 @@ CREATE INDEX IF NOT EXISTS message_res_by_id ON message_res (message_id);
 const OBJECT_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS object (
     object_id BLOB PRIMARY KEY,
-    content BLOB,
     children BLOB NOT NULL,
     ref_count INTEGER NOT NULL
+);
+-- An object's bytes once pushed, in parts of at most a mebibyte (a registered object without a
+-- part here is pending; an empty one has one empty part). A table of their own, so that no
+-- statement ever holds a whole large object in memory and a reference count's update never
+-- rewrites the bytes.
+CREATE TABLE IF NOT EXISTS object_content (
+    object_id BLOB NOT NULL,
+    part INTEGER NOT NULL,
+    bytes BLOB NOT NULL,
+    PRIMARY KEY (object_id, part)
 );
 CREATE TABLE IF NOT EXISTS object_run (
     object_id BLOB NOT NULL,
@@ -171,24 +182,38 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
 ];
 
 fn add_missing_columns(conn: &Connection, columns: &[(&str, &str, &str)]) -> rusqlite::Result<()> {
-    // One writer at a time, so that two processes opening an old file do not both add a column.
-    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     for (table, column, definition) in columns {
-        let present: bool = conn.query_row(
-            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
-            params![column],
-            |r| r.get(0),
-        )?;
-        if !present {
-            tx.execute_batch(&format!(
+        if !has_column(conn, table, column)? {
+            conn.execute_batch(&format!(
                 "ALTER TABLE {table} ADD COLUMN {column} {definition}"
             ))?;
         }
     }
-    tx.commit()
+    Ok(())
 }
 
-fn open_connection(path: &Path, schema: &str) -> Result<Connection, StateError> {
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+        params![column],
+        |r| r.get(0),
+    )
+}
+
+/// Schema version 1 kept objects' bytes in `object.content`: they move to `object_content`, each
+/// as one part.
+fn move_object_contents(conn: &Connection) -> rusqlite::Result<()> {
+    if has_column(conn, "object", "content")? {
+        conn.execute_batch(
+            "INSERT OR IGNORE INTO object_content (object_id, part, bytes) \
+                 SELECT object_id, 0, content FROM object WHERE content IS NOT NULL; \
+             ALTER TABLE object DROP COLUMN content;",
+        )?;
+    }
+    Ok(())
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StateError> {
     let err = backend(path);
     let conn = Connection::open(path).map_err(&err)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -199,22 +224,34 @@ fn open_connection(path: &Path, schema: &str) -> Result<Connection, StateError> 
         .map_err(&err)?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(&err)?;
-    let version: i64 = conn
+    Ok(conn)
+}
+
+/// Creates the tables, or brings those of an older version up to this one, in one transaction
+/// that holds the write lock (two processes opening one old file do not both move it on).
+fn prepare_schema(conn: &Connection, path: &Path) -> Result<(), StateError> {
+    let err = backend(path);
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate).map_err(&err)?;
+    let version: i64 = tx
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(&err)?;
-    if version != 0 && version != SCHEMA_VERSION {
+    if !(0..=SCHEMA_VERSION).contains(&version) {
         return Err(StateError::SchemaVersion {
             target: path.display().to_string(),
             found: version,
             fix: format!(
-                "this SuperLink writes version {SCHEMA_VERSION}; use a new --database file"
+                "this SuperLink knows versions up to {SCHEMA_VERSION}: upgrade this SuperLink, \
+                 or use a new --database file"
             ),
         });
     }
-    conn.execute_batch(schema).map_err(&err)?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+    tx.execute_batch(STATE_SCHEMA).map_err(&err)?;
+    tx.execute_batch(OBJECT_SCHEMA).map_err(&err)?;
+    add_missing_columns(&tx, ADDED_COLUMNS).map_err(&err)?;
+    move_object_contents(&tx).map_err(&err)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(&err)?;
-    Ok(conn)
+    tx.commit().map_err(&err)
 }
 
 /// Opens (or creates) the database: the state engine and the object store engine, each on a
@@ -227,9 +264,11 @@ pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Stores, StateError> {
             source,
         })?;
     }
-    let state = open_connection(path, STATE_SCHEMA)?;
-    add_missing_columns(&state, ADDED_COLUMNS).map_err(backend(path))?;
-    let objects = open_connection(path, OBJECT_SCHEMA)?;
+    let state = open_connection(path)?;
+    prepare_schema(&state, path)?;
+    // Its own database when the path is `:memory:`.
+    let objects = open_connection(path)?;
+    prepare_schema(&objects, path)?;
     let writer = Writer::default();
     let hints = Hints::default();
     {
@@ -269,6 +308,8 @@ pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Stores, StateError> {
                 writer,
             }),
             lane: lane("object-db")?,
+            reads: RecentReads::default(),
+            buffers: Arc::default(),
         }),
         fabs: None,
     })
@@ -514,6 +555,10 @@ impl LinkState for SqliteLinkState {
 pub struct SqliteObjects {
     db: Arc<ObjectDb>,
     lane: Lane,
+    /// Readers of one object at about the same time share one read of it.
+    reads: RecentReads<ObjectId>,
+    /// Buffers for the reads.
+    buffers: Arc<ReadBuffers>,
 }
 
 impl SqliteObjects {
@@ -542,7 +587,18 @@ impl ObjectStore for SqliteObjects {
     }
     async fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
         let id = *id;
-        self.on_lane(move |db| db.get(&id)).await
+        let slot = self.reads.slot(&id);
+        let mut last = slot.lock(&self.buffers).await;
+        let held = last.shared();
+        let buffers = self.buffers.clone();
+        Ok(
+            match self.on_lane(move |db| db.get(&id, held, &buffers)).await? {
+                Found::Unknown => Lookup::Unknown,
+                Found::Pending => Lookup::Pending,
+                Found::Held(bytes) => Lookup::Available(bytes),
+                Found::Read(buf) => Lookup::Available(last.keep(buf)),
+            },
+        )
     }
     async fn unavailable(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>, StoreError> {
         let ids = ids.to_vec();
@@ -1241,7 +1297,7 @@ impl StateDb {
                 .prepare_cached("SELECT MAX(ts) FROM log WHERE run_id = ?1")?
                 .query_row(params![run_id as i64], |r| r.get(0))?;
             let ts = match last {
-                Some(l) if l >= now => l + 1e-6,
+                Some(l) if l >= now => l + LOG_STEP,
                 _ => now,
             };
             tx.prepare_cached("INSERT INTO log (run_id, ts, text) VALUES (?1, ?2, ?3)")?
@@ -1529,6 +1585,26 @@ pub struct ObjectDb {
     writer: Writer,
 }
 
+/// Of a registered object: whether its bytes are stored (no row when it is not registered).
+const STORED: &str =
+    "SELECT EXISTS (SELECT 1 FROM object_content WHERE object_id = ?1) FROM object WHERE object_id = ?1";
+
+/// The largest part of an object's bytes in one row: what a statement that writes or reads them
+/// holds in memory at most (twice: SQLite copies a bound value, then builds the row).
+const CONTENT_PART: usize = 1024 * 1024;
+
+/// What [`ObjectDb::get`] found.
+pub(crate) enum Found {
+    /// No such object.
+    Unknown,
+    /// Registered, its bytes not pushed yet.
+    Pending,
+    /// Stored: the bytes read earlier and still held.
+    Held(Bytes),
+    /// Stored: its bytes, read now.
+    Read(Vec<u8>),
+}
+
 fn children_blob(ids: &[ObjectId]) -> Vec<u8> {
     ids.iter()
         .flat_map(|i| i.as_bytes().iter().copied())
@@ -1575,6 +1651,8 @@ fn delete_cascading(tx: &Transaction<'_>, id: &ObjectId) -> rusqlite::Result<()>
         }
         tx.prepare_cached("DELETE FROM object WHERE object_id = ?1")?
             .execute(params![id.as_bytes().as_slice()])?;
+        tx.prepare_cached("DELETE FROM object_content WHERE object_id = ?1")?
+            .execute(params![id.as_bytes().as_slice()])?;
         tx.prepare_cached("DELETE FROM object_run WHERE object_id = ?1")?
             .execute(params![id.as_bytes().as_slice()])?;
         for c in children_of(&children) {
@@ -1600,7 +1678,7 @@ impl ObjectDb {
             let mut seen = std::collections::HashSet::new();
             for node in tree.post_order() {
                 let key = node.id.as_bytes().as_slice();
-                let available: Option<bool> = tx.prepare_cached("SELECT content IS NOT NULL FROM object WHERE object_id = ?1")?.query_row( params![key], |r| r.get(0))
+                let available: Option<bool> = tx.prepare_cached(STORED)?.query_row( params![key], |r| r.get(0))
                     .optional()?;
                 match available {
                     None => {
@@ -1608,7 +1686,7 @@ impl ObjectDb {
                         for c in &children {
                             tx.prepare_cached("UPDATE object SET ref_count = ref_count + 1 WHERE object_id = ?1")?.execute( params![c.as_bytes().as_slice()])?;
                         }
-                        tx.prepare_cached("INSERT INTO object (object_id, content, children, ref_count) VALUES (?1, NULL, ?2, 0)")?.execute(
+                        tx.prepare_cached("INSERT INTO object (object_id, children, ref_count) VALUES (?1, ?2, 0)")?.execute(
                             params![key, children_blob(&children)],
                         )?;
                         if seen.insert(node.id) {
@@ -1630,27 +1708,33 @@ impl ObjectDb {
 
     pub(crate) fn put(&self, id: &ObjectId, content: Bytes) -> Result<bool, StoreError> {
         self.tx(|tx| {
-            let n = tx
-                .prepare_cached(
-                    "UPDATE object SET content = ?2 WHERE object_id = ?1 AND content IS NULL",
-                )?
-                .execute(params![id.as_bytes().as_slice(), content.as_ref()])?;
-            if n > 0 {
-                return Ok(true);
+            let key = id.as_bytes().as_slice();
+            let stored: Option<bool> = tx
+                .prepare_cached(STORED)?
+                .query_row(params![key], |r| r.get(0))
+                .optional()?;
+            match stored {
+                None => return Ok(false),
+                Some(true) => return Ok(true),
+                Some(false) => {}
             }
-            Ok(tx
-                .prepare_cached("SELECT 1 FROM object WHERE object_id = ?1")?
-                .query_row(params![id.as_bytes().as_slice()], |_| Ok(()))
-                .optional()?
-                .is_some())
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO object_content (object_id, part, bytes) VALUES (?1, ?2, ?3)",
+            )?;
+            if content.is_empty() {
+                insert.execute(params![key, 0, &[] as &[u8]])?;
+            }
+            for (part, bytes) in content.chunks(CONTENT_PART).enumerate() {
+                insert.execute(params![key, part as i64, bytes])?;
+            }
+            Ok(true)
         })
     }
 
     pub(crate) fn unavailable(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>, StoreError> {
         self.read(|tx| {
-            let mut here = tx.prepare_cached(
-                "SELECT 1 FROM object WHERE object_id = ?1 AND content IS NOT NULL",
-            )?;
+            let mut here =
+                tx.prepare_cached("SELECT 1 FROM object_content WHERE object_id = ?1")?;
             let mut out = Vec::new();
             for id in ids {
                 if !here.exists(params![id.as_bytes().as_slice()])? {
@@ -1661,16 +1745,40 @@ impl ObjectDb {
         })
     }
 
-    pub(crate) fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
+    /// The object's bytes, read part by part into a buffer from `buffers`; with `held` (the
+    /// bytes of an earlier read that a reader still holds), those when the object is still
+    /// stored.
+    pub(crate) fn get(
+        &self,
+        id: &ObjectId,
+        held: Option<Bytes>,
+        buffers: &ReadBuffers,
+    ) -> Result<Found, StoreError> {
         self.read(|tx| {
-            let row: Option<Option<Vec<u8>>> = tx
-                .prepare_cached("SELECT content FROM object WHERE object_id = ?1")?
-                .query_row(params![id.as_bytes().as_slice()], |r| r.get(0))
+            let key = id.as_bytes().as_slice();
+            let len: Option<Option<i64>> = tx
+                .prepare_cached(
+                    "SELECT (SELECT SUM(LENGTH(bytes)) FROM object_content WHERE object_id = ?1) \
+                     FROM object WHERE object_id = ?1",
+                )?
+                .query_row(params![key], |r| r.get(0))
                 .optional()?;
-            Ok(match row {
-                None => Lookup::Unknown,
-                Some(None) => Lookup::Pending,
-                Some(Some(c)) => Lookup::Available(Bytes::from(c)),
+            Ok(match (len, held) {
+                (None, _) => Found::Unknown,
+                (Some(None), _) => Found::Pending,
+                (Some(Some(_)), Some(bytes)) => Found::Held(bytes),
+                (Some(Some(len)), None) => {
+                    let mut buf = buffers.take(usize::try_from(len).unwrap_or(0));
+                    buf.clear();
+                    let mut parts = tx.prepare_cached(
+                        "SELECT bytes FROM object_content WHERE object_id = ?1 ORDER BY part",
+                    )?;
+                    let mut rows = parts.query(params![key])?;
+                    while let Some(row) = rows.next()? {
+                        buf.extend_from_slice(row.get_ref(0)?.as_blob()?);
+                    }
+                    Found::Read(buf)
+                }
             })
         })
     }
@@ -1739,7 +1847,7 @@ impl ObjectDb {
 
     pub(crate) fn content_bytes(&self) -> Result<u64, StoreError> {
         self.read(|tx| {
-            tx.prepare_cached("SELECT COALESCE(SUM(LENGTH(content)), 0) FROM object")?
+            tx.prepare_cached("SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM object_content")?
                 .query_row([], |r| r.get::<_, i64>(0))
                 .map(|n| n.max(0) as u64)
         })
@@ -1887,5 +1995,104 @@ mod tests {
             .await
             .unwrap();
         assert!(s.claim_run(fresh, Some("here")).await.unwrap().is_some());
+    }
+
+    fn object(content: &'static [u8]) -> (ObjectId, Bytes, ObjectTree) {
+        let id = ObjectId::of(content);
+        let tree = ObjectTree {
+            id,
+            children: vec![],
+        };
+        (id, Bytes::from_static(content), tree)
+    }
+
+    /// Readers of one object at about the same time share one read of its blob; once the
+    /// object is deleted, later readers find nothing, even while earlier ones hold its bytes.
+    #[tokio::test]
+    async fn readers_of_one_object_share_one_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = open(&dir.path().join("state.db"), Arc::new(ManualClock::new()))
+            .unwrap()
+            .objects;
+        let content = Bytes::from(vec![5u8; 3_000_000]);
+        let id = ObjectId::of(&content);
+        let tree = ObjectTree {
+            id,
+            children: vec![],
+        };
+        o.preregister(1, &tree).await.unwrap();
+        assert!(o.put(&id, content.clone()).await.unwrap());
+        let Lookup::Available(first) = o.get(&id).await.unwrap() else {
+            panic!("stored")
+        };
+        assert_eq!(first, content);
+        let Lookup::Available(second) = o.get(&id).await.unwrap() else {
+            panic!("stored")
+        };
+        assert_eq!(first.as_ptr(), second.as_ptr(), "one copy in memory");
+        o.delete(&id).await.unwrap();
+        assert_eq!(o.get(&id).await.unwrap(), Lookup::Unknown);
+        drop((first, second));
+        o.preregister(1, &tree).await.unwrap();
+        assert!(o.put(&id, content.clone()).await.unwrap());
+        assert_eq!(o.get(&id).await.unwrap(), Lookup::Available(content));
+    }
+
+    /// A file of schema version 1 (objects' bytes in `object.content`) is moved on when
+    /// opened: stored objects keep their bytes, pending ones stay pending. A file of a version
+    /// this build does not know is refused, with what to do.
+    #[tokio::test]
+    async fn a_file_of_schema_version_1_is_moved_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let clock = Arc::new(ManualClock::new());
+        let (stored, stored_bytes, stored_tree) = object(b"stored");
+        let (pending, pending_bytes, pending_tree) = object(b"pending");
+        {
+            let o = open(&path, clock.clone()).unwrap().objects;
+            o.preregister(1, &stored_tree).await.unwrap();
+            o.preregister(1, &pending_tree).await.unwrap();
+            assert!(o.put(&stored, stored_bytes.clone()).await.unwrap());
+        }
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE object ADD COLUMN content BLOB; \
+             UPDATE object SET content = \
+                 (SELECT bytes FROM object_content c WHERE c.object_id = object.object_id); \
+             DROP TABLE object_content; PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        {
+            let o = open(&path, clock.clone()).unwrap().objects;
+            assert_eq!(
+                o.get(&stored).await.unwrap(),
+                Lookup::Available(stored_bytes)
+            );
+            assert_eq!(o.get(&pending).await.unwrap(), Lookup::Pending);
+            assert_eq!(o.unavailable(&[stored, pending]).await.unwrap(), [pending]);
+            assert!(o.put(&pending, pending_bytes.clone()).await.unwrap());
+            assert_eq!(
+                o.get(&pending).await.unwrap(),
+                Lookup::Available(pending_bytes)
+            );
+        }
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert!(!has_column(&conn, "object", "content").unwrap());
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let Err(refused) = open(&path, clock) else {
+            panic!("a newer file is refused")
+        };
+        let refused = refused.to_string();
+        assert!(
+            refused.contains("upgrade this SuperLink") && refused.contains("state.db"),
+            "{refused}"
+        );
     }
 }

@@ -66,7 +66,10 @@ fn check_completed_run(f: &Federation, out: &str, rounds: u32, size: usize) -> u
     let sha = federation::expected_model_sha256(size, rounds, 1.0);
     assert!(
         out.contains(&format!("sha256={sha}")),
-        "the streamed log must show the predicted model {sha}:\n{out}"
+        "the streamed log must show the predicted model {sha}:\n{out}\nthe run is {}; \
+         superlink:\n{}",
+        f.cli.status_of(run_id),
+        f.superlink.proc.output()
     );
     assert_eq!(
         f.cli

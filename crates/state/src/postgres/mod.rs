@@ -1512,7 +1512,7 @@ impl LinkState for PgLinkState {
                 .await?
                 .get(0);
             let ts = match last {
-                Some(l) if l >= now => l + 1e-6,
+                Some(l) if l >= now => l + crate::LOG_STEP,
                 _ => now,
             };
             let stmt = tx
