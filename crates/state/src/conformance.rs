@@ -494,7 +494,12 @@ pub mod link {
         assert_eq!(c, "c\n");
         // At the same instant: a stream that asks from just past what it sent still gets it.
         s.add_log(run, "d\n").await.unwrap();
-        assert_eq!(s.logs_after(run, latest + 1e-6).await.unwrap().0, "d\n");
+        let (d, latest) = s.logs_after(run, latest + 1e-6).await.unwrap();
+        assert_eq!(d, "d\n");
+        // And when the clock moved by no more than that.
+        clock.advance(1e-6);
+        s.add_log(run, "e\n").await.unwrap();
+        assert_eq!(s.logs_after(run, latest + 1e-6).await.unwrap().0, "e\n");
         assert!(matches!(
             s.add_log(999, "x").await,
             Err(StateError::RunNotFound(999))

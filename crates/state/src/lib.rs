@@ -795,12 +795,12 @@ pub trait LinkState: Send + Sync {
 /// delivery whose answer is only slow.
 pub const REDELIVER_AFTER: f64 = 3.0;
 
-/// Heartbeat constants (Flower's).
-/// How far apart two log entries of a run are at least, when the clock has not moved between
-/// them (or went back): more than the 1e-6 s past its last entry from which a log stream (ours,
+/// How far apart two log entries of a run are at least (when the clock moved less between them,
+/// or went back): more than the 1e-6 s past its last entry from which a log stream (ours,
 /// Flower's) asks for more, so that the later entry is never skipped.
 pub const LOG_STEP: f64 = 2e-6;
 
+/// Heartbeat constants (Flower's).
 pub mod heartbeat {
     /// Default interval, seconds.
     pub const DEFAULT_INTERVAL: f64 = 30.0;

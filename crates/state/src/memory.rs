@@ -654,10 +654,10 @@ impl LinkState for MemoryLinkState {
             .get_mut(&run_id)
             .ok_or(StateError::RunNotFound(run_id))?;
         // Keep timestamps strictly increasing, so that "after the last one" never skips text.
-        let ts = match e.logs.last() {
-            Some((last, _)) if *last >= now => last + LOG_STEP,
-            _ => now,
-        };
+        let ts = e
+            .logs
+            .last()
+            .map_or(now, |(last, _)| now.max(last + LOG_STEP));
         e.logs.push((ts, text.to_owned()));
         Ok(())
     }

@@ -20,20 +20,13 @@ pub(crate) struct ReadBuffers {
     free: parking_lot::Mutex<Vec<Vec<u8>>>,
 }
 
+/// Reads smaller than this take a new buffer: reuse pays for large reads only.
+const REUSED_FROM: usize = 64 * 1024;
+
 impl ReadBuffers {
-    /// A buffer of `len` bytes: a kept one that fits (the smallest), else a new one.
+    /// A buffer of `len` bytes: a kept one that fits, else a new one.
     pub(crate) fn take(&self, len: usize) -> Vec<u8> {
-        let kept = {
-            let mut free = self.free.lock();
-            let best = free
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.capacity() >= len)
-                .min_by_key(|(_, b)| b.capacity())
-                .map(|(i, _)| i);
-            best.map(|i| free.swap_remove(i))
-        };
-        match kept {
+        match self.kept_for(len) {
             Some(mut buf) => {
                 buf.resize(len, 0);
                 buf
@@ -42,8 +35,39 @@ impl ReadBuffers {
         }
     }
 
-    /// Keeps `buf` for a later read while the kept buffers stay within the bound.
+    /// An empty buffer with room for `len` bytes: a kept one that fits, else a new one.
+    pub(crate) fn take_empty(&self, len: usize) -> Vec<u8> {
+        match self.kept_for(len) {
+            Some(mut buf) => {
+                buf.clear();
+                buf
+            }
+            None => Vec::with_capacity(len),
+        }
+    }
+
+    /// The smallest kept buffer that holds `len` bytes and is at most twice that (a large one
+    /// is not tied up by a small read), for a read large enough to be worth it.
+    fn kept_for(&self, len: usize) -> Option<Vec<u8>> {
+        if len < REUSED_FROM {
+            return None;
+        }
+        let mut free = self.free.lock();
+        let best = free
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len && b.capacity() / 2 <= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        best.map(|i| free.swap_remove(i))
+    }
+
+    /// Keeps `buf` for a later read while the kept buffers stay within the bound (a small one
+    /// is never reused: it goes).
     pub(crate) fn give(&self, buf: Vec<u8>) {
+        if buf.capacity() < REUSED_FROM {
+            return;
+        }
         let mut free = self.free.lock();
         let kept: usize = free.iter().map(Vec::capacity).sum();
         if kept + buf.capacity() <= READ_BUFFER_BYTES {
@@ -74,7 +98,8 @@ impl AsRef<[u8]> for SharedRead {
 
 impl Drop for SharedRead {
     fn drop(&mut self) {
-        if let Some(Ok(buf)) = self.bytes.take().map(Arc::try_unwrap) {
+        // Exactly one of readers letting go at once gets the buffer.
+        if let Some(buf) = self.bytes.take().and_then(Arc::into_inner) {
             self.buffers.give(buf);
         }
     }
@@ -130,8 +155,9 @@ impl LastReadGuard<'_> {
 }
 
 /// The [`LastRead`] of each object read lately, for a store that does not hold its objects in
-/// memory (the SQLite engine). Entries go once idle: the map holds about as many as there are
-/// objects being read or held by readers.
+/// memory (the SQLite engine). Idle entries go at the next sweep, which comes when the map has
+/// doubled since the last one: it holds at most about twice as many entries as there are objects
+/// being read or held by readers, and never fewer than [`FIRST_SWEEP`] before a sweep.
 #[derive(Debug)]
 pub(crate) struct RecentReads<K> {
     slots: parking_lot::Mutex<Slots<K>>,
@@ -200,10 +226,20 @@ mod tests {
         let large = buffers.take(6 * 1024 * 1024);
         assert_eq!(large.len(), 6 * 1024 * 1024);
         assert_eq!(buffers.kept(), 6 * 5 * 1024 * 1024);
+        // Small reads, or reads of less than half a kept one, do not tie one up.
+        assert_eq!(buffers.take(1000).len(), 1000);
+        assert_eq!(
+            buffers.take_empty(2 * 1024 * 1024).capacity(),
+            2 * 1024 * 1024
+        );
+        assert_eq!(buffers.kept(), 6 * 5 * 1024 * 1024);
         // A kept one, cut to the length asked.
-        let small = buffers.take(1000);
-        assert_eq!(small.len(), 1000);
+        let fits = buffers.take(3 * 1024 * 1024);
+        assert_eq!(fits.len(), 3 * 1024 * 1024);
         assert_eq!(buffers.kept(), 5 * 5 * 1024 * 1024);
+        let empty = buffers.take_empty(4 * 1024 * 1024);
+        assert!(empty.is_empty() && empty.capacity() >= 4 * 1024 * 1024);
+        assert_eq!(buffers.kept(), 4 * 5 * 1024 * 1024);
     }
 
     /// Readers while the bytes are held share them; once the last lets go, the next reads
@@ -215,12 +251,12 @@ mod tests {
         let first = {
             let mut guard = last.lock(&buffers).await;
             assert!(guard.shared().is_none());
-            guard.keep(vec![7; 1000])
+            guard.keep(vec![7; REUSED_FROM])
         };
         let second = last.lock(&buffers).await.shared().unwrap();
         assert_eq!(first.as_ptr(), second.as_ptr(), "one copy for both");
         drop((first, second));
-        assert_eq!(buffers.kept(), 1000, "the buffer is given back");
+        assert_eq!(buffers.kept(), REUSED_FROM, "the buffer is given back");
         assert!(last.is_idle());
         assert!(last.lock(&buffers).await.shared().is_none());
     }

@@ -200,15 +200,36 @@ fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<
     )
 }
 
-/// Schema version 1 kept objects' bytes in `object.content`: they move to `object_content`, each
-/// as one part.
+/// Schema version 1 kept objects' bytes in `object.content`: they move to `object_content`, in
+/// parts, one object in memory at a time. The file's freed pages are reused by later objects.
 fn move_object_contents(conn: &Connection) -> rusqlite::Result<()> {
-    if has_column(conn, "object", "content")? {
-        conn.execute_batch(
-            "INSERT OR IGNORE INTO object_content (object_id, part, bytes) \
-                 SELECT object_id, 0, content FROM object WHERE content IS NOT NULL; \
-             ALTER TABLE object DROP COLUMN content;",
-        )?;
+    if !has_column(conn, "object", "content")? {
+        return Ok(());
+    }
+    let ids: Vec<Vec<u8>> = conn
+        .prepare("SELECT object_id FROM object WHERE content IS NOT NULL")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    {
+        let mut content = conn.prepare("SELECT content FROM object WHERE object_id = ?1")?;
+        for id in ids {
+            let bytes: Vec<u8> = content.query_row(params![id], |r| r.get(0))?;
+            insert_parts(conn, &id, &bytes)?;
+        }
+    }
+    conn.execute_batch("ALTER TABLE object DROP COLUMN content")
+}
+
+/// Stores an object's bytes as its parts (an empty object as one empty part).
+fn insert_parts(conn: &Connection, key: &[u8], content: &[u8]) -> rusqlite::Result<()> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO object_content (object_id, part, bytes) VALUES (?1, ?2, ?3)",
+    )?;
+    if content.is_empty() {
+        insert.execute(params![key, 0, content])?;
+    }
+    for (part, bytes) in content.chunks(CONTENT_PART).enumerate() {
+        insert.execute(params![key, part as i64, bytes])?;
     }
     Ok(())
 }
@@ -588,15 +609,22 @@ impl ObjectStore for SqliteObjects {
     async fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
         let id = *id;
         let slot = self.reads.slot(&id);
-        let mut last = slot.lock(&self.buffers).await;
-        let held = last.shared();
+        let mut last = Some(slot.lock(&self.buffers).await);
+        let held = last.as_ref().and_then(|l| l.shared());
+        if held.is_some() {
+            // Only the object's existence is left to check: other readers need not wait.
+            last = None;
+        }
         let buffers = self.buffers.clone();
         Ok(
             match self.on_lane(move |db| db.get(&id, held, &buffers)).await? {
                 Found::Unknown => Lookup::Unknown,
                 Found::Pending => Lookup::Pending,
                 Found::Held(bytes) => Lookup::Available(bytes),
-                Found::Read(buf) => Lookup::Available(last.keep(buf)),
+                Found::Read(buf) => Lookup::Available(match last.as_mut() {
+                    Some(last) => last.keep(buf),
+                    None => Bytes::from(buf),
+                }),
             },
         )
     }
@@ -1296,10 +1324,7 @@ impl StateDb {
             let last: Option<f64> = tx
                 .prepare_cached("SELECT MAX(ts) FROM log WHERE run_id = ?1")?
                 .query_row(params![run_id as i64], |r| r.get(0))?;
-            let ts = match last {
-                Some(l) if l >= now => l + LOG_STEP,
-                _ => now,
-            };
+            let ts = last.map_or(now, |l| now.max(l + LOG_STEP));
             tx.prepare_cached("INSERT INTO log (run_id, ts, text) VALUES (?1, ?2, ?3)")?
                 .execute(params![run_id as i64, ts, text])?;
             Ok(true)
@@ -1718,15 +1743,7 @@ impl ObjectDb {
                 Some(true) => return Ok(true),
                 Some(false) => {}
             }
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO object_content (object_id, part, bytes) VALUES (?1, ?2, ?3)",
-            )?;
-            if content.is_empty() {
-                insert.execute(params![key, 0, &[] as &[u8]])?;
-            }
-            for (part, bytes) in content.chunks(CONTENT_PART).enumerate() {
-                insert.execute(params![key, part as i64, bytes])?;
-            }
+            insert_parts(tx, key, &content)?;
             Ok(true)
         })
     }
@@ -1768,8 +1785,7 @@ impl ObjectDb {
                 (Some(None), _) => Found::Pending,
                 (Some(Some(_)), Some(bytes)) => Found::Held(bytes),
                 (Some(Some(len)), None) => {
-                    let mut buf = buffers.take(usize::try_from(len).unwrap_or(0));
-                    buf.clear();
+                    let mut buf = buffers.take_empty(usize::try_from(len).unwrap_or(0));
                     let mut parts = tx.prepare_cached(
                         "SELECT bytes FROM object_content WHERE object_id = ?1 ORDER BY part",
                     )?;
@@ -1997,13 +2013,13 @@ mod tests {
         assert!(s.claim_run(fresh, Some("here")).await.unwrap().is_some());
     }
 
-    fn object(content: &'static [u8]) -> (ObjectId, Bytes, ObjectTree) {
-        let id = ObjectId::of(content);
+    fn object(content: Vec<u8>) -> (ObjectId, Bytes, ObjectTree) {
+        let id = ObjectId::of(&content);
         let tree = ObjectTree {
             id,
             children: vec![],
         };
-        (id, Bytes::from_static(content), tree)
+        (id, Bytes::from(content), tree)
     }
 
     /// Readers of one object at about the same time share one read of its blob; once the
@@ -2039,29 +2055,35 @@ mod tests {
     }
 
     /// A file of schema version 1 (objects' bytes in `object.content`) is moved on when
-    /// opened: stored objects keep their bytes, pending ones stay pending. A file of a version
-    /// this build does not know is refused, with what to do.
+    /// opened: stored objects keep their bytes (in parts), empty ones included, pending ones
+    /// stay pending. A file of a version this build does not know is refused, with what to do.
     #[tokio::test]
     async fn a_file_of_schema_version_1_is_moved_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let clock = Arc::new(ManualClock::new());
-        let (stored, stored_bytes, stored_tree) = object(b"stored");
-        let (pending, pending_bytes, pending_tree) = object(b"pending");
+        let (stored, stored_bytes, stored_tree) = object(vec![3; 2 * CONTENT_PART + 10]);
+        let (empty, empty_bytes, empty_tree) = object(vec![]);
+        let (pending, pending_bytes, pending_tree) = object(b"pending".to_vec());
         {
             let o = open(&path, clock.clone()).unwrap().objects;
-            o.preregister(1, &stored_tree).await.unwrap();
-            o.preregister(1, &pending_tree).await.unwrap();
-            assert!(o.put(&stored, stored_bytes.clone()).await.unwrap());
+            for tree in [&stored_tree, &empty_tree, &pending_tree] {
+                o.preregister(1, tree).await.unwrap();
+            }
         }
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
-            "ALTER TABLE object ADD COLUMN content BLOB; \
-             UPDATE object SET content = \
-                 (SELECT bytes FROM object_content c WHERE c.object_id = object.object_id); \
-             DROP TABLE object_content; PRAGMA user_version = 1;",
+            "ALTER TABLE object ADD COLUMN content BLOB; DROP TABLE object_content; \
+             PRAGMA user_version = 1;",
         )
         .unwrap();
+        for (id, bytes) in [(stored, &stored_bytes), (empty, &empty_bytes)] {
+            conn.execute(
+                "UPDATE object SET content = ?2 WHERE object_id = ?1",
+                params![id.as_bytes().as_slice(), bytes.as_ref()],
+            )
+            .unwrap();
+        }
         drop(conn);
         {
             let o = open(&path, clock.clone()).unwrap().objects;
@@ -2069,6 +2091,7 @@ mod tests {
                 o.get(&stored).await.unwrap(),
                 Lookup::Available(stored_bytes)
             );
+            assert_eq!(o.get(&empty).await.unwrap(), Lookup::Available(empty_bytes));
             assert_eq!(o.get(&pending).await.unwrap(), Lookup::Pending);
             assert_eq!(o.unavailable(&[stored, pending]).await.unwrap(), [pending]);
             assert!(o.put(&pending, pending_bytes.clone()).await.unwrap());
@@ -2083,6 +2106,14 @@ mod tests {
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         assert!(!has_column(&conn, "object", "content").unwrap());
+        let parts: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM object_content WHERE object_id = ?1",
+                params![stored.as_bytes().as_slice()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(parts, 3, "moved in parts");
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
         drop(conn);
