@@ -800,6 +800,11 @@ pub const REDELIVER_AFTER: f64 = 3.0;
 /// Flower's) asks for more, so that the later entry is never skipped.
 pub const LOG_STEP: f64 = 2e-6;
 
+/// The time of a run's next log entry made `now`, after its last one at `last` (every engine's).
+pub(crate) fn log_time(last: Option<f64>, now: f64) -> f64 {
+    last.map_or(now, |l| now.max(l + LOG_STEP))
+}
+
 /// Heartbeat constants (Flower's).
 pub mod heartbeat {
     /// Default interval, seconds.

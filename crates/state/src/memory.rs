@@ -654,10 +654,7 @@ impl LinkState for MemoryLinkState {
             .get_mut(&run_id)
             .ok_or(StateError::RunNotFound(run_id))?;
         // Keep timestamps strictly increasing, so that "after the last one" never skips text.
-        let ts = e
-            .logs
-            .last()
-            .map_or(now, |(last, _)| now.max(last + LOG_STEP));
+        let ts = log_time(e.logs.last().map(|(last, _)| *last), now);
         e.logs.push((ts, text.to_owned()));
         Ok(())
     }

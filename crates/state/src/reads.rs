@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 
 /// Bytes of read buffers kept for reuse at most.
-pub(crate) const READ_BUFFER_BYTES: usize = 32 * 1024 * 1024;
+const READ_BUFFER_BYTES: usize = 32 * 1024 * 1024;
 
 /// Buffers of objects read back, kept for the next reads: a read into a buffer that is already
 /// resident costs one copy, a read into a new one costs the memory's first touch too (a page

@@ -609,24 +609,22 @@ impl ObjectStore for SqliteObjects {
     async fn get(&self, id: &ObjectId) -> Result<Lookup, StoreError> {
         let id = *id;
         let slot = self.reads.slot(&id);
-        let mut last = Some(slot.lock(&self.buffers).await);
-        let held = last.as_ref().and_then(|l| l.shared());
-        if held.is_some() {
-            // Only the object's existence is left to check: other readers need not wait.
-            last = None;
+        let mut last = slot.lock(&self.buffers).await;
+        if let Some(held) = last.shared() {
+            // Only whether it is still stored is left to ask: other readers need not wait.
+            drop(last);
+            return Ok(match self.on_lane(move |db| db.stored(&id)).await? {
+                None => Lookup::Unknown,
+                Some(false) => Lookup::Pending,
+                Some(true) => Lookup::Available(held),
+            });
         }
         let buffers = self.buffers.clone();
-        Ok(
-            match self.on_lane(move |db| db.get(&id, held, &buffers)).await? {
-                Found::Unknown => Lookup::Unknown,
-                Found::Pending => Lookup::Pending,
-                Found::Held(bytes) => Lookup::Available(bytes),
-                Found::Read(buf) => Lookup::Available(match last.as_mut() {
-                    Some(last) => last.keep(buf),
-                    None => Bytes::from(buf),
-                }),
-            },
-        )
+        Ok(match self.on_lane(move |db| db.get(&id, &buffers)).await? {
+            Found::Unknown => Lookup::Unknown,
+            Found::Pending => Lookup::Pending,
+            Found::Read(buf) => Lookup::Available(last.keep(buf)),
+        })
     }
     async fn unavailable(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>, StoreError> {
         let ids = ids.to_vec();
@@ -1324,7 +1322,7 @@ impl StateDb {
             let last: Option<f64> = tx
                 .prepare_cached("SELECT MAX(ts) FROM log WHERE run_id = ?1")?
                 .query_row(params![run_id as i64], |r| r.get(0))?;
-            let ts = last.map_or(now, |l| now.max(l + LOG_STEP));
+            let ts = log_time(last, now);
             tx.prepare_cached("INSERT INTO log (run_id, ts, text) VALUES (?1, ?2, ?3)")?
                 .execute(params![run_id as i64, ts, text])?;
             Ok(true)
@@ -1610,9 +1608,15 @@ pub struct ObjectDb {
     writer: Writer,
 }
 
-/// Of a registered object: whether its bytes are stored (no row when it is not registered).
-const STORED: &str =
-    "SELECT EXISTS (SELECT 1 FROM object_content WHERE object_id = ?1) FROM object WHERE object_id = ?1";
+/// Of a registered object, whether its bytes are stored; `None` when it is not registered.
+fn stored(tx: &Transaction<'_>, key: &[u8]) -> rusqlite::Result<Option<bool>> {
+    tx.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM object_content WHERE object_id = ?1) \
+         FROM object WHERE object_id = ?1",
+    )?
+    .query_row(params![key], |r| r.get(0))
+    .optional()
+}
 
 /// The largest part of an object's bytes in one row: what a statement that writes or reads them
 /// holds in memory at most (twice: SQLite copies a bound value, then builds the row).
@@ -1624,8 +1628,6 @@ pub(crate) enum Found {
     Unknown,
     /// Registered, its bytes not pushed yet.
     Pending,
-    /// Stored: the bytes read earlier and still held.
-    Held(Bytes),
     /// Stored: its bytes, read now.
     Read(Vec<u8>),
 }
@@ -1703,9 +1705,7 @@ impl ObjectDb {
             let mut seen = std::collections::HashSet::new();
             for node in tree.post_order() {
                 let key = node.id.as_bytes().as_slice();
-                let available: Option<bool> = tx.prepare_cached(STORED)?.query_row( params![key], |r| r.get(0))
-                    .optional()?;
-                match available {
+                match stored(tx, key)? {
                     None => {
                         let children: Vec<ObjectId> = node.children.iter().map(|c| c.id).collect();
                         for c in &children {
@@ -1734,11 +1734,7 @@ impl ObjectDb {
     pub(crate) fn put(&self, id: &ObjectId, content: Bytes) -> Result<bool, StoreError> {
         self.tx(|tx| {
             let key = id.as_bytes().as_slice();
-            let stored: Option<bool> = tx
-                .prepare_cached(STORED)?
-                .query_row(params![key], |r| r.get(0))
-                .optional()?;
-            match stored {
+            match stored(tx, key)? {
                 None => return Ok(false),
                 Some(true) => return Ok(true),
                 Some(false) => {}
@@ -1762,15 +1758,13 @@ impl ObjectDb {
         })
     }
 
-    /// The object's bytes, read part by part into a buffer from `buffers`; with `held` (the
-    /// bytes of an earlier read that a reader still holds), those when the object is still
-    /// stored.
-    pub(crate) fn get(
-        &self,
-        id: &ObjectId,
-        held: Option<Bytes>,
-        buffers: &ReadBuffers,
-    ) -> Result<Found, StoreError> {
+    /// Of a registered object, whether its bytes are stored; `None` when it is not registered.
+    pub(crate) fn stored(&self, id: &ObjectId) -> Result<Option<bool>, StoreError> {
+        self.read(|tx| stored(tx, id.as_bytes().as_slice()))
+    }
+
+    /// The object's bytes, read part by part into a buffer from `buffers`.
+    pub(crate) fn get(&self, id: &ObjectId, buffers: &ReadBuffers) -> Result<Found, StoreError> {
         self.read(|tx| {
             let key = id.as_bytes().as_slice();
             let len: Option<Option<i64>> = tx
@@ -1780,11 +1774,10 @@ impl ObjectDb {
                 )?
                 .query_row(params![key], |r| r.get(0))
                 .optional()?;
-            Ok(match (len, held) {
-                (None, _) => Found::Unknown,
-                (Some(None), _) => Found::Pending,
-                (Some(Some(_)), Some(bytes)) => Found::Held(bytes),
-                (Some(Some(len)), None) => {
+            Ok(match len {
+                None => Found::Unknown,
+                Some(None) => Found::Pending,
+                Some(Some(len)) => {
                     let mut buf = buffers.take_empty(usize::try_from(len).unwrap_or(0));
                     let mut parts = tx.prepare_cached(
                         "SELECT bytes FROM object_content WHERE object_id = ?1 ORDER BY part",

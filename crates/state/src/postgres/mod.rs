@@ -1511,7 +1511,7 @@ impl LinkState for PgLinkState {
                 .query_one("SELECT MAX(ts) FROM log WHERE run_id = $1", &[&id(run_id)])
                 .await?
                 .get(0);
-            let ts = last.map_or(now, |l| now.max(l + crate::LOG_STEP));
+            let ts = crate::log_time(last, now);
             let stmt = tx
                 .prepare_cached("INSERT INTO log (run_id, ts, text) VALUES ($1, $2, $3)")
                 .await?;
